@@ -1,0 +1,45 @@
+//! Sans-IO core of the SFU appliance.
+//!
+//! # Design
+//! `sfu-core` holds every piece of protocol and forwarding logic and none of the I/O.
+//! It never opens a socket, never reads a clock and never spawns a thread: the
+//! caller (the `packet-path` worker loop, a test, a bench) hands it datagrams in
+//! buffers it owns and the current time as an argument, and gets its output
+//! written into buffers it owns. That keeps tests deterministic (the test owns
+//! the clock and the network) and keeps the hot path free of heap allocation.
+//!
+//! * [`wire`] — checked zero-copy views over what arrives on a media port:
+//!   demultiplexing by first byte (RFC 7983), RTP with header extensions
+//!   (RFC 3550, RFC 8285), RTCP compound packets and the feedback an SFU emits
+//!   (RFC 4585, RFC 5104, REMB, transport-cc), STUN with MESSAGE-INTEGRITY and
+//!   FINGERPRINT (RFC 8489).
+//! * [`srtp`] — SRTP and SRTCP transformed in place in the caller's buffer:
+//!   AEAD_AES_128_GCM (RFC 7714, `ring`) and AES_CM_128_HMAC_SHA1_80 (RFC 3711,
+//!   RustCrypto), key derivation, rollover-counter estimation and replay windows
+//!   held in fixed-capacity storage sized when a context is created.
+//!
+//! # Run loop
+//! The worker that owns a socket calls, per received datagram,
+//! [`wire::classify`], then the matching view's `new_checked`, then
+//! [`srtp::SrtpContext::unprotect_rtp`] in place; forwarding writes each
+//! consumer's copy into a send slot and calls
+//! [`srtp::SrtpContext::protect_rtp`] on it. All state is `&mut self`; a context
+//! belongs to exactly one worker thread, so there is no locking here.
+//!
+//! # Allocation
+//! Contexts allocate their per-SSRC tables once, at construction. Parsing,
+//! `protect`, `unprotect` and the writers never allocate; the test
+//! `tests/zero_alloc_srtp.rs` counts allocations over a million round trips.
+//!
+//! # Panics, errors and unwraps
+//! No input from the network can make this crate panic: every view checks
+//! lengths in `new_checked` before any accessor runs, and every failure is an
+//! error value with a stable metric label ([`wire::WireError::as_str`],
+//! [`srtp::SrtpError::as_str`]). `tests/malformed_input.rs` feeds random and
+//! mutated datagrams to every view and to `unprotect`. Panics are reserved for
+//! programming errors on values the caller controls and are documented on the
+//! function that may raise them.
+#![forbid(unsafe_code)]
+
+pub mod srtp;
+pub mod wire;
