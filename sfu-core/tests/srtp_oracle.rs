@@ -119,7 +119,10 @@ fn rtp_bytes(s: &RtpShape, ssrc: u32, seq: u16) -> Vec<u8> {
 }
 
 fn profile() -> impl Strategy<Value = Profile> {
-    prop_oneof![Just(Profile::AeadAes128Gcm), Just(Profile::Aes128CmHmacSha1_80)]
+    prop_oneof![
+        Just(Profile::AeadAes128Gcm),
+        Just(Profile::Aes128CmHmacSha1_80)
+    ]
 }
 
 /// Runs `packets` (plaintext) through both implementations in both
@@ -132,14 +135,26 @@ fn check_rtp(profile: Profile, key: &[u8], salt: &[u8], packets: &[Vec<u8>]) {
         buf[..plain.len()].copy_from_slice(plain);
         let n = s.our_tx.protect_rtp(&mut buf, plain.len()).unwrap();
         let oracle = s.their_tx.encrypt_rtp(plain).unwrap();
-        assert_eq!(&buf[..n], &oracle[..], "{profile:?} packet {i}: protect differs");
+        assert_eq!(
+            &buf[..n],
+            &oracle[..],
+            "{profile:?} packet {i}: protect differs"
+        );
 
         let decrypted = s.their_rx.decrypt_rtp(&buf[..n]).unwrap();
-        assert_eq!(&decrypted[..], &plain[..], "{profile:?} packet {i}: theirs decrypts ours");
+        assert_eq!(
+            &decrypted[..],
+            &plain[..],
+            "{profile:?} packet {i}: theirs decrypts ours"
+        );
 
         let mut theirs = oracle.to_vec();
         let m = s.our_rx.unprotect_rtp(&mut theirs).unwrap();
-        assert_eq!(&theirs[..m], &plain[..], "{profile:?} packet {i}: ours decrypts theirs");
+        assert_eq!(
+            &theirs[..m],
+            &plain[..],
+            "{profile:?} packet {i}: ours decrypts theirs"
+        );
     }
 }
 
