@@ -41,5 +41,6 @@
 //! function that may raise them.
 #![forbid(unsafe_code)]
 
+pub mod router;
 pub mod srtp;
 pub mod wire;

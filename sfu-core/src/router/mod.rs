@@ -1,0 +1,1033 @@
+//! Rooms, producers, consumers and the fan-out of SRTP packets (sans-IO).
+//!
+//! One [`Router`] lives on each worker thread and owns every room placed on
+//! that worker. Its inputs are control commands ([`Router::handle_command`])
+//! and received datagrams ([`Router::handle_datagram`]); its output is written
+//! through the [`Transmit`] trait into send buffers the caller owns.
+//!
+//! # Forwarding
+//! A publisher's SRTP packet is looked up by SSRC, authenticated and decrypted
+//! **once**, in place; then, for each consumer of that producer, the plaintext
+//! is copied into a fresh send buffer, its SSRC, sequence number, timestamp and
+//! payload type are rewritten for that consumer ([`seq::StreamRewriter`]), and
+//! it is encrypted with the subscriber's outbound SRTP context. No step
+//! allocates: the lookups are hash-map reads and the fan-out lists are built
+//! by control commands, off the hot path.
+//!
+//! # Addresses
+//! An endpoint's remote address is either given by the control plane or learnt
+//! from the first packet of that endpoint that authenticates ("comedia"),
+//! never from an unauthenticated one. A packet whose SSRC belongs to an endpoint
+//! with a known address but arrives from another address is dropped.
+//!
+//! # Keyframes
+//! When a consumer is switched to another producer, or a subscriber sends a PLI
+//! or FIR for a consumer, the router sends a PLI to the producer's publisher
+//! (at most one per producer every [`KEYFRAME_REQUEST_INTERVAL`]), piggy-backed
+//! on the next packet received from that producer.
+
+pub mod seq;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
+use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
+use crate::wire::rtp::RtpPacketMut;
+use crate::wire::{self, DatagramKind};
+use seq::StreamRewriter;
+
+/// Shortest time between two PLIs the router sends for one producer.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identifies an endpoint across the node (assigned by the control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(pub u64);
+
+/// Identifies a room across the node (assigned by the control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub u64);
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MediaKind {
+    /// Audio, RTP clock 48 kHz.
+    Audio,
+    /// Video, RTP clock 90 kHz.
+    Video,
+}
+
+impl MediaKind {
+    /// The RTP clock rate the router assumes for this kind.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Self::Audio => 48_000,
+            Self::Video => 90_000,
+        }
+    }
+
+    /// `"audio"` or `"video"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+        }
+    }
+}
+
+/// What an endpoint does in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends media only.
+    Publish,
+    /// Receives media only.
+    Subscribe,
+    /// Both.
+    Both,
+}
+
+impl Role {
+    fn publishes(self) -> bool {
+        matches!(self, Self::Publish | Self::Both)
+    }
+
+    fn subscribes(self) -> bool {
+        matches!(self, Self::Subscribe | Self::Both)
+    }
+}
+
+/// A track an endpoint publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackConfig {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The SSRC the endpoint sends it with; unique on the worker.
+    pub ssrc: u32,
+    /// RTP payload type.
+    pub payload_type: u8,
+}
+
+/// Which producers a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Subscription {
+    /// Every producer of the room but its own, including later ones.
+    #[default]
+    All,
+    /// One consumer slot per listed producer SSRC, per kind. Slot `i` keeps
+    /// its output SSRC and continuous numbering when its producer changes.
+    Explicit {
+        /// Producer SSRCs for the video slots.
+        video: Vec<u32>,
+        /// Producer SSRCs for the audio slots.
+        audio: Vec<u32>,
+    },
+}
+
+/// An endpoint to add to a room.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Its id.
+    pub id: EndpointId,
+    /// The room it joins (must exist on this worker).
+    pub room: RoomId,
+    /// Publish, subscribe or both.
+    pub role: Role,
+    /// SRTP profile for both directions.
+    pub profile: Profile,
+    /// Master key || salt the endpoint protects its packets with.
+    pub remote_master: Vec<u8>,
+    /// Master key || salt the router protects packets to the endpoint with.
+    pub local_master: Vec<u8>,
+    /// Tracks it publishes (publish and both roles only).
+    pub tracks: Vec<TrackConfig>,
+    /// Its address, if known; otherwise learnt from its first authentic packet.
+    pub remote: Option<SocketAddr>,
+    /// What it receives (subscribe and both roles).
+    pub subscription: Subscription,
+    /// SSRC a receive-only endpoint sends RTCP from, so its address can be
+    /// learnt from an authentic SRTCP packet.
+    pub rtcp_ssrc: Option<u32>,
+}
+
+/// A consumer as the control plane reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Slot index within its kind.
+    pub slot: u16,
+    /// The SSRC the subscriber receives it with.
+    pub ssrc: u32,
+    /// The producer currently feeding it, if any.
+    pub producer_ssrc: Option<u32>,
+    /// Payload type it is sent with.
+    pub payload_type: u8,
+}
+
+/// A control-plane command for a worker's router.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Create an empty room.
+    CreateRoom(RoomId),
+    /// Delete a room and every endpoint in it.
+    DeleteRoom(RoomId),
+    /// Add an endpoint to a room.
+    AddEndpoint(Box<EndpointConfig>),
+    /// Remove an endpoint.
+    RemoveEndpoint(EndpointId),
+    /// Replace an endpoint's subscription.
+    SetSubscription(EndpointId, Subscription),
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report.
+    Done,
+    /// The endpoint's consumers after the command.
+    Consumers(Vec<ConsumerInfo>),
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// No such room on this worker.
+    #[error("unknown room")]
+    UnknownRoom,
+    /// The room already exists.
+    #[error("room exists")]
+    RoomExists,
+    /// No such endpoint on this worker.
+    #[error("unknown endpoint")]
+    UnknownEndpoint,
+    /// The endpoint id is taken.
+    #[error("endpoint exists")]
+    EndpointExists,
+    /// The SSRC is already used on this worker.
+    #[error("duplicate SSRC {0}")]
+    DuplicateSsrc(u32),
+    /// A master key or salt has the wrong length for the profile.
+    #[error("bad SRTP key: {0}")]
+    BadKey(#[from] KeyLengthError),
+    /// A configured limit would be exceeded.
+    #[error("limit reached: {0}")]
+    TooMany(&'static str),
+    /// The request contradicts itself.
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
+}
+
+/// Why a received datagram (or one egress copy of it) was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// RTP/RTCP header malformed.
+    Malformed,
+    /// First byte matches no protocol on this port.
+    UnknownProtocol,
+    /// STUN (ICE-lite not yet served on plain-SRTP endpoints).
+    StunUnhandled,
+    /// DTLS (not yet served on plain-SRTP endpoints).
+    DtlsUnhandled,
+    /// No endpoint owns this SSRC or address.
+    UnknownSource,
+    /// The SSRC's endpoint has another remote address.
+    AddressMismatch,
+    /// SRTP/SRTCP shorter than its tag.
+    SrtpTruncated,
+    /// SRTP/SRTCP authentication failed.
+    SrtpAuthFailed,
+    /// SRTP/SRTCP replay.
+    SrtpReplayed,
+    /// SRTP/SRTCP older than the replay window.
+    SrtpTooOld,
+    /// Any other SRTP refusal (table full, index exhausted).
+    SrtpOther,
+    /// No free send buffer for an egress copy.
+    PoolExhausted,
+    /// A consumer's subscriber has no known address yet.
+    SubscriberUnreachable,
+    /// An egress copy could not be protected (too large for a buffer).
+    ProtectFailed,
+    /// A late packet from before a consumer's source switch.
+    StaleAfterSwitch,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 15;
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::Malformed,
+        Self::UnknownProtocol,
+        Self::StunUnhandled,
+        Self::DtlsUnhandled,
+        Self::UnknownSource,
+        Self::AddressMismatch,
+        Self::SrtpTruncated,
+        Self::SrtpAuthFailed,
+        Self::SrtpReplayed,
+        Self::SrtpTooOld,
+        Self::SrtpOther,
+        Self::PoolExhausted,
+        Self::SubscriberUnreachable,
+        Self::ProtectFailed,
+        Self::StaleAfterSwitch,
+    ];
+
+    /// Stable metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownProtocol => "unknown_protocol",
+            Self::StunUnhandled => "stun_unhandled",
+            Self::DtlsUnhandled => "dtls_unhandled",
+            Self::UnknownSource => "unknown_source",
+            Self::AddressMismatch => "address_mismatch",
+            Self::SrtpTruncated => "srtp_truncated",
+            Self::SrtpAuthFailed => "srtp_auth_failed",
+            Self::SrtpReplayed => "srtp_replayed",
+            Self::SrtpTooOld => "srtp_too_old",
+            Self::SrtpOther => "srtp_other",
+            Self::PoolExhausted => "pool_exhausted",
+            Self::SubscriberUnreachable => "subscriber_unreachable",
+            Self::ProtectFailed => "protect_failed",
+            Self::StaleAfterSwitch => "stale_after_switch",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|&r| r == self)
+            .expect("ALL lists every variant")
+    }
+
+    fn from_srtp(e: SrtpError) -> Self {
+        match e {
+            SrtpError::Malformed(_) => Self::Malformed,
+            SrtpError::Truncated => Self::SrtpTruncated,
+            SrtpError::AuthFailed => Self::SrtpAuthFailed,
+            SrtpError::Replayed => Self::SrtpReplayed,
+            SrtpError::TooOld => Self::SrtpTooOld,
+            _ => Self::SrtpOther,
+        }
+    }
+}
+
+/// Counters of one router. Plain integers: the router is single-threaded;
+/// the packet path publishes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Datagrams handled.
+    pub rx_packets: u64,
+    /// Bytes of datagrams handled.
+    pub rx_bytes: u64,
+    /// Egress datagrams written (media and RTCP).
+    pub tx_packets: u64,
+    /// Bytes of egress datagrams.
+    pub tx_bytes: u64,
+    /// RTP packets authenticated and fanned out.
+    pub rtp_forwarded_in: u64,
+    /// SRTCP packets authenticated.
+    pub rtcp_in: u64,
+    /// PLIs sent to publishers.
+    pub pli_sent: u64,
+    /// Drops by [`DropReason`] index.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl RouterStats {
+    /// The count for one drop reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+}
+
+/// Limits of one router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// SRTP table sizes and replay windows of every context.
+    pub srtp: SrtpConfig,
+    /// Endpoints on this worker.
+    pub max_endpoints: usize,
+    /// Consumers of one endpoint.
+    pub max_consumers_per_endpoint: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            srtp: SrtpConfig::default(),
+            max_endpoints: 8192,
+            max_consumers_per_endpoint: 1024,
+        }
+    }
+}
+
+/// Where the router writes egress datagrams.
+pub trait Transmit {
+    /// A buffer of at least 1500 bytes for the next datagram, or `None` when
+    /// none is free.
+    fn buffer(&mut self) -> Option<&mut [u8]>;
+    /// Queues the first `len` bytes of the buffer the last [`Transmit::buffer`]
+    /// call returned, for `dst`.
+    fn send(&mut self, len: usize, dst: SocketAddr);
+}
+
+#[derive(Debug)]
+struct Room {
+    endpoints: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    id: EndpointId,
+    room: RoomId,
+    role: Role,
+    rx: SrtpContext,
+    tx: SrtpContext,
+    remote: Option<SocketAddr>,
+    tracks: Vec<TrackConfig>,
+    rtcp_ssrc: Option<u32>,
+    subscription: Subscription,
+    consumers: Vec<Consumer>,
+    ssrc_base: u32,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    kind: MediaKind,
+    slot: u16,
+    ssrc: u32,
+    payload_type: u8,
+    /// The producer SSRC this slot wants (explicit) or follows (all).
+    source: Option<u32>,
+    /// Whether the slot sits in its source's fan-out list.
+    attached: bool,
+    rewriter: StreamRewriter,
+}
+
+#[derive(Debug)]
+struct Producer {
+    endpoint: u32,
+    kind: MediaKind,
+    payload_type: u8,
+    fanout: Vec<(u32, u16)>,
+    keyframe_wanted: bool,
+    last_pli: Option<Instant>,
+}
+
+/// Rooms, endpoints and the forwarding tables of one worker.
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
+    rooms: HashMap<RoomId, Room>,
+    endpoints: Vec<Option<Endpoint>>,
+    free: Vec<u32>,
+    by_id: HashMap<EndpointId, u32>,
+    by_addr: HashMap<SocketAddr, u32>,
+    producers: HashMap<u32, Producer>,
+    rtcp_ssrcs: HashMap<u32, u32>,
+    stats: RouterStats,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(config: RouterConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+            endpoints: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            by_addr: HashMap::new(),
+            producers: HashMap::new(),
+            rtcp_ssrcs: HashMap::new(),
+            stats: RouterStats::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// Rooms on this router.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Endpoints on this router.
+    pub fn endpoints(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Applies a control command. A refused command changes nothing.
+    pub fn handle_command(&mut self, _now: Instant, cmd: Command) -> Result<Outcome, RouterError> {
+        match cmd {
+            Command::CreateRoom(room) => {
+                if self.rooms.contains_key(&room) {
+                    return Err(RouterError::RoomExists);
+                }
+                self.rooms.insert(
+                    room,
+                    Room {
+                        endpoints: Vec::new(),
+                    },
+                );
+                Ok(Outcome::Done)
+            }
+            Command::DeleteRoom(room) => {
+                let r = self.rooms.remove(&room).ok_or(RouterError::UnknownRoom)?;
+                for s in r.endpoints {
+                    if let Some(id) = self.endpoint(s).map(|e| e.id) {
+                        self.remove_endpoint(id)?;
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Command::AddEndpoint(config) => self.add_endpoint(*config),
+            Command::RemoveEndpoint(id) => {
+                self.remove_endpoint(id)?;
+                Ok(Outcome::Done)
+            }
+            Command::SetSubscription(id, subscription) => {
+                let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+                let role = self.endpoint_mut(slot).role;
+                self.check_subscription(role, &subscription)?;
+                self.endpoint_mut(slot).subscription = subscription;
+                self.sync_consumers(slot);
+                Ok(Outcome::Consumers(self.consumer_infos(slot)))
+            }
+        }
+    }
+
+    /// Handles one received datagram: authenticates and decrypts it in place
+    /// and writes every egress copy through `tx`. Never panics and never
+    /// allocates; every drop is counted in [`Router::stats`].
+    pub fn handle_datagram<T: Transmit>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        tx: &mut T,
+    ) {
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += datagram.len() as u64;
+        let result = match wire::classify(datagram) {
+            DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx),
+            DatagramKind::Rtcp => self.handle_rtcp(src, datagram),
+            DatagramKind::Stun => Err(DropReason::StunUnhandled),
+            DatagramKind::Dtls => Err(DropReason::DtlsUnhandled),
+            DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
+        };
+        if let Err(reason) = result {
+            self.stats.drop(reason);
+        }
+    }
+
+    fn handle_rtp<T: Transmit>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &mut [u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        if buf.len() < wire::rtp::FIXED_HEADER_LEN {
+            return Err(DropReason::Malformed);
+        }
+        let ssrc = wire::be32(buf, 8);
+        let producer = self.producers.get(&ssrc).ok_or(DropReason::UnknownSource)?;
+        let ep_slot = producer.endpoint;
+        let publisher = self.endpoints[ep_slot as usize]
+            .as_mut()
+            .expect("producers point at live endpoints");
+        if publisher.remote.is_some_and(|r| r != src) {
+            return Err(DropReason::AddressMismatch);
+        }
+        let len = publisher
+            .rx
+            .unprotect_rtp(buf)
+            .map_err(DropReason::from_srtp)?;
+        if publisher.remote.is_none() {
+            publisher.remote = Some(src);
+            self.by_addr.insert(src, ep_slot);
+        }
+        self.stats.rtp_forwarded_in += 1;
+        let plain = &buf[..len];
+        let in_seq = wire::be16(plain, 2);
+        let in_ts = wire::be32(plain, 4);
+
+        let producer = self
+            .producers
+            .get_mut(&ssrc)
+            .expect("looked up above and not removed since");
+        for &(sub_slot, c) in &producer.fanout {
+            let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
+                continue;
+            };
+            let Some(dst) = sub.remote else {
+                self.stats.drop(DropReason::SubscriberUnreachable);
+                continue;
+            };
+            let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
+                continue;
+            };
+            let Some((out_seq, out_ts)) = consumer.rewriter.rewrite(in_seq, in_ts, now) else {
+                self.stats.drop(DropReason::StaleAfterSwitch);
+                continue;
+            };
+            let Some(out) = tx.buffer() else {
+                self.stats.drop(DropReason::PoolExhausted);
+                continue;
+            };
+            let Some(dst_buf) = out.get_mut(..len) else {
+                self.stats.drop(DropReason::ProtectFailed);
+                continue;
+            };
+            dst_buf.copy_from_slice(plain);
+            let mut p = RtpPacketMut::new_checked(dst_buf)
+                .expect("the plaintext's header was checked by unprotect");
+            p.set_ssrc(consumer.ssrc);
+            p.set_sequence_number(out_seq);
+            p.set_timestamp(out_ts);
+            p.set_payload_type(consumer.payload_type);
+            match sub.tx.protect_rtp(out, len) {
+                Ok(n) => {
+                    tx.send(n, dst);
+                    self.stats.tx_packets += 1;
+                    self.stats.tx_bytes += n as u64;
+                }
+                Err(_) => self.stats.drop(DropReason::ProtectFailed),
+            }
+        }
+
+        if producer.keyframe_wanted
+            && producer
+                .last_pli
+                .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
+        {
+            producer.keyframe_wanted = false;
+            producer.last_pli = Some(now);
+            let publisher = self.endpoints[ep_slot as usize]
+                .as_mut()
+                .expect("producers point at live endpoints");
+            if let Some(out) = tx.buffer() {
+                // Sender SSRC 1: the router's own RTCP source.
+                let sent = rtcp::write_pli(out, 1, ssrc)
+                    .ok()
+                    .and_then(|n| publisher.tx.protect_rtcp(out, n).ok());
+                if let Some(n) = sent {
+                    tx.send(n, src);
+                    self.stats.tx_packets += 1;
+                    self.stats.tx_bytes += n as u64;
+                    self.stats.pli_sent += 1;
+                }
+            } else {
+                self.stats.drop(DropReason::PoolExhausted);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_rtcp(&mut self, src: SocketAddr, buf: &mut [u8]) -> Result<(), DropReason> {
+        if buf.len() < 8 {
+            return Err(DropReason::Malformed);
+        }
+        let sender = wire::be32(buf, 4);
+        let slot = self
+            .by_addr
+            .get(&src)
+            .or_else(|| self.rtcp_ssrcs.get(&sender))
+            .copied()
+            .or_else(|| self.producers.get(&sender).map(|p| p.endpoint))
+            .ok_or(DropReason::UnknownSource)?;
+        let ep = self.endpoints[slot as usize]
+            .as_mut()
+            .expect("indices point at live endpoints");
+        if ep.remote.is_some_and(|r| r != src) {
+            return Err(DropReason::AddressMismatch);
+        }
+        let len = ep.rx.unprotect_rtcp(buf).map_err(DropReason::from_srtp)?;
+        if ep.remote.is_none() {
+            ep.remote = Some(src);
+            self.by_addr.insert(src, slot);
+        }
+        self.stats.rtcp_in += 1;
+        for item in RtcpIter::new(&buf[..len]) {
+            let media_ssrc = match item {
+                Ok(RtcpPacket::Pli(p)) => p.media_ssrc(),
+                Ok(RtcpPacket::Fir(f)) => match f.entries().next() {
+                    Some((ssrc, _)) => ssrc,
+                    None => continue,
+                },
+                Ok(_) => continue,
+                Err(_) => break,
+            };
+            let source = ep
+                .consumers
+                .iter()
+                .find(|c| c.ssrc == media_ssrc && c.attached)
+                .and_then(|c| c.source);
+            if let Some(p) = source.and_then(|s| self.producers.get_mut(&s)) {
+                p.keyframe_wanted = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_endpoint(&mut self, cfg: EndpointConfig) -> Result<Outcome, RouterError> {
+        if !self.rooms.contains_key(&cfg.room) {
+            return Err(RouterError::UnknownRoom);
+        }
+        if self.by_id.contains_key(&cfg.id) {
+            return Err(RouterError::EndpointExists);
+        }
+        if self.by_id.len() >= self.config.max_endpoints {
+            return Err(RouterError::TooMany("endpoints per worker"));
+        }
+        if !cfg.role.publishes() && !cfg.tracks.is_empty() {
+            return Err(RouterError::Invalid(
+                "a subscribe-only endpoint publishes no tracks",
+            ));
+        }
+        for (i, t) in cfg.tracks.iter().enumerate() {
+            if t.payload_type > 127 {
+                return Err(RouterError::Invalid("payload type above 127"));
+            }
+            let dup_own = cfg.tracks[..i].iter().any(|o| o.ssrc == t.ssrc);
+            if dup_own || self.ssrc_taken(t.ssrc) {
+                return Err(RouterError::DuplicateSsrc(t.ssrc));
+            }
+        }
+        if let Some(s) = cfg.rtcp_ssrc
+            && (self.ssrc_taken(s) || cfg.tracks.iter().any(|t| t.ssrc == s))
+        {
+            return Err(RouterError::DuplicateSsrc(s));
+        }
+        if cfg.role.subscribes() {
+            self.check_subscription(cfg.role, &cfg.subscription)?;
+        }
+        if cfg.remote.is_some_and(|a| self.by_addr.contains_key(&a)) {
+            return Err(RouterError::Invalid(
+                "another endpoint has this remote address",
+            ));
+        }
+        let split = |m: &[u8]| {
+            (
+                m.get(..cfg.profile.key_len()).unwrap_or(&[]).to_vec(),
+                m.get(cfg.profile.key_len()..).unwrap_or(&[]).to_vec(),
+            )
+        };
+        let (rk, rs) = split(&cfg.remote_master);
+        let (lk, ls) = split(&cfg.local_master);
+        let srtp = self.config.srtp;
+        let rx = SrtpContext::new(cfg.profile, &rk, &rs, srtp)?;
+        let tx = SrtpContext::new(cfg.profile, &lk, &ls, srtp)?;
+
+        let ep = Endpoint {
+            id: cfg.id,
+            room: cfg.room,
+            role: cfg.role,
+            rx,
+            tx,
+            remote: cfg.remote,
+            tracks: cfg.tracks,
+            rtcp_ssrc: cfg.rtcp_ssrc,
+            subscription: cfg.subscription,
+            consumers: Vec::new(),
+            ssrc_base: ssrc_base(cfg.id),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.endpoints[s as usize] = Some(ep);
+                s
+            }
+            None => {
+                self.endpoints.push(Some(ep));
+                (self.endpoints.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(cfg.id, slot);
+        if let Some(a) = cfg.remote {
+            self.by_addr.insert(a, slot);
+        }
+        if let Some(s) = cfg.rtcp_ssrc {
+            self.rtcp_ssrcs.insert(s, slot);
+        }
+        self.rooms
+            .get_mut(&cfg.room)
+            .expect("checked above")
+            .endpoints
+            .push(slot);
+
+        // Its tracks become producers; waiting consumers attach to them.
+        let tracks = self
+            .endpoint(slot)
+            .map(|e| e.tracks.clone())
+            .unwrap_or_default();
+        for t in &tracks {
+            self.producers.insert(
+                t.ssrc,
+                Producer {
+                    endpoint: slot,
+                    kind: t.kind,
+                    payload_type: t.payload_type,
+                    fanout: Vec::new(),
+                    keyframe_wanted: false,
+                    last_pli: None,
+                },
+            );
+        }
+        if tracks.is_empty() {
+            self.sync_consumers(slot);
+        } else {
+            // New producers: every subscriber of the room may want them.
+            let room_slots = self.rooms[&cfg.room].endpoints.clone();
+            for s in room_slots {
+                self.sync_consumers(s);
+            }
+        }
+        Ok(Outcome::Consumers(self.consumer_infos(slot)))
+    }
+
+    fn remove_endpoint(&mut self, id: EndpointId) -> Result<(), RouterError> {
+        let slot = self.by_id.remove(&id).ok_or(RouterError::UnknownEndpoint)?;
+        let ep = self.endpoints[slot as usize]
+            .take()
+            .expect("by_id points at live endpoints");
+        // Its consumers leave their producers' fan-out lists.
+        for c in &ep.consumers {
+            if let (true, Some(p)) = (
+                c.attached,
+                c.source.and_then(|s| self.producers.get_mut(&s)),
+            ) {
+                p.fanout.retain(|&(s, _)| s != slot);
+            }
+        }
+        // Its producers go; consumers fed by them detach and wait.
+        for t in &ep.tracks {
+            if let Some(p) = self.producers.remove(&t.ssrc) {
+                for (s, c) in p.fanout {
+                    if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
+                        && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+                    {
+                        consumer.attached = false;
+                    }
+                }
+            }
+        }
+        if let Some(a) = ep.remote
+            && self.by_addr.get(&a) == Some(&slot)
+        {
+            self.by_addr.remove(&a);
+        }
+        if let Some(s) = ep.rtcp_ssrc {
+            self.rtcp_ssrcs.remove(&s);
+        }
+        // Consumers it fed were detached above; an `All` subscriber reuses
+        // such a slot for the next producer, an explicit slot waits for its
+        // producer to come back.
+        if let Some(room) = self.rooms.get_mut(&ep.room) {
+            room.endpoints.retain(|&s| s != slot);
+        }
+        self.free.push(slot);
+        Ok(())
+    }
+
+    fn check_subscription(&self, role: Role, sub: &Subscription) -> Result<(), RouterError> {
+        if !role.subscribes() {
+            return Err(RouterError::Invalid(
+                "a publish-only endpoint has no subscription",
+            ));
+        }
+        if let Subscription::Explicit { video, audio } = sub {
+            if video.len() + audio.len() > self.config.max_consumers_per_endpoint {
+                return Err(RouterError::TooMany("consumers per endpoint"));
+            }
+            if video.len() > usize::from(u16::MAX) || audio.len() > usize::from(u16::MAX) {
+                return Err(RouterError::TooMany("slots per kind"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings an endpoint's consumers in line with its subscription and the
+    /// room's producers: creates, re-points and detaches slots, keeping each
+    /// slot's SSRC and numbering.
+    fn sync_consumers(&mut self, slot: u32) {
+        let Some(ep) = self.endpoint(slot) else {
+            return;
+        };
+        if !ep.role.subscribes() {
+            return;
+        }
+        // The wanted (kind, slot) -> producer SSRC assignment.
+        let mut wanted: Vec<(MediaKind, Option<u32>)> = Vec::new();
+        match &ep.subscription {
+            Subscription::Explicit { video, audio } => {
+                wanted.extend(video.iter().map(|&s| (MediaKind::Video, Some(s))));
+                wanted.extend(audio.iter().map(|&s| (MediaKind::Audio, Some(s))));
+            }
+            Subscription::All => {
+                // Keep existing slots on their producers; fill free slots of
+                // the same kind before adding new ones.
+                let mut room_producers: Vec<(u32, MediaKind)> = self.rooms[&ep.room]
+                    .endpoints
+                    .iter()
+                    .filter(|&&s| s != slot)
+                    .filter_map(|&s| self.endpoint(s))
+                    .flat_map(|e| e.tracks.iter().map(|t| (t.ssrc, t.kind)))
+                    .collect();
+                room_producers.sort_unstable();
+                for c in &ep.consumers {
+                    let keep = c
+                        .source
+                        .filter(|s| room_producers.iter().any(|(p, _)| p == s));
+                    wanted.push((c.kind, keep));
+                }
+                for (ssrc, kind) in room_producers {
+                    if wanted.iter().any(|&(_, s)| s == Some(ssrc)) {
+                        continue;
+                    }
+                    match wanted.iter_mut().find(|(k, s)| *k == kind && s.is_none()) {
+                        Some(free) => free.1 = Some(ssrc),
+                        None => wanted.push((kind, Some(ssrc))),
+                    }
+                }
+            }
+        }
+        wanted.truncate(self.config.max_consumers_per_endpoint);
+        self.apply_consumers(slot, &wanted);
+    }
+
+    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)]) {
+        let ep = self.endpoints[slot as usize]
+            .as_mut()
+            .expect("caller checked the slot");
+        // Drop surplus slots (and their fan-out entries).
+        while ep.consumers.len() > wanted.len() {
+            let index = (ep.consumers.len() - 1) as u16;
+            let c = ep.consumers.pop().expect("longer than wanted");
+            if let (true, Some(p)) = (
+                c.attached,
+                c.source.and_then(|s| self.producers.get_mut(&s)),
+            ) {
+                p.fanout.retain(|&e| e != (slot, index));
+            }
+        }
+        for (i, &(kind, source)) in wanted.iter().enumerate() {
+            let index = i as u16;
+            if i == ep.consumers.len() || ep.consumers[i].kind != kind {
+                // A new slot, or a slot whose kind changed: start afresh.
+                if let Some(old) = ep.consumers.get(i)
+                    && let (true, Some(p)) = (
+                        old.attached,
+                        old.source.and_then(|s| self.producers.get_mut(&s)),
+                    )
+                {
+                    p.fanout.retain(|&e| e != (slot, index));
+                }
+                let per_kind = wanted[..i].iter().filter(|(k, _)| *k == kind).count() as u16;
+                let c = Consumer {
+                    kind,
+                    slot: per_kind,
+                    // Stable per (kind, slot), whatever the slot's position.
+                    ssrc: ep.ssrc_base.wrapping_add(
+                        u32::from(per_kind)
+                            + if kind == MediaKind::Audio {
+                                0x1_0000
+                            } else {
+                                0
+                            },
+                    ),
+                    payload_type: 0,
+                    source: None,
+                    attached: false,
+                    rewriter: StreamRewriter::new(
+                        kind.clock_rate(),
+                        (ep.ssrc_base >> 3) as u16,
+                        ep.ssrc_base.rotate_left(11),
+                    ),
+                };
+                if i == ep.consumers.len() {
+                    ep.consumers.push(c);
+                } else {
+                    ep.consumers[i] = c;
+                }
+            }
+            let c = &mut ep.consumers[i];
+            let available = source.filter(|s| self.producers.contains_key(s));
+            let same = c.attached && c.source == available;
+            if same {
+                continue;
+            }
+            if c.attached {
+                if let Some(p) = c.source.and_then(|s| self.producers.get_mut(&s)) {
+                    p.fanout.retain(|&e| e != (slot, index));
+                }
+                c.attached = false;
+            }
+            c.source = source;
+            if let Some(p) = available.and_then(|s| self.producers.get_mut(&s)) {
+                p.fanout.push((slot, index));
+                c.attached = true;
+                c.payload_type = p.payload_type;
+                c.rewriter.set_clock_rate(p.kind.clock_rate());
+                c.rewriter.resync();
+                if p.kind == MediaKind::Video {
+                    p.keyframe_wanted = true;
+                }
+            }
+        }
+    }
+
+    fn consumer_infos(&self, slot: u32) -> Vec<ConsumerInfo> {
+        self.endpoint(slot)
+            .map(|e| {
+                e.consumers
+                    .iter()
+                    .map(|c| ConsumerInfo {
+                        kind: c.kind,
+                        slot: c.slot,
+                        ssrc: c.ssrc,
+                        producer_ssrc: if c.attached { c.source } else { None },
+                        payload_type: c.payload_type,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ssrc_taken(&self, ssrc: u32) -> bool {
+        self.producers.contains_key(&ssrc) || self.rtcp_ssrcs.contains_key(&ssrc)
+    }
+
+    fn endpoint(&self, slot: u32) -> Option<&Endpoint> {
+        self.endpoints.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn endpoint_mut(&mut self, slot: u32) -> &mut Endpoint {
+        self.endpoints[slot as usize]
+            .as_mut()
+            .expect("caller checked the slot")
+    }
+}
+
+/// A per-endpoint base for consumer SSRCs (splitmix64 of the id), never 0.
+fn ssrc_base(id: EndpointId) -> u32 {
+    let mut z = id.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) as u32) | 0x10
+}
+
+#[cfg(test)]
+mod tests;
