@@ -1,0 +1,417 @@
+//! Safe batched UDP: one [`BatchSocket`] per port, `recvmmsg` with GRO and
+//! `sendmmsg` with GSO underneath, over arrays allocated once in
+//! [`BatchSocket::bind`].
+//!
+//! # Receiving
+//! [`BatchSocket::recv`] fills up to `batch` caller buffers in one system
+//! call. With GRO on, the kernel may coalesce several datagrams of one flow
+//! into one buffer: [`RecvMeta::stride`] is then the size of each datagram
+//! (the last may be shorter) and [`RecvMeta::datagrams`] splits the buffer.
+//! Such buffers should be [`GRO_BUFFER_BYTES`] long; a shorter buffer gets a
+//! truncated train.
+//!
+//! # Sending
+//! A [`Transmit`] is one datagram, or with `segment_size: Some(s)` a train of
+//! datagrams of `s` bytes (the last may be shorter) to one destination. With
+//! GSO on, a train goes to the kernel as one message per at most
+//! [`MAX_GSO_SEGMENTS`] segments and [`MAX_GSO_BYTES`] bytes; with GSO off it
+//! is split into one message per datagram. Both give the receiver the same
+//! datagrams.
+//!
+//! # GSO fallback
+//! If the kernel refuses GSO — `setsockopt(UDP_SEGMENT)` fails at bind, or a
+//! segmented send fails with `EIO` (no checksum offload) or `EINVAL` — the
+//! socket switches to plain sends for the rest of its life, counts one
+//! [`BatchSocket::gso_fallbacks`], and resends the refused messages without
+//! segmentation, so no data is lost by the switch. If `UDP_GRO` cannot be
+//! enabled, the socket receives one datagram per buffer.
+//!
+//! # Zero-copy trains (crate-internal)
+//! The worker sends trains whose segments live in separate pool buffers: it
+//! pushes one message with one iovec per segment plus `UDP_SEGMENT`, and the
+//! kernel concatenates the iovecs before cutting segments, so nothing is
+//! copied in user space (see [`SendPool::flush`](crate::pool::SendPool::flush)).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::sys::{self, RecvScratch, SendBatch, SendScratch};
+
+/// Most segments the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Most payload bytes in one GSO send: the largest UDP payload over IPv4.
+pub const MAX_GSO_BYTES: usize = 65_507;
+
+/// Receive buffer size that holds any GRO train (64 KiB).
+pub const GRO_BUFFER_BYTES: usize = 65_536;
+
+/// How [`BatchSocket::bind`] sets up a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `SO_RCVBUF` and `SO_SNDBUF` (the `FORCE` variants when the process
+    /// may use them, so `net.core.rmem_max` does not cap it). 0 keeps the
+    /// kernel default. Default 4 MiB.
+    pub buffer_bytes: usize,
+    /// Try UDP GRO on receive. Default true.
+    pub gro: bool,
+    /// Try UDP GSO on send. Default true.
+    pub gso: bool,
+    /// How long [`BatchSocket::recv`] waits for the first datagram before
+    /// returning `WouldBlock`. `None` waits forever; `Some(Duration::ZERO)`
+    /// makes the socket non-blocking (sends too: a full send buffer then
+    /// ends a send early). Default 100 ms.
+    pub read_timeout: Option<Duration>,
+    /// Set `SO_REUSEPORT` before binding. Default false.
+    pub reuse_port: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            buffer_bytes: 4 << 20,
+            gro: true,
+            gso: true,
+            read_timeout: Some(Duration::from_millis(100)),
+            reuse_port: false,
+        }
+    }
+}
+
+/// What [`BatchSocket::recv`] learnt about one filled buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// Size of each datagram in the buffer (GRO segment size); equals `len`
+    /// when the buffer holds a single datagram.
+    pub stride: usize,
+    /// Source address (v4-mapped IPv6 addresses are given as IPv4).
+    pub addr: SocketAddr,
+}
+
+impl Default for RecvMeta {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            stride: 0,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+impl RecvMeta {
+    /// The datagrams in `buf` (the buffer this meta describes): `len` bytes
+    /// cut into `stride`-sized pieces.
+    pub fn datagrams<'b>(&self, buf: &'b [u8]) -> std::slice::Chunks<'b, u8> {
+        let len = self.len.min(buf.len());
+        buf[..len].chunks(self.stride.max(1))
+    }
+
+    /// How many datagrams the buffer holds.
+    pub fn segments(&self) -> usize {
+        if self.len == 0 {
+            return 0;
+        }
+        self.len.div_ceil(self.stride.max(1))
+    }
+}
+
+/// One datagram, or a train of equal-size datagrams, to one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit<'a> {
+    /// Where the datagrams go.
+    pub dst: SocketAddr,
+    /// The payload: one datagram, or the concatenated train.
+    pub contents: &'a [u8],
+    /// With `Some(s)`, `contents` is a train of `s`-byte datagrams (the last
+    /// may be shorter). `None` (or `s >= contents.len()`) is one datagram.
+    pub segment_size: Option<usize>,
+}
+
+/// A message position for [`BatchSocket::send_messages`]: (item, offset
+/// within the item). What an item is belongs to the caller.
+pub(crate) type Pos = (usize, usize);
+
+/// A UDP socket with preallocated `recvmmsg`/`sendmmsg` arrays.
+#[derive(Debug)]
+pub struct BatchSocket {
+    socket: Socket,
+    recv: RecvScratch,
+    send: SendScratch,
+    /// Start position of each message of the batch being sent.
+    origins: Box<[Pos]>,
+    gro: bool,
+    gso: bool,
+    gso_fallbacks: u64,
+}
+
+impl BatchSocket {
+    /// Creates, configures and binds a UDP socket, and allocates arrays for
+    /// batches of `batch` messages (clamped to 1..=1024). An IPv6 wildcard
+    /// address is bound dual-stack.
+    pub fn bind(addr: SocketAddr, batch: usize, opts: &SocketOptions) -> io::Result<Self> {
+        let batch = batch.clamp(1, sys::MAX_BATCH);
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if let SocketAddr::V6(a) = addr
+            && a.ip().is_unspecified()
+        {
+            socket.set_only_v6(false)?;
+        }
+        if opts.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if opts.buffer_bytes > 0
+            && sys::set_buffers_force(socket.as_fd(), opts.buffer_bytes).is_err()
+        {
+            socket.set_recv_buffer_size(opts.buffer_bytes)?;
+            socket.set_send_buffer_size(opts.buffer_bytes)?;
+        }
+        socket.bind(&addr.into())?;
+        match opts.read_timeout {
+            Some(Duration::ZERO) => socket.set_nonblocking(true)?,
+            t => socket.set_read_timeout(t)?,
+        }
+        let gro = opts.gro && sys::set_udp_gro(socket.as_fd(), true).is_ok();
+        let mut gso_fallbacks = 0;
+        let gso = opts.gso
+            && match sys::probe_udp_gso(socket.as_fd()) {
+                Ok(()) => true,
+                Err(_) => {
+                    gso_fallbacks += 1;
+                    false
+                }
+            };
+        Ok(Self {
+            socket,
+            recv: RecvScratch::new(batch),
+            send: SendScratch::new(batch, addr.is_ipv6()),
+            origins: vec![(0, 0); batch].into_boxed_slice(),
+            gro,
+            gso,
+            gso_fallbacks,
+        })
+    }
+
+    /// The address the socket is bound to (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("socket has no IP address"))
+    }
+
+    /// Whether received buffers may hold GRO trains.
+    pub fn gro_enabled(&self) -> bool {
+        self.gro
+    }
+
+    /// Whether trains are still sent with GSO (false after a fallback).
+    pub fn gso_enabled(&self) -> bool {
+        self.gso
+    }
+
+    /// How many times the kernel refused GSO on this socket (0 or 1).
+    pub fn gso_fallbacks(&self) -> u64 {
+        self.gso_fallbacks
+    }
+
+    /// Most messages per system call.
+    pub fn batch(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// `recvmmsg` into `bufs` (each ideally [`GRO_BUFFER_BYTES`] long when
+    /// GRO is on); fills `meta[..n]` and returns `n` ≥ 1. Waits up to the
+    /// read timeout for the first datagram, then returns `WouldBlock` (or
+    /// `TimedOut`). Does not allocate.
+    pub fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        self.recv.recv(self.socket.as_fd(), bufs, meta)
+    }
+
+    /// `sendmmsg` of `transmits`, splitting trains as GSO or the lack of it
+    /// requires. Blocks while the send buffer is full (unless the socket is
+    /// non-blocking). Returns how many transmits were fully sent: all of
+    /// them, or fewer if an error stopped the send after some progress
+    /// (retry the rest; the error shows again then). An error before any
+    /// transmit completed is returned as `Err`; a train that was partly sent
+    /// is resent in full on retry. Does not allocate.
+    pub fn send(&mut self, transmits: &[Transmit<'_>]) -> io::Result<usize> {
+        let end = (transmits.len(), 0);
+        let r = self.send_messages((0, 0), end, |(t, off), gso, batch| {
+            let tr = &transmits[t];
+            let remaining = tr.contents.len() - off;
+            let (chunk, seg) = plan_message(remaining, tr.segment_size, gso);
+            if !batch.push(&tr.dst, seg, [&tr.contents[off..off + chunk]].into_iter()) {
+                return (t, off);
+            }
+            let next = off + chunk;
+            if next >= tr.contents.len() {
+                (t + 1, 0)
+            } else {
+                (t, next)
+            }
+        });
+        match r {
+            Ok(()) => Ok(transmits.len()),
+            Err(((0, _), e)) => Err(e),
+            Err(((t, _), _)) => Ok(t),
+        }
+    }
+
+    /// The engine under [`send`](Self::send) and the worker's flush: sends
+    /// the messages from `start` to `end`, where `build(pos, gso, batch)`
+    /// pushes the one message starting at `pos` (segmented only if `gso`)
+    /// and returns the position after it, or returns `pos` unchanged if the
+    /// batch has no room. Handles partial sends, `EINTR`, and the GSO
+    /// fallback (the refused message is rebuilt from its start with
+    /// `gso = false`). On another error returns the position of the first
+    /// message not sent.
+    pub(crate) fn send_messages<'a>(
+        &mut self,
+        start: Pos,
+        end: Pos,
+        mut build: impl FnMut(Pos, bool, &mut SendBatch<'_, 'a>) -> Pos,
+    ) -> Result<(), (Pos, io::Error)> {
+        let fd = self.socket.as_fd();
+        let mut batch = self.send.batch();
+        let mut pos = start;
+        'batches: while pos != end {
+            batch.clear();
+            let gso = self.gso;
+            while pos != end && !batch.is_full() {
+                self.origins[batch.len()] = pos;
+                let next = build(pos, gso, &mut batch);
+                if next == pos {
+                    break;
+                }
+                pos = next;
+            }
+            if batch.len() == 0 {
+                // `build` could not place a message in an empty batch.
+                return Err((pos, io::Error::from(io::ErrorKind::InvalidInput)));
+            }
+            let mut done = 0;
+            while done < batch.len() {
+                match batch.send(fd, done) {
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if gso && batch.is_segmented(done) && sys::is_gso_refusal(&e) => {
+                        self.gso = false;
+                        self.gso_fallbacks += 1;
+                        pos = self.origins[done];
+                        continue 'batches;
+                    }
+                    Err(e) => return Err((self.origins[done], e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Size and segmentation of the next message of a transmit with
+/// `remaining` bytes left: `(bytes, Some(segment size) if GSO applies)`.
+fn plan_message(remaining: usize, segment_size: Option<usize>, gso: bool) -> (usize, Option<u16>) {
+    let s = match segment_size {
+        Some(s) if s > 0 && s < remaining => s,
+        _ => return (remaining, None),
+    };
+    let seg = match u16::try_from(s) {
+        Ok(seg) if gso => seg,
+        _ => return (s, None),
+    };
+    let per_msg = (MAX_GSO_BYTES / s).clamp(1, MAX_GSO_SEGMENTS);
+    let chunk = remaining.min(per_msg * s);
+    (chunk, (chunk > s).then_some(seg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_message_cases() {
+        // (remaining, segment_size, gso) -> (bytes, segment)
+        let cases = [
+            (1200, None, true, (1200, None)),
+            (0, Some(1200), true, (0, None)),
+            (12_000, Some(1200), true, (12_000, Some(1200))),
+            (12_000, Some(1200), false, (1200, None)),
+            (1000, Some(1200), true, (1000, None)),
+            (1200, Some(1200), true, (1200, None)),
+            (1201, Some(1200), true, (1201, Some(1200))),
+            // 65507 / 1200 = 54 segments per message.
+            (100 * 1200, Some(1200), true, (54 * 1200, Some(1200))),
+            // 64 segments of 100 bytes.
+            (10_000, Some(100), true, (6400, Some(100))),
+            (10, Some(0), true, (10, None)),
+        ];
+        for (remaining, seg, gso, want) in cases {
+            assert_eq!(
+                plan_message(remaining, seg, gso),
+                want,
+                "{remaining} {seg:?} {gso}"
+            );
+        }
+    }
+
+    /// With `SO_NO_CHECK` the kernel refuses GSO sends (`EINVAL`): the
+    /// socket must switch to plain sends, count it once, and lose nothing.
+    #[test]
+    fn refused_gso_falls_back_at_runtime() {
+        let opts = SocketOptions {
+            read_timeout: Some(Duration::from_millis(500)),
+            ..SocketOptions::default()
+        };
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut tx = BatchSocket::bind(lo, 8, &opts).unwrap();
+        let mut rx = BatchSocket::bind(lo, 64, &opts).unwrap();
+        sys::set_no_check(tx.socket.as_fd()).unwrap();
+        assert!(tx.gso_enabled());
+        let payload: Vec<u8> = (0..12_000u32).map(|i| (i / 7) as u8).collect();
+        let dst = rx.local_addr().unwrap();
+        let trains = [Transmit {
+            dst,
+            contents: &payload,
+            segment_size: Some(1200),
+        }; 2];
+        assert_eq!(tx.send(&trains).unwrap(), 2);
+        assert!(!tx.gso_enabled());
+        assert_eq!(tx.gso_fallbacks(), 1);
+
+        let mut storage = vec![0u8; 64 * 2048];
+        let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(2048).collect();
+        let mut meta = [RecvMeta::default(); 64];
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let n = rx.recv(&mut bufs, &mut meta).unwrap();
+            for (m, b) in meta[..n].iter().zip(&bufs) {
+                got.push(b[..m.len].to_vec());
+            }
+        }
+        let want: Vec<Vec<u8>> = payload
+            .chunks(1200)
+            .chain(payload.chunks(1200))
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn recv_meta_splits_by_stride() {
+        let buf = [7u8; 100];
+        let m = RecvMeta {
+            len: 25,
+            stride: 10,
+            ..Default::default()
+        };
+        let lens: Vec<usize> = m.datagrams(&buf).map(<[u8]>::len).collect();
+        assert_eq!(lens, [10, 10, 5]);
+        assert_eq!(m.segments(), 3);
+        assert_eq!(RecvMeta::default().segments(), 0);
+    }
+}

@@ -1,0 +1,84 @@
+//! The packet path of the SFU: UDP sockets, batches, GSO/GRO, send-buffer
+//! pools and the pinned worker threads that drive `sfu-core`'s router.
+//!
+//! # Design
+//! * [`io`] — [`io::BatchSocket`], a safe batched UDP socket: `recvmmsg` with
+//!   UDP GRO and `sendmmsg` with UDP GSO over arrays allocated once at bind,
+//!   with a runtime fallback to plain sends when the kernel refuses GSO. The
+//!   worker and the load generator (`sfu-loadgen`) both use it.
+//! * [`pool`] — [`pool::SendPool`], the send buffers of one worker (one
+//!   allocation of `pool_buffers` × 2048 bytes, a free list, a send queue),
+//!   the router's [`Transmit`](sfu_core::router::Transmit). Its flush groups
+//!   the queue by destination into GSO trains sent without copying (one iovec
+//!   per buffer).
+//! * [`Node`] — starts the workers; [`WorkerHandle`] sends them commands and
+//!   reads their counters ([`WorkerStats`]).
+//!
+//! # Run loop
+//! Each worker thread owns one socket, one [`Router`](sfu_core::router::Router)
+//! and one pool, and loops:
+//!
+//! 1. `recvmmsg` up to `batch` buffers (64 KiB each with GRO; a GRO buffer is
+//!    split into `stride`-sized datagrams);
+//! 2. takes `Instant::now()` once and passes every datagram to
+//!    `Router::handle_datagram`, which decrypts it in place and writes each
+//!    egress copy into a pool buffer (the pool is flushed early if the queue
+//!    reaches half its buffers);
+//! 3. flushes the pool: sorts the queue by (destination, queueing order),
+//!    sends each destination's equal-size datagrams as GSO trains with
+//!    `sendmmsg`, and frees the buffers;
+//! 4. runs up to 64 queued control commands (`crossbeam-channel`
+//!    `try_recv`; each request carries its reply channel);
+//! 5. publishes its counters to atomics (thread CPU time every 100 ms);
+//! 6. returns if the stop flag is set.
+//!
+//! The socket's 5 ms read timeout bounds how long an idle worker takes to run
+//! a command or to stop. Nothing in the loop allocates after start-up
+//! (`tests/zero_alloc_worker.rs` counts allocations over a million packets).
+//!
+//! # Threading: one port per worker
+//! A worker is one thread, pinned with `core_affinity` to
+//! `cpus[i % cpus.len()]` when CPUs are given, and worker `i` binds its own
+//! port `base_port + i`. There is no `SO_REUSEPORT`: a room lives on exactly
+//! one worker, whose router alone holds the room's SRTP contexts, sequence
+//! rewriters and fan-out lists, with no locks. The control plane advertises
+//! that worker's address to every endpoint of the room, so each packet lands
+//! directly on the thread owning its state. With `SO_REUSEPORT` the kernel
+//! would hash each 5-tuple to an arbitrary socket of the group, scattering one
+//! room's endpoints (and one endpoint's flows) over workers that know nothing
+//! of them.
+//!
+//! Workers share nothing but their counters ([`WorkerHandle::stats`] reads
+//! relaxed atomics) and their command channel.
+//!
+//! # Rooms larger than one core (plan, not built yet)
+//! A room lives on one worker. When one room's egress exceeds what a core can
+//! send, its subscribers will be split across workers: the room gets a
+//! "shard" on a second worker that holds only subscribers, and the owning
+//! worker relays each publisher packet once (decrypted, or re-protected with
+//! a relay key) to the shard over the same relay mechanism that will later
+//! link nodes, which fans it out to its own subscribers. Each worker still
+//! owns its state alone; only the relay hop is added.
+//!
+//! # Panics
+//! Nothing received from the network can make this crate panic: datagrams go
+//! to the router (which never panics on input) as slices bounded by the
+//! received length, and address families the code does not know are mapped
+//! to `0.0.0.0:0`. Socket errors are counted ([`WorkerStats::send_errors`],
+//! [`WorkerStats::recv_errors`]), never unwrapped. [`Node::start`] returns an
+//! error, not a panic, for bad configuration or a busy port.
+//!
+//! # Unsafe
+//! All `unsafe` code lives in the private `sys` module: the `recvmmsg`,
+//! `sendmmsg`, `setsockopt` and `clock_gettime` calls, control-message
+//! encoding and decoding, and `sockaddr` conversion, each block with a
+//! `// SAFETY:` comment. The rest of the crate, including [`io`], is safe
+//! code over `sys`'s safe functions.
+
+pub mod io;
+mod node;
+pub mod pool;
+mod sys;
+mod worker;
+
+pub use node::{Node, NodeConfig, REQUEST_TIMEOUT, RequestError, WorkerHandle, WorkerStats};

@@ -1,0 +1,287 @@
+//! The node: worker threads, their handles and their counters.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sfu_core::router::{Command, DropReason, Outcome, RouterConfig, RouterError};
+
+use crate::io::{BatchSocket, SocketOptions};
+use crate::worker::{READ_TIMEOUT, Request, Shared, Worker};
+
+/// How long [`WorkerHandle::request`] waits for the router's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a [`Node`] is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Number of worker threads (at least 1).
+    pub workers: usize,
+    /// The core of worker `i` is `cpus[i % cpus.len()]`; empty: don't pin.
+    pub cpus: Vec<usize>,
+    /// Address the media sockets bind to. Default 127.0.0.1.
+    pub bind: IpAddr,
+    /// Worker `i` binds `base_port + i`; 0 gives every worker an ephemeral
+    /// port (see [`WorkerHandle::local_addr`]). Default 7882.
+    pub base_port: u16,
+    /// Send buffers per worker, allocated at start. Default 4096.
+    pub pool_buffers: usize,
+    /// Most datagrams per `recvmmsg`/`sendmmsg`. Default 64.
+    pub batch: usize,
+    /// `SO_RCVBUF`/`SO_SNDBUF` (the `FORCE` variants when permitted).
+    /// Default 32 MiB.
+    pub socket_buffer_bytes: usize,
+    /// Try UDP GSO (runtime fallback when refused). Default true.
+    pub gso: bool,
+    /// Try UDP GRO. Default true.
+    pub gro: bool,
+    /// Limits of each worker's router.
+    pub router: RouterConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            cpus: Vec::new(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            base_port: 7882,
+            pool_buffers: 4096,
+            batch: 64,
+            socket_buffer_bytes: 32 << 20,
+            gso: true,
+            gro: true,
+            router: RouterConfig::default(),
+        }
+    }
+}
+
+/// Why [`WorkerHandle::request`] got no answer from the router.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The router refused the command.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    #[error("worker did not answer in time")]
+    Timeout,
+    /// The worker has stopped.
+    #[error("worker stopped")]
+    Stopped,
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerStats {
+    /// Datagrams received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Datagrams the router wrote for sending.
+    pub tx_packets: u64,
+    /// Bytes the router wrote for sending.
+    pub tx_bytes: u64,
+    /// Drops by reason label ([`DropReason::as_str`]).
+    pub drops: Vec<(&'static str, u64)>,
+    /// Send buffers in the pool.
+    pub pool_capacity: u64,
+    /// Send buffers in use when the counters were published.
+    pub pool_in_use: u64,
+    /// Egress copies lost to an empty pool.
+    pub pool_exhausted: u64,
+    /// Times the kernel refused GSO (then the worker sends without it).
+    pub gso_fallbacks: u64,
+    /// Whether the socket receives GRO trains.
+    pub gro_enabled: bool,
+    /// Whether the socket sends GSO trains.
+    pub gso_enabled: bool,
+    /// Rooms on the worker.
+    pub rooms: u64,
+    /// Endpoints on the worker.
+    pub endpoints: u64,
+    /// The worker thread's own CPU time (user + system), in seconds.
+    pub cpu_seconds: f64,
+    /// Datagrams whose send failed.
+    pub send_errors: u64,
+    /// Failed `recvmmsg` calls (timeouts excluded).
+    pub recv_errors: u64,
+}
+
+/// Controls one worker thread: send it commands, read its counters.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    index: usize,
+    local_addr: SocketAddr,
+    commands: crossbeam_channel::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// The worker's index, 0-based.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The media address of this worker (with the real port when the
+    /// config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The core the worker is pinned to; `None` if unpinned or pinning failed.
+    pub fn cpu(&self) -> Option<usize> {
+        usize::try_from(self.shared.cpu.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Sends a command to the worker and waits (up to [`REQUEST_TIMEOUT`])
+    /// for the router's answer. An idle worker answers within its read
+    /// timeout (5 ms); a busy one after its current batch. A command whose
+    /// request timed out stays queued and may still run later.
+    pub fn request(&self, cmd: Command) -> Result<Outcome, RequestError> {
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return Err(RequestError::Stopped);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(Request { cmd, reply })
+            .map_err(|_| RequestError::Stopped)?;
+        match answer.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(result) => result.map_err(RequestError::Router),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(RequestError::Timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(RequestError::Stopped),
+        }
+    }
+
+    /// The counters the worker published after its last batch.
+    pub fn stats(&self) -> WorkerStats {
+        let s = &self.shared;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        WorkerStats {
+            rx_packets: get(&s.rx_packets),
+            rx_bytes: get(&s.rx_bytes),
+            tx_packets: get(&s.tx_packets),
+            tx_bytes: get(&s.tx_bytes),
+            drops: DropReason::ALL
+                .iter()
+                .zip(&s.drops)
+                .map(|(r, a)| (r.as_str(), get(a)))
+                .collect(),
+            pool_capacity: get(&s.pool_capacity),
+            pool_in_use: get(&s.pool_in_use),
+            pool_exhausted: get(&s.pool_exhausted),
+            gso_fallbacks: get(&s.gso_fallbacks),
+            gro_enabled: s.gro_enabled.load(Ordering::Relaxed),
+            gso_enabled: s.gso_enabled.load(Ordering::Relaxed),
+            rooms: get(&s.rooms),
+            endpoints: get(&s.endpoints),
+            cpu_seconds: get(&s.cpu_nanos) as f64 / 1e9,
+            send_errors: get(&s.send_errors),
+            recv_errors: get(&s.recv_errors),
+        }
+    }
+}
+
+/// The packet path of one node: its worker threads.
+#[derive(Debug)]
+pub struct Node {
+    workers: Vec<WorkerHandle>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Binds every worker's socket first (so a port in use fails here, with
+    /// no thread started), then spawns and pins one thread per worker.
+    pub fn start(config: NodeConfig) -> io::Result<Node> {
+        if config.workers == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "workers must be at least 1",
+            ));
+        }
+        let opts = SocketOptions {
+            buffer_bytes: config.socket_buffer_bytes,
+            gro: config.gro,
+            gso: config.gso,
+            read_timeout: Some(READ_TIMEOUT),
+            reuse_port: false,
+        };
+        let mut sockets = Vec::with_capacity(config.workers);
+        for i in 0..config.workers {
+            let port = if config.base_port == 0 {
+                0
+            } else {
+                u16::try_from(i)
+                    .ok()
+                    .and_then(|i| config.base_port.checked_add(i))
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "worker port beyond 65535")
+                    })?
+            };
+            sockets.push(BatchSocket::bind(
+                SocketAddr::new(config.bind, port),
+                config.batch,
+                &opts,
+            )?);
+        }
+        let mut node = Node {
+            workers: Vec::with_capacity(config.workers),
+            threads: Vec::with_capacity(config.workers),
+        };
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
+            let local_addr = socket.local_addr()?;
+            let shared = Arc::new(Shared::new(cpu, &socket, config.pool_buffers.max(1)));
+            let (commands, requests) = crossbeam_channel::unbounded();
+            let worker = Worker::new(
+                socket,
+                config.router,
+                config.pool_buffers,
+                requests,
+                Arc::clone(&shared),
+                cpu,
+            );
+            // On error `node` is dropped, which stops the workers started so far.
+            let thread = std::thread::Builder::new()
+                .name(format!("sfu-worker-{index}"))
+                .spawn(move || worker.run())?;
+            node.threads.push(thread);
+            node.workers.push(WorkerHandle {
+                index,
+                local_addr,
+                commands,
+                shared,
+            });
+        }
+        Ok(node)
+    }
+
+    /// One handle per worker, in index order.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Stops every worker and waits for its thread to end.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+
+    fn stop_and_join(&mut self) {
+        for w in &self.workers {
+            w.shared.stop.store(true, Ordering::Relaxed);
+        }
+        for t in self.threads.drain(..) {
+            // A worker that panicked has nothing left to clean up.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

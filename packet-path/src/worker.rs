@@ -1,0 +1,243 @@
+//! The worker loop: one thread, one socket, one router, one send pool.
+//!
+//! ```text
+//! loop {
+//!     recvmmsg a batch (GRO buffers split into `stride`-sized datagrams)
+//!     now = Instant::now()                       // once per batch
+//!     router.handle_datagram(now, src, datagram, &mut pool) for each datagram
+//!         (flushing early when the queue holds half the pool)
+//!     pool.flush(): GSO trains per destination via sendmmsg, buffers freed
+//!     drain up to 64 control requests (try_recv) -> router.handle_command
+//!     publish counters to the shared atomics
+//!     stop flag set? -> return
+//! }
+//! ```
+//!
+//! The socket's read timeout ([`READ_TIMEOUT`]) bounds how long an idle worker
+//! takes to see a command or the stop flag. Nothing in the loop allocates.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use sfu_core::router::{Command, DropReason, Outcome, Router, RouterConfig, RouterError};
+
+use crate::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta};
+use crate::pool::{BUFFER_BYTES, SendPool};
+use crate::sys;
+
+/// How long an idle worker waits in `recvmmsg` before looking at commands
+/// and the stop flag.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(5);
+/// Most control requests handled between two batches.
+const COMMANDS_PER_LOOP: usize = 64;
+/// How often the thread's CPU time (a system call) is read.
+const CPU_CLOCK_PERIOD: Duration = Duration::from_millis(100);
+
+/// A control request and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) cmd: Command,
+    pub(crate) reply: Sender<Result<Outcome, RouterError>>,
+}
+
+/// Counters one worker publishes and any thread reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) stop: AtomicBool,
+    /// The CPU the worker is pinned to, or -1.
+    pub(crate) cpu: AtomicI64,
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) tx_packets: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+    pub(crate) drops: [AtomicU64; DropReason::COUNT],
+    pub(crate) pool_capacity: AtomicU64,
+    pub(crate) pool_in_use: AtomicU64,
+    pub(crate) pool_exhausted: AtomicU64,
+    pub(crate) gso_fallbacks: AtomicU64,
+    pub(crate) gro_enabled: AtomicBool,
+    pub(crate) gso_enabled: AtomicBool,
+    pub(crate) rooms: AtomicU64,
+    pub(crate) endpoints: AtomicU64,
+    pub(crate) cpu_nanos: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
+    pub(crate) recv_errors: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(cpu: Option<usize>, socket: &BatchSocket, pool_capacity: usize) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            cpu: AtomicI64::new(cpu.map_or(-1, |c| c as i64)),
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            pool_capacity: AtomicU64::new(pool_capacity as u64),
+            pool_in_use: AtomicU64::new(0),
+            pool_exhausted: AtomicU64::new(0),
+            gso_fallbacks: AtomicU64::new(socket.gso_fallbacks()),
+            gro_enabled: AtomicBool::new(socket.gro_enabled()),
+            gso_enabled: AtomicBool::new(socket.gso_enabled()),
+            rooms: AtomicU64::new(0),
+            endpoints: AtomicU64::new(0),
+            cpu_nanos: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            recv_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Everything a worker thread owns.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) socket: BatchSocket,
+    pub(crate) router: Router,
+    pub(crate) pool: SendPool,
+    pub(crate) commands: Receiver<Request>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) cpu: Option<usize>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        socket: BatchSocket,
+        router: RouterConfig,
+        pool_buffers: usize,
+        commands: Receiver<Request>,
+        shared: Arc<Shared>,
+        cpu: Option<usize>,
+    ) -> Self {
+        Self {
+            socket,
+            router: Router::new(router),
+            pool: SendPool::new(pool_buffers),
+            commands,
+            shared,
+            cpu,
+        }
+    }
+
+    /// The thread body: pins, allocates the receive buffers, then loops
+    /// until the stop flag is set or every handle is gone.
+    pub(crate) fn run(mut self) {
+        self.pin();
+        let buf_len = if self.socket.gro_enabled() {
+            GRO_BUFFER_BYTES
+        } else {
+            BUFFER_BYTES
+        };
+        let batch = self.socket.batch();
+        let mut storage = vec![0u8; batch * buf_len];
+        let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(buf_len).collect();
+        let mut meta = vec![RecvMeta::default(); batch];
+        // Flush early rather than starve the fan-out of the rest of a batch.
+        let flush_at = (self.pool.capacity() / 2).max(1);
+        let mut send_errors = 0u64;
+        let mut recv_errors = 0u64;
+        let mut next_cpu_read = Instant::now();
+        loop {
+            let received = self.socket.recv(&mut bufs, &mut meta);
+            let now = Instant::now();
+            match received {
+                Ok(n) => {
+                    for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+                        let len = m.len.min(buf.len());
+                        let stride = if m.stride == 0 { len } else { m.stride };
+                        // An empty datagram is still one datagram (counted, dropped).
+                        let stride = stride.max(1);
+                        let datagrams = buf[..len].chunks_mut(stride);
+                        let empty = (len == 0).then_some(&mut [][..]);
+                        for datagram in datagrams.chain(empty) {
+                            self.router
+                                .handle_datagram(now, m.addr, datagram, &mut self.pool);
+                            if self.pool.queued() >= flush_at {
+                                send_errors += self.pool.flush(&mut self.socket).failed;
+                            }
+                        }
+                    }
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    recv_errors += 1;
+                    // A persistent error must not spin the core.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            send_errors += self.pool.flush(&mut self.socket).failed;
+            let disconnected = self.handle_commands(now);
+            if now >= next_cpu_read {
+                let cpu = sys::thread_cpu_time().as_nanos();
+                self.shared
+                    .cpu_nanos
+                    .store(u64::try_from(cpu).unwrap_or(u64::MAX), Ordering::Relaxed);
+                next_cpu_read = now + CPU_CLOCK_PERIOD;
+            }
+            self.publish(send_errors, recv_errors);
+            if disconnected || self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
+    fn pin(&self) {
+        let Some(cpu) = self.cpu else {
+            return;
+        };
+        let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+        let value = if pinned { cpu as i64 } else { -1 };
+        self.shared.cpu.store(value, Ordering::Relaxed);
+    }
+
+    /// Runs queued control requests; true if no handle can send any more.
+    fn handle_commands(&mut self, now: Instant) -> bool {
+        for _ in 0..COMMANDS_PER_LOOP {
+            match self.commands.try_recv() {
+                Ok(req) => {
+                    let result = self.router.handle_command(now, req.cmd);
+                    // The requester may have timed out and left: nothing to do.
+                    let _ = req.reply.send(result);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    fn publish(&self, send_errors: u64, recv_errors: u64) {
+        let s = &self.shared;
+        let r = self.router.stats();
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&s.rx_packets, r.rx_packets);
+        set(&s.rx_bytes, r.rx_bytes);
+        set(&s.tx_packets, r.tx_packets);
+        set(&s.tx_bytes, r.tx_bytes);
+        for (a, &v) in s.drops.iter().zip(&r.drops) {
+            set(a, v);
+        }
+        set(&s.pool_in_use, self.pool.in_use() as u64);
+        set(&s.pool_exhausted, self.pool.exhausted());
+        set(&s.gso_fallbacks, self.socket.gso_fallbacks());
+        s.gro_enabled
+            .store(self.socket.gro_enabled(), Ordering::Relaxed);
+        s.gso_enabled
+            .store(self.socket.gso_enabled(), Ordering::Relaxed);
+        set(&s.rooms, self.router.rooms() as u64);
+        set(&s.endpoints, self.router.endpoints() as u64);
+        set(&s.send_errors, send_errors);
+        set(&s.recv_errors, recv_errors);
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
