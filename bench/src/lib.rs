@@ -1,5 +1,5 @@
-//! Benches of the SFU's hot path and (as its issue lands) the `sfu-loadgen`
-//! load generator.
+//! Benches of the SFU's hot path and the `sfu-loadgen` load generator
+//! ([`loadgen`], binary `sfu-loadgen`).
 //!
 //! # Design
 //! Each criterion bench in `benches/` measures one stage of the packet path
@@ -15,3 +15,5 @@
 //! in `.ci/run`, so they cannot rot. Figures belong in a criterion run on an
 //! idle machine, never in a timed unit test.
 #![forbid(unsafe_code)]
+
+pub mod loadgen;

@@ -1,0 +1,310 @@
+//! A blocking client of the node's control API (`ureq`), for the calls the
+//! load generator makes: rooms, endpoints, subscriptions and `/v1/load`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sfu_core::srtp::Profile;
+
+use super::Kind;
+use super::plan::Role;
+
+/// A handle on one node's control API. Cheap to clone (the agent shares its
+/// connection pool).
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// A track as declared when an endpoint is created.
+#[derive(Debug, Clone, Copy)]
+pub struct Track {
+    /// Audio or video.
+    pub kind: Kind,
+    /// Its SSRC.
+    pub ssrc: u32,
+    /// Its payload type.
+    pub payload_type: u8,
+}
+
+/// What the load generator asks for when creating an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointRequest<'a> {
+    /// Endpoint role.
+    pub role: Role,
+    /// SRTP profile.
+    pub profile: Profile,
+    /// Master key || salt the endpoint protects its packets with.
+    pub master: &'a [u8],
+    /// Published tracks.
+    pub tracks: &'a [Track],
+    /// Where the node sends this endpoint's media; `None` = learn by comedia.
+    pub remote: Option<SocketAddr>,
+    /// What it receives.
+    pub subscribe: Subscribe<'a>,
+}
+
+/// The `subscribe` field of an endpoint creation.
+#[derive(Debug, Clone, Copy)]
+pub enum Subscribe<'a> {
+    /// Left out (publishers).
+    Omit,
+    /// `"all"`.
+    All,
+    /// Explicit (video, audio) producer SSRCs.
+    Explicit(&'a [u32], &'a [u32]),
+}
+
+/// A consumer the node created for an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Consumer {
+    /// `"audio"` or `"video"`.
+    #[serde(deserialize_with = "de_kind")]
+    pub kind: Kind,
+    /// Slot within its kind.
+    pub slot: u16,
+    /// The SSRC the node sends it with.
+    pub ssrc: u32,
+    /// The producer SSRC it currently forwards, if any.
+    pub producer_ssrc: Option<u32>,
+    /// Payload type on the way out.
+    pub payload_type: u8,
+}
+
+fn de_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "audio" => Ok(Kind::Audio),
+        "video" => Ok(Kind::Video),
+        other => Err(serde::de::Error::custom(format!("unknown kind {other:?}"))),
+    }
+}
+
+/// The node's answer to an endpoint creation.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The endpoint id, for later calls.
+    pub id: String,
+    /// The node's media address for this endpoint.
+    pub media: SocketAddr,
+    /// Master key || salt the node protects towards this endpoint with.
+    pub node_master: Vec<u8>,
+    /// Its consumers.
+    pub consumers: Vec<Consumer>,
+}
+
+#[derive(Deserialize)]
+struct EndpointAnswer {
+    id: String,
+    media: String,
+    srtp: SrtpAnswer,
+    #[serde(default)]
+    consumers: Vec<Consumer>,
+}
+
+#[derive(Deserialize)]
+struct SrtpAnswer {
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct ConsumersAnswer {
+    consumers: Vec<Consumer>,
+}
+
+impl ControlClient {
+    /// A client of the control API at `base` (e.g. `http://127.0.0.1:7880`).
+    pub fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .max_idle_connections_per_host(16)
+            .build();
+        Self {
+            agent: config.into(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `GET /v1/load`.
+    pub fn load(&self) -> anyhow::Result<Value> {
+        let resp = self.agent.get(format!("{}/v1/load", self.base)).call()?;
+        expect_json(resp, 200, "GET /v1/load")
+    }
+
+    /// `POST /v1/rooms`; returns the room's media address.
+    pub fn create_room(&self, room: &str) -> anyhow::Result<SocketAddr> {
+        let resp = self
+            .agent
+            .post(format!("{}/v1/rooms", self.base))
+            .send_json(json!({ "room": room }))?;
+        let v = expect_json(resp, 201, "POST /v1/rooms")?;
+        let media = v["media"].as_str().context("room answer without media")?;
+        media.parse().context("room media address")
+    }
+
+    /// `DELETE /v1/rooms/{room}`.
+    pub fn delete_room(&self, room: &str) -> anyhow::Result<()> {
+        let resp = self
+            .agent
+            .delete(format!("{}/v1/rooms/{room}", self.base))
+            .call()?;
+        expect_status(resp, 204, "DELETE /v1/rooms/{room}")
+    }
+
+    /// `POST /v1/rooms/{room}/endpoints`.
+    pub fn create_endpoint(
+        &self,
+        room: &str,
+        req: &EndpointRequest<'_>,
+    ) -> anyhow::Result<Endpoint> {
+        let tracks: Vec<Value> = req
+            .tracks
+            .iter()
+            .map(|t| {
+                json!({
+                    "kind": kind_name(t.kind),
+                    "ssrc": t.ssrc,
+                    "payload_type": t.payload_type,
+                })
+            })
+            .collect();
+        let mut body = json!({
+            "role": req.role.as_str(),
+            "srtp": { "profile": req.profile.name(), "key": BASE64.encode(req.master) },
+            "tracks": tracks,
+        });
+        match req.subscribe {
+            Subscribe::Omit => {}
+            Subscribe::All => body["subscribe"] = subscribe_body(None),
+            Subscribe::Explicit(video, audio) => {
+                body["subscribe"] = subscribe_body(Some((video, audio)));
+            }
+        }
+        if let Some(remote) = req.remote {
+            body["remote"] = Value::String(remote.to_string());
+        }
+        let resp = self
+            .agent
+            .post(format!("{}/v1/rooms/{room}/endpoints", self.base))
+            .send_json(&body)?;
+        let v = expect_json(resp, 201, "POST /v1/rooms/{room}/endpoints")?;
+        let answer: EndpointAnswer =
+            serde_json::from_value(v).context("endpoint answer does not parse")?;
+        let node_master = BASE64
+            .decode(answer.srtp.key.as_bytes())
+            .context("endpoint answer: srtp.key is not base64")?;
+        let expected = req.profile.key_len() + req.profile.salt_len();
+        if node_master.len() != expected {
+            bail!(
+                "endpoint answer: srtp.key has {} bytes, {} needs {expected}",
+                node_master.len(),
+                req.profile.name()
+            );
+        }
+        Ok(Endpoint {
+            id: answer.id,
+            media: answer.media.parse().context("endpoint media address")?,
+            node_master,
+            consumers: answer.consumers,
+        })
+    }
+
+    /// `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` with an explicit
+    /// (video, audio) subscription; returns the consumers.
+    pub fn set_subscription(
+        &self,
+        room: &str,
+        id: &str,
+        video: &[u32],
+        audio: &[u32],
+    ) -> anyhow::Result<Vec<Consumer>> {
+        let resp = self
+            .agent
+            .put(format!(
+                "{}/v1/rooms/{room}/endpoints/{id}/subscriptions",
+                self.base
+            ))
+            .send_json(subscribe_body(Some((video, audio))))?;
+        let v = expect_json(resp, 200, "PUT subscriptions")?;
+        let answer: ConsumersAnswer =
+            serde_json::from_value(v).context("subscriptions answer does not parse")?;
+        Ok(answer.consumers)
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Audio => "audio",
+        Kind::Video => "video",
+    }
+}
+
+fn subscribe_body(sub: Option<(&[u32], &[u32])>) -> Value {
+    match sub {
+        None => Value::String("all".into()),
+        Some((video, audio)) => json!({ "video": video, "audio": audio }),
+    }
+}
+
+fn expect_status(
+    mut resp: ureq::http::Response<ureq::Body>,
+    want: u16,
+    what: &str,
+) -> anyhow::Result<()> {
+    let status = resp.status().as_u16();
+    if status != want {
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        bail!("{what}: HTTP {status} (want {want}): {body}");
+    }
+    Ok(())
+}
+
+fn expect_json(
+    mut resp: ureq::http::Response<ureq::Body>,
+    want: u16,
+    what: &str,
+) -> anyhow::Result<Value> {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("{what}: reading the body"))?;
+    if status != want {
+        bail!("{what}: HTTP {status} (want {want}): {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("{what}: body is not JSON: {body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_bodies() {
+        assert_eq!(subscribe_body(None), json!("all"));
+        assert_eq!(
+            subscribe_body(Some((&[1], &[2, 3]))),
+            json!({"video": [1], "audio": [2, 3]})
+        );
+    }
+
+    #[test]
+    fn consumers_parse() {
+        let v = json!({"consumers": [
+            {"kind": "video", "slot": 0, "ssrc": 555, "producer_ssrc": 1234, "payload_type": 96},
+            {"kind": "audio", "slot": 1, "ssrc": 556, "producer_ssrc": null, "payload_type": 111}
+        ]});
+        let a: ConsumersAnswer = serde_json::from_value(v).expect("valid");
+        assert_eq!(a.consumers[0].kind, Kind::Video);
+        assert_eq!(a.consumers[1].producer_ssrc, None);
+        let bad = json!({"consumers": [{"kind": "data", "slot": 0, "ssrc": 1, "producer_ssrc": null, "payload_type": 0}]});
+        assert!(serde_json::from_value::<ConsumersAnswer>(bad).is_err());
+    }
+}

@@ -1,0 +1,1217 @@
+//! `sfu-loadgen`: publishers and subscribers of SRTP media against a node,
+//! set up through its control API, with loss, latency, integrity and CPU
+//! figures at the end.
+//!
+//! # Run
+//! [`run`] builds a [`plan::Plan`] (who publishes which stream, who receives
+//! what), binds one UDP socket per peer ([`packet_path::io::BatchSocket`] on
+//! `--bind`:0, GSO on for publishers, GRO on for receivers), creates the rooms
+//! and endpoints through the control API ([`api`]), then runs for
+//! `--duration`:
+//!
+//! * **one sender thread** (`lg-send`) walks a min-heap of due times, one
+//!   entry per stream, sleeping until the earliest. Stream `n`'s unit `u`
+//!   (a video frame or an audio packet) is due at
+//!   `offset_n + u * 1e9 / rate` ns after the run's origin, computed from `u`
+//!   so there is no drift ([`media::Cadence`]); the first units of the
+//!   streams of one kind are spread evenly over one period. A video frame is
+//!   `ceil(bytes / 1200)` packets with consecutive sequence numbers, one
+//!   timestamp and the marker bit on the last; its full-size packets leave in
+//!   one GSO train (equal segments), a shorter last packet in the same
+//!   `sendmmsg` as a separate datagram. Audio is one 160-byte packet every
+//!   20 ms. Each payload starts with a [`payload::Marker`] (publisher index,
+//!   stream sequence number, send time) followed by a checkable pattern, and
+//!   is protected in place with [`sfu_core::srtp::SrtpContext::protect_rtp`].
+//!   A late sender does not skip units: it catches up and reports its worst
+//!   lateness.
+//! * **receive threads** (`lg-recv-N`, default 1 per receiving peer up to 4
+//!   of them, else 2) each own a share of the receiving sockets. A thread with
+//!   one socket that no sender shares blocks in `recvmmsg` (with a read
+//!   timeout); otherwise the sockets are non-blocking and swept round-robin,
+//!   with a short sleep (`--idle-sleep-us`) after a sweep that found nothing.
+//!   Every datagram is counted; its clear RTP header gives the consumer SSRC
+//!   and sequence number, from which gaps and reordering are counted per
+//!   (subscriber, consumer). One packet in `--sample-every` per consumer
+//!   (every packet with `--verify-all`, and always in the seed meeting) is
+//!   decrypted with the node's key for that subscriber; its pattern is
+//!   checked and its latency (receive time − marker send time, both from
+//!   one `Instant` origin) goes into a fixed log-linear histogram
+//!   ([`histogram`]). Receiving allocates nothing per packet.
+//! * **a switch thread** (`lg-switch`, seed meeting only) changes every
+//!   viewer's video subscription at each speaker switch with
+//!   `PUT .../subscriptions`, from `--switch-workers` parallel clients.
+//! * **the calling thread** prints a [`Progress`] line each second, then
+//!   waits for the sender to finish, lets the receivers drain for
+//!   `--drain-ms`, stops them and assembles the [`Report`]. The rooms are
+//!   deleted at the end, on error too (best effort, from a drop guard).
+//!
+//! # Expected packets
+//! * Scenario `rooms` (subscribe `"all"`): each subscriber should get every
+//!   packet every publisher of its room sent: `expected = Σ_rooms sent(room)
+//!   × S`; received = datagrams that are RTP from one of its consumer SSRCs.
+//! * Scenario `seed-meeting`: every packet is decrypted and attributed by its
+//!   marker. A viewer expects all packets of its three audio publishers, and
+//!   for each speaker period the video packets its speaker of that period
+//!   sent, except video sent within a switch window
+//!   `[switch − grace, switch + budget + grace)`, which is left out of both
+//!   the expected and the received count (the node may switch anywhere in
+//!   the window). Video from anyone else outside the windows is
+//!   `misrouted_packets`. The method is stated in the report's
+//!   `expected_method`.
+//!
+//! # Panics
+//! No network input can make the receive path panic: headers are parsed with
+//! checked views, SRTP failures, malformed or unexpected datagrams are
+//! counted (`rx_unexpected_packets`, `integrity_errors`). Setup failures are
+//! errors, not panics.
+
+pub mod api;
+pub mod histogram;
+pub mod media;
+pub mod payload;
+pub mod plan;
+pub mod procstat;
+mod receiver;
+mod sender;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use packet_path::io::{BatchSocket, SocketOptions};
+use rand::Rng;
+use serde::Serialize;
+use sfu_core::srtp::Profile;
+
+use api::{ControlClient, EndpointRequest, Subscribe, Track};
+use histogram::Snapshot;
+use plan::{Plan, Receives, Role, SwitchTiming};
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Opus-like audio, PT 111, 48 kHz.
+    Audio,
+    /// Video, PT 96, 90 kHz.
+    Video,
+}
+
+/// Which topology to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// `--rooms` rooms of `--publishers` publishers and `--subscribers`
+    /// subscribers that receive everything.
+    Rooms,
+    /// One room of `--participants` (500) peers with role `both`;
+    /// `--speakers` (50) publish 2 Mbit/s video, all publish audio; each
+    /// receives the rotating speaker's video and three others' audio.
+    SeedMeeting,
+}
+
+/// Command-line options of `sfu-loadgen`, also the library's input.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "sfu-loadgen",
+    about = "SRTP load generator for the SFU node: publishers and subscribers over UDP, set up through the control API"
+)]
+pub struct Options {
+    /// Base URL of the node's control API.
+    #[arg(long, default_value = "http://127.0.0.1:7880")]
+    pub control: String,
+    /// Rooms (scenario `rooms`).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publishers per room (scenario `rooms`).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscribers per room (scenario `rooms`).
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// Video bitrate per publisher, kbit/s.
+    #[arg(long, default_value_t = 2000)]
+    pub video_kbps: u32,
+    /// Publishers also send 64 kbit/s audio (scenario `rooms`).
+    #[arg(long)]
+    pub audio: bool,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// SRTP profile of every endpoint.
+    #[arg(long, default_value = "AEAD_AES_128_GCM", value_parser = parse_profile)]
+    pub profile: Profile,
+    /// Topology.
+    #[arg(long, value_enum, default_value = "rooms")]
+    pub scenario: Scenario,
+    /// Participants of the seed meeting.
+    #[arg(long, default_value_t = 500)]
+    pub participants: usize,
+    /// Video publishers (rotating speakers) of the seed meeting.
+    #[arg(long, default_value_t = 50)]
+    pub speakers: usize,
+    /// Seconds between speaker switches (seed meeting).
+    #[arg(long, default_value_t = 5.0)]
+    pub switch_secs: f64,
+    /// Time all subscription changes of one switch must finish in, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub switch_budget_ms: u64,
+    /// Margin around each switch window excluded from the counts, ms.
+    #[arg(long, default_value_t = 200)]
+    pub switch_grace_ms: u64,
+    /// Parallel HTTP clients changing subscriptions at a switch.
+    #[arg(long, default_value_t = 4)]
+    pub switch_workers: usize,
+    /// Local address of every socket.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+    /// Pin the load generator's sender and receive threads to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Decrypt and verify one packet in N per consumer.
+    #[arg(long, default_value_t = 16)]
+    pub sample_every: u32,
+    /// Decrypt and verify every packet.
+    #[arg(long)]
+    pub verify_all: bool,
+    /// Receive threads (default: one per receiving socket up to 4 sockets, else 2).
+    #[arg(long)]
+    pub recv_threads: Option<usize>,
+    /// Time receivers keep counting after the last send, ms.
+    #[arg(long, default_value_t = 500)]
+    pub drain_ms: u64,
+    /// Sleep after a receive sweep over non-blocking sockets that found
+    /// nothing, µs.
+    #[arg(long, default_value_t = 100)]
+    pub idle_sleep_us: u64,
+    /// Shortest time between the starts of two receive sweeps over
+    /// non-blocking sockets, µs (default: 0 up to 16 sockets per thread,
+    /// else 500). Adds up to this much to measured latencies.
+    #[arg(long)]
+    pub sweep_interval_us: Option<u64>,
+    /// SO_RCVBUF/SO_SNDBUF of every socket, bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        <Self as clap::Parser>::parse_from(["sfu-loadgen"])
+    }
+}
+
+fn parse_profile(s: &str) -> Result<Profile, String> {
+    Profile::from_name(s).ok_or_else(|| {
+        format!("unknown SRTP profile {s:?}: AEAD_AES_128_GCM or AES_CM_128_HMAC_SHA1_80")
+    })
+}
+
+/// One progress line's figures (over the last interval, loss since start).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Seconds since sending started.
+    pub elapsed_s: f64,
+    /// Packets sent per second over the last interval.
+    pub tx_pps: f64,
+    /// Packets received per second over the last interval.
+    pub rx_pps: f64,
+    /// 1 − received / expected so far (in-flight packets count as lost).
+    pub loss: f64,
+    /// Median latency of the sampled packets so far, µs.
+    pub latency_us_p50: Option<f64>,
+    /// 99th percentile latency of the sampled packets so far, µs.
+    pub latency_us_p99: Option<f64>,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        write!(
+            f,
+            "t={:5.1}s tx {:8.0} pps  rx {:8.0} pps  loss {:7.4}%  latency p50 {} µs p99 {} µs",
+            self.elapsed_s,
+            self.tx_pps,
+            self.rx_pps,
+            self.loss * 100.0,
+            us(self.latency_us_p50),
+            us(self.latency_us_p99),
+        )
+    }
+}
+
+/// The final report (`--json` prints it as one object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `rooms` or `seed-meeting`.
+    pub scenario: &'static str,
+    /// SRTP profile name.
+    pub profile: &'static str,
+    /// Rooms created.
+    pub rooms: usize,
+    /// Endpoints created.
+    pub endpoints: usize,
+    /// Streams published.
+    pub streams: usize,
+    /// Seconds of sending (measured).
+    pub duration_s: f64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Video packets sent.
+    pub tx_video_packets: u64,
+    /// Audio packets sent.
+    pub tx_audio_packets: u64,
+    /// Bytes sent (SRTP, UDP payload).
+    pub tx_bytes: u64,
+    /// `sendmmsg` failures (packets not sent).
+    pub send_errors: u64,
+    /// Packets per second the plan asks for.
+    pub target_tx_pps: f64,
+    /// Packets sent per second.
+    pub tx_pps: f64,
+    /// Worst lateness of the sender against its schedule, µs.
+    pub sender_late_us_max: f64,
+    /// Datagrams received (all of them).
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Datagrams counted against the expectation.
+    pub rx_counted_packets: u64,
+    /// Packets expected under `expected_method`.
+    pub expected_rx_packets: u64,
+    /// `1 − rx_counted / expected` (negative if the node duplicated).
+    pub loss_ratio: f64,
+    /// Worst loss ratio of a single subscriber.
+    pub loss_ratio_worst_subscriber: f64,
+    /// How `expected_rx_packets` was computed.
+    pub expected_method: String,
+    /// Datagrams received per second of sending.
+    pub rx_pps: f64,
+    /// Bits received per second of sending (UDP payload).
+    pub rx_bps: f64,
+    /// SRTCP datagrams received (e.g. PLIs to publishers).
+    pub rx_rtcp_packets: u64,
+    /// Datagrams that are not RTP/RTCP or come from an unknown SSRC.
+    pub rx_unexpected_packets: u64,
+    /// Failed receive calls (other than timeouts).
+    pub recv_errors: u64,
+    /// Packets decrypted and verified.
+    pub verified_packets: u64,
+    /// SRTP failures plus payload pattern mismatches.
+    pub integrity_errors: u64,
+    /// Of `integrity_errors`: packets SRTP refused.
+    pub srtp_errors: u64,
+    /// Packets whose marker says they were not for this subscriber.
+    pub misrouted_packets: u64,
+    /// Switched video inside switch windows (in neither count).
+    pub rx_excluded_packets: u64,
+    /// Packets older than, or equal to, the highest sequence number seen on
+    /// their consumer.
+    pub out_of_order: u64,
+    /// Sequence numbers skipped (forward jumps) per consumer, summed.
+    pub seq_gaps: u64,
+    /// Consumer SSRCs seen that the API did not announce.
+    pub unannounced_ssrcs: u64,
+    /// Latency samples.
+    pub latency_samples: u64,
+    /// Median latency, µs.
+    pub latency_us_p50: Option<f64>,
+    /// 90th percentile latency, µs.
+    pub latency_us_p90: Option<f64>,
+    /// 99th percentile latency, µs.
+    pub latency_us_p99: Option<f64>,
+    /// Largest latency, µs.
+    pub latency_us_max: Option<f64>,
+    /// Speaker switches done.
+    pub switches: usize,
+    /// Subscription changes made at switches.
+    pub switch_requests: u64,
+    /// Failed subscription changes.
+    pub switch_errors: u64,
+    /// Longest time one switch's changes took, ms.
+    pub switch_ms_max: f64,
+    /// Switches that overran `--switch-budget-ms` (their counts are unreliable).
+    pub switch_overruns: u64,
+    /// Per node worker: CPU seconds over the run.
+    pub node_cpu_seconds: Vec<f64>,
+    /// Per node worker: CPU seconds over the run / `duration_s`.
+    pub node_cpu_utilisation: Vec<f64>,
+    /// The node's `/v1/load` at the end.
+    pub node_load: serde_json::Value,
+    /// CPU seconds of this process over the run (utime + stime).
+    pub loadgen_cpu_seconds: f64,
+    /// Whether GSO stayed on for every publisher socket.
+    pub gso: bool,
+    /// Whether GRO was on for every receiving socket.
+    pub gro: bool,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        writeln!(
+            f,
+            "{} ({}), {} rooms, {} endpoints, {} streams, {:.1} s",
+            self.scenario, self.profile, self.rooms, self.endpoints, self.streams, self.duration_s
+        )?;
+        writeln!(
+            f,
+            "tx {} packets ({:.0} pps of {:.0} planned, worst lateness {:.0} µs, {} send errors)",
+            self.tx_packets,
+            self.tx_pps,
+            self.target_tx_pps,
+            self.sender_late_us_max,
+            self.send_errors
+        )?;
+        writeln!(
+            f,
+            "rx {} packets ({:.0} pps, {:.1} Mbit/s), counted {} of {} expected: loss {:.4}% (worst subscriber {:.4}%)",
+            self.rx_packets,
+            self.rx_pps,
+            self.rx_bps / 1e6,
+            self.rx_counted_packets,
+            self.expected_rx_packets,
+            self.loss_ratio * 100.0,
+            self.loss_ratio_worst_subscriber * 100.0
+        )?;
+        writeln!(
+            f,
+            "verified {} packets: {} integrity errors ({} SRTP), {} misrouted, {} unexpected, {} out of order, {} gaps",
+            self.verified_packets,
+            self.integrity_errors,
+            self.srtp_errors,
+            self.misrouted_packets,
+            self.rx_unexpected_packets,
+            self.out_of_order,
+            self.seq_gaps
+        )?;
+        writeln!(
+            f,
+            "latency µs: p50 {} p90 {} p99 {} max {} ({} samples)",
+            us(self.latency_us_p50),
+            us(self.latency_us_p90),
+            us(self.latency_us_p99),
+            us(self.latency_us_max),
+            self.latency_samples
+        )?;
+        if self.switches > 0 {
+            writeln!(
+                f,
+                "switches {}: {} requests, {} errors, slowest {:.0} ms, {} overruns",
+                self.switches,
+                self.switch_requests,
+                self.switch_errors,
+                self.switch_ms_max,
+                self.switch_overruns
+            )?;
+        }
+        let cpu: Vec<String> = self
+            .node_cpu_utilisation
+            .iter()
+            .map(|u| format!("{:.0}%", u * 100.0))
+            .collect();
+        write!(
+            f,
+            "node worker CPU [{}], load generator {:.2} CPU s",
+            cpu.join(", "),
+            self.loadgen_cpu_seconds
+        )
+    }
+}
+
+/// One peer's socket, shared by the sender and a receive thread.
+#[derive(Debug)]
+struct PeerSocket {
+    socket: Mutex<BatchSocket>,
+    local: SocketAddr,
+}
+
+/// What setup learnt about each peer's endpoint.
+#[derive(Debug)]
+struct PeerSetup {
+    room: String,
+    id: String,
+    media: SocketAddr,
+    /// Key || salt the peer protects with (sender side).
+    master: Vec<u8>,
+    /// Key || salt the node protects towards the peer with (receiver side).
+    node_master: Vec<u8>,
+    consumers: Vec<api::Consumer>,
+}
+
+/// Deletes the run's rooms when dropped (best effort).
+struct RoomsGuard {
+    client: ControlClient,
+    rooms: Vec<String>,
+}
+
+impl Drop for RoomsGuard {
+    fn drop(&mut self) {
+        for room in &self.rooms {
+            if let Err(e) = self.client.delete_room(room) {
+                eprintln!("sfu-loadgen: could not delete room {room}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Runs the load described by `opts` against the node, calling `progress`
+/// about once a second, and returns the final report.
+pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Result<Report> {
+    validate(opts)?;
+    let client = ControlClient::new(&opts.control);
+    let load_before = client
+        .load()
+        .with_context(|| format!("control API at {} does not answer", opts.control))?;
+    let duration_ns = (opts.duration * 1e9) as u64;
+    let mut rng = rand::rng();
+    let ssrc_base: u32 = rng.random::<u32>() & 0xffff_0000 | 0x1000;
+    let plan = match opts.scenario {
+        Scenario::Rooms => Plan::rooms(
+            opts.rooms,
+            opts.publishers,
+            opts.subscribers,
+            opts.video_kbps,
+            opts.audio,
+            ssrc_base,
+        ),
+        Scenario::SeedMeeting => Plan::seed_meeting(
+            opts.participants,
+            opts.speakers,
+            opts.video_kbps,
+            ssrc_base,
+            SwitchTiming {
+                period_ns: (opts.switch_secs * 1e9) as u64,
+                budget_ns: opts.switch_budget_ms * 1_000_000,
+                grace_ns: opts.switch_grace_ms * 1_000_000,
+            },
+            duration_ns,
+        ),
+    };
+    let receivers: Vec<usize> = (0..plan.peers.len())
+        .filter(|&p| plan.is_receiver(p))
+        .collect();
+    let recv_threads = opts
+        .recv_threads
+        .unwrap_or(if receivers.len() <= 4 {
+            receivers.len()
+        } else {
+            2
+        })
+        .clamp(1, receivers.len().max(1));
+    // A receiving socket blocks in recv only if its thread owns it alone and
+    // no sender shares it.
+    let blocking_receivers = recv_threads == receivers.len();
+    let sockets = bind_sockets(opts, &plan, blocking_receivers)?;
+
+    let mut guard = RoomsGuard {
+        client: client.clone(),
+        rooms: Vec::new(),
+    };
+    let setups = set_up(opts, &plan, &client, &sockets, &mut guard, &mut rng)?;
+
+    let shared = Shared::new(&plan, recv_threads);
+    let stop_receivers = AtomicBool::new(false);
+    let stop_all = AtomicBool::new(false);
+    let cpu_before = procstat::cpu_seconds();
+    let origin = Instant::now();
+    let end_ns = duration_ns;
+
+    let outcome = std::thread::scope(|s| -> anyhow::Result<Outcome> {
+        let sender = {
+            let cfg = sender::Config {
+                plan: &plan,
+                sockets: &sockets,
+                setups: &setups,
+                profile: opts.profile,
+                origin,
+                end_ns,
+                cpu: opts.cpu,
+                stop: &stop_all,
+                shared: &shared.tx,
+            };
+            std::thread::Builder::new()
+                .name("lg-send".into())
+                .spawn_scoped(s, move || sender::run(cfg))
+                .context("spawning the sender thread")?
+        };
+        let mut recv_handles = Vec::with_capacity(recv_threads);
+        for t in 0..recv_threads {
+            let mine: Vec<usize> = receivers
+                .iter()
+                .copied()
+                .skip(t)
+                .step_by(recv_threads)
+                .collect();
+            let cfg = receiver::Config {
+                plan: &plan,
+                sockets: &sockets,
+                setups: &setups,
+                peers: mine.clone(),
+                profile: opts.profile,
+                origin,
+                sample_every: if opts.verify_all || plan.switch.is_some() {
+                    1
+                } else {
+                    opts.sample_every
+                },
+                attribute_all: plan.switch.is_some(),
+                blocking: blocking_receivers,
+                idle_sleep: Duration::from_micros(opts.idle_sleep_us),
+                sweep_interval: Duration::from_micros(
+                    opts.sweep_interval_us
+                        .unwrap_or(if mine.len() > 16 { 500 } else { 0 }),
+                ),
+                cpu: opts.cpu,
+                stop: &stop_receivers,
+                shared: &shared.rx[t],
+            };
+            recv_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("lg-recv-{t}"))
+                    .spawn_scoped(s, move || receiver::run(cfg))
+                    .context("spawning a receive thread")?,
+            );
+        }
+        let switcher = plan
+            .switch
+            .as_ref()
+            .map(|sw| {
+                let cfg = SwitchConfig {
+                    plan: &plan,
+                    switch: sw,
+                    setups: &setups,
+                    client: &client,
+                    origin,
+                    workers: opts.switch_workers.max(1),
+                    stop: &stop_all,
+                };
+                std::thread::Builder::new()
+                    .name("lg-switch".into())
+                    .spawn_scoped(s, move || run_switches(cfg))
+                    .context("spawning the switch thread")
+            })
+            .transpose()?;
+
+        // Progress once a second until the sender is done.
+        let mut last = (0u64, 0u64, Instant::now());
+        let mut next_tick = Duration::from_secs(1);
+        while !sender.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+            let elapsed = origin.elapsed();
+            if elapsed < next_tick {
+                continue;
+            }
+            next_tick += Duration::from_secs(1);
+            let (tx, rx) = (shared.tx.packets(), shared.rx_packets());
+            let dt = last.2.elapsed().as_secs_f64().max(1e-9);
+            let hist = shared.latency();
+            let sent = shared.tx.sent(&plan);
+            let expected: u64 = receivers.iter().map(|&v| plan.expected(v, &sent)).sum();
+            progress(&Progress {
+                elapsed_s: elapsed.as_secs_f64(),
+                tx_pps: (tx - last.0) as f64 / dt,
+                rx_pps: (rx - last.1) as f64 / dt,
+                loss: loss_ratio(shared.rx_counted(), expected),
+                latency_us_p50: hist.quantile(0.5).map(ns_to_us),
+                latency_us_p99: hist.quantile(0.99).map(ns_to_us),
+            });
+            last = (tx, rx, Instant::now());
+        }
+        let sent_for = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
+        stop_all.store(true, Ordering::Relaxed);
+        let switches = match switcher {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the switch thread panicked"))?,
+            None => SwitchStats::default(),
+        };
+        std::thread::sleep(Duration::from_millis(opts.drain_ms));
+        stop_receivers.store(true, Ordering::Relaxed);
+        let mut per_viewer = Vec::new();
+        for h in recv_handles {
+            let counted = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a receive thread panicked"))??;
+            per_viewer.extend(counted);
+        }
+        Ok(Outcome {
+            sent_for,
+            switches,
+            per_viewer,
+        })
+    });
+    // Tell the threads to stop if the scope failed half way (they have
+    // all been joined by now; this is for clarity).
+    stop_all.store(true, Ordering::Relaxed);
+    let outcome = outcome?;
+    let cpu_after = procstat::cpu_seconds();
+    let load_after = client.load().unwrap_or_else(|e| {
+        eprintln!("sfu-loadgen: GET /v1/load at the end failed: {e:#}");
+        serde_json::Value::Null
+    });
+    let report = build_report(
+        opts,
+        &plan,
+        &shared,
+        &outcome,
+        &sockets,
+        Cpu {
+            node_before: &load_before,
+            node_after: load_after,
+            loadgen: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
+        },
+    );
+    drop(guard);
+    Ok(report)
+}
+
+fn validate(opts: &Options) -> anyhow::Result<()> {
+    if !(opts.duration > 0.0 && opts.duration <= 86_400.0) {
+        bail!("--duration must be in (0, 86400] seconds");
+    }
+    if opts.sample_every == 0 {
+        bail!("--sample-every must be at least 1");
+    }
+    if opts.video_kbps == 0 || opts.video_kbps > 100_000 {
+        bail!("--video-kbps must be in 1..=100000");
+    }
+    match opts.scenario {
+        Scenario::Rooms => {
+            if opts.rooms == 0 || opts.publishers == 0 || opts.subscribers == 0 {
+                bail!("--rooms, --publishers and --subscribers must be at least 1");
+            }
+            if opts.rooms * (opts.publishers + opts.subscribers) > 20_000 {
+                bail!("more than 20000 endpoints");
+            }
+        }
+        Scenario::SeedMeeting => {
+            if opts.participants < 2 || opts.participants > 20_000 {
+                bail!("--participants must be in 2..=20000");
+            }
+            if opts.speakers == 0 {
+                bail!("--speakers must be at least 1");
+            }
+            let period = opts.switch_secs * 1e3;
+            let window = (opts.switch_budget_ms + 2 * opts.switch_grace_ms) as f64;
+            if !(period >= 1.0 && window < period) {
+                bail!("--switch-secs must exceed the switch budget plus twice the grace");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bind_sockets(
+    opts: &Options,
+    plan: &Plan,
+    blocking_receivers: bool,
+) -> anyhow::Result<Vec<PeerSocket>> {
+    plan.peers
+        .iter()
+        .map(|peer| {
+            let receives = peer.receives != Receives::Nothing;
+            let read_timeout = match (receives, peer.publishes.is_empty()) {
+                // Publisher only: recv is never called; blocking sends.
+                (false, _) => Some(Duration::from_millis(100)),
+                (true, true) if blocking_receivers => Some(Duration::from_millis(20)),
+                _ => Some(Duration::ZERO),
+            };
+            let options = SocketOptions {
+                buffer_bytes: opts.socket_buffer_bytes,
+                gro: receives,
+                gso: !peer.publishes.is_empty(),
+                read_timeout,
+                reuse_port: false,
+            };
+            let socket = BatchSocket::bind(SocketAddr::new(opts.bind, 0), 16, &options)
+                .with_context(|| format!("binding a UDP socket on {}", opts.bind))?;
+            let local = socket.local_addr()?;
+            Ok(PeerSocket {
+                socket: Mutex::new(socket),
+                local,
+            })
+        })
+        .collect()
+}
+
+fn set_up(
+    opts: &Options,
+    plan: &Plan,
+    client: &ControlClient,
+    sockets: &[PeerSocket],
+    guard: &mut RoomsGuard,
+    rng: &mut impl Rng,
+) -> anyhow::Result<Vec<PeerSetup>> {
+    let nonce: u16 = rng.random();
+    let pid = std::process::id();
+    let mut room_names = Vec::with_capacity(plan.rooms);
+    for r in 0..plan.rooms {
+        let name = match opts.scenario {
+            Scenario::Rooms => format!("lg-{pid}-{nonce:04x}-{r}"),
+            Scenario::SeedMeeting => format!("lg-{pid}-{nonce:04x}-meeting"),
+        };
+        client.create_room(&name)?;
+        guard.rooms.push(name.clone());
+        room_names.push(name);
+    }
+    let master_len = opts.profile.key_len() + opts.profile.salt_len();
+    let mut setups = Vec::with_capacity(plan.peers.len());
+    for (p, peer) in plan.peers.iter().enumerate() {
+        let mut master = vec![0u8; master_len];
+        rng.fill(&mut master[..]);
+        let tracks: Vec<Track> = peer
+            .publishes
+            .iter()
+            .map(|&s| Track {
+                kind: plan.streams[s].kind,
+                ssrc: plan.streams[s].ssrc,
+                payload_type: plan.streams[s].payload_type,
+            })
+            .collect();
+        let explicit = plan.subscription(p, 0);
+        let subscribe = match (&peer.receives, &explicit) {
+            (Receives::Nothing, _) => Subscribe::Omit,
+            (_, Some((video, audio))) => Subscribe::Explicit(video, audio),
+            (_, None) => Subscribe::All,
+        };
+        let room = &room_names[peer.room];
+        let endpoint = client
+            .create_endpoint(
+                room,
+                &EndpointRequest {
+                    role: peer.role,
+                    profile: opts.profile,
+                    master: &master,
+                    tracks: &tracks,
+                    // Publishers are learnt by comedia; receivers are told.
+                    remote: (peer.role != Role::Publish).then_some(sockets[p].local),
+                    subscribe,
+                },
+            )
+            .with_context(|| format!("creating endpoint {p} in room {room}"))?;
+        setups.push(PeerSetup {
+            room: room.clone(),
+            id: endpoint.id,
+            media: endpoint.media,
+            master,
+            node_master: endpoint.node_master,
+            consumers: endpoint.consumers,
+        });
+    }
+    Ok(setups)
+}
+
+/// Counters the threads publish while running.
+struct Shared {
+    tx: sender::Shared,
+    rx: Vec<receiver::Shared>,
+}
+
+impl Shared {
+    fn new(plan: &Plan, recv_threads: usize) -> Self {
+        Self {
+            tx: sender::Shared::new(plan),
+            rx: (0..recv_threads)
+                .map(|_| receiver::Shared::default())
+                .collect(),
+        }
+    }
+
+    fn rx_packets(&self) -> u64 {
+        self.rx.iter().map(|r| r.load(&r.packets)).sum()
+    }
+
+    fn rx_counted(&self) -> u64 {
+        self.rx.iter().map(|r| r.load(&r.counted)).sum()
+    }
+
+    fn latency(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for r in &self.rx {
+            s.merge(&r.latency.snapshot());
+        }
+        s
+    }
+}
+
+struct Outcome {
+    sent_for: sender::Summary,
+    switches: SwitchStats,
+    /// (viewer, counted packets) per receiving peer.
+    per_viewer: Vec<(usize, u64)>,
+}
+
+struct Cpu<'a> {
+    node_before: &'a serde_json::Value,
+    node_after: serde_json::Value,
+    loadgen: Option<f64>,
+}
+
+fn build_report(
+    opts: &Options,
+    plan: &Plan,
+    shared: &Shared,
+    outcome: &Outcome,
+    sockets: &[PeerSocket],
+    cpu: Cpu<'_>,
+) -> Report {
+    let sent = shared.tx.sent(plan);
+    let duration_s = outcome.sent_for.duration_s.max(1e-9);
+    let mut expected_total = 0;
+    let mut worst: f64 = 0.0;
+    for &(viewer, counted) in &outcome.per_viewer {
+        let expected = plan.expected(viewer, &sent);
+        expected_total += expected;
+        worst = worst.max(loss_ratio(counted, expected));
+    }
+    let sum = |f: fn(&receiver::Shared) -> &std::sync::atomic::AtomicU64| -> u64 {
+        shared.rx.iter().map(|r| r.load(f(r))).sum()
+    };
+    let rx_packets = sum(|r| &r.packets);
+    let rx_bytes = sum(|r| &r.bytes);
+    let rx_counted = sum(|r| &r.counted);
+    let srtp_errors = sum(|r| &r.srtp_errors);
+    let hist = shared.latency();
+    let node_cpu_seconds = node_cpu_deltas(cpu.node_before, &cpu.node_after);
+    let (mut video, mut audio) = (0, 0);
+    for (s, n) in sent.total.iter().enumerate() {
+        match plan.streams[s].kind {
+            Kind::Video => video += n,
+            Kind::Audio => audio += n,
+        }
+    }
+    let target_tx_pps: f64 = plan
+        .streams
+        .iter()
+        .map(|s| match s.kind {
+            Kind::Audio => media::AUDIO_PPS as f64,
+            Kind::Video => {
+                let bytes_per_frame = f64::from(s.kbps) * 1000.0 / 8.0 / media::VIDEO_FPS as f64;
+                (bytes_per_frame / media::VIDEO_PAYLOAD as f64).ceil() * media::VIDEO_FPS as f64
+            }
+        })
+        .sum();
+    let expected_method = match &plan.switch {
+        None => "per subscriber: every packet sent by every publisher of its room \
+                 (subscribe \"all\"), summed; received = RTP datagrams from its consumer SSRCs"
+            .to_owned(),
+        Some(sw) => format!(
+            "per viewer: every packet of its 3 audio publishers, plus per speaker period the \
+             video packets sent by that period's speaker (the next one when it is the viewer), \
+             excluding video sent within [switch - {g} ms, switch + {b} ms + {g} ms) of each \
+             switch (every {p} s) on both sides; received = decrypted packets attributed by their \
+             payload marker (publisher, send time)",
+            g = sw.timing.grace_ns / 1_000_000,
+            b = sw.timing.budget_ns / 1_000_000,
+            p = sw.timing.period_ns as f64 / 1e9,
+        ),
+    };
+    let tx = &outcome.sent_for;
+    Report {
+        scenario: match opts.scenario {
+            Scenario::Rooms => "rooms",
+            Scenario::SeedMeeting => "seed-meeting",
+        },
+        profile: opts.profile.name(),
+        rooms: plan.rooms,
+        endpoints: plan.peers.len(),
+        streams: plan.streams.len(),
+        duration_s,
+        tx_packets: tx.packets,
+        tx_video_packets: video,
+        tx_audio_packets: audio,
+        tx_bytes: tx.bytes,
+        send_errors: tx.send_errors,
+        target_tx_pps,
+        tx_pps: tx.packets as f64 / duration_s,
+        sender_late_us_max: tx.late_ns_max as f64 / 1e3,
+        rx_packets,
+        rx_bytes,
+        rx_counted_packets: rx_counted,
+        expected_rx_packets: expected_total,
+        loss_ratio: loss_ratio(rx_counted, expected_total),
+        loss_ratio_worst_subscriber: worst,
+        expected_method,
+        rx_pps: rx_packets as f64 / duration_s,
+        rx_bps: rx_bytes as f64 * 8.0 / duration_s,
+        rx_rtcp_packets: sum(|r| &r.rtcp),
+        rx_unexpected_packets: sum(|r| &r.unexpected),
+        recv_errors: sum(|r| &r.recv_errors),
+        verified_packets: sum(|r| &r.verified),
+        integrity_errors: srtp_errors + sum(|r| &r.pattern_errors),
+        srtp_errors,
+        misrouted_packets: sum(|r| &r.misrouted),
+        rx_excluded_packets: sum(|r| &r.excluded),
+        out_of_order: sum(|r| &r.out_of_order),
+        seq_gaps: sum(|r| &r.seq_gaps),
+        unannounced_ssrcs: sum(|r| &r.unannounced),
+        latency_samples: hist.count(),
+        latency_us_p50: hist.quantile(0.5).map(ns_to_us),
+        latency_us_p90: hist.quantile(0.9).map(ns_to_us),
+        latency_us_p99: hist.quantile(0.99).map(ns_to_us),
+        latency_us_max: (hist.count() > 0).then(|| ns_to_us(hist.max())),
+        switches: outcome.switches.switches,
+        switch_requests: outcome.switches.requests,
+        switch_errors: outcome.switches.errors,
+        switch_ms_max: outcome.switches.slowest_ns as f64 / 1e6,
+        switch_overruns: outcome.switches.overruns,
+        node_cpu_utilisation: node_cpu_seconds.iter().map(|c| c / duration_s).collect(),
+        node_cpu_seconds,
+        node_load: cpu.node_after,
+        loadgen_cpu_seconds: cpu.loadgen.unwrap_or(f64::NAN),
+        gso: plan
+            .peers
+            .iter()
+            .zip(sockets)
+            .filter(|(p, _)| !p.publishes.is_empty())
+            .all(|(_, s)| lock(&s.socket).gso_enabled()),
+        gro: plan
+            .peers
+            .iter()
+            .zip(sockets)
+            .filter(|(p, _)| p.receives != Receives::Nothing)
+            .all(|(_, s)| lock(&s.socket).gro_enabled()),
+    }
+}
+
+/// Locks a peer's socket; a poisoned lock (a thread panicked while holding
+/// it) still holds a usable socket.
+fn lock(m: &Mutex<BatchSocket>) -> std::sync::MutexGuard<'_, BatchSocket> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ns_to_us(ns: u64) -> f64 {
+    ns as f64 / 1e3
+}
+
+/// `1 − received / expected`, 0 when nothing was expected.
+pub fn loss_ratio(received: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        return 0.0;
+    }
+    (expected as f64 - received as f64) / expected as f64
+}
+
+/// Per worker (by its `worker` index): `cpu_seconds` after − before.
+pub fn node_cpu_deltas(before: &serde_json::Value, after: &serde_json::Value) -> Vec<f64> {
+    let workers = |v: &serde_json::Value| -> Vec<(u64, f64)> {
+        v["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        (
+                            w["worker"].as_u64().unwrap_or(i as u64),
+                            w["cpu_seconds"].as_f64().unwrap_or(0.0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = workers(before);
+    let mut after = workers(after);
+    after.sort_by_key(|&(w, _)| w);
+    after
+        .iter()
+        .map(|&(w, cpu)| {
+            let base = before
+                .iter()
+                .find(|&&(b, _)| b == w)
+                .map_or(0.0, |&(_, c)| c);
+            (cpu - base).max(0.0)
+        })
+        .collect()
+}
+
+struct SwitchConfig<'a> {
+    plan: &'a Plan,
+    switch: &'a plan::SwitchPlan,
+    setups: &'a [PeerSetup],
+    client: &'a ControlClient,
+    origin: Instant,
+    workers: usize,
+    stop: &'a AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SwitchStats {
+    switches: usize,
+    requests: u64,
+    errors: u64,
+    slowest_ns: u64,
+    overruns: u64,
+}
+
+/// At each switch time, re-points the video of every viewer whose speaker
+/// changes, from `workers` parallel clients.
+fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
+    let mut stats = SwitchStats::default();
+    let viewers: Vec<usize> = (0..cfg.plan.peers.len())
+        .filter(|&v| {
+            matches!(
+                cfg.plan.peers[v].receives,
+                Receives::Explicit {
+                    follows_speaker: true,
+                    ..
+                }
+            )
+        })
+        .collect();
+    for k in 1..=cfg.switch.switches {
+        let at = Duration::from_nanos(cfg.switch.switch_at(k));
+        loop {
+            if cfg.stop.load(Ordering::Relaxed) {
+                return stats;
+            }
+            let now = cfg.origin.elapsed();
+            if now >= at {
+                break;
+            }
+            std::thread::sleep((at - now).min(Duration::from_millis(50)));
+        }
+        let changed: Vec<usize> = viewers
+            .iter()
+            .copied()
+            .filter(|&v| cfg.switch.speaker(k, v) != cfg.switch.speaker(k - 1, v))
+            .collect();
+        let results: Vec<(u64, u64)> = std::thread::scope(|s| {
+            let chunk = changed.len().div_ceil(cfg.workers).max(1);
+            let handles: Vec<_> = changed
+                .chunks(chunk)
+                .map(|part| {
+                    let client = cfg.client.clone();
+                    s.spawn(move || {
+                        let (mut ok, mut err) = (0, 0);
+                        for &v in part {
+                            let Some((video, audio)) = cfg.plan.subscription(v, k) else {
+                                continue;
+                            };
+                            let setup = &cfg.setups[v];
+                            match client.set_subscription(&setup.room, &setup.id, &video, &audio) {
+                                Ok(_) => ok += 1,
+                                Err(e) => {
+                                    if err == 0 {
+                                        eprintln!("sfu-loadgen: switch {k}, viewer {v}: {e:#}");
+                                    }
+                                    err += 1;
+                                }
+                            }
+                        }
+                        (ok, err)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or((0, 0)))
+                .collect()
+        });
+        let took = cfg.origin.elapsed().saturating_sub(at).as_nanos() as u64;
+        stats.switches += 1;
+        stats.requests += results.iter().map(|r| r.0 + r.1).sum::<u64>();
+        stats.errors += results.iter().map(|r| r.1).sum::<u64>();
+        stats.slowest_ns = stats.slowest_ns.max(took);
+        if took > cfg.switch.timing.budget_ns {
+            stats.overruns += 1;
+        }
+    }
+    stats
+}
+
+/// Pins the calling thread to `cpu`, if given (best effort).
+fn pin(cpu: Option<usize>) {
+    if let Some(id) = cpu
+        && !core_affinity::set_for_current(core_affinity::CoreId { id })
+    {
+        eprintln!("sfu-loadgen: could not pin a thread to CPU {id}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use serde_json::json;
+
+    #[test]
+    fn cli_parses_the_documented_flags() {
+        let o = Options::try_parse_from([
+            "sfu-loadgen",
+            "--control",
+            "http://127.0.0.1:7880",
+            "--rooms",
+            "2",
+            "--publishers",
+            "3",
+            "--subscribers",
+            "4",
+            "--video-kbps",
+            "2500",
+            "--audio",
+            "--duration",
+            "5",
+            "--json",
+            "--profile",
+            "AES_CM_128_HMAC_SHA1_80",
+            "--scenario",
+            "seed-meeting",
+            "--bind",
+            "127.0.0.1",
+            "--cpu",
+            "1",
+        ])
+        .expect("valid flags");
+        assert_eq!(o.rooms, 2);
+        assert_eq!(o.profile, Profile::Aes128CmHmacSha1_80);
+        assert_eq!(o.scenario, Scenario::SeedMeeting);
+        assert_eq!(o.cpu, Some(1));
+        assert!(o.audio && o.json);
+        assert!(Options::try_parse_from(["sfu-loadgen", "--profile", "NULL"]).is_err());
+        let d = Options::default();
+        assert_eq!(d.scenario, Scenario::Rooms);
+        assert_eq!(d.sample_every, 16);
+        assert!(validate(&d).is_ok());
+        assert!(
+            validate(&Options {
+                duration: 0.0,
+                ..d.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Options {
+                scenario: Scenario::SeedMeeting,
+                switch_secs: 1.0,
+                ..d
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn node_cpu_deltas_per_worker() {
+        let before = json!({"workers": [
+            {"worker": 0, "cpu_seconds": 1.5}, {"worker": 1, "cpu_seconds": 2.0}
+        ]});
+        let after = json!({"workers": [
+            {"worker": 1, "cpu_seconds": 5.0}, {"worker": 0, "cpu_seconds": 4.0}
+        ]});
+        assert_eq!(node_cpu_deltas(&before, &after), vec![2.5, 3.0]);
+        assert_eq!(node_cpu_deltas(&json!(null), &after), vec![4.0, 5.0]);
+        assert!(node_cpu_deltas(&before, &json!(null)).is_empty());
+    }
+
+    #[test]
+    fn loss_ratio_edges() {
+        assert_eq!(loss_ratio(0, 0), 0.0);
+        assert_eq!(loss_ratio(90, 100), 0.1);
+        assert!(loss_ratio(110, 100) < 0.0);
+    }
+}

@@ -1,0 +1,825 @@
+//! Node configuration.
+//!
+//! Layers, later ones winning key by key: the embedded defaults
+//! ([`Config::default`]), a TOML file (`--config FILE` or `SFU_CONFIG`), the
+//! environment (`SFU_*`), then command-line flags. Every layer is a
+//! [`ConfigLayer`] with optional fields; [`Config::load`] folds them. The
+//! environment is passed in as an iterator so tests never touch the process
+//! environment.
+//!
+//! `deploy/sfu.toml` is an example file with every key, commented.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Default control API address.
+pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880);
+/// Default first media port; worker `i` binds `media_port + i`.
+pub const DEFAULT_MEDIA_PORT: u16 = 7882;
+/// Default number of send buffers per worker.
+pub const DEFAULT_POOL_BUFFERS: usize = 4096;
+/// Default `SO_RCVBUF`/`SO_SNDBUF` size.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 32 << 20;
+/// Largest CPU number accepted in a CPU list (`CPU_SETSIZE - 1`).
+pub const MAX_CPU: usize = 1023;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// The effective configuration of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Address the HTTP control API listens on.
+    pub control_addr: SocketAddr,
+    /// Address the media sockets bind to.
+    pub media_ip: IpAddr,
+    /// First media port: worker `i` binds `media_port + i`; 0 binds ephemeral ports.
+    pub media_port: u16,
+    /// Worker threads; `None` = one per CPU of [`Config::cpus`].
+    pub workers: Option<usize>,
+    /// CPUs the workers are pinned to (worker `i` on `cpus[i % len]`); an
+    /// empty list pins nothing; `None` = the CPUs this process may run on.
+    pub cpus: Option<CpuList>,
+    /// Address written into API answers; `None` = `media_ip`.
+    pub advertised_ip: Option<IpAddr>,
+    /// Node name in `/v1/load`; `None` = the host name (or a random name).
+    pub node_id: Option<String>,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Send buffers per worker, allocated at start.
+    pub pool_buffers: usize,
+    /// `SO_RCVBUF`/`SO_SNDBUF` of each media socket.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            control_addr: DEFAULT_CONTROL_ADDR,
+            media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            media_port: DEFAULT_MEDIA_PORT,
+            workers: None,
+            cpus: None,
+            advertised_ip: None,
+            node_id: None,
+            log_format: LogFormat::Text,
+            pool_buffers: DEFAULT_POOL_BUFFERS,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+        }
+    }
+}
+
+/// One configuration layer: every key optional. The TOML file has this shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// See [`Config::control_addr`].
+    pub control_addr: Option<SocketAddr>,
+    /// See [`Config::media_ip`].
+    pub media_ip: Option<IpAddr>,
+    /// See [`Config::media_port`].
+    pub media_port: Option<u16>,
+    /// See [`Config::workers`].
+    pub workers: Option<usize>,
+    /// See [`Config::cpus`].
+    pub cpus: Option<CpuList>,
+    /// See [`Config::advertised_ip`].
+    pub advertised_ip: Option<IpAddr>,
+    /// See [`Config::node_id`].
+    pub node_id: Option<String>,
+    /// See [`Config::log_format`].
+    pub log_format: Option<LogFormat>,
+    /// See [`Config::pool_buffers`].
+    pub pool_buffers: Option<usize>,
+    /// See [`Config::socket_buffer_bytes`].
+    pub socket_buffer_bytes: Option<usize>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys or bad values.
+    #[error("bad config file {path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: Box<toml::de::Error>,
+    },
+    /// An `SFU_*` environment variable has a bad value.
+    #[error("bad value {value:?} in environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The folded configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line flags of the `sfu` binary. Every flag overrides the matching
+/// `SFU_*` variable, the config file and the default.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "sfu", version, about = "Selective forwarding unit media node")]
+pub struct Cli {
+    /// TOML config file (env SFU_CONFIG). See deploy/sfu.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Worker threads [default: one per CPU in --cpus].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub workers: Option<usize>,
+    /// CPUs to pin workers to, e.g. `0,2-5`, or `none` [default: the CPUs this process may run on].
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<CpuList>,
+    /// Control API address [default: 127.0.0.1:7880].
+    #[arg(long, value_name = "ADDR")]
+    pub control_addr: Option<SocketAddr>,
+    /// Media bind address [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub media_ip: Option<IpAddr>,
+    /// First media UDP port; worker i uses port+i; 0 = ephemeral [default: 7882].
+    #[arg(long, value_name = "PORT")]
+    pub media_port: Option<u16>,
+    /// Address put into API answers [default: the media ip].
+    #[arg(long, value_name = "IP")]
+    pub advertised_ip: Option<IpAddr>,
+    /// Node name reported by /v1/load [default: the host name].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Send buffers per worker [default: 4096].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub pool_buffers: Option<usize>,
+    /// SO_RCVBUF/SO_SNDBUF bytes per media socket [default: 33554432].
+    #[arg(long, value_name = "BYTES")]
+    pub socket_buffer_bytes: Option<usize>,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Cli {
+    /// The flags as a configuration layer.
+    pub fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            control_addr: self.control_addr,
+            media_ip: self.media_ip,
+            media_port: self.media_port,
+            workers: self.workers,
+            cpus: self.cpus.clone(),
+            advertised_ip: self.advertised_ip,
+            node_id: self.node_id.clone(),
+            log_format: self.log_format,
+            pool_buffers: self.pool_buffers,
+            socket_buffer_bytes: self.socket_buffer_bytes,
+        }
+    }
+}
+
+impl ConfigLayer {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Toml {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads the `SFU_*` variables out of `vars`; returns the layer and the
+    /// config file named by `SFU_CONFIG`. Empty values count as unset;
+    /// unknown `SFU_*` names are ignored.
+    pub fn from_env<I, K, V>(vars: I) -> Result<(Self, Option<PathBuf>), ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        fn parse<T>(var: &'static str, value: &str) -> Result<T, ConfigError>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var,
+                value: value.to_owned(),
+                message: e.to_string(),
+            })
+        }
+
+        let mut layer = Self::default();
+        let mut file = None;
+        for (key, value) in vars {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            if value.trim().is_empty() {
+                continue;
+            }
+            match key {
+                "SFU_CONFIG" => file = Some(PathBuf::from(value)),
+                "SFU_CONTROL_ADDR" => layer.control_addr = Some(parse("SFU_CONTROL_ADDR", value)?),
+                "SFU_MEDIA_IP" => layer.media_ip = Some(parse("SFU_MEDIA_IP", value)?),
+                "SFU_MEDIA_PORT" => layer.media_port = Some(parse("SFU_MEDIA_PORT", value)?),
+                "SFU_WORKERS" => {
+                    let n = parse_positive(value).map_err(|message| ConfigError::Env {
+                        var: "SFU_WORKERS",
+                        value: value.to_owned(),
+                        message,
+                    })?;
+                    layer.workers = Some(n);
+                }
+                "SFU_CPUS" => layer.cpus = Some(parse("SFU_CPUS", value)?),
+                "SFU_ADVERTISED_IP" => {
+                    layer.advertised_ip = Some(parse("SFU_ADVERTISED_IP", value)?)
+                }
+                "SFU_NODE_ID" => layer.node_id = Some(value.trim().to_owned()),
+                "SFU_LOG_FORMAT" => layer.log_format = Some(parse("SFU_LOG_FORMAT", value)?),
+                "SFU_POOL_BUFFERS" => layer.pool_buffers = Some(parse("SFU_POOL_BUFFERS", value)?),
+                "SFU_SOCKET_BUFFER_BYTES" => {
+                    layer.socket_buffer_bytes = Some(parse("SFU_SOCKET_BUFFER_BYTES", value)?);
+                }
+                _ => {}
+            }
+        }
+        Ok((layer, file))
+    }
+}
+
+impl Config {
+    /// Folds defaults < file < environment < flags. The file is `cli.config`,
+    /// else `SFU_CONFIG` from `env`.
+    pub fn load<I, K, V>(cli: &Cli, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let (env_layer, env_file) = ConfigLayer::from_env(env)?;
+        let mut config = Self::default();
+        if let Some(path) = cli.config.as_ref().or(env_file.as_ref()) {
+            config.apply(ConfigLayer::from_file(path)?);
+        }
+        config.apply(env_layer);
+        config.apply(cli.layer());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overrides every key `layer` sets.
+    pub fn apply(&mut self, layer: ConfigLayer) {
+        let ConfigLayer {
+            control_addr,
+            media_ip,
+            media_port,
+            workers,
+            cpus,
+            advertised_ip,
+            node_id,
+            log_format,
+            pool_buffers,
+            socket_buffer_bytes,
+        } = layer;
+        if let Some(v) = control_addr {
+            self.control_addr = v;
+        }
+        if let Some(v) = media_ip {
+            self.media_ip = v;
+        }
+        if let Some(v) = media_port {
+            self.media_port = v;
+        }
+        if workers.is_some() {
+            self.workers = workers;
+        }
+        if cpus.is_some() {
+            self.cpus = cpus;
+        }
+        if advertised_ip.is_some() {
+            self.advertised_ip = advertised_ip;
+        }
+        if node_id.is_some() {
+            self.node_id = node_id;
+        }
+        if let Some(v) = log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = pool_buffers {
+            self.pool_buffers = v;
+        }
+        if let Some(v) = socket_buffer_bytes {
+            self.socket_buffer_bytes = v;
+        }
+    }
+
+    /// Checks what a single layer cannot: counts at least 1, the port range
+    /// of all workers within `u16`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == Some(0) {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        if self.pool_buffers == 0 {
+            return Err(ConfigError::Invalid(
+                "pool_buffers must be at least 1".into(),
+            ));
+        }
+        if self
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid("node_id must not be empty".into()));
+        }
+        let workers = self.workers.unwrap_or(1);
+        if self.media_port != 0
+            && usize::from(self.media_port) + workers - 1 > usize::from(u16::MAX)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "media_port {} + {workers} workers exceeds port 65535",
+                self.media_port
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fills in what the defaults leave open: CPUs from the affinity mask,
+    /// workers from the CPUs, advertised address, node id.
+    pub fn resolve(&self) -> Resolved {
+        let cpus = match &self.cpus {
+            Some(list) => list.0.clone(),
+            None => allowed_cpus(),
+        };
+        let workers = self.workers.unwrap_or_else(|| {
+            if cpus.is_empty() {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            } else {
+                cpus.len()
+            }
+        });
+        Resolved {
+            workers,
+            cpus,
+            advertised_ip: self.advertised_ip.unwrap_or(self.media_ip),
+            node_id: self.node_id.clone().unwrap_or_else(default_node_id),
+        }
+    }
+}
+
+/// What [`Config::resolve`] fills in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// CPUs to pin to; empty = no pinning.
+    pub cpus: Vec<usize>,
+    /// Address put in API answers.
+    pub advertised_ip: IpAddr,
+    /// Node name.
+    pub node_id: String,
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`, so `taskset` and
+/// systemd `CPUAffinity=` are honoured), ascending; empty if unknown.
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+/// The host name, or `sfu-` and 8 random hex digits if it cannot be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("sfu-{:08x}", rand::random::<u32>()))
+}
+
+/// A list of CPU numbers written like `0,2-5` (order kept, no duplicates),
+/// or `none` for the empty list (no pinning).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Why a CPU list was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CpuListError {
+    /// The list is empty (use `none` for no pinning).
+    #[error("empty CPU list (write `none` for no pinning)")]
+    Empty,
+    /// An item is neither `N` nor `A-B`.
+    #[error("bad CPU list item {0:?} (expected N or A-B)")]
+    BadItem(String),
+    /// A range runs backwards.
+    #[error("CPU range {0}-{1} runs backwards")]
+    Backwards(usize, usize),
+    /// A CPU number beyond [`MAX_CPU`].
+    #[error("CPU {0} out of range (max {MAX_CPU})")]
+    OutOfRange(usize),
+    /// A CPU appears twice.
+    #[error("CPU {0} listed twice")]
+    Duplicate(usize),
+}
+
+impl FromStr for CpuList {
+    type Err = CpuListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        if s.is_empty() {
+            return Err(CpuListError::Empty);
+        }
+        let number = |item: &str, part: &str| -> Result<usize, CpuListError> {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CpuListError::BadItem(item.to_owned()));
+            }
+            let n: usize = part
+                .parse()
+                .map_err(|_| CpuListError::OutOfRange(usize::MAX))?;
+            if n > MAX_CPU {
+                return Err(CpuListError::OutOfRange(n));
+            }
+            Ok(n)
+        };
+        let mut cpus = Vec::new();
+        for item in s.split(',') {
+            let item = item.trim();
+            let (first, last) = match item.split_once('-') {
+                Some((a, b)) => (number(item, a)?, number(item, b)?),
+                None => {
+                    let n = number(item, item)?;
+                    (n, n)
+                }
+            };
+            if first > last {
+                return Err(CpuListError::Backwards(first, last));
+            }
+            for cpu in first..=last {
+                if cpus.contains(&cpu) {
+                    return Err(CpuListError::Duplicate(cpu));
+                }
+                cpus.push(cpu);
+            }
+        }
+        Ok(Self(cpus))
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let mut i = 0;
+        let mut first = true;
+        while i < self.0.len() {
+            let start = self.0[i];
+            let mut end = start;
+            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
+                i += 1;
+                end += 1;
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if start == end {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for CpuList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuList {
+    /// Accepts the string form (`"0,2-5"`) or an array of CPU numbers.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Numbers(Vec<usize>),
+        }
+        let text = match Repr::deserialize(deserializer)? {
+            Repr::Text(text) => text,
+            Repr::Numbers(numbers) if numbers.is_empty() => "none".to_owned(),
+            Repr::Numbers(numbers) => numbers
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("sfu").chain(args.iter().copied()))
+            .expect("test arguments are valid")
+    }
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn cpu_list_parses_items_and_ranges() {
+        let cases: &[(&str, &[usize])] = &[
+            ("0", &[0]),
+            ("0,2-5", &[0, 2, 3, 4, 5]),
+            (" 3 , 1 ", &[3, 1]),
+            ("7-7", &[7]),
+            ("none", &[]),
+            ("NONE", &[]),
+            ("0-1,4,6-7", &[0, 1, 4, 6, 7]),
+            ("1023", &[1023]),
+        ];
+        for (text, want) in cases {
+            let got: CpuList = text.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(got.0, *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_list_rejects_bad_lists() {
+        let cases: &[(&str, CpuListError)] = &[
+            ("", CpuListError::Empty),
+            ("  ", CpuListError::Empty),
+            ("a", CpuListError::BadItem("a".into())),
+            ("1,", CpuListError::BadItem(String::new())),
+            (",1", CpuListError::BadItem(String::new())),
+            ("1-", CpuListError::BadItem("1-".into())),
+            ("-1", CpuListError::BadItem("-1".into())),
+            ("1-2-3", CpuListError::BadItem("1-2-3".into())),
+            ("+1", CpuListError::BadItem("+1".into())),
+            ("5-2", CpuListError::Backwards(5, 2)),
+            ("1024", CpuListError::OutOfRange(1024)),
+            (
+                "99999999999999999999999",
+                CpuListError::OutOfRange(usize::MAX),
+            ),
+            ("1,1", CpuListError::Duplicate(1)),
+            ("0-3,2", CpuListError::Duplicate(2)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<CpuList>().as_ref(), Err(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_list_displays_compactly_and_round_trips() {
+        for text in ["0", "0,2-5", "3,1", "none", "0-1,4,6-7"] {
+            let list: CpuList = text.parse().expect("valid list");
+            assert_eq!(list.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn bad_cpus_flag_is_a_clear_error() {
+        let err = Cli::try_parse_from(["sfu", "--cpus", "2-1"]).expect_err("backwards range");
+        assert!(err.to_string().contains("runs backwards"), "{err}");
+        assert!(Cli::try_parse_from(["sfu", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn no_arguments_give_the_defaults() {
+        let config = Config::load(&cli(&[]), NO_ENV).expect("defaults are valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.control_addr.to_string(), "127.0.0.1:7880");
+        assert_eq!(config.media_port, 7882);
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let dir = std::env::temp_dir().join(format!("sfu-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            r#"
+control_addr = "127.0.0.1:9000"
+media_port = 10000
+workers = 3
+cpus = "0-2"
+node_id = "from-file"
+pool_buffers = 100
+"#,
+        )
+        .expect("temp file is writable");
+        let path_str = path.to_str().expect("temp path is UTF-8");
+
+        // File only (named by SFU_CONFIG).
+        let config = Config::load(&cli(&[]), [("SFU_CONFIG", path_str)]).expect("valid");
+        assert_eq!(config.control_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.media_port, 10000);
+        assert_eq!(config.workers, Some(3));
+        assert_eq!(config.cpus, Some(CpuList(vec![0, 1, 2])));
+        assert_eq!(config.node_id.as_deref(), Some("from-file"));
+        assert_eq!(config.pool_buffers, 100);
+        assert_eq!(
+            config.media_ip,
+            Config::default().media_ip,
+            "untouched key keeps default"
+        );
+
+        // Env beats file.
+        let env = [
+            ("SFU_CONFIG", path_str),
+            ("SFU_MEDIA_PORT", "11000"),
+            ("SFU_WORKERS", "4"),
+            ("SFU_NODE_ID", "from-env"),
+            ("SFU_LOG_FORMAT", "json"),
+            ("SFU_MEDIA_IP", "0.0.0.0"),
+            ("SFU_ADVERTISED_IP", "192.0.2.7"),
+            ("SFU_SOCKET_BUFFER_BYTES", "4096"),
+            ("SFU_POOL_BUFFERS", ""),
+            ("UNRELATED", "x"),
+        ];
+        let config = Config::load(&cli(&[]), env).expect("valid");
+        assert_eq!(config.control_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.media_port, 11000);
+        assert_eq!(config.workers, Some(4));
+        assert_eq!(config.node_id.as_deref(), Some("from-env"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.media_ip.to_string(), "0.0.0.0");
+        assert_eq!(
+            config.advertised_ip.map(|a| a.to_string()).as_deref(),
+            Some("192.0.2.7")
+        );
+        assert_eq!(config.socket_buffer_bytes, 4096);
+        assert_eq!(config.pool_buffers, 100, "empty env value counts as unset");
+
+        // Flags beat env; --config beats SFU_CONFIG.
+        let flags = cli(&[
+            "--config",
+            path_str,
+            "--media-port",
+            "0",
+            "--workers",
+            "2",
+            "--cpus",
+            "none",
+            "--control-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ]);
+        let config = Config::load(
+            &flags,
+            [("SFU_CONFIG", "/nonexistent"), ("SFU_WORKERS", "4")],
+        )
+        .expect("valid");
+        assert_eq!(config.media_port, 0);
+        assert_eq!(config.workers, Some(2));
+        assert_eq!(config.cpus, Some(CpuList(Vec::new())));
+        assert_eq!(config.control_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.node_id.as_deref(), Some("from-file"));
+
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let err = Config::load(&cli(&[]), [("SFU_CPUS", "3-1")]).expect_err("bad list");
+        assert!(err.to_string().contains("SFU_CPUS"), "{err}");
+        assert!(Config::load(&cli(&[]), [("SFU_WORKERS", "0")]).is_err());
+        assert!(Config::load(&cli(&[]), [("SFU_MEDIA_PORT", "70000")]).is_err());
+        assert!(Config::load(&cli(&[]), [("SFU_LOG_FORMAT", "xml")]).is_err());
+        assert!(Config::load(&cli(&["--config", "/nonexistent/sfu.toml"]), NO_ENV).is_err());
+        assert!(
+            ConfigLayer::from_toml("wokers = 3").is_err(),
+            "unknown keys are refused"
+        );
+        assert!(ConfigLayer::from_toml("workers = \"three\"").is_err());
+        let err = Config::load(&cli(&["--media-port", "65535", "--workers", "2"]), NO_ENV)
+            .expect_err("port range overflows");
+        assert!(matches!(err, ConfigError::Invalid(_)));
+    }
+
+    #[test]
+    fn toml_cpus_accept_string_or_array() {
+        let layer = ConfigLayer::from_toml("cpus = [1, 3]").expect("array form");
+        assert_eq!(layer.cpus, Some(CpuList(vec![1, 3])));
+        let layer = ConfigLayer::from_toml("cpus = \"1,3-4\"").expect("string form");
+        assert_eq!(layer.cpus, Some(CpuList(vec![1, 3, 4])));
+        assert!(ConfigLayer::from_toml("cpus = \"4-1\"").is_err());
+    }
+
+    /// Every key of the shipped example is a real key with a valid value.
+    #[test]
+    fn example_file_parses_with_every_key_uncommented() {
+        let text = include_str!("../../deploy/sfu.toml");
+        let uncommented: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# ").or(line.strip_prefix("#")))
+            .filter(|line| {
+                line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let layer = ConfigLayer::from_toml(&uncommented).expect("example keys parse");
+        assert!(layer.control_addr.is_some() && layer.media_ip.is_some());
+        assert!(layer.media_port.is_some() && layer.workers.is_some());
+        assert!(layer.cpus.is_some() && layer.advertised_ip.is_some());
+        assert!(layer.node_id.is_some() && layer.log_format.is_some());
+        assert!(layer.pool_buffers.is_some() && layer.socket_buffer_bytes.is_some());
+    }
+
+    #[test]
+    fn resolve_fills_in_defaults() {
+        let config = Config {
+            cpus: Some(CpuList(vec![2, 3, 5])),
+            media_ip: "10.0.0.1".parse().expect("valid ip"),
+            node_id: Some("n1".into()),
+            ..Config::default()
+        };
+        let r = config.resolve();
+        assert_eq!(r.workers, 3, "one worker per listed CPU");
+        assert_eq!(r.cpus, vec![2, 3, 5]);
+        assert_eq!(r.advertised_ip.to_string(), "10.0.0.1");
+        assert_eq!(r.node_id, "n1");
+
+        let r = Config::default().resolve();
+        assert!(r.workers >= 1);
+        assert!(!r.node_id.is_empty());
+        if !r.cpus.is_empty() {
+            assert_eq!(r.workers, r.cpus.len());
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Errors of the control API and how they map to HTTP answers.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sfu_core::router::RouterError;
+
+use packet_path::RequestError;
+
+/// Largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Why an API request was refused. Every refusal leaves the node unchanged.
+///
+/// Answered as `{"error": "<message>", "code": "<code>"}` with the status of
+/// [`ApiError::status`] and the code of [`ApiError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Malformed JSON, missing or unknown fields, values out of range (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The SRTP profile name is not one the node implements (400).
+    #[error(
+        "unsupported SRTP profile {0:?} (expected AEAD_AES_128_GCM or AES_CM_128_HMAC_SHA1_80)"
+    )]
+    UnsupportedProfile(String),
+    /// The SRTP key is not base64 or has the wrong length for the profile (400).
+    #[error("{0}")]
+    BadKey(String),
+    /// The requested worker index does not exist (400).
+    #[error("no worker {0} (the node has {1})")]
+    UnknownWorker(usize, usize),
+    /// The worker's router refused the request as contradictory (400).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The request body is larger than [`MAX_BODY_BYTES`] (413).
+    #[error("request body larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    /// No room of that name (404).
+    #[error("unknown room {0:?}")]
+    UnknownRoom(String),
+    /// No endpoint of that id in the room (404).
+    #[error("unknown endpoint {0:?}")]
+    UnknownEndpoint(String),
+    /// No such route (404).
+    #[error("no such route")]
+    NotFound,
+    /// The route exists but not with this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A room of that name exists (409).
+    #[error("room {0:?} exists")]
+    RoomExists(String),
+    /// The SSRC is already used by an endpoint on this node (409).
+    #[error("SSRC {0} is already in use on this node")]
+    DuplicateSsrc(u32),
+    /// Another endpoint on the same worker has this remote address (409).
+    #[error("remote address {0} is already used by another endpoint on this worker")]
+    RemoteInUse(SocketAddr),
+    /// A configured limit of the worker would be exceeded (503).
+    #[error("limit reached: {0}")]
+    TooMany(String),
+    /// The worker did not answer within its timeout (504); what it does
+    /// with the command later is undone by a compensating command.
+    #[error("worker did not answer in time")]
+    WorkerTimeout,
+    /// The worker has stopped (503).
+    #[error("worker stopped")]
+    WorkerStopped,
+    /// A bug or a state the control plane cannot explain (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_)
+            | Self::UnsupportedProfile(_)
+            | Self::BadKey(_)
+            | Self::UnknownWorker(..)
+            | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownRoom(_) | Self::UnknownEndpoint(_) | Self::NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RoomExists(_) | Self::DuplicateSsrc(_) | Self::RemoteInUse(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::TooMany(_) | Self::WorkerStopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WorkerTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code in the answer's `code` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::UnsupportedProfile(_) => "unsupported_profile",
+            Self::BadKey(_) => "bad_key",
+            Self::UnknownWorker(..) => "unknown_worker",
+            Self::Invalid(_) => "invalid",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnknownRoom(_) => "unknown_room",
+            Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RoomExists(_) => "room_exists",
+            Self::DuplicateSsrc(_) => "duplicate_ssrc",
+            Self::RemoteInUse(_) => "remote_in_use",
+            Self::TooMany(_) => "too_many",
+            Self::WorkerTimeout => "worker_timeout",
+            Self::WorkerStopped => "worker_stopped",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Router(e) => e.into(),
+            RequestError::Timeout => Self::WorkerTimeout,
+            RequestError::Stopped => Self::WorkerStopped,
+            #[allow(unreachable_patterns)]
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RouterError> for ApiError {
+    /// Room and endpoint names are not known at this level; the caller
+    /// checks existence in its own model first, so these arms only fire when
+    /// the worker and the model disagree.
+    fn from(e: RouterError) -> Self {
+        match e {
+            RouterError::UnknownRoom => Self::UnknownRoom(String::new()),
+            RouterError::RoomExists => Self::RoomExists(String::new()),
+            RouterError::UnknownEndpoint => Self::UnknownEndpoint(String::new()),
+            RouterError::DuplicateSsrc(ssrc) => Self::DuplicateSsrc(ssrc),
+            RouterError::BadKey(e) => Self::BadKey(e.to_string()),
+            RouterError::TooMany(what) => Self::TooMany(what.to_owned()),
+            RouterError::Invalid(why) => Self::Invalid(why.to_owned()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

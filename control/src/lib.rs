@@ -1,0 +1,277 @@
+//! Control plane of the SFU and the `sfu` binary: configuration, the HTTP
+//! control API, load reporting and metrics.
+//!
+//! # Design
+//! * [`config`] folds the embedded defaults, a TOML file, `SFU_*` variables
+//!   and command-line flags into a [`Config`].
+//! * [`start`] starts a [`packet_path::Node`] (its worker threads own the
+//!   media sockets and one [`sfu_core::router::Router`] each), then serves
+//!   [`api::app`] with axum on the tokio runtime it is called from, and
+//!   starts the rate sampler task. [`Running::shutdown`] stops them in the
+//!   reverse order.
+//! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
+//!
+//! # Threads
+//! * The tokio runtime runs the HTTP server, the handlers and the sampler
+//!   task; the blocking pool runs the mutations (see below).
+//! * The workers are `packet-path`'s threads, pinned to CPUs. The control
+//!   plane never touches their state directly: it sends a
+//!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
+//!   which waits (up to 2 s) for the router's answer, and reads the counters
+//!   the workers publish with [`packet_path::WorkerHandle::stats`].
+//!
+//! # State
+//! * The routers (one per worker) hold the forwarding state: rooms,
+//!   endpoints, SRTP contexts, consumers.
+//! * [`state::AppState`] mirrors what the control plane needs to validate a
+//!   request before sending a command: room names → (room id, worker),
+//!   endpoint ids → (room, worker, SSRCs, remote), the node-wide SSRC set
+//!   and the per-worker load used for placement. A mutation holds a lock
+//!   from validation to the model update, so concurrent requests cannot both
+//!   pass validation for the same name or SSRC; the model is updated only
+//!   after the worker accepted the command, so a refused request changes
+//!   nothing. If a worker times out, a compensating command (delete the
+//!   room, remove the endpoint) is queued behind the original so the worker
+//!   converges on the model.
+//! * Rates for `/v1/load` are sampled once a second ([`RATE_INTERVAL`]) by a
+//!   task that keeps the previous snapshot ([`metrics`]).
+//!
+//! # Panics, errors and unwraps
+//! Nothing a client sends can make this crate panic: request bodies are
+//! parsed with serde into types that are then checked (lengths, ranges,
+//! key sizes), and every failure is an [`ApiError`] answered as JSON with a
+//! 4xx status. Locks recover from poisoning. The library returns typed
+//! errors ([`ConfigError`], [`StartError`], [`ApiError`]); only the binary
+//! uses `anyhow`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ConfigError};
+pub use error::ApiError;
+use packet_path::{Node, NodeConfig};
+use sfu_core::router::RouterConfig;
+use state::AppState;
+
+/// How often the sampler task snapshots worker counters for the rates of
+/// `/v1/load`.
+pub const RATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long [`Running::shutdown`] lets open HTTP requests finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The media sockets or worker threads could not be set up.
+    #[error("cannot start the packet path: {0}")]
+    Media(std::io::Error),
+    /// The control API address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A started node: workers, HTTP server and sampler. Stop it with
+/// [`Running::shutdown`]; dropping it instead aborts the HTTP server and the
+/// sampler and drops the node.
+#[derive(Debug)]
+pub struct Running {
+    http_addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    sampler: JoinHandle<()>,
+    node: Option<Node>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.sampler.abort();
+    }
+}
+
+/// Starts the packet path, then the HTTP API; must be called within a
+/// multi-threaded tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    config.validate()?;
+    let resolved = config.resolve();
+    let node = Node::start(NodeConfig {
+        workers: resolved.workers,
+        cpus: resolved.cpus.clone(),
+        bind: config.media_ip,
+        base_port: config.media_port,
+        pool_buffers: config.pool_buffers,
+        socket_buffer_bytes: config.socket_buffer_bytes,
+        router: RouterConfig::default(),
+        ..NodeConfig::default()
+    })
+    .map_err(StartError::Media)?;
+
+    let listener = match tokio::net::TcpListener::bind(config.control_addr).await {
+        Ok(l) => l,
+        Err(source) => {
+            node.shutdown();
+            return Err(StartError::Http {
+                addr: config.control_addr,
+                source,
+            });
+        }
+    };
+    let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+        addr: config.control_addr,
+        source,
+    })?;
+
+    let state = Arc::new(AppState::new(
+        resolved.node_id.clone(),
+        resolved.advertised_ip,
+        node.workers().to_vec(),
+    ));
+    for (i, w) in node.workers().iter().enumerate() {
+        let stats = w.stats();
+        tracing::info!(
+            worker = i,
+            cpu = ?w.cpu(),
+            media = %w.local_addr(),
+            gso = stats.gso_enabled,
+            gro = stats.gro_enabled,
+            pool_buffers = stats.pool_capacity,
+            "worker started"
+        );
+    }
+    tracing::info!(
+        node_id = %resolved.node_id,
+        workers = resolved.workers,
+        cpus = %config::CpuList(resolved.cpus.clone()),
+        control = %http_addr,
+        advertised_ip = %resolved.advertised_ip,
+        "sfu started"
+    );
+    if resolved.advertised_ip.is_unspecified() {
+        tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
+    }
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = api::app(Arc::clone(&state));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                // A dropped sender also stops the server.
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let sampler_state = Arc::clone(&state);
+    let sampler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RATE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sampler_state.sample_rates();
+        }
+    });
+    Ok(Running {
+        http_addr,
+        state,
+        stop: Some(stop),
+        server,
+        sampler,
+        node: Some(node),
+    })
+}
+
+impl Running {
+    /// The address the HTTP API listens on (the bound port when 0 was asked).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The workers' media addresses (bound, not advertised), by index.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.node
+            .iter()
+            .flat_map(|n| n.workers())
+            .map(|w| w.local_addr())
+            .collect()
+    }
+
+    /// The API's shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `signal` completes or the HTTP server fails, then shuts
+    /// down. Returns the server's error, if it failed.
+    pub async fn run_until<F: Future<Output = ()>>(mut self, signal: F) -> std::io::Result<()> {
+        let failed = tokio::select! {
+            () = signal => None,
+            result = &mut self.server => Some(result),
+        };
+        match failed {
+            None => {
+                self.shutdown().await;
+                Ok(())
+            }
+            Some(result) => {
+                tracing::error!("HTTP server stopped unexpectedly");
+                self.stop_rest().await;
+                match result {
+                    Ok(r) => r,
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+        }
+    }
+
+    /// Stops accepting HTTP requests, lets open ones finish (at most
+    /// [`SHUTDOWN_GRACE`]), stops the sampler, then stops and joins the
+    /// workers.
+    pub async fn shutdown(mut self) {
+        self.state.set_draining();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("HTTP requests still open after the grace period; aborting them");
+                self.server.abort();
+            }
+        }
+        self.stop_rest().await;
+    }
+
+    async fn stop_rest(mut self) {
+        self.sampler.abort();
+        if let Some(node) = self.node.take() {
+            let joined = tokio::task::spawn_blocking(move || node.shutdown()).await;
+            if let Err(e) = joined {
+                tracing::warn!(error = %e, "stopping the workers failed");
+            }
+        }
+        tracing::info!("sfu stopped");
+    }
+}

@@ -1,0 +1,246 @@
+//! `GET /metrics` (Prometheus text format 0.0.4, written by hand) and
+//! `GET /v1/load`.
+//!
+//! Counters are read fresh from each worker's published stats on every
+//! scrape. The rates in `/v1/load` come from the sampler task, which takes
+//! a snapshot of every worker once a second ([`crate::RATE_INTERVAL`]) and
+//! divides the difference to the previous snapshot by the time between
+//! them ([`AppState::sample_rates`]); so every client sees the same rates
+//! however often it polls, and they are zero until the second sample.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value, json};
+
+use crate::state::AppState;
+use packet_path::WorkerStats;
+
+/// The `/v1/load` answer.
+pub fn load(state: &AppState) -> Value {
+    let (rooms, endpoints) = state.totals();
+    let workers: Vec<Value> = state
+        .workers()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let s = w.stats();
+            let r = state.rates(i);
+            let drops: Map<String, Value> = s
+                .drops
+                .iter()
+                .map(|&(reason, n)| (reason.to_owned(), Value::from(n)))
+                .collect();
+            json!({
+                "worker": i,
+                "cpu": w.cpu(),
+                "media": state.media_addr(i).map(|a| a.to_string()),
+                "rx_pps": r.rx_pps,
+                "tx_pps": r.tx_pps,
+                "rx_bps": r.rx_bps,
+                "tx_bps": r.tx_bps,
+                "rx_packets": s.rx_packets,
+                "tx_packets": s.tx_packets,
+                "rx_bytes": s.rx_bytes,
+                "tx_bytes": s.tx_bytes,
+                "cpu_seconds": s.cpu_seconds,
+                "rooms": s.rooms,
+                "endpoints": s.endpoints,
+                "pool_capacity": s.pool_capacity,
+                "pool_in_use": s.pool_in_use,
+                "pool_exhausted": s.pool_exhausted,
+                "gso": s.gso_enabled,
+                "gro": s.gro_enabled,
+                "drops": drops,
+            })
+        })
+        .collect();
+    json!({
+        "node_id": state.node_id(),
+        "uptime_s": state.uptime().as_secs_f64(),
+        "rooms": rooms,
+        "endpoints": endpoints,
+        "workers": workers,
+    })
+}
+
+/// One metric family: name, help, type and how to read a worker's value.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    value: fn(&WorkerStats) -> String,
+}
+
+const WORKER_FAMILIES: &[Family] = &[
+    Family {
+        name: "sfu_rx_packets_total",
+        help: "Datagrams received by the worker.",
+        kind: "counter",
+        value: |s| s.rx_packets.to_string(),
+    },
+    Family {
+        name: "sfu_tx_packets_total",
+        help: "Datagrams sent by the worker.",
+        kind: "counter",
+        value: |s| s.tx_packets.to_string(),
+    },
+    Family {
+        name: "sfu_rx_bytes_total",
+        help: "Bytes of datagrams received by the worker.",
+        kind: "counter",
+        value: |s| s.rx_bytes.to_string(),
+    },
+    Family {
+        name: "sfu_tx_bytes_total",
+        help: "Bytes of datagrams sent by the worker.",
+        kind: "counter",
+        value: |s| s.tx_bytes.to_string(),
+    },
+    Family {
+        name: "sfu_pool_in_use",
+        help: "Send buffers of the worker's pool in use.",
+        kind: "gauge",
+        value: |s| s.pool_in_use.to_string(),
+    },
+    Family {
+        name: "sfu_pool_capacity",
+        help: "Send buffers in the worker's pool.",
+        kind: "gauge",
+        value: |s| s.pool_capacity.to_string(),
+    },
+    Family {
+        name: "sfu_pool_exhausted_total",
+        help: "Times the worker found its send-buffer pool empty.",
+        kind: "counter",
+        value: |s| s.pool_exhausted.to_string(),
+    },
+    Family {
+        name: "sfu_gso_fallbacks_total",
+        help: "Batches the worker resent without GSO after the kernel refused it.",
+        kind: "counter",
+        value: |s| s.gso_fallbacks.to_string(),
+    },
+    Family {
+        name: "sfu_send_errors_total",
+        help: "Failed send calls of the worker.",
+        kind: "counter",
+        value: |s| s.send_errors.to_string(),
+    },
+    Family {
+        name: "sfu_recv_errors_total",
+        help: "Failed receive calls of the worker.",
+        kind: "counter",
+        value: |s| s.recv_errors.to_string(),
+    },
+    Family {
+        name: "sfu_worker_cpu_seconds_total",
+        help: "CPU time (user and system) of the worker thread.",
+        kind: "counter",
+        value: |s| s.cpu_seconds.to_string(),
+    },
+    Family {
+        name: "sfu_gso_enabled",
+        help: "1 if the worker sends with UDP GSO.",
+        kind: "gauge",
+        value: |s| u8::from(s.gso_enabled).to_string(),
+    },
+    Family {
+        name: "sfu_gro_enabled",
+        help: "1 if the worker receives with UDP GRO.",
+        kind: "gauge",
+        value: |s| u8::from(s.gro_enabled).to_string(),
+    },
+    Family {
+        name: "sfu_rooms",
+        help: "Rooms on the worker.",
+        kind: "gauge",
+        value: |s| s.rooms.to_string(),
+    },
+    Family {
+        name: "sfu_endpoints",
+        help: "Endpoints on the worker.",
+        kind: "gauge",
+        value: |s| s.endpoints.to_string(),
+    },
+];
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The `/metrics` answer.
+pub fn render(state: &AppState) -> String {
+    let stats: Vec<WorkerStats> = state.workers().iter().map(|w| w.stats()).collect();
+    let mut out = String::with_capacity(4096);
+    for family in WORKER_FAMILIES {
+        header(&mut out, family.name, family.help, family.kind);
+        for (i, s) in stats.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}{{worker=\"{i}\"}} {}",
+                family.name,
+                (family.value)(s)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sfu_drops_total",
+        "Datagrams or egress copies the worker dropped, by reason.",
+        "counter",
+    );
+    for (i, s) in stats.iter().enumerate() {
+        for (reason, n) in &s.drops {
+            let reason = escape(reason);
+            let _ = writeln!(
+                out,
+                "sfu_drops_total{{worker=\"{i}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sfu_uptime_seconds",
+        "Seconds since the control plane started.",
+        "gauge",
+    );
+    let _ = writeln!(out, "sfu_uptime_seconds {}", state.uptime().as_secs_f64());
+
+    header(
+        &mut out,
+        "sfu_http_requests_total",
+        "HTTP requests answered, by route (method and path template) and status.",
+        "counter",
+    );
+    for ((route, status), n) in state.http_requests() {
+        let route = escape(&route);
+        let _ = writeln!(
+            out,
+            "sfu_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+    }
+}

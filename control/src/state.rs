@@ -1,0 +1,670 @@
+//! What the control plane knows about the node, and the operations that
+//! change it.
+//!
+//! [`AppState`] mirrors the routers' rooms and endpoints in a [`Model`] so
+//! that every request is validated before a command reaches a worker, and
+//! so that listing never has to ask the workers. A mutation runs on a
+//! blocking thread (it waits for the worker's answer) and holds the
+//! `mutate` lock from validation to the model update, so two requests
+//! cannot both pass validation for the same room name or SSRC. The model
+//! itself sits behind a separate `RwLock` taken only for short reads and
+//! writes, so `GET` requests never wait for a worker.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rand::RngCore as _;
+use sfu_core::router::{
+    Command, ConsumerInfo, EndpointConfig, EndpointId, Outcome, Role, RoomId, Subscription,
+    TrackConfig,
+};
+use sfu_core::srtp::Profile;
+
+use crate::error::ApiError;
+use packet_path::{RequestError, WorkerHandle, WorkerStats};
+
+/// Longest room name accepted.
+pub const MAX_ROOM_NAME: usize = 128;
+
+/// Shared state of the HTTP API.
+#[derive(Debug)]
+pub struct AppState {
+    node_id: String,
+    started: Instant,
+    advertised_ip: IpAddr,
+    workers: Vec<WorkerHandle>,
+    /// Serialises mutations from validation to model update.
+    mutate: Mutex<()>,
+    model: RwLock<Model>,
+    rates: RwLock<Rates>,
+    http_requests: Mutex<BTreeMap<(String, u16), u64>>,
+    draining: AtomicBool,
+}
+
+/// The control plane's view of rooms and endpoints.
+#[derive(Debug, Default)]
+pub struct Model {
+    rooms: BTreeMap<String, RoomEntry>,
+    endpoints: HashMap<String, EndpointEntry>,
+    /// Track and RTCP SSRCs of every endpoint on the node.
+    ssrcs: HashSet<u32>,
+    /// Remote addresses given in the API, per worker.
+    remotes: HashSet<(usize, SocketAddr)>,
+    /// (rooms, endpoints) per worker.
+    load: Vec<(usize, usize)>,
+    next_room: u64,
+}
+
+#[derive(Debug)]
+struct RoomEntry {
+    id: RoomId,
+    worker: usize,
+    endpoints: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct EndpointEntry {
+    id: EndpointId,
+    room: String,
+    worker: usize,
+    ssrcs: Vec<u32>,
+    remote: Option<SocketAddr>,
+}
+
+/// A room as listed by `GET /v1/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomSummary {
+    /// Its name.
+    pub room: String,
+    /// The worker it lives on.
+    pub worker: usize,
+    /// How many endpoints it has.
+    pub endpoints: usize,
+}
+
+/// A validated `POST /v1/rooms/{room}/endpoints` request.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    /// Publish, subscribe or both.
+    pub role: Role,
+    /// SRTP profile of both directions.
+    pub profile: Profile,
+    /// Key || salt the endpoint protects with.
+    pub remote_master: Vec<u8>,
+    /// Published tracks.
+    pub tracks: Vec<TrackConfig>,
+    /// Its address, if given.
+    pub remote: Option<SocketAddr>,
+    /// What it receives.
+    pub subscription: Subscription,
+    /// SSRC it sends RTCP from, for comedia of receive-only endpoints.
+    pub rtcp_ssrc: Option<u32>,
+}
+
+/// What `POST /v1/rooms/{room}/endpoints` answers.
+#[derive(Debug, Clone)]
+pub struct EndpointCreated {
+    /// The endpoint's id string.
+    pub id: String,
+    /// Media address of its worker.
+    pub media: SocketAddr,
+    /// Profile of both directions.
+    pub profile: Profile,
+    /// Key || salt the node protects towards the endpoint with.
+    pub local_master: Vec<u8>,
+    /// Its consumers.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// Packet and byte rates of one worker, sampled by [`AppState::sample_rates`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerRates {
+    /// Received packets per second.
+    pub rx_pps: f64,
+    /// Sent packets per second.
+    pub tx_pps: f64,
+    /// Received bits per second.
+    pub rx_bps: f64,
+    /// Sent bits per second.
+    pub tx_bps: f64,
+}
+
+#[derive(Debug, Default)]
+struct Rates {
+    last: Option<(Instant, Vec<WorkerStats>)>,
+    rates: Vec<WorkerRates>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the data is
+    // still consistent (every update is a single insert/remove sequence).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AppState {
+    /// State for a node whose workers are `workers`.
+    pub fn new(node_id: String, advertised_ip: IpAddr, workers: Vec<WorkerHandle>) -> Self {
+        let model = Model {
+            load: vec![(0, 0); workers.len()],
+            ..Model::default()
+        };
+        Self {
+            node_id,
+            started: Instant::now(),
+            advertised_ip,
+            workers,
+            mutate: Mutex::new(()),
+            model: RwLock::new(model),
+            rates: RwLock::new(Rates::default()),
+            http_requests: Mutex::new(BTreeMap::new()),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The node's name.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Time since the state was created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Media address of worker `index` as put into API answers.
+    pub fn media_addr(&self, index: usize) -> Option<SocketAddr> {
+        let local = self.workers.get(index)?.local_addr();
+        Some(SocketAddr::new(self.advertised_ip, local.port()))
+    }
+
+    /// Marks the node as shutting down: `/healthz` answers 503.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn model(&self) -> std::sync::RwLockReadGuard<'_, Model> {
+        self.model.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn model_mut(&self) -> std::sync::RwLockWriteGuard<'_, Model> {
+        self.model.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rooms by name.
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.model()
+            .rooms
+            .iter()
+            .map(|(name, r)| RoomSummary {
+                room: name.clone(),
+                worker: r.worker,
+                endpoints: r.endpoints.len(),
+            })
+            .collect()
+    }
+
+    /// Total rooms and endpoints known to the control plane.
+    pub fn totals(&self) -> (usize, usize) {
+        let model = self.model();
+        (model.rooms.len(), model.endpoints.len())
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn count_request(&self, route: String, status: u16) {
+        *lock(&self.http_requests)
+            .entry((route, status))
+            .or_default() += 1;
+    }
+
+    /// Answered HTTP requests by (route, status).
+    pub fn http_requests(&self) -> Vec<((String, u16), u64)> {
+        lock(&self.http_requests)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Takes a stats snapshot of every worker and updates the rates from the
+    /// difference to the previous snapshot. Called once a second by the
+    /// sampler task.
+    pub fn sample_rates(&self) {
+        let now = Instant::now();
+        let snapshot: Vec<WorkerStats> = self.workers.iter().map(WorkerHandle::stats).collect();
+        let mut rates = self.rates.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((then, previous)) = &rates.last {
+            let secs = now.duration_since(*then).as_secs_f64();
+            if secs > 0.0 {
+                let per_s = |new: u64, old: u64| new.saturating_sub(old) as f64 / secs;
+                rates.rates = snapshot
+                    .iter()
+                    .zip(previous)
+                    .map(|(new, old)| WorkerRates {
+                        rx_pps: per_s(new.rx_packets, old.rx_packets),
+                        tx_pps: per_s(new.tx_packets, old.tx_packets),
+                        rx_bps: 8.0 * per_s(new.rx_bytes, old.rx_bytes),
+                        tx_bps: 8.0 * per_s(new.tx_bytes, old.tx_bytes),
+                    })
+                    .collect();
+            }
+        }
+        rates.last = Some((now, snapshot));
+    }
+
+    /// The rates of worker `index` over the last sampling interval (zero
+    /// before the second sample).
+    pub fn rates(&self, index: usize) -> WorkerRates {
+        let rates = self.rates.read().unwrap_or_else(PoisonError::into_inner);
+        rates.rates.get(index).copied().unwrap_or_default()
+    }
+
+    /// Sends `cmd` to worker `worker` and waits for its answer (blocking, up
+    /// to the worker's 2 s timeout). On a timeout the worker may still apply
+    /// the command later, so `undo` is queued behind it without waiting.
+    fn request(
+        &self,
+        worker: usize,
+        cmd: Command,
+        undo: Option<Command>,
+    ) -> Result<Outcome, ApiError> {
+        let handle = self
+            .workers
+            .get(worker)
+            .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
+        match handle.request(cmd) {
+            Ok(outcome) => Ok(outcome),
+            Err(RequestError::Timeout) => {
+                if let Some(undo) = undo {
+                    let handle = handle.clone();
+                    tracing::warn!(worker, ?undo, "worker timed out; queueing the undo");
+                    std::thread::spawn(move || {
+                        if let Err(e) = handle.request(undo) {
+                            tracing::warn!(worker, error = %e, "undo after timeout failed");
+                        }
+                    });
+                }
+                Err(ApiError::WorkerTimeout)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `POST /v1/rooms`: places the room (on `worker` if given, else on the
+    /// least-loaded worker by rooms, then endpoints) and creates it there.
+    /// Blocks on the worker.
+    pub fn create_room(
+        &self,
+        name: &str,
+        worker: Option<usize>,
+    ) -> Result<(usize, SocketAddr), ApiError> {
+        validate_room_name(name)?;
+        let _serial = lock(&self.mutate);
+        let (id, worker) = {
+            let mut model = self.model_mut();
+            if model.rooms.contains_key(name) {
+                return Err(ApiError::RoomExists(name.to_owned()));
+            }
+            let worker = model.place(worker)?;
+            model.next_room += 1;
+            (RoomId(model.next_room), worker)
+        };
+        let media = self
+            .media_addr(worker)
+            .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
+        self.request(
+            worker,
+            Command::CreateRoom(id),
+            Some(Command::DeleteRoom(id)),
+        )
+        .map_err(|e| match e {
+            ApiError::RoomExists(_) => ApiError::RoomExists(name.to_owned()),
+            e => e,
+        })?;
+        let mut model = self.model_mut();
+        model.rooms.insert(
+            name.to_owned(),
+            RoomEntry {
+                id,
+                worker,
+                endpoints: BTreeSet::new(),
+            },
+        );
+        model.load[worker].0 += 1;
+        Ok((worker, media))
+    }
+
+    /// `DELETE /v1/rooms/{room}`: deletes the room and its endpoints.
+    /// Blocks on the worker.
+    pub fn delete_room(&self, name: &str) -> Result<(), ApiError> {
+        let _serial = lock(&self.mutate);
+        let (id, worker) = {
+            let model = self.model();
+            let room = model
+                .rooms
+                .get(name)
+                .ok_or_else(|| ApiError::UnknownRoom(name.to_owned()))?;
+            (room.id, room.worker)
+        };
+        match self.request(worker, Command::DeleteRoom(id), None) {
+            // Already gone on the worker: the model catches up.
+            Ok(_) | Err(ApiError::UnknownRoom(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut model = self.model_mut();
+        let Some(room) = model.rooms.remove(name) else {
+            return Ok(());
+        };
+        model.load[worker].0 -= 1;
+        for ep in room.endpoints {
+            model.forget_endpoint(&ep);
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/rooms/{room}/endpoints`: generates the node's key for the
+    /// direction towards the endpoint and adds it to the room's worker.
+    /// Blocks on the worker.
+    pub fn create_endpoint(
+        &self,
+        room: &str,
+        new: NewEndpoint,
+    ) -> Result<EndpointCreated, ApiError> {
+        let _serial = lock(&self.mutate);
+        let ssrcs = endpoint_ssrcs(&new)?;
+        let (room_id, worker, id, id_str) = {
+            let model = self.model();
+            let entry = model
+                .rooms
+                .get(room)
+                .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
+            if let Some(&taken) = ssrcs.iter().find(|s| model.ssrcs.contains(s)) {
+                return Err(ApiError::DuplicateSsrc(taken));
+            }
+            if let Some(remote) = new.remote
+                && model.remotes.contains(&(entry.worker, remote))
+            {
+                return Err(ApiError::RemoteInUse(remote));
+            }
+            let (id, id_str) = model.fresh_endpoint_id();
+            (entry.id, entry.worker, id, id_str)
+        };
+        let media = self
+            .media_addr(worker)
+            .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
+        let mut local_master = vec![0u8; new.profile.key_len() + new.profile.salt_len()];
+        rand::rng().fill_bytes(&mut local_master);
+        let config = EndpointConfig {
+            id,
+            room: room_id,
+            role: new.role,
+            profile: new.profile,
+            remote_master: new.remote_master,
+            local_master: local_master.clone(),
+            tracks: new.tracks,
+            remote: new.remote,
+            subscription: new.subscription,
+            rtcp_ssrc: new.rtcp_ssrc,
+        };
+        let outcome = self
+            .request(
+                worker,
+                Command::AddEndpoint(Box::new(config)),
+                Some(Command::RemoveEndpoint(id)),
+            )
+            .map_err(|e| match e {
+                ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
+                e => e,
+            })?;
+        let consumers = match outcome {
+            Outcome::Consumers(c) => c,
+            Outcome::Done => Vec::new(),
+        };
+        let mut model = self.model_mut();
+        model.ssrcs.extend(ssrcs.iter().copied());
+        if let Some(remote) = new.remote {
+            model.remotes.insert((worker, remote));
+        }
+        if let Some(entry) = model.rooms.get_mut(room) {
+            entry.endpoints.insert(id_str.clone());
+        }
+        model.endpoints.insert(
+            id_str.clone(),
+            EndpointEntry {
+                id,
+                room: room.to_owned(),
+                worker,
+                ssrcs,
+                remote: new.remote,
+            },
+        );
+        model.load[worker].1 += 1;
+        Ok(EndpointCreated {
+            id: id_str,
+            media,
+            profile: new.profile,
+            local_master,
+            consumers,
+        })
+    }
+
+    /// `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions`. Blocks on the worker.
+    pub fn set_subscription(
+        &self,
+        room: &str,
+        endpoint: &str,
+        subscription: Subscription,
+    ) -> Result<Vec<ConsumerInfo>, ApiError> {
+        let _serial = lock(&self.mutate);
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        let outcome = self
+            .request(worker, Command::SetSubscription(id, subscription), None)
+            .map_err(|e| match e {
+                ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
+                e => e,
+            })?;
+        Ok(match outcome {
+            Outcome::Consumers(c) => c,
+            Outcome::Done => Vec::new(),
+        })
+    }
+
+    /// `DELETE /v1/rooms/{room}/endpoints/{id}`. Blocks on the worker.
+    pub fn delete_endpoint(&self, room: &str, endpoint: &str) -> Result<(), ApiError> {
+        let _serial = lock(&self.mutate);
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        match self.request(worker, Command::RemoveEndpoint(id), None) {
+            Ok(_) | Err(ApiError::UnknownEndpoint(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut model = self.model_mut();
+        if let Some(entry) = model.rooms.get_mut(room) {
+            entry.endpoints.remove(endpoint);
+        }
+        model.forget_endpoint(endpoint);
+        Ok(())
+    }
+}
+
+impl Model {
+    /// The worker for a new room: `requested` if valid, else the one with
+    /// the fewest rooms, then the fewest endpoints, then the lowest index.
+    fn place(&self, requested: Option<usize>) -> Result<usize, ApiError> {
+        let workers = self.load.len();
+        match requested {
+            Some(w) if w < workers => Ok(w),
+            Some(w) => Err(ApiError::UnknownWorker(w, workers)),
+            None => (0..workers)
+                .min_by_key(|&w| (self.load[w], w))
+                .ok_or_else(|| ApiError::Internal("the node has no workers".into())),
+        }
+    }
+
+    /// A random endpoint id not in use, and its string form (16 hex digits).
+    fn fresh_endpoint_id(&self) -> (EndpointId, String) {
+        loop {
+            let n = rand::rng().next_u64();
+            let s = format!("{n:016x}");
+            if !self.endpoints.contains_key(&s) {
+                return (EndpointId(n), s);
+            }
+        }
+    }
+
+    fn find_endpoint(&self, room: &str, endpoint: &str) -> Result<(EndpointId, usize), ApiError> {
+        if !self.rooms.contains_key(room) {
+            return Err(ApiError::UnknownRoom(room.to_owned()));
+        }
+        match self.endpoints.get(endpoint) {
+            Some(e) if e.room == room => Ok((e.id, e.worker)),
+            _ => Err(ApiError::UnknownEndpoint(endpoint.to_owned())),
+        }
+    }
+
+    /// Drops an endpoint and what it holds (SSRCs, remote, load) from the
+    /// model; the caller updates its room's endpoint set.
+    fn forget_endpoint(&mut self, endpoint: &str) {
+        let Some(e) = self.endpoints.remove(endpoint) else {
+            return;
+        };
+        for s in &e.ssrcs {
+            self.ssrcs.remove(s);
+        }
+        if let Some(remote) = e.remote {
+            self.remotes.remove(&(e.worker, remote));
+        }
+        if let Some(load) = self.load.get_mut(e.worker) {
+            load.1 -= 1;
+        }
+    }
+}
+
+/// Room names are 1 to [`MAX_ROOM_NAME`] characters of `A-Z a-z 0-9 - _ . ~`
+/// (URL-safe without escaping).
+pub fn validate_room_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_ROOM_NAME {
+        return Err(ApiError::BadRequest(format!(
+            "room name must be 1 to {MAX_ROOM_NAME} characters"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        return Err(ApiError::BadRequest(
+            "room name may only contain A-Z a-z 0-9 - _ . ~".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The SSRCs an endpoint claims (tracks and RTCP sender), refusing repeats
+/// within the request as the router does.
+fn endpoint_ssrcs(new: &NewEndpoint) -> Result<Vec<u32>, ApiError> {
+    let mut ssrcs = Vec::with_capacity(new.tracks.len() + 1);
+    for s in new.tracks.iter().map(|t| t.ssrc).chain(new.rtcp_ssrc) {
+        if ssrcs.contains(&s) {
+            return Err(ApiError::DuplicateSsrc(s));
+        }
+        ssrcs.push(s);
+    }
+    Ok(ssrcs)
+}
+
+/// Parses an SRTP profile name and a base64 key || salt, checking the length.
+pub fn parse_srtp(profile: &str, key: &str) -> Result<(Profile, Vec<u8>), ApiError> {
+    let profile = Profile::from_name(profile)
+        .ok_or_else(|| ApiError::UnsupportedProfile(profile.to_owned()))?;
+    let master = BASE64
+        .decode(key.trim())
+        .map_err(|e| ApiError::BadKey(format!("SRTP key is not valid base64: {e}")))?;
+    let want = profile.key_len() + profile.salt_len();
+    if master.len() != want {
+        return Err(ApiError::BadKey(format!(
+            "{} needs {want} bytes of key || salt, got {}",
+            profile.name(),
+            master.len()
+        )));
+    }
+    Ok((profile, master))
+}
+
+/// Encodes key material for an answer (standard alphabet, padded).
+pub fn encode_key(master: &[u8]) -> String {
+    BASE64.encode(master)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_prefers_fewest_rooms_then_endpoints() {
+        let mut model = Model {
+            load: vec![(0, 0); 3],
+            ..Model::default()
+        };
+        assert_eq!(model.place(None), Ok(0));
+        model.load = vec![(1, 0), (0, 5), (0, 2)];
+        assert_eq!(model.place(None), Ok(2));
+        model.load = vec![(1, 0), (1, 5), (1, 2)];
+        assert_eq!(model.place(None), Ok(0));
+        assert_eq!(model.place(Some(1)), Ok(1));
+        assert_eq!(model.place(Some(3)), Err(ApiError::UnknownWorker(3, 3)));
+    }
+
+    #[test]
+    fn room_names() {
+        for ok in ["a", "room-1", "A.b_c~d", &"x".repeat(MAX_ROOM_NAME)] {
+            assert!(validate_room_name(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "a/b", "a b", "é", "a?b", &"x".repeat(MAX_ROOM_NAME + 1)] {
+            assert!(validate_room_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn srtp_parameters() {
+        let gcm = BASE64.encode([7u8; 28]);
+        let cm = BASE64.encode([7u8; 30]);
+        assert_eq!(
+            parse_srtp("AEAD_AES_128_GCM", &gcm).map(|(p, k)| (p, k.len())),
+            Ok((Profile::AeadAes128Gcm, 28))
+        );
+        assert_eq!(
+            parse_srtp("AES_CM_128_HMAC_SHA1_80", &cm).map(|(p, k)| (p, k.len())),
+            Ok((Profile::Aes128CmHmacSha1_80, 30))
+        );
+        assert_eq!(
+            parse_srtp("AEAD_AES_128_GCM", &cm)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("bad_key")
+        );
+        assert_eq!(
+            parse_srtp("AEAD_AES_128_GCM", "!!")
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("bad_key")
+        );
+        assert_eq!(
+            parse_srtp("AEAD_AES_256_GCM", &gcm)
+                .map(|_| ())
+                .map_err(|e| e.code()),
+            Err("unsupported_profile")
+        );
+    }
+}
