@@ -4,7 +4,7 @@
 //! publisher wrote, and arrive in order without gaps.
 
 use bench::loadgen::{self, Options, Report, Scenario};
-use control::config::{Config, CpuList};
+use control::config::{ApiSecret, Config, CpuList};
 use sfu_core::srtp::Profile;
 
 /// A node on ephemeral loopback ports with its own runtime.
@@ -14,7 +14,13 @@ struct Node {
 }
 
 impl Node {
+    /// A node with the embedded default API secret (the development one),
+    /// which `sfu-loadgen` uses by default.
     fn start(workers: usize) -> Self {
+        Self::start_with(workers, ApiSecret::default())
+    }
+
+    fn start_with(workers: usize, api_secret: ApiSecret) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -26,6 +32,7 @@ impl Node {
             workers: Some(workers),
             cpus: Some(CpuList(Vec::new())),
             node_id: Some("end-to-end".into()),
+            api_secret,
             ..Config::default()
         };
         let running = rt
@@ -139,5 +146,40 @@ fn seed_meeting_in_miniature_switches_speakers_without_loss() {
         report.switches
     );
     assert_eq!(report.switch_errors, 0);
+    assert_perfect(&report);
+}
+
+/// Against a node with its own API secret the default (development) secret
+/// is refused before anything is set up, and `--api-secret` with the node's
+/// secret works.
+#[test]
+fn api_secret_must_match_the_node() {
+    use clap::Parser as _;
+    const SECRET: &str = "end-to-end secret, at least 32 bytes";
+    let node = Node::start_with(1, ApiSecret::new(SECRET));
+    let small = Options {
+        rooms: 1,
+        publishers: 1,
+        subscribers: 1,
+        audio: false,
+        duration: 1.0,
+        drain_ms: 500,
+        ..options(&node)
+    };
+    let err = loadgen::run(&small, |_| {}).expect_err("the development secret is refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("401") && text.contains("bad_signature"),
+        "{text}"
+    );
+
+    let parsed = Options::try_parse_from(["sfu-loadgen", "--api-secret", SECRET])
+        .expect("--api-secret parses");
+    let opts = Options {
+        api_secret: parsed.api_secret,
+        ..small
+    };
+    let report = loadgen::run(&opts, |_| {}).expect("the node's secret is accepted");
+    assert_eq!(report.endpoints, 2);
     assert_perfect(&report);
 }

@@ -1,16 +1,30 @@
 //! The HTTP control API (axum): routes, request parsing and answers.
 //!
-//! | method and path | answer |
-//! |---|---|
-//! | `GET /healthz` | 200 `{"status":"ok"}`, 503 `{"status":"draining"}` while shutting down |
-//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
-//! | `GET /v1/load` | node and per-worker load ([`crate::metrics::load`]) |
-//! | `GET /v1/rooms` | 200 `{"rooms": [...]}` |
-//! | `POST /v1/rooms` | 201, or 400/409 |
-//! | `DELETE /v1/rooms/{room}` | 204, or 404 |
-//! | `POST /v1/rooms/{room}/endpoints` | 201, or 400/404/409 |
-//! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | 200, or 400/404 |
-//! | `DELETE /v1/rooms/{room}/endpoints/{id}` | 204, or 404 |
+//! | method and path | token needs | answer |
+//! |---|---|---|
+//! | `GET /healthz` | no token | 200 `{"status":"ok"}`, 503 `{"status":"draining"}` while shutting down |
+//! | `GET /metrics` | admin, room `*` | Prometheus text ([`crate::metrics`]) |
+//! | `GET /v1/load` | admin, room `*` | node and per-worker load ([`crate::metrics::load`]) |
+//! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [...]}` |
+//! | `POST /v1/rooms` | admin, the body's room | 201, or 400/409 |
+//! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
+//! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
+//! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404 |
+//! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
+//!
+//! # Authentication
+//! Every route but `/healthz` needs `Authorization: Bearer <token>`
+//! ([`crate::auth`]). A middleware on the routes verifies the token (else
+//! 401 with `WWW-Authenticate: Bearer`) and hands its [`Claims`] to the
+//! handler, which checks the room and the grant of the table above
+//! ([`Claims::authorize`]; `admin` covers every grant, room `*` every room)
+//! before it touches any state (else 403): for the room routes the room
+//! is checked before the body is parsed, the role-dependent grant right
+//! after. Unknown paths answer 404 without a token; CORS
+//! preflights (`OPTIONS`) are answered without one by the CORS layer
+//! (any origin; `Authorization`, `Content-Type`, `If-Match` allowed;
+//! `Location`, `ETag`, `Link`, `Accept-Patch` exposed). Refusals are counted in
+//! `sfu_auth_failures_total{reason}`.
 //!
 //! Every error is `{"error": "...", "code": "..."}` ([`ApiError`]); bodies
 //! over [`MAX_BODY_BYTES`] are refused with 413. Handlers parse and check
@@ -19,17 +33,19 @@
 //! runs to its end even if the client goes away, so the model never misses
 //! a change the worker made.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -37,15 +53,36 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sfu_core::router::{ConsumerInfo, MediaKind, Role, Subscription, TrackConfig};
+use tower_http::cors::{self, CorsLayer};
 
+use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
 
-/// The API's router over `state`.
-pub fn app(state: Arc<AppState>) -> Router {
+/// What every handler may reach: the node's state and the token checker.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    node: Arc<AppState>,
+    auth: Arc<Authenticator>,
+}
+
+impl FromRef<ApiState> for Arc<AppState> {
+    fn from_ref(state: &ApiState) -> Self {
+        Arc::clone(&state.node)
+    }
+}
+
+impl FromRef<ApiState> for Arc<Authenticator> {
+    fn from_ref(state: &ApiState) -> Self {
+        Arc::clone(&state.auth)
+    }
+}
+
+/// The API's router over `state`, checking tokens with `auth`.
+pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>) -> Router {
+    let api = ApiState { node: state, auth };
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/v1/load", get(load))
         .route("/v1/rooms", get(list_rooms).post(create_room))
@@ -56,15 +93,102 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/v1/rooms/{room}/endpoints/{id}/subscriptions",
             put(set_subscription),
         )
+        .merge(crate::whip::routes())
+        // Only the routes above: /healthz is open.
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .route("/healthz", get(healthz))
         .route_layer(middleware::from_fn(label_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            count_requests,
-        ))
-        .with_state(state)
+        .layer(cors())
+        .layer(middleware::from_fn(crate::whip::endpoint_options))
+        .layer(middleware::from_fn_with_state(api.clone(), count_requests))
+        .with_state(api)
+}
+
+/// CORS for browser clients (WHIP/WHEP players on other origins): any
+/// origin, no cookies (tokens travel in `Authorization`).
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(cors::Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            HeaderName::from_static("accept-patch"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Verifies the bearer token and hands its claims to the handler; answers
+/// 401 without a valid one.
+///
+/// A refused request's body is read (up to [`MAX_BODY_BYTES`]) and dropped
+/// before the answer: hyper closes a connection whose request body was left
+/// unread, which a keep-alive client only notices on its next request. A
+/// larger body gets `Connection: close`.
+async fn authenticate(State(api): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match api.auth.authenticate(header, unix_now()) {
+        Ok(claims) => {
+            req.extensions_mut().insert(claims);
+            next.run(req).await
+        }
+        Err(e) => {
+            let drained = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+                .await
+                .is_ok();
+            let mut response = ApiError::Auth(e).into_response();
+            if !drained {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }
+}
+
+/// The verified claims of the request's token.
+#[derive(Debug)]
+struct Token(Claims);
+
+impl Token {
+    /// Refuses (403) unless the token allows `need` in `room` (`None`: node-wide).
+    fn need(&self, room: Option<&str>, need: Need) -> Result<(), ApiError> {
+        self.0.authorize(room, need).map_err(ApiError::Auth)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Token {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Only a route without the authenticate layer lacks the claims.
+        parts
+            .extensions
+            .get::<Claims>()
+            .cloned()
+            .map(Token)
+            .ok_or(ApiError::Auth(AuthError::Missing))
+    }
 }
 
 /// The matched route template, carried from the route layer to the counter.
@@ -84,35 +208,48 @@ async fn label_route(req: Request, next: Next) -> Response {
 }
 
 /// Counts every answer by route template (`"POST /v1/rooms"`, or
-/// `"unmatched"`) and status for `sfu_http_requests_total`.
-async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// `"unmatched"`) and status for `sfu_http_requests_total`, and refused
+/// tokens by reason for `sfu_auth_failures_total`.
+async fn count_requests(State(api): State<ApiState>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let route = response
         .extensions()
         .get::<RouteLabel>()
         .map_or_else(|| "unmatched".to_owned(), |l| l.0.clone());
-    state.count_request(route, response.status().as_u16());
+    api.node.count_request(route, response.status().as_u16());
+    if let Some(&reason) = response.extensions().get::<AuthError>() {
+        api.auth.count_failure(reason);
+    }
     response
 }
 
-/// A JSON body: read up to [`MAX_BODY_BYTES`] (else 413), then parsed (else 400).
-/// The content type is not checked.
+/// A request body, read up to [`MAX_BODY_BYTES`] (else 413); parsed as JSON
+/// by [`Body::json`] once the token has been checked. The content type is
+/// not checked.
 #[derive(Debug)]
-struct JsonBody<T>(T);
+struct Body(Bytes);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest(e.body_text())
-            }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest(e.body_text())
+                }
+            })
+    }
+}
+
+impl Body {
+    /// The body parsed as JSON (else 400).
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.0)
             .map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
     }
 }
@@ -156,23 +293,48 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
-    (
+async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Response, ApiError> {
+    token.need(None, Need::Admin)?;
+    let mut text = metrics::render(&api.node);
+    render_auth_failures(&mut text, &api.auth);
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&state),
+        text,
     )
-        .into_response()
+        .into_response())
 }
 
-async fn load(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(metrics::load(&state))
+/// Appends `sfu_auth_failures_total`, every reason listed.
+fn render_auth_failures(out: &mut String, auth: &Authenticator) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP sfu_auth_failures_total Requests refused for their bearer token (401, 403), by reason."
+    );
+    let _ = writeln!(out, "# TYPE sfu_auth_failures_total counter");
+    for (reason, n) in auth.failures() {
+        let _ = writeln!(
+            out,
+            "sfu_auth_failures_total{{reason=\"{}\"}} {n}",
+            reason.as_str()
+        );
+    }
 }
 
-async fn list_rooms(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({ "rooms": state.rooms() }))
+async fn load(State(state): State<Arc<AppState>>, token: Token) -> Result<Json<Value>, ApiError> {
+    token.need(None, Need::Admin)?;
+    Ok(Json(metrics::load(&state)))
+}
+
+async fn list_rooms(
+    State(state): State<Arc<AppState>>,
+    token: Token,
+) -> Result<Json<Value>, ApiError> {
+    token.need(None, Need::Admin)?;
+    Ok(Json(json!({ "rooms": state.rooms() })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,8 +347,11 @@ struct CreateRoomBody {
 
 async fn create_room(
     State(state): State<Arc<AppState>>,
-    JsonBody(body): JsonBody<CreateRoomBody>,
+    token: Token,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: CreateRoomBody = body.json()?;
+    token.need(Some(&body.room), Need::Admin)?;
     validate_room_name(&body.room)?;
     let name = body.room.clone();
     let (worker, media) = blocking(&state, move |s| s.create_room(&body.room, body.worker)).await?;
@@ -196,8 +361,10 @@ async fn create_room(
 
 async fn delete_room(
     State(state): State<Arc<AppState>>,
+    token: Token,
     Params(room): Params<String>,
 ) -> Result<StatusCode, ApiError> {
+    token.need(Some(&room), Need::Admin)?;
     blocking(&state, move |s| s.delete_room(&room)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -278,6 +445,17 @@ struct EndpointBody {
     rtcp_ssrc: Option<u32>,
 }
 
+impl RoleBody {
+    /// The grants an endpoint of this role needs.
+    fn need(&self) -> Need {
+        match self {
+            Self::Publish => Need::All(&[Grant::Publish]),
+            Self::Subscribe => Need::All(&[Grant::Subscribe]),
+            Self::Both => Need::All(&[Grant::Publish, Grant::Subscribe]),
+        }
+    }
+}
+
 impl EndpointBody {
     fn validate(self) -> Result<NewEndpoint, ApiError> {
         let (profile, remote_master) = parse_srtp(&self.srtp.profile, &self.srtp.key)?;
@@ -352,9 +530,13 @@ fn consumers_json(consumers: &[ConsumerInfo]) -> Value {
 
 async fn create_endpoint(
     State(state): State<Arc<AppState>>,
+    token: Token,
     Params(room): Params<String>,
-    JsonBody(body): JsonBody<EndpointBody>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    token.need(Some(&room), Need::Any)?;
+    let body: EndpointBody = body.json()?;
+    token.need(Some(&room), body.role.need())?;
     let new = body.validate()?;
     let name = room.clone();
     let created = blocking(&state, move |s| s.create_endpoint(&room, new)).await?;
@@ -373,10 +555,12 @@ async fn create_endpoint(
 
 async fn set_subscription(
     State(state): State<Arc<AppState>>,
+    token: Token,
     Params((room, id)): Params<(String, String)>,
-    JsonBody(body): JsonBody<SubscribeBody>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let subscription = body.into_subscription()?;
+    token.need(Some(&room), Need::All(&[Grant::Subscribe]))?;
+    let subscription = body.json::<SubscribeBody>()?.into_subscription()?;
     let consumers = blocking(&state, move |s| {
         s.set_subscription(&room, &id, subscription)
     })
@@ -386,8 +570,10 @@ async fn set_subscription(
 
 async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
+    token: Token,
     Params((room, id)): Params<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    token.need(Some(&room), Need::Any)?;
     blocking(&state, move |s| s.delete_endpoint(&room, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,17 @@
 //! environment.
 //!
 //! `deploy/sfu.toml` is an example file with every key, commented.
+//!
+//! # API secret
+//! `api_secret` (`SFU_API_SECRET`, `--api-secret`) signs and verifies the
+//! control API's bearer tokens ([`crate::auth`]); `api_secret_file`
+//! (`SFU_API_SECRET_FILE`, `--api-secret-file`) reads it from a file instead
+//! (trailing line break removed), e.g. a systemd credential. Within one
+//! layer only one of the two may be set; a later layer's either one wins
+//! over an earlier layer's. The default is [`DEV_API_SECRET`], a fixed,
+//! public development secret: [`Config::validate`] refuses it unless the
+//! control address, the media address and the advertised address are all
+//! loopback.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::auth::DEV_API_SECRET;
+use crate::auth::{Claims, Grant, MIN_SECRET_BYTES};
 
 /// Default control API address.
 pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880);
@@ -76,6 +90,58 @@ pub struct Config {
     pub pool_buffers: usize,
     /// `SO_RCVBUF`/`SO_SNDBUF` of each media socket.
     pub socket_buffer_bytes: usize,
+    /// Secret the API's HS256 bearer tokens are signed with.
+    pub api_secret: ApiSecret,
+}
+
+/// The secret of the control API's tokens. Its `Debug` and `Serialize`
+/// forms never show it (only whether it is [`DEV_API_SECRET`]).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiSecret(String);
+
+impl ApiSecret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret's bytes, to sign and verify with.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// True when this is the public [`DEV_API_SECRET`].
+    pub fn is_development(&self) -> bool {
+        self.0 == DEV_API_SECRET
+    }
+
+    fn redacted(&self) -> &'static str {
+        if self.is_development() {
+            "<development secret>"
+        } else {
+            "<redacted>"
+        }
+    }
+}
+
+impl Default for ApiSecret {
+    /// [`DEV_API_SECRET`].
+    fn default() -> Self {
+        Self::new(DEV_API_SECRET)
+    }
+}
+
+impl fmt::Debug for ApiSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiSecret({})", self.redacted())
+    }
+}
+
+impl Serialize for ApiSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.redacted())
+    }
 }
 
 impl Default for Config {
@@ -91,6 +157,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             pool_buffers: DEFAULT_POOL_BUFFERS,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            api_secret: ApiSecret::default(),
         }
     }
 }
@@ -119,6 +186,10 @@ pub struct ConfigLayer {
     pub pool_buffers: Option<usize>,
     /// See [`Config::socket_buffer_bytes`].
     pub socket_buffer_bytes: Option<usize>,
+    /// See [`Config::api_secret`].
+    pub api_secret: Option<ApiSecret>,
+    /// A file holding [`Config::api_secret`]; read by [`Config::apply`].
+    pub api_secret_file: Option<PathBuf>,
 }
 
 /// Why the configuration could not be loaded.
@@ -151,19 +222,39 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The API secret file could not be read.
+    #[error("cannot read API secret file {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The folded configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 /// Command-line flags of the `sfu` binary. Every flag overrides the matching
-/// `SFU_*` variable, the config file and the default.
+/// `SFU_*` variable, the config file and the default. Without a subcommand
+/// the binary runs the node.
 #[derive(Debug, Clone, Default, clap::Parser)]
 #[command(name = "sfu", version, about = "Selective forwarding unit media node")]
 pub struct Cli {
+    /// What to do instead of running the node.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file (env SFU_CONFIG). See deploy/sfu.toml.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
+    /// Secret of the API's HS256 tokens (env SFU_API_SECRET; prefer it or
+    /// --api-secret-file, flags are visible to other users) [default: the
+    /// development secret, loopback only].
+    #[arg(long, value_name = "SECRET", global = true)]
+    pub api_secret: Option<String>,
+    /// File holding the API secret (env SFU_API_SECRET_FILE).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub api_secret_file: Option<PathBuf>,
     /// Worker threads [default: one per CPU in --cpus].
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub workers: Option<usize>,
@@ -196,6 +287,57 @@ pub struct Cli {
     pub socket_buffer_bytes: Option<usize>,
 }
 
+/// Subcommands of the `sfu` binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a bearer token for the control API, signed with the configured
+    /// API secret (--api-secret, SFU_API_SECRET, the config file, or the
+    /// development secret).
+    Token(TokenArgs),
+}
+
+/// Flags of `sfu token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// Room the token is for, or `*` for every room and the node-wide routes.
+    #[arg(long, value_name = "ROOM")]
+    pub room: String,
+    /// A grant; repeat for several.
+    #[arg(long = "grant", value_name = "GRANT", value_enum, required = true)]
+    pub grants: Vec<Grant>,
+    /// Lifetime, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = parse_ttl)]
+    pub ttl: u64,
+    /// Who the token is for (the `sub` claim).
+    #[arg(long, value_name = "NAME")]
+    pub sub: Option<String>,
+}
+
+impl TokenArgs {
+    /// The claims of the token, valid from `now` (seconds since the Unix
+    /// epoch) for [`TokenArgs::ttl`] seconds.
+    pub fn claims(&self, now: u64) -> Result<Claims, String> {
+        if self.room != crate::auth::ANY_ROOM {
+            crate::state::validate_room_name(&self.room).map_err(|e| e.to_string())?;
+        }
+        let mut grants = self.grants.clone();
+        grants.sort_unstable();
+        grants.dedup();
+        Ok(Claims {
+            sub: self.sub.clone(),
+            ..Claims::new(self.room.clone(), &grants, now, self.ttl)
+        })
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -218,6 +360,8 @@ impl Cli {
             log_format: self.log_format,
             pool_buffers: self.pool_buffers,
             socket_buffer_bytes: self.socket_buffer_bytes,
+            api_secret: self.api_secret.clone().map(ApiSecret::new),
+            api_secret_file: self.api_secret_file.clone(),
         }
     }
 }
@@ -291,6 +435,8 @@ impl ConfigLayer {
                 "SFU_SOCKET_BUFFER_BYTES" => {
                     layer.socket_buffer_bytes = Some(parse("SFU_SOCKET_BUFFER_BYTES", value)?);
                 }
+                "SFU_API_SECRET" => layer.api_secret = Some(ApiSecret::new(value)),
+                "SFU_API_SECRET_FILE" => layer.api_secret_file = Some(PathBuf::from(value)),
                 _ => {}
             }
         }
@@ -310,16 +456,31 @@ impl Config {
         let (env_layer, env_file) = ConfigLayer::from_env(env)?;
         let mut config = Self::default();
         if let Some(path) = cli.config.as_ref().or(env_file.as_ref()) {
-            config.apply(ConfigLayer::from_file(path)?);
+            config.apply(ConfigLayer::from_file(path)?)?;
         }
-        config.apply(env_layer);
-        config.apply(cli.layer());
+        config.apply(env_layer)?;
+        config.apply(cli.layer())?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Overrides every key `layer` sets.
-    pub fn apply(&mut self, layer: ConfigLayer) {
+    /// Overrides every key `layer` sets; reads its `api_secret_file`.
+    /// Fails, changing nothing, if the layer sets both `api_secret` and
+    /// `api_secret_file` or the file cannot be read.
+    pub fn apply(&mut self, layer: ConfigLayer) -> Result<(), ConfigError> {
+        let api_secret = match (layer.api_secret, layer.api_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set api_secret or api_secret_file, not both".into(),
+                ));
+            }
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => Some(read_secret_file(&path)?),
+            (None, None) => None,
+        };
+        if let Some(v) = api_secret {
+            self.api_secret = v;
+        }
         let ConfigLayer {
             control_addr,
             media_ip,
@@ -331,6 +492,8 @@ impl Config {
             log_format,
             pool_buffers,
             socket_buffer_bytes,
+            api_secret: _,
+            api_secret_file: _,
         } = layer;
         if let Some(v) = control_addr {
             self.control_addr = v;
@@ -362,11 +525,36 @@ impl Config {
         if let Some(v) = socket_buffer_bytes {
             self.socket_buffer_bytes = v;
         }
+        Ok(())
     }
 
     /// Checks what a single layer cannot: counts at least 1, the port range
-    /// of all workers within `u16`.
+    /// of all workers within `u16`, an API secret of at least
+    /// [`MIN_SECRET_BYTES`], and the development secret only with loopback
+    /// addresses.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.api_secret.as_bytes().len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "api_secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 section 3.2)"
+            )));
+        }
+        if self.api_secret.is_development() {
+            let addresses = [
+                ("control_addr", Some(self.control_addr.ip())),
+                ("media_ip", Some(self.media_ip)),
+                ("advertised_ip", self.advertised_ip),
+            ];
+            for (key, ip) in addresses {
+                if let Some(ip) = ip.filter(|ip| !ip.to_canonical().is_loopback()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key} {ip} is not a loopback address, and the API secret is the \
+                         public development secret: set api_secret (SFU_API_SECRET, \
+                         --api-secret) or api_secret_file (SFU_API_SECRET_FILE, \
+                         --api-secret-file)"
+                    )));
+                }
+            }
+        }
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
@@ -441,6 +629,19 @@ pub fn allowed_cpus() -> Vec<usize> {
     cpus.sort_unstable();
     cpus.dedup();
     cpus
+}
+
+/// Reads an API secret file; one trailing line break is not part of the secret.
+fn read_secret_file(path: &Path) -> Result<ApiSecret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    Ok(ApiSecret::new(secret))
 }
 
 /// The host name, or `sfu-` and 8 random hex digits if it cannot be read.
@@ -594,6 +795,13 @@ mod tests {
     }
 
     const NO_ENV: [(&str, &str); 0] = [];
+    const TEST_SECRET: &str = "a test secret that is long enough!";
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sfu-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        dir
+    }
 
     #[test]
     fn cpu_list_parses_items_and_ranges() {
@@ -706,6 +914,7 @@ pool_buffers = 100
             ("SFU_ADVERTISED_IP", "192.0.2.7"),
             ("SFU_SOCKET_BUFFER_BYTES", "4096"),
             ("SFU_POOL_BUFFERS", ""),
+            ("SFU_API_SECRET", TEST_SECRET),
             ("UNRELATED", "x"),
         ];
         let config = Config::load(&cli(&[]), env).expect("valid");
@@ -721,6 +930,7 @@ pool_buffers = 100
         );
         assert_eq!(config.socket_buffer_bytes, 4096);
         assert_eq!(config.pool_buffers, 100, "empty env value counts as unset");
+        assert_eq!(config.api_secret, ApiSecret::new(TEST_SECRET));
 
         // Flags beat env; --config beats SFU_CONFIG.
         let flags = cli(&[
@@ -799,6 +1009,203 @@ pool_buffers = 100
         assert!(layer.cpus.is_some() && layer.advertised_ip.is_some());
         assert!(layer.node_id.is_some() && layer.log_format.is_some());
         assert!(layer.pool_buffers.is_some() && layer.socket_buffer_bytes.is_some());
+        assert!(layer.api_secret.is_some() && layer.api_secret_file.is_some());
+    }
+
+    /// The public development secret only serves loopback addresses; any
+    /// other secret (of a sane length) serves anything.
+    #[test]
+    fn development_secret_refuses_non_loopback_addresses() {
+        let dev = Config::default();
+        assert!(dev.api_secret.is_development());
+        assert!(dev.validate().is_ok(), "the embedded default is valid");
+        let v6_loopback = Config {
+            control_addr: "[::1]:7880".parse().expect("literal"),
+            media_ip: "::ffff:127.0.0.1".parse().expect("literal"),
+            ..Config::default()
+        };
+        assert!(v6_loopback.validate().is_ok());
+        let public: [(&str, Config); 4] = [
+            (
+                "control_addr",
+                Config {
+                    control_addr: "0.0.0.0:7880".parse().expect("literal"),
+                    ..Config::default()
+                },
+            ),
+            (
+                "control_addr",
+                Config {
+                    control_addr: "192.0.2.1:7880".parse().expect("literal"),
+                    ..Config::default()
+                },
+            ),
+            (
+                "media_ip",
+                Config {
+                    media_ip: "::".parse().expect("literal"),
+                    ..Config::default()
+                },
+            ),
+            (
+                "advertised_ip",
+                Config {
+                    advertised_ip: Some("198.51.100.1".parse().expect("literal")),
+                    ..Config::default()
+                },
+            ),
+        ];
+        for (key, config) in public {
+            let err = config
+                .validate()
+                .expect_err("development secret on a public address");
+            let text = err.to_string();
+            assert!(text.contains(key) && text.contains("development"), "{text}");
+            let with_secret = Config {
+                api_secret: ApiSecret::new(TEST_SECRET),
+                ..config
+            };
+            assert!(with_secret.validate().is_ok(), "{key} with a real secret");
+        }
+        // Through the loader too: flags, and the env's secret lifting it.
+        let err =
+            Config::load(&cli(&["--control-addr", "0.0.0.0:7880"]), NO_ENV).expect_err("refused");
+        assert!(err.to_string().contains("SFU_API_SECRET"), "{err}");
+        let config = Config::load(
+            &cli(&["--control-addr", "0.0.0.0:7880"]),
+            [("SFU_API_SECRET", TEST_SECRET)],
+        )
+        .expect("a real secret may serve any address");
+        assert!(!config.api_secret.is_development());
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let err = Config::load(&cli(&["--api-secret", "short"]), NO_ENV).expect_err("too short");
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        let exactly = "x".repeat(MIN_SECRET_BYTES);
+        assert!(Config::load(&cli(&["--api-secret", &exactly]), NO_ENV).is_ok());
+    }
+
+    #[test]
+    fn secret_file_layers() {
+        let dir = temp_dir("secret-test");
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("{TEST_SECRET}\n")).expect("temp file is writable");
+        let file_str = file.to_str().expect("temp path is UTF-8");
+
+        let config = Config::load(&cli(&[]), [("SFU_API_SECRET_FILE", file_str)]).expect("valid");
+        assert_eq!(
+            config.api_secret,
+            ApiSecret::new(TEST_SECRET),
+            "newline dropped"
+        );
+        // The flag's secret (later layer) beats the env's file.
+        let other = "another secret, also long enough";
+        let config = Config::load(
+            &cli(&["--api-secret", other]),
+            [("SFU_API_SECRET_FILE", file_str)],
+        )
+        .expect("valid");
+        assert_eq!(config.api_secret, ApiSecret::new(other));
+        // And the flag's file beats the env's secret.
+        let config = Config::load(
+            &cli(&["--api-secret-file", file_str]),
+            [("SFU_API_SECRET", other)],
+        )
+        .expect("valid");
+        assert_eq!(config.api_secret, ApiSecret::new(TEST_SECRET));
+        // Both in one layer, or a missing file: errors.
+        let err = Config::load(
+            &cli(&[]),
+            [("SFU_API_SECRET_FILE", file_str), ("SFU_API_SECRET", other)],
+        )
+        .expect_err("both in one layer");
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = Config::load(&cli(&["--api-secret-file", "/nonexistent/secret"]), NO_ENV)
+            .expect_err("missing file");
+        assert!(matches!(err, ConfigError::SecretFile { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_serialized_config() {
+        let config = Config {
+            api_secret: ApiSecret::new(TEST_SECRET),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        let json = serde_json::to_string(&config).expect("serialises");
+        for text in [&debug, &json] {
+            assert!(!text.contains(TEST_SECRET), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        let dev = format!("{:?}", Config::default());
+        assert!(
+            !dev.contains(DEV_API_SECRET) && dev.contains("development"),
+            "{dev}"
+        );
+    }
+
+    #[test]
+    fn token_subcommand_parses_and_no_arguments_run_the_node() {
+        assert!(cli(&[]).command.is_none());
+        let parsed = cli(&[
+            "token",
+            "--room",
+            "lobby",
+            "--grant",
+            "publish",
+            "--grant",
+            "subscribe",
+            "--grant",
+            "publish",
+            "--ttl",
+            "60",
+            "--sub",
+            "alice",
+            "--api-secret",
+            TEST_SECRET,
+        ]);
+        assert_eq!(
+            parsed.api_secret.as_deref(),
+            Some(TEST_SECRET),
+            "global flag"
+        );
+        let Some(Command::Token(args)) = &parsed.command else {
+            panic!("token subcommand: {parsed:?}");
+        };
+        let claims = args.claims(1000).expect("valid room");
+        assert_eq!(claims.room, "lobby");
+        assert_eq!(claims.grants, vec![Grant::Publish, Grant::Subscribe]);
+        assert_eq!(claims.exp, 1060);
+        assert_eq!(claims.sub.as_deref(), Some("alice"));
+        assert_eq!(
+            cli(&["token", "--room", "*", "--grant", "admin"])
+                .command
+                .map(|c| match c {
+                    Command::Token(a) => a.ttl,
+                }),
+            Some(3600)
+        );
+
+        for bad in [
+            &["token", "--room", "r"][..],
+            &["token", "--grant", "admin"],
+            &["token", "--room", "r", "--grant", "root"],
+            &["token", "--room", "r", "--grant", "admin", "--ttl", "0"],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("sfu").chain(bad.iter().copied())).is_err(),
+                "{bad:?}"
+            );
+        }
+        let Some(Command::Token(args)) =
+            cli(&["token", "--room", "a b", "--grant", "admin"]).command
+        else {
+            panic!("parses");
+        };
+        assert!(args.claims(0).is_err(), "invalid room name");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sfu_core::router::RouterError;
 
 use packet_path::RequestError;
+
+use crate::auth::AuthError;
 
 /// Largest request body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -15,7 +17,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Why an API request was refused. Every refusal leaves the node unchanged.
 ///
 /// Answered as `{"error": "<message>", "code": "<code>"}` with the status of
-/// [`ApiError::status`] and the code of [`ApiError::code`].
+/// [`ApiError::status`] and the code of [`ApiError::code`]; a 401 also
+/// carries `WWW-Authenticate: Bearer` (RFC 6750 §3), and an
+/// [`ApiError::Auth`] answer carries its [`AuthError`] as a response
+/// extension, for the failure counter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
@@ -45,6 +50,10 @@ pub enum ApiError {
     /// No endpoint of that id in the room (404).
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
+    /// No valid bearer token (401), or the token does not allow the
+    /// request (403); see [`AuthError::is_forbidden`].
+    #[error("{0}")]
+    Auth(AuthError),
     /// No such route (404).
     #[error("no such route")]
     NotFound,
@@ -85,6 +94,8 @@ impl ApiError {
             | Self::UnknownWorker(..)
             | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Auth(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::UnknownRoom(_) | Self::UnknownEndpoint(_) | Self::NotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -107,6 +118,7 @@ impl ApiError {
             Self::UnknownWorker(..) => "unknown_worker",
             Self::Invalid(_) => "invalid",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::Auth(e) => e.as_str(),
             Self::UnknownRoom(_) => "unknown_room",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
             Self::NotFound => "not_found",
@@ -125,7 +137,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Self::Auth(e) = self {
+            let challenge = match e {
+                AuthError::Missing => r#"Bearer realm="sfu""#,
+                e if e.is_forbidden() => r#"Bearer realm="sfu", error="insufficient_scope""#,
+                _ => r#"Bearer realm="sfu", error="invalid_token""#,
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response.extensions_mut().insert(e);
+        }
+        response
     }
 }
 

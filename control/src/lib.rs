@@ -10,6 +10,10 @@
 //!   starts the rate sampler task. [`Running::shutdown`] stops them in the
 //!   reverse order.
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
+//! * [`auth`] mints and verifies the HS256 bearer tokens every API route
+//!   but `/healthz` needs; [`api`] decides what each route needs. The
+//!   secret is [`Config::api_secret`]; the public development default only
+//!   serves loopback addresses. The `sfu token` subcommand mints tokens.
 //!
 //! # Threads
 //! * The tokio runtime runs the HTTP server, the handlers and the sampler
@@ -46,10 +50,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod state;
+pub mod whip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +87,9 @@ pub enum StartError {
     /// The media sockets or worker threads could not be set up.
     #[error("cannot start the packet path: {0}")]
     Media(std::io::Error),
+    /// The node's DTLS certificate could not be generated.
+    #[error("cannot generate the DTLS certificate: {0}")]
+    Certificate(sfu_core::dtls::DtlsError),
     /// The control API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -116,6 +125,7 @@ impl Drop for Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     config.validate()?;
     let resolved = config.resolve();
+    let dtls_cert = sfu_core::dtls::DtlsCert::generate().map_err(StartError::Certificate)?;
     let node = Node::start(NodeConfig {
         workers: resolved.workers,
         cpus: resolved.cpus.clone(),
@@ -124,6 +134,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         pool_buffers: config.pool_buffers,
         socket_buffer_bytes: config.socket_buffer_bytes,
         router: RouterConfig::default(),
+        dtls_cert: Some(dtls_cert.clone()),
         ..NodeConfig::default()
     })
     .map_err(StartError::Media)?;
@@ -147,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         resolved.node_id.clone(),
         resolved.advertised_ip,
         node.workers().to_vec(),
+        dtls_cert,
     ));
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();
@@ -168,12 +180,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         advertised_ip = %resolved.advertised_ip,
         "sfu started"
     );
+    if config.api_secret.is_development() {
+        tracing::warn!(
+            "the API secret is the public development secret; set api_secret before serving anything but loopback"
+        );
+    }
     if resolved.advertised_ip.is_unspecified() {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
     }
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = api::app(Arc::clone(&state));
+    let auth = Arc::new(auth::Authenticator::new(config.api_secret.as_bytes()));
+    let app = api::app(Arc::clone(&state), auth);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

@@ -1,10 +1,11 @@
 //! The `sfu` binary: loads the configuration, sets up logging, starts the
-//! node and serves until SIGTERM or SIGINT. See the `control` crate docs.
+//! node and serves until SIGTERM or SIGINT. `sfu token ...` instead prints
+//! a bearer token for the control API. See the `control` crate docs.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use control::config::{Cli, Config, LogFormat};
+use control::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -13,6 +14,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli, std::env::vars()).context("loading the configuration")?;
+    if let Some(Command::Token(args)) = &cli.command {
+        let claims = args
+            .claims(control::auth::unix_now())
+            .map_err(anyhow::Error::msg)
+            .context("sfu token")?;
+        println!(
+            "{}",
+            control::auth::mint(config.api_secret.as_bytes(), &claims)
+        );
+        return Ok(());
+    }
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

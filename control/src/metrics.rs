@@ -231,6 +231,25 @@ pub fn render(state: &AppState) -> String {
             "sfu_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
         );
     }
+
+    header(
+        &mut out,
+        "sfu_webrtc_sessions_total",
+        "WHIP and WHEP sessions created and ended, by protocol and event.",
+        "counter",
+    );
+    let s = state.session_counts();
+    for (protocol, event, n) in [
+        ("whip", "created", s.whip_created),
+        ("whip", "ended", s.whip_ended),
+        ("whep", "created", s.whep_created),
+        ("whep", "ended", s.whep_ended),
+    ] {
+        let _ = writeln!(
+            out,
+            "sfu_webrtc_sessions_total{{protocol=\"{protocol}\",event=\"{event}\"}} {n}"
+        );
+    }
     out
 }
 

@@ -9,6 +9,12 @@
 //! cannot both pass validation for the same room name or SSRC. The model
 //! itself sits behind a separate `RwLock` taken only for short reads and
 //! writes, so `GET` requests never wait for a worker.
+//!
+//! WebRTC endpoints (WHIP publishers, WHEP subscribers; see [`crate::whip`])
+//! are created by [`AppState::create_webrtc_endpoint`], which also hands the
+//! caller the room's producers with their codecs ([`Producer`]). Endpoints
+//! created through the JSON API do not declare codecs: their video tracks
+//! are assumed to be VP8 and their audio tracks Opus.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,10 +25,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore as _;
+use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
-    Command, ConsumerInfo, EndpointConfig, EndpointId, Outcome, Role, RoomId, Subscription,
-    TrackConfig,
+    Command, ConsumerInfo, EndpointConfig, EndpointId, MediaKind, Outcome, Role, RoomId,
+    Subscription, TrackConfig, WebrtcTransport,
 };
+use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
 
 use crate::error::ApiError;
@@ -38,6 +46,8 @@ pub struct AppState {
     started: Instant,
     advertised_ip: IpAddr,
     workers: Vec<WorkerHandle>,
+    /// The node's DTLS certificate (its fingerprint goes into SDP answers).
+    dtls_cert: DtlsCert,
     /// Serialises mutations from validation to model update.
     mutate: Mutex<()>,
     model: RwLock<Model>,
@@ -58,6 +68,71 @@ pub struct Model {
     /// (rooms, endpoints) per worker.
     load: Vec<(usize, usize)>,
     next_room: u64,
+    /// Creation counter of endpoints: orders a room's producers.
+    next_seq: u64,
+    /// WHIP/WHEP sessions created and ended.
+    sessions: SessionCounts,
+}
+
+/// How an endpoint was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Session {
+    /// `POST /v1/rooms/{room}/endpoints` (SDES-like keys in JSON).
+    Api,
+    /// `POST /whip/{room}`: a WebRTC publisher.
+    Whip,
+    /// `POST /whep/{room}`: a WebRTC subscriber.
+    Whep,
+}
+
+/// WHIP and WHEP sessions created and ended (deleted by their resource URL,
+/// the endpoint API or with their room) since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// WHIP sessions created.
+    pub whip_created: u64,
+    /// WHIP sessions ended.
+    pub whip_ended: u64,
+    /// WHEP sessions created.
+    pub whep_created: u64,
+    /// WHEP sessions ended.
+    pub whep_ended: u64,
+}
+
+/// A published track as WHEP sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Producer {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The SSRC it is published with.
+    pub ssrc: u32,
+    /// Its codec: negotiated for WHIP publishers, assumed (VP8 for video,
+    /// Opus for audio) for endpoints of the JSON API.
+    pub codec: CodecChoice,
+}
+
+/// What [`AppState::create_webrtc_endpoint`] tells its planner about the room.
+#[derive(Debug, Clone)]
+pub struct RoomContext {
+    /// The room's worker media address as advertised: the SDP candidate.
+    pub media: SocketAddr,
+    /// The room's producers, by endpoint creation order, then track order.
+    pub producers: Vec<Producer>,
+}
+
+/// A WebRTC endpoint to create.
+#[derive(Debug, Clone)]
+pub struct NewWebrtcEndpoint {
+    /// [`Session::Whip`] or [`Session::Whep`].
+    pub session: Session,
+    /// Publish (WHIP) or subscribe (WHEP).
+    pub role: Role,
+    /// Published tracks with their codecs.
+    pub tracks: Vec<(TrackConfig, CodecChoice)>,
+    /// What it receives (ignored for publish-only endpoints).
+    pub subscription: Subscription,
+    /// ICE credentials, DTLS role and fingerprint, payload type overrides.
+    pub transport: WebrtcTransport,
 }
 
 #[derive(Debug)]
@@ -74,6 +149,11 @@ struct EndpointEntry {
     worker: usize,
     ssrcs: Vec<u32>,
     remote: Option<SocketAddr>,
+    /// Creation order within the node.
+    seq: u64,
+    session: Session,
+    /// Published tracks with their codecs.
+    tracks: Vec<Producer>,
 }
 
 /// A room as listed by `GET /v1/rooms`.
@@ -147,8 +227,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AppState {
-    /// State for a node whose workers are `workers`.
-    pub fn new(node_id: String, advertised_ip: IpAddr, workers: Vec<WorkerHandle>) -> Self {
+    /// State for a node whose workers are `workers` and whose DTLS
+    /// certificate is `dtls_cert` (the one the workers' routers use).
+    pub fn new(
+        node_id: String,
+        advertised_ip: IpAddr,
+        workers: Vec<WorkerHandle>,
+        dtls_cert: DtlsCert,
+    ) -> Self {
         let model = Model {
             load: vec![(0, 0); workers.len()],
             ..Model::default()
@@ -158,6 +244,7 @@ impl AppState {
             started: Instant::now(),
             advertised_ip,
             workers,
+            dtls_cert,
             mutate: Mutex::new(()),
             model: RwLock::new(model),
             rates: RwLock::new(Rates::default()),
@@ -179,6 +266,16 @@ impl AppState {
     /// The workers.
     pub fn workers(&self) -> &[WorkerHandle] {
         &self.workers
+    }
+
+    /// The node's DTLS certificate.
+    pub fn dtls_cert(&self) -> &DtlsCert {
+        &self.dtls_cert
+    }
+
+    /// WHIP/WHEP sessions created and ended so far.
+    pub fn session_counts(&self) -> SessionCounts {
+        self.model().sessions
     }
 
     /// Media address of worker `index` as put into API answers.
@@ -385,6 +482,15 @@ impl AppState {
     ) -> Result<EndpointCreated, ApiError> {
         let _serial = lock(&self.mutate);
         let ssrcs = endpoint_ssrcs(&new)?;
+        let producers: Vec<Producer> = new
+            .tracks
+            .iter()
+            .map(|t| Producer {
+                kind: t.kind,
+                ssrc: t.ssrc,
+                codec: assumed_codec(t.kind),
+            })
+            .collect();
         let (room_id, worker, id, id_str) = {
             let model = self.model();
             let entry = model
@@ -441,6 +547,7 @@ impl AppState {
         if let Some(entry) = model.rooms.get_mut(room) {
             entry.endpoints.insert(id_str.clone());
         }
+        let seq = model.take_seq();
         model.endpoints.insert(
             id_str.clone(),
             EndpointEntry {
@@ -449,6 +556,9 @@ impl AppState {
                 worker,
                 ssrcs,
                 remote: new.remote,
+                seq,
+                session: Session::Api,
+                tracks: producers,
             },
         );
         model.load[worker].1 += 1;
@@ -459,6 +569,126 @@ impl AppState {
             local_master,
             consumers,
         })
+    }
+
+    /// Creates a WebRTC endpoint (WHIP or WHEP) in `room`. Blocks on the
+    /// worker.
+    ///
+    /// Holding the mutation lock throughout, it looks the room up (404),
+    /// hands `plan` the room's media address and producers, checks the
+    /// SSRCs `plan` asks for (409), adds the endpoint to the worker, then
+    /// hands `finish` what `plan` prepared and the endpoint's consumers. If
+    /// `finish` fails, the endpoint is removed again and its error returned:
+    /// a refused request leaves nothing behind. Returns the endpoint's id
+    /// and what `finish` returned.
+    pub fn create_webrtc_endpoint<P, T, E, Plan, Finish>(
+        &self,
+        room: &str,
+        plan: Plan,
+        finish: Finish,
+    ) -> Result<(String, T), E>
+    where
+        E: From<ApiError>,
+        Plan: FnOnce(&RoomContext) -> Result<(NewWebrtcEndpoint, P), E>,
+        Finish: FnOnce(P, &[ConsumerInfo]) -> Result<T, E>,
+    {
+        let _serial = lock(&self.mutate);
+        let (room_id, worker, producers) = {
+            let model = self.model();
+            let entry = model
+                .rooms
+                .get(room)
+                .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
+            (entry.id, entry.worker, model.producers(entry))
+        };
+        let media = self
+            .media_addr(worker)
+            .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
+        let (new, prepared) = plan(&RoomContext { media, producers })?;
+        let mut ssrcs: Vec<u32> = Vec::with_capacity(new.tracks.len());
+        let (id, id_str) = {
+            let model = self.model();
+            for (t, _) in &new.tracks {
+                if ssrcs.contains(&t.ssrc) || model.ssrcs.contains(&t.ssrc) {
+                    return Err(ApiError::DuplicateSsrc(t.ssrc).into());
+                }
+                ssrcs.push(t.ssrc);
+            }
+            model.fresh_endpoint_id()
+        };
+        let config = EndpointConfig {
+            id,
+            room: room_id,
+            role: new.role,
+            // DTLS-SRTP negotiates the profile and keys.
+            profile: Profile::AeadAes128Gcm,
+            remote_master: Vec::new(),
+            local_master: Vec::new(),
+            tracks: new.tracks.iter().map(|(t, _)| *t).collect(),
+            remote: None,
+            subscription: new.subscription,
+            rtcp_ssrc: None,
+        };
+        let outcome = self
+            .request(
+                worker,
+                Command::AddWebrtcEndpoint(Box::new(config), Box::new(new.transport)),
+                Some(Command::RemoveEndpoint(id)),
+            )
+            .map_err(|e| match e {
+                ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
+                e => e,
+            })?;
+        let consumers = match outcome {
+            Outcome::Consumers(c) => c,
+            Outcome::Done => Vec::new(),
+        };
+        let done = match finish(prepared, &consumers) {
+            Ok(done) => done,
+            Err(e) => {
+                match self.request(worker, Command::RemoveEndpoint(id), None) {
+                    Ok(_) | Err(ApiError::UnknownEndpoint(_)) => {}
+                    Err(undo) => {
+                        tracing::warn!(worker, error = %undo, "removing a refused WebRTC endpoint failed");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let mut model = self.model_mut();
+        model.ssrcs.extend(ssrcs.iter().copied());
+        if let Some(entry) = model.rooms.get_mut(room) {
+            entry.endpoints.insert(id_str.clone());
+        }
+        match new.session {
+            Session::Api => {}
+            Session::Whip => model.sessions.whip_created += 1,
+            Session::Whep => model.sessions.whep_created += 1,
+        }
+        let seq = model.take_seq();
+        model.endpoints.insert(
+            id_str.clone(),
+            EndpointEntry {
+                id,
+                room: room.to_owned(),
+                worker,
+                ssrcs,
+                remote: None,
+                seq,
+                session: new.session,
+                tracks: new
+                    .tracks
+                    .iter()
+                    .map(|(t, codec)| Producer {
+                        kind: t.kind,
+                        ssrc: t.ssrc,
+                        codec: *codec,
+                    })
+                    .collect(),
+            },
+        );
+        model.load[worker].1 += 1;
+        Ok((id_str, done))
     }
 
     /// `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions`. Blocks on the worker.
@@ -484,8 +714,38 @@ impl AppState {
 
     /// `DELETE /v1/rooms/{room}/endpoints/{id}`. Blocks on the worker.
     pub fn delete_endpoint(&self, room: &str, endpoint: &str) -> Result<(), ApiError> {
+        self.delete_endpoint_of(room, endpoint, None)
+    }
+
+    /// `DELETE /whip/{room}/{id}` and `DELETE /whep/{room}/{id}`: deletes
+    /// the endpoint if it is a session of that kind (else 404). Blocks on
+    /// the worker.
+    pub fn delete_session(
+        &self,
+        room: &str,
+        endpoint: &str,
+        session: Session,
+    ) -> Result<(), ApiError> {
+        self.delete_endpoint_of(room, endpoint, Some(session))
+    }
+
+    fn delete_endpoint_of(
+        &self,
+        room: &str,
+        endpoint: &str,
+        session: Option<Session>,
+    ) -> Result<(), ApiError> {
         let _serial = lock(&self.mutate);
-        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        let (id, worker) = {
+            let model = self.model();
+            let found = model.find_endpoint(room, endpoint)?;
+            if let Some(session) = session
+                && model.endpoints.get(endpoint).map(|e| e.session) != Some(session)
+            {
+                return Err(ApiError::UnknownEndpoint(endpoint.to_owned()));
+            }
+            found
+        };
         match self.request(worker, Command::RemoveEndpoint(id), None) {
             Ok(_) | Err(ApiError::UnknownEndpoint(_)) => {}
             Err(e) => return Err(e),
@@ -500,6 +760,26 @@ impl AppState {
 }
 
 impl Model {
+    /// The next endpoint creation number.
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// The producers of `room`, by endpoint creation order, then track order.
+    fn producers(&self, room: &RoomEntry) -> Vec<Producer> {
+        let mut endpoints: Vec<&EndpointEntry> = room
+            .endpoints
+            .iter()
+            .filter_map(|id| self.endpoints.get(id))
+            .collect();
+        endpoints.sort_by_key(|e| e.seq);
+        endpoints
+            .into_iter()
+            .flat_map(|e| e.tracks.iter().copied())
+            .collect()
+    }
+
     /// The worker for a new room: `requested` if valid, else the one with
     /// the fewest rooms, then the fewest endpoints, then the lowest index.
     fn place(&self, requested: Option<usize>) -> Result<usize, ApiError> {
@@ -549,6 +829,19 @@ impl Model {
         if let Some(load) = self.load.get_mut(e.worker) {
             load.1 -= 1;
         }
+        match e.session {
+            Session::Api => {}
+            Session::Whip => self.sessions.whip_ended += 1,
+            Session::Whep => self.sessions.whep_ended += 1,
+        }
+    }
+}
+
+/// The codec assumed for a track of the JSON API, which declares none.
+pub fn assumed_codec(kind: MediaKind) -> CodecChoice {
+    match kind {
+        MediaKind::Video => CodecChoice::Vp8,
+        MediaKind::Audio => CodecChoice::Opus,
     }
 }
 

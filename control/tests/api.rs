@@ -543,6 +543,7 @@ fn load_and_metrics_have_their_shape() {
         "sfu_rooms",
         "sfu_endpoints",
         "sfu_http_requests_total",
+        "sfu_auth_failures_total",
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "HELP {name}");
         assert!(text.contains(&format!("# TYPE {name} ")), "TYPE {name}");

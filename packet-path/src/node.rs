@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{Command, DropReason, Outcome, RouterConfig, RouterError};
 
 use crate::io::{BatchSocket, SocketOptions};
@@ -16,7 +17,7 @@ use crate::worker::{READ_TIMEOUT, Request, Shared, Worker};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a [`Node`] is laid out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Number of worker threads (at least 1).
     pub workers: usize,
@@ -40,6 +41,9 @@ pub struct NodeConfig {
     pub gro: bool,
     /// Limits of each worker's router.
     pub router: RouterConfig,
+    /// The node's DTLS certificate, shared by every worker's router; WebRTC
+    /// endpoints are refused without one.
+    pub dtls_cert: Option<DtlsCert>,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +59,7 @@ impl Default for NodeConfig {
             gso: true,
             gro: true,
             router: RouterConfig::default(),
+            dtls_cert: None,
         }
     }
 }
@@ -236,7 +241,7 @@ impl Node {
             let local_addr = socket.local_addr()?;
             let shared = Arc::new(Shared::new(cpu, &socket, config.pool_buffers.max(1)));
             let (commands, requests) = crossbeam_channel::unbounded();
-            let worker = Worker::new(
+            let mut worker = Worker::new(
                 socket,
                 config.router,
                 config.pool_buffers,
@@ -244,6 +249,9 @@ impl Node {
                 Arc::clone(&shared),
                 cpu,
             );
+            if let Some(cert) = &config.dtls_cert {
+                worker.router.set_dtls_cert(cert.clone());
+            }
             // On error `node` is dropped, which stops the workers started so far.
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-worker-{index}"))

@@ -35,6 +35,8 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(5);
 const COMMANDS_PER_LOOP: usize = 64;
 /// How often the thread's CPU time (a system call) is read.
 const CPU_CLOCK_PERIOD: Duration = Duration::from_millis(100);
+/// How often the router's timers (DTLS retransmission, ICE consent) run.
+const TIMER_PERIOD: Duration = Duration::from_millis(10);
 
 /// A control request and where its answer goes.
 #[derive(Debug)]
@@ -140,6 +142,7 @@ impl Worker {
         let mut send_errors = 0u64;
         let mut recv_errors = 0u64;
         let mut next_cpu_read = Instant::now();
+        let mut next_timers = Instant::now();
         loop {
             let received = self.socket.recv(&mut bufs, &mut meta);
             let now = Instant::now();
@@ -168,6 +171,11 @@ impl Worker {
                     // A persistent error must not spin the core.
                     std::thread::sleep(Duration::from_millis(1));
                 }
+            }
+            if now >= next_timers {
+                // DTLS retransmissions and ICE consent: the slow path's clock.
+                self.router.handle_timeout(now, &mut self.pool);
+                next_timers = now + TIMER_PERIOD;
             }
             send_errors += self.pool.flush(&mut self.socket).failed;
             let disconnected = self.handle_commands(now);

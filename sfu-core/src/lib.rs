@@ -17,6 +17,11 @@
 //!   AEAD_AES_128_GCM (RFC 7714, `ring`) and AES_CM_128_HMAC_SHA1_80 (RFC 3711,
 //!   RustCrypto), key derivation, rollover-counter estimation and replay windows
 //!   held in fixed-capacity storage sized when a context is created.
+//! * [`dtls`] — DTLS-SRTP key agreement (RFC 5764) over OpenSSL with an
+//!   in-memory transport: datagrams in, datagrams out, SRTP master keys once
+//!   the peer certificate matches the SDP fingerprint.
+//! * [`sdp`] — a strict WebRTC SDP offer parser and answer generator for an
+//!   ICE-lite, BUNDLE-only, rtcp-mux-only node (WHIP publish, WHEP subscribe).
 //!
 //! # Run loop
 //! The worker that owns a socket calls, per received datagram,
@@ -41,6 +46,8 @@
 //! function that may raise them.
 #![forbid(unsafe_code)]
 
+pub mod dtls;
 pub mod router;
+pub mod sdp;
 pub mod srtp;
 pub mod wire;

@@ -1,5 +1,8 @@
 //! A blocking client of the node's control API (`ureq`), for the calls the
 //! load generator makes: rooms, endpoints, subscriptions and `/v1/load`.
+//! Every request carries a bearer token the client mints itself from the
+//! API secret (`--api-secret`), for room `*` with every grant
+//! ([`control::auth`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use control::auth::{self, Claims, Grant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sfu_core::srtp::Profile;
@@ -16,10 +20,20 @@ use super::plan::Role;
 
 /// A handle on one node's control API. Cheap to clone (the agent shares its
 /// connection pool).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlClient {
     agent: ureq::Agent,
     base: String,
+    /// `Bearer <token>`.
+    authorization: String,
+}
+
+impl std::fmt::Debug for ControlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A track as declared when an endpoint is created.
@@ -118,23 +132,41 @@ struct ConsumersAnswer {
     consumers: Vec<Consumer>,
 }
 
+/// The claims of the load generator's token: every room, every grant, valid
+/// from `now` (seconds since the Unix epoch) for `valid_for`.
+pub fn token_claims(now: u64, valid_for: Duration) -> Claims {
+    Claims::new(
+        auth::ANY_ROOM,
+        &[Grant::Admin, Grant::Publish, Grant::Subscribe],
+        now,
+        valid_for.as_secs(),
+    )
+}
+
 impl ControlClient {
-    /// A client of the control API at `base` (e.g. `http://127.0.0.1:7880`).
-    pub fn new(base: &str) -> Self {
+    /// A client of the control API at `base` (e.g. `http://127.0.0.1:7880`)
+    /// whose token is signed with `secret` and valid for `valid_for`.
+    pub fn new(base: &str, secret: &[u8], valid_for: Duration) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
             .max_idle_connections_per_host(16)
             .build();
+        let token = auth::mint(secret, &token_claims(auth::unix_now(), valid_for));
         Self {
             agent: config.into(),
             base: base.trim_end_matches('/').to_owned(),
+            authorization: format!("Bearer {token}"),
         }
     }
 
     /// `GET /v1/load`.
     pub fn load(&self) -> anyhow::Result<Value> {
-        let resp = self.agent.get(format!("{}/v1/load", self.base)).call()?;
+        let resp = self
+            .agent
+            .get(format!("{}/v1/load", self.base))
+            .header("authorization", &self.authorization)
+            .call()?;
         expect_json(resp, 200, "GET /v1/load")
     }
 
@@ -143,6 +175,7 @@ impl ControlClient {
         let resp = self
             .agent
             .post(format!("{}/v1/rooms", self.base))
+            .header("authorization", &self.authorization)
             .send_json(json!({ "room": room }))?;
         let v = expect_json(resp, 201, "POST /v1/rooms")?;
         let media = v["media"].as_str().context("room answer without media")?;
@@ -154,6 +187,7 @@ impl ControlClient {
         let resp = self
             .agent
             .delete(format!("{}/v1/rooms/{room}", self.base))
+            .header("authorization", &self.authorization)
             .call()?;
         expect_status(resp, 204, "DELETE /v1/rooms/{room}")
     }
@@ -193,6 +227,7 @@ impl ControlClient {
         let resp = self
             .agent
             .post(format!("{}/v1/rooms/{room}/endpoints", self.base))
+            .header("authorization", &self.authorization)
             .send_json(&body)?;
         let v = expect_json(resp, 201, "POST /v1/rooms/{room}/endpoints")?;
         let answer: EndpointAnswer =
@@ -231,6 +266,7 @@ impl ControlClient {
                 "{}/v1/rooms/{room}/endpoints/{id}/subscriptions",
                 self.base
             ))
+            .header("authorization", &self.authorization)
             .send_json(subscribe_body(Some((video, audio))))?;
         let v = expect_json(resp, 200, "PUT subscriptions")?;
         let answer: ConsumersAnswer =
@@ -285,6 +321,25 @@ fn expect_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The minted token verifies with the same secret, covers every room
+    /// and every route's grant, and outlives the run.
+    #[test]
+    fn token_is_an_admin_token_for_every_room() {
+        let claims = token_claims(1_000, Duration::from_secs(7_200));
+        assert_eq!(claims.exp, 8_200);
+        let token = auth::mint(auth::DEV_API_SECRET.as_bytes(), &claims);
+        let verified = auth::Verifier::new(auth::DEV_API_SECRET.as_bytes())
+            .verify(&token, 8_000)
+            .expect("valid until exp");
+        for need in [
+            auth::Need::Admin,
+            auth::Need::All(&[Grant::Publish, Grant::Subscribe]),
+        ] {
+            assert_eq!(verified.authorize(None, need), Ok(()));
+            assert_eq!(verified.authorize(Some("lg-room-0"), need), Ok(()));
+        }
+    }
 
     #[test]
     fn subscription_bodies() {

@@ -120,6 +120,18 @@ pub struct Options {
     /// Base URL of the node's control API.
     #[arg(long, default_value = "http://127.0.0.1:7880")]
     pub control: String,
+    /// Secret of the node's API tokens; the load generator mints its own
+    /// token (room `*`, every grant, valid for the run plus an hour) [env
+    /// SFU_API_SECRET; default: the development secret of the embedded
+    /// defaults].
+    #[arg(
+        long,
+        env = "SFU_API_SECRET",
+        default_value = control::auth::DEV_API_SECRET,
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub api_secret: String,
     /// Rooms (scenario `rooms`).
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
@@ -461,7 +473,9 @@ impl Drop for RoomsGuard {
 /// about once a second, and returns the final report.
 pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Result<Report> {
     validate(opts)?;
-    let client = ControlClient::new(&opts.control);
+    // validate() bounds the duration to (0, 86400] s.
+    let token_life = Duration::from_secs_f64(opts.duration) + Duration::from_secs(3600);
+    let client = ControlClient::new(&opts.control, opts.api_secret.as_bytes(), token_life);
     let load_before = client
         .load()
         .with_context(|| format!("control API at {} does not answer", opts.control))?;

@@ -3,8 +3,21 @@
 
 use std::net::SocketAddr;
 
-use control::config::{Config, CpuList};
+use control::auth::{self, Claims, Grant};
+use control::config::{ApiSecret, Config, CpuList};
 use serde_json::Value;
+
+/// An API secret other than the development one, for
+/// [`TestNode::start_with_secret`].
+pub const TEST_SECRET: &str = "control-test-secret-0123456789abcdef";
+
+/// A token for `room` with `grants`, valid for an hour, signed with `secret`.
+pub fn token_with(secret: &str, room: &str, grants: &[Grant]) -> String {
+    auth::mint(
+        secret.as_bytes(),
+        &Claims::new(room, grants, auth::unix_now(), 3600),
+    )
+}
 
 /// A running node with its own tokio runtime; the test thread talks to it
 /// over real HTTP.
@@ -14,6 +27,10 @@ pub struct TestNode {
     pub base: String,
     pub http: SocketAddr,
     agent: ureq::Agent,
+    /// The node's API secret.
+    pub secret: String,
+    /// Sent by [`TestNode::get`] and the other shorthands: room `*`, admin.
+    pub admin: String,
 }
 
 /// An answer: status and body parsed as JSON (`Value::Null` if empty or not JSON).
@@ -21,14 +38,22 @@ pub struct TestNode {
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// The `WWW-Authenticate` header, empty if none.
+    pub www_authenticate: String,
     pub text: String,
     pub json: Value,
 }
 
 impl TestNode {
     /// Starts a node with `workers` unpinned workers, HTTP and media on
-    /// ephemeral loopback ports.
+    /// ephemeral loopback ports, and the development API secret (the
+    /// embedded default).
     pub fn start(workers: usize) -> Self {
+        Self::start_with_secret(workers, auth::DEV_API_SECRET)
+    }
+
+    /// [`TestNode::start`] with another API secret.
+    pub fn start_with_secret(workers: usize, secret: &str) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -42,6 +67,7 @@ impl TestNode {
             node_id: Some("test-node".into()),
             pool_buffers: 512,
             socket_buffer_bytes: 1 << 20,
+            api_secret: ApiSecret::new(secret),
             ..Config::default()
         };
         let running = rt
@@ -58,7 +84,15 @@ impl TestNode {
             base: format!("http://{http}"),
             http,
             agent,
+            secret: secret.to_owned(),
+            admin: token_with(secret, "*", &[Grant::Admin]),
         }
+    }
+
+    /// A token for `room` with `grants`, valid for an hour, signed with the
+    /// node's secret.
+    pub fn token(&self, room: &str, grants: &[Grant]) -> String {
+        token_with(&self.secret, room, grants)
     }
 
     /// Media address of worker `i` (as bound).
@@ -76,12 +110,16 @@ impl TestNode {
     fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
         let mut response = result.expect("the HTTP exchange completes");
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let content_type = header("content-type");
+        let www_authenticate = header("www-authenticate");
         let text = response
             .body_mut()
             .read_to_string()
@@ -90,46 +128,103 @@ impl TestNode {
         Answer {
             status,
             content_type,
+            www_authenticate,
             text,
             json,
         }
     }
 
     pub fn get(&self, path: &str) -> Answer {
-        Self::answer(self.agent.get(format!("{}{path}", self.base)).call())
+        self.request("GET", path, "")
     }
 
     pub fn delete(&self, path: &str) -> Answer {
-        Self::answer(self.agent.delete(format!("{}{path}", self.base)).call())
+        self.request("DELETE", path, "")
     }
 
     pub fn post(&self, path: &str, body: &str) -> Answer {
-        Self::answer(
-            self.agent
-                .post(format!("{}{path}", self.base))
-                .header("content-type", "application/json")
-                .send(body),
-        )
+        self.request("POST", path, body)
     }
 
     pub fn put(&self, path: &str, body: &str) -> Answer {
-        Self::answer(
-            self.agent
-                .put(format!("{}{path}", self.base))
-                .header("content-type", "application/json")
-                .send(body),
-        )
+        self.request("PUT", path, body)
     }
 
-    /// Sends `body` with `method` (any of GET, POST, PUT, DELETE).
+    /// Sends `body` with `method` (any of GET, POST, PUT, DELETE) and the
+    /// admin token.
     pub fn request(&self, method: &str, path: &str, body: &str) -> Answer {
-        match method {
-            "GET" => self.get(path),
-            "POST" => self.post(path, body),
-            "PUT" => self.put(path, body),
-            "DELETE" => self.delete(path),
-            other => panic!("test uses unknown method {other}"),
+        let authorization = format!("Bearer {}", self.admin);
+        self.request_as(Some(&authorization), method, path, body)
+    }
+
+    /// Sends `body` with `method` (any of GET, POST, PUT, DELETE) and this
+    /// `Authorization` header value (`None`: no header).
+    pub fn request_as(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        macro_rules! with_auth {
+            ($builder:expr) => {{
+                let builder = $builder;
+                match authorization {
+                    Some(value) => builder.header("authorization", value),
+                    None => builder,
+                }
+            }};
         }
+        let result = match method {
+            "GET" => with_auth!(self.agent.get(url)).call(),
+            "DELETE" => with_auth!(self.agent.delete(url)).call(),
+            "POST" => with_auth!(self.agent.post(url))
+                .header("content-type", "application/json")
+                .send(body),
+            "PUT" => with_auth!(self.agent.put(url))
+                .header("content-type", "application/json")
+                .send(body),
+            other => panic!("test uses unknown method {other}"),
+        };
+        Self::answer(result)
+    }
+
+    /// A CORS preflight of `method` on `path` from `origin`, without a
+    /// token; returns the status and the response headers.
+    pub fn preflight(
+        &self,
+        path: &str,
+        origin: &str,
+        method: &str,
+        headers: &str,
+    ) -> (u16, ureq::http::HeaderMap) {
+        let response = self
+            .agent
+            .options(format!("{}{path}", self.base))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .call()
+            .expect("the HTTP exchange completes");
+        (response.status().as_u16(), response.headers().clone())
+    }
+
+    /// Response headers of a request with the admin token.
+    pub fn headers(&self, method: &str, path: &str, origin: &str) -> ureq::http::HeaderMap {
+        let url = format!("{}{path}", self.base);
+        let authorization = format!("Bearer {}", self.admin);
+        let builder = match method {
+            "GET" => self.agent.get(url),
+            other => panic!("test uses unknown method {other}"),
+        };
+        builder
+            .header("authorization", &authorization)
+            .header("origin", origin)
+            .call()
+            .expect("the HTTP exchange completes")
+            .headers()
+            .clone()
     }
 
     /// Creates a room; panics unless 201.

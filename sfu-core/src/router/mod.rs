@@ -27,16 +27,21 @@
 //! on the next packet received from that producer.
 
 pub mod seq;
+pub mod webrtc;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::dtls::DtlsCert;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
 use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
 use crate::wire::rtp::RtpPacketMut;
+use crate::wire::stun::{self, StunClass, StunMessage, StunWriter};
 use crate::wire::{self, DatagramKind};
 use seq::StreamRewriter;
+use webrtc::WebrtcState;
+pub use webrtc::{CONSENT_TIMEOUT, IceCredentials, WebrtcTransport};
 
 /// Shortest time between two PLIs the router sends for one producer.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -174,6 +179,10 @@ pub enum Command {
     DeleteRoom(RoomId),
     /// Add an endpoint to a room.
     AddEndpoint(Box<EndpointConfig>),
+    /// Add a WebRTC endpoint: keyed by DTLS-SRTP, addressed by ICE-lite. The
+    /// config's profile and keys are ignored (DTLS negotiates them) and its
+    /// `remote` must be `None`.
+    AddWebrtcEndpoint(Box<EndpointConfig>, Box<WebrtcTransport>),
     /// Remove an endpoint.
     RemoveEndpoint(EndpointId),
     /// Replace an endpoint's subscription.
@@ -227,10 +236,21 @@ pub enum DropReason {
     Malformed,
     /// First byte matches no protocol on this port.
     UnknownProtocol,
-    /// STUN (ICE-lite not yet served on plain-SRTP endpoints).
+    /// STUN that is not a binding request (responses, indications).
     StunUnhandled,
-    /// DTLS (not yet served on plain-SRTP endpoints).
+    /// DTLS from an address that belongs to no WebRTC endpoint.
     DtlsUnhandled,
+    /// A binding request whose USERNAME names no endpoint's ufrag.
+    StunUnknownUser,
+    /// A binding request with a bad FINGERPRINT, MESSAGE-INTEGRITY or
+    /// remote ufrag.
+    StunAuthFailed,
+    /// A DTLS datagram the endpoint's session refused (garbage, alert,
+    /// certificate not matching the SDP fingerprint).
+    DtlsFailed,
+    /// Media to or from a WebRTC endpoint whose DTLS handshake has not
+    /// finished (or whose consent expired).
+    NotConnected,
     /// No endpoint owns this SSRC or address.
     UnknownSource,
     /// The SSRC's endpoint has another remote address.
@@ -257,13 +277,17 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 19;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::Malformed,
         Self::UnknownProtocol,
         Self::StunUnhandled,
         Self::DtlsUnhandled,
+        Self::StunUnknownUser,
+        Self::StunAuthFailed,
+        Self::DtlsFailed,
+        Self::NotConnected,
         Self::UnknownSource,
         Self::AddressMismatch,
         Self::SrtpTruncated,
@@ -284,6 +308,10 @@ impl DropReason {
             Self::UnknownProtocol => "unknown_protocol",
             Self::StunUnhandled => "stun_unhandled",
             Self::DtlsUnhandled => "dtls_unhandled",
+            Self::StunUnknownUser => "stun_unknown_user",
+            Self::StunAuthFailed => "stun_auth_failed",
+            Self::DtlsFailed => "dtls_failed",
+            Self::NotConnected => "not_connected",
             Self::UnknownSource => "unknown_source",
             Self::AddressMismatch => "address_mismatch",
             Self::SrtpTruncated => "srtp_truncated",
@@ -335,6 +363,12 @@ pub struct RouterStats {
     pub rtcp_in: u64,
     /// PLIs sent to publishers.
     pub pli_sent: u64,
+    /// Valid ICE checks answered.
+    pub ice_checks: u64,
+    /// DTLS handshakes completed (SRTP keys installed).
+    pub dtls_connected: u64,
+    /// Endpoints whose ICE consent expired.
+    pub consent_expired: u64,
     /// Drops by [`DropReason`] index.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -391,14 +425,23 @@ struct Endpoint {
     id: EndpointId,
     room: RoomId,
     role: Role,
-    rx: SrtpContext,
-    tx: SrtpContext,
+    /// SRTP in (from the endpoint) and out (to it); `None` until a WebRTC
+    /// endpoint's DTLS handshake completes.
+    keys: Option<SrtpPair>,
+    /// ICE and DTLS state of a WebRTC endpoint.
+    webrtc: Option<Box<WebrtcState>>,
     remote: Option<SocketAddr>,
     tracks: Vec<TrackConfig>,
     rtcp_ssrc: Option<u32>,
     subscription: Subscription,
     consumers: Vec<Consumer>,
     ssrc_base: u32,
+}
+
+#[derive(Debug)]
+struct SrtpPair {
+    rx: SrtpContext,
+    tx: SrtpContext,
 }
 
 #[derive(Debug)]
@@ -435,6 +478,9 @@ pub struct Router {
     by_addr: HashMap<SocketAddr, u32>,
     producers: HashMap<u32, Producer>,
     rtcp_ssrcs: HashMap<u32, u32>,
+    /// WebRTC endpoints by local ICE ufrag.
+    by_ufrag: HashMap<Box<str>, u32>,
+    dtls_cert: Option<DtlsCert>,
     stats: RouterStats,
 }
 
@@ -450,8 +496,15 @@ impl Router {
             by_addr: HashMap::new(),
             producers: HashMap::new(),
             rtcp_ssrcs: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            dtls_cert: None,
             stats: RouterStats::default(),
         }
+    }
+
+    /// Sets the node's DTLS certificate; WebRTC endpoints need one.
+    pub fn set_dtls_cert(&mut self, cert: DtlsCert) {
+        self.dtls_cert = Some(cert);
     }
 
     /// Counters since start.
@@ -470,7 +523,7 @@ impl Router {
     }
 
     /// Applies a control command. A refused command changes nothing.
-    pub fn handle_command(&mut self, _now: Instant, cmd: Command) -> Result<Outcome, RouterError> {
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, RouterError> {
         match cmd {
             Command::CreateRoom(room) => {
                 if self.rooms.contains_key(&room) {
@@ -493,7 +546,10 @@ impl Router {
                 }
                 Ok(Outcome::Done)
             }
-            Command::AddEndpoint(config) => self.add_endpoint(*config),
+            Command::AddEndpoint(config) => self.add_endpoint(*config, None, now),
+            Command::AddWebrtcEndpoint(config, transport) => {
+                self.add_endpoint(*config, Some(*transport), now)
+            }
             Command::RemoveEndpoint(id) => {
                 self.remove_endpoint(id)?;
                 Ok(Outcome::Done)
@@ -524,8 +580,8 @@ impl Router {
         let result = match wire::classify(datagram) {
             DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx),
             DatagramKind::Rtcp => self.handle_rtcp(src, datagram),
-            DatagramKind::Stun => Err(DropReason::StunUnhandled),
-            DatagramKind::Dtls => Err(DropReason::DtlsUnhandled),
+            DatagramKind::Stun => self.handle_stun(now, src, datagram, tx),
+            DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
         if let Err(reason) = result {
@@ -552,11 +608,13 @@ impl Router {
         if publisher.remote.is_some_and(|r| r != src) {
             return Err(DropReason::AddressMismatch);
         }
-        let len = publisher
-            .rx
-            .unprotect_rtp(buf)
-            .map_err(DropReason::from_srtp)?;
+        let keys = publisher.keys.as_mut().ok_or(DropReason::NotConnected)?;
+        let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
         if publisher.remote.is_none() {
+            if publisher.webrtc.is_some() {
+                // A WebRTC endpoint's address comes from ICE only.
+                return Err(DropReason::NotConnected);
+            }
             publisher.remote = Some(src);
             self.by_addr.insert(src, ep_slot);
         }
@@ -575,6 +633,10 @@ impl Router {
             };
             let Some(dst) = sub.remote else {
                 self.stats.drop(DropReason::SubscriberUnreachable);
+                continue;
+            };
+            let Some(keys) = sub.keys.as_mut() else {
+                self.stats.drop(DropReason::NotConnected);
                 continue;
             };
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
@@ -599,7 +661,7 @@ impl Router {
             p.set_sequence_number(out_seq);
             p.set_timestamp(out_ts);
             p.set_payload_type(consumer.payload_type);
-            match sub.tx.protect_rtp(out, len) {
+            match keys.tx.protect_rtp(out, len) {
                 Ok(n) => {
                     tx.send(n, dst);
                     self.stats.tx_packets += 1;
@@ -621,9 +683,12 @@ impl Router {
                 .expect("producers point at live endpoints");
             if let Some(out) = tx.buffer() {
                 // Sender SSRC 1: the router's own RTCP source.
-                let sent = rtcp::write_pli(out, 1, ssrc)
-                    .ok()
-                    .and_then(|n| publisher.tx.protect_rtcp(out, n).ok());
+                let sent = match publisher.keys.as_mut() {
+                    Some(keys) => rtcp::write_pli(out, 1, ssrc)
+                        .ok()
+                        .and_then(|n| keys.tx.protect_rtcp(out, n).ok()),
+                    None => None,
+                };
                 if let Some(n) = sent {
                     tx.send(n, src);
                     self.stats.tx_packets += 1;
@@ -655,8 +720,12 @@ impl Router {
         if ep.remote.is_some_and(|r| r != src) {
             return Err(DropReason::AddressMismatch);
         }
-        let len = ep.rx.unprotect_rtcp(buf).map_err(DropReason::from_srtp)?;
+        let keys = ep.keys.as_mut().ok_or(DropReason::NotConnected)?;
+        let len = keys.rx.unprotect_rtcp(buf).map_err(DropReason::from_srtp)?;
         if ep.remote.is_none() {
+            if ep.webrtc.is_some() {
+                return Err(DropReason::NotConnected);
+            }
             ep.remote = Some(src);
             self.by_addr.insert(src, slot);
         }
@@ -683,7 +752,203 @@ impl Router {
         Ok(())
     }
 
-    fn add_endpoint(&mut self, cfg: EndpointConfig) -> Result<Outcome, RouterError> {
+    /// ICE-lite: answers a valid binding request and lets it set, move or
+    /// refresh the endpoint's address (see [`webrtc`]).
+    fn handle_stun<T: Transmit>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &[u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let msg = StunMessage::new_checked(buf).map_err(|_| DropReason::Malformed)?;
+        if msg.class() != StunClass::Request || msg.method() != stun::BINDING_REQUEST {
+            return Err(DropReason::StunUnhandled);
+        }
+        let (local, remote) = msg
+            .username()
+            .and_then(webrtc::split_username)
+            .ok_or(DropReason::StunUnknownUser)?;
+        let slot = *self
+            .by_ufrag
+            .get(local)
+            .ok_or(DropReason::StunUnknownUser)?;
+        let ep = self.endpoints[slot as usize]
+            .as_mut()
+            .expect("by_ufrag points at live endpoints");
+        let w = ep
+            .webrtc
+            .as_mut()
+            .expect("only WebRTC endpoints have a ufrag");
+        // RFC 8445 §7.3: FINGERPRINT is mandatory in ICE checks.
+        if msg.attribute(stun::FINGERPRINT).is_none()
+            || msg.verify_fingerprint().is_err()
+            || msg.verify_integrity(w.ice.local_pwd.as_bytes()).is_err()
+            || remote != w.ice.remote_ufrag
+        {
+            return Err(DropReason::StunAuthFailed);
+        }
+        // A valid check.
+        self.stats.ice_checks += 1;
+        let moved = match ep.remote {
+            None => true,
+            Some(current) => current != src && msg.use_candidate(),
+        };
+        if moved {
+            if let Some(old) = ep.remote
+                && self.by_addr.get(&old) == Some(&slot)
+            {
+                self.by_addr.remove(&old);
+            }
+            if let Some(&other) = self.by_addr.get(&src)
+                && other != slot
+            {
+                // The address is another endpoint's: refuse to alias it.
+                return Err(DropReason::AddressMismatch);
+            }
+            ep.remote = Some(src);
+            self.by_addr.insert(src, slot);
+        }
+        if ep.remote == Some(src) {
+            w.last_check = Some(now);
+        }
+        let transaction = *msg.transaction_id();
+        let Some(out) = tx.buffer() else {
+            return Err(DropReason::PoolExhausted);
+        };
+        let written = (|| {
+            let mut wr = StunWriter::new(out, stun::BINDING_SUCCESS, &transaction)?;
+            wr.add_xor_mapped_address(src)?;
+            wr.add_message_integrity(w.ice.local_pwd.as_bytes())?;
+            wr.add_fingerprint()?;
+            Ok::<usize, crate::wire::WireError>(wr.finish())
+        })();
+        match written {
+            Ok(n) => {
+                tx.send(n, src);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += n as u64;
+                Ok(())
+            }
+            Err(_) => Err(DropReason::ProtectFailed),
+        }
+    }
+
+    /// DTLS from a WebRTC endpoint's verified address goes to its session.
+    fn handle_dtls<T: Transmit>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &[u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let slot = *self.by_addr.get(&src).ok_or(DropReason::DtlsUnhandled)?;
+        let ep = self.endpoints[slot as usize]
+            .as_mut()
+            .expect("by_addr points at live endpoints");
+        let w = ep.webrtc.as_mut().ok_or(DropReason::DtlsUnhandled)?;
+        let result = w.dtls.handle_datagram(buf, now);
+        self.drive_dtls(slot, now, tx);
+        result.map_err(|_| DropReason::DtlsFailed)
+    }
+
+    /// Sends a session's queued DTLS datagrams and installs its keys once
+    /// the handshake is done.
+    fn drive_dtls<T: Transmit>(&mut self, slot: u32, _now: Instant, tx: &mut T) {
+        let srtp = self.config.srtp;
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(w) = ep.webrtc.as_mut() else {
+            return;
+        };
+        if let Some(dst) = ep.remote {
+            loop {
+                let Some(out) = tx.buffer() else {
+                    self.stats.drop(DropReason::PoolExhausted);
+                    break;
+                };
+                let Some(n) = w.dtls.poll_datagram(out) else {
+                    break;
+                };
+                tx.send(n, dst);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += n as u64;
+            }
+        }
+        if w.connected {
+            return;
+        }
+        let Some(k) = w.dtls.take_keys() else {
+            return;
+        };
+        let split = |m: &[u8]| {
+            let key_len = k.profile.key_len();
+            (
+                m.get(..key_len).unwrap_or(&[]).to_vec(),
+                m.get(key_len..).unwrap_or(&[]).to_vec(),
+            )
+        };
+        let (rk, rs) = split(&k.remote_master);
+        let (lk, ls) = split(&k.local_master);
+        match (
+            SrtpContext::new(k.profile, &rk, &rs, srtp),
+            SrtpContext::new(k.profile, &lk, &ls, srtp),
+        ) {
+            (Ok(rx), Ok(tx_ctx)) => {
+                ep.keys = Some(SrtpPair { rx, tx: tx_ctx });
+                w.connected = true;
+                self.stats.dtls_connected += 1;
+                // Its decoders need a keyframe from each producer it receives.
+                let sources: Vec<u32> = ep
+                    .consumers
+                    .iter()
+                    .filter(|c| c.attached && c.kind == MediaKind::Video)
+                    .filter_map(|c| c.source)
+                    .collect();
+                for s in sources {
+                    if let Some(p) = self.producers.get_mut(&s) {
+                        p.keyframe_wanted = true;
+                    }
+                }
+            }
+            _ => self.stats.drop(DropReason::DtlsFailed),
+        }
+    }
+
+    /// Runs timers: DTLS retransmissions and ICE consent expiry. Call it
+    /// every few milliseconds; it costs one pass over the endpoints.
+    pub fn handle_timeout<T: Transmit>(&mut self, now: Instant, tx: &mut T) {
+        for slot in 0..self.endpoints.len() as u32 {
+            let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+                continue;
+            };
+            let Some(w) = ep.webrtc.as_mut() else {
+                continue;
+            };
+            if let Some(remote) = ep.remote
+                && w.consent_expired(now)
+            {
+                // RFC 7675: stop sending; the next valid check restores it.
+                ep.remote = None;
+                if self.by_addr.get(&remote) == Some(&slot) {
+                    self.by_addr.remove(&remote);
+                }
+                self.stats.consent_expired += 1;
+            }
+            if w.dtls.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = w.dtls.handle_timeout(now);
+                self.drive_dtls(slot, now, tx);
+            }
+        }
+    }
+
+    fn add_endpoint(
+        &mut self,
+        cfg: EndpointConfig,
+        transport: Option<WebrtcTransport>,
+        now: Instant,
+    ) -> Result<Outcome, RouterError> {
         if !self.rooms.contains_key(&cfg.room) {
             return Err(RouterError::UnknownRoom);
         }
@@ -720,6 +985,72 @@ impl Router {
                 "another endpoint has this remote address",
             ));
         }
+        if let Some(t) = &transport {
+            if cfg.remote.is_some() {
+                return Err(RouterError::Invalid(
+                    "a WebRTC endpoint's address comes from ICE",
+                ));
+            }
+            let ufrag = &t.ice.local_ufrag;
+            if ufrag.is_empty() || ufrag.contains(':') || t.ice.local_pwd.is_empty() {
+                return Err(RouterError::Invalid("bad ICE credentials"));
+            }
+            if self.by_ufrag.contains_key(ufrag.as_str()) {
+                return Err(RouterError::Invalid("ICE ufrag in use"));
+            }
+        }
+        let webrtc = match transport {
+            Some(t) => {
+                let cert = self
+                    .dtls_cert
+                    .as_ref()
+                    .ok_or(RouterError::Invalid("no DTLS certificate on this worker"))?;
+                let state = WebrtcState::new(t, cert, now)
+                    .map_err(|_| RouterError::Invalid("DTLS session could not be created"))?;
+                Some(Box::new(state))
+            }
+            None => None,
+        };
+        let keys = match webrtc {
+            Some(_) => None,
+            None => Some(self.sdes_keys(&cfg)?),
+        };
+
+        let ep = Endpoint {
+            id: cfg.id,
+            room: cfg.room,
+            role: cfg.role,
+            keys,
+            webrtc,
+            remote: cfg.remote,
+            tracks: cfg.tracks,
+            rtcp_ssrc: cfg.rtcp_ssrc,
+            subscription: cfg.subscription,
+            consumers: Vec::new(),
+            ssrc_base: ssrc_base(cfg.id),
+        };
+        let ufrag = ep
+            .webrtc
+            .as_ref()
+            .map(|w| Box::<str>::from(w.ice.local_ufrag.as_str()));
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.endpoints[s as usize] = Some(ep);
+                s
+            }
+            None => {
+                self.endpoints.push(Some(ep));
+                (self.endpoints.len() - 1) as u32
+            }
+        };
+        if let Some(u) = ufrag {
+            self.by_ufrag.insert(u, slot);
+        }
+        self.finish_add(slot, cfg.id, cfg.remote, cfg.rtcp_ssrc, cfg.room)
+    }
+
+    /// SRTP contexts from keys exchanged out of band.
+    fn sdes_keys(&self, cfg: &EndpointConfig) -> Result<SrtpPair, RouterError> {
         let split = |m: &[u8]| {
             (
                 m.get(..cfg.profile.key_len()).unwrap_or(&[]).to_vec(),
@@ -731,40 +1062,28 @@ impl Router {
         let srtp = self.config.srtp;
         let rx = SrtpContext::new(cfg.profile, &rk, &rs, srtp)?;
         let tx = SrtpContext::new(cfg.profile, &lk, &ls, srtp)?;
+        Ok(SrtpPair { rx, tx })
+    }
 
-        let ep = Endpoint {
-            id: cfg.id,
-            room: cfg.room,
-            role: cfg.role,
-            rx,
-            tx,
-            remote: cfg.remote,
-            tracks: cfg.tracks,
-            rtcp_ssrc: cfg.rtcp_ssrc,
-            subscription: cfg.subscription,
-            consumers: Vec::new(),
-            ssrc_base: ssrc_base(cfg.id),
-        };
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.endpoints[s as usize] = Some(ep);
-                s
-            }
-            None => {
-                self.endpoints.push(Some(ep));
-                (self.endpoints.len() - 1) as u32
-            }
-        };
-        self.by_id.insert(cfg.id, slot);
-        if let Some(a) = cfg.remote {
+    /// Indexes a new endpoint and creates its producers and consumers.
+    fn finish_add(
+        &mut self,
+        slot: u32,
+        id: EndpointId,
+        remote: Option<SocketAddr>,
+        rtcp_ssrc: Option<u32>,
+        room: RoomId,
+    ) -> Result<Outcome, RouterError> {
+        self.by_id.insert(id, slot);
+        if let Some(a) = remote {
             self.by_addr.insert(a, slot);
         }
-        if let Some(s) = cfg.rtcp_ssrc {
+        if let Some(s) = rtcp_ssrc {
             self.rtcp_ssrcs.insert(s, slot);
         }
         self.rooms
-            .get_mut(&cfg.room)
-            .expect("checked above")
+            .get_mut(&room)
+            .expect("checked by add_endpoint")
             .endpoints
             .push(slot);
 
@@ -790,7 +1109,7 @@ impl Router {
             self.sync_consumers(slot);
         } else {
             // New producers: every subscriber of the room may want them.
-            let room_slots = self.rooms[&cfg.room].endpoints.clone();
+            let room_slots = self.rooms[&room].endpoints.clone();
             for s in room_slots {
                 self.sync_consumers(s);
             }
@@ -831,6 +1150,9 @@ impl Router {
         }
         if let Some(s) = ep.rtcp_ssrc {
             self.rtcp_ssrcs.remove(&s);
+        }
+        if let Some(w) = &ep.webrtc {
+            self.by_ufrag.remove(w.ice.local_ufrag.as_str());
         }
         // Consumers it fed were detached above; an `All` subscriber reuses
         // such a slot for the next producer, an explicit slot waits for its
@@ -912,6 +1234,9 @@ impl Router {
         let ep = self.endpoints[slot as usize]
             .as_mut()
             .expect("caller checked the slot");
+        let (video_pt, audio_pt) = ep.webrtc.as_ref().map_or((None, None), |w| {
+            (w.video_payload_type, w.audio_payload_type)
+        });
         // Drop surplus slots (and their fan-out entries).
         while ep.consumers.len() > wanted.len() {
             let index = (ep.consumers.len() - 1) as u16;
@@ -979,7 +1304,11 @@ impl Router {
             if let Some(p) = available.and_then(|s| self.producers.get_mut(&s)) {
                 p.fanout.push((slot, index));
                 c.attached = true;
-                c.payload_type = p.payload_type;
+                c.payload_type = match p.kind {
+                    MediaKind::Video => video_pt,
+                    MediaKind::Audio => audio_pt,
+                }
+                .unwrap_or(p.payload_type);
                 c.rewriter.set_clock_rate(p.kind.clock_rate());
                 c.rewriter.resync();
                 if p.kind == MediaKind::Video {
@@ -1031,3 +1360,5 @@ fn ssrc_base(id: EndpointId) -> u32 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_webrtc;

@@ -1,0 +1,806 @@
+//! WHIP (RFC 9725) publishing and WHEP subscribing on the control API.
+//!
+//! | method and path | token needs | answer |
+//! |---|---|---|
+//! | `POST /whip/{room}` | publish | 201 SDP answer, `Location: /whip/{room}/{id}` |
+//! | `DELETE /whip/{room}/{id}` | publish | 200 |
+//! | `POST /whep/{room}` | subscribe | 201 SDP answer, `Location: /whep/{room}/{id}` |
+//! | `DELETE /whep/{room}/{id}` | subscribe | 200 |
+//! | `OPTIONS /whip/{room}`, `OPTIONS /whep/{room}` | no token | 204, `Accept-Post: application/sdp` |
+//!
+//! (`admin` covers every grant, room `*` every room; see [`crate::api`].)
+//! Every `OPTIONS` request is answered by the API's CORS layer without a
+//! token; [`endpoint_options`] turns that answer into a 204 with
+//! `Accept-Post` on the endpoint URLs.
+//!
+//! # A session
+//! The client `POST`s its SDP offer (`Content-Type: application/sdp`, at
+//! most [`MAX_BODY_BYTES`](crate::error::MAX_BODY_BYTES)). The node parses it ([`sfu_core::sdp`]), picks
+//! fresh ICE credentials (16-character ufrag, 32-character password), takes
+//! the DTLS server role (`a=setup:passive`) unless the offer insists on
+//! being passive, and creates a WebRTC endpoint on the room's worker with
+//! the offer's ICE credentials and certificate fingerprint. The answer is
+//! ICE-lite with one host candidate, the worker's advertised media address,
+//! and the node's certificate fingerprint. The client then runs ICE checks
+//! and the DTLS handshake against the worker, which derives the SRTP keys;
+//! no media key ever travels over HTTP. `DELETE` on the `Location` ends the
+//! session. Sessions also show up in, and can be deleted through,
+//! `/v1/rooms/{room}/endpoints`.
+//!
+//! # WHIP (publish)
+//! Every section the offer sends in becomes a track of the endpoint: its
+//! first `a=ssrc` (RTX and FEC SSRCs excluded), its kind and the payload
+//! type negotiated for it. The track's codec (VP8, H.264 or Opus) is
+//! recorded so WHEP offers can be matched against it. Simulcast offered
+//! with `a=rid` but without `a=ssrc` lines is refused (422): the router
+//! forwards by SSRC and does not yet learn SSRCs from RID header
+//! extensions.
+//!
+//! # WHEP (subscribe)
+//! Each audio/video section of the offer that can receive gets one
+//! producer of the room of its kind, in order: producers are handed out in
+//! their creation order, each at most once per session, and a section
+//! only gets a producer whose codec it offers (and, within one session,
+//! the codec of the first producer of its kind, since the node rewrites
+//! one payload type per kind). A section left without a producer is
+//! answered `inactive`. The node learns the payload type the subscriber
+//! uses for the producers' codec from a first, provisional answer, creates
+//! the endpoint with that payload type per kind (forwarded packets are
+//! rewritten to it) and an explicit subscription to the chosen producers,
+//! then renders the final answer with the SSRCs of the endpoint's
+//! consumers (`a=ssrc` with CNAME `sfu`, `a=msid:sfu-{room} {kind}{slot}`).
+//! If that answer cannot be built, the endpoint is removed again.
+//!
+//! Tracks of endpoints created through the JSON API declare no codec;
+//! WHEP assumes VP8 for their video and Opus for their audio.
+//!
+//! A WHEP session is fixed at creation: producers that join the room
+//! later are **not** added to it. To receive them, the player makes a new
+//! offer (`POST /whep/{room}` again) and deletes its old session.
+//!
+//! # Not supported
+//! Trickle ICE and ICE restarts: the answer carries the node's only
+//! candidate and `a=end-of-candidates`, no `Accept-Patch` header is sent,
+//! and `PATCH` on a session is answered 405 with `Allow: DELETE` (RFC 9725
+//! §4.1 reserves the other methods; RFC 9110 §15.5.6). Since the node is
+//! ICE-lite and learns the client's address from its checks, candidates
+//! the client trickles are not needed. No `ETag` is sent, as no ICE
+//! session can be restarted. STUN/TURN servers (`Link` headers) are not
+//! offered: the node must be directly reachable.
+//!
+//! # Errors
+//! Every refusal is `{"error": "...", "code": "..."}` and changes nothing:
+//! 401/403 for the token, 404 for an unknown room or session, 415 for
+//! another content type, 413 for a body over [`MAX_BODY_BYTES`](crate::error::MAX_BODY_BYTES), 400 for
+//! an offer that is not valid SDP or lacks what WebRTC requires (the code
+//! is [`SdpError::as_str`], e.g. `missing_fingerprint`), 422 for a valid
+//! offer the node cannot serve (no supported codec, simulcast without
+//! `a=ssrc`, ICE-lite offer), 409 for an SSRC already in use on the node.
+//!
+//! # Metrics
+//! `sfu_webrtc_sessions_total{protocol="whip|whep",event="created|ended"}`
+//! ([`crate::metrics`]); ICE and DTLS failures are counted by the workers
+//! as drop reasons (`stun_auth_failed`, `dtls_failed`, ...).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use rand::Rng as _;
+use rand::distr::{Alphanumeric, SampleString as _};
+use sfu_core::dtls::{DtlsRole, Fingerprint};
+use sfu_core::router::{
+    ConsumerInfo, IceCredentials, MediaKind, Role, Subscription, TrackConfig, WebrtcTransport,
+};
+use sfu_core::sdp::{
+    self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
+};
+
+use crate::api::ApiState;
+use crate::auth::{AuthError, Claims, Grant, Need};
+use crate::error::ApiError;
+use crate::state::{
+    AppState, NewWebrtcEndpoint, Producer, RoomContext, Session, validate_room_name,
+};
+
+/// The media type of offers and answers.
+pub const SDP_CONTENT_TYPE: &str = "application/sdp";
+
+/// Length of the node's ICE username fragments (RFC 8839: at least 4).
+pub const ICE_UFRAG_LEN: usize = 16;
+
+/// Length of the node's ICE passwords (RFC 8839: at least 22).
+pub const ICE_PWD_LEN: usize = 32;
+
+/// The CNAME announced for every stream the node sends.
+pub const CNAME: &str = "sfu";
+
+/// The WHIP/WHEP routes; merge them before the authentication layer.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/whip/{room}", post(whip_post))
+        .route("/whip/{room}/{id}", delete(whip_delete))
+        .route("/whep/{room}", post(whep_post))
+        .route("/whep/{room}/{id}", delete(whep_delete))
+}
+
+/// Whether `path` is a WHIP/WHEP endpoint URL (`/whip/{room}`, `/whep/{room}`).
+fn is_endpoint_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("whip" | "whep"), Some(room), None) if !room.is_empty()
+    )
+}
+
+/// Middleware for `OPTIONS` on a WHIP/WHEP endpoint URL (RFC 9725 §4.2):
+/// 204 with `Accept-Post: application/sdp`, without a token. Layer it
+/// outside the CORS layer, which answers every `OPTIONS` request itself
+/// (with the CORS headers a preflight needs); this only adjusts that answer.
+pub async fn endpoint_options(req: Request, next: Next) -> Response {
+    let endpoint = req.method() == Method::OPTIONS && is_endpoint_path(req.uri().path());
+    let mut response = next.run(req).await;
+    if endpoint && response.status().is_success() {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response.headers_mut().insert(
+            HeaderName::from_static("accept-post"),
+            HeaderValue::from_static(SDP_CONTENT_TYPE),
+        );
+    }
+    response
+}
+
+/// Why a WHIP/WHEP request was refused.
+#[derive(Debug)]
+pub enum WhipError {
+    /// An error of the API (token, unknown room, worker...).
+    Api(ApiError),
+    /// The body is not `application/sdp` (415).
+    UnsupportedMediaType,
+    /// The offer is not valid SDP or lacks what WebRTC needs (400).
+    BadOffer(SdpError),
+    /// The offer's fingerprint names an unsupported hash (400).
+    BadFingerprint,
+    /// A valid offer the node cannot serve (422).
+    Unsupported {
+        /// Stable code.
+        code: &'static str,
+        /// Message for the client.
+        message: String,
+    },
+}
+
+impl WhipError {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Api(e) => e.status(),
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BadOffer(_) | Self::BadFingerprint => StatusCode::BAD_REQUEST,
+            Self::Unsupported { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// The stable `code` of the answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Api(e) => e.code(),
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BadOffer(e) => e.as_str(),
+            Self::BadFingerprint => "bad_fingerprint",
+            Self::Unsupported { code, .. } => code,
+        }
+    }
+
+    /// An SDP error met while answering: the caller's parameters are ours
+    /// (500); everything else is an offer the node cannot serve (422).
+    fn from_answer(e: SdpError) -> Self {
+        match e {
+            SdpError::InvalidParam(_) | SdpError::IntentMismatch { .. } => {
+                Self::Api(ApiError::Internal(format!("answer: {e}")))
+            }
+            e => Self::Unsupported {
+                code: e.as_str(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<ApiError> for WhipError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl IntoResponse for WhipError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            Self::Api(_) => String::new(),
+            Self::UnsupportedMediaType => {
+                format!("the offer must be sent as Content-Type: {SDP_CONTENT_TYPE}")
+            }
+            Self::BadOffer(e) => e.to_string(),
+            Self::BadFingerprint => {
+                "the offer's a=fingerprint names an unsupported hash function".to_owned()
+            }
+            Self::Unsupported { message, .. } => message.clone(),
+        };
+        match self {
+            Self::Api(e) => e.into_response(),
+            other => {
+                let body = serde_json::json!({ "error": message, "code": other.code() });
+                (other.status(), Json(body)).into_response()
+            }
+        }
+    }
+}
+
+/// Checks the token's claims (set by the authentication layer) for `need`
+/// in `room`.
+fn authorize(req: &Request, room: &str, need: Need) -> Result<(), WhipError> {
+    let claims = req
+        .extensions()
+        .get::<Claims>()
+        .ok_or(ApiError::Auth(AuthError::Missing))?;
+    claims
+        .authorize(Some(room), need)
+        .map_err(|e| WhipError::Api(ApiError::Auth(e)))
+}
+
+/// Whether the request's `Content-Type` is `application/sdp` (parameters
+/// allowed, case-insensitive).
+fn is_sdp(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(SDP_CONTENT_TYPE))
+}
+
+/// Checks the grant and content type, reads and parses the offer.
+async fn read_offer(req: Request, room: &str, need: Need) -> Result<Offer, WhipError> {
+    authorize(&req, room, need)?;
+    validate_room_name(room)?;
+    if !is_sdp(req.headers()) {
+        return Err(WhipError::UnsupportedMediaType);
+    }
+    let body = Bytes::from_request(req, &()).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        WhipError::BadOffer(SdpError::Malformed {
+            line: 0,
+            reason: "the offer is not UTF-8",
+        })
+    })?;
+    sdp::parse_offer(text).map_err(WhipError::BadOffer)
+}
+
+/// The node's side of a session: ICE credentials, DTLS role, fingerprints.
+#[derive(Debug, Clone)]
+struct Local {
+    ufrag: String,
+    pwd: String,
+    setup: Setup,
+    fingerprint: String,
+    session_id: u64,
+}
+
+impl Local {
+    fn new(offer: &Offer, state: &AppState) -> Self {
+        let mut rng = rand::rng();
+        Self {
+            ufrag: Alphanumeric.sample_string(&mut rng, ICE_UFRAG_LEN),
+            pwd: Alphanumeric.sample_string(&mut rng, ICE_PWD_LEN),
+            setup: Setup::answer_for(offer.setup),
+            fingerprint: state.dtls_cert().fingerprint().to_string(),
+            // o= session ids are at most 63 bits (RFC 8866 §5.2 suggests NTP-like values).
+            session_id: rng.random_range(1..1u64 << 62),
+        }
+    }
+
+    fn params(&self, candidate: std::net::SocketAddr) -> AnswerParams<'_> {
+        AnswerParams {
+            ice_ufrag: &self.ufrag,
+            ice_pwd: &self.pwd,
+            fingerprint: &self.fingerprint,
+            setup: self.setup,
+            candidate,
+            session_id: self.session_id,
+        }
+    }
+
+    /// The worker's transport for a peer that offered `offer`.
+    fn transport(
+        &self,
+        offer: &Offer,
+        remote_fingerprint: Fingerprint,
+        video_payload_type: Option<u8>,
+        audio_payload_type: Option<u8>,
+    ) -> WebrtcTransport {
+        WebrtcTransport {
+            ice: IceCredentials {
+                local_ufrag: self.ufrag.clone(),
+                local_pwd: self.pwd.clone(),
+                remote_ufrag: offer.ice_ufrag.clone(),
+                remote_pwd: offer.ice_pwd.clone(),
+            },
+            dtls_role: match self.setup {
+                Setup::Active => DtlsRole::Client,
+                Setup::Passive | Setup::Actpass => DtlsRole::Server,
+            },
+            remote_fingerprint,
+            video_payload_type,
+            audio_payload_type,
+        }
+    }
+}
+
+/// The 201 answer of a created session.
+fn created(kind: &str, room: &str, id: &str, sdp: String) -> Response {
+    let location = format!("/{kind}/{room}/{id}");
+    let mut response = (StatusCode::CREATED, sdp).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(SDP_CONTENT_TYPE),
+    );
+    // Room names and ids are URL-safe ASCII, so this cannot fail.
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Runs a session creation on a blocking thread (it waits for the worker).
+async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> Result<T, WhipError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, WhipError> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| ApiError::Internal(format!("control task failed: {e}")))?
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, WhipError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| WhipError::Api(ApiError::BadRequest(e.body_text())))
+}
+
+fn remote_fingerprint(offer: &Offer) -> Result<Fingerprint, WhipError> {
+    Fingerprint::parse(&offer.fingerprint).map_err(|_| WhipError::BadFingerprint)
+}
+
+/// `POST /whip/{room}`.
+async fn whip_post(
+    State(state): State<Arc<AppState>>,
+    room: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, WhipError> {
+    let room = path(room)?;
+    let offer = read_offer(req, &room, Need::All(&[Grant::Publish])).await?;
+    let remote = remote_fingerprint(&offer)?;
+    let local = Local::new(&offer, &state);
+    let name = room.clone();
+    let (id, sdp) = blocking(&state, move |s| {
+        s.create_webrtc_endpoint(
+            &room,
+            |ctx| plan_publish(&offer, &local, remote, ctx),
+            |sdp, _| Ok(sdp),
+        )
+    })
+    .await?;
+    tracing::info!(room = %name, endpoint = %id, "WHIP session created");
+    Ok(created("whip", &name, &id, sdp))
+}
+
+/// The answer and the endpoint of a WHIP publisher.
+fn plan_publish(
+    offer: &Offer,
+    local: &Local,
+    remote: Fingerprint,
+    ctx: &RoomContext,
+) -> Result<(NewWebrtcEndpoint, String), WhipError> {
+    let answer = sdp::answer(offer, &local.params(ctx.media), &Intent::Publish)
+        .map_err(WhipError::from_answer)?;
+    let mut tracks = Vec::new();
+    for n in answer.sections.iter().filter(|n| n.accepted) {
+        let Some(&ssrc) = n.remote_ssrcs.first() else {
+            let message = if n.rids.is_empty() {
+                format!(
+                    "media section {} has no a=ssrc line; the node needs the publisher's SSRCs",
+                    n.mid
+                )
+            } else {
+                "simulcast without a=ssrc lines is not supported yet".to_owned()
+            };
+            return Err(WhipError::Unsupported {
+                code: "missing_ssrc",
+                message,
+            });
+        };
+        let track = TrackConfig {
+            kind: n.kind,
+            ssrc,
+            payload_type: n.payload_type,
+        };
+        tracks.push((track, n.codec));
+    }
+    let new = NewWebrtcEndpoint {
+        session: Session::Whip,
+        role: Role::Publish,
+        tracks,
+        subscription: Subscription::default(),
+        transport: local.transport(offer, remote, None, None),
+    };
+    Ok((new, answer.sdp))
+}
+
+/// `DELETE /whip/{room}/{id}`.
+async fn whip_delete(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> Result<StatusCode, WhipError> {
+    let (room, id) = path(params)?;
+    authorize(&req, &room, Need::All(&[Grant::Publish]))?;
+    blocking(&state, move |s| {
+        Ok(s.delete_session(&room, &id, Session::Whip)?)
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+/// `POST /whep/{room}`.
+async fn whep_post(
+    State(state): State<Arc<AppState>>,
+    room: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, WhipError> {
+    let room = path(room)?;
+    let offer = read_offer(req, &room, Need::All(&[Grant::Subscribe])).await?;
+    let remote = remote_fingerprint(&offer)?;
+    let local = Local::new(&offer, &state);
+    let name = room.clone();
+    let (id, sdp) = blocking(&state, move |s| {
+        s.create_webrtc_endpoint(
+            &room,
+            |ctx| plan_subscribe(offer, local, remote, &room, ctx),
+            finish_subscribe,
+        )
+    })
+    .await?;
+    tracing::info!(room = %name, endpoint = %id, "WHEP session created");
+    Ok(created("whep", &name, &id, sdp))
+}
+
+/// What a WHEP session prepared before its endpoint exists.
+struct SubscribePlan {
+    offer: Offer,
+    local: Local,
+    candidate: std::net::SocketAddr,
+    room: String,
+    /// Per audio/video section of the offer: the kind, slot and codec of
+    /// the consumer it carries, if any.
+    slots: Vec<Option<(MediaKind, u16, CodecChoice)>>,
+    /// Payload types of the provisional answer, per kind.
+    video_pt: Option<u8>,
+    audio_pt: Option<u8>,
+}
+
+/// Whether `section` offers `codec` (name, clock rate, channels; the
+/// answer checks H.264 profiles exactly).
+fn offers(section: &MediaSection, codec: CodecChoice) -> bool {
+    section.codecs.iter().any(|c| match codec {
+        CodecChoice::Opus => {
+            c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48_000 && c.channels == Some(2)
+        }
+        CodecChoice::Vp8 => c.name.eq_ignore_ascii_case("VP8") && c.clock_rate == 90_000,
+        CodecChoice::H264 => {
+            c.name.eq_ignore_ascii_case("H264")
+                && c.clock_rate == 90_000
+                && c.fmtp
+                    .as_deref()
+                    .is_some_and(|f| f.replace(' ', "").contains("packetization-mode=1"))
+        }
+    })
+}
+
+/// Assigns producers to the offer's sections (see the module docs).
+fn assign(offer: &Offer, producers: &[Producer]) -> Vec<Option<Producer>> {
+    let mut used: HashSet<u32> = HashSet::new();
+    let codec_of = |kind: MediaKind, assigned: &[Option<Producer>]| {
+        assigned
+            .iter()
+            .flatten()
+            .find(|p| p.kind == kind)
+            .map(|p| p.codec)
+    };
+    let mut assigned: Vec<Option<Producer>> = Vec::new();
+    for section in &offer.media {
+        let Some(kind) = section.kind.media_kind() else {
+            continue;
+        };
+        if section.is_disabled() || !section.direction.receives() {
+            assigned.push(None);
+            continue;
+        }
+        let fixed = codec_of(kind, &assigned);
+        let pick = producers
+            .iter()
+            .find(|p| {
+                p.kind == kind
+                    && !used.contains(&p.ssrc)
+                    && fixed.is_none_or(|c| c == p.codec)
+                    && offers(section, p.codec)
+            })
+            .copied();
+        if let Some(p) = pick {
+            used.insert(p.ssrc);
+        }
+        assigned.push(pick);
+    }
+    assigned
+}
+
+/// The subscriber's payload type for `kind` in a (provisional) answer;
+/// every sending section of a kind must agree, as the node rewrites one
+/// payload type per kind.
+fn payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>, WhipError> {
+    let mut pts = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted && n.kind == kind)
+        .map(|n| n.payload_type);
+    let first = pts.next();
+    if let Some(pt) = first
+        && pts.any(|other| other != pt)
+    {
+        return Err(WhipError::Unsupported {
+            code: "payload_type_mismatch",
+            message: format!(
+                "the offer's {} sections use different payload types for the same codec",
+                kind.as_str()
+            ),
+        });
+    }
+    Ok(first)
+}
+
+fn out_stream(room: &str, kind: MediaKind, slot: u16, ssrc: u32, codec: CodecChoice) -> OutStream {
+    OutStream {
+        ssrc,
+        cname: CNAME.to_owned(),
+        stream_id: format!("sfu-{room}"),
+        track_id: format!("{}{slot}", kind.as_str()),
+        codec,
+    }
+}
+
+fn plan_subscribe(
+    offer: Offer,
+    local: Local,
+    remote: Fingerprint,
+    room: &str,
+    ctx: &RoomContext,
+) -> Result<(NewWebrtcEndpoint, SubscribePlan), WhipError> {
+    let assigned = assign(&offer, &ctx.producers);
+    let (mut video, mut audio) = (Vec::new(), Vec::new());
+    let mut slots = Vec::with_capacity(assigned.len());
+    let mut provisional = Vec::with_capacity(assigned.len());
+    for (i, p) in assigned.iter().enumerate() {
+        let Some(p) = p else {
+            slots.push(None);
+            provisional.push(None);
+            continue;
+        };
+        let list = match p.kind {
+            MediaKind::Video => &mut video,
+            MediaKind::Audio => &mut audio,
+        };
+        let slot = u16::try_from(list.len()).map_err(|_| WhipError::Unsupported {
+            code: "too_many_sections",
+            message: "too many media sections".to_owned(),
+        })?;
+        list.push(p.ssrc);
+        slots.push(Some((p.kind, slot, p.codec)));
+        // Placeholder SSRCs: only the negotiated payload types matter here.
+        let placeholder = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        provisional.push(Some(out_stream(room, p.kind, slot, placeholder, p.codec)));
+    }
+    let answer = sdp::answer(
+        &offer,
+        &local.params(ctx.media),
+        &Intent::Subscribe(provisional),
+    )
+    .map_err(WhipError::from_answer)?;
+    let video_pt = payload_type(&answer, MediaKind::Video)?;
+    let audio_pt = payload_type(&answer, MediaKind::Audio)?;
+    let new = NewWebrtcEndpoint {
+        session: Session::Whep,
+        role: Role::Subscribe,
+        tracks: Vec::new(),
+        subscription: Subscription::Explicit { video, audio },
+        transport: local.transport(&offer, remote, video_pt, audio_pt),
+    };
+    let plan = SubscribePlan {
+        offer,
+        local,
+        candidate: ctx.media,
+        room: room.to_owned(),
+        slots,
+        video_pt,
+        audio_pt,
+    };
+    Ok((new, plan))
+}
+
+/// The final WHEP answer, with the consumers' SSRCs.
+fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<String, WhipError> {
+    let mut streams = Vec::with_capacity(plan.slots.len());
+    for slot in &plan.slots {
+        let Some((kind, slot, codec)) = *slot else {
+            streams.push(None);
+            continue;
+        };
+        let consumer = consumers
+            .iter()
+            .find(|c| c.kind == kind && c.slot == slot)
+            .ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "the worker made no {} consumer for slot {slot}",
+                    kind.as_str()
+                ))
+            })?;
+        streams.push(Some(out_stream(
+            &plan.room,
+            kind,
+            slot,
+            consumer.ssrc,
+            codec,
+        )));
+    }
+    let answer = sdp::answer(
+        &plan.offer,
+        &plan.local.params(plan.candidate),
+        &Intent::Subscribe(streams),
+    )
+    .map_err(WhipError::from_answer)?;
+    if payload_type(&answer, MediaKind::Video)? != plan.video_pt
+        || payload_type(&answer, MediaKind::Audio)? != plan.audio_pt
+    {
+        return Err(ApiError::Internal("the answer's payload types changed".into()).into());
+    }
+    Ok(answer.sdp)
+}
+
+/// `DELETE /whep/{room}/{id}`.
+async fn whep_delete(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> Result<StatusCode, WhipError> {
+    let (room, id) = path(params)?;
+    authorize(&req, &room, Need::All(&[Grant::Subscribe]))?;
+    blocking(&state, move |s| {
+        Ok(s.delete_session(&room, &id, Session::Whep)?)
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WHEP_OFFER: &str = include_str!("../tests/fixtures/chrome-whep-offer.sdp");
+
+    #[test]
+    fn endpoint_paths() {
+        for yes in ["/whip/r", "/whep/room-1"] {
+            assert!(is_endpoint_path(yes), "{yes}");
+        }
+        for no in [
+            "/whip",
+            "/whip/",
+            "/whip/r/id",
+            "/v1/rooms",
+            "/whipx/r",
+            "whip/r",
+        ] {
+            assert!(!is_endpoint_path(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn content_type_check() {
+        let mut h = HeaderMap::new();
+        assert!(!is_sdp(&h));
+        for ok in [
+            "application/sdp",
+            "Application/SDP",
+            "application/sdp; charset=utf-8",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(is_sdp(&h), "{ok}");
+        }
+        for bad in ["application/json", "text/plain", "application/sdpx"] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
+            assert!(!is_sdp(&h), "{bad}");
+        }
+    }
+
+    fn producer(kind: MediaKind, ssrc: u32, codec: CodecChoice) -> Producer {
+        Producer { kind, ssrc, codec }
+    }
+
+    #[test]
+    fn producers_are_assigned_in_order_once_each() {
+        let offer = sdp::parse_offer(WHEP_OFFER).expect("the fixture parses");
+        // Sections: audio (mid 0), video (mid 1).
+        let producers = [
+            producer(MediaKind::Video, 10, CodecChoice::Vp8),
+            producer(MediaKind::Audio, 20, CodecChoice::Opus),
+            producer(MediaKind::Video, 30, CodecChoice::Vp8),
+        ];
+        let got = assign(&offer, &producers);
+        assert_eq!(got, vec![Some(producers[1]), Some(producers[0])]);
+
+        // Nothing of a kind left: that section gets nothing.
+        let got = assign(&offer, &producers[..1]);
+        assert_eq!(got, vec![None, Some(producers[0])]);
+
+        // A producer whose codec the section lacks is skipped.
+        let mut no_vp8 = offer.clone();
+        no_vp8.media[1]
+            .codecs
+            .retain(|c| !c.name.eq_ignore_ascii_case("VP8"));
+        let got = assign(&no_vp8, &producers);
+        assert_eq!(got, vec![Some(producers[1]), None]);
+    }
+
+    #[test]
+    fn errors_have_status_and_code() {
+        let cases = [
+            (
+                WhipError::BadOffer(SdpError::MissingFingerprint),
+                400,
+                "missing_fingerprint",
+            ),
+            (
+                WhipError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (WhipError::from_answer(SdpError::NoMedia), 422, "no_media"),
+            (
+                WhipError::from_answer(SdpError::InvalidParam("ice_pwd")),
+                500,
+                "internal",
+            ),
+            (
+                WhipError::Api(ApiError::UnknownRoom("r".into())),
+                404,
+                "unknown_room",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
+        }
+    }
+}

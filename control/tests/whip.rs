@@ -1,0 +1,820 @@
+//! WHIP and WHEP over real HTTP against an in-process node, with the test
+//! playing the browser: Chrome's offers (fingerprint replaced by the test's
+//! own certificate), ICE checks built with `StunWriter`, a DTLS client
+//! handshake with `DtlsSession`, then SRTP media from the WHIP publisher to
+//! the WHEP subscriber. Also the refusals (each changes nothing), the
+//! resource methods, and the ICE/DTLS drop counters.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::TestNode;
+use control::auth::Grant;
+use serde_json::Value;
+use sfu_core::dtls::{DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint};
+use sfu_core::srtp::{SrtpConfig, SrtpContext};
+use sfu_core::wire::stun::{self, StunClass, StunMessage, StunWriter};
+use sfu_core::wire::{DatagramKind, classify};
+
+const WHIP_OFFER: &str = include_str!("fixtures/chrome-whip-offer.sdp");
+const WHEP_OFFER: &str = include_str!("fixtures/chrome-whep-offer.sdp");
+const SIMULCAST_OFFER: &str = include_str!("../../sfu-core/src/sdp/fixtures/chrome_simulcast.sdp");
+
+/// The SSRCs of the WHIP fixture.
+const PUB_AUDIO_SSRC: u32 = 2_371_388_022;
+const PUB_VIDEO_SSRC: u32 = 267_379_645;
+/// The ICE ufrags of the fixtures.
+const WHIP_UFRAG: &str = "g88K";
+const WHEP_UFRAG: &str = "1GiB";
+
+/// An HTTP answer with its headers.
+struct Reply {
+    status: u16,
+    headers: ureq::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Sends `method` to `path` with an optional bearer token, content type and body.
+fn send(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: &str,
+) -> Reply {
+    let url = format!("{}{path}", node.base);
+    let agent = agent();
+    let mut builder = match method {
+        "POST" => ureq::http::Request::post(url),
+        "DELETE" => ureq::http::Request::delete(url),
+        "PATCH" => ureq::http::Request::patch(url),
+        "OPTIONS" => ureq::http::Request::options(url),
+        "GET" => ureq::http::Request::get(url),
+        other => panic!("test uses unknown method {other}"),
+    };
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(ct) = content_type {
+        builder = builder.header("content-type", ct);
+    }
+    let request = builder
+        .body(body.to_owned())
+        .expect("the request is well-formed");
+    let mut response = agent.run(request).expect("the HTTP exchange completes");
+    Reply {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        text: response
+            .body_mut()
+            .read_to_string()
+            .expect("the body is UTF-8"),
+    }
+}
+
+fn post_offer(node: &TestNode, path: &str, token: &str, offer: &str) -> Reply {
+    send(
+        node,
+        "POST",
+        path,
+        Some(token),
+        Some("application/sdp"),
+        offer,
+    )
+}
+
+/// `offer` with every `a=fingerprint` replaced by `cert`'s.
+fn with_fingerprint(offer: &str, cert: &DtlsCert) -> String {
+    offer
+        .lines()
+        .map(|l| {
+            if l.starts_with("a=fingerprint:") {
+                format!("a=fingerprint:{}", cert.fingerprint())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+/// Swaps payload types `a` and `b` in m= lines, rtpmap, rtcp-fb, fmtp and `apt=`.
+fn swap_pt(sdp: &str, a: u8, b: u8) -> String {
+    let swap = |t: &str| match t.parse::<u8>() {
+        Ok(n) if n == a => b.to_string(),
+        Ok(n) if n == b => a.to_string(),
+        _ => t.to_owned(),
+    };
+    sdp.lines()
+        .map(|l| {
+            if l.starts_with("m=") {
+                let mut parts: Vec<String> = l.split(' ').map(str::to_owned).collect();
+                for p in parts.iter_mut().skip(3) {
+                    *p = swap(p);
+                }
+                return parts.join(" ");
+            }
+            for prefix in ["a=rtpmap:", "a=rtcp-fb:", "a=fmtp:"] {
+                if let Some(rest) = l.strip_prefix(prefix) {
+                    let (pt, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let tail = match tail.strip_prefix("apt=") {
+                        Some(apt) => format!("apt={}", swap(apt)),
+                        None => tail.to_owned(),
+                    };
+                    return format!("{prefix}{} {tail}", swap(pt));
+                }
+            }
+            l.to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+/// The first value of attribute `name` (`"a=ice-ufrag:"`) in `sdp`.
+fn attr<'a>(sdp: &'a str, name: &str) -> &'a str {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("the answer has {name}:\n{sdp}"))
+}
+
+/// The answer's media sections as text, in order.
+fn sections(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            out.push(String::new());
+        }
+        if let Some(s) = out.last_mut() {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    out
+}
+
+/// The SSRC of `a=ssrc:<n> cname:` in one section.
+fn section_ssrc(section: &str) -> Option<u32> {
+    section.lines().find_map(|l| {
+        let rest = l.strip_prefix("a=ssrc:")?;
+        let (n, attr) = rest.split_once(' ')?;
+        attr.starts_with("cname:").then(|| n.parse().ok())?
+    })
+}
+
+/// What the test needs from an answer.
+struct Answer {
+    ufrag: String,
+    pwd: String,
+    fingerprint: Fingerprint,
+    candidate: SocketAddr,
+}
+
+fn read_answer(sdp: &str) -> Answer {
+    let cand: Vec<&str> = attr(sdp, "a=candidate:").split(' ').collect();
+    assert_eq!((cand[2], cand[6], cand[7]), ("udp", "typ", "host"), "{sdp}");
+    let ip = cand[4].parse().expect("candidate IP");
+    let port = cand[5].parse().expect("candidate port");
+    Answer {
+        ufrag: attr(sdp, "a=ice-ufrag:").to_owned(),
+        pwd: attr(sdp, "a=ice-pwd:").to_owned(),
+        fingerprint: Fingerprint::parse(attr(sdp, "a=fingerprint:")).expect("fingerprint"),
+        candidate: SocketAddr::new(ip, port),
+    }
+}
+
+/// A binding request from the controlling peer `peer_ufrag` to the node.
+fn binding_request(node_ufrag: &str, peer_ufrag: &str, key: &str, txid: [u8; 12]) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    let mut w = StunWriter::new(&mut buf, stun::BINDING_REQUEST, &txid).expect("header");
+    w.add_username(format!("{node_ufrag}:{peer_ufrag}").as_bytes())
+        .expect("username");
+    w.add_priority(0x6e00_1eff).expect("priority");
+    w.add_ice_controlling(0x1234_5678_9abc_def0)
+        .expect("controlling");
+    w.add_use_candidate().expect("use-candidate");
+    w.add_message_integrity(key.as_bytes()).expect("integrity");
+    w.add_fingerprint().expect("fingerprint");
+    let n = w.finish();
+    buf.truncate(n);
+    buf
+}
+
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    s
+}
+
+/// Receives one datagram of `kind` before `deadline`, dropping others.
+fn recv_kind(sock: &UdpSocket, kind: DatagramKind, deadline: Instant) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && classify(&buf[..n]) == kind
+        {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+/// Runs one ICE check with `key`; returns the success response's
+/// XOR-MAPPED-ADDRESS, or `None` if the node did not answer within 1 s.
+fn ice_check(sock: &UdpSocket, a: &Answer, peer_ufrag: &str, key: &str) -> Option<SocketAddr> {
+    let txid: [u8; 12] = rand::random();
+    let req = binding_request(&a.ufrag, peer_ufrag, key, txid);
+    sock.send_to(&req, a.candidate).expect("send check");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let resp = recv_kind(sock, DatagramKind::Stun, deadline)?;
+    let msg = StunMessage::new_checked(&resp).expect("a well-formed STUN answer");
+    assert_eq!(msg.class(), StunClass::SuccessResponse);
+    assert_eq!(msg.transaction_id(), &txid);
+    msg.verify_integrity(a.pwd.as_bytes())
+        .expect("the answer is signed with the node's password");
+    msg.verify_fingerprint().expect("the answer's FINGERPRINT");
+    msg.xor_mapped_address()
+}
+
+/// A browser-like peer after ICE and DTLS: its socket and SRTP contexts.
+struct Peer {
+    sock: UdpSocket,
+    node: SocketAddr,
+    tx: SrtpContext,
+    rx: SrtpContext,
+}
+
+/// ICE check, then a DTLS client handshake with `cert`; panics unless both
+/// succeed within 10 s.
+fn connect(a: &Answer, peer_ufrag: &str, cert: &DtlsCert) -> Peer {
+    let sock = socket();
+    let mapped = ice_check(&sock, a, peer_ufrag, &a.pwd).expect("the node answers a valid check");
+    assert_eq!(mapped, sock.local_addr().expect("local address"));
+
+    let mut dtls = DtlsSession::new(
+        cert,
+        DtlsRole::Client,
+        a.fingerprint.clone(),
+        Instant::now(),
+    )
+    .expect("a DTLS client session");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = vec![0u8; 2048];
+    let mut buf = vec![0u8; 2048];
+    while dtls.state() == DtlsState::Handshaking {
+        assert!(Instant::now() < deadline, "DTLS handshake timed out");
+        while let Some(n) = dtls.poll_datagram(&mut out) {
+            sock.send_to(&out[..n], a.candidate).expect("send DTLS");
+        }
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && classify(&buf[..n]) == DatagramKind::Dtls
+        {
+            let _ = dtls.handle_datagram(&buf[..n], Instant::now());
+        }
+        if dtls.poll_timeout().is_some_and(|t| Instant::now() >= t) {
+            let _ = dtls.handle_timeout(Instant::now());
+        }
+    }
+    // The last flight (the client's Finished is already out; flush anything left).
+    while let Some(n) = dtls.poll_datagram(&mut out) {
+        sock.send_to(&out[..n], a.candidate).expect("send DTLS");
+    }
+    assert_eq!(dtls.state(), DtlsState::Connected);
+    let keys = dtls.take_keys().expect("keys after the handshake");
+    let context = |master: &[u8]| {
+        let (key, salt) = master.split_at(keys.profile.key_len());
+        SrtpContext::new(keys.profile, key, salt, SrtpConfig::default()).expect("key lengths")
+    };
+    Peer {
+        node: a.candidate,
+        tx: context(&keys.local_master),
+        rx: context(&keys.remote_master),
+        sock,
+    }
+}
+
+fn rtp(seq: u16, ssrc: u32, pt: u8, payload: &[u8]) -> (Vec<u8>, usize) {
+    let mut p = vec![0u8; 12 + payload.len() + 64];
+    p[0] = 0x80;
+    p[1] = pt;
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p[12..12 + payload.len()].copy_from_slice(payload);
+    (p, 12 + payload.len())
+}
+
+impl Peer {
+    fn send_rtp(&mut self, seq: u16, ssrc: u32, pt: u8, payload: &[u8]) {
+        let (mut p, len) = rtp(seq, ssrc, pt, payload);
+        let n = self.tx.protect_rtp(&mut p, len).expect("protect");
+        self.sock.send_to(&p[..n], self.node).expect("send RTP");
+    }
+
+    /// The next decrypted RTP packet (header fields and payload), if any
+    /// arrives within 50 ms.
+    fn recv_rtp(&mut self) -> Option<(u8, u32, Vec<u8>)> {
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+        if classify(&buf[..n]) != DatagramKind::Rtp {
+            return None;
+        }
+        let len = self.rx.unprotect_rtp(&mut buf[..n]).ok()?;
+        let pt = buf[1] & 0x7f;
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        Some((pt, ssrc, buf[12..len].to_vec()))
+    }
+}
+
+/// A drop counter of worker 0 from `/v1/load`.
+fn drops(node: &TestNode, reason: &str) -> u64 {
+    let load = node.get("/v1/load");
+    assert_eq!(load.status, 200, "{}", load.text);
+    load.json["workers"][0]["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// `sfu_webrtc_sessions_total` for `protocol` and `event`.
+fn sessions_metric(node: &TestNode, protocol: &str, event: &str) -> u64 {
+    let m = node.get("/metrics");
+    assert_eq!(m.status, 200);
+    let prefix = format!("sfu_webrtc_sessions_total{{protocol=\"{protocol}\",event=\"{event}\"}} ");
+    m.text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {prefix} missing:\n{}", m.text))
+}
+
+/// Endpoints per room, from `/v1/rooms`.
+fn endpoints(node: &TestNode) -> Value {
+    let a = node.get("/v1/rooms");
+    assert_eq!(a.status, 200);
+    a.json
+}
+
+#[test]
+fn whip_to_whep_media_flows_over_ice_and_dtls() {
+    let node = TestNode::start(1);
+    node.create_room("live");
+    let pub_token = node.token("live", &[Grant::Publish]);
+    let sub_token = node.token("live", &[Grant::Subscribe]);
+
+    // WHIP: publish audio and video.
+    let pub_cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(WHIP_OFFER, &pub_cert);
+    let r = post_offer(&node, "/whip/live", &pub_token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.header("content-type"), "application/sdp");
+    let location = r.header("location").to_owned();
+    assert!(location.starts_with("/whip/live/"), "{location}");
+    let sdp = r.text.clone();
+    assert!(sdp.contains("a=ice-lite"), "{sdp}");
+    assert!(sdp.contains("a=setup:passive"), "{sdp}");
+    assert!(sdp.contains("a=recvonly"), "{sdp}");
+    assert!(!sdp.contains("a=sendonly"), "{sdp}");
+    let whip = read_answer(&sdp);
+    // The DTLS handshake below checks the node's certificate against it.
+    assert_eq!(whip.fingerprint.algorithm, "sha-256");
+    assert_eq!(whip.candidate, node.media(0));
+    assert!(whip.ufrag.len() >= 8 && whip.pwd.len() >= 24);
+    assert_eq!(sessions_metric(&node, "whip", "created"), 1);
+
+    // WHEP: a Chrome offer whose VP8 is payload type 100 and Opus 110,
+    // unlike the publisher's 96 and 111.
+    let sub_cert = DtlsCert::generate().expect("a certificate");
+    let offer = swap_pt(&swap_pt(WHEP_OFFER, 96, 100), 111, 110);
+    let offer = with_fingerprint(&offer, &sub_cert);
+    let r = post_offer(&node, "/whep/live", &sub_token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let whep_location = r.header("location").to_owned();
+    assert!(whep_location.starts_with("/whep/live/"), "{whep_location}");
+    let sdp = r.text.clone();
+    let secs = sections(&sdp);
+    assert_eq!(secs.len(), 2, "{sdp}");
+    assert!(secs[0].contains("a=sendonly"), "{}", secs[0]);
+    assert!(secs[0].contains("a=rtpmap:110 opus/48000/2"), "{}", secs[0]);
+    assert!(secs[1].contains("a=sendonly"), "{}", secs[1]);
+    assert!(secs[1].contains("a=rtpmap:100 VP8/90000"), "{}", secs[1]);
+    assert!(secs[1].contains("a=msid:sfu-live video0"), "{}", secs[1]);
+    let audio_ssrc = section_ssrc(&secs[0]).expect("an audio SSRC");
+    let video_ssrc = section_ssrc(&secs[1]).expect("a video SSRC");
+    assert_ne!(audio_ssrc, PUB_AUDIO_SSRC);
+    assert_ne!(video_ssrc, PUB_VIDEO_SSRC);
+    let whep = read_answer(&sdp);
+    assert_ne!(whep.ufrag, whip.ufrag);
+    assert_eq!(whep.fingerprint, whip.fingerprint);
+    assert_eq!(whep.candidate, whip.candidate);
+
+    // Both run ICE and DTLS like a browser.
+    let mut publisher = connect(&whip, WHIP_UFRAG, &pub_cert);
+    let mut subscriber = connect(&whep, WHEP_UFRAG, &sub_cert);
+
+    // Media: the subscriber decrypts what the publisher sent, rewritten to
+    // its own SSRCs and payload types.
+    let (mut got_video, mut got_audio) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 1u16;
+    while !(got_video && got_audio) {
+        assert!(
+            Instant::now() < deadline,
+            "media did not arrive (video {got_video}, audio {got_audio})"
+        );
+        publisher.send_rtp(seq, PUB_VIDEO_SSRC, 96, b"video-payload");
+        publisher.send_rtp(seq, PUB_AUDIO_SSRC, 111, b"audio-payload");
+        seq += 1;
+        while let Some((pt, ssrc, payload)) = subscriber.recv_rtp() {
+            if ssrc == video_ssrc {
+                assert_eq!((pt, payload.as_slice()), (100, &b"video-payload"[..]));
+                got_video = true;
+            } else if ssrc == audio_ssrc {
+                assert_eq!((pt, payload.as_slice()), (110, &b"audio-payload"[..]));
+                got_audio = true;
+            } else {
+                panic!("unexpected SSRC {ssrc}");
+            }
+        }
+    }
+
+    // Sessions are endpoints of the room, deleted through their resource.
+    assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 2);
+    let wrong_kind = location.replace("/whip/", "/whep/");
+    let r = send(&node, "DELETE", &wrong_kind, Some(&sub_token), None, "");
+    assert_eq!((r.status, r.code().as_str()), (404, "unknown_endpoint"));
+    let r = send(&node, "DELETE", &whep_location, Some(&sub_token), None, "");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = send(&node, "DELETE", &location, Some(&pub_token), None, "");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = send(&node, "DELETE", &location, Some(&pub_token), None, "");
+    assert_eq!((r.status, r.code().as_str()), (404, "unknown_endpoint"));
+    assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 0);
+    assert_eq!(sessions_metric(&node, "whip", "ended"), 1);
+    assert_eq!(sessions_metric(&node, "whep", "created"), 1);
+    assert_eq!(sessions_metric(&node, "whep", "ended"), 1);
+    node.shutdown();
+}
+
+/// The WHEP fixture with its video section repeated as mids 2 and 3.
+fn four_section_offer() -> String {
+    let secs = sections(WHEP_OFFER);
+    let head = WHEP_OFFER
+        .split("m=audio")
+        .next()
+        .expect("a session part")
+        .replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2 3");
+    let video = &secs[1];
+    format!(
+        "{head}{}{}{}{}",
+        secs[0],
+        video,
+        video.replace("a=mid:1", "a=mid:2"),
+        video.replace("a=mid:1", "a=mid:3")
+    )
+}
+
+#[test]
+fn whep_assigns_producers_in_order_and_answers_the_rest_inactive() {
+    let node = TestNode::start(1);
+    node.create_room("r");
+    // Two video producers through the JSON API (assumed VP8), no audio.
+    let producers = [(5000u32, 1u8), (6000, 2)];
+    for (ssrc, seed) in producers {
+        node.create_endpoint(
+            "r",
+            &serde_json::json!({
+                "role": "publish",
+                "srtp": { "profile": "AEAD_AES_128_GCM", "key": common::b64(&[seed; 28]) },
+                "tracks": [{ "kind": "video", "ssrc": ssrc, "payload_type": 96 }],
+            }),
+        );
+    }
+    let token = node.token("r", &[Grant::Subscribe]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(&four_section_offer(), &cert);
+    let r = post_offer(&node, "/whep/r", &token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let secs = sections(&r.text);
+    assert_eq!(secs.len(), 4, "{}", r.text);
+    // No audio producer; two video producers for three video sections.
+    assert!(secs[0].contains("a=inactive"), "{}", secs[0]);
+    assert!(secs[3].contains("a=inactive"), "{}", secs[3]);
+    assert_eq!(
+        (section_ssrc(&secs[0]), section_ssrc(&secs[3])),
+        (None, None)
+    );
+    let slot0 = section_ssrc(&secs[1]).expect("video slot 0");
+    let slot1 = section_ssrc(&secs[2]).expect("video slot 1");
+    assert_ne!(slot0, slot1);
+    assert!(secs[1].contains("a=msid:sfu-r video0"), "{}", secs[1]);
+    assert!(secs[2].contains("a=msid:sfu-r video1"), "{}", secs[2]);
+
+    // The first producer feeds the first section, the second the second.
+    let mut sub = connect(&read_answer(&r.text), WHEP_UFRAG, &cert);
+    let senders: Vec<(UdpSocket, SrtpContext, u32)> = producers
+        .iter()
+        .map(|&(ssrc, seed)| {
+            let master = [seed; 28];
+            let (key, salt) = master.split_at(16);
+            let ctx = SrtpContext::new(
+                sfu_core::srtp::Profile::AeadAes128Gcm,
+                key,
+                salt,
+                SrtpConfig::default(),
+            )
+            .expect("key lengths");
+            (socket(), ctx, ssrc)
+        })
+        .collect();
+    let mut senders = senders;
+    let (mut seen0, mut seen1) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 1u16;
+    while !(seen0 && seen1) {
+        assert!(
+            Instant::now() < deadline,
+            "media did not arrive ({seen0}, {seen1})"
+        );
+        for (sock, ctx, ssrc) in &mut senders {
+            let (mut p, len) = rtp(seq, *ssrc, 96, &ssrc.to_be_bytes());
+            let n = ctx.protect_rtp(&mut p, len).expect("protect");
+            sock.send_to(&p[..n], node.media(0)).expect("send");
+        }
+        seq += 1;
+        while let Some((pt, ssrc, payload)) = sub.recv_rtp() {
+            assert_eq!(pt, 96);
+            let from = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+            if ssrc == slot0 {
+                assert_eq!(from, 5000);
+                seen0 = true;
+            } else if ssrc == slot1 {
+                assert_eq!(from, 6000);
+                seen1 = true;
+            } else {
+                panic!("unexpected SSRC {ssrc}");
+            }
+        }
+    }
+    node.shutdown();
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let node = TestNode::start(1);
+    node.create_room("r");
+    let token = node.token("r", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(WHIP_OFFER, &cert);
+    let before = endpoints(&node);
+
+    let check = |r: Reply, status: u16, code: &str| {
+        assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.text);
+        assert!(r.header("content-type").starts_with("application/json"));
+    };
+    // Not SDP, no fingerprint, wrong content type, unknown room, too large.
+    check(
+        post_offer(&node, "/whip/r", &token, "hello"),
+        400,
+        "not_sdp",
+    );
+    let no_fp: String = offer
+        .lines()
+        .filter(|l| !l.starts_with("a=fingerprint"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    check(
+        post_offer(&node, "/whip/r", &token, &no_fp),
+        400,
+        "missing_fingerprint",
+    );
+    check(
+        send(
+            &node,
+            "POST",
+            "/whip/r",
+            Some(&token),
+            Some("application/json"),
+            &offer,
+        ),
+        415,
+        "unsupported_media_type",
+    );
+    check(
+        send(&node, "POST", "/whip/r", Some(&token), None, &offer),
+        415,
+        "unsupported_media_type",
+    );
+    let admin = node.admin.clone();
+    check(
+        post_offer(&node, "/whip/nope", &admin, &offer),
+        404,
+        "unknown_room",
+    );
+    check(
+        post_offer(&node, "/whip/r", &token, &"a".repeat(70 * 1024)),
+        413,
+        "payload_too_large",
+    );
+    // Simulcast with rids only.
+    check(
+        post_offer(
+            &node,
+            "/whip/r",
+            &token,
+            &with_fingerprint(SIMULCAST_OFFER, &cert),
+        ),
+        422,
+        "missing_ssrc",
+    );
+    // Tokens: none, another room, the wrong grant.
+    check(
+        send(
+            &node,
+            "POST",
+            "/whip/r",
+            None,
+            Some("application/sdp"),
+            &offer,
+        ),
+        401,
+        "missing_token",
+    );
+    let other_room = node.token("other", &[Grant::Publish, Grant::Subscribe]);
+    check(
+        post_offer(&node, "/whip/r", &other_room, &offer),
+        403,
+        "wrong_room",
+    );
+    check(
+        post_offer(&node, "/whep/r", &other_room, &offer),
+        403,
+        "wrong_room",
+    );
+    let subscriber = node.token("r", &[Grant::Subscribe]);
+    check(
+        post_offer(&node, "/whip/r", &subscriber, &offer),
+        403,
+        "missing_grant",
+    );
+    check(
+        post_offer(&node, "/whep/r", &token, &offer),
+        403,
+        "missing_grant",
+    );
+    // An SSRC already published on the node.
+    node.create_endpoint(
+        "r",
+        &serde_json::json!({
+            "role": "publish",
+            "srtp": { "profile": "AEAD_AES_128_GCM", "key": common::b64(&[3; 28]) },
+            "tracks": [{ "kind": "video", "ssrc": PUB_VIDEO_SSRC, "payload_type": 96 }],
+        }),
+    );
+    let with_one = endpoints(&node);
+    check(
+        post_offer(&node, "/whip/r", &token, &offer),
+        409,
+        "duplicate_ssrc",
+    );
+    assert_eq!(endpoints(&node), with_one);
+    assert_eq!(with_one["rooms"][0]["endpoints"], 1);
+    assert_eq!(before["rooms"][0]["endpoints"], 0);
+    assert_eq!(sessions_metric(&node, "whip", "created"), 0);
+    assert_eq!(sessions_metric(&node, "whep", "created"), 0);
+    node.shutdown();
+}
+
+#[test]
+fn resource_methods_options_and_patch() {
+    let node = TestNode::start(1);
+    node.create_room("r");
+    let token = node.token("r", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+
+    // OPTIONS needs no token.
+    for path in ["/whip/r", "/whep/r"] {
+        let r = send(&node, "OPTIONS", path, None, None, "");
+        assert_eq!(r.status, 204, "{path}: {}", r.text);
+        assert_eq!(r.header("accept-post"), "application/sdp");
+    }
+    let (status, headers) = node.preflight(
+        "/whip/r",
+        "https://player.example",
+        "POST",
+        "authorization,content-type",
+    );
+    assert!((200..300).contains(&status), "{status}");
+    assert!(headers.get("access-control-allow-origin").is_some());
+
+    let r = post_offer(
+        &node,
+        "/whip/r",
+        &token,
+        &with_fingerprint(WHIP_OFFER, &cert),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let location = r.header("location").to_owned();
+    // No trickle ICE or ICE restarts: PATCH is not allowed on the session.
+    let r = send(
+        &node,
+        "PATCH",
+        &location,
+        Some(&token),
+        Some("application/trickle-ice-sdpfrag"),
+        "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n",
+    );
+    assert_eq!(r.status, 405, "{}", r.text);
+    assert!(r.header("allow").contains("DELETE"), "{:?}", r.headers);
+    // GET on the endpoint URL is reserved (RFC 9725 §4.1).
+    let r = send(&node, "GET", "/whip/r", Some(&token), None, "");
+    assert_eq!(r.status, 405, "{}", r.text);
+    // DELETE needs the grant too.
+    let r = send(&node, "DELETE", &location, None, None, "");
+    assert_eq!(r.status, 401);
+    let other = node.token("other", &[Grant::Publish]);
+    let r = send(&node, "DELETE", &location, Some(&other), None, "");
+    assert_eq!(r.status, 403);
+    let r = send(&node, "DELETE", &location, Some(&token), None, "");
+    assert_eq!(r.status, 200);
+    node.shutdown();
+}
+
+#[test]
+fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
+    let node = TestNode::start(1);
+    node.create_room("r");
+    let token = node.token("r", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let r = post_offer(
+        &node,
+        "/whip/r",
+        &token,
+        &with_fingerprint(WHIP_OFFER, &cert),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let a = read_answer(&r.text);
+
+    // A check signed with the wrong password: no answer, counted.
+    let sock = socket();
+    let before = drops(&node, "stun_auth_failed");
+    let wrong = "x".repeat(a.pwd.len());
+    assert_eq!(ice_check(&sock, &a, WHIP_UFRAG, &wrong), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drops(&node, "stun_auth_failed") <= before {
+        assert!(Instant::now() < deadline, "stun_auth_failed not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A valid check verifies the address; DTLS garbage from it is counted.
+    let mapped = ice_check(&sock, &a, WHIP_UFRAG, &a.pwd).expect("a valid check is answered");
+    assert_eq!(mapped, sock.local_addr().expect("local address"));
+    let before = drops(&node, "dtls_failed");
+    let mut garbage = vec![22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 40];
+    garbage.extend(std::iter::repeat_n(0xa5u8, 40));
+    sock.send_to(&garbage, a.candidate).expect("send garbage");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drops(&node, "dtls_failed") <= before {
+        assert!(Instant::now() < deadline, "dtls_failed not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The node still serves.
+    assert_eq!(node.get("/healthz").status, 200);
+    let r = post_offer(
+        &node,
+        "/whip/r",
+        &token,
+        &with_fingerprint(WHIP_OFFER, &DtlsCert::generate().expect("cert")),
+    );
+    // The same SSRCs are still published by the first session.
+    assert_eq!(r.status, 409, "{}", r.text);
+    node.shutdown();
+}

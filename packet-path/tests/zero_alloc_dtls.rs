@@ -1,0 +1,645 @@
+//! The zero-allocation guarantee of `zero_alloc_worker.rs`, with WebRTC
+//! endpoints: the publisher and the four subscribers are ICE-lite + DTLS-SRTP
+//! endpoints. Each one's socket first sends an ICE check (STUN binding
+//! request with USE-CANDIDATE, MESSAGE-INTEGRITY and FINGERPRINT) to the
+//! worker, then runs a DTLS client handshake against the worker's router and
+//! takes the exported SRTP keys. Everything up to here, and a warm-up, may
+//! allocate. Then the real worker loop forwards a million SRTP packets over
+//! loopback — keyed by DTLS, with the worker's 10 ms timer running over its
+//! WebRTC endpoints — and no thread of the process allocates while it does.
+//!
+//! A counting `#[global_allocator]` counts every `alloc`/`realloc` of every
+//! thread. This is the only test in this binary, so the harness is idle
+//! while it runs.
+
+#![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
+use packet_path::{Node, NodeConfig, WorkerHandle};
+use sfu_core::dtls::{DTLS_MTU, DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint, SrtpKeys};
+use sfu_core::router::{
+    Command, EndpointConfig, EndpointId, IceCredentials, MediaKind, Outcome, Role, RoomId,
+    Subscription, TrackConfig, WebrtcTransport,
+};
+use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
+use sfu_core::wire::rtp::{RtpHeader, RtpPacket, write_header};
+use sfu_core::wire::stun::{self, StunClass, StunMessage, StunWriter};
+use sfu_core::wire::{DatagramKind, classify};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The profile DTLS must negotiate (the node and the peers prefer it).
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+const PACKETS: u64 = 1_000_000;
+const WARMUP: u64 = 20_000;
+const SUBSCRIBERS: usize = 4;
+const SSRC: u32 = 0x1234_5678;
+const PT: u8 = 96;
+const PAYLOAD: usize = 1000;
+/// RTP header + payload + GCM tag: every datagram of a train has this size.
+const SRTP_LEN: usize = 12 + PAYLOAD + 16;
+const TRAIN: usize = 32;
+const TRAINS_PER_SEND: usize = 2;
+/// Most packets sent but not yet seen by every subscriber.
+const WINDOW: u64 = 8192;
+/// RTCP payload-specific feedback (RFC 4585), the packet type of a PLI.
+const PT_PSFB: u8 = 206;
+
+fn context(m: &[u8]) -> SrtpContext {
+    let (key, salt) = m.split_at(PROFILE.key_len());
+    SrtpContext::new(PROFILE, key, salt, SrtpConfig::default()).expect("lengths match the profile")
+}
+
+fn payload_byte(i: usize) -> u8 {
+    (i * 7 + 3) as u8
+}
+
+/// 64 random bits from the standard library's per-process hash keys.
+fn random_u64(salt: u64) -> u64 {
+    RandomState::new().hash_one(salt)
+}
+
+fn socket_opts() -> SocketOptions {
+    SocketOptions {
+        buffer_bytes: 32 << 20,
+        read_timeout: Some(Duration::from_millis(100)),
+        ..SocketOptions::default()
+    }
+}
+
+/// ICE credentials of endpoint `id` as the node's side holds them.
+fn ice(id: u64) -> IceCredentials {
+    IceCredentials {
+        local_ufrag: format!("node{id}"),
+        local_pwd: format!("node-password-{id}-0123456789abcdef"),
+        remote_ufrag: format!("peer{id}"),
+        remote_pwd: format!("peer-password-{id}-0123456789abcdef"),
+    }
+}
+
+/// Receives whatever arrives within `wait` on `socket` and hands each
+/// datagram with its source to `f`. Returns whether anything arrived.
+fn recv_some(
+    socket: &mut BatchSocket,
+    bufs: &mut [&mut [u8]],
+    meta: &mut [RecvMeta],
+    wait: Duration,
+    mut f: impl FnMut(SocketAddr, &[u8]),
+) -> bool {
+    let start = Instant::now();
+    loop {
+        match socket.recv(bufs, meta) {
+            Ok(n) => {
+                for (m, b) in meta[..n].iter().zip(bufs.iter()) {
+                    for d in m.datagrams(b) {
+                        f(m.addr, d);
+                    }
+                }
+                return true;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if start.elapsed() >= wait {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+fn send_one(socket: &mut BatchSocket, dst: SocketAddr, contents: &[u8]) {
+    let t = Transmit {
+        dst,
+        contents,
+        segment_size: None,
+    };
+    assert_eq!(socket.send(&[t]).expect("loopback send"), 1);
+}
+
+/// The peer side of a WebRTC endpoint's set-up, over `socket`: one ICE
+/// check with USE-CANDIDATE answered by a valid binding success, then a DTLS
+/// handshake as client, verified against the node's `node_fingerprint`.
+/// Returns the exported keys.
+fn connect(
+    socket: &mut BatchSocket,
+    media: SocketAddr,
+    id: u64,
+    cert: &DtlsCert,
+    node_fingerprint: &Fingerprint,
+) -> SrtpKeys {
+    let creds = ice(id);
+    let local = socket.local_addr().unwrap();
+    let mut storage = vec![0u8; 4 * GRO_BUFFER_BYTES];
+    let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
+    let mut meta = [RecvMeta::default(); 4];
+
+    // ICE: the node's check answer must carry our address, its integrity
+    // (keyed with the node's password) and a fingerprint.
+    let mut transaction = [0u8; 12];
+    transaction[..8].copy_from_slice(&random_u64(id).to_be_bytes());
+    transaction[8..].copy_from_slice(&(random_u64(id + 1) as u32).to_be_bytes());
+    let username = format!("{}:{}", creds.local_ufrag, creds.remote_ufrag);
+    let mut request = [0u8; 512];
+    let len = {
+        let mut w = StunWriter::new(&mut request, stun::BINDING_REQUEST, &transaction).unwrap();
+        w.add_username(username.as_bytes()).unwrap();
+        w.add_priority(0x6e7f_1eff).unwrap();
+        w.add_ice_controlling(random_u64(id + 2)).unwrap();
+        w.add_use_candidate().unwrap();
+        w.add_message_integrity(creds.local_pwd.as_bytes()).unwrap();
+        w.add_fingerprint().unwrap();
+        w.finish()
+    };
+    let mut answered = false;
+    for _ in 0..20 {
+        send_one(socket, media, &request[..len]);
+        recv_some(
+            socket,
+            &mut bufs,
+            &mut meta,
+            Duration::from_millis(200),
+            |src, d| {
+                if src != media || classify(d) != DatagramKind::Stun {
+                    return;
+                }
+                let m = StunMessage::new_checked(d).expect("well-formed STUN answer");
+                assert_eq!(m.class(), StunClass::SuccessResponse, "check answered");
+                assert_eq!(m.message_type(), stun::BINDING_SUCCESS);
+                assert_eq!(m.transaction_id(), &transaction);
+                m.verify_integrity(creds.local_pwd.as_bytes())
+                    .expect("answer's MESSAGE-INTEGRITY");
+                m.verify_fingerprint().expect("answer's FINGERPRINT");
+                assert_eq!(m.xor_mapped_address(), Some(local));
+                answered = true;
+            },
+        );
+        if answered {
+            break;
+        }
+    }
+    assert!(answered, "endpoint {id}: no binding success");
+
+    // DTLS as client (the node is the server).
+    let start = Instant::now();
+    let mut dtls = DtlsSession::new(cert, DtlsRole::Client, node_fingerprint.clone(), start)
+        .expect("client session");
+    let mut out = vec![0u8; DTLS_MTU];
+    while dtls.state() == DtlsState::Handshaking {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "endpoint {id}: DTLS handshake did not complete"
+        );
+        while let Some(n) = dtls.poll_datagram(&mut out) {
+            send_one(socket, media, &out[..n]);
+        }
+        let mut incoming: Vec<Vec<u8>> = Vec::new();
+        recv_some(
+            socket,
+            &mut bufs,
+            &mut meta,
+            Duration::from_millis(20),
+            |src, d| {
+                if src == media && classify(d) == DatagramKind::Dtls {
+                    incoming.push(d.to_vec());
+                }
+            },
+        );
+        let now = Instant::now();
+        for d in incoming {
+            dtls.handle_datagram(&d, now)
+                .unwrap_or_else(|e| panic!("endpoint {id}: DTLS {}", e.as_str()));
+        }
+        dtls.handle_timeout(now)
+            .unwrap_or_else(|e| panic!("endpoint {id}: DTLS timer {}", e.as_str()));
+    }
+    assert_eq!(dtls.state(), DtlsState::Connected, "endpoint {id}");
+    // Anything the client still has to say (nothing, in DTLS 1.2).
+    while let Some(n) = dtls.poll_datagram(&mut out) {
+        send_one(socket, media, &out[..n]);
+    }
+    let keys = dtls.take_keys().expect("keys after the handshake");
+    assert_eq!(keys.profile, PROFILE, "negotiated SRTP profile");
+    keys
+}
+
+/// What the receiver thread shares with the test thread.
+struct Received {
+    datagrams: AtomicU64,
+    /// Receive buffers filled: datagrams / buffers is the GSO train length.
+    buffers: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Drains the subscribers' sockets (non-blocking, GRO) until told to stop;
+/// keeps the first RTP-looking datagram of each to decrypt after the run.
+fn receive(mut sockets: Vec<BatchSocket>, shared: Arc<Received>) -> Vec<Vec<u8>> {
+    let mut storage = vec![0u8; 16 * GRO_BUFFER_BYTES];
+    let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
+    let mut meta = [RecvMeta::default(); 16];
+    let mut first: Vec<Vec<u8>> = vec![Vec::with_capacity(2048); sockets.len()];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        for (s, first) in sockets.iter_mut().zip(&mut first) {
+            match s.recv(&mut bufs, &mut meta) {
+                Ok(n) => {
+                    idle = false;
+                    let mut count = 0;
+                    for (m, b) in meta[..n].iter().zip(&bufs) {
+                        count += m.segments() as u64;
+                        if first.is_empty()
+                            && let Some(d) = m.datagrams(b).next()
+                            && classify(d) == DatagramKind::Rtp
+                        {
+                            // Capacity 2048 was reserved: no allocation.
+                            first.extend_from_slice(&d[..d.len().min(2048)]);
+                        }
+                    }
+                    shared.datagrams.fetch_add(count, Ordering::Relaxed);
+                    shared.buffers.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("receiver: {e}"),
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    first
+}
+
+/// Sends packets `from..to` of the publisher's stream in GSO trains, never
+/// more than `WINDOW` ahead of what the subscribers received, and stops at
+/// `deadline`. Allocates nothing: `trains` holds every byte it writes.
+fn send(
+    tx: &mut BatchSocket,
+    srtp: &mut SrtpContext,
+    trains: &mut [Vec<u8>],
+    dst: SocketAddr,
+    range: (u64, u64),
+    received: &Received,
+    deadline: Instant,
+) {
+    let (mut next, to) = range;
+    // Packets given up as lost: a loss must not stall the pacing forever.
+    let mut lost = 0u64;
+    while next < to {
+        // Pace on the receivers: wait until they are within WINDOW, or for
+        // 100 ms, after which whatever is outstanding counts as lost.
+        let wait_start = Instant::now();
+        loop {
+            let seen = received.datagrams.load(Ordering::Relaxed) / SUBSCRIBERS as u64;
+            if next <= seen + lost + WINDOW {
+                break;
+            }
+            if wait_start.elapsed() > Duration::from_millis(100) {
+                lost = next - seen;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if Instant::now() > deadline {
+            // Receivers stuck: stop sending and let the assertions report it.
+            return;
+        }
+        let mut lens = [0usize; TRAINS_PER_SEND];
+        for (train, len) in trains.iter_mut().zip(&mut lens) {
+            let mut k = 0;
+            while k < TRAIN && next < to {
+                let slot = &mut train[k * SRTP_LEN..(k + 1) * SRTP_LEN];
+                let header = RtpHeader {
+                    marker: false,
+                    payload_type: PT,
+                    sequence_number: next as u16,
+                    timestamp: (next as u32).wrapping_mul(3000),
+                    ssrc: SSRC,
+                };
+                let h = write_header(slot, &header, &[]).expect("slot holds a header");
+                for (i, b) in slot[h..h + PAYLOAD].iter_mut().enumerate() {
+                    *b = payload_byte(i);
+                }
+                let n = srtp
+                    .protect_rtp(slot, h + PAYLOAD)
+                    .expect("slot has room for the tag");
+                assert_eq!(n, SRTP_LEN);
+                k += 1;
+                next += 1;
+            }
+            *len = k * SRTP_LEN;
+        }
+        let transmits: [Transmit<'_>; TRAINS_PER_SEND] = std::array::from_fn(|i| Transmit {
+            dst,
+            contents: &trains[i][..lens[i]],
+            segment_size: Some(SRTP_LEN),
+        });
+        let used = lens.iter().filter(|&&l| l > 0).count();
+        let mut done = 0;
+        while done < used {
+            done += tx.send(&transmits[done..used]).expect("loopback send");
+        }
+    }
+}
+
+fn add(worker: &WorkerHandle, cmd: Command) -> Outcome {
+    worker.request(cmd).expect("the router accepts the command")
+}
+
+/// A WebRTC endpoint: no address and no keys until ICE and DTLS; the node
+/// is the DTLS server and expects the peer's certificate `fingerprint`.
+fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
+    let tracks = if role == Role::Publish {
+        vec![TrackConfig {
+            kind: MediaKind::Video,
+            ssrc: SSRC,
+            payload_type: PT,
+        }]
+    } else {
+        Vec::new()
+    };
+    Command::AddWebrtcEndpoint(
+        Box::new(EndpointConfig {
+            id: EndpointId(id),
+            room: RoomId(1),
+            role,
+            profile: PROFILE,
+            remote_master: Vec::new(),
+            local_master: Vec::new(),
+            tracks,
+            remote: None,
+            subscription: Subscription::All,
+            rtcp_ssrc: None,
+        }),
+        Box::new(WebrtcTransport {
+            ice: ice(id),
+            dtls_role: DtlsRole::Server,
+            remote_fingerprint: fingerprint.clone(),
+            video_payload_type: None,
+            audio_payload_type: None,
+        }),
+    )
+}
+
+/// Waits until the receivers saw `want` datagrams, or `limit` passed.
+fn wait_for(received: &Received, want: u64, limit: Duration) {
+    let start = Instant::now();
+    while received.datagrams.load(Ordering::Relaxed) < want && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
+    let started = Instant::now();
+    let node_cert = DtlsCert::generate().expect("node certificate");
+    let node_fingerprint = node_cert.fingerprint().clone();
+    let node = Node::start(NodeConfig {
+        workers: 1,
+        base_port: 0,
+        dtls_cert: Some(node_cert),
+        ..NodeConfig::default()
+    })
+    .expect("node starts on 127.0.0.1 with an ephemeral port");
+    let worker = node.workers()[0].clone();
+    let media = worker.local_addr();
+    assert_ne!(media.port(), 0);
+
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut tx = BatchSocket::bind(lo, 8, &socket_opts()).unwrap();
+    let mut subscribers: Vec<BatchSocket> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let opts = SocketOptions {
+                read_timeout: Some(Duration::ZERO),
+                ..socket_opts()
+            };
+            BatchSocket::bind(lo, 16, &opts).unwrap()
+        })
+        .collect();
+
+    // Every peer has its own certificate; the node checks its fingerprint.
+    let pub_cert = DtlsCert::generate().expect("publisher certificate");
+    let sub_certs: Vec<DtlsCert> = (0..SUBSCRIBERS)
+        .map(|_| DtlsCert::generate().expect("subscriber certificate"))
+        .collect();
+
+    add(&worker, Command::CreateRoom(RoomId(1)));
+    add(&worker, endpoint(1, Role::Publish, pub_cert.fingerprint()));
+    for (i, cert) in sub_certs.iter().enumerate() {
+        match add(
+            &worker,
+            endpoint(10 + i as u64, Role::Subscribe, cert.fingerprint()),
+        ) {
+            Outcome::Consumers(c) => assert_eq!(c.len(), 1, "one video consumer"),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+
+    // ICE + DTLS for the publisher, then for each subscriber.
+    let pub_keys = connect(&mut tx, media, 1, &pub_cert, &node_fingerprint);
+    let sub_keys: Vec<SrtpKeys> = subscribers
+        .iter_mut()
+        .zip(&sub_certs)
+        .enumerate()
+        .map(|(i, (s, cert))| connect(s, media, 10 + i as u64, cert, &node_fingerprint))
+        .collect();
+    let handshakes = worker.stats();
+    assert!(
+        handshakes.drops.iter().all(|(_, n)| *n == 0),
+        "drops during ICE and DTLS: {:?}",
+        handshakes.drops
+    );
+
+    let received = Arc::new(Received {
+        datagrams: AtomicU64::new(0),
+        buffers: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let rx_thread = {
+        let received = Arc::clone(&received);
+        std::thread::spawn(move || receive(subscribers, received))
+    };
+
+    // The publisher protects with its DTLS-exported key.
+    let mut srtp = context(&pub_keys.local_master);
+    let mut trains: Vec<Vec<u8>> = (0..TRAINS_PER_SEND)
+        .map(|_| vec![0xa5u8; TRAIN * SRTP_LEN])
+        .collect();
+
+    // Warm-up: the router's tables, the SRTP contexts and the sockets see
+    // their first packets; the receiver thread has allocated everything.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    send(
+        &mut tx,
+        &mut srtp,
+        &mut trains,
+        media,
+        (0, WARMUP),
+        &received,
+        deadline,
+    );
+    let subs = SUBSCRIBERS as u64;
+    wait_for(&received, WARMUP * subs, Duration::from_secs(10));
+
+    // The subscribers' handshakes asked the publisher for a keyframe: a PLI
+    // the node protected with the publisher's DTLS key arrived.
+    let mut pli = false;
+    {
+        let mut storage = vec![0u8; 4 * GRO_BUFFER_BYTES];
+        let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
+        let mut meta = [RecvMeta::default(); 4];
+        let mut node_to_pub = context(&pub_keys.remote_master);
+        let mut wrong = context(&pub_keys.local_master);
+        while recv_some(&mut tx, &mut bufs, &mut meta, Duration::ZERO, |src, d| {
+            if src != media || classify(d) != DatagramKind::Rtcp {
+                return;
+            }
+            let mut d = d.to_vec();
+            assert!(
+                wrong.unprotect_rtcp(&mut d.clone()).is_err(),
+                "the publisher's own key does not open the node's RTCP"
+            );
+            let n = node_to_pub
+                .unprotect_rtcp(&mut d)
+                .expect("the node's RTCP opens with the DTLS key");
+            assert!(n >= 12 && d[1] == PT_PSFB && d[0] & 0x1f == 1, "a PLI");
+            pli = true;
+        }) {}
+    }
+    assert!(pli, "the publisher received a PLI");
+
+    let before_stats = worker.stats();
+    let received_before = received.datagrams.load(Ordering::Relaxed);
+    let buffers_before = received.buffers.load(Ordering::Relaxed);
+
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    assert!(allocations_before > 0, "the counter is live");
+    let phase = Instant::now();
+    send(
+        &mut tx,
+        &mut srtp,
+        &mut trains,
+        media,
+        (WARMUP, WARMUP + PACKETS),
+        &received,
+        deadline,
+    );
+    wait_for(
+        &received,
+        received_before + PACKETS * subs,
+        Duration::from_secs(10),
+    );
+    let elapsed = phase.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
+
+    received.stop.store(true, Ordering::Relaxed);
+    let first = rx_thread.join().expect("receiver thread ends");
+    let stats = worker.stats();
+    node.shutdown();
+
+    let forwarded = stats.tx_packets - before_stats.tx_packets;
+    let arrived = received.datagrams.load(Ordering::Relaxed) - received_before;
+    let expected = PACKETS * subs;
+    let buffers = received.buffers.load(Ordering::Relaxed) - buffers_before;
+    let train = arrived as f64 / buffers.max(1) as f64;
+    eprintln!(
+        "DTLS-keyed ({}): {PACKETS} packets in, {forwarded} forwarded ({:.2} %), {arrived} received, \
+         {allocations} allocations, measured phase {elapsed:.2?} ({:.0} packets/s out), \
+         worker CPU {:.2} s, {train:.1} datagrams per GRO buffer at the subscribers, GRO {} GSO {} fallbacks {}, pool exhausted {}, drops {:?}, \
+         total {:.2?}",
+        pub_keys.profile.name(),
+        forwarded as f64 * 100.0 / expected as f64,
+        forwarded as f64 / elapsed.as_secs_f64(),
+        stats.cpu_seconds,
+        stats.gro_enabled,
+        stats.gso_enabled,
+        stats.gso_fallbacks,
+        stats.pool_exhausted,
+        stats
+            .drops
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>(),
+        started.elapsed(),
+    );
+    assert_eq!(allocations, 0, "allocations during the measured phase");
+    assert!(
+        forwarded * 100 >= expected * 99,
+        "forwarded {forwarded} of {expected}"
+    );
+    assert!(
+        arrived * 100 >= expected * 99,
+        "received {arrived} of {expected}"
+    );
+    assert_eq!(
+        stats.rx_packets - before_stats.rx_packets,
+        PACKETS,
+        "every packet reached the router"
+    );
+
+    // Each subscriber's first packet decrypts with the key its DTLS
+    // handshake exported for the node's direction (and not with its own).
+    for (i, (d, keys)) in first.iter().zip(&sub_keys).enumerate() {
+        assert!(!d.is_empty(), "subscriber {i} received RTP");
+        let mut wrong = context(&keys.local_master);
+        assert!(
+            wrong.unprotect_rtp(&mut d.clone()).is_err(),
+            "subscriber {i}: its own key does not open the node's packets"
+        );
+        let mut d = d.clone();
+        let mut ctx = context(&keys.remote_master);
+        let n = ctx
+            .unprotect_rtp(&mut d)
+            .expect("subscriber decrypts with its DTLS key");
+        let p = RtpPacket::new_checked(&d[..n]).expect("valid RTP");
+        assert_eq!(p.payload_type(), PT);
+        assert_eq!(p.payload().len(), PAYLOAD);
+        assert!(
+            p.payload()
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == payload_byte(i))
+        );
+    }
+}

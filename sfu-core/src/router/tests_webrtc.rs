@@ -1,0 +1,375 @@
+//! ICE-lite and DTLS-SRTP through the router: checks answered only when
+//! authentic, addresses set only by valid checks, keys from the handshake,
+//! consent expiry.
+
+use super::*;
+use crate::dtls::{DtlsRole, DtlsSession, DtlsState};
+use crate::srtp::SrtpConfig;
+use crate::wire::rtp::{RtpHeader, write_header};
+
+/// Collects egress datagrams.
+#[derive(Default)]
+struct Sink {
+    buf: Vec<u8>,
+    sent: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+impl Transmit for Sink {
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        self.buf.clear();
+        self.buf.resize(2048, 0);
+        Some(&mut self.buf)
+    }
+    fn send(&mut self, len: usize, dst: SocketAddr) {
+        self.sent.push((self.buf[..len].to_vec(), dst));
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+const LOCAL_UFRAG: &str = "nodeufrag";
+const LOCAL_PWD: &str = "node-password-0123456789ab";
+const REMOTE_UFRAG: &str = "peer";
+
+/// A browser-like peer: its certificate and DTLS client.
+struct Browser {
+    dtls: DtlsSession,
+    keys: Option<crate::dtls::SrtpKeys>,
+}
+
+fn webrtc_endpoint(id: u64, role: Role, tracks: Vec<TrackConfig>, peer_cert: &DtlsCert) -> Command {
+    Command::AddWebrtcEndpoint(
+        Box::new(EndpointConfig {
+            id: EndpointId(id),
+            room: RoomId(1),
+            role,
+            profile: Profile::AeadAes128Gcm,
+            remote_master: Vec::new(),
+            local_master: Vec::new(),
+            tracks,
+            remote: None,
+            subscription: Subscription::All,
+            rtcp_ssrc: None,
+        }),
+        Box::new(WebrtcTransport {
+            ice: IceCredentials {
+                local_ufrag: format!("{LOCAL_UFRAG}{id}"),
+                local_pwd: LOCAL_PWD.into(),
+                remote_ufrag: REMOTE_UFRAG.into(),
+                remote_pwd: "peer-password-0123456789".into(),
+            },
+            dtls_role: DtlsRole::Server,
+            remote_fingerprint: peer_cert.fingerprint().clone(),
+            video_payload_type: Some(102),
+            audio_payload_type: None,
+        }),
+    )
+}
+
+fn binding_request(id: u64, pwd: &str, use_candidate: bool, tid: u8) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    let mut w = StunWriter::new(&mut buf, stun::BINDING_REQUEST, &[tid; 12]).unwrap();
+    w.add_username(format!("{LOCAL_UFRAG}{id}:{REMOTE_UFRAG}").as_bytes())
+        .unwrap();
+    w.add_priority(0x6e00_1eff).unwrap();
+    w.add_ice_controlling(42).unwrap();
+    if use_candidate {
+        w.add_use_candidate().unwrap();
+    }
+    w.add_message_integrity(pwd.as_bytes()).unwrap();
+    w.add_fingerprint().unwrap();
+    let n = w.finish();
+    buf.truncate(n);
+    buf
+}
+
+struct Fixture {
+    router: Router,
+    now: Instant,
+}
+
+fn fixture() -> Fixture {
+    let now = Instant::now();
+    let mut router = Router::new(RouterConfig::default());
+    router.set_dtls_cert(DtlsCert::generate().unwrap());
+    router
+        .handle_command(now, Command::CreateRoom(RoomId(1)))
+        .unwrap();
+    Fixture { router, now }
+}
+
+impl Fixture {
+    fn feed(&mut self, src: SocketAddr, datagram: &[u8]) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut sink = Sink::default();
+        let mut d = datagram.to_vec();
+        self.router
+            .handle_datagram(self.now, src, &mut d, &mut sink);
+        sink.sent
+    }
+
+    /// Runs ICE and DTLS for endpoint `id` from `src` with the browser.
+    fn connect(&mut self, id: u64, src: SocketAddr, browser: &mut Browser) {
+        let out = self.feed(src, &binding_request(id, LOCAL_PWD, true, id as u8));
+        assert_eq!(out.len(), 1, "a valid check is answered");
+        let mut to_node: Vec<Vec<u8>> = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..50 {
+            while let Some(n) = browser.dtls.poll_datagram(&mut buf) {
+                to_node.push(buf[..n].to_vec());
+            }
+            for d in to_node.drain(..) {
+                for (reply, dst) in self.feed(src, &d) {
+                    assert_eq!(dst, src);
+                    browser.dtls.handle_datagram(&reply, self.now).unwrap();
+                }
+            }
+            if browser.dtls.state() == DtlsState::Connected {
+                break;
+            }
+        }
+        assert_eq!(browser.dtls.state(), DtlsState::Connected);
+        browser.keys = browser.dtls.take_keys();
+        assert!(browser.keys.is_some());
+    }
+}
+
+fn browser(cert: &DtlsCert, node: &Fixture) -> Browser {
+    let node_fp = node
+        .router
+        .dtls_cert
+        .as_ref()
+        .unwrap()
+        .fingerprint()
+        .clone();
+    Browser {
+        dtls: DtlsSession::new(cert, DtlsRole::Client, node_fp, node.now).unwrap(),
+        keys: None,
+    }
+}
+
+fn ctx(profile: Profile, master: &[u8]) -> SrtpContext {
+    let (k, s) = master.split_at(profile.key_len());
+    SrtpContext::new(profile, k, s, SrtpConfig::default()).unwrap()
+}
+
+#[test]
+fn valid_check_is_answered_and_sets_the_address() {
+    let mut f = fixture();
+    let peer = DtlsCert::generate().unwrap();
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, vec![], &peer))
+        .unwrap();
+    let out = f.feed(addr(5000), &binding_request(1, LOCAL_PWD, false, 1));
+    assert_eq!(out.len(), 1);
+    let (reply, dst) = &out[0];
+    assert_eq!(*dst, addr(5000));
+    let msg = StunMessage::new_checked(reply).unwrap();
+    assert_eq!(msg.message_type(), stun::BINDING_SUCCESS);
+    assert_eq!(msg.transaction_id(), &[1; 12]);
+    assert_eq!(msg.xor_mapped_address(), Some(addr(5000)));
+    msg.verify_integrity(LOCAL_PWD.as_bytes()).unwrap();
+    msg.verify_fingerprint().unwrap();
+    assert_eq!(f.router.by_addr.get(&addr(5000)), Some(&0));
+    assert_eq!(f.router.stats().ice_checks, 1);
+
+    // Another address without USE-CANDIDATE is answered but does not move it.
+    assert_eq!(
+        f.feed(addr(5001), &binding_request(1, LOCAL_PWD, false, 2))
+            .len(),
+        1
+    );
+    assert_eq!(f.router.by_addr.get(&addr(5000)), Some(&0));
+    assert!(!f.router.by_addr.contains_key(&addr(5001)));
+    // Nomination from it does.
+    f.feed(addr(5001), &binding_request(1, LOCAL_PWD, true, 3));
+    assert_eq!(f.router.by_addr.get(&addr(5001)), Some(&0));
+    assert!(!f.router.by_addr.contains_key(&addr(5000)));
+}
+
+#[test]
+fn bad_checks_are_dropped_unanswered() {
+    let mut f = fixture();
+    let peer = DtlsCert::generate().unwrap();
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, vec![], &peer))
+        .unwrap();
+    // Wrong MESSAGE-INTEGRITY key.
+    assert!(
+        f.feed(addr(5000), &binding_request(1, "wrong-password", true, 1))
+            .is_empty()
+    );
+    assert_eq!(f.router.stats().dropped(DropReason::StunAuthFailed), 1);
+    // Unknown ufrag.
+    assert!(
+        f.feed(addr(5000), &binding_request(9, LOCAL_PWD, true, 1))
+            .is_empty()
+    );
+    assert_eq!(f.router.stats().dropped(DropReason::StunUnknownUser), 1);
+    // A flipped bit breaks the FINGERPRINT.
+    let mut bad = binding_request(1, LOCAL_PWD, true, 1);
+    bad[46] ^= 1; // inside PRIORITY: integrity and fingerprint break
+    assert!(f.feed(addr(5000), &bad).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::StunAuthFailed), 2);
+    // Not a request.
+    let mut resp = vec![0u8; 64];
+    let n = StunWriter::new(&mut resp, stun::BINDING_SUCCESS, &[3; 12])
+        .unwrap()
+        .finish();
+    assert!(f.feed(addr(5000), &resp[..n]).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::StunUnhandled), 1);
+    // DTLS from an unverified address goes nowhere.
+    assert!(f.feed(addr(5000), &[22, 254, 253, 0, 0]).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::DtlsUnhandled), 1);
+    assert!(f.router.by_addr.is_empty(), "no address was learnt");
+}
+
+#[test]
+fn dtls_keys_forward_media_between_browsers() {
+    let mut f = fixture();
+    let pub_cert = DtlsCert::generate().unwrap();
+    let sub_cert = DtlsCert::generate().unwrap();
+    let track = TrackConfig {
+        kind: MediaKind::Video,
+        ssrc: 4242,
+        payload_type: 96,
+    };
+    f.router
+        .handle_command(
+            f.now,
+            webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert),
+        )
+        .unwrap();
+    let c = match f
+        .router
+        .handle_command(
+            f.now,
+            webrtc_endpoint(2, Role::Subscribe, vec![], &sub_cert),
+        )
+        .unwrap()
+    {
+        Outcome::Consumers(c) => c,
+        Outcome::Done => panic!("consumers expected"),
+    };
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].payload_type, 102, "the subscriber's payload type");
+
+    // Media before the handshake is refused.
+    let mut early = [0u8; 64];
+    let n = write_header(
+        &mut early,
+        &RtpHeader {
+            payload_type: 96,
+            sequence_number: 1,
+            timestamp: 1,
+            ssrc: 4242,
+            marker: false,
+        },
+        &[],
+    )
+    .unwrap();
+    assert!(f.feed(addr(7000), &early[..n + 20]).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::NotConnected), 1);
+
+    let mut publisher = browser(&pub_cert, &f);
+    let mut subscriber = browser(&sub_cert, &f);
+    f.connect(1, addr(7000), &mut publisher);
+    f.connect(2, addr(7001), &mut subscriber);
+    assert_eq!(f.router.stats().dtls_connected, 2);
+
+    let pk = publisher.keys.take().unwrap();
+    let sk = subscriber.keys.take().unwrap();
+    assert_eq!(pk.profile, Profile::AeadAes128Gcm);
+    let mut pub_tx = ctx(pk.profile, &pk.local_master);
+    let mut sub_rx = ctx(sk.profile, &sk.remote_master);
+
+    let mut buf = vec![0u8; 1500];
+    let n = write_header(
+        &mut buf,
+        &RtpHeader {
+            payload_type: 96,
+            sequence_number: 77,
+            timestamp: 9000,
+            ssrc: 4242,
+            marker: true,
+        },
+        &[],
+    )
+    .unwrap();
+    buf[n..n + 100].fill(0x5a);
+    let len = pub_tx.protect_rtp(&mut buf, n + 100).unwrap();
+    let out = f.feed(addr(7000), &buf[..len]);
+    // The subscriber's copy (and a PLI to the publisher for its decoder).
+    let to_sub: Vec<_> = out.iter().filter(|(_, d)| *d == addr(7001)).collect();
+    assert_eq!(to_sub.len(), 1);
+    let mut copy = to_sub[0].0.clone();
+    let plain = sub_rx.unprotect_rtp(&mut copy).unwrap();
+    assert_eq!(copy[1] & 0x7f, 102);
+    assert_eq!(wire::be32(&copy, 8), c[0].ssrc);
+    assert!(copy[12..plain].iter().all(|&b| b == 0x5a));
+    assert!(
+        out.iter().any(|(_, d)| *d == addr(7000)),
+        "a keyframe request went to the publisher"
+    );
+
+    // A media packet from the subscriber's address claiming the publisher's
+    // SSRC is refused.
+    assert!(f.feed(addr(7001), &buf[..len]).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::AddressMismatch), 1);
+
+    // Consent: 31 s without a check stops sending to the subscriber.
+    let later = f.now + CONSENT_TIMEOUT + Duration::from_secs(1);
+    f.router.handle_timeout(later, &mut Sink::default());
+    assert_eq!(f.router.stats().consent_expired, 2);
+    f.now = later;
+    let len = {
+        let n = write_header(
+            &mut buf,
+            &RtpHeader {
+                payload_type: 96,
+                sequence_number: 78,
+                timestamp: 9000,
+                ssrc: 4242,
+                marker: true,
+            },
+            &[],
+        )
+        .unwrap();
+        pub_tx.protect_rtp(&mut buf, n + 100).unwrap()
+    };
+    assert!(
+        f.feed(addr(7000), &buf[..len]).is_empty(),
+        "nothing is sent after consent expired"
+    );
+    // A fresh valid check restores it.
+    f.feed(addr(7000), &binding_request(1, LOCAL_PWD, true, 9));
+    assert_eq!(f.router.by_addr.get(&addr(7000)), Some(&0));
+}
+
+#[test]
+fn garbage_dtls_from_a_verified_address_is_counted() {
+    let mut f = fixture();
+    let peer = DtlsCert::generate().unwrap();
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, vec![], &peer))
+        .unwrap();
+    f.feed(addr(5000), &binding_request(1, LOCAL_PWD, true, 1));
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..2000 {
+        let len = (seed % 200) as usize + 13;
+        let mut d: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        d[0] = 20 + (d[0] % 44); // 20..=63: classified as DTLS
+        f.feed(addr(5000), &d);
+    }
+    let s = f.router.stats();
+    assert!(s.dropped(DropReason::DtlsFailed) > 0);
+    assert_eq!(s.dtls_connected, 0);
+}

@@ -1,0 +1,108 @@
+//! ICE-lite and DTLS-SRTP for WebRTC endpoints (the router's slow path).
+//!
+//! A WebRTC endpoint starts without SRTP keys and without an address. Its
+//! peer (the ICE controlling agent) sends STUN binding requests to the
+//! worker's port; a request whose USERNAME starts with the endpoint's local
+//! ufrag, whose FINGERPRINT is right and whose MESSAGE-INTEGRITY verifies with
+//! the endpoint's local password is answered with a binding success
+//! (XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT). Only such a *valid
+//! check* may set or move the endpoint's address:
+//!
+//! * the first valid check sets it (so the DTLS handshake that follows the
+//!   first successful check finds its endpoint);
+//! * a valid check carrying USE-CANDIDATE (nomination) moves it to the
+//!   check's source;
+//! * a valid check from the current address refreshes consent (RFC 7675);
+//!   after [`CONSENT_TIMEOUT`] without one the router forgets the address
+//!   and stops sending to it until the next valid check.
+//!
+//! Nothing from an unverified address is ever used: media, RTCP and DTLS are
+//! looked up by the endpoint's current address or SSRC and checked against
+//! it; WebRTC endpoints never learn their address from media ("comedia").
+//!
+//! DTLS datagrams from an endpoint's address go to its [`DtlsSession`]; its
+//! output is sent back to that address, its retransmission timer runs from
+//! [`Router::handle_timeout`](super::Router::handle_timeout). When the handshake completes and the
+//! peer's certificate matches the fingerprint from its SDP, the exported keys
+//! become the endpoint's SRTP contexts, and the producers of its consumers are
+//! asked for a keyframe so its decoders can start.
+
+use std::time::{Duration, Instant};
+
+use crate::dtls::{DtlsError, DtlsRole, DtlsSession, Fingerprint};
+
+/// Time without a valid ICE check after which the router stops sending to
+/// an endpoint (RFC 7675 consent freshness).
+pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// ICE credentials of a WebRTC endpoint (from the SDP offer and answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceCredentials {
+    /// The node's ufrag for this endpoint (unique on the worker, no `:`).
+    pub local_ufrag: String,
+    /// The node's password: keys MESSAGE-INTEGRITY of checks and answers.
+    pub local_pwd: String,
+    /// The peer's ufrag (second half of a check's USERNAME).
+    pub remote_ufrag: String,
+    /// The peer's password (unused by a lite agent, which sends no checks).
+    pub remote_pwd: String,
+}
+
+/// How a WebRTC endpoint is keyed: ICE-lite credentials and DTLS-SRTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebrtcTransport {
+    /// ICE credentials.
+    pub ice: IceCredentials,
+    /// The node's DTLS role (server when the answer says `a=setup:passive`).
+    pub dtls_role: DtlsRole,
+    /// The peer's certificate fingerprint from its SDP.
+    pub remote_fingerprint: Fingerprint,
+    /// Payload type the peer expects for forwarded video (its SDP's number
+    /// for the producer's codec); `None` keeps the producer's.
+    pub video_payload_type: Option<u8>,
+    /// Payload type for forwarded audio, as `video_payload_type`.
+    pub audio_payload_type: Option<u8>,
+}
+
+/// The state a WebRTC endpoint adds to an endpoint.
+#[derive(Debug)]
+pub(super) struct WebrtcState {
+    pub(super) ice: IceCredentials,
+    pub(super) dtls: DtlsSession,
+    /// Last valid check from the current address.
+    pub(super) last_check: Option<Instant>,
+    pub(super) video_payload_type: Option<u8>,
+    pub(super) audio_payload_type: Option<u8>,
+    /// Whether the keys were installed.
+    pub(super) connected: bool,
+}
+
+impl WebrtcState {
+    pub(super) fn new(
+        t: WebrtcTransport,
+        cert: &crate::dtls::DtlsCert,
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
+        let dtls = DtlsSession::new(cert, t.dtls_role, t.remote_fingerprint, now)?;
+        Ok(Self {
+            ice: t.ice,
+            dtls,
+            last_check: None,
+            video_payload_type: t.video_payload_type,
+            audio_payload_type: t.audio_payload_type,
+            connected: false,
+        })
+    }
+
+    /// Whether consent to send has expired at `now`.
+    pub(super) fn consent_expired(&self, now: Instant) -> bool {
+        self.last_check
+            .is_none_or(|t| now.saturating_duration_since(t) > CONSENT_TIMEOUT)
+    }
+}
+
+/// Splits a check's USERNAME `local:remote` into its halves.
+pub(super) fn split_username(username: &[u8]) -> Option<(&str, &str)> {
+    let text = std::str::from_utf8(username).ok()?;
+    text.split_once(':')
+}
