@@ -31,10 +31,19 @@
 //! Every section the offer sends in becomes a track of the endpoint: its
 //! first `a=ssrc` (RTX and FEC SSRCs excluded), its kind and the payload
 //! type negotiated for it. The track's codec (VP8, H.264 or Opus) is
-//! recorded so WHEP offers can be matched against it. Simulcast offered
-//! with `a=rid` but without `a=ssrc` lines is refused (422): the router
-//! forwards by SSRC and does not yet learn SSRCs from RID header
-//! extensions.
+//! recorded so WHEP offers can be matched against it.
+//!
+//! Simulcast offered with `a=rid` but without `a=ssrc` lines (the form
+//! browsers use) is accepted when the section negotiates the
+//! `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id` header extension
+//! (otherwise 422 `missing_ssrc`): each rid becomes a layer the worker
+//! binds to an SSRC from the first authentic packet carrying that rid, and
+//! each layer is then forwarded as a **separate producer** of the room (no
+//! layer selection yet; RTX with `repaired-rid` is never bound). Subscribers
+//! with `Subscription::All` (the JSON API's default) receive them. These
+//! rid-learnt producers are *not* in control's record of the room's tracks,
+//! so WHEP sessions are not offered them for now, and they are not listed
+//! as tracks of the endpoint.
 //!
 //! # WHEP (subscribe)
 //! Each audio/video section of the offer that can receive gets one
@@ -74,8 +83,9 @@
 //! another content type, 413 for a body over [`MAX_BODY_BYTES`](crate::error::MAX_BODY_BYTES), 400 for
 //! an offer that is not valid SDP or lacks what WebRTC requires (the code
 //! is [`SdpError::as_str`], e.g. `missing_fingerprint`), 422 for a valid
-//! offer the node cannot serve (no supported codec, simulcast without
-//! `a=ssrc`, ICE-lite offer), 409 for an SSRC already in use on the node.
+//! offer the node cannot serve (no supported codec, a section without
+//! `a=ssrc` or `a=rid`, simulcast without the `rtp-stream-id` extension,
+//! ICE-lite offer), 409 for an SSRC already in use on the node.
 //!
 //! # Metrics
 //! `sfu_webrtc_sessions_total{protocol="whip|whep",event="created|ended"}`
@@ -98,7 +108,8 @@ use rand::Rng as _;
 use rand::distr::{Alphanumeric, SampleString as _};
 use sfu_core::dtls::{DtlsRole, Fingerprint};
 use sfu_core::router::{
-    ConsumerInfo, IceCredentials, MediaKind, Role, Subscription, TrackConfig, WebrtcTransport,
+    ConsumerInfo, IceCredentials, MediaKind, RidTrack, Role, Subscription, TrackConfig,
+    WebrtcTransport,
 };
 use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
@@ -119,6 +130,9 @@ pub const ICE_UFRAG_LEN: usize = 16;
 
 /// Length of the node's ICE passwords (RFC 8839: at least 22).
 pub const ICE_PWD_LEN: usize = 32;
+
+/// The header extension that carries a simulcast layer's `rid` (RFC 8852).
+const RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// The CNAME announced for every stream the node sends.
 pub const CNAME: &str = "sfu";
@@ -345,6 +359,8 @@ impl Local {
             remote_fingerprint,
             video_payload_type,
             audio_payload_type,
+            rid_tracks: Vec::new(),
+            rid_extension: None,
         }
     }
 }
@@ -419,20 +435,45 @@ fn plan_publish(
     let answer = sdp::answer(offer, &local.params(ctx.media), &Intent::Publish)
         .map_err(WhipError::from_answer)?;
     let mut tracks = Vec::new();
+    let mut rid_tracks = Vec::new();
+    let mut rid_extension = None;
     for n in answer.sections.iter().filter(|n| n.accepted) {
         let Some(&ssrc) = n.remote_ssrcs.first() else {
-            let message = if n.rids.is_empty() {
-                format!(
-                    "media section {} has no a=ssrc line; the node needs the publisher's SSRCs",
-                    n.mid
-                )
-            } else {
-                "simulcast without a=ssrc lines is not supported yet".to_owned()
+            if n.rids.is_empty() {
+                return Err(WhipError::Unsupported {
+                    code: "missing_ssrc",
+                    message: format!(
+                        "media section {} has no a=ssrc line and no a=rid; the node needs the publisher's SSRCs",
+                        n.mid
+                    ),
+                });
+            }
+            let Some(id) = n
+                .extmap
+                .iter()
+                .find(|(_, uri)| uri == RTP_STREAM_ID_URI)
+                .map(|&(id, _)| id)
+            else {
+                return Err(WhipError::Unsupported {
+                    code: "missing_ssrc",
+                    message: "simulcast needs the rtp-stream-id header extension".to_owned(),
+                });
             };
-            return Err(WhipError::Unsupported {
-                code: "missing_ssrc",
-                message,
-            });
+            // One extension id per endpoint: the router reads one.
+            if rid_extension.is_some_and(|e| e != id) {
+                return Err(WhipError::Unsupported {
+                    code: "missing_ssrc",
+                    message: "simulcast sections use different rtp-stream-id extension ids"
+                        .to_owned(),
+                });
+            }
+            rid_extension = Some(id);
+            rid_tracks.extend(n.rids.iter().map(|rid| RidTrack {
+                rid: rid.clone(),
+                kind: n.kind,
+                payload_type: n.payload_type,
+            }));
+            continue;
         };
         let track = TrackConfig {
             kind: n.kind,
@@ -441,12 +482,15 @@ fn plan_publish(
         };
         tracks.push((track, n.codec));
     }
+    let mut transport = local.transport(offer, remote, None, None);
+    transport.rid_tracks = rid_tracks;
+    transport.rid_extension = rid_extension;
     let new = NewWebrtcEndpoint {
         session: Session::Whip,
         role: Role::Publish,
         tracks,
         subscription: Subscription::default(),
-        transport: local.transport(offer, remote, None, None),
+        transport,
     };
     Ok((new, answer.sdp))
 }

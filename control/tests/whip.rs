@@ -15,6 +15,7 @@ use control::auth::Grant;
 use serde_json::Value;
 use sfu_core::dtls::{DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint};
 use sfu_core::srtp::{SrtpConfig, SrtpContext};
+use sfu_core::wire::rtp::{RtpHeader, write_header};
 use sfu_core::wire::stun::{self, StunClass, StunMessage, StunWriter};
 use sfu_core::wire::{DatagramKind, classify};
 
@@ -644,14 +645,23 @@ fn refusals_change_nothing() {
         413,
         "payload_too_large",
     );
-    // Simulcast with rids only.
+    // Simulcast with rids only but without the rtp-stream-id extension.
+    let no_rid_ext: String = with_fingerprint(SIMULCAST_OFFER, &cert)
+        .lines()
+        .filter(|l| !l.ends_with("sdes:rtp-stream-id"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let r = post_offer(&node, "/whip/r", &token, &no_rid_ext);
+    assert!(r.text.contains("rtp-stream-id"), "{}", r.text);
+    check(r, 422, "missing_ssrc");
+    // A section with neither a=ssrc nor a=rid.
+    let no_ssrc: String = offer
+        .lines()
+        .filter(|l| !l.starts_with("a=ssrc:") && !l.starts_with("a=ssrc-group:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     check(
-        post_offer(
-            &node,
-            "/whip/r",
-            &token,
-            &with_fingerprint(SIMULCAST_OFFER, &cert),
-        ),
+        post_offer(&node, "/whip/r", &token, &no_ssrc),
         422,
         "missing_ssrc",
     );
@@ -710,6 +720,82 @@ fn refusals_change_nothing() {
     assert_eq!(before["rooms"][0]["endpoints"], 0);
     assert_eq!(sessions_metric(&node, "whip", "created"), 0);
     assert_eq!(sessions_metric(&node, "whep", "created"), 0);
+    node.shutdown();
+}
+
+/// An SRTP packet of `ssrc` carrying `rid` in header extension 10 (the
+/// simulcast fixture's `rtp-stream-id`).
+fn rid_packet(tx: &mut SrtpContext, seq: u16, ssrc: u32, pt: u8, rid: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 256];
+    let header = RtpHeader {
+        marker: false,
+        payload_type: pt,
+        sequence_number: seq,
+        timestamp: u32::from(seq) * 3000,
+        ssrc,
+    };
+    let n = write_header(&mut p, &header, &[(10, rid)]).expect("header");
+    p[n..n + 50].fill(0x5a);
+    let len = tx.protect_rtp(&mut p, n + 50).expect("protect");
+    p.truncate(len);
+    p
+}
+
+/// Waits until the worker's `unknown_source` drops reach `want`, then checks
+/// that they stay there.
+fn expect_unknown_source(node: &TestNode, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while drops(node, "unknown_source") < want {
+        assert!(Instant::now() < deadline, "unknown_source not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(drops(node, "unknown_source"), want);
+}
+
+#[test]
+fn simulcast_with_rids_only_binds_layers_from_packets() {
+    let node = TestNode::start(1);
+    node.create_room("r");
+    let token = node.token("r", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let r = post_offer(
+        &node,
+        "/whip/r",
+        &token,
+        &with_fingerprint(SIMULCAST_OFFER, &cert),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.text.contains("a=simulcast:recv q;h;f\r\n"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"),
+        "{}",
+        r.text
+    );
+    let video_pt: u8 = r
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=video 9 UDP/TLS/RTP/SAVPF "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pt| pt.parse().ok())
+        .expect("a video payload type");
+    let a = read_answer(&r.text);
+    let mut publisher = connect(&a, "Xk4p", &cert);
+    let base = drops(&node, "unknown_source");
+
+    // A rid the offer did not announce binds nothing.
+    let p = rid_packet(&mut publisher.tx, 1, 7000, video_pt, b"x");
+    publisher.sock.send_to(&p, publisher.node).expect("send");
+    expect_unknown_source(&node, base + 1);
+    // Layer "h" binds from its first packet (consumed, not a drop); its
+    // next packet is forwarded (no drop either); another SSRC claiming "h"
+    // is unknown.
+    for (seq, ssrc, rid) in [(1, 7001, b"h"), (2, 7001, b"h"), (1, 7002, b"h")] {
+        let p = rid_packet(&mut publisher.tx, seq, ssrc, video_pt, rid);
+        publisher.sock.send_to(&p, publisher.node).expect("send");
+    }
+    expect_unknown_source(&node, base + 2);
     node.shutdown();
 }
 

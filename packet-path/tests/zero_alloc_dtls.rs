@@ -418,6 +418,8 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             remote_fingerprint: fingerprint.clone(),
             video_payload_type: None,
             audio_payload_type: None,
+            rid_tracks: Vec::new(),
+            rid_extension: None,
         }),
     )
 }

@@ -12,7 +12,9 @@
 //! payload type are rewritten for that consumer ([`seq::StreamRewriter`]), and
 //! it is encrypted with the subscriber's outbound SRTP context. No step
 //! allocates: the lookups are hash-map reads and the fan-out lists are built
-//! by control commands, off the hot path.
+//! by control commands, off the hot path. The one exception is binding a
+//! simulcast layer announced by `rid` to its SSRC (once per layer, see
+//! [`webrtc`]), which builds fan-out lists like a command does.
 //!
 //! # Addresses
 //! An endpoint's remote address is either given by the control plane or learnt
@@ -36,12 +38,12 @@ use std::time::{Duration, Instant};
 use crate::dtls::DtlsCert;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
 use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
-use crate::wire::rtp::RtpPacketMut;
+use crate::wire::rtp::{RtpPacket, RtpPacketMut};
 use crate::wire::stun::{self, StunClass, StunMessage, StunWriter};
 use crate::wire::{self, DatagramKind};
 use seq::StreamRewriter;
 use webrtc::WebrtcState;
-pub use webrtc::{CONSENT_TIMEOUT, IceCredentials, WebrtcTransport};
+pub use webrtc::{CONSENT_TIMEOUT, IceCredentials, RidTrack, WebrtcTransport};
 
 /// Shortest time between two PLIs the router sends for one producer.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -369,6 +371,9 @@ pub struct RouterStats {
     pub dtls_connected: u64,
     /// Endpoints whose ICE consent expired.
     pub consent_expired: u64,
+    /// Simulcast layers bound to an SSRC by an authentic packet (each such
+    /// packet is consumed by the bind, not forwarded nor counted as a drop).
+    pub simulcast_bound: u64,
     /// Drops by [`DropReason`] index.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -567,7 +572,8 @@ impl Router {
 
     /// Handles one received datagram: authenticates and decrypts it in place
     /// and writes every egress copy through `tx`. Never panics and never
-    /// allocates; every drop is counted in [`Router::stats`].
+    /// allocates (except once per simulcast layer, when its SSRC is bound);
+    /// every drop is counted in [`Router::stats`].
     pub fn handle_datagram<T: Transmit>(
         &mut self,
         now: Instant,
@@ -600,7 +606,9 @@ impl Router {
             return Err(DropReason::Malformed);
         }
         let ssrc = wire::be32(buf, 8);
-        let producer = self.producers.get(&ssrc).ok_or(DropReason::UnknownSource)?;
+        let Some(producer) = self.producers.get(&ssrc) else {
+            return self.bind_rid(src, ssrc, buf);
+        };
         let ep_slot = producer.endpoint;
         let publisher = self.endpoints[ep_slot as usize]
             .as_mut()
@@ -943,6 +951,63 @@ impl Router {
         }
     }
 
+    /// Binds a simulcast layer of the WebRTC endpoint at `src` to `ssrc`
+    /// from an authentic packet carrying the layer's `rid`; see
+    /// [`webrtc`]'s "Simulcast by `rid`". The packet is consumed.
+    fn bind_rid(&mut self, src: SocketAddr, ssrc: u32, buf: &mut [u8]) -> Result<(), DropReason> {
+        let slot = *self.by_addr.get(&src).ok_or(DropReason::UnknownSource)?;
+        if self.ssrc_taken(ssrc) {
+            return Err(DropReason::UnknownSource);
+        }
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
+        let (Some(w), Some(keys)) = (ep.webrtc.as_deref_mut(), ep.keys.as_mut()) else {
+            return Err(DropReason::UnknownSource);
+        };
+        if !w.has_unbound_rid() {
+            return Err(DropReason::UnknownSource);
+        }
+        let ext = w.rid_extension.ok_or(DropReason::UnknownSource)?;
+        // Authentication first: nothing is learnt from a forged packet.
+        let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        let plain = buf.get(..len).ok_or(DropReason::Malformed)?;
+        let packet = RtpPacket::new_checked(plain).map_err(|_| DropReason::Malformed)?;
+        let rid = packet.extension(ext).ok_or(DropReason::UnknownSource)?;
+        let layer = w
+            .unbound_rid(rid, packet.payload_type())
+            .ok_or(DropReason::UnknownSource)?;
+        layer.bound = true;
+        let track = TrackConfig {
+            kind: layer.track.kind,
+            ssrc,
+            payload_type: layer.track.payload_type,
+        };
+        ep.tracks.push(track);
+        let room = ep.room;
+        self.producers.insert(
+            ssrc,
+            Producer {
+                endpoint: slot,
+                kind: track.kind,
+                payload_type: track.payload_type,
+                fanout: Vec::new(),
+                keyframe_wanted: false,
+                last_pli: None,
+            },
+        );
+        self.stats.simulcast_bound += 1;
+        let room_slots = self
+            .rooms
+            .get(&room)
+            .map(|r| r.endpoints.clone())
+            .unwrap_or_default();
+        for s in room_slots {
+            self.sync_consumers(s);
+        }
+        Ok(())
+    }
+
     fn add_endpoint(
         &mut self,
         cfg: EndpointConfig,
@@ -986,6 +1051,19 @@ impl Router {
             ));
         }
         if let Some(t) = &transport {
+            if !t.rid_tracks.is_empty() && !cfg.role.publishes() {
+                return Err(RouterError::Invalid(
+                    "a subscribe-only endpoint publishes no tracks",
+                ));
+            }
+            for (i, r) in t.rid_tracks.iter().enumerate() {
+                if r.payload_type > 127 {
+                    return Err(RouterError::Invalid("payload type above 127"));
+                }
+                if r.rid.is_empty() || t.rid_tracks[..i].iter().any(|o| o.rid == r.rid) {
+                    return Err(RouterError::Invalid("empty or repeated rid"));
+                }
+            }
             if cfg.remote.is_some() {
                 return Err(RouterError::Invalid(
                     "a WebRTC endpoint's address comes from ICE",

@@ -40,6 +40,17 @@ struct Browser {
 }
 
 fn webrtc_endpoint(id: u64, role: Role, tracks: Vec<TrackConfig>, peer_cert: &DtlsCert) -> Command {
+    simulcast_endpoint(id, role, tracks, Vec::new(), None, peer_cert)
+}
+
+fn simulcast_endpoint(
+    id: u64,
+    role: Role,
+    tracks: Vec<TrackConfig>,
+    rid_tracks: Vec<RidTrack>,
+    rid_extension: Option<u8>,
+    peer_cert: &DtlsCert,
+) -> Command {
     Command::AddWebrtcEndpoint(
         Box::new(EndpointConfig {
             id: EndpointId(id),
@@ -64,6 +75,8 @@ fn webrtc_endpoint(id: u64, role: Role, tracks: Vec<TrackConfig>, peer_cert: &Dt
             remote_fingerprint: peer_cert.fingerprint().clone(),
             video_payload_type: Some(102),
             audio_payload_type: None,
+            rid_tracks,
+            rid_extension,
         }),
     )
 }
@@ -345,6 +358,179 @@ fn dtls_keys_forward_media_between_browsers() {
     // A fresh valid check restores it.
     f.feed(addr(7000), &binding_request(1, LOCAL_PWD, true, 9));
     assert_eq!(f.router.by_addr.get(&addr(7000)), Some(&0));
+}
+
+/// An SRTP packet of `ssrc` with header extensions and a 0x5a payload.
+fn srtp_packet(
+    tx: &mut SrtpContext,
+    ssrc: u32,
+    seq: u16,
+    payload_type: u8,
+    extensions: &[(u8, &[u8])],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let n = write_header(
+        &mut buf,
+        &RtpHeader {
+            payload_type,
+            sequence_number: seq,
+            timestamp: 3000 * u32::from(seq),
+            ssrc,
+            marker: true,
+        },
+        extensions,
+    )
+    .unwrap();
+    buf[n..n + 100].fill(0x5a);
+    let len = tx.protect_rtp(&mut buf, n + 100).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+#[test]
+fn simulcast_layers_bind_by_rid_from_authentic_packets() {
+    const RID_EXT: u8 = 10;
+    let mut f = fixture();
+    let pub_cert = DtlsCert::generate().unwrap();
+    let sub_cert = DtlsCert::generate().unwrap();
+    let layer = |rid: &str| RidTrack {
+        rid: rid.into(),
+        kind: MediaKind::Video,
+        payload_type: 96,
+    };
+    f.router
+        .handle_command(
+            f.now,
+            simulcast_endpoint(
+                1,
+                Role::Publish,
+                vec![],
+                vec![layer("h"), layer("l")],
+                Some(RID_EXT),
+                &pub_cert,
+            ),
+        )
+        .unwrap();
+    let c = match f
+        .router
+        .handle_command(
+            f.now,
+            webrtc_endpoint(2, Role::Subscribe, vec![], &sub_cert),
+        )
+        .unwrap()
+    {
+        Outcome::Consumers(c) => c,
+        Outcome::Done => panic!("consumers expected"),
+    };
+    assert!(c.is_empty(), "no layer is bound yet");
+
+    let mut publisher = browser(&pub_cert, &f);
+    let mut subscriber = browser(&sub_cert, &f);
+    f.connect(1, addr(7000), &mut publisher);
+    f.connect(2, addr(7001), &mut subscriber);
+    let pk = publisher.keys.take().unwrap();
+    let sk = subscriber.keys.take().unwrap();
+    let mut pub_tx = ctx(pk.profile, &pk.local_master);
+    let mut sub_rx = ctx(sk.profile, &sk.remote_master);
+    let unknown_before = f.router.stats().dropped(DropReason::UnknownSource);
+
+    // An authentic packet naming no announced rid binds nothing.
+    let p = srtp_packet(&mut pub_tx, 6000, 1, 96, &[(RID_EXT, b"x")]);
+    assert!(f.feed(addr(7000), &p).is_empty());
+    // A forged one (bad tag) naming a real rid binds nothing either.
+    let mut forged = srtp_packet(&mut pub_tx, 5000, 1, 96, &[(RID_EXT, b"h")]);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(f.feed(addr(7000), &forged).is_empty());
+    assert_eq!(f.router.stats().dropped(DropReason::SrtpAuthFailed), 1);
+    // RTX: a repaired-rid (another extension id) and another payload type.
+    let rtx = srtp_packet(&mut pub_tx, 5100, 1, 97, &[(11, b"h")]);
+    assert!(f.feed(addr(7000), &rtx).is_empty());
+    // The right rid with the wrong payload type does not bind either.
+    let wrong_pt = srtp_packet(&mut pub_tx, 5200, 1, 97, &[(RID_EXT, b"h")]);
+    assert!(f.feed(addr(7000), &wrong_pt).is_empty());
+    // Nor does an authentic packet from another address.
+    let elsewhere = srtp_packet(&mut pub_tx, 5300, 1, 96, &[(RID_EXT, b"h")]);
+    assert!(f.feed(addr(7999), &elsewhere).is_empty());
+    assert_eq!(f.router.stats().simulcast_bound, 0);
+    assert_eq!(
+        f.router.stats().dropped(DropReason::UnknownSource),
+        unknown_before + 4
+    );
+    for ssrc in [6000, 5000, 5100, 5200, 5300] {
+        assert!(!f.router.producers.contains_key(&ssrc), "{ssrc}");
+    }
+
+    // The first authentic packet of layer "h" binds it and is consumed.
+    let drops_before: u64 = f.router.stats().drops.iter().sum();
+    let first = srtp_packet(&mut pub_tx, 5000, 2, 96, &[(RID_EXT, b"h")]);
+    let out = f.feed(addr(7000), &first);
+    assert!(
+        out.iter().all(|(_, d)| *d != addr(7001)),
+        "nothing forwarded"
+    );
+    assert_eq!(f.router.stats().simulcast_bound, 1);
+    assert_eq!(f.router.stats().rtp_forwarded_in, 0);
+    assert_eq!(f.router.stats().drops.iter().sum::<u64>(), drops_before);
+    assert!(f.router.producers.contains_key(&5000));
+    let sub_slot = f.router.by_id[&EndpointId(2)];
+    let consumers = f.router.consumer_infos(sub_slot);
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0].producer_ssrc, Some(5000));
+
+    // The next one is forwarded and decrypts at the subscriber.
+    let second = srtp_packet(&mut pub_tx, 5000, 3, 96, &[(RID_EXT, b"h")]);
+    let out = f.feed(addr(7000), &second);
+    let to_sub: Vec<_> = out.iter().filter(|(_, d)| *d == addr(7001)).collect();
+    assert_eq!(to_sub.len(), 1);
+    let mut copy = to_sub[0].0.clone();
+    let plain = sub_rx.unprotect_rtp(&mut copy).unwrap();
+    assert_eq!(copy[1] & 0x7f, 102);
+    assert_eq!(wire::be32(&copy, 8), consumers[0].ssrc);
+    assert!(copy[plain - 100..plain].iter().all(|&b| b == 0x5a));
+    assert_eq!(f.router.stats().rtp_forwarded_in, 1);
+
+    // "h" is bound: another SSRC claiming it binds nothing; "l" still can.
+    let again = srtp_packet(&mut pub_tx, 5001, 1, 96, &[(RID_EXT, b"h")]);
+    assert!(f.feed(addr(7000), &again).is_empty());
+    assert!(!f.router.producers.contains_key(&5001));
+    let low = srtp_packet(&mut pub_tx, 5002, 1, 96, &[(RID_EXT, b"l")]);
+    f.feed(addr(7000), &low);
+    assert_eq!(f.router.stats().simulcast_bound, 2);
+    assert_eq!(f.router.consumer_infos(sub_slot).len(), 2);
+
+    // Removing the publisher removes the learnt producers too.
+    f.router
+        .handle_command(f.now, Command::RemoveEndpoint(EndpointId(1)))
+        .unwrap();
+    assert!(f.router.producers.is_empty());
+}
+
+#[test]
+fn rid_tracks_are_checked() {
+    let mut f = fixture();
+    let peer = DtlsCert::generate().unwrap();
+    let layer = |rid: &str, payload_type: u8| RidTrack {
+        rid: rid.into(),
+        kind: MediaKind::Video,
+        payload_type,
+    };
+    for (role, rids) in [
+        (Role::Subscribe, vec![layer("h", 96)]),
+        (Role::Publish, vec![layer("h", 96), layer("h", 96)]),
+        (Role::Publish, vec![layer("", 96)]),
+        (Role::Publish, vec![layer("h", 200)]),
+    ] {
+        let e = f
+            .router
+            .handle_command(
+                f.now,
+                simulcast_endpoint(1, role, vec![], rids.clone(), Some(10), &peer),
+            )
+            .unwrap_err();
+        assert!(matches!(e, RouterError::Invalid(_)), "{rids:?}: {e:?}");
+    }
+    assert_eq!(f.router.endpoints(), 0);
 }
 
 #[test]

@@ -26,9 +26,21 @@
 //! peer's certificate matches the fingerprint from its SDP, the exported keys
 //! become the endpoint's SRTP contexts, and the producers of its consumers are
 //! asked for a keyframe so its decoders can start.
+//!
+//! # Simulcast by `rid`
+//! A publisher may announce layers by `a=rid` only ([`RidTrack`]), as
+//! browsers do. A packet from the endpoint's current address whose SSRC is no
+//! producer's is then unprotected with the endpoint's keys; only if it
+//! authenticates, carries the `rtp-stream-id` extension naming an unbound
+//! layer and has that layer's payload type (so RTX with `repaired-rid` never
+//! binds), its SSRC becomes a new producer of the layer's kind and the room's
+//! subscribers are synchronised. That packet is consumed by the bind
+//! (counted in `simulcast_bound`); later ones are forwarded. Binding builds
+//! fan-out lists, so it allocates, once per layer.
 
 use std::time::{Duration, Instant};
 
+use super::MediaKind;
 use crate::dtls::{DtlsError, DtlsRole, DtlsSession, Fingerprint};
 
 /// Time without a valid ICE check after which the router stops sending to
@@ -62,6 +74,32 @@ pub struct WebrtcTransport {
     pub video_payload_type: Option<u8>,
     /// Payload type for forwarded audio, as `video_payload_type`.
     pub audio_payload_type: Option<u8>,
+    /// Simulcast layers the peer announced by `rid` only (no SSRCs): each
+    /// becomes a producer once an authentic packet tells its SSRC.
+    pub rid_tracks: Vec<RidTrack>,
+    /// The peer's extension id for `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`;
+    /// without it no `rid_tracks` entry is ever bound.
+    pub rid_extension: Option<u8>,
+}
+
+/// A simulcast layer announced by `a=rid` without an SSRC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RidTrack {
+    /// The layer's RTP stream id (`a=rid`), as carried in the
+    /// `rtp-stream-id` header extension.
+    pub rid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The payload type the layer is sent with; a packet with another one
+    /// (RTX, FEC) never binds the layer.
+    pub payload_type: u8,
+}
+
+/// A [`RidTrack`] and whether its SSRC was learnt.
+#[derive(Debug)]
+pub(super) struct RidSlot {
+    pub(super) track: RidTrack,
+    pub(super) bound: bool,
 }
 
 /// The state a WebRTC endpoint adds to an endpoint.
@@ -75,6 +113,9 @@ pub(super) struct WebrtcState {
     pub(super) audio_payload_type: Option<u8>,
     /// Whether the keys were installed.
     pub(super) connected: bool,
+    /// Simulcast layers waiting for (or bound to) an SSRC.
+    pub(super) rid_tracks: Vec<RidSlot>,
+    pub(super) rid_extension: Option<u8>,
 }
 
 impl WebrtcState {
@@ -91,7 +132,28 @@ impl WebrtcState {
             video_payload_type: t.video_payload_type,
             audio_payload_type: t.audio_payload_type,
             connected: false,
+            rid_tracks: t
+                .rid_tracks
+                .into_iter()
+                .map(|track| RidSlot {
+                    track,
+                    bound: false,
+                })
+                .collect(),
+            rid_extension: t.rid_extension,
         })
+    }
+
+    /// The unbound layer named `rid` sent with `payload_type`, if any.
+    pub(super) fn unbound_rid(&mut self, rid: &[u8], payload_type: u8) -> Option<&mut RidSlot> {
+        self.rid_tracks.iter_mut().find(|r| {
+            !r.bound && r.track.rid.as_bytes() == rid && r.track.payload_type == payload_type
+        })
+    }
+
+    /// Whether some layer still waits for its SSRC.
+    pub(super) fn has_unbound_rid(&self) -> bool {
+        self.rid_extension.is_some() && self.rid_tracks.iter().any(|r| !r.bound)
     }
 
     /// Whether consent to send has expired at `now`.
