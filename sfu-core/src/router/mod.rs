@@ -449,6 +449,26 @@ struct SrtpPair {
     tx: SrtpContext,
 }
 
+impl SrtpPair {
+    /// The contexts for master key || salt in each direction: `remote_master`
+    /// opens what the endpoint sends, `local_master` protects what it gets.
+    fn new(
+        profile: Profile,
+        remote_master: &[u8],
+        local_master: &[u8],
+        config: SrtpConfig,
+    ) -> Result<Self, KeyLengthError> {
+        let context = |master: &[u8]| {
+            let (key, salt) = master.split_at(profile.key_len().min(master.len()));
+            SrtpContext::new(profile, key, salt, config)
+        };
+        Ok(Self {
+            rx: context(remote_master)?,
+            tx: context(local_master)?,
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Consumer {
     kind: MediaKind,
@@ -856,13 +876,13 @@ impl Router {
             .expect("by_addr points at live endpoints");
         let w = ep.webrtc.as_mut().ok_or(DropReason::DtlsUnhandled)?;
         let result = w.dtls.handle_datagram(buf, now);
-        self.drive_dtls(slot, now, tx);
+        self.drive_dtls(slot, tx);
         result.map_err(|_| DropReason::DtlsFailed)
     }
 
     /// Sends a session's queued DTLS datagrams and installs its keys once
     /// the handshake is done.
-    fn drive_dtls<T: Transmit>(&mut self, slot: u32, _now: Instant, tx: &mut T) {
+    fn drive_dtls<T: Transmit>(&mut self, slot: u32, tx: &mut T) {
         let srtp = self.config.srtp;
         let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
             return;
@@ -890,21 +910,9 @@ impl Router {
         let Some(k) = w.dtls.take_keys() else {
             return;
         };
-        let split = |m: &[u8]| {
-            let key_len = k.profile.key_len();
-            (
-                m.get(..key_len).unwrap_or(&[]).to_vec(),
-                m.get(key_len..).unwrap_or(&[]).to_vec(),
-            )
-        };
-        let (rk, rs) = split(&k.remote_master);
-        let (lk, ls) = split(&k.local_master);
-        match (
-            SrtpContext::new(k.profile, &rk, &rs, srtp),
-            SrtpContext::new(k.profile, &lk, &ls, srtp),
-        ) {
-            (Ok(rx), Ok(tx_ctx)) => {
-                ep.keys = Some(SrtpPair { rx, tx: tx_ctx });
+        match SrtpPair::new(k.profile, &k.remote_master, &k.local_master, srtp) {
+            Ok(pair) => {
+                ep.keys = Some(pair);
                 w.connected = true;
                 self.stats.dtls_connected += 1;
                 // Its decoders need a keyframe from each producer it receives.
@@ -920,7 +928,7 @@ impl Router {
                     }
                 }
             }
-            _ => self.stats.drop(DropReason::DtlsFailed),
+            Err(_) => self.stats.drop(DropReason::DtlsFailed),
         }
     }
 
@@ -946,7 +954,7 @@ impl Router {
             }
             if w.dtls.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = w.dtls.handle_timeout(now);
-                self.drive_dtls(slot, now, tx);
+                self.drive_dtls(slot, tx);
             }
         }
     }
@@ -985,8 +993,16 @@ impl Router {
         };
         ep.tracks.push(track);
         let room = ep.room;
+        self.add_producer(slot, track);
+        self.stats.simulcast_bound += 1;
+        self.sync_room(room);
+        Ok(())
+    }
+
+    /// Makes `track` of the endpoint in `slot` a producer (no consumers yet).
+    fn add_producer(&mut self, slot: u32, track: TrackConfig) {
         self.producers.insert(
-            ssrc,
+            track.ssrc,
             Producer {
                 endpoint: slot,
                 kind: track.kind,
@@ -996,16 +1012,18 @@ impl Router {
                 last_pli: None,
             },
         );
-        self.stats.simulcast_bound += 1;
-        let room_slots = self
+    }
+
+    /// After new producers: every subscriber of the room may want them.
+    fn sync_room(&mut self, room: RoomId) {
+        let slots = self
             .rooms
             .get(&room)
             .map(|r| r.endpoints.clone())
             .unwrap_or_default();
-        for s in room_slots {
+        for s in slots {
             self.sync_consumers(s);
         }
-        Ok(())
     }
 
     fn add_endpoint(
@@ -1129,18 +1147,13 @@ impl Router {
 
     /// SRTP contexts from keys exchanged out of band.
     fn sdes_keys(&self, cfg: &EndpointConfig) -> Result<SrtpPair, RouterError> {
-        let split = |m: &[u8]| {
-            (
-                m.get(..cfg.profile.key_len()).unwrap_or(&[]).to_vec(),
-                m.get(cfg.profile.key_len()..).unwrap_or(&[]).to_vec(),
-            )
-        };
-        let (rk, rs) = split(&cfg.remote_master);
-        let (lk, ls) = split(&cfg.local_master);
-        let srtp = self.config.srtp;
-        let rx = SrtpContext::new(cfg.profile, &rk, &rs, srtp)?;
-        let tx = SrtpContext::new(cfg.profile, &lk, &ls, srtp)?;
-        Ok(SrtpPair { rx, tx })
+        let pair = SrtpPair::new(
+            cfg.profile,
+            &cfg.remote_master,
+            &cfg.local_master,
+            self.config.srtp,
+        )?;
+        Ok(pair)
     }
 
     /// Indexes a new endpoint and creates its producers and consumers.
@@ -1170,27 +1183,13 @@ impl Router {
             .endpoint(slot)
             .map(|e| e.tracks.clone())
             .unwrap_or_default();
-        for t in &tracks {
-            self.producers.insert(
-                t.ssrc,
-                Producer {
-                    endpoint: slot,
-                    kind: t.kind,
-                    payload_type: t.payload_type,
-                    fanout: Vec::new(),
-                    keyframe_wanted: false,
-                    last_pli: None,
-                },
-            );
+        for &t in &tracks {
+            self.add_producer(slot, t);
         }
         if tracks.is_empty() {
             self.sync_consumers(slot);
         } else {
-            // New producers: every subscriber of the room may want them.
-            let room_slots = self.rooms[&room].endpoints.clone();
-            for s in room_slots {
-                self.sync_consumers(s);
-            }
+            self.sync_room(room);
         }
         Ok(Outcome::Consumers(self.consumer_infos(slot)))
     }
