@@ -217,7 +217,10 @@ async function sample() {
         totalSamplesReceived: s.totalSamplesReceived || 0, concealedSamples: s.concealedSamples || 0,
         codecId: s.codecId };
     } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
-      out.outVideo = { framesEncoded: s.framesEncoded || 0, packetsSent: s.packetsSent || 0, codecId: s.codecId };
+      out.outVideo = { framesEncoded: s.framesEncoded || 0, packetsSent: s.packetsSent || 0, codecId: s.codecId,
+        bytesSent: s.bytesSent || 0, targetBitrate: s.targetBitrate ?? null,
+        qualityLimitationReason: s.qualityLimitationReason ?? null,
+        frameWidth: s.frameWidth, frameHeight: s.frameHeight };
     } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
       out.outAudio = { packetsSent: s.packetsSent || 0, codecId: s.codecId };
     } else if (s.type === 'transport') {
@@ -235,6 +238,8 @@ async function sample() {
       local: local ? local.address + ':' + local.port + ' ' + local.protocol : null,
       remote: remote ? remote.address + ':' + remote.port + ' ' + remote.protocol : null,
       currentRoundTripTime: pair ? pair.currentRoundTripTime : null,
+      // The sender's bandwidth estimate (transport-cc driven in Chromium).
+      availableOutgoingBitrate: pair ? pair.availableOutgoingBitrate ?? null : null,
     };
   }
   return out;
@@ -425,14 +430,22 @@ async function measure(pub, sub, o, result, t0) {
 
   let prev = first;
   let last = first;
+  let pubPrev = await pub.evaluate(() => sample());
+  result.publisherEstimateKbps = [];
+  result.publisherKbps = [];
   for (let i = 0; i < o.duration; i++) {
     await sleep(1000);
     last = await sub.evaluate(() => sample());
     const delta = (last.video?.framesDecoded ?? 0) - (prev.video?.framesDecoded ?? 0);
     result.framesDecodedPerSecond.push(delta);
     prev = last;
+    const p = await pub.evaluate(() => sample());
+    const estimate = p.pair?.availableOutgoingBitrate;
+    result.publisherEstimateKbps.push(typeof estimate === 'number' ? Math.round(estimate / 1000) : null);
+    result.publisherKbps.push(Math.round(((p.outVideo?.bytesSent ?? 0) - (pubPrev.outVideo?.bytesSent ?? 0)) * 8 / 1000));
+    pubPrev = p;
   }
-  const pubLast = await pub.evaluate(() => sample());
+  const pubLast = pubPrev;
 
   const v = last.video ?? {};
   const a = last.audio ?? {};
@@ -460,6 +473,9 @@ async function measure(pub, sub, o, result, t0) {
     srtpCipher: pubLast.transport?.srtpCipher ?? null,
     dtlsCipher: pubLast.transport?.dtlsCipher ?? null,
     candidatePair: pubLast.pair,
+    qualityLimitationReason: pubLast.outVideo?.qualityLimitationReason ?? null,
+    targetBitrate: pubLast.outVideo?.targetBitrate ?? null,
+    frameSize: pubLast.outVideo?.frameWidth ? `${pubLast.outVideo.frameWidth}x${pubLast.outVideo.frameHeight}` : null,
   };
 
   const stalls = result.framesDecodedPerSecond

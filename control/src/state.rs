@@ -15,6 +15,13 @@
 //! caller the room's producers with their codecs ([`Producer`]). Endpoints
 //! created through the JSON API do not declare codecs: their video tracks
 //! are assumed to be VP8 and their audio tracks Opus.
+//!
+//! Simulcast layers a WHIP publisher announced by `a=rid` only become
+//! producers on the worker when their first packet binds them to an SSRC;
+//! the model does not follow those bindings. It records each such
+//! endpoint's rids with their negotiated codecs instead, and
+//! [`AppState::create_webrtc_endpoint`] asks the room's worker for its
+//! producers ([`Command::Producers`]) to add the layers bound so far.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -27,8 +34,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
-    Command, ConsumerInfo, EndpointConfig, EndpointId, MediaKind, Outcome, Role, RoomId,
-    Subscription, TrackConfig, WebrtcTransport,
+    Command, ConsumerInfo, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo, Role,
+    RoomId, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
@@ -116,7 +123,9 @@ pub struct Producer {
 pub struct RoomContext {
     /// The room's worker media address as advertised: the SDP candidate.
     pub media: SocketAddr,
-    /// The room's producers, by endpoint creation order, then track order.
+    /// The room's producers, by endpoint creation order, then track order:
+    /// an endpoint's declared tracks, then its simulcast layers bound by
+    /// `rid` so far, in the order they were bound.
     pub producers: Vec<Producer>,
 }
 
@@ -129,6 +138,9 @@ pub struct NewWebrtcEndpoint {
     pub role: Role,
     /// Published tracks with their codecs.
     pub tracks: Vec<(TrackConfig, CodecChoice)>,
+    /// The codec negotiated for each simulcast layer announced by `a=rid`
+    /// only (the transport's `rid_tracks`), by rid.
+    pub rid_codecs: Vec<(String, CodecChoice)>,
     /// What it receives (ignored for publish-only endpoints).
     pub subscription: Subscription,
     /// ICE credentials, DTLS role and fingerprint, payload type overrides.
@@ -154,6 +166,9 @@ struct EndpointEntry {
     session: Session,
     /// Published tracks with their codecs.
     tracks: Vec<Producer>,
+    /// Codecs of the simulcast layers it announced by `a=rid` only, by rid;
+    /// the worker reports the layers once bound.
+    rid_codecs: Vec<(String, CodecChoice)>,
 }
 
 /// A room as listed by `GET /v1/rooms`.
@@ -537,7 +552,7 @@ impl AppState {
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) => Vec::new(),
         };
         let mut model = self.model_mut();
         model.ssrcs.extend(ssrcs.iter().copied());
@@ -559,6 +574,7 @@ impl AppState {
                 seq,
                 session: Session::Api,
                 tracks: producers,
+                rid_codecs: Vec::new(),
             },
         );
         model.load[worker].1 += 1;
@@ -575,7 +591,9 @@ impl AppState {
     /// worker.
     ///
     /// Holding the mutation lock throughout, it looks the room up (404),
-    /// hands `plan` the room's media address and producers, checks the
+    /// asks the room's worker which simulcast layers are bound (an error
+    /// of that request is returned), hands `plan` the room's media address
+    /// and producers (see [`RoomContext::producers`]), checks the
     /// SSRCs `plan` asks for (409), adds the endpoint to the worker, then
     /// hands `finish` what `plan` prepared and the endpoint's consumers. If
     /// `finish` fails, the endpoint is removed again and its error returned:
@@ -593,13 +611,37 @@ impl AppState {
         Finish: FnOnce(P, &[ConsumerInfo]) -> Result<T, E>,
     {
         let _serial = lock(&self.mutate);
-        let (room_id, worker, producers) = {
+        let (room_id, worker) = {
             let model = self.model();
             let entry = model
                 .rooms
                 .get(room)
                 .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
-            (entry.id, entry.worker, model.producers(entry))
+            (entry.id, entry.worker)
+        };
+        let unknown_room = |e| match e {
+            ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
+            e => e,
+        };
+        let reported = match self
+            .request(worker, Command::Producers(room_id), None)
+            .map_err(unknown_room)?
+        {
+            Outcome::Producers(p) => p,
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "the worker answered a producer listing with {other:?}"
+                ))
+                .into());
+            }
+        };
+        let producers = {
+            let model = self.model();
+            let entry = model
+                .rooms
+                .get(room)
+                .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
+            model.producers(entry, &reported)
         };
         let media = self
             .media_addr(worker)
@@ -635,13 +677,10 @@ impl AppState {
                 Command::AddWebrtcEndpoint(Box::new(config), Box::new(new.transport)),
                 Some(Command::RemoveEndpoint(id)),
             )
-            .map_err(|e| match e {
-                ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
-                e => e,
-            })?;
+            .map_err(unknown_room)?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) => Vec::new(),
         };
         let done = match finish(prepared, &consumers) {
             Ok(done) => done,
@@ -685,6 +724,7 @@ impl AppState {
                         codec: *codec,
                     })
                     .collect(),
+                rid_codecs: new.rid_codecs,
             },
         );
         model.load[worker].1 += 1;
@@ -708,7 +748,7 @@ impl AppState {
             })?;
         Ok(match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) => Vec::new(),
         })
     }
 
@@ -766,18 +806,40 @@ impl Model {
         self.next_seq
     }
 
-    /// The producers of `room`, by endpoint creation order, then track order.
-    fn producers(&self, room: &RoomEntry) -> Vec<Producer> {
+    /// The producers of `room`, by endpoint creation order: each
+    /// endpoint's recorded tracks, then the simulcast layers the worker
+    /// reports bound by `rid` for it (in `reported`'s order, with the codec
+    /// negotiated for the rid). Reported producers of endpoints the model
+    /// does not know, or of rids it has no codec for, are skipped.
+    fn producers(&self, room: &RoomEntry, reported: &[ProducerInfo]) -> Vec<Producer> {
         let mut endpoints: Vec<&EndpointEntry> = room
             .endpoints
             .iter()
             .filter_map(|id| self.endpoints.get(id))
             .collect();
         endpoints.sort_by_key(|e| e.seq);
-        endpoints
-            .into_iter()
-            .flat_map(|e| e.tracks.iter().copied())
-            .collect()
+        let mut out = Vec::new();
+        for e in endpoints {
+            out.extend(e.tracks.iter().copied());
+            if e.rid_codecs.is_empty() {
+                continue;
+            }
+            out.extend(
+                reported
+                    .iter()
+                    .filter(|p| p.endpoint == e.id)
+                    .filter_map(|p| {
+                        let rid = p.rid.as_deref()?;
+                        let &(_, codec) = e.rid_codecs.iter().find(|(r, _)| r == rid)?;
+                        Some(Producer {
+                            kind: p.kind,
+                            ssrc: p.ssrc,
+                            codec,
+                        })
+                    }),
+            );
+        }
+        out
     }
 
     /// The worker for a new room: `requested` if valid, else the one with
@@ -917,6 +979,81 @@ mod tests {
         assert_eq!(model.place(None), Ok(0));
         assert_eq!(model.place(Some(1)), Ok(1));
         assert_eq!(model.place(Some(3)), Err(ApiError::UnknownWorker(3, 3)));
+    }
+
+    #[test]
+    fn producers_add_bound_rid_layers_after_each_endpoints_tracks() {
+        let mut model = Model::default();
+        let endpoint = |id: u64, seq: u64, tracks: Vec<Producer>, rids: &[(&str, CodecChoice)]| {
+            EndpointEntry {
+                id: EndpointId(id),
+                room: "r".into(),
+                worker: 0,
+                ssrcs: tracks.iter().map(|t| t.ssrc).collect(),
+                remote: None,
+                seq,
+                session: Session::Whip,
+                tracks,
+                rid_codecs: rids.iter().map(|&(r, c)| (r.to_owned(), c)).collect(),
+            }
+        };
+        let audio = Producer {
+            kind: MediaKind::Audio,
+            ssrc: 1,
+            codec: CodecChoice::Opus,
+        };
+        let video = Producer {
+            kind: MediaKind::Video,
+            ssrc: 2,
+            codec: CodecChoice::Vp8,
+        };
+        // "b" was created first, "a" second: creation order, not name order.
+        model.endpoints.insert(
+            "a".into(),
+            endpoint(
+                10,
+                2,
+                vec![audio],
+                &[("h", CodecChoice::H264), ("q", CodecChoice::H264)],
+            ),
+        );
+        model
+            .endpoints
+            .insert("b".into(), endpoint(20, 1, vec![video], &[]));
+        let room = RoomEntry {
+            id: RoomId(1),
+            worker: 0,
+            endpoints: ["a".to_owned(), "b".to_owned()].into(),
+        };
+        let info = |endpoint: u64, kind: MediaKind, ssrc: u32, rid: Option<&str>| ProducerInfo {
+            endpoint: EndpointId(endpoint),
+            kind,
+            ssrc,
+            payload_type: 96,
+            rid: rid.map(str::to_owned),
+        };
+        let reported = [
+            info(20, MediaKind::Video, 2, None),
+            info(10, MediaKind::Audio, 1, None),
+            // Bound "q" before "h".
+            info(10, MediaKind::Video, 700, Some("q")),
+            info(10, MediaKind::Video, 701, Some("h")),
+            // A rid without a recorded codec, and an endpoint control no
+            // longer knows: skipped.
+            info(10, MediaKind::Video, 702, Some("x")),
+            info(30, MediaKind::Video, 703, Some("q")),
+        ];
+        let layer = |ssrc| Producer {
+            kind: MediaKind::Video,
+            ssrc,
+            codec: CodecChoice::H264,
+        };
+        assert_eq!(
+            model.producers(&room, &reported),
+            vec![video, audio, layer(700), layer(701)]
+        );
+        // Without reports, only the recorded tracks.
+        assert_eq!(model.producers(&room, &[]), vec![video, audio]);
     }
 
     #[test]

@@ -40,10 +40,12 @@
 //! binds to an SSRC from the first authentic packet carrying that rid, and
 //! each layer is then forwarded as a **separate producer** of the room (no
 //! layer selection yet; RTX with `repaired-rid` is never bound). Subscribers
-//! with `Subscription::All` (the JSON API's default) receive them. These
-//! rid-learnt producers are *not* in control's record of the room's tracks,
-//! so WHEP sessions are not offered them for now, and they are not listed
-//! as tracks of the endpoint.
+//! with `Subscription::All` (the JSON API's default) receive them. The
+//! node records the codec negotiated for each rid, and a WHEP session is
+//! offered the layers bound before its offer like any other producer (each
+//! layer separately, after the publisher's `a=ssrc` tracks, in the order
+//! the layers were bound); a layer bound later is a later producer and
+//! needs a new offer.
 //!
 //! # WHEP (subscribe)
 //! Each audio/video section of the offer that can receive gets one
@@ -64,7 +66,8 @@
 //! WHEP assumes VP8 for their video and Opus for their audio.
 //!
 //! A WHEP session is fixed at creation: producers that join the room
-//! later are **not** added to it. To receive them, the player makes a new
+//! later (including simulcast layers bound after the offer) are **not**
+//! added to it. To receive them, the player makes a new
 //! offer (`POST /whep/{room}` again) and deletes its old session.
 //!
 //! # Not supported
@@ -361,6 +364,7 @@ impl Local {
             audio_payload_type,
             rid_tracks: Vec::new(),
             rid_extension: None,
+            twcc_extension: None,
         }
     }
 }
@@ -436,6 +440,7 @@ fn plan_publish(
         .map_err(WhipError::from_answer)?;
     let mut tracks = Vec::new();
     let mut rid_tracks = Vec::new();
+    let mut rid_codecs = Vec::new();
     let mut rid_extension = None;
     for n in answer.sections.iter().filter(|n| n.accepted) {
         let Some(&ssrc) = n.remote_ssrcs.first() else {
@@ -473,6 +478,7 @@ fn plan_publish(
                 kind: n.kind,
                 payload_type: n.payload_type,
             }));
+            rid_codecs.extend(n.rids.iter().map(|rid| (rid.clone(), n.codec)));
             continue;
         };
         let track = TrackConfig {
@@ -485,10 +491,20 @@ fn plan_publish(
     let mut transport = local.transport(offer, remote, None, None);
     transport.rid_tracks = rid_tracks;
     transport.rid_extension = rid_extension;
+    // BUNDLE: one transport, so one transport-wide numbering; the first
+    // accepted section's id is the endpoint's.
+    transport.twcc_extension = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted)
+        .flat_map(|n| &n.extmap)
+        .find(|(_, uri)| uri == sdp::TRANSPORT_WIDE_CC_URI)
+        .map(|&(id, _)| id);
     let new = NewWebrtcEndpoint {
         session: Session::Whip,
         role: Role::Publish,
         tracks,
+        rid_codecs,
         subscription: Subscription::default(),
         transport,
     };
@@ -679,6 +695,7 @@ fn plan_subscribe(
         session: Session::Whep,
         role: Role::Subscribe,
         tracks: Vec::new(),
+        rid_codecs: Vec::new(),
         subscription: Subscription::Explicit { video, audio },
         transport: local.transport(&offer, remote, video_pt, audio_pt),
     };

@@ -483,6 +483,18 @@ fn rooms_and_endpoints_lifecycle() {
     assert_eq!(load["workers"][1]["endpoints"], 1);
 }
 
+/// The router's event counters, one sample per worker in `/metrics`.
+const ROUTER_COUNTERS: [&str; 8] = [
+    "sfu_rtp_in_total",
+    "sfu_rtcp_in_total",
+    "sfu_pli_sent_total",
+    "sfu_ice_checks_total",
+    "sfu_dtls_handshakes_total",
+    "sfu_ice_consent_expired_total",
+    "sfu_simulcast_layers_bound_total",
+    "sfu_twcc_feedback_sent_total",
+];
+
 #[test]
 fn load_and_metrics_have_their_shape() {
     let node = TestNode::start(2);
@@ -544,7 +556,10 @@ fn load_and_metrics_have_their_shape() {
         "sfu_endpoints",
         "sfu_http_requests_total",
         "sfu_auth_failures_total",
-    ] {
+    ]
+    .into_iter()
+    .chain(ROUTER_COUNTERS)
+    {
         assert!(text.contains(&format!("# HELP {name} ")), "HELP {name}");
         assert!(text.contains(&format!("# TYPE {name} ")), "TYPE {name}");
     }
@@ -557,6 +572,10 @@ fn load_and_metrics_have_their_shape() {
             text.contains(&format!("sfu_pool_capacity{{worker=\"{w}\"}} 512\n")),
             "{text}"
         );
+        for name in ROUTER_COUNTERS {
+            let line = format!("{name}{{worker=\"{w}\"}} 0\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
         for reason in DropReason::ALL {
             let line = format!(
                 "sfu_drops_total{{worker=\"{w}\",reason=\"{}\"}} ",
@@ -730,6 +749,11 @@ fn media_flows_end_to_end() {
             .is_some_and(|n| n >= 2 * u64::from(PACKETS)),
         "{w}"
     );
+    // Every packet authenticated and fanned out: counted once, on the
+    // room's worker only.
+    let rtp_in = node.wait_worker_metric("sfu_rtp_in_total", worker, u64::from(PACKETS));
+    assert_eq!(rtp_in, u64::from(PACKETS));
+    assert_eq!(node.worker_metric("sfu_rtp_in_total", 1 - worker), 0);
 }
 
 /// After shutdown the API no longer answers.

@@ -2,6 +2,10 @@
 //! camera and microphone through WHIP, a second page subscribes through WHEP,
 //! and the subscriber's `getStats()` must show video decoded in every second
 //! of a 10 s window, audio received and played, and AEAD_AES_128_GCM SRTP.
+//! The publisher negotiated transport-wide-cc: the node must have sent it
+//! transport-cc feedback, and Chromium's bandwidth estimate, which starts at
+//! 300 kbit/s and only rises on feedback that shows a healthy path, must end
+//! above [`MIN_ESTIMATE_KBPS`] with its encoder not limited by bandwidth.
 //!
 //! The browser side is `browser-test/run.mjs` (node + playwright-core +
 //! Debian's `chromium`); `bash .ci/test` installs both. Without them this
@@ -35,6 +39,8 @@ const DURATION_SECS: usize = 10;
 /// key frame and the sampling window fit well inside.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const GCM: &str = "AEAD_AES_128_GCM";
+/// Chromium's start estimate is 300 kbit/s; twice that needs feedback.
+const MIN_ESTIMATE_KBPS: i64 = 600;
 
 /// Set in the re-run inside the namespace.
 const IN_NETNS: &str = "SFU_BROWSER_TEST_IN_NETNS";
@@ -100,6 +106,23 @@ fn chromium_publishes_over_whip_and_another_page_plays_it_over_whep() {
         result["publisher"]["srtpProfile"],
         json!(GCM),
         "publisher SRTP profile"
+    );
+    let feedback = node.worker_metric("sfu_twcc_feedback_sent_total", 0);
+    println!("  node: transport-cc feedback packets sent {feedback}");
+    assert!(feedback > 0, "the node sent no transport-cc feedback");
+    let estimate = result["publisherEstimateKbps"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    assert!(
+        estimate > MIN_ESTIMATE_KBPS,
+        "the publisher's bandwidth estimate ended at {estimate} kbit/s: {result}"
+    );
+    assert_ne!(
+        result["publisher"]["qualityLimitationReason"],
+        json!("bandwidth"),
+        "the publisher's encoder is limited by bandwidth: {result}"
     );
 
     node.shutdown();
@@ -278,6 +301,15 @@ fn report(r: &Value) {
     println!(
         "  connected after {} ms, first frame after {} ms, pair {}",
         r["connectMs"], r["firstFrameMs"], r["candidatePair"]
+    );
+    println!(
+        "  publisher: bandwidth estimate per second (kbit/s) {}, video sent per second (kbit/s) {}, \
+         {} target {} bit/s, quality limitation {}",
+        r["publisherEstimateKbps"],
+        r["publisherKbps"],
+        r["publisher"]["frameSize"],
+        r["publisher"]["targetBitrate"],
+        r["publisher"]["qualityLimitationReason"]
     );
     if let Some(errors) = r["errors"].as_array().filter(|e| !e.is_empty()) {
         println!("  errors: {errors:?}");

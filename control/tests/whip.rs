@@ -467,6 +467,11 @@ fn whip_to_whep_media_flows_over_ice_and_dtls() {
         }
     }
 
+    // The router's event counters saw both peers' ICE and DTLS, and media.
+    node.wait_worker_metric("sfu_ice_checks_total", 0, 2);
+    node.wait_worker_metric("sfu_dtls_handshakes_total", 0, 2);
+    node.wait_worker_metric("sfu_rtp_in_total", 0, 2);
+
     // Sessions are endpoints of the room, deleted through their resource.
     assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 2);
     let wrong_kind = location.replace("/whip/", "/whep/");
@@ -726,6 +731,18 @@ fn refusals_change_nothing() {
 /// An SRTP packet of `ssrc` carrying `rid` in header extension 10 (the
 /// simulcast fixture's `rtp-stream-id`).
 fn rid_packet(tx: &mut SrtpContext, seq: u16, ssrc: u32, pt: u8, rid: &[u8]) -> Vec<u8> {
+    rid_packet_filled(tx, seq, ssrc, pt, rid, 0x5a)
+}
+
+/// [`rid_packet`] whose 50 payload bytes are all `fill`.
+fn rid_packet_filled(
+    tx: &mut SrtpContext,
+    seq: u16,
+    ssrc: u32,
+    pt: u8,
+    rid: &[u8],
+    fill: u8,
+) -> Vec<u8> {
     let mut p = vec![0u8; 256];
     let header = RtpHeader {
         marker: false,
@@ -735,7 +752,7 @@ fn rid_packet(tx: &mut SrtpContext, seq: u16, ssrc: u32, pt: u8, rid: &[u8]) -> 
         ssrc,
     };
     let n = write_header(&mut p, &header, &[(10, rid)]).expect("header");
-    p[n..n + 50].fill(0x5a);
+    p[n..n + 50].fill(fill);
     let len = tx.protect_rtp(&mut p, n + 50).expect("protect");
     p.truncate(len);
     p
@@ -796,6 +813,121 @@ fn simulcast_with_rids_only_binds_layers_from_packets() {
         publisher.sock.send_to(&p, publisher.node).expect("send");
     }
     expect_unknown_source(&node, base + 2);
+    // Only layer "h" bound (once).
+    assert_eq!(
+        node.wait_worker_metric("sfu_simulcast_layers_bound_total", 0, 1),
+        1
+    );
+    node.shutdown();
+}
+
+/// Publishes the simulcast fixture (rids only) over WHIP and connects the
+/// publisher; returns it with the answer's video payload type.
+fn simulcast_publisher(node: &TestNode, room: &str) -> (Peer, u8) {
+    let token = node.token(room, &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let r = post_offer(
+        node,
+        &format!("/whip/{room}"),
+        &token,
+        &with_fingerprint(SIMULCAST_OFFER, &cert),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let video_pt: u8 = r
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("m=video 9 UDP/TLS/RTP/SAVPF "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pt| pt.parse().ok())
+        .expect("a video payload type");
+    (connect(&read_answer(&r.text), "Xk4p", &cert), video_pt)
+}
+
+#[test]
+fn whep_is_offered_simulcast_layers_bound_before_its_offer() {
+    const LAYER_H: u32 = 7001;
+    const LAYER_Q: u32 = 7000;
+    const LAYER_F: u32 = 7002;
+    let node = TestNode::start(1);
+    node.create_room("r");
+    let (mut publisher, video_pt) = simulcast_publisher(&node, "r");
+
+    // Bind "h", then "q" (two packets each; the first binds).
+    let mut layer = |seq: u16, ssrc: u32, rid: &[u8], fill: u8| {
+        let p = rid_packet_filled(&mut publisher.tx, seq, ssrc, video_pt, rid, fill);
+        publisher.sock.send_to(&p, publisher.node).expect("send");
+    };
+    for seq in 1..=2 {
+        layer(seq, LAYER_H, b"h", 0xa1);
+    }
+    node.wait_worker_metric("sfu_simulcast_layers_bound_total", 0, 1);
+    for seq in 1..=2 {
+        layer(seq, LAYER_Q, b"q", 0xa0);
+    }
+    assert_eq!(
+        node.wait_worker_metric("sfu_simulcast_layers_bound_total", 0, 2),
+        2
+    );
+
+    // WHEP with audio and three video sections: the publisher's audio
+    // track, then the two bound layers in bind order; "f" is not bound yet.
+    let token = node.token("r", &[Grant::Subscribe]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(&four_section_offer(), &cert);
+    let r = post_offer(&node, "/whep/r", &token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let secs = sections(&r.text);
+    assert_eq!(secs.len(), 4, "{}", r.text);
+    assert!(secs[0].contains("a=sendonly"), "{}", secs[0]);
+    for (i, sec) in secs.iter().enumerate().skip(1).take(2) {
+        assert!(sec.contains("a=sendonly"), "{sec}");
+        assert!(sec.contains("a=rtpmap:96 VP8/90000"), "{sec}");
+        assert!(
+            sec.contains(&format!("a=msid:sfu-r video{}", i - 1)),
+            "{sec}"
+        );
+    }
+    assert!(secs[3].contains("a=inactive"), "{}", secs[3]);
+    let slot0 = section_ssrc(&secs[1]).expect("video slot 0");
+    let slot1 = section_ssrc(&secs[2]).expect("video slot 1");
+    assert_ne!(slot0, slot1);
+    assert_eq!(section_ssrc(&secs[3]), None);
+    let mut sub = connect(&read_answer(&r.text), WHEP_UFRAG, &cert);
+
+    // A layer bound after the offer is not added to the session.
+    layer(1, LAYER_F, b"f", 0xa2);
+    assert_eq!(
+        node.wait_worker_metric("sfu_simulcast_layers_bound_total", 0, 3),
+        3
+    );
+
+    // Layer "h" feeds the first video section, "q" the second; "f" none.
+    let (mut seen0, mut seen1) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 3u16;
+    while !(seen0 && seen1) {
+        assert!(
+            Instant::now() < deadline,
+            "layers did not arrive ({seen0}, {seen1})"
+        );
+        layer(seq, LAYER_H, b"h", 0xa1);
+        layer(seq, LAYER_Q, b"q", 0xa0);
+        layer(seq, LAYER_F, b"f", 0xa2);
+        seq += 1;
+        while let Some((pt, ssrc, payload)) = sub.recv_rtp() {
+            assert_eq!(pt, 96);
+            let fill = *payload.last().expect("a payload");
+            if ssrc == slot0 {
+                assert_eq!(fill, 0xa1, "slot 0 carries layer h");
+                seen0 = true;
+            } else if ssrc == slot1 {
+                assert_eq!(fill, 0xa0, "slot 1 carries layer q");
+                seen1 = true;
+            } else {
+                panic!("unexpected SSRC {ssrc} (fill {fill:#x})");
+            }
+        }
+    }
     node.shutdown();
 }
 
@@ -887,6 +1019,8 @@ fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
     let mut garbage = vec![22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 40];
     garbage.extend(std::iter::repeat_n(0xa5u8, 40));
     sock.send_to(&garbage, a.candidate).expect("send garbage");
+    // Only the valid check counts as one.
+    assert_eq!(node.wait_worker_metric("sfu_ice_checks_total", 0, 1), 1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while drops(&node, "dtls_failed") <= before {
         assert!(Instant::now() < deadline, "dtls_failed not counted");

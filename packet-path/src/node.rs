@@ -90,6 +90,22 @@ pub struct WorkerStats {
     pub tx_packets: u64,
     /// Bytes the router wrote for sending.
     pub tx_bytes: u64,
+    /// RTP packets authenticated and fanned out to the room's consumers.
+    pub rtp_in: u64,
+    /// SRTCP packets authenticated.
+    pub rtcp_in: u64,
+    /// PLIs (picture loss indications) sent to publishers.
+    pub pli_sent: u64,
+    /// Valid ICE connectivity checks answered.
+    pub ice_checks: u64,
+    /// DTLS handshakes completed (SRTP keys installed).
+    pub dtls_connected: u64,
+    /// Endpoints whose ICE consent expired.
+    pub consent_expired: u64,
+    /// Simulcast layers bound to an SSRC by an authentic packet.
+    pub simulcast_layers_bound: u64,
+    /// Transport-cc feedback packets sent to publishers.
+    pub twcc_feedback_sent: u64,
     /// Drops by reason label ([`DropReason::as_str`]).
     pub drops: Vec<(&'static str, u64)>,
     /// Send buffers in the pool.
@@ -170,6 +186,14 @@ impl WorkerHandle {
             rx_bytes: get(&s.rx_bytes),
             tx_packets: get(&s.tx_packets),
             tx_bytes: get(&s.tx_bytes),
+            rtp_in: get(&s.rtp_in),
+            rtcp_in: get(&s.rtcp_in),
+            pli_sent: get(&s.pli_sent),
+            ice_checks: get(&s.ice_checks),
+            dtls_connected: get(&s.dtls_connected),
+            consent_expired: get(&s.consent_expired),
+            simulcast_layers_bound: get(&s.simulcast_bound),
+            twcc_feedback_sent: get(&s.twcc_feedback_sent),
             drops: DropReason::ALL
                 .iter()
                 .zip(&s.drops)

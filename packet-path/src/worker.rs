@@ -55,6 +55,21 @@ pub(crate) struct Shared {
     pub(crate) rx_bytes: AtomicU64,
     pub(crate) tx_packets: AtomicU64,
     pub(crate) tx_bytes: AtomicU64,
+    /// RTP packets authenticated and fanned out.
+    pub(crate) rtp_in: AtomicU64,
+    /// SRTCP packets authenticated.
+    pub(crate) rtcp_in: AtomicU64,
+    /// PLIs sent to publishers.
+    pub(crate) pli_sent: AtomicU64,
+    /// Valid ICE checks answered.
+    pub(crate) ice_checks: AtomicU64,
+    /// DTLS handshakes completed.
+    pub(crate) dtls_connected: AtomicU64,
+    /// Endpoints whose ICE consent expired.
+    pub(crate) consent_expired: AtomicU64,
+    /// Simulcast layers bound to an SSRC.
+    pub(crate) simulcast_bound: AtomicU64,
+    pub(crate) twcc_feedback_sent: AtomicU64,
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
     pub(crate) pool_capacity: AtomicU64,
     pub(crate) pool_in_use: AtomicU64,
@@ -78,6 +93,14 @@ impl Shared {
             rx_bytes: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            rtp_in: AtomicU64::new(0),
+            rtcp_in: AtomicU64::new(0),
+            pli_sent: AtomicU64::new(0),
+            ice_checks: AtomicU64::new(0),
+            dtls_connected: AtomicU64::new(0),
+            consent_expired: AtomicU64::new(0),
+            simulcast_bound: AtomicU64::new(0),
+            twcc_feedback_sent: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_capacity: AtomicU64::new(pool_capacity as u64),
             pool_in_use: AtomicU64::new(0),
@@ -226,6 +249,14 @@ impl Worker {
         set(&s.rx_bytes, r.rx_bytes);
         set(&s.tx_packets, r.tx_packets);
         set(&s.tx_bytes, r.tx_bytes);
+        set(&s.rtp_in, r.rtp_forwarded_in);
+        set(&s.rtcp_in, r.rtcp_in);
+        set(&s.pli_sent, r.pli_sent);
+        set(&s.ice_checks, r.ice_checks);
+        set(&s.dtls_connected, r.dtls_connected);
+        set(&s.consent_expired, r.consent_expired);
+        set(&s.simulcast_bound, r.simulcast_bound);
+        set(&s.twcc_feedback_sent, r.twcc_feedback_sent);
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }

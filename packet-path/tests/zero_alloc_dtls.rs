@@ -74,13 +74,19 @@ const SSRC: u32 = 0x1234_5678;
 const PT: u8 = 96;
 const PAYLOAD: usize = 1000;
 /// RTP header + payload + GCM tag: every datagram of a train has this size.
-const SRTP_LEN: usize = 12 + PAYLOAD + 16;
+/// Transport-wide sequence number extension id: every packet is numbered,
+/// so the node records arrivals and sends transport-cc feedback meanwhile.
+const TWCC_EXT: u8 = 3;
+/// RTP header with the one-byte extension block holding the 2-byte number.
+const HEADER_LEN: usize = 12 + 4 + 4;
+const SRTP_LEN: usize = HEADER_LEN + PAYLOAD + 16;
 const TRAIN: usize = 32;
 const TRAINS_PER_SEND: usize = 2;
 /// Most packets sent but not yet seen by every subscriber.
 const WINDOW: u64 = 8192;
 /// RTCP payload-specific feedback (RFC 4585), the packet type of a PLI.
 const PT_PSFB: u8 = 206;
+const PT_RTPFB: u8 = 205;
 
 fn context(m: &[u8]) -> SrtpContext {
     let (key, salt) = m.split_at(PROFILE.key_len());
@@ -357,7 +363,10 @@ fn send(
                     timestamp: (next as u32).wrapping_mul(3000),
                     ssrc: SSRC,
                 };
-                let h = write_header(slot, &header, &[]).expect("slot holds a header");
+                let twcc = (next as u16).to_be_bytes();
+                let h =
+                    write_header(slot, &header, &[(TWCC_EXT, &twcc)]).expect("slot holds a header");
+                assert_eq!(h, HEADER_LEN);
                 for (i, b) in slot[h..h + PAYLOAD].iter_mut().enumerate() {
                     *b = payload_byte(i);
                 }
@@ -420,6 +429,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             audio_payload_type: None,
             rid_tracks: Vec::new(),
             rid_extension: None,
+            twcc_extension: Some(TWCC_EXT),
         }),
     )
 }
@@ -527,6 +537,7 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     // The subscribers' handshakes asked the publisher for a keyframe: a PLI
     // the node protected with the publisher's DTLS key arrived.
     let mut pli = false;
+    let mut feedback = 0u32;
     {
         let mut storage = vec![0u8; 4 * GRO_BUFFER_BYTES];
         let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
@@ -545,11 +556,16 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
             let n = node_to_pub
                 .unprotect_rtcp(&mut d)
                 .expect("the node's RTCP opens with the DTLS key");
+            if n >= 12 && d[1] == PT_RTPFB && d[0] & 0x1f == 15 {
+                feedback += 1;
+                return;
+            }
             assert!(n >= 12 && d[1] == PT_PSFB && d[0] & 0x1f == 1, "a PLI");
             pli = true;
         }) {}
     }
     assert!(pli, "the publisher received a PLI");
+    assert!(feedback > 0, "the publisher received transport-cc feedback");
 
     let before_stats = worker.stats();
     let received_before = received.datagrams.load(Ordering::Relaxed);
@@ -580,13 +596,16 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     let stats = worker.stats();
     node.shutdown();
 
-    let forwarded = stats.tx_packets - before_stats.tx_packets;
+    // Egress datagrams are forwarded media plus the publisher's feedback.
+    let feedback_sent = stats.twcc_feedback_sent - before_stats.twcc_feedback_sent;
+    let forwarded = stats.tx_packets - before_stats.tx_packets - feedback_sent;
     let arrived = received.datagrams.load(Ordering::Relaxed) - received_before;
     let expected = PACKETS * subs;
     let buffers = received.buffers.load(Ordering::Relaxed) - buffers_before;
     let train = arrived as f64 / buffers.max(1) as f64;
     eprintln!(
         "DTLS-keyed ({}): {PACKETS} packets in, {forwarded} forwarded ({:.2} %), {arrived} received, \
+         {feedback_sent} transport-cc feedback packets, \
          {allocations} allocations, measured phase {elapsed:.2?} ({:.0} packets/s out), \
          worker CPU {:.2} s, {train:.1} datagrams per GRO buffer at the subscribers, GRO {} GSO {} fallbacks {}, pool exhausted {}, drops {:?}, \
          total {:.2?}",
@@ -606,6 +625,10 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
         started.elapsed(),
     );
     assert_eq!(allocations, 0, "allocations during the measured phase");
+    assert!(
+        feedback_sent > 0,
+        "transport-cc feedback was sent during the measured phase"
+    );
     assert!(
         forwarded * 100 >= expected * 99,
         "forwarded {forwarded} of {expected}"

@@ -20,6 +20,8 @@
 //! * [`dtls`] — DTLS-SRTP key agreement (RFC 5764) over OpenSSL with an
 //!   in-memory transport: datagrams in, datagrams out, SRTP master keys once
 //!   the peer certificate matches the SDP fingerprint.
+//! * [`twcc`] — the receiving side of transport-wide congestion control:
+//!   arrival times in a fixed ring, transport-cc feedback every 50 ms.
 //! * [`sdp`] — a strict WebRTC SDP offer parser and answer generator for an
 //!   ICE-lite, BUNDLE-only, rtcp-mux-only node (WHIP publish, WHEP subscribe).
 //!
@@ -50,4 +52,5 @@ pub mod dtls;
 pub mod router;
 pub mod sdp;
 pub mod srtp;
+pub mod twcc;
 pub mod wire;

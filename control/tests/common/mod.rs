@@ -243,6 +243,36 @@ impl TestNode {
         assert_eq!(a.status, 201, "create endpoint in {room}: {}", a.text);
         a.json
     }
+
+    /// The value of the `/metrics` sample `name{worker="i"}`; panics if
+    /// the sample is missing or not an integer.
+    pub fn worker_metric(&self, name: &str, worker: usize) -> u64 {
+        let m = self.get("/metrics");
+        assert_eq!(m.status, 200, "{}", m.text);
+        let prefix = format!("{name}{{worker=\"{worker}\"}} ");
+        m.text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("sample {prefix} missing:\n{}", m.text))
+    }
+
+    /// Polls `/metrics` (workers publish after each batch) until the sample
+    /// `name{worker="i"}` reaches `at_least`, for up to 3 s; returns it.
+    pub fn wait_worker_metric(&self, name: &str, worker: usize, at_least: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let value = self.worker_metric(name, worker);
+            if value >= at_least {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}{{worker=\"{worker}\"}} stayed at {value}, below {at_least}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for TestNode {

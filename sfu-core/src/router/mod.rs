@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::dtls::DtlsCert;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
+use crate::twcc;
 use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
 use crate::wire::rtp::{RtpPacket, RtpPacketMut};
 use crate::wire::stun::{self, StunClass, StunMessage, StunWriter};
@@ -47,6 +48,12 @@ pub use webrtc::{CONSENT_TIMEOUT, IceCredentials, RidTrack, WebrtcTransport};
 
 /// Shortest time between two PLIs the router sends for one producer.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most transport-cc feedback packets one endpoint gets per timer round.
+pub const TWCC_PACKETS_PER_ROUND: usize = 4;
+
+/// Bytes SRTCP appends to a packet at most (16-byte GCM tag, 4-byte index).
+const SRTCP_TRAILER_MAX: usize = 20;
 
 /// Identifies an endpoint across the node (assigned by the control plane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -189,6 +196,8 @@ pub enum Command {
     RemoveEndpoint(EndpointId),
     /// Replace an endpoint's subscription.
     SetSubscription(EndpointId, Subscription),
+    /// List a room's producers, including simulcast layers bound by `rid`.
+    Producers(RoomId),
 }
 
 /// What a command produced.
@@ -198,6 +207,24 @@ pub enum Outcome {
     Done,
     /// The endpoint's consumers after the command.
     Consumers(Vec<ConsumerInfo>),
+    /// A room's producers: by endpoint in the order they joined the room,
+    /// then in the order their tracks became producers.
+    Producers(Vec<ProducerInfo>),
+}
+
+/// A producer as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    /// The endpoint publishing it.
+    pub endpoint: EndpointId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The SSRC it is published with.
+    pub ssrc: u32,
+    /// Its payload type.
+    pub payload_type: u8,
+    /// The simulcast layer's `rid`, for a producer bound by `rid`.
+    pub rid: Option<String>,
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -374,6 +401,8 @@ pub struct RouterStats {
     /// Simulcast layers bound to an SSRC by an authentic packet (each such
     /// packet is consumed by the bind, not forwarded nor counted as a drop).
     pub simulcast_bound: u64,
+    /// Transport-cc feedback packets sent to publishers.
+    pub twcc_feedback_sent: u64,
     /// Drops by [`DropReason`] index.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -506,6 +535,8 @@ pub struct Router {
     /// WebRTC endpoints by local ICE ufrag.
     by_ufrag: HashMap<Box<str>, u32>,
     dtls_cert: Option<DtlsCert>,
+    /// Working space of transport-cc feedback, sized once.
+    twcc_scratch: Vec<(u16, Option<i64>)>,
     stats: RouterStats,
 }
 
@@ -523,6 +554,7 @@ impl Router {
             rtcp_ssrcs: HashMap::new(),
             by_ufrag: HashMap::new(),
             dtls_cert: None,
+            twcc_scratch: Vec::with_capacity(twcc::MAX_STATUSES),
             stats: RouterStats::default(),
         }
     }
@@ -587,6 +619,28 @@ impl Router {
                 self.sync_consumers(slot);
                 Ok(Outcome::Consumers(self.consumer_infos(slot)))
             }
+            Command::Producers(room) => {
+                let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
+                let list = r
+                    .endpoints
+                    .iter()
+                    .filter_map(|&s| self.endpoint(s))
+                    .flat_map(|e| {
+                        e.tracks.iter().map(|t| ProducerInfo {
+                            endpoint: e.id,
+                            kind: t.kind,
+                            ssrc: t.ssrc,
+                            payload_type: t.payload_type,
+                            rid: e
+                                .webrtc
+                                .as_ref()
+                                .and_then(|w| w.rid_of(t.ssrc))
+                                .map(str::to_owned),
+                        })
+                    })
+                    .collect();
+                Ok(Outcome::Producers(list))
+            }
         }
     }
 
@@ -627,7 +681,7 @@ impl Router {
         }
         let ssrc = wire::be32(buf, 8);
         let Some(producer) = self.producers.get(&ssrc) else {
-            return self.bind_rid(src, ssrc, buf);
+            return self.bind_rid(now, src, ssrc, buf);
         };
         let ep_slot = producer.endpoint;
         let publisher = self.endpoints[ep_slot as usize]
@@ -645,6 +699,9 @@ impl Router {
             }
             publisher.remote = Some(src);
             self.by_addr.insert(src, ep_slot);
+        }
+        if let Some(w) = publisher.webrtc.as_deref_mut() {
+            w.record_arrival(&buf[..len], now);
         }
         self.stats.rtp_forwarded_in += 1;
         let plain = &buf[..len];
@@ -952,9 +1009,55 @@ impl Router {
                 }
                 self.stats.consent_expired += 1;
             }
+            let twcc_due = w.twcc.as_ref().is_some_and(|(_, r)| r.due(now));
             if w.dtls.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = w.dtls.handle_timeout(now);
                 self.drive_dtls(slot, tx);
+            }
+            if twcc_due {
+                self.send_twcc(slot, now, tx);
+            }
+        }
+    }
+
+    /// Sends a round of transport-cc feedback to a connected endpoint (at
+    /// most [`TWCC_PACKETS_PER_ROUND`] packets; the rest waits a round).
+    fn send_twcc<T: Transmit>(&mut self, slot: u32, now: Instant, tx: &mut T) {
+        let Self {
+            endpoints,
+            twcc_scratch,
+            stats,
+            ..
+        } = self;
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let (Some(dst), Some(keys), Some(w)) =
+            (ep.remote, ep.keys.as_mut(), ep.webrtc.as_deref_mut())
+        else {
+            return;
+        };
+        let Some((_, receiver)) = w.twcc.as_mut() else {
+            return;
+        };
+        for _ in 0..TWCC_PACKETS_PER_ROUND {
+            let Some(out) = tx.buffer() else {
+                stats.drop(DropReason::PoolExhausted);
+                return;
+            };
+            // Room for the SRTCP trailer (tag and index) after the packet.
+            let room = out.len().saturating_sub(SRTCP_TRAILER_MAX);
+            let Some(n) = receiver.write_feedback(now, 1, twcc_scratch, &mut out[..room]) else {
+                return;
+            };
+            match keys.tx.protect_rtcp(out, n) {
+                Ok(n) => {
+                    tx.send(n, dst);
+                    stats.tx_packets += 1;
+                    stats.tx_bytes += n as u64;
+                    stats.twcc_feedback_sent += 1;
+                }
+                Err(_) => stats.drop(DropReason::ProtectFailed),
             }
         }
     }
@@ -962,7 +1065,13 @@ impl Router {
     /// Binds a simulcast layer of the WebRTC endpoint at `src` to `ssrc`
     /// from an authentic packet carrying the layer's `rid`; see
     /// [`webrtc`]'s "Simulcast by `rid`". The packet is consumed.
-    fn bind_rid(&mut self, src: SocketAddr, ssrc: u32, buf: &mut [u8]) -> Result<(), DropReason> {
+    fn bind_rid(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        ssrc: u32,
+        buf: &mut [u8],
+    ) -> Result<(), DropReason> {
         let slot = *self.by_addr.get(&src).ok_or(DropReason::UnknownSource)?;
         if self.ssrc_taken(ssrc) {
             return Err(DropReason::UnknownSource);
@@ -980,12 +1089,14 @@ impl Router {
         // Authentication first: nothing is learnt from a forged packet.
         let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
         let plain = buf.get(..len).ok_or(DropReason::Malformed)?;
+        // Authentic, so it counts for congestion control whatever follows.
+        w.record_arrival(plain, now);
         let packet = RtpPacket::new_checked(plain).map_err(|_| DropReason::Malformed)?;
         let rid = packet.extension(ext).ok_or(DropReason::UnknownSource)?;
         let layer = w
             .unbound_rid(rid, packet.payload_type())
             .ok_or(DropReason::UnknownSource)?;
-        layer.bound = true;
+        layer.ssrc = Some(ssrc);
         let track = TrackConfig {
             kind: layer.track.kind,
             ssrc,

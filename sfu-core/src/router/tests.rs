@@ -133,7 +133,7 @@ fn video(ssrc: u32) -> Vec<TrackConfig> {
 fn consumers(o: Outcome) -> Vec<ConsumerInfo> {
     match o {
         Outcome::Consumers(c) => c,
-        Outcome::Done => panic!("expected consumers"),
+        other => panic!("expected consumers, got {other:?}"),
     }
 }
 

@@ -77,6 +77,7 @@ fn simulcast_endpoint(
             audio_payload_type: None,
             rid_tracks,
             rid_extension,
+            twcc_extension: None,
         }),
     )
 }
@@ -263,7 +264,7 @@ fn dtls_keys_forward_media_between_browsers() {
         .unwrap()
     {
         Outcome::Consumers(c) => c,
-        Outcome::Done => panic!("consumers expected"),
+        other => panic!("consumers expected, got {other:?}"),
     };
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].payload_type, 102, "the subscriber's payload type");
@@ -420,7 +421,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         .unwrap()
     {
         Outcome::Consumers(c) => c,
-        Outcome::Done => panic!("consumers expected"),
+        other => panic!("consumers expected, got {other:?}"),
     };
     assert!(c.is_empty(), "no layer is bound yet");
 
@@ -499,6 +500,31 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
     assert_eq!(f.router.stats().simulcast_bound, 2);
     assert_eq!(f.router.consumer_infos(sub_slot).len(), 2);
 
+    // The control plane sees the learnt layers, with their rids.
+    let listed = match f
+        .router
+        .handle_command(f.now, Command::Producers(RoomId(1)))
+        .unwrap()
+    {
+        Outcome::Producers(p) => p,
+        other => panic!("producers expected, got {other:?}"),
+    };
+    let seen: Vec<(u64, u32, Option<&str>)> = listed
+        .iter()
+        .map(|p| (p.endpoint.0, p.ssrc, p.rid.as_deref()))
+        .collect();
+    assert_eq!(seen, [(1, 5000, Some("h")), (1, 5002, Some("l"))]);
+    assert!(
+        listed
+            .iter()
+            .all(|p| p.kind == MediaKind::Video && p.payload_type == 96)
+    );
+    assert_eq!(
+        f.router
+            .handle_command(f.now, Command::Producers(RoomId(9))),
+        Err(RouterError::UnknownRoom)
+    );
+
     // Removing the publisher removes the learnt producers too.
     f.router
         .handle_command(f.now, Command::RemoveEndpoint(EndpointId(1)))
@@ -558,4 +584,134 @@ fn garbage_dtls_from_a_verified_address_is_counted() {
     let s = f.router.stats();
     assert!(s.dropped(DropReason::DtlsFailed) > 0);
     assert_eq!(s.dtls_connected, 0);
+}
+
+#[test]
+fn transport_cc_feedback_reports_authentic_arrivals() {
+    const TWCC_EXT: u8 = 5;
+    let mut f = fixture();
+    let pub_cert = DtlsCert::generate().unwrap();
+    let track = TrackConfig {
+        kind: MediaKind::Video,
+        ssrc: 4000,
+        payload_type: 96,
+    };
+    let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
+    if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
+        t.twcc_extension = Some(TWCC_EXT);
+    }
+    f.router.handle_command(f.now, cmd).unwrap();
+    let mut publisher = browser(&pub_cert, &f);
+    f.connect(1, addr(7000), &mut publisher);
+    let keys = publisher.keys.take().unwrap();
+    let mut pub_tx = ctx(keys.profile, &keys.local_master);
+    let mut pub_rx = ctx(keys.profile, &keys.remote_master);
+
+    // Transport-wide numbers 100, 101, (102 lost), 103, 104 over 4 ms; a
+    // forged packet claiming 102 does not count.
+    let t0 = f.now;
+    for (i, tw) in [100u16, 101, 103, 104].into_iter().enumerate() {
+        f.now = t0 + Duration::from_millis(i as u64);
+        let p = srtp_packet(
+            &mut pub_tx,
+            4000,
+            i as u16,
+            96,
+            &[(TWCC_EXT, &tw.to_be_bytes())],
+        );
+        f.feed(addr(7000), &p);
+        if i == 1 {
+            let mut forged = srtp_packet(
+                &mut pub_tx,
+                4000,
+                50,
+                96,
+                &[(TWCC_EXT, &102u16.to_be_bytes())],
+            );
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            f.feed(addr(7000), &forged);
+        }
+    }
+    assert_eq!(f.router.stats().rtp_forwarded_in, 4);
+
+    let mut sink = Sink::default();
+    f.router
+        .handle_timeout(t0 + Duration::from_millis(60), &mut sink);
+    assert_eq!(sink.sent.len(), 1, "one feedback packet");
+    assert_eq!(f.router.stats().twcc_feedback_sent, 1);
+    let (mut packet, dst) = sink.sent.remove(0);
+    assert_eq!(dst, addr(7000));
+    let n = pub_rx.unprotect_rtcp(&mut packet).unwrap();
+    let Some(Ok(RtcpPacket::TransportCc(fb))) = RtcpIter::new(&packet[..n]).next() else {
+        panic!("transport-cc expected");
+    };
+    assert_eq!(fb.media_ssrc(), 4000);
+    assert_eq!(fb.base_seq(), 100);
+    let statuses: Vec<(u16, bool)> = fb.packets().map(|(s, _, d)| (s, d.is_some())).collect();
+    assert_eq!(
+        statuses,
+        [
+            (100, true),
+            (101, true),
+            (102, false),
+            (103, true),
+            (104, true)
+        ]
+    );
+    let deltas: Vec<i64> = fb.packets().filter_map(|(_, _, d)| d).skip(1).collect();
+    assert_eq!(deltas, [1000, 1000, 1000], "1 ms apart");
+
+    // Nothing new: no feedback in the next round; then only the new number.
+    let mut sink = Sink::default();
+    f.router
+        .handle_timeout(t0 + Duration::from_millis(200), &mut sink);
+    assert!(sink.sent.is_empty());
+    f.now = t0 + Duration::from_millis(210);
+    let p = srtp_packet(
+        &mut pub_tx,
+        4000,
+        9,
+        96,
+        &[(TWCC_EXT, &105u16.to_be_bytes())],
+    );
+    f.feed(addr(7000), &p);
+    f.router
+        .handle_timeout(t0 + Duration::from_millis(260), &mut sink);
+    assert_eq!(sink.sent.len(), 1);
+    let (mut packet, _) = sink.sent.remove(0);
+    let n = pub_rx.unprotect_rtcp(&mut packet).unwrap();
+    let Some(Ok(RtcpPacket::TransportCc(fb))) = RtcpIter::new(&packet[..n]).next() else {
+        panic!("transport-cc expected");
+    };
+    assert_eq!((fb.base_seq(), fb.packet_status_count()), (105, 1));
+    assert_eq!(fb.fb_pkt_count(), 1);
+}
+
+#[test]
+fn no_transport_cc_feedback_unless_negotiated() {
+    let mut f = fixture();
+    let pub_cert = DtlsCert::generate().unwrap();
+    let track = TrackConfig {
+        kind: MediaKind::Video,
+        ssrc: 4000,
+        payload_type: 96,
+    };
+    f.router
+        .handle_command(
+            f.now,
+            webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert),
+        )
+        .unwrap();
+    let mut publisher = browser(&pub_cert, &f);
+    f.connect(1, addr(7000), &mut publisher);
+    let keys = publisher.keys.take().unwrap();
+    let mut pub_tx = ctx(keys.profile, &keys.local_master);
+    let p = srtp_packet(&mut pub_tx, 4000, 1, 96, &[(5, &7u16.to_be_bytes())]);
+    f.feed(addr(7000), &p);
+    let mut sink = Sink::default();
+    f.router
+        .handle_timeout(f.now + Duration::from_millis(100), &mut sink);
+    assert!(sink.sent.is_empty());
+    assert_eq!(f.router.stats().twcc_feedback_sent, 0);
 }

@@ -11,24 +11,24 @@ use super::{
 use crate::router::MediaKind;
 
 /// Header extensions a publish answer accepts (with the offer's ids).
-///
-/// Not transport-wide-cc (nor `transport-cc` feedback): the node does not
-/// send transport-wide feedback yet, and Chrome, when it negotiated it and
-/// hears nothing back, throttles its encoder (congestion-window pushback:
-/// measured here, 20 fps fell to 5–9 fps after 6 s with 2 freezes). Without
-/// it Chrome's bandwidth estimate runs on REMB and stays at its start rate.
-pub(super) const SUPPORTED_EXTENSIONS: [&str; 5] = [
+pub(super) const SUPPORTED_EXTENSIONS: [&str; 6] = [
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    TRANSPORT_WIDE_CC_URI,
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
 ];
 
-/// RTCP feedback the answer keeps when the offer has it.
-/// (`transport-cc` is left out until the node sends transport-wide feedback;
-/// see [`SUPPORTED_EXTENSIONS`].)
-const SUPPORTED_FEEDBACK: [&str; 4] = ["nack", "nack pli", "ccm fir", "goog-remb"];
+/// The transport-wide sequence number extension: the node answers it with
+/// transport-cc feedback ([`crate::twcc`]).
+pub const TRANSPORT_WIDE_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// RTCP feedback the answer keeps when the offer has it. `transport-cc` is
+/// kept only where the answer also keeps the transport-wide-cc extension
+/// (publish sections): feedback without numbered packets means nothing.
+const SUPPORTED_FEEDBACK: [&str; 5] = ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"];
 
 /// Codecs in order of preference per kind.
 fn preferences(kind: MediaKind) -> &'static [CodecChoice] {
@@ -53,7 +53,7 @@ fn preferences(kind: MediaKind) -> &'static [CodecChoice] {
 /// the publisher's packets with the publisher's extension ids, which mean
 /// nothing to the subscriber, and an answer without extensions makes its
 /// receiver ignore them. For the same reason it drops `transport-cc`
-/// feedback.
+/// feedback (the node does not number its egress packets yet).
 ///
 /// Fails when a section has no supported codec, a subscribe section lacks
 /// the stream's codec, a publish offer sends nothing, the offer is ICE-lite,
@@ -157,13 +157,6 @@ fn plan<'o>(
         }
     };
 
-    let feedback: Vec<&str> = codec
-        .rtcp_fb
-        .iter()
-        .map(String::as_str)
-        .filter(|fb| SUPPORTED_FEEDBACK.contains(fb))
-        .collect();
-
     let mut extmap: Vec<(u8, String)> = Vec::new();
     if publish {
         for ext in &section.extmap {
@@ -175,6 +168,14 @@ fn plan<'o>(
             }
         }
     }
+    let twcc = extmap.iter().any(|(_, uri)| uri == TRANSPORT_WIDE_CC_URI);
+    let feedback: Vec<&str> = codec
+        .rtcp_fb
+        .iter()
+        .map(String::as_str)
+        .filter(|fb| SUPPORTED_FEEDBACK.contains(fb))
+        .filter(|&fb| fb != "transport-cc" || twcc)
+        .collect();
 
     // Simulcast: the offer's send streams whose rids are declared `send`.
     let mut simulcast: Vec<Vec<&SimulcastRid>> = Vec::new();

@@ -20,13 +20,12 @@
 //!   `packetization-mode=1` and a constrained-baseline or baseline
 //!   `profile-level-id` (profile byte `42`, constraint byte `e0` or `00`, any
 //!   level; an absent `profile-level-id` means RFC 6184's default baseline).
-//! * Header extensions: `sdes:mid`, `abs-send-time`, `ssrc-audio-level`,
-//!   `sdes:rtp-stream-id`, `sdes:repaired-rtp-stream-id` (accepted with the
-//!   offer's ids, for [`Intent::Publish`] only). Not transport-wide-cc yet:
-//!   the node sends no transport-wide feedback, and a Chrome that negotiated
-//!   it and hears none throttles its encoder.
+//! * Header extensions: `sdes:mid`, `abs-send-time`, transport-wide-cc,
+//!   `ssrc-audio-level`, `sdes:rtp-stream-id`, `sdes:repaired-rtp-stream-id`
+//!   (accepted with the offer's ids, for [`Intent::Publish`] only; the node
+//!   answers transport-wide numbers with feedback, [`crate::twcc`]).
 //! * RTCP feedback: `nack`, `nack pli`, `ccm fir`, `goog-remb`, when the
-//!   offer has them (`transport-cc` not yet, as above).
+//!   offer has them, and `transport-cc` where transport-wide-cc is kept.
 //! * Simulcast (RFC 8853) with `a=rid` (RFC 8851) for publishers: the
 //!   offer's `a=simulcast:send` becomes the answer's `a=simulcast:recv`.
 //!
@@ -72,7 +71,7 @@ use std::net::SocketAddr;
 
 use crate::router::MediaKind;
 
-pub use answer::answer;
+pub use answer::{TRANSPORT_WIDE_CC_URI, answer};
 pub use parse::parse_offer;
 
 /// Largest SDP text accepted, in bytes.

@@ -178,14 +178,14 @@ fn publish_answer_to_chrome() {
     assert_eq!(audio.direction, Direction::RecvOnly);
     assert_eq!(audio.remote_ssrcs, [1_001_234_567]);
     let ids: Vec<u8> = audio.extmap.iter().map(|e| e.0).collect();
-    // Id 3 is transport-wide-cc: not negotiated until the node sends feedback.
-    assert_eq!(ids, [1, 2, 4]);
+    // Id 3 is transport-wide-cc, answered with feedback.
+    assert_eq!(ids, [1, 2, 3, 4]);
 
     assert_eq!((video.payload_type, video.codec), (96, CodecChoice::Vp8));
     assert_eq!(video.remote_ssrcs, [2_233_445_566], "RTX SSRC excluded");
     assert!(video.rids.is_empty());
     let ids: Vec<u8> = video.extmap.iter().map(|e| e.0).collect();
-    assert_eq!(ids, [2, 4, 10, 11]);
+    assert_eq!(ids, [2, 3, 4, 10, 11]);
 
     let sdp = &answer.sdp;
     assert!(sdp.starts_with("v=0\r\no=- 42 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n"));
@@ -221,6 +221,8 @@ fn publish_answer_to_chrome() {
         "a=fmtp:111 minptime=10;useinbandfec=1",
         "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
         "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        "a=rtcp-fb:111 transport-cc",
         "a=candidate:1 1 udp 2130706431 203.0.113.7 40000 typ host",
         "a=end-of-candidates",
     ] {
@@ -235,6 +237,7 @@ fn publish_answer_to_chrome() {
         "a=recvonly",
         "a=rtpmap:96 VP8/90000",
         "a=rtcp-fb:96 goog-remb",
+        "a=rtcp-fb:96 transport-cc",
         "a=rtcp-fb:96 ccm fir",
         "a=rtcp-fb:96 nack",
         "a=rtcp-fb:96 nack pli",
@@ -259,8 +262,8 @@ fn publish_answer_to_chrome() {
     assert_eq!(parsed.media[1].codecs.len(), 1);
     assert_eq!(
         parsed.media[1].codecs[0].rtcp_fb.len(),
-        4,
-        "nack, nack pli, ccm fir, goog-remb"
+        5,
+        "nack, nack pli, ccm fir, goog-remb, transport-cc"
     );
 }
 
