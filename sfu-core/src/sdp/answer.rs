@@ -53,7 +53,9 @@ fn preferences(kind: MediaKind) -> &'static [CodecChoice] {
 /// the publisher's packets with the publisher's extension ids, which mean
 /// nothing to the subscriber, and an answer without extensions makes its
 /// receiver ignore them. For the same reason it drops `transport-cc`
-/// feedback (the node does not number its egress packets yet).
+/// feedback (the node does not number its egress packets yet), and generic
+/// `nack` (it keeps no packet cache to retransmit from yet; `nack pli`
+/// stays, and PLIs reach the publisher).
 ///
 /// Fails when a section has no supported codec, a subscribe section lacks
 /// the stream's codec, a publish offer sends nothing, the offer is ICE-lite,
@@ -175,6 +177,10 @@ fn plan<'o>(
         .map(String::as_str)
         .filter(|fb| SUPPORTED_FEEDBACK.contains(fb))
         .filter(|&fb| fb != "transport-cc" || twcc)
+        // A subscriber that negotiated generic NACK waits for
+        // retransmissions before asking for a keyframe; the node keeps no
+        // packet cache to serve them, so it does not offer that wait.
+        .filter(|&fb| fb != "nack" || publish)
         .collect();
 
     // Simulcast: the offer's send streams whose rids are declared `send`.

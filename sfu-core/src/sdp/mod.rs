@@ -25,7 +25,8 @@
 //!   (accepted with the offer's ids, for [`Intent::Publish`] only; the node
 //!   answers transport-wide numbers with feedback, [`crate::twcc`]).
 //! * RTCP feedback: `nack`, `nack pli`, `ccm fir`, `goog-remb`, when the
-//!   offer has them, and `transport-cc` where transport-wide-cc is kept.
+//!   offer has them, and `transport-cc` where transport-wide-cc is kept;
+//!   subscribe answers leave out generic `nack` (no retransmission yet).
 //! * Simulcast (RFC 8853) with `a=rid` (RFC 8851) for publishers: the
 //!   offer's `a=simulcast:send` becomes the answer's `a=simulcast:recv`.
 //!

@@ -400,6 +400,10 @@ fn subscribe_answer() {
         "subscribe answers negotiate no extensions"
     );
     assert!(!sdp.contains("transport-cc"));
+    assert!(
+        !sdp.contains("a=rtcp-fb:96 nack\r\n"),
+        "no generic NACK without retransmission"
+    );
     let video = section(sdp, "1");
     for expected in [
         "a=sendonly",
