@@ -89,6 +89,35 @@ impl TestNode {
         }
     }
 
+    /// Starts a node with `config` as given (its `control_addr` should be a
+    /// loopback address: the shorthands talk to it over plain HTTP).
+    pub fn start_with_config(config: Config) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime can be built");
+        let secret = String::from_utf8(config.api_secret.as_bytes().to_vec())
+            .expect("test secrets are UTF-8");
+        let running = rt
+            .block_on(control::start(config))
+            .expect("the node starts with the test's config");
+        let http = running.http_addr();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            rt,
+            running: Some(running),
+            base: format!("http://{http}"),
+            http,
+            agent,
+            admin: token_with(&secret, "*", &[Grant::Admin]),
+            secret,
+        }
+    }
+
     /// A token for `room` with `grants`, valid for an hour, signed with the
     /// node's secret.
     pub fn token(&self, room: &str, grants: &[Grant]) -> String {
