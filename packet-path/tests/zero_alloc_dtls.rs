@@ -8,106 +8,53 @@
 //! loopback — keyed by DTLS, with the worker's 10 ms timer running over its
 //! WebRTC endpoints — and no thread of the process allocates while it does.
 //!
-//! A counting `#[global_allocator]` counts every `alloc`/`realloc` of every
-//! thread. This is the only test in this binary, so the harness is idle
+//! A counting `#[global_allocator]` (`common::Counting`) counts every
+//! `alloc`/`alloc_zeroed`/`realloc` of every thread. This is the only test in this binary, so the harness is idle
 //! while it runs.
 
-#![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
+mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
-use packet_path::{Node, NodeConfig, WorkerHandle};
+use common::{
+    ALLOCATIONS, PAYLOAD, PROFILE, PT, Publisher, SSRC, SUBSCRIBERS, TAG, add, context,
+    payload_byte, socket_opts, spawn_receiver, subscriber_sockets, wait_for,
+};
+use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, Transmit};
+use packet_path::{Node, NodeConfig};
 use sfu_core::dtls::{DTLS_MTU, DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint, SrtpKeys};
 use sfu_core::router::{
     Command, EndpointConfig, EndpointId, IceCredentials, MediaKind, Outcome, Role, RoomId,
     Subscription, TrackConfig, WebrtcTransport,
 };
-use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
-use sfu_core::wire::rtp::{RtpHeader, RtpPacket, write_header};
+use sfu_core::wire::rtp::RtpPacket;
 use sfu_core::wire::stun::{self, StunClass, StunMessage, StunWriter};
 use sfu_core::wire::{DatagramKind, classify};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
-/// The profile DTLS must negotiate (the node and the peers prefer it).
-const PROFILE: Profile = Profile::AeadAes128Gcm;
 const PACKETS: u64 = 1_000_000;
 const WARMUP: u64 = 20_000;
-const SUBSCRIBERS: usize = 4;
-const SSRC: u32 = 0x1234_5678;
-const PT: u8 = 96;
-const PAYLOAD: usize = 1000;
-/// RTP header + payload + GCM tag: every datagram of a train has this size.
 /// Transport-wide sequence number extension id: every packet is numbered,
 /// so the node records arrivals and sends transport-cc feedback meanwhile.
 const TWCC_EXT: u8 = 3;
 /// RTP header with the one-byte extension block holding the 2-byte number.
 const HEADER_LEN: usize = 12 + 4 + 4;
-const SRTP_LEN: usize = HEADER_LEN + PAYLOAD + 16;
-const TRAIN: usize = 32;
-const TRAINS_PER_SEND: usize = 2;
-/// Most packets sent but not yet seen by every subscriber.
-const WINDOW: u64 = 8192;
+/// RTP header + payload + GCM tag: every datagram of a train has this size.
+const SRTP_LEN: usize = HEADER_LEN + PAYLOAD + TAG;
 /// RTCP payload-specific feedback (RFC 4585), the packet type of a PLI.
 const PT_PSFB: u8 = 206;
 const PT_RTPFB: u8 = 205;
 
-fn context(m: &[u8]) -> SrtpContext {
-    let (key, salt) = m.split_at(PROFILE.key_len());
-    SrtpContext::new(PROFILE, key, salt, SrtpConfig::default()).expect("lengths match the profile")
-}
-
-fn payload_byte(i: usize) -> u8 {
-    (i * 7 + 3) as u8
-}
-
 /// 64 random bits from the standard library's per-process hash keys.
 fn random_u64(salt: u64) -> u64 {
     RandomState::new().hash_one(salt)
-}
-
-fn socket_opts() -> SocketOptions {
-    SocketOptions {
-        buffer_bytes: 32 << 20,
-        read_timeout: Some(Duration::from_millis(100)),
-        ..SocketOptions::default()
-    }
 }
 
 /// ICE credentials of endpoint `id` as the node's side holds them.
@@ -271,131 +218,6 @@ fn connect(
     keys
 }
 
-/// What the receiver thread shares with the test thread.
-struct Received {
-    datagrams: AtomicU64,
-    /// Receive buffers filled: datagrams / buffers is the GSO train length.
-    buffers: AtomicU64,
-    stop: AtomicBool,
-}
-
-/// Drains the subscribers' sockets (non-blocking, GRO) until told to stop;
-/// keeps the first RTP-looking datagram of each to decrypt after the run.
-fn receive(mut sockets: Vec<BatchSocket>, shared: Arc<Received>) -> Vec<Vec<u8>> {
-    let mut storage = vec![0u8; 16 * GRO_BUFFER_BYTES];
-    let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
-    let mut meta = [RecvMeta::default(); 16];
-    let mut first: Vec<Vec<u8>> = vec![Vec::with_capacity(2048); sockets.len()];
-    while !shared.stop.load(Ordering::Relaxed) {
-        let mut idle = true;
-        for (s, first) in sockets.iter_mut().zip(&mut first) {
-            match s.recv(&mut bufs, &mut meta) {
-                Ok(n) => {
-                    idle = false;
-                    let mut count = 0;
-                    for (m, b) in meta[..n].iter().zip(&bufs) {
-                        count += m.segments() as u64;
-                        if first.is_empty()
-                            && let Some(d) = m.datagrams(b).next()
-                            && classify(d) == DatagramKind::Rtp
-                        {
-                            // Capacity 2048 was reserved: no allocation.
-                            first.extend_from_slice(&d[..d.len().min(2048)]);
-                        }
-                    }
-                    shared.datagrams.fetch_add(count, Ordering::Relaxed);
-                    shared.buffers.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("receiver: {e}"),
-            }
-        }
-        if idle {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-    first
-}
-
-/// Sends packets `from..to` of the publisher's stream in GSO trains, never
-/// more than `WINDOW` ahead of what the subscribers received, and stops at
-/// `deadline`. Allocates nothing: `trains` holds every byte it writes.
-fn send(
-    tx: &mut BatchSocket,
-    srtp: &mut SrtpContext,
-    trains: &mut [Vec<u8>],
-    dst: SocketAddr,
-    range: (u64, u64),
-    received: &Received,
-    deadline: Instant,
-) {
-    let (mut next, to) = range;
-    // Packets given up as lost: a loss must not stall the pacing forever.
-    let mut lost = 0u64;
-    while next < to {
-        // Pace on the receivers: wait until they are within WINDOW, or for
-        // 100 ms, after which whatever is outstanding counts as lost.
-        let wait_start = Instant::now();
-        loop {
-            let seen = received.datagrams.load(Ordering::Relaxed) / SUBSCRIBERS as u64;
-            if next <= seen + lost + WINDOW {
-                break;
-            }
-            if wait_start.elapsed() > Duration::from_millis(100) {
-                lost = next - seen;
-                break;
-            }
-            std::thread::yield_now();
-        }
-        if Instant::now() > deadline {
-            // Receivers stuck: stop sending and let the assertions report it.
-            return;
-        }
-        let mut lens = [0usize; TRAINS_PER_SEND];
-        for (train, len) in trains.iter_mut().zip(&mut lens) {
-            let mut k = 0;
-            while k < TRAIN && next < to {
-                let slot = &mut train[k * SRTP_LEN..(k + 1) * SRTP_LEN];
-                let header = RtpHeader {
-                    marker: false,
-                    payload_type: PT,
-                    sequence_number: next as u16,
-                    timestamp: (next as u32).wrapping_mul(3000),
-                    ssrc: SSRC,
-                };
-                let twcc = (next as u16).to_be_bytes();
-                let h =
-                    write_header(slot, &header, &[(TWCC_EXT, &twcc)]).expect("slot holds a header");
-                assert_eq!(h, HEADER_LEN);
-                for (i, b) in slot[h..h + PAYLOAD].iter_mut().enumerate() {
-                    *b = payload_byte(i);
-                }
-                let n = srtp
-                    .protect_rtp(slot, h + PAYLOAD)
-                    .expect("slot has room for the tag");
-                assert_eq!(n, SRTP_LEN);
-                k += 1;
-                next += 1;
-            }
-            *len = k * SRTP_LEN;
-        }
-        let transmits: [Transmit<'_>; TRAINS_PER_SEND] = std::array::from_fn(|i| Transmit {
-            dst,
-            contents: &trains[i][..lens[i]],
-            segment_size: Some(SRTP_LEN),
-        });
-        let used = lens.iter().filter(|&&l| l > 0).count();
-        let mut done = 0;
-        while done < used {
-            done += tx.send(&transmits[done..used]).expect("loopback send");
-        }
-    }
-}
-
-fn add(worker: &WorkerHandle, cmd: Command) -> Outcome {
-    worker.request(cmd).expect("the router accepts the command")
-}
-
 /// A WebRTC endpoint: no address and no keys until ICE and DTLS; the node
 /// is the DTLS server and expects the peer's certificate `fingerprint`.
 fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
@@ -434,14 +256,6 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
     )
 }
 
-/// Waits until the receivers saw `want` datagrams, or `limit` passed.
-fn wait_for(received: &Received, want: u64, limit: Duration) {
-    let start = Instant::now();
-    while received.datagrams.load(Ordering::Relaxed) < want && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     let started = Instant::now();
@@ -460,15 +274,7 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
 
     let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut tx = BatchSocket::bind(lo, 8, &socket_opts()).unwrap();
-    let mut subscribers: Vec<BatchSocket> = (0..SUBSCRIBERS)
-        .map(|_| {
-            let opts = SocketOptions {
-                read_timeout: Some(Duration::ZERO),
-                ..socket_opts()
-            };
-            BatchSocket::bind(lo, 16, &opts).unwrap()
-        })
-        .collect();
+    let mut subscribers = subscriber_sockets();
 
     // Every peer has its own certificate; the node checks its fingerprint.
     let pub_cert = DtlsCert::generate().expect("publisher certificate");
@@ -503,34 +309,22 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
         handshakes.drops
     );
 
-    let received = Arc::new(Received {
-        datagrams: AtomicU64::new(0),
-        buffers: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
-    let rx_thread = {
-        let received = Arc::clone(&received);
-        std::thread::spawn(move || receive(subscribers, received))
-    };
+    // The first RTP-looking datagram of each subscriber.
+    let (received, rx_thread) = spawn_receiver(subscribers, |d| classify(d) == DatagramKind::Rtp);
 
-    // The publisher protects with its DTLS-exported key.
-    let mut srtp = context(&pub_keys.local_master);
-    let mut trains: Vec<Vec<u8>> = (0..TRAINS_PER_SEND)
-        .map(|_| vec![0xa5u8; TRAIN * SRTP_LEN])
-        .collect();
+    // The publisher protects with its DTLS-exported key and numbers every
+    // packet with the transport-wide sequence number extension.
+    let mut publisher = Publisher::new(
+        context(&pub_keys.local_master),
+        media,
+        SRTP_LEN,
+        Some(TWCC_EXT),
+    );
 
     // Warm-up: the router's tables, the SRTP contexts and the sockets see
     // their first packets; the receiver thread has allocated everything.
     let deadline = Instant::now() + Duration::from_secs(45);
-    send(
-        &mut tx,
-        &mut srtp,
-        &mut trains,
-        media,
-        (0, WARMUP),
-        &received,
-        deadline,
-    );
+    publisher.send(&mut tx, (0, WARMUP), &received, deadline);
     let subs = SUBSCRIBERS as u64;
     wait_for(&received, WARMUP * subs, Duration::from_secs(10));
 
@@ -574,15 +368,7 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     assert!(allocations_before > 0, "the counter is live");
     let phase = Instant::now();
-    send(
-        &mut tx,
-        &mut srtp,
-        &mut trains,
-        media,
-        (WARMUP, WARMUP + PACKETS),
-        &received,
-        deadline,
-    );
+    publisher.send(&mut tx, (WARMUP, WARMUP + PACKETS), &received, deadline);
     wait_for(
         &received,
         received_before + PACKETS * subs,
