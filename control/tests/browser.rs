@@ -21,14 +21,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::TestNode;
-use control::auth::{ANY_ROOM, Claims, DEV_API_SECRET, Grant, mint};
+use control::auth::Grant;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -49,17 +47,21 @@ const TEST_NAME: &str = "chromium_publishes_over_whip_and_another_page_plays_it_
 #[test]
 fn chromium_publishes_over_whip_and_another_page_plays_it_over_whep() {
     if std::env::var_os(IN_NETNS).is_none() {
-        run_in_loopback_namespace();
+        common::rerun_in_network_namespace(
+            IN_NETNS,
+            TEST_NAME,
+            "ip link set lo up",
+            "root for `unshare --net` and `ip link`",
+        );
         return;
     }
     let dir = browser_test_dir();
     preflight(&dir);
 
     let node = TestNode::start(1);
-    let admin = token(ANY_ROOM, &[Grant::Admin]);
-    create_room(&node, &admin, ROOM);
-    let publish = token(ROOM, &[Grant::Publish]);
-    let subscribe = token(ROOM, &[Grant::Subscribe]);
+    node.create_room(ROOM);
+    let publish = node.token(ROOM, &[Grant::Publish]);
+    let subscribe = node.token(ROOM, &[Grant::Subscribe]);
 
     let (status, stdout, stderr) = run_browser(&dir, &node.base, &publish, &subscribe);
     let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -128,31 +130,6 @@ fn chromium_publishes_over_whip_and_another_page_plays_it_over_whep() {
     node.shutdown();
 }
 
-/// Runs this test again in a new network namespace with only loopback up.
-fn run_in_loopback_namespace() {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `unshare` (util-linux) to create a network namespace: {e}")
-        });
-    assert!(
-        status.success(),
-        "the browser test inside its own network namespace failed ({status}); \
-         see its output above. It needs root for `unshare --net` and `ip link`."
-    );
-}
-
 /// `browser-test/` at the repository root.
 fn browser_test_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -187,88 +164,22 @@ fn preflight(dir: &Path) {
     );
 }
 
-/// A token for `room` with `grants`, signed with the node's default secret.
-fn token(room: &str, grants: &[Grant]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs();
-    mint(
-        DEV_API_SECRET.as_bytes(),
-        &Claims::new(room, grants, now, 600),
-    )
-}
-
-fn create_room(node: &TestNode, admin: &str, room: &str) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent
-        .post(format!("{}/v1/rooms", node.base))
-        .header("authorization", format!("Bearer {admin}"))
-        .header("content-type", "application/json")
-        .send(json!({ "room": room }).to_string())
-        .expect("the HTTP exchange completes");
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    assert_eq!(
-        response.status().as_u16(),
-        201,
-        "create room {room}: {text}"
-    );
-}
-
 /// Runs `node run.mjs` against the node; returns its exit status (-1 when
-/// killed), stdout and stderr.
+/// killed by a signal), stdout and stderr.
 fn run_browser(dir: &Path, base: &str, publish: &str, subscribe: &str) -> (i32, String, String) {
-    let mut child = Command::new("node")
-        .arg(dir.join("run.mjs"))
-        .args(["--base", base, "--room", ROOM])
-        .args(["--publish-token", publish, "--subscribe-token", subscribe])
-        .args(["--duration", &DURATION_SECS.to_string()])
-        .env("CHROMIUM", CHROMIUM)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("`node` starts (checked by preflight)");
-    let stdout = drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let status = wait_or_kill(&mut child, RUN_TIMEOUT);
-    let stdout = stdout.join().expect("the stdout reader does not panic");
-    let stderr = stderr.join().expect("the stderr reader does not panic");
-    let Some(status) = status else {
-        panic!(
-            "run.mjs did not finish within {RUN_TIMEOUT:?}; killed\nstdout: {stdout}\nstderr: {stderr}"
-        );
-    };
-    (status, stdout, stderr)
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// The exit code (-1 for a signal), or `None` after killing a child that
-/// outlived `timeout`.
-fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status.code().unwrap_or(-1)),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
+    common::run_with_timeout(
+        Command::new("node")
+            .arg(dir.join("run.mjs"))
+            .args(["--base", base, "--room", ROOM])
+            .args(["--publish-token", publish, "--subscribe-token", subscribe])
+            .args(["--duration", &DURATION_SECS.to_string()])
+            .env("CHROMIUM", CHROMIUM)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        RUN_TIMEOUT,
+    )
 }
 
 /// Prints the figures (`cargo test -- --nocapture` shows them).

@@ -56,16 +56,14 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{TEST_SECRET, TestNode};
 use control::auth::Grant;
-use control::config::{ApiSecret, Config, CpuList};
+use control::config::Config;
 use serde_json::{Value, json};
 
 /// Debian's interpreter: python3-gi and python3-gst-1.0 install there.
@@ -98,23 +96,21 @@ const TEST_NAME: &str = "gstreamer_webrtcbin_publishes_over_whip_with_an_rsa_cer
 #[test]
 fn gstreamer_webrtcbin_publishes_over_whip_with_an_rsa_certificate() {
     if std::env::var_os(IN_NETNS).is_none() {
-        run_in_namespace();
+        common::rerun_in_network_namespace(
+            IN_NETNS,
+            TEST_NAME,
+            NETNS_SETUP,
+            "root for `unshare --net` and `ip link` (iproute2, with the `veth` link type)",
+        );
         return;
     }
     let script = script_path();
     preflight(&script);
 
     let node = TestNode::start_with_config(Config {
-        control_addr: "127.0.0.1:0".parse().expect("literal address"),
         media_ip: MEDIA_IP,
-        media_port: 0,
-        workers: Some(1),
-        cpus: Some(CpuList(Vec::new())),
         node_id: Some("gstreamer-test-node".into()),
-        pool_buffers: 512,
-        socket_buffer_bytes: 1 << 20,
-        api_secret: ApiSecret::new(TEST_SECRET),
-        ..Config::default()
+        ..common::test_config(1, TEST_SECRET)
     });
     assert_eq!(node.media(0).ip(), MEDIA_IP, "media bound to sfu0");
     node.create_room(ROOM);
@@ -226,33 +222,6 @@ fn gstreamer_webrtcbin_publishes_over_whip_with_an_rsa_certificate() {
     node.shutdown();
 }
 
-/// Runs this test again in a new network namespace with loopback and
-/// `sfu0` up.
-fn run_in_namespace() {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            &format!("{NETNS_SETUP} && exec \"$0\" \"$@\""),
-        ])
-        .arg(&exe)
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `unshare` (util-linux) to create a network namespace: {e}")
-        });
-    assert!(
-        status.success(),
-        "the GStreamer test inside its own network namespace failed ({status}); \
-         see its output above. It needs root for `unshare --net` and `ip link` \
-         (iproute2, with the `veth` link type)."
-    );
-}
-
 /// `gst-test/whip_publish.py` at the repository root.
 fn script_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -302,52 +271,16 @@ fn drops(node: &TestNode) -> Vec<(String, u64)> {
 /// Runs the publisher against the node; returns its exit status (-1 when
 /// killed by a signal), stdout and stderr.
 fn run_publisher(script: &Path, base: &str, token: &str) -> (i32, String, String) {
-    let mut child = Command::new(PYTHON)
-        .arg(script)
-        .args(["--base", base, "--room", ROOM, "--token", token])
-        .args(["--duration", &DURATION_SECS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts (checked by preflight)");
-    let stdout = drain(child.stdout.take().expect("stdout is piped"));
-    let stderr = drain(child.stderr.take().expect("stderr is piped"));
-    let status = wait_or_kill(&mut child, RUN_TIMEOUT);
-    let stdout = stdout.join().expect("the stdout reader does not panic");
-    let stderr = stderr.join().expect("the stderr reader does not panic");
-    let Some(status) = status else {
-        panic!(
-            "whip_publish.py did not finish within {RUN_TIMEOUT:?}; killed\n\
-             stdout: {stdout}\nstderr: {stderr}"
-        );
-    };
-    (status, stdout, stderr)
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// The exit code (-1 for a signal), or `None` after killing a child that
-/// outlived `timeout`.
-fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status.code().unwrap_or(-1)),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
+    common::run_with_timeout(
+        Command::new(PYTHON)
+            .arg(script)
+            .args(["--base", base, "--room", ROOM, "--token", token])
+            .args(["--duration", &DURATION_SECS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        RUN_TIMEOUT,
+    )
 }
 
 /// Prints the figures (`cargo test -- --nocapture` shows them).

@@ -1,7 +1,11 @@
 //! A node started in-process on ephemeral ports, and a small HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::Read;
 use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use control::auth::{self, Claims, Grant};
 use control::config::{ApiSecret, Config, CpuList};
@@ -17,6 +21,96 @@ pub fn token_with(secret: &str, room: &str, grants: &[Grant]) -> String {
         secret.as_bytes(),
         &Claims::new(room, grants, auth::unix_now(), 3600),
     )
+}
+
+/// The tests' node: `workers` unpinned workers, HTTP and media on
+/// ephemeral loopback ports, small buffers, API secret `secret`.
+pub fn test_config(workers: usize, secret: &str) -> Config {
+    Config {
+        control_addr: "127.0.0.1:0".parse().expect("literal address"),
+        media_port: 0,
+        workers: Some(workers),
+        cpus: Some(CpuList(Vec::new())),
+        node_id: Some("test-node".into()),
+        pool_buffers: 512,
+        socket_buffer_bytes: 1 << 20,
+        api_secret: ApiSecret::new(secret),
+        ..Config::default()
+    }
+}
+
+/// Runs the calling test again (`test_name`, from the same test binary)
+/// inside a new network namespace (`unshare --net`) whose interfaces the
+/// shell commands `setup` bring up, with `in_netns_var` set so the re-run
+/// knows where it is; fails unless the re-run passes. `needs` says what
+/// the namespace requires, for the failure message.
+pub fn rerun_in_network_namespace(in_netns_var: &str, test_name: &str, setup: &str, needs: &str) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            &format!("{setup} && exec \"$0\" \"$@\""),
+        ])
+        .arg(&exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(in_netns_var, "1")
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `unshare` (util-linux) to create a network namespace: {e}")
+        });
+    assert!(
+        status.success(),
+        "{test_name} inside its own network namespace failed ({status}); \
+         see its output above. It needs {needs}."
+    );
+}
+
+/// Spawns `cmd` (its stdout and stderr must be piped) and waits up to
+/// `timeout`; returns its exit code (-1 for a signal), stdout and stderr.
+/// Panics, with what it printed, when it had to be killed.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (i32, String, String) {
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_or_kill(&mut child, timeout);
+    let stdout = stdout.join().expect("the stdout reader does not panic");
+    let stderr = stderr.join().expect("the stderr reader does not panic");
+    let Some(status) = status else {
+        panic!(
+            "{cmd:?} did not finish within {timeout:?}; killed\nstdout: {stdout}\nstderr: {stderr}"
+        );
+    };
+    (status, stdout, stderr)
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// The exit code (-1 for a signal), or `None` after killing a child that
+/// outlived `timeout`.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status.code().unwrap_or(-1)),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
 }
 
 /// A running node with its own tokio runtime; the test thread talks to it
@@ -54,39 +148,7 @@ impl TestNode {
 
     /// [`TestNode::start`] with another API secret.
     pub fn start_with_secret(workers: usize, secret: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime can be built");
-        let config = Config {
-            control_addr: "127.0.0.1:0".parse().expect("literal address"),
-            media_port: 0,
-            workers: Some(workers),
-            cpus: Some(CpuList(Vec::new())),
-            node_id: Some("test-node".into()),
-            pool_buffers: 512,
-            socket_buffer_bytes: 1 << 20,
-            api_secret: ApiSecret::new(secret),
-            ..Config::default()
-        };
-        let running = rt
-            .block_on(control::start(config))
-            .expect("the node starts on ephemeral ports");
-        let http = running.http_addr();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Self {
-            rt,
-            running: Some(running),
-            base: format!("http://{http}"),
-            http,
-            agent,
-            secret: secret.to_owned(),
-            admin: token_with(secret, "*", &[Grant::Admin]),
-        }
+        Self::start_with_config(test_config(workers, secret))
     }
 
     /// Starts a node with `config` as given (its `control_addr` should be a
