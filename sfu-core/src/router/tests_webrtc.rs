@@ -586,10 +586,13 @@ fn garbage_dtls_from_a_verified_address_is_counted() {
     assert_eq!(s.dtls_connected, 0);
 }
 
-#[test]
-fn transport_cc_feedback_reports_authentic_arrivals() {
-    const TWCC_EXT: u8 = 5;
-    let mut f = fixture();
+/// The transport-wide sequence number extension id of the TWCC tests.
+const TWCC_EXT: u8 = 5;
+
+/// Endpoint 1 publishing video SSRC 4000 from `addr(7000)`, connected over
+/// ICE and DTLS, with transport-cc negotiated on `twcc_extension`; returns
+/// its SRTP contexts (protect what it sends, open what the node sends it).
+fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, SrtpContext) {
     let pub_cert = DtlsCert::generate().unwrap();
     let track = TrackConfig {
         kind: MediaKind::Video,
@@ -598,14 +601,22 @@ fn transport_cc_feedback_reports_authentic_arrivals() {
     };
     let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
     if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
-        t.twcc_extension = Some(TWCC_EXT);
+        t.twcc_extension = twcc_extension;
     }
     f.router.handle_command(f.now, cmd).unwrap();
-    let mut publisher = browser(&pub_cert, &f);
+    let mut publisher = browser(&pub_cert, f);
     f.connect(1, addr(7000), &mut publisher);
     let keys = publisher.keys.take().unwrap();
-    let mut pub_tx = ctx(keys.profile, &keys.local_master);
-    let mut pub_rx = ctx(keys.profile, &keys.remote_master);
+    (
+        ctx(keys.profile, &keys.local_master),
+        ctx(keys.profile, &keys.remote_master),
+    )
+}
+
+#[test]
+fn transport_cc_feedback_reports_authentic_arrivals() {
+    let mut f = fixture();
+    let (mut pub_tx, mut pub_rx) = twcc_publisher(&mut f, Some(TWCC_EXT));
 
     // Transport-wide numbers 100, 101, (102 lost), 103, 104 over 4 ms; a
     // forged packet claiming 102 does not count.
@@ -691,23 +702,8 @@ fn transport_cc_feedback_reports_authentic_arrivals() {
 #[test]
 fn no_transport_cc_feedback_unless_negotiated() {
     let mut f = fixture();
-    let pub_cert = DtlsCert::generate().unwrap();
-    let track = TrackConfig {
-        kind: MediaKind::Video,
-        ssrc: 4000,
-        payload_type: 96,
-    };
-    f.router
-        .handle_command(
-            f.now,
-            webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert),
-        )
-        .unwrap();
-    let mut publisher = browser(&pub_cert, &f);
-    f.connect(1, addr(7000), &mut publisher);
-    let keys = publisher.keys.take().unwrap();
-    let mut pub_tx = ctx(keys.profile, &keys.local_master);
-    let p = srtp_packet(&mut pub_tx, 4000, 1, 96, &[(5, &7u16.to_be_bytes())]);
+    let (mut pub_tx, _) = twcc_publisher(&mut f, None);
+    let p = srtp_packet(&mut pub_tx, 4000, 1, 96, &[(TWCC_EXT, &7u16.to_be_bytes())]);
     f.feed(addr(7000), &p);
     let mut sink = Sink::default();
     f.router
