@@ -20,8 +20,9 @@
 //! producers on the worker when their first packet binds them to an SSRC;
 //! the model does not follow those bindings. It records each such
 //! endpoint's rids with their negotiated codecs instead, and
-//! [`AppState::create_webrtc_endpoint`] asks the room's worker for its
-//! producers ([`Command::Producers`]) to add the layers bound so far.
+//! [`AppState::create_webrtc_endpoint`], when the room has such an
+//! endpoint, asks the room's worker for its producers
+//! ([`Command::Producers`]) to add the layers bound so far.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -591,8 +592,9 @@ impl AppState {
     /// worker.
     ///
     /// Holding the mutation lock throughout, it looks the room up (404),
-    /// asks the room's worker which simulcast layers are bound (an error
-    /// of that request is returned), hands `plan` the room's media address
+    /// asks the room's worker which simulcast layers are bound when an
+    /// endpoint of the room announced layers by `rid` (an error of that
+    /// request is returned), hands `plan` the room's media address
     /// and producers (see [`RoomContext::producers`]), checks the
     /// SSRCs `plan` asks for (409), adds the endpoint to the worker, then
     /// hands `finish` what `plan` prepared and the endpoint's consumers. If
@@ -611,29 +613,40 @@ impl AppState {
         Finish: FnOnce(P, &[ConsumerInfo]) -> Result<T, E>,
     {
         let _serial = lock(&self.mutate);
-        let (room_id, worker) = {
+        let (room_id, worker, rid_layers) = {
             let model = self.model();
             let entry = model
                 .rooms
                 .get(room)
                 .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
-            (entry.id, entry.worker)
+            let rid_layers = entry
+                .endpoints
+                .iter()
+                .filter_map(|id| model.endpoints.get(id))
+                .any(|e| !e.rid_codecs.is_empty());
+            (entry.id, entry.worker, rid_layers)
         };
         let unknown_room = |e| match e {
             ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
             e => e,
         };
-        let reported = match self
-            .request(worker, Command::Producers(room_id), None)
-            .map_err(unknown_room)?
-        {
-            Outcome::Producers(p) => p,
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "the worker answered a producer listing with {other:?}"
-                ))
-                .into());
+        // Only layers announced by rid are learnt by the worker alone;
+        // without them the model already knows every producer.
+        let reported = if rid_layers {
+            match self
+                .request(worker, Command::Producers(room_id), None)
+                .map_err(unknown_room)?
+            {
+                Outcome::Producers(p) => p,
+                other => {
+                    return Err(ApiError::Internal(format!(
+                        "the worker answered a producer listing with {other:?}"
+                    ))
+                    .into());
+                }
             }
+        } else {
+            Vec::new()
         };
         let producers = {
             let model = self.model();
