@@ -39,7 +39,7 @@ use crate::dtls::DtlsCert;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
 use crate::twcc;
 use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
-use crate::wire::rtp::{RtpPacket, RtpPacketMut};
+use crate::wire::rtp::RtpPacket;
 use crate::wire::stun::{self, StunClass, StunMessage, StunWriter};
 use crate::wire::{self, DatagramKind};
 use seq::StreamRewriter;
@@ -403,6 +403,10 @@ pub struct RouterStats {
     pub simulcast_bound: u64,
     /// Transport-cc feedback packets sent to publishers.
     pub twcc_feedback_sent: u64,
+    /// Producers an `All` subscriber did not get because it already had
+    /// [`RouterConfig::max_consumers_per_endpoint`] consumers (counted
+    /// each time its consumers are brought in line with the room).
+    pub consumers_over_limit: u64,
     /// Drops by [`DropReason`] index.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -418,24 +422,71 @@ impl RouterStats {
     }
 }
 
-/// Limits of one router.
+/// Limits of one router. Every piece of state a client can create is
+/// bounded by one of them; a command that would exceed one is refused with
+/// [`RouterError::TooMany`] naming it ([`RouterConfig::check`] keeps them
+/// consistent with each other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouterConfig {
     /// SRTP table sizes and replay windows of every context.
     pub srtp: SrtpConfig,
+    /// Rooms on this worker.
+    pub max_rooms: usize,
     /// Endpoints on this worker.
     pub max_endpoints: usize,
-    /// Consumers of one endpoint.
+    /// Endpoints in one room.
+    pub max_endpoints_per_room: usize,
+    /// Tracks one endpoint publishes: declared ones plus simulcast layers
+    /// announced by `rid`. At most `srtp.max_ssrcs`, so every track's
+    /// stream fits the endpoint's inbound SRTP context.
+    pub max_tracks_per_endpoint: usize,
+    /// Consumers of one endpoint. Each gets its own outbound SRTP stream
+    /// (see [`SrtpContext::add_rtp_stream`]), so this also bounds the
+    /// endpoint's outbound SRTP state.
     pub max_consumers_per_endpoint: usize,
+    /// WebRTC endpoints on this worker whose ICE + DTLS have not completed.
+    pub max_pending_webrtc: usize,
+    /// WebRTC endpoints of one room whose ICE + DTLS have not completed.
+    pub max_pending_webrtc_per_room: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             srtp: SrtpConfig::default(),
+            max_rooms: 1024,
             max_endpoints: 8192,
+            max_endpoints_per_room: 1000,
+            max_tracks_per_endpoint: 16,
             max_consumers_per_endpoint: 1024,
+            max_pending_webrtc: 512,
+            max_pending_webrtc_per_room: 64,
         }
+    }
+}
+
+impl RouterConfig {
+    /// Refuses limits that contradict each other or are zero.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let limits = [
+            self.max_rooms,
+            self.max_endpoints,
+            self.max_endpoints_per_room,
+            self.max_tracks_per_endpoint,
+            self.max_consumers_per_endpoint,
+            self.max_pending_webrtc,
+            self.max_pending_webrtc_per_room,
+        ];
+        if limits.contains(&0) {
+            return Err("every router limit must be at least 1");
+        }
+        if self.max_tracks_per_endpoint > self.srtp.max_ssrcs {
+            return Err("tracks per endpoint must not exceed the SRTP context's SSRCs");
+        }
+        if self.max_consumers_per_endpoint > usize::from(u16::MAX) {
+            return Err("consumers per endpoint must fit a 16-bit slot index");
+        }
+        Ok(())
     }
 }
 
@@ -465,11 +516,43 @@ struct Endpoint {
     /// ICE and DTLS state of a WebRTC endpoint.
     webrtc: Option<Box<WebrtcState>>,
     remote: Option<SocketAddr>,
+    /// When the address was learnt from an authentic packet (not given by
+    /// the control plane, not set by ICE): the last authentic packet from
+    /// it. The address is forgotten [`CONSENT_TIMEOUT`] after that, as ICE
+    /// consent is, so a stale or spoofed address is not sent to forever.
+    learnt_at: Option<Instant>,
     tracks: Vec<TrackConfig>,
     rtcp_ssrc: Option<u32>,
     subscription: Subscription,
     consumers: Vec<Consumer>,
     ssrc_base: u32,
+}
+
+impl Endpoint {
+    /// A WebRTC endpoint whose ICE + DTLS have not completed yet.
+    fn pending(&self) -> bool {
+        self.webrtc.as_ref().is_some_and(|w| !w.connected)
+    }
+
+    /// Records an authentic packet from `src`: learns the address of an
+    /// SDES endpoint that has none ("comedia") and refreshes a learnt
+    /// one's consent. A WebRTC endpoint's address comes from ICE only.
+    fn authentic_from(&mut self, src: SocketAddr, now: Instant) -> Result<bool, DropReason> {
+        match self.remote {
+            Some(_) => {
+                if self.learnt_at.is_some() {
+                    self.learnt_at = Some(now);
+                }
+                Ok(false)
+            }
+            None if self.webrtc.is_some() => Err(DropReason::NotConnected),
+            None => {
+                self.remote = Some(src);
+                self.learnt_at = Some(now);
+                Ok(true)
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -509,6 +592,9 @@ struct Consumer {
     /// Whether the slot sits in its source's fan-out list.
     attached: bool,
     rewriter: StreamRewriter,
+    /// Its stream in the endpoint's outbound SRTP context, once the
+    /// endpoint has keys ([`SrtpContext::add_rtp_stream`]).
+    tx_stream: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -586,6 +672,9 @@ impl Router {
                 if self.rooms.contains_key(&room) {
                     return Err(RouterError::RoomExists);
                 }
+                if self.rooms.len() >= self.config.max_rooms {
+                    return Err(RouterError::TooMany("rooms per worker"));
+                }
                 self.rooms.insert(
                     room,
                     Room {
@@ -613,9 +702,11 @@ impl Router {
             }
             Command::SetSubscription(id, subscription) => {
                 let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
-                let role = self.endpoint_mut(slot).role;
+                let ep = self.endpoint_mut(slot).ok_or(RouterError::UnknownEndpoint)?;
+                let role = ep.role;
                 self.check_subscription(role, &subscription)?;
-                self.endpoint_mut(slot).subscription = subscription;
+                let ep = self.endpoint_mut(slot).ok_or(RouterError::UnknownEndpoint)?;
+                ep.subscription = subscription;
                 self.sync_consumers(slot);
                 Ok(Outcome::Consumers(self.consumer_infos(slot)))
             }
@@ -659,7 +750,7 @@ impl Router {
         self.stats.rx_bytes += datagram.len() as u64;
         let result = match wire::classify(datagram) {
             DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx),
-            DatagramKind::Rtcp => self.handle_rtcp(src, datagram),
+            DatagramKind::Rtcp => self.handle_rtcp(now, src, datagram),
             DatagramKind::Stun => self.handle_stun(now, src, datagram, tx),
             DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
@@ -684,34 +775,35 @@ impl Router {
             return self.bind_rid(now, src, ssrc, buf);
         };
         let ep_slot = producer.endpoint;
-        let publisher = self.endpoints[ep_slot as usize]
-            .as_mut()
-            .expect("producers point at live endpoints");
+        let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
         if publisher.remote.is_some_and(|r| r != src) {
             return Err(DropReason::AddressMismatch);
         }
         let keys = publisher.keys.as_mut().ok_or(DropReason::NotConnected)?;
         let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
-        if publisher.remote.is_none() {
-            if publisher.webrtc.is_some() {
-                // A WebRTC endpoint's address comes from ICE only.
-                return Err(DropReason::NotConnected);
-            }
-            publisher.remote = Some(src);
+        // The one check of this packet: every consumer's copy reuses it.
+        // SRTP authenticates only the bytes, so an authentic packet may still
+        // be malformed (an extension element running past its block, bad
+        // padding): it is dropped here, before anything relies on it.
+        let packet = buf
+            .get(..len)
+            .and_then(|plain| RtpPacket::new_checked(plain).ok())
+            .ok_or(DropReason::Malformed)?;
+        if publisher.authentic_from(src, now)? {
             self.by_addr.insert(src, ep_slot);
         }
         if let Some(w) = publisher.webrtc.as_deref_mut() {
-            w.record_arrival(&buf[..len], now);
+            w.record_arrival(&packet, now);
         }
         self.stats.rtp_forwarded_in += 1;
-        let plain = &buf[..len];
-        let in_seq = wire::be16(plain, 2);
-        let in_ts = wire::be32(plain, 4);
+        let in_seq = packet.sequence_number();
+        let in_ts = packet.timestamp();
 
-        let producer = self
-            .producers
-            .get_mut(&ssrc)
-            .expect("looked up above and not removed since");
+        let Some(producer) = self.producers.get_mut(&ssrc) else {
+            return Ok(());
+        };
         for &(sub_slot, c) in &producer.fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
@@ -727,6 +819,10 @@ impl Router {
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
                 continue;
             };
+            let Some(stream) = consumer.tx_stream else {
+                self.stats.drop(DropReason::NotConnected);
+                continue;
+            };
             let Some((out_seq, out_ts)) = consumer.rewriter.rewrite(in_seq, in_ts, now) else {
                 self.stats.drop(DropReason::StaleAfterSwitch);
                 continue;
@@ -735,18 +831,15 @@ impl Router {
                 self.stats.drop(DropReason::PoolExhausted);
                 continue;
             };
-            let Some(dst_buf) = out.get_mut(..len) else {
+            let Some(mut p) = packet.copy_into(out) else {
                 self.stats.drop(DropReason::ProtectFailed);
                 continue;
             };
-            dst_buf.copy_from_slice(plain);
-            let mut p = RtpPacketMut::new_checked(dst_buf)
-                .expect("the plaintext's header was checked by unprotect");
             p.set_ssrc(consumer.ssrc);
             p.set_sequence_number(out_seq);
             p.set_timestamp(out_ts);
             p.set_payload_type(consumer.payload_type);
-            match keys.tx.protect_rtp(out, len) {
+            match keys.tx.protect_rtp_stream(stream, out, len) {
                 Ok(n) => {
                     tx.send(n, dst);
                     self.stats.tx_packets += 1;
@@ -763,9 +856,9 @@ impl Router {
         {
             producer.keyframe_wanted = false;
             producer.last_pli = Some(now);
-            let publisher = self.endpoints[ep_slot as usize]
-                .as_mut()
-                .expect("producers point at live endpoints");
+            let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
+                return Ok(());
+            };
             if let Some(out) = tx.buffer() {
                 // Sender SSRC 1: the router's own RTCP source.
                 let sent = match publisher.keys.as_mut() {
@@ -787,7 +880,12 @@ impl Router {
         Ok(())
     }
 
-    fn handle_rtcp(&mut self, src: SocketAddr, buf: &mut [u8]) -> Result<(), DropReason> {
+    fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &mut [u8],
+    ) -> Result<(), DropReason> {
         if buf.len() < 8 {
             return Err(DropReason::Malformed);
         }
@@ -799,23 +897,20 @@ impl Router {
             .copied()
             .or_else(|| self.producers.get(&sender).map(|p| p.endpoint))
             .ok_or(DropReason::UnknownSource)?;
-        let ep = self.endpoints[slot as usize]
-            .as_mut()
-            .expect("indices point at live endpoints");
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
         if ep.remote.is_some_and(|r| r != src) {
             return Err(DropReason::AddressMismatch);
         }
         let keys = ep.keys.as_mut().ok_or(DropReason::NotConnected)?;
         let len = keys.rx.unprotect_rtcp(buf).map_err(DropReason::from_srtp)?;
-        if ep.remote.is_none() {
-            if ep.webrtc.is_some() {
-                return Err(DropReason::NotConnected);
-            }
-            ep.remote = Some(src);
+        let compound = buf.get(..len).ok_or(DropReason::Malformed)?;
+        if ep.authentic_from(src, now)? {
             self.by_addr.insert(src, slot);
         }
         self.stats.rtcp_in += 1;
-        for item in RtcpIter::new(&buf[..len]) {
+        for item in RtcpIter::new(compound) {
             let media_ssrc = match item {
                 Ok(RtcpPacket::Pli(p)) => p.media_ssrc(),
                 Ok(RtcpPacket::Fir(f)) => match f.entries().next() {
@@ -823,8 +918,15 @@ impl Router {
                     None => continue,
                 },
                 Ok(_) => continue,
-                Err(_) => break,
+                Err(_) => {
+                    // Authentic but malformed from here on: what came
+                    // before was handled; the rest is counted and dropped.
+                    self.stats.drop(DropReason::Malformed);
+                    break;
+                }
             };
+            // Only this endpoint's own consumers: the source is a producer
+            // of its room (see `apply_consumers`).
             let source = ep
                 .consumers
                 .iter()
@@ -858,13 +960,12 @@ impl Router {
             .by_ufrag
             .get(local)
             .ok_or(DropReason::StunUnknownUser)?;
-        let ep = self.endpoints[slot as usize]
-            .as_mut()
-            .expect("by_ufrag points at live endpoints");
-        let w = ep
-            .webrtc
-            .as_mut()
-            .expect("only WebRTC endpoints have a ufrag");
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::StunUnknownUser);
+        };
+        let Some(w) = ep.webrtc.as_mut() else {
+            return Err(DropReason::StunUnknownUser);
+        };
         // RFC 8445 §7.3: FINGERPRINT is mandatory in ICE checks.
         if msg.attribute(stun::FINGERPRINT).is_none()
             || msg.verify_fingerprint().is_err()
@@ -928,9 +1029,9 @@ impl Router {
         tx: &mut T,
     ) -> Result<(), DropReason> {
         let slot = *self.by_addr.get(&src).ok_or(DropReason::DtlsUnhandled)?;
-        let ep = self.endpoints[slot as usize]
-            .as_mut()
-            .expect("by_addr points at live endpoints");
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::DtlsUnhandled);
+        };
         let w = ep.webrtc.as_mut().ok_or(DropReason::DtlsUnhandled)?;
         let result = w.dtls.handle_datagram(buf, now);
         self.drive_dtls(slot, tx);
@@ -968,7 +1069,10 @@ impl Router {
             return;
         };
         match SrtpPair::new(k.profile, &k.remote_master, &k.local_master, srtp) {
-            Ok(pair) => {
+            Ok(mut pair) => {
+                for c in &mut ep.consumers {
+                    c.tx_stream = Some(pair.tx.add_rtp_stream(c.ssrc));
+                }
                 ep.keys = Some(pair);
                 w.connected = true;
                 self.stats.dtls_connected += 1;
@@ -989,13 +1093,27 @@ impl Router {
         }
     }
 
-    /// Runs timers: DTLS retransmissions and ICE consent expiry. Call it
-    /// every few milliseconds; it costs one pass over the endpoints.
+    /// Runs timers: DTLS retransmissions, ICE consent expiry and the expiry
+    /// of addresses learnt from media. Call it every few milliseconds; it
+    /// costs one pass over the endpoints.
     pub fn handle_timeout<T: Transmit>(&mut self, now: Instant, tx: &mut T) {
         for slot in 0..self.endpoints.len() as u32 {
             let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
                 continue;
             };
+            if let (Some(remote), Some(at)) = (ep.remote, ep.learnt_at)
+                && now.saturating_duration_since(at) > CONSENT_TIMEOUT
+            {
+                // No authentic packet for a consent period: stop sending to
+                // an address only media vouched for; the next authentic
+                // packet teaches it again.
+                ep.remote = None;
+                ep.learnt_at = None;
+                if self.by_addr.get(&remote) == Some(&slot) {
+                    self.by_addr.remove(&remote);
+                }
+                self.stats.consent_expired += 1;
+            }
             let Some(w) = ep.webrtc.as_mut() else {
                 continue;
             };
@@ -1088,10 +1206,15 @@ impl Router {
         let ext = w.rid_extension.ok_or(DropReason::UnknownSource)?;
         // Authentication first: nothing is learnt from a forged packet.
         let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
-        let plain = buf.get(..len).ok_or(DropReason::Malformed)?;
+        let packet = buf
+            .get(..len)
+            .and_then(|plain| RtpPacket::new_checked(plain).ok())
+            .ok_or(DropReason::Malformed)?;
         // Authentic, so it counts for congestion control whatever follows.
-        w.record_arrival(plain, now);
-        let packet = RtpPacket::new_checked(plain).map_err(|_| DropReason::Malformed)?;
+        w.record_arrival(&packet, now);
+        if ep.tracks.len() >= self.config.max_tracks_per_endpoint {
+            return Err(DropReason::UnknownSource);
+        }
         let rid = packet.extension(ext).ok_or(DropReason::UnknownSource)?;
         let layer = w
             .unbound_rid(rid, packet.payload_type())
@@ -1143,14 +1266,36 @@ impl Router {
         transport: Option<WebrtcTransport>,
         now: Instant,
     ) -> Result<Outcome, RouterError> {
-        if !self.rooms.contains_key(&cfg.room) {
-            return Err(RouterError::UnknownRoom);
-        }
+        let room = self.rooms.get(&cfg.room).ok_or(RouterError::UnknownRoom)?;
         if self.by_id.contains_key(&cfg.id) {
             return Err(RouterError::EndpointExists);
         }
         if self.by_id.len() >= self.config.max_endpoints {
             return Err(RouterError::TooMany("endpoints per worker"));
+        }
+        if room.endpoints.len() >= self.config.max_endpoints_per_room {
+            return Err(RouterError::TooMany("endpoints per room"));
+        }
+        let rid_layers = transport.as_ref().map_or(0, |t| t.rid_tracks.len());
+        if cfg.tracks.len() + rid_layers > self.config.max_tracks_per_endpoint {
+            return Err(RouterError::TooMany("tracks per endpoint"));
+        }
+        if transport.is_some() {
+            let pending = |slots: &mut dyn Iterator<Item = u32>| {
+                slots
+                    .filter(|&s| self.endpoint(s).is_some_and(Endpoint::pending))
+                    .count()
+            };
+            if pending(&mut room.endpoints.iter().copied())
+                >= self.config.max_pending_webrtc_per_room
+            {
+                return Err(RouterError::TooMany("unconnected WebRTC sessions per room"));
+            }
+            if pending(&mut (0..self.endpoints.len() as u32)) >= self.config.max_pending_webrtc {
+                return Err(RouterError::TooMany(
+                    "unconnected WebRTC sessions per worker",
+                ));
+            }
         }
         if !cfg.role.publishes() && !cfg.tracks.is_empty() {
             return Err(RouterError::Invalid(
@@ -1230,6 +1375,7 @@ impl Router {
             keys,
             webrtc,
             remote: cfg.remote,
+            learnt_at: None,
             tracks: cfg.tracks,
             rtcp_ssrc: cfg.rtcp_ssrc,
             subscription: cfg.subscription,
@@ -1283,11 +1429,9 @@ impl Router {
         if let Some(s) = rtcp_ssrc {
             self.rtcp_ssrcs.insert(s, slot);
         }
-        self.rooms
-            .get_mut(&room)
-            .expect("checked by add_endpoint")
-            .endpoints
-            .push(slot);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.endpoints.push(slot);
+        }
 
         // Its tracks become producers; waiting consumers attach to them.
         let tracks = self
@@ -1307,9 +1451,11 @@ impl Router {
 
     fn remove_endpoint(&mut self, id: EndpointId) -> Result<(), RouterError> {
         let slot = self.by_id.remove(&id).ok_or(RouterError::UnknownEndpoint)?;
-        let ep = self.endpoints[slot as usize]
-            .take()
-            .expect("by_id points at live endpoints");
+        let ep = self
+            .endpoints
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+            .ok_or(RouterError::UnknownEndpoint)?;
         // Its consumers leave their producers' fan-out lists.
         for c in &ep.consumers {
             if let (true, Some(p)) = (
@@ -1389,7 +1535,10 @@ impl Router {
             Subscription::All => {
                 // Keep existing slots on their producers; fill free slots of
                 // the same kind before adding new ones.
-                let mut room_producers: Vec<(u32, MediaKind)> = self.rooms[&ep.room]
+                let Some(room) = self.rooms.get(&ep.room) else {
+                    return;
+                };
+                let mut room_producers: Vec<(u32, MediaKind)> = room
                     .endpoints
                     .iter()
                     .filter(|&&s| s != slot)
@@ -1414,82 +1563,124 @@ impl Router {
                 }
             }
         }
-        wanted.truncate(self.config.max_consumers_per_endpoint);
+        if wanted.len() > self.config.max_consumers_per_endpoint {
+            // Only `All` can get here (explicit lists are checked): the
+            // subscriber misses the room's newest producers, counted.
+            let over = wanted.len() - self.config.max_consumers_per_endpoint;
+            self.stats.consumers_over_limit += over as u64;
+            wanted.truncate(self.config.max_consumers_per_endpoint);
+        }
         self.apply_consumers(slot, &wanted);
     }
 
+    /// Rooms are a security boundary: a slot attaches only to a producer of
+    /// its endpoint's room. An SSRC that is unknown, or a producer of another
+    /// room, gets the same answer as one not published yet: an unattached
+    /// slot (nothing tells the two apart), which attaches if a producer with
+    /// that SSRC appears in the endpoint's own room.
     fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)]) {
-        let ep = self.endpoints[slot as usize]
-            .as_mut()
-            .expect("caller checked the slot");
+        let Self {
+            endpoints,
+            producers,
+            ..
+        } = self;
+        // The producers of the endpoint's room, as (SSRC, publisher slot)
+        // pairs resolved through the publisher's room.
+        let Some(room) = endpoints
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|e| e.room)
+        else {
+            return;
+        };
+        let in_room = |producers: &HashMap<u32, Producer>, endpoints: &[Option<Endpoint>], s: u32| {
+            producers.get(&s).is_some_and(|p| {
+                endpoints
+                    .get(p.endpoint as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.room == room)
+            })
+        };
+        let allowed: Vec<Option<u32>> = wanted
+            .iter()
+            .map(|&(_, s)| s.filter(|&s| in_room(producers, endpoints, s)))
+            .collect();
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
         let (video_pt, audio_pt) = ep.webrtc.as_ref().map_or((None, None), |w| {
             (w.video_payload_type, w.audio_payload_type)
         });
         // Drop surplus slots (and their fan-out entries).
         while ep.consumers.len() > wanted.len() {
             let index = (ep.consumers.len() - 1) as u16;
-            let c = ep.consumers.pop().expect("longer than wanted");
-            if let (true, Some(p)) = (
-                c.attached,
-                c.source.and_then(|s| self.producers.get_mut(&s)),
-            ) {
+            let Some(c) = ep.consumers.pop() else {
+                break;
+            };
+            if let (true, Some(p)) = (c.attached, c.source.and_then(|s| producers.get_mut(&s))) {
                 p.fanout.retain(|&e| e != (slot, index));
             }
         }
-        for (i, &(kind, source)) in wanted.iter().enumerate() {
+        for (i, (&(kind, source), &available)) in wanted.iter().zip(&allowed).enumerate() {
             let index = i as u16;
-            if i == ep.consumers.len() || ep.consumers[i].kind != kind {
+            if ep.consumers.get(i).is_none_or(|c| c.kind != kind) {
                 // A new slot, or a slot whose kind changed: start afresh.
                 if let Some(old) = ep.consumers.get(i)
-                    && let (true, Some(p)) = (
-                        old.attached,
-                        old.source.and_then(|s| self.producers.get_mut(&s)),
-                    )
+                    && let (true, Some(p)) =
+                        (old.attached, old.source.and_then(|s| producers.get_mut(&s)))
                 {
                     p.fanout.retain(|&e| e != (slot, index));
                 }
                 let per_kind = wanted[..i].iter().filter(|(k, _)| *k == kind).count() as u16;
+                // Stable per (kind, slot), whatever the slot's position.
+                let ssrc = ep.ssrc_base.wrapping_add(
+                    u32::from(per_kind)
+                        + if kind == MediaKind::Audio {
+                            0x1_0000
+                        } else {
+                            0
+                        },
+                );
+                // A slot that had this SSRC before continues its numbering,
+                // so no packet index (GCM nonce) is used twice under the key.
+                let previous = ep.keys.as_ref().and_then(|k| k.tx.rtp_index(ssrc));
+                let first_seq = previous.map_or((ep.ssrc_base >> 3) as u16, |h| {
+                    (h as u16).wrapping_add(1)
+                });
                 let c = Consumer {
                     kind,
                     slot: per_kind,
-                    // Stable per (kind, slot), whatever the slot's position.
-                    ssrc: ep.ssrc_base.wrapping_add(
-                        u32::from(per_kind)
-                            + if kind == MediaKind::Audio {
-                                0x1_0000
-                            } else {
-                                0
-                            },
-                    ),
+                    ssrc,
                     payload_type: 0,
                     source: None,
                     attached: false,
                     rewriter: StreamRewriter::new(
                         kind.clock_rate(),
-                        (ep.ssrc_base >> 3) as u16,
+                        first_seq,
                         ep.ssrc_base.rotate_left(11),
                     ),
+                    tx_stream: ep.keys.as_mut().map(|k| k.tx.add_rtp_stream(ssrc)),
                 };
-                if i == ep.consumers.len() {
-                    ep.consumers.push(c);
-                } else {
-                    ep.consumers[i] = c;
+                match ep.consumers.get_mut(i) {
+                    Some(old) => *old = c,
+                    None => ep.consumers.push(c),
                 }
             }
-            let c = &mut ep.consumers[i];
-            let available = source.filter(|s| self.producers.contains_key(s));
+            let Some(c) = ep.consumers.get_mut(i) else {
+                continue;
+            };
             let same = c.attached && c.source == available;
             if same {
                 continue;
             }
             if c.attached {
-                if let Some(p) = c.source.and_then(|s| self.producers.get_mut(&s)) {
+                if let Some(p) = c.source.and_then(|s| producers.get_mut(&s)) {
                     p.fanout.retain(|&e| e != (slot, index));
                 }
                 c.attached = false;
             }
             c.source = source;
-            if let Some(p) = available.and_then(|s| self.producers.get_mut(&s)) {
+            if let Some(p) = available.and_then(|s| producers.get_mut(&s)) {
                 p.fanout.push((slot, index));
                 c.attached = true;
                 c.payload_type = match p.kind {
@@ -1531,10 +1722,8 @@ impl Router {
         self.endpoints.get(slot as usize).and_then(Option::as_ref)
     }
 
-    fn endpoint_mut(&mut self, slot: u32) -> &mut Endpoint {
-        self.endpoints[slot as usize]
-            .as_mut()
-            .expect("caller checked the slot")
+    fn endpoint_mut(&mut self, slot: u32) -> Option<&mut Endpoint> {
+        self.endpoints.get_mut(slot as usize).and_then(Option::as_mut)
     }
 }
 

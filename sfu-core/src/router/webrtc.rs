@@ -183,9 +183,8 @@ impl WebrtcState {
 
     /// Records an authentic packet's transport-wide sequence number, if
     /// transport-cc was negotiated and the packet carries one.
-    pub(super) fn record_arrival(&mut self, plain: &[u8], now: Instant) {
+    pub(super) fn record_arrival(&mut self, packet: &RtpPacket<'_>, now: Instant) {
         if let Some((id, receiver)) = &mut self.twcc
-            && let Ok(packet) = RtpPacket::new_checked(plain)
             && let Some(seq) = packet.extension(*id).and_then(parse_transport_cc)
         {
             receiver.record(seq, packet.ssrc(), now);

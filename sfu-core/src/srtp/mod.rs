@@ -16,9 +16,14 @@
 //!
 //! Per-SSRC state (rollover counter, highest sequence number, replay bitmap of
 //! up to [`MAX_REPLAY_WINDOW`] packets) lives in tables whose capacity is fixed
-//! when the context is created ([`SrtpConfig::max_ssrcs`]); nothing here
-//! allocates after construction. A stream beyond that capacity is refused with
+//! when the context is created ([`SrtpConfig::max_ssrcs`]); nothing on the
+//! per-packet path allocates. A stream beyond that capacity is refused with
 //! [`SrtpError::TooManySsrcs`] rather than growing the table on the hot path.
+//! The one way to grow a table is [`SrtpContext::add_rtp_stream`], which the
+//! router calls when it creates a consumer (a control command, bounded by
+//! its per-endpoint consumer limit); the fan-out then protects each copy
+//! with [`SrtpContext::protect_rtp_stream`] at the position it returned,
+//! without searching the table.
 
 mod cipher;
 mod kdf;
@@ -114,6 +119,10 @@ pub enum SrtpError {
     /// The context's fixed SSRC table is full.
     #[error("too many SSRCs for this context")]
     TooManySsrcs,
+    /// The stream given to [`SrtpContext::protect_rtp_stream`] is not the
+    /// packet's SSRC.
+    #[error("no such send stream for this SSRC")]
+    UnknownStream,
     /// The buffer has no room after `len` for the tag.
     #[error("no room in the buffer for the tag")]
     BufferTooSmall,
@@ -132,6 +141,7 @@ impl SrtpError {
             Self::Replayed => "replayed",
             Self::TooOld => "too_old",
             Self::TooManySsrcs => "too_many_ssrcs",
+            Self::UnknownStream => "unknown_stream",
             Self::BufferTooSmall => "buffer_too_small",
             Self::IndexExhausted => "index_exhausted",
         }
@@ -223,6 +233,48 @@ impl SrtpContext {
     /// The rollover counter follows the sequence numbers this context has
     /// protected for the packet's SSRC (RFC 3711 §3.3.1).
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        let window = self.rtp_window;
+        self.seal_rtp(buf, len, |table, ssrc| {
+            table.entry(ssrc, || RtpStream::new(window))
+        })
+    }
+
+    /// Registers `ssrc` as an RTP stream this context protects and returns
+    /// its position for [`SrtpContext::protect_rtp_stream`]. Grows the table
+    /// beyond [`SrtpConfig::max_ssrcs`] when full, so it may allocate: call it
+    /// when a consumer is created, never per packet; the caller bounds how
+    /// many SSRCs it registers. An SSRC registered again keeps its state, so
+    /// its packet index keeps rising: a recreated consumer never reuses an
+    /// index (a nonce, for GCM) under this key.
+    pub fn add_rtp_stream(&mut self, ssrc: u32) -> usize {
+        if let Some(at) = self.rtp.position(ssrc) {
+            return at;
+        }
+        self.rtp.entries.push((ssrc, RtpStream::new(self.rtp_window)));
+        self.rtp.entries.len() - 1
+    }
+
+    /// [`SrtpContext::protect_rtp`] for the stream at `stream` (from
+    /// [`SrtpContext::add_rtp_stream`]): no table search. Refuses with
+    /// [`SrtpError::UnknownStream`] a packet whose SSRC is not that stream's.
+    pub fn protect_rtp_stream(
+        &mut self,
+        stream: usize,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, SrtpError> {
+        self.seal_rtp(buf, len, |table, ssrc| match table.entries.get_mut(stream) {
+            Some((s, state)) if *s == ssrc => Ok(state),
+            _ => Err(SrtpError::UnknownStream),
+        })
+    }
+
+    fn seal_rtp(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        stream: impl FnOnce(&mut SsrcTable<RtpStream>, u32) -> Result<&mut RtpStream, SrtpError>,
+    ) -> Result<usize, SrtpError> {
         let pkt = buf.get(..len).ok_or(SrtpError::Truncated)?;
         let header_len = wire::rtp::header_len(pkt)?;
         let out_len = len + self.profile.rtp_overhead();
@@ -231,8 +283,7 @@ impl SrtpContext {
         }
         let ssrc = wire::be32(pkt, 8);
         let seq = wire::be16(pkt, 2);
-        let window = self.rtp_window;
-        let stream = self.rtp.entry(ssrc, || RtpStream::new(window))?;
+        let stream = stream(&mut self.rtp, ssrc)?;
         let index = stream.estimate(seq);
         if index >> 16 > u64::from(u32::MAX) {
             return Err(SrtpError::IndexExhausted);

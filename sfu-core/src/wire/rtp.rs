@@ -124,6 +124,18 @@ impl<'a> RtpPacket<'a> {
         self.header_len
     }
 
+    /// Copies the packet to the start of `dst` and returns a writable view
+    /// of the copy, reusing this view's check: the per-consumer rewrite of a
+    /// packet validated once. `None` if `dst` is shorter than the packet.
+    pub fn copy_into<'b>(&self, dst: &'b mut [u8]) -> Option<RtpPacketMut<'b>> {
+        let buf = dst.get_mut(..self.buf.len())?;
+        buf.copy_from_slice(self.buf);
+        Some(RtpPacketMut {
+            buf,
+            header_len: self.header_len,
+        })
+    }
+
     /// The payload, without padding.
     pub fn payload(&self) -> &'a [u8] {
         &self.buf[self.header_len..self.payload_end]
