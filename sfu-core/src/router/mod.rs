@@ -702,10 +702,14 @@ impl Router {
             }
             Command::SetSubscription(id, subscription) => {
                 let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
-                let ep = self.endpoint_mut(slot).ok_or(RouterError::UnknownEndpoint)?;
+                let ep = self
+                    .endpoint_mut(slot)
+                    .ok_or(RouterError::UnknownEndpoint)?;
                 let role = ep.role;
                 self.check_subscription(role, &subscription)?;
-                let ep = self.endpoint_mut(slot).ok_or(RouterError::UnknownEndpoint)?;
+                let ep = self
+                    .endpoint_mut(slot)
+                    .ok_or(RouterError::UnknownEndpoint)?;
                 ep.subscription = subscription;
                 self.sync_consumers(slot);
                 Ok(Outcome::Consumers(self.consumer_infos(slot)))
@@ -1593,14 +1597,15 @@ impl Router {
         else {
             return;
         };
-        let in_room = |producers: &HashMap<u32, Producer>, endpoints: &[Option<Endpoint>], s: u32| {
-            producers.get(&s).is_some_and(|p| {
-                endpoints
-                    .get(p.endpoint as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|e| e.room == room)
-            })
-        };
+        let in_room =
+            |producers: &HashMap<u32, Producer>, endpoints: &[Option<Endpoint>], s: u32| {
+                producers.get(&s).is_some_and(|p| {
+                    endpoints
+                        .get(p.endpoint as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| e.room == room)
+                })
+            };
         let allowed: Vec<Option<u32>> = wanted
             .iter()
             .map(|&(_, s)| s.filter(|&s| in_room(producers, endpoints, s)))
@@ -1644,9 +1649,8 @@ impl Router {
                 // A slot that had this SSRC before continues its numbering,
                 // so no packet index (GCM nonce) is used twice under the key.
                 let previous = ep.keys.as_ref().and_then(|k| k.tx.rtp_index(ssrc));
-                let first_seq = previous.map_or((ep.ssrc_base >> 3) as u16, |h| {
-                    (h as u16).wrapping_add(1)
-                });
+                let first_seq =
+                    previous.map_or((ep.ssrc_base >> 3) as u16, |h| (h as u16).wrapping_add(1));
                 let c = Consumer {
                     kind,
                     slot: per_kind,
@@ -1723,7 +1727,9 @@ impl Router {
     }
 
     fn endpoint_mut(&mut self, slot: u32) -> Option<&mut Endpoint> {
-        self.endpoints.get_mut(slot as usize).and_then(Option::as_mut)
+        self.endpoints
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
     }
 }
 
@@ -1737,5 +1743,7 @@ fn ssrc_base(id: EndpointId) -> u32 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;
 #[cfg(test)]
 mod tests_webrtc;

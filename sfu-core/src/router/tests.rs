@@ -2,17 +2,17 @@ use super::*;
 use crate::srtp::SrtpConfig;
 use crate::wire::rtp::{RtpHeader, RtpPacket, write_header};
 
-const PROFILE: Profile = Profile::AeadAes128Gcm;
+pub(super) const PROFILE: Profile = Profile::AeadAes128Gcm;
 
 /// Collects egress datagrams; `limit` buffers before it reports exhaustion.
-struct Sink {
+pub(super) struct Sink {
     buf: [u8; 1500],
-    sent: Vec<(Vec<u8>, SocketAddr)>,
+    pub(super) sent: Vec<(Vec<u8>, SocketAddr)>,
     limit: usize,
 }
 
 impl Sink {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             buf: [0xa5; 1500],
             sent: Vec::new(),
@@ -35,30 +35,30 @@ impl Transmit for Sink {
 }
 
 impl Sink {
-    fn count_to(&self, dst: SocketAddr) -> usize {
+    pub(super) fn count_to(&self, dst: SocketAddr) -> usize {
         self.sent.iter().filter(|(_, d)| *d == dst).count()
     }
 }
 
-fn addr(port: u16) -> SocketAddr {
+pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn master(seed: u8) -> Vec<u8> {
+pub(super) fn master(seed: u8) -> Vec<u8> {
     (0..28)
         .map(|i| seed.wrapping_mul(31).wrapping_add(i))
         .collect()
 }
 
 /// A peer: the SRTP contexts an endpoint holds on its side.
-struct Peer {
-    tx: SrtpContext,
-    rx: SrtpContext,
-    seq: u16,
+pub(super) struct Peer {
+    pub(super) tx: SrtpContext,
+    pub(super) rx: SrtpContext,
+    pub(super) seq: u16,
 }
 
 impl Peer {
-    fn new(seed: u8) -> (Self, Vec<u8>, Vec<u8>) {
+    pub(super) fn new(seed: u8) -> (Self, Vec<u8>, Vec<u8>) {
         let ours = master(seed);
         let theirs = master(seed.wrapping_add(100));
         let ctx = |m: &[u8]| {
@@ -75,7 +75,7 @@ impl Peer {
         )
     }
 
-    fn rtp(&mut self, ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn rtp(&mut self, ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
         let mut buf = [0u8; 1500];
         let h = RtpHeader {
             payload_type: pt,
@@ -91,7 +91,7 @@ impl Peer {
         buf[..n].to_vec()
     }
 
-    fn open(&mut self, srtp: &[u8]) -> Vec<u8> {
+    pub(super) fn open(&mut self, srtp: &[u8]) -> Vec<u8> {
         let mut b = srtp.to_vec();
         let n = self.rx.unprotect_rtp(&mut b).unwrap();
         b.truncate(n);
@@ -99,7 +99,7 @@ impl Peer {
     }
 }
 
-fn endpoint(
+pub(super) fn endpoint(
     id: u64,
     role: Role,
     remote_master: Vec<u8>,
@@ -122,7 +122,7 @@ fn endpoint(
     }))
 }
 
-fn video(ssrc: u32) -> Vec<TrackConfig> {
+pub(super) fn video(ssrc: u32) -> Vec<TrackConfig> {
     vec![TrackConfig {
         kind: MediaKind::Video,
         ssrc,
@@ -130,22 +130,22 @@ fn video(ssrc: u32) -> Vec<TrackConfig> {
     }]
 }
 
-fn consumers(o: Outcome) -> Vec<ConsumerInfo> {
+pub(super) fn consumers(o: Outcome) -> Vec<ConsumerInfo> {
     match o {
         Outcome::Consumers(c) => c,
         other => panic!("expected consumers, got {other:?}"),
     }
 }
 
-struct Room1 {
-    router: Router,
-    now: Instant,
-    publisher: Peer,
-    subs: Vec<(Peer, ConsumerInfo)>,
+pub(super) struct Room1 {
+    pub(super) router: Router,
+    pub(super) now: Instant,
+    pub(super) publisher: Peer,
+    pub(super) subs: Vec<(Peer, ConsumerInfo)>,
 }
 
 /// One publisher (comedia, SSRC 111) and `n` subscribers with known addresses.
-fn room_with(n: u16) -> Room1 {
+pub(super) fn room_with(n: u16) -> Room1 {
     let now = Instant::now();
     let mut router = Router::new(RouterConfig::default());
     router

@@ -250,7 +250,9 @@ impl SrtpContext {
         if let Some(at) = self.rtp.position(ssrc) {
             return at;
         }
-        self.rtp.entries.push((ssrc, RtpStream::new(self.rtp_window)));
+        self.rtp
+            .entries
+            .push((ssrc, RtpStream::new(self.rtp_window)));
         self.rtp.entries.len() - 1
     }
 
@@ -263,9 +265,11 @@ impl SrtpContext {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        self.seal_rtp(buf, len, |table, ssrc| match table.entries.get_mut(stream) {
-            Some((s, state)) if *s == ssrc => Ok(state),
-            _ => Err(SrtpError::UnknownStream),
+        self.seal_rtp(buf, len, |table, ssrc| {
+            match table.entries.get_mut(stream) {
+                Some((s, state)) if *s == ssrc => Ok(state),
+                _ => Err(SrtpError::UnknownStream),
+            }
         })
     }
 
