@@ -56,7 +56,7 @@ use sfu_core::router::{ConsumerInfo, MediaKind, Role, Subscription, TrackConfig}
 use tower_http::cors::{self, CorsLayer};
 
 use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
-use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::error::{ApiError, LimitRefused, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
 
@@ -219,6 +219,9 @@ async fn count_requests(State(api): State<ApiState>, req: Request, next: Next) -
     api.node.count_request(route, response.status().as_u16());
     if let Some(&reason) = response.extensions().get::<AuthError>() {
         api.auth.count_failure(reason);
+    }
+    if let Some(LimitRefused(limit)) = response.extensions().get::<LimitRefused>() {
+        api.node.count_limit_refusal(limit);
     }
     response
 }
@@ -491,7 +494,7 @@ impl EndpointBody {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(remote) = self.remote
-            && (remote.port() == 0 || remote.ip().is_unspecified())
+            && !usable_unicast(remote)
         {
             return Err(ApiError::BadRequest(format!(
                 "remote {remote} is not a usable address"
@@ -511,6 +514,17 @@ impl EndpointBody {
             rtcp_ssrc: self.rtcp_ssrc,
         })
     }
+}
+
+/// A unicast destination: not unspecified, multicast or broadcast, and a
+/// port other than 0.
+fn usable_unicast(addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    let broadcast = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
+        std::net::IpAddr::V6(_) => false,
+    };
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 fn consumers_json(consumers: &[ConsumerInfo]) -> Value {
@@ -537,6 +551,11 @@ async fn create_endpoint(
     token.need(Some(&room), Need::Any)?;
     let body: EndpointBody = body.json()?;
     token.need(Some(&room), body.role.need())?;
+    if body.remote.is_some() {
+        // A given address is sent to without the peer ever proving it
+        // wants the media: operators only (see the README's security model).
+        token.need(Some(&room), Need::OneOf(&[Grant::Admin, Grant::Trunk]))?;
+    }
     let new = body.validate()?;
     let name = room.clone();
     let created = blocking(&state, move |s| s.create_endpoint(&room, new)).await?;

@@ -83,6 +83,11 @@ pub enum Grant {
     /// Everything, including creating and deleting rooms; with room `"*"`
     /// also the node-wide routes (`/v1/rooms` list, `/v1/load`, `/metrics`).
     Admin,
+    /// Operator endpoints such as relays between nodes and load
+    /// generators: may set an endpoint's `remote` address, which client
+    /// endpoints may not (they learn it from authenticated packets or ICE).
+    /// Grants nothing else by itself.
+    Trunk,
 }
 
 impl Grant {
@@ -92,6 +97,7 @@ impl Grant {
             Self::Publish => "publish",
             Self::Subscribe => "subscribe",
             Self::Admin => "admin",
+            Self::Trunk => "trunk",
         }
     }
 }
@@ -123,6 +129,8 @@ pub enum Need {
     All(&'static [Grant]),
     /// At least one grant, whichever.
     Any,
+    /// At least one of these grants.
+    OneOf(&'static [Grant]),
 }
 
 /// Why a request was not authenticated (401) or not authorized (403).
@@ -215,6 +223,7 @@ impl Claims {
             Need::Admin => false,
             Need::All(grants) => grants.iter().all(|g| self.grants.contains(g)),
             Need::Any => !self.grants.is_empty(),
+            Need::OneOf(grants) => grants.iter().any(|g| self.grants.contains(g)),
         };
         if granted {
             Ok(())

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::DEV_API_SECRET;
 use crate::auth::{Claims, Grant, MIN_SECRET_BYTES};
+use crate::limits::{Limits, LimitsLayer};
 
 /// Default control API address.
 pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880);
@@ -92,6 +93,8 @@ pub struct Config {
     pub socket_buffer_bytes: usize,
     /// Secret the API's HS256 bearer tokens are signed with.
     pub api_secret: ApiSecret,
+    /// Limits on client-created state (`[limits]`, `SFU_LIMITS_*`).
+    pub limits: Limits,
 }
 
 /// The secret of the control API's tokens. Its `Debug` and `Serialize`
@@ -158,6 +161,7 @@ impl Default for Config {
             pool_buffers: DEFAULT_POOL_BUFFERS,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             api_secret: ApiSecret::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct ConfigLayer {
     pub api_secret: Option<ApiSecret>,
     /// A file holding [`Config::api_secret`]; read by [`Config::apply`].
     pub api_secret_file: Option<PathBuf>,
+    /// See [`Config::limits`]: the limits this layer sets.
+    pub limits: Option<LimitsLayer>,
 }
 
 /// Why the configuration could not be loaded.
@@ -362,6 +368,8 @@ impl Cli {
             socket_buffer_bytes: self.socket_buffer_bytes,
             api_secret: self.api_secret.clone().map(ApiSecret::new),
             api_secret_file: self.api_secret_file.clone(),
+            // Limits come from the file and the environment only.
+            limits: None,
         }
     }
 }
@@ -437,7 +445,21 @@ impl ConfigLayer {
                 }
                 "SFU_API_SECRET" => layer.api_secret = Some(ApiSecret::new(value)),
                 "SFU_API_SECRET_FILE" => layer.api_secret_file = Some(PathBuf::from(value)),
-                _ => {}
+                _ => {
+                    if let Some(name) = key.strip_prefix("SFU_LIMITS_") {
+                        let var = "SFU_LIMITS_*";
+                        let n: usize = parse(var, value)?;
+                        layer
+                            .limits
+                            .get_or_insert_with(LimitsLayer::default)
+                            .set(name, n)
+                            .map_err(|message| ConfigError::Env {
+                                var,
+                                value: format!("{key}={value}"),
+                                message,
+                            })?;
+                    }
+                }
             }
         }
         Ok((layer, file))
@@ -494,7 +516,11 @@ impl Config {
             socket_buffer_bytes,
             api_secret: _,
             api_secret_file: _,
+            limits,
         } = layer;
+        if let Some(l) = &limits {
+            self.limits.apply(l);
+        }
         if let Some(v) = control_addr {
             self.control_addr = v;
         }
@@ -558,6 +584,7 @@ impl Config {
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         if self.pool_buffers == 0 {
             return Err(ConfigError::Invalid(
                 "pool_buffers must be at least 1".into(),
@@ -993,17 +1020,37 @@ pool_buffers = 100
     #[test]
     fn example_file_parses_with_every_key_uncommented() {
         let text = include_str!("../../deploy/sfu.toml");
+        // Commented keys, under their (uncommented) section headers.
         let uncommented: String = text
             .lines()
-            .filter_map(|line| line.strip_prefix("# ").or(line.strip_prefix("#")))
-            .filter(|line| {
-                line.split_once(" = ").is_some_and(|(key, _)| {
-                    key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                })
+            .filter_map(|line| {
+                if line.starts_with('[') {
+                    return Some(line);
+                }
+                line.strip_prefix("# ")
+                    .or(line.strip_prefix("#"))
+                    .filter(|line| {
+                        line.split_once(" = ").is_some_and(|(key, _)| {
+                            key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        })
+                    })
             })
             .map(|line| format!("{line}\n"))
             .collect();
         let layer = ConfigLayer::from_toml(&uncommented).expect("example keys parse");
+        let limits = layer.limits.clone().expect("a [limits] section");
+        assert_eq!(
+            limits.0.len(),
+            crate::limits::NAMES.len(),
+            "every limit documented"
+        );
+        let mut documented = Limits::default();
+        documented.apply(&limits);
+        assert_eq!(
+            documented,
+            Limits::default(),
+            "documented values are the defaults"
+        );
         assert!(layer.control_addr.is_some() && layer.media_ip.is_some());
         assert!(layer.media_port.is_some() && layer.workers.is_some());
         assert!(layer.cpus.is_some() && layer.advertised_ip.is_some());

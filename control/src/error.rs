@@ -134,10 +134,20 @@ impl ApiError {
     }
 }
 
+/// The limit that refused a request (as a metric label, e.g.
+/// `endpoints_per_room`), carried from the answer to the request counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRefused(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
         let mut response = (self.status(), Json(body)).into_response();
+        if let Self::TooMany(limit) = &self {
+            response
+                .extensions_mut()
+                .insert(LimitRefused(limit.replace(' ', "_").to_ascii_lowercase()));
+        }
         if let Self::Auth(e) = self {
             let challenge = match e {
                 AuthError::Missing => r#"Bearer realm="sfu""#,

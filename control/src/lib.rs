@@ -53,6 +53,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod state;
 pub mod whip;
@@ -67,7 +68,6 @@ use tokio::task::JoinHandle;
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
 use packet_path::{Node, NodeConfig};
-use sfu_core::router::RouterConfig;
 use state::AppState;
 
 /// How often the sampler task snapshots worker counters for the rates of
@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         base_port: config.media_port,
         pool_buffers: config.pool_buffers,
         socket_buffer_bytes: config.socket_buffer_bytes,
-        router: RouterConfig::default(),
+        router: config.limits.router_config(),
         dtls_cert: Some(dtls_cert.clone()),
         ..NodeConfig::default()
     })
@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         resolved.advertised_ip,
         node.workers().to_vec(),
         dtls_cert,
+        config.limits,
     ));
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();

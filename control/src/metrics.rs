@@ -145,6 +145,12 @@ const WORKER_FAMILIES: &[Family] = &[
         value: |s| s.twcc_feedback_sent.to_string(),
     },
     Family {
+        name: "sfu_consumers_over_limit_total",
+        help: "Producers an \"all\" subscriber on the worker did not get because it had reached limits.consumers_per_endpoint.",
+        kind: "counter",
+        value: |s| s.consumers_over_limit.to_string(),
+    },
+    Family {
         name: "sfu_pool_in_use",
         help: "Send buffers of the worker's pool in use.",
         kind: "gauge",
@@ -278,6 +284,17 @@ pub fn render(state: &AppState) -> String {
             out,
             "sfu_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
         );
+    }
+
+    header(
+        &mut out,
+        "sfu_limit_refusals_total",
+        "Requests refused because a limit was reached, by limit.",
+        "counter",
+    );
+    for (limit, n) in state.limit_refusals() {
+        let limit = escape(&limit);
+        let _ = writeln!(out, "sfu_limit_refusals_total{{limit=\"{limit}\"}} {n}");
     }
 
     header(

@@ -42,6 +42,7 @@ use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
 
 use crate::error::ApiError;
+use crate::limits::Limits;
 use packet_path::{RequestError, WorkerHandle, WorkerStats};
 
 /// Longest room name accepted.
@@ -61,6 +62,8 @@ pub struct AppState {
     model: RwLock<Model>,
     rates: RwLock<Rates>,
     http_requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests refused by a limit, by the limit's name.
+    limit_refusals: Mutex<BTreeMap<String, u64>>,
     draining: AtomicBool,
 }
 
@@ -75,6 +78,8 @@ pub struct Model {
     remotes: HashSet<(usize, SocketAddr)>,
     /// (rooms, endpoints) per worker.
     load: Vec<(usize, usize)>,
+    /// The node's limits (placement skips full workers).
+    limits: Limits,
     next_room: u64,
     /// Creation counter of endpoints: orders a room's producers.
     next_seq: u64,
@@ -250,9 +255,11 @@ impl AppState {
         advertised_ip: IpAddr,
         workers: Vec<WorkerHandle>,
         dtls_cert: DtlsCert,
+        limits: Limits,
     ) -> Self {
         let model = Model {
             load: vec![(0, 0); workers.len()],
+            limits,
             ..Model::default()
         };
         Self {
@@ -265,6 +272,7 @@ impl AppState {
             model: RwLock::new(model),
             rates: RwLock::new(Rates::default()),
             http_requests: Mutex::new(BTreeMap::new()),
+            limit_refusals: Mutex::new(BTreeMap::new()),
             draining: AtomicBool::new(false),
         }
     }
@@ -344,7 +352,22 @@ impl AppState {
             .or_default() += 1;
     }
 
-    /// Answered HTTP requests by (route, status).
+    /// Counts a request refused by the limit called `limit`.
+    pub fn count_limit_refusal(&self, limit: &str) {
+        *lock(&self.limit_refusals)
+            .entry(limit.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Requests refused by each limit since start, by limit name.
+    pub fn limit_refusals(&self) -> Vec<(String, u64)> {
+        lock(&self.limit_refusals)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Answers by (route, status) since start.
     pub fn http_requests(&self) -> Vec<((String, u16), u64)> {
         lock(&self.http_requests)
             .iter()
@@ -430,6 +453,9 @@ impl AppState {
             let mut model = self.model_mut();
             if model.rooms.contains_key(name) {
                 return Err(ApiError::RoomExists(name.to_owned()));
+            }
+            if model.rooms.len() >= model.limits.rooms {
+                return Err(ApiError::TooMany("rooms per node".into()));
             }
             let worker = model.place(worker)?;
             model.next_room += 1;
@@ -856,16 +882,25 @@ impl Model {
     }
 
     /// The worker for a new room: `requested` if valid, else the one with
-    /// the fewest rooms, then the fewest endpoints, then the lowest index.
+    /// the fewest rooms, then the fewest endpoints, then the lowest index,
+    /// among the workers that are not full (rooms or endpoints at their
+    /// per-worker limit).
     fn place(&self, requested: Option<usize>) -> Result<usize, ApiError> {
         let workers = self.load.len();
-        match requested {
-            Some(w) if w < workers => Ok(w),
-            Some(w) => Err(ApiError::UnknownWorker(w, workers)),
+        let full = |w: usize| {
+            self.load.get(w).is_none_or(|&(rooms, endpoints)| {
+                rooms >= self.limits.rooms_per_worker
+                    || endpoints >= self.limits.endpoints_per_worker
+            })
+        };
+        let w = match requested {
+            Some(w) if w >= workers => return Err(ApiError::UnknownWorker(w, workers)),
+            Some(w) => Some(w).filter(|&w| !full(w)),
             None => (0..workers)
-                .min_by_key(|&w| (self.load[w], w))
-                .ok_or_else(|| ApiError::Internal("the node has no workers".into())),
-        }
+                .filter(|&w| !full(w))
+                .min_by_key(|&w| (self.load.get(w), w)),
+        };
+        w.ok_or_else(|| ApiError::TooMany("rooms or endpoints per worker".into()))
     }
 
     /// A random endpoint id not in use, and its string form (16 hex digits).
@@ -921,12 +956,18 @@ pub fn assumed_codec(kind: MediaKind) -> CodecChoice {
 }
 
 /// Room names are 1 to [`MAX_ROOM_NAME`] characters of `A-Z a-z 0-9 - _ . ~`
-/// (URL-safe without escaping).
+/// (URL-safe without escaping), beginning with a letter or digit: never `.`,
+/// `..` or anything else a path or a key prefix could read specially.
 pub fn validate_room_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_ROOM_NAME {
         return Err(ApiError::BadRequest(format!(
             "room name must be 1 to {MAX_ROOM_NAME} characters"
         )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(ApiError::BadRequest(
+            "room name must begin with A-Z, a-z or 0-9".into(),
+        ));
     }
     if !name
         .bytes()

@@ -106,6 +106,9 @@ pub struct WorkerStats {
     pub simulcast_layers_bound: u64,
     /// Transport-cc feedback packets sent to publishers.
     pub twcc_feedback_sent: u64,
+    /// Producers `All` subscribers did not get because they were at their
+    /// consumer limit.
+    pub consumers_over_limit: u64,
     /// Drops by reason label ([`DropReason::as_str`]).
     pub drops: Vec<(&'static str, u64)>,
     /// Send buffers in the pool.
@@ -194,6 +197,7 @@ impl WorkerHandle {
             consent_expired: get(&s.consent_expired),
             simulcast_layers_bound: get(&s.simulcast_bound),
             twcc_feedback_sent: get(&s.twcc_feedback_sent),
+            consumers_over_limit: get(&s.consumers_over_limit),
             drops: DropReason::ALL
                 .iter()
                 .zip(&s.drops)

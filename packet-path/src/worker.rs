@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     /// Simulcast layers bound to an SSRC.
     pub(crate) simulcast_bound: AtomicU64,
     pub(crate) twcc_feedback_sent: AtomicU64,
+    /// Producers `All` subscribers missed at their consumer limit.
+    pub(crate) consumers_over_limit: AtomicU64,
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
     pub(crate) pool_capacity: AtomicU64,
     pub(crate) pool_in_use: AtomicU64,
@@ -101,6 +103,7 @@ impl Shared {
             consent_expired: AtomicU64::new(0),
             simulcast_bound: AtomicU64::new(0),
             twcc_feedback_sent: AtomicU64::new(0),
+            consumers_over_limit: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_capacity: AtomicU64::new(pool_capacity as u64),
             pool_in_use: AtomicU64::new(0),
@@ -257,6 +260,7 @@ impl Worker {
         set(&s.consent_expired, r.consent_expired);
         set(&s.simulcast_bound, r.simulcast_bound);
         set(&s.twcc_feedback_sent, r.twcc_feedback_sent);
+        set(&s.consumers_over_limit, r.consumers_over_limit);
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }
