@@ -399,6 +399,14 @@ impl<'a> SendBatch<'_, 'a> {
         self.s.segmented.get(i).copied().unwrap_or(false)
     }
 
+    /// The destination of message `i` (`None` past the pushed messages).
+    pub(crate) fn dst(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.msgs {
+            return None;
+        }
+        decode_addr(&self.s.addrs[i], self.s.hdrs[i].msg_hdr.msg_namelen)
+    }
+
     /// Appends one message to `dst` whose payload is the concatenation of
     /// `parts`; with `segment_size` the kernel cuts it into datagrams of that
     /// size (GSO). Returns false, pushing nothing, if the batch has no room
