@@ -25,8 +25,9 @@
 //! false.
 //!
 //! A segmented send the kernel refuses at run time — `EIO` (the route's
-//! device cannot checksum-offload) or `EINVAL` (segments larger than the
-//! path MTU, e.g. a subscriber behind a small-MTU route) — concerns that
+//! device cannot checksum-offload), `EINVAL` or `EMSGSIZE` (segments
+//! larger than the path MTU, e.g. a subscriber behind a small-MTU route;
+//! kernels 6.x answer `EMSGSIZE`) — concerns that
 //! message's destination, not the socket: the destination goes into a
 //! table of refused destinations, the refused message is resent at once
 //! without segmentation (no data is lost), and that destination alone gets
@@ -423,7 +424,9 @@ impl BatchSocket {
         });
         match r {
             Ok(()) => Ok(transmits.len()),
-            Err(SendFailure { at: (0, _), error, .. }) => Err(error),
+            Err(SendFailure {
+                at: (0, _), error, ..
+            }) => Err(error),
             Err(SendFailure { at: (t, _), .. }) => Ok(t),
         }
     }
@@ -508,12 +511,17 @@ impl BatchSocket {
         }
         Ok(())
     }
-
 }
 
 /// The failure of message `i` of `batch`, whose messages start at
 /// `origins` and whose last message ends at `pos`.
-fn failure(origins: &[Pos], batch: &SendBatch<'_, '_>, i: usize, pos: Pos, error: io::Error) -> SendFailure {
+fn failure(
+    origins: &[Pos],
+    batch: &SendBatch<'_, '_>,
+    i: usize,
+    pos: Pos,
+    error: io::Error,
+) -> SendFailure {
     let next = if i + 1 < batch.len() {
         origins[i + 1]
     } else {

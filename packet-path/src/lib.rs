@@ -4,7 +4,9 @@
 //! # Design
 //! * [`io`] — [`io::BatchSocket`], a safe batched UDP socket: `recvmmsg` with
 //!   UDP GRO and `sendmmsg` with UDP GSO over arrays allocated once at bind,
-//!   with a runtime fallback to plain sends when the kernel refuses GSO. The
+//!   with a fallback to plain sends for a destination whose GSO train the
+//!   kernel refuses (e.g. a small path MTU), retried after a back-off, so
+//!   one such subscriber does not cost the others their trains. The
 //!   worker and the load generator (`sfu-loadgen`) both use it.
 //! * [`pool`] — [`pool::SendPool`], the send buffers of one worker (one
 //!   allocation of `pool_buffers` × 2048 bytes, a free list, a send queue),

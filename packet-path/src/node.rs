@@ -35,7 +35,7 @@ pub struct NodeConfig {
     /// `SO_RCVBUF`/`SO_SNDBUF` (the `FORCE` variants when permitted).
     /// Default 32 MiB.
     pub socket_buffer_bytes: usize,
-    /// Try UDP GSO (runtime fallback when refused). Default true.
+    /// Try UDP GSO (per-destination fallback when refused). Default true.
     pub gso: bool,
     /// Try UDP GRO. Default true.
     pub gro: bool,
@@ -114,11 +114,20 @@ pub struct WorkerStats {
     pub pool_in_use: u64,
     /// Egress copies lost to an empty pool.
     pub pool_exhausted: u64,
-    /// Times the kernel refused GSO (then the worker sends without it).
+    /// 1 if the kernel refused `UDP_SEGMENT` at start (the worker then
+    /// sends without GSO), else 0.
     pub gso_fallbacks: u64,
+    /// Segmented sends the kernel refused for their destination (resent
+    /// unsegmented; the destination backs off from GSO).
+    pub gso_refusals: u64,
+    /// Destinations currently sent without GSO after a refusal.
+    pub gso_fallback_destinations: u64,
+    /// GSO trains (segmented messages) the kernel accepted.
+    pub gso_sends: u64,
     /// Whether the socket receives GRO trains.
     pub gro_enabled: bool,
-    /// Whether the socket sends GSO trains.
+    /// Whether the socket can send GSO trains (a socket capability; see
+    /// `gso_fallback_destinations` for destinations that refused them).
     pub gso_enabled: bool,
     /// Rooms on the worker.
     pub rooms: u64,
@@ -203,6 +212,9 @@ impl WorkerHandle {
             pool_in_use: get(&s.pool_in_use),
             pool_exhausted: get(&s.pool_exhausted),
             gso_fallbacks: get(&s.gso_fallbacks),
+            gso_refusals: get(&s.gso_refusals),
+            gso_fallback_destinations: get(&s.gso_fallback_destinations),
+            gso_sends: get(&s.gso_sends),
             gro_enabled: s.gro_enabled.load(Ordering::Relaxed),
             gso_enabled: s.gso_enabled.load(Ordering::Relaxed),
             rooms: get(&s.rooms),

@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub(crate) pool_in_use: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
     pub(crate) gso_fallbacks: AtomicU64,
+    pub(crate) gso_refusals: AtomicU64,
+    pub(crate) gso_fallback_destinations: AtomicU64,
+    pub(crate) gso_sends: AtomicU64,
     pub(crate) gro_enabled: AtomicBool,
     pub(crate) gso_enabled: AtomicBool,
     pub(crate) rooms: AtomicU64,
@@ -106,6 +109,9 @@ impl Shared {
             pool_in_use: AtomicU64::new(0),
             pool_exhausted: AtomicU64::new(0),
             gso_fallbacks: AtomicU64::new(socket.gso_fallbacks()),
+            gso_refusals: AtomicU64::new(0),
+            gso_fallback_destinations: AtomicU64::new(0),
+            gso_sends: AtomicU64::new(0),
             gro_enabled: AtomicBool::new(socket.gro_enabled()),
             gso_enabled: AtomicBool::new(socket.gso_enabled()),
             rooms: AtomicU64::new(0),
@@ -263,6 +269,12 @@ impl Worker {
         set(&s.pool_in_use, self.pool.in_use() as u64);
         set(&s.pool_exhausted, self.pool.exhausted());
         set(&s.gso_fallbacks, self.socket.gso_fallbacks());
+        set(&s.gso_refusals, self.socket.gso_refusals());
+        set(
+            &s.gso_fallback_destinations,
+            self.socket.gso_fallback_destinations() as u64,
+        );
+        set(&s.gso_sends, self.socket.gso_sends());
         s.gro_enabled
             .store(self.socket.gro_enabled(), Ordering::Relaxed);
         s.gso_enabled
