@@ -31,11 +31,13 @@
 //!    `sendmmsg`, and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
-//! 5. publishes its counters to atomics (thread CPU time every 100 ms);
+//! 5. publishes its counters to atomics (thread CPU time every 100 ms) and
+//!    its heartbeat (the loop's `now`);
 //! 6. returns if the stop flag is set.
 //!
 //! The socket's 5 ms read timeout bounds how long an idle worker takes to run
-//! a command or to stop. Nothing in the loop allocates after start-up
+//! a command or to stop, and the age of a healthy worker's heartbeat
+//! ([`WorkerHandle::heartbeat_age`]). Nothing in the loop allocates after start-up
 //! (`tests/zero_alloc_worker.rs` counts allocations over a million packets).
 //!
 //! # Threading: one port per worker
@@ -70,6 +72,19 @@
 //! [`WorkerStats::recv_errors`]), never unwrapped. [`Node::start`] returns an
 //! error, not a panic, for bad configuration or a busy port.
 //!
+//! Should a worker panic all the same (a bug), the thread body catches the
+//! panic and records its message; the other workers go on.
+//! [`WorkerHandle::health`] then answers [`WorkerHealth::Dead`] (and
+//! [`WorkerHealth::Stalled`] for a worker whose loop has not come round for
+//! [`NodeConfig::stall_after`], 2 s by default), and requests to it fail with
+//! [`RequestError::Stopped`]. The rooms of a dead worker are lost, and it is
+//! not restarted in place: the control plane reports it and exits so that
+//! the service manager restarts the node. [`Node::shutdown`] waits at most
+//! [`JOIN_TIMEOUT`] for the threads, leaving a stalled one detached.
+//!
+//! With the `test-hooks` feature (tests only), `test_hooks` datagrams make
+//! a worker panic or stall on purpose.
+//!
 //! # Unsafe
 //! All `unsafe` code lives in the private `sys` module: the `recvmmsg`,
 //! `sendmmsg`, `setsockopt` and `clock_gettime` calls, control-message
@@ -81,6 +96,11 @@ pub mod io;
 mod node;
 pub mod pool;
 mod sys;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 mod worker;
 
-pub use node::{Node, NodeConfig, REQUEST_TIMEOUT, RequestError, WorkerHandle, WorkerStats};
+pub use node::{
+    JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER, WorkerHandle,
+    WorkerHealth, WorkerStats,
+};
