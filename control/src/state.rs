@@ -426,12 +426,18 @@ impl AppState {
     ) -> Result<(usize, SocketAddr), ApiError> {
         validate_room_name(name)?;
         let _serial = lock(&self.mutate);
+        // A dead or stalled worker gets no new room.
+        let healthy: Vec<bool> = self
+            .workers
+            .iter()
+            .map(|w| w.health().is_running())
+            .collect();
         let (id, worker) = {
             let mut model = self.model_mut();
             if model.rooms.contains_key(name) {
                 return Err(ApiError::RoomExists(name.to_owned()));
             }
-            let worker = model.place(worker)?;
+            let worker = model.place(worker, &healthy)?;
             model.next_room += 1;
             (RoomId(model.next_room), worker)
         };
@@ -857,14 +863,21 @@ impl Model {
 
     /// The worker for a new room: `requested` if valid, else the one with
     /// the fewest rooms, then the fewest endpoints, then the lowest index.
-    fn place(&self, requested: Option<usize>) -> Result<usize, ApiError> {
+    /// The worker for a new room: `requested`, or the least loaded one
+    /// whose `healthy` entry is true; 503 `worker_stopped` if the requested
+    /// one, or every one, is unhealthy.
+    fn place(&self, requested: Option<usize>, healthy: &[bool]) -> Result<usize, ApiError> {
         let workers = self.load.len();
+        let healthy = |w: usize| healthy.get(w).copied().unwrap_or(false);
         match requested {
-            Some(w) if w < workers => Ok(w),
+            Some(w) if w < workers && healthy(w) => Ok(w),
+            Some(w) if w < workers => Err(ApiError::WorkerStopped),
             Some(w) => Err(ApiError::UnknownWorker(w, workers)),
+            None if workers == 0 => Err(ApiError::Internal("the node has no workers".into())),
             None => (0..workers)
+                .filter(|&w| healthy(w))
                 .min_by_key(|&w| (self.load[w], w))
-                .ok_or_else(|| ApiError::Internal("the node has no workers".into())),
+                .ok_or(ApiError::WorkerStopped),
         }
     }
 
@@ -985,13 +998,32 @@ mod tests {
             load: vec![(0, 0); 3],
             ..Model::default()
         };
-        assert_eq!(model.place(None), Ok(0));
+        let all = [true; 3];
+        assert_eq!(model.place(None, &all), Ok(0));
         model.load = vec![(1, 0), (0, 5), (0, 2)];
-        assert_eq!(model.place(None), Ok(2));
+        assert_eq!(model.place(None, &all), Ok(2));
         model.load = vec![(1, 0), (1, 5), (1, 2)];
-        assert_eq!(model.place(None), Ok(0));
-        assert_eq!(model.place(Some(1)), Ok(1));
-        assert_eq!(model.place(Some(3)), Err(ApiError::UnknownWorker(3, 3)));
+        assert_eq!(model.place(None, &all), Ok(0));
+        assert_eq!(model.place(Some(1), &all), Ok(1));
+        assert_eq!(
+            model.place(Some(3), &all),
+            Err(ApiError::UnknownWorker(3, 3))
+        );
+    }
+
+    #[test]
+    fn placement_skips_unhealthy_workers() {
+        let model = Model {
+            load: vec![(0, 0), (3, 0), (1, 0)],
+            ..Model::default()
+        };
+        assert_eq!(model.place(None, &[false, true, true]), Ok(2));
+        assert_eq!(model.place(None, &[false, true, false]), Ok(1));
+        assert_eq!(model.place(None, &[false; 3]), Err(ApiError::WorkerStopped));
+        assert_eq!(
+            model.place(Some(0), &[false, true, true]),
+            Err(ApiError::WorkerStopped)
+        );
     }
 
     #[test]
