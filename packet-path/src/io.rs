@@ -31,8 +31,9 @@
 //! message's destination, not the socket: the destination goes into a
 //! table of refused destinations, the refused message is resent at once
 //! without segmentation (no data is lost), and that destination alone gets
-//! plain sends until its back-off expires: [`GSO_RETRY_AFTER`] after the
-//! first refusal, doubled on each refused probe up to [`GSO_RETRY_MAX`].
+//! plain sends until its back-off expires: [`GSO_RETRY_AFTER`] (10 s) after
+//! the first refusal, doubled on each refused probe up to [`GSO_RETRY_MAX`]
+//! times that (320 s).
 //! After the back-off the next train to it is sent segmented again (a
 //! probe); if the kernel accepts it, the destination leaves the table.
 //! Every other destination keeps its GSO trains. The table holds
