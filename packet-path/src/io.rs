@@ -75,8 +75,10 @@ pub const GSO_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Longest back-off of a destination that keeps refusing GSO, as a multiple
 /// of the first one: 32 × [`GSO_RETRY_AFTER`] = 320 s by default.
 pub const GSO_RETRY_MAX: u32 = 32;
-/// Destinations a socket remembers as refusing GSO (allocated at bind).
-pub const GSO_REFUSED_DESTINATIONS: usize = 256;
+/// Destinations a socket remembers as refusing GSO (allocated at bind). The
+/// table is searched linearly for each message while it is not empty, so it
+/// stays small.
+pub const GSO_REFUSED_DESTINATIONS: usize = 64;
 
 /// How [`BatchSocket::bind`] sets up a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
