@@ -22,7 +22,8 @@
 //!
 //! 1. `recvmmsg` up to `batch` buffers (64 KiB each with GRO; a GRO buffer is
 //!    split into `stride`-sized datagrams);
-//! 2. takes `Instant::now()` once and passes every datagram to
+//! 2. takes `Instant::now()` once, publishes it as the worker's heartbeat
+//!    (an atomic), and passes every datagram to
 //!    `Router::handle_datagram`, which decrypts it in place and writes each
 //!    egress copy into a pool buffer (the pool is flushed early if the queue
 //!    reaches half its buffers);
@@ -31,8 +32,7 @@
 //!    `sendmmsg`, and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
-//! 5. publishes its counters to atomics (thread CPU time every 100 ms) and
-//!    its heartbeat (the loop's `now`);
+//! 5. publishes its counters to atomics (thread CPU time every 100 ms);
 //! 6. returns if the stop flag is set.
 //!
 //! The socket's 5 ms read timeout bounds how long an idle worker takes to run

@@ -4,11 +4,12 @@
 //! loop {
 //!     recvmmsg a batch (GRO buffers split into `stride`-sized datagrams)
 //!     now = Instant::now()                       // once per batch
+//!     heartbeat = now                            // an atomic the handles read
 //!     router.handle_datagram(now, src, datagram, &mut pool) for each datagram
 //!         (flushing early when the queue holds half the pool)
 //!     pool.flush(): GSO trains per destination via sendmmsg, buffers freed
 //!     drain up to 64 control requests (try_recv) -> router.handle_command
-//!     publish counters to the shared atomics, and the heartbeat (`now`)
+//!     publish counters to the shared atomics
 //!     stop flag set? -> return
 //! }
 //! ```
