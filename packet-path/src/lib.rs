@@ -29,7 +29,8 @@
 //!    reaches half its buffers);
 //! 3. flushes the pool: sorts the queue by (destination, queueing order),
 //!    sends each destination's equal-size datagrams as GSO trains with
-//!    `sendmmsg`, and frees the buffers;
+//!    `sendmmsg` (one datagram per message for a destination backing off
+//!    after a GSO refusal), and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
 //! 5. publishes its counters to atomics (thread CPU time every 100 ms);
