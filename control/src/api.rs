@@ -2,7 +2,7 @@
 //!
 //! | method and path | token needs | answer |
 //! |---|---|---|
-//! | `GET /healthz` | no token | 200 `{"status":"ok"}`, 503 `{"status":"draining"}` while shutting down |
+//! | `GET /healthz` | no token | 200 `{"status":"ok"}`; 503 `{"status":"unhealthy","workers":[...]}` naming each dead or stalled worker ([`crate::supervise`]), else 503 `{"status":"draining"}` while shutting down |
 //! | `GET /metrics` | admin, room `*` | Prometheus text ([`crate::metrics`]) |
 //! | `GET /v1/load` | admin, room `*` | node and per-worker load ([`crate::metrics::load`]) |
 //! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [...]}` |
@@ -59,6 +59,7 @@ use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
 use crate::error::{ApiError, LimitRefused, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
+use crate::supervise;
 
 /// What every handler may reach: the node's state and the token checker.
 #[derive(Debug, Clone)]
@@ -285,7 +286,15 @@ where
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    if state.draining() {
+    let unhealthy = supervise::unhealthy(state.workers());
+    if !unhealthy.is_empty() {
+        let workers: Vec<Value> = unhealthy.iter().map(supervise::describe).collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "workers": workers})),
+        )
+            .into_response()
+    } else if state.draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),

@@ -7,8 +7,9 @@
 //! * [`start`] starts a [`packet_path::Node`] (its worker threads own the
 //!   media sockets and one [`sfu_core::router::Router`] each), then serves
 //!   [`api::app`] with axum on the tokio runtime it is called from, and
-//!   starts the rate sampler task. [`Running::shutdown`] stops them in the
-//!   reverse order.
+//!   starts the rate sampler task and the worker supervisor
+//!   ([`supervise`]). [`Running::shutdown`] stops them in the reverse
+//!   order.
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
@@ -16,8 +17,9 @@
 //!   serves loopback addresses. The `sfu token` subcommand mints tokens.
 //!
 //! # Threads
-//! * The tokio runtime runs the HTTP server, the handlers and the sampler
-//!   task; the blocking pool runs the mutations (see below).
+//! * The tokio runtime runs the HTTP server, the handlers, the sampler
+//!   task and the supervisor task; the blocking pool runs the mutations
+//!   (see below).
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
@@ -45,8 +47,15 @@
 //! parsed with serde into types that are then checked (lengths, ranges,
 //! key sizes), and every failure is an [`ApiError`] answered as JSON with a
 //! 4xx status. Locks recover from poisoning. The library returns typed
-//! errors ([`ConfigError`], [`StartError`], [`ApiError`]); only the binary
-//! uses `anyhow`.
+//! errors ([`ConfigError`], [`StartError`], [`ApiError`], [`RunError`]);
+//! only the binary uses `anyhow`.
+//!
+//! A worker that panics or stalls (a bug) is not hidden: `/healthz`
+//! answers 503 naming it, `sfu_worker_up{worker}` drops to 0, placement
+//! stops giving it rooms, and the supervisor makes [`Running::run_until`]
+//! return [`RunError::WorkerFailed`] after [`supervise::FAILURE_GRACE`]; the
+//! `sfu` binary then exits with status 70 for the service manager to
+//! restart the node (see [`supervise`]).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -56,6 +65,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod state;
+pub mod supervise;
 pub mod whip;
 
 use std::net::SocketAddr;
@@ -100,9 +110,32 @@ pub enum StartError {
     },
 }
 
-/// A started node: workers, HTTP server and sampler. Stop it with
-/// [`Running::shutdown`]; dropping it instead aborts the HTTP server and the
-/// sampler and drops the node.
+/// Why [`Running::run_until`] returned before its signal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The HTTP server stopped.
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+    /// A worker died or stalled; the node was shut down.
+    #[error("{0}")]
+    WorkerFailed(supervise::WorkerFailure),
+}
+
+impl RunError {
+    /// The exit status the `sfu` binary ends with: 70 (`EX_SOFTWARE`) for a
+    /// failed worker, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::WorkerFailed(_) => 70,
+            Self::Http(_) => 1,
+        }
+    }
+}
+
+/// A started node: workers, HTTP server, sampler and supervisor. Stop it
+/// with [`Running::shutdown`]; dropping it instead aborts the HTTP server
+/// and the tasks and drops the node.
 #[derive(Debug)]
 pub struct Running {
     http_addr: SocketAddr,
@@ -110,6 +143,8 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
+    supervisor: JoinHandle<()>,
+    failed: oneshot::Receiver<supervise::WorkerFailure>,
     node: Option<Node>,
 }
 
@@ -117,6 +152,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.server.abort();
         self.sampler.abort();
+        self.supervisor.abort();
     }
 }
 
@@ -210,12 +246,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             sampler_state.sample_rates();
         }
     });
+    let (failure, failed) = oneshot::channel();
+    let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
     Ok(Running {
         http_addr,
         state,
         stop: Some(stop),
         server,
         sampler,
+        supervisor,
+        failed,
         node: Some(node),
     })
 }
@@ -240,25 +280,43 @@ impl Running {
         &self.state
     }
 
-    /// Serves until `signal` completes or the HTTP server fails, then shuts
-    /// down. Returns the server's error, if it failed.
-    pub async fn run_until<F: Future<Output = ()>>(mut self, signal: F) -> std::io::Result<()> {
-        let failed = tokio::select! {
-            () = signal => None,
-            result = &mut self.server => Some(result),
+    /// Serves until `signal` completes, the HTTP server fails or a worker
+    /// fails, then shuts down. After a worker failure it keeps serving for
+    /// [`supervise::FAILURE_GRACE`] first (`/healthz` answers 503 naming the
+    /// worker) and returns [`RunError::WorkerFailed`]; after a server
+    /// failure, [`RunError::Http`].
+    pub async fn run_until<F: Future<Output = ()>>(mut self, signal: F) -> Result<(), RunError> {
+        enum Ended {
+            Signal,
+            Server(Result<std::io::Result<()>, tokio::task::JoinError>),
+            Worker(supervise::WorkerFailure),
+        }
+        let ended = tokio::select! {
+            () = signal => Ended::Signal,
+            result = &mut self.server => Ended::Server(result),
+            Ok(failure) = &mut self.failed => Ended::Worker(failure),
         };
-        match failed {
-            None => {
+        match ended {
+            Ended::Signal => {
                 self.shutdown().await;
                 Ok(())
             }
-            Some(result) => {
+            Ended::Server(result) => {
                 tracing::error!("HTTP server stopped unexpectedly");
                 self.stop_rest().await;
                 match result {
-                    Ok(r) => r,
-                    Err(e) => Err(std::io::Error::other(e)),
+                    Ok(Ok(())) => Err(RunError::Http(std::io::Error::other(
+                        "the HTTP server stopped",
+                    ))),
+                    Ok(Err(e)) => Err(RunError::Http(e)),
+                    Err(e) => Err(RunError::Http(std::io::Error::other(e))),
                 }
+            }
+            Ended::Worker(failure) => {
+                tokio::time::sleep(supervise::FAILURE_GRACE).await;
+                tracing::error!("{failure}: shutting the node down");
+                self.shutdown().await;
+                Err(RunError::WorkerFailed(failure))
             }
         }
     }
@@ -285,6 +343,7 @@ impl Running {
 
     async fn stop_rest(mut self) {
         self.sampler.abort();
+        self.supervisor.abort();
         if let Some(node) = self.node.take() {
             let joined = tokio::task::spawn_blocking(move || node.shutdown()).await;
             if let Err(e) = joined {

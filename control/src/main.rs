@@ -1,7 +1,11 @@
 //! The `sfu` binary: loads the configuration, sets up logging, starts the
-//! node and serves until SIGTERM or SIGINT. `sfu token ...` instead prints
-//! a bearer token for the control API. See the `control` crate docs.
+//! node and serves until SIGTERM or SIGINT. It exits with status 70 when a
+//! worker dies or stalls (see `control::supervise`), so that the service
+//! manager restarts it. `sfu token ...` instead prints a bearer token for
+//! the control API. See the `control` crate docs.
 #![forbid(unsafe_code)]
+
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -11,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let config = Config::load(&cli, std::env::vars()).context("loading the configuration")?;
     if let Some(Command::Token(args)) = &cli.command {
@@ -23,7 +27,7 @@ fn main() -> anyhow::Result<()> {
             "{}",
             control::auth::mint(config.api_secret.as_bytes(), &claims)
         );
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -34,10 +38,13 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         let running = control::start(config).await.context("starting the node")?;
-        running
-            .run_until(shutdown_signal())
-            .await
-            .context("serving the control API")
+        match running.run_until(shutdown_signal()).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                tracing::error!(error = %e, "the node stopped on a failure");
+                Ok(ExitCode::from(e.exit_code()))
+            }
+        }
     })
 }
 

@@ -49,6 +49,8 @@ pub fn load(state: &AppState) -> Value {
                 "pool_in_use": s.pool_in_use,
                 "pool_exhausted": s.pool_exhausted,
                 "gso": s.gso_enabled,
+                "gso_fallback_destinations": s.gso_fallback_destinations,
+                "up": w.health().is_running(),
                 "gro": s.gro_enabled,
                 "drops": drops,
             })
@@ -170,9 +172,27 @@ const WORKER_FAMILIES: &[Family] = &[
     },
     Family {
         name: "sfu_gso_fallbacks_total",
-        help: "Batches the worker resent without GSO after the kernel refused it.",
+        help: "1 if the kernel refused UDP GSO on the worker's socket at start (it then sends without GSO).",
         kind: "counter",
         value: |s| s.gso_fallbacks.to_string(),
+    },
+    Family {
+        name: "sfu_gso_refusals_total",
+        help: "GSO trains the kernel refused for their destination (resent unsegmented; the destination backs off from GSO).",
+        kind: "counter",
+        value: |s| s.gso_refusals.to_string(),
+    },
+    Family {
+        name: "sfu_gso_fallback_destinations",
+        help: "Destinations the worker currently sends without GSO after a refusal.",
+        kind: "gauge",
+        value: |s| s.gso_fallback_destinations.to_string(),
+    },
+    Family {
+        name: "sfu_gso_sends_total",
+        help: "GSO trains (segmented messages) the kernel accepted from the worker.",
+        kind: "counter",
+        value: |s| s.gso_sends.to_string(),
     },
     Family {
         name: "sfu_send_errors_total",
@@ -194,7 +214,7 @@ const WORKER_FAMILIES: &[Family] = &[
     },
     Family {
         name: "sfu_gso_enabled",
-        help: "1 if the worker sends with UDP GSO.",
+        help: "1 if the worker's socket can send with UDP GSO.",
         kind: "gauge",
         value: |s| u8::from(s.gso_enabled).to_string(),
     },
@@ -246,6 +266,34 @@ pub fn render(state: &AppState) -> String {
                 (family.value)(s)
             );
         }
+    }
+
+    header(
+        &mut out,
+        "sfu_worker_up",
+        "1 if the worker thread is running, 0 if it is dead or stalled.",
+        "gauge",
+    );
+    let health: Vec<_> = state.workers().iter().map(|w| w.health()).collect();
+    for (i, h) in health.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sfu_worker_up{{worker=\"{i}\"}} {}",
+            u8::from(h.is_running())
+        );
+    }
+    header(
+        &mut out,
+        "sfu_worker_heartbeat_age_seconds",
+        "Seconds since the worker's loop last came round (about 0.005 at most while idle and healthy).",
+        "gauge",
+    );
+    for (i, w) in state.workers().iter().enumerate() {
+        let age = w.heartbeat_age().as_secs_f64();
+        let _ = writeln!(
+            out,
+            "sfu_worker_heartbeat_age_seconds{{worker=\"{i}\"}} {age}"
+        );
     }
 
     header(

@@ -449,6 +449,12 @@ impl AppState {
     ) -> Result<(usize, SocketAddr), ApiError> {
         validate_room_name(name)?;
         let _serial = lock(&self.mutate);
+        // A dead or stalled worker gets no new room.
+        let healthy: Vec<bool> = self
+            .workers
+            .iter()
+            .map(|w| w.health().is_running())
+            .collect();
         let (id, worker) = {
             let mut model = self.model_mut();
             if model.rooms.contains_key(name) {
@@ -457,7 +463,7 @@ impl AppState {
             if model.rooms.len() >= model.limits.rooms {
                 return Err(ApiError::TooMany("rooms per node".into()));
             }
-            let worker = model.place(worker)?;
+            let worker = model.place(worker, &healthy)?;
             model.next_room += 1;
             (RoomId(model.next_room), worker)
         };
@@ -883,24 +889,32 @@ impl Model {
 
     /// The worker for a new room: `requested` if valid, else the one with
     /// the fewest rooms, then the fewest endpoints, then the lowest index,
-    /// among the workers that are not full (rooms or endpoints at their
-    /// per-worker limit).
-    fn place(&self, requested: Option<usize>) -> Result<usize, ApiError> {
+    /// among the workers whose `healthy` entry is true and that are not full
+    /// (rooms or endpoints at their per-worker limit). 503 `worker_stopped`
+    /// if the requested one, or every one, is unhealthy; 503 `too_many` if
+    /// the requested one, or every healthy one, is full.
+    fn place(&self, requested: Option<usize>, healthy: &[bool]) -> Result<usize, ApiError> {
         let workers = self.load.len();
+        let healthy = |w: usize| healthy.get(w).copied().unwrap_or(false);
         let full = |w: usize| {
             self.load.get(w).is_none_or(|&(rooms, endpoints)| {
                 rooms >= self.limits.rooms_per_worker
                     || endpoints >= self.limits.endpoints_per_worker
             })
         };
-        let w = match requested {
-            Some(w) if w >= workers => return Err(ApiError::UnknownWorker(w, workers)),
-            Some(w) => Some(w).filter(|&w| !full(w)),
+        let full_error = || ApiError::TooMany("rooms or endpoints per worker".into());
+        match requested {
+            Some(w) if w >= workers => Err(ApiError::UnknownWorker(w, workers)),
+            Some(w) if !healthy(w) => Err(ApiError::WorkerStopped),
+            Some(w) if full(w) => Err(full_error()),
+            Some(w) => Ok(w),
+            None if workers == 0 => Err(ApiError::Internal("the node has no workers".into())),
+            None if !(0..workers).any(healthy) => Err(ApiError::WorkerStopped),
             None => (0..workers)
-                .filter(|&w| !full(w))
-                .min_by_key(|&w| (self.load.get(w), w)),
-        };
-        w.ok_or_else(|| ApiError::TooMany("rooms or endpoints per worker".into()))
+                .filter(|&w| healthy(w) && !full(w))
+                .min_by_key(|&w| (self.load.get(w), w))
+                .ok_or_else(full_error),
+        }
     }
 
     /// A random endpoint id not in use, and its string form (16 hex digits).
@@ -1026,13 +1040,32 @@ mod tests {
             load: vec![(0, 0); 3],
             ..Model::default()
         };
-        assert_eq!(model.place(None), Ok(0));
+        let all = [true; 3];
+        assert_eq!(model.place(None, &all), Ok(0));
         model.load = vec![(1, 0), (0, 5), (0, 2)];
-        assert_eq!(model.place(None), Ok(2));
+        assert_eq!(model.place(None, &all), Ok(2));
         model.load = vec![(1, 0), (1, 5), (1, 2)];
-        assert_eq!(model.place(None), Ok(0));
-        assert_eq!(model.place(Some(1)), Ok(1));
-        assert_eq!(model.place(Some(3)), Err(ApiError::UnknownWorker(3, 3)));
+        assert_eq!(model.place(None, &all), Ok(0));
+        assert_eq!(model.place(Some(1), &all), Ok(1));
+        assert_eq!(
+            model.place(Some(3), &all),
+            Err(ApiError::UnknownWorker(3, 3))
+        );
+    }
+
+    #[test]
+    fn placement_skips_unhealthy_workers() {
+        let model = Model {
+            load: vec![(0, 0), (3, 0), (1, 0)],
+            ..Model::default()
+        };
+        assert_eq!(model.place(None, &[false, true, true]), Ok(2));
+        assert_eq!(model.place(None, &[false, true, false]), Ok(1));
+        assert_eq!(model.place(None, &[false; 3]), Err(ApiError::WorkerStopped));
+        assert_eq!(
+            model.place(Some(0), &[false, true, true]),
+            Err(ApiError::WorkerStopped)
+        );
     }
 
     #[test]

@@ -19,12 +19,31 @@
 //! datagrams.
 //!
 //! # GSO fallback
-//! If the kernel refuses GSO — `setsockopt(UDP_SEGMENT)` fails at bind, or a
-//! segmented send fails with `EIO` (no checksum offload) or `EINVAL` — the
-//! socket switches to plain sends for the rest of its life, counts one
-//! [`BatchSocket::gso_fallbacks`], and resends the refused messages without
-//! segmentation, so no data is lost by the switch. If `UDP_GRO` cannot be
-//! enabled, the socket receives one datagram per buffer.
+//! If `setsockopt(UDP_SEGMENT)` fails at bind (a kernel without UDP GSO),
+//! the socket sends without segmentation for the rest of its life and counts
+//! one [`BatchSocket::gso_fallbacks`]; [`BatchSocket::gso_enabled`] is then
+//! false.
+//!
+//! A segmented send the kernel refuses at run time — `EIO` (the route's
+//! device cannot checksum-offload), `EINVAL` or `EMSGSIZE` (segments
+//! larger than the path MTU, e.g. a subscriber behind a small-MTU route;
+//! kernels 6.x answer `EMSGSIZE`) — concerns that
+//! message's destination, not the socket: the destination goes into a
+//! table of refused destinations, the refused message is resent at once
+//! without segmentation (no data is lost), and that destination alone gets
+//! plain sends until its back-off expires: [`GSO_RETRY_AFTER`] (10 s) after
+//! the first refusal, doubled on each refused probe up to [`GSO_RETRY_MAX`]
+//! times that (320 s).
+//! After the back-off the next train to it is sent segmented again (a
+//! probe); if the kernel accepts it, the destination leaves the table.
+//! Every other destination keeps its GSO trains. The table holds
+//! [`GSO_REFUSED_DESTINATIONS`] entries allocated at bind; when it is full,
+//! the entry refused longest ago is replaced. Counters:
+//! [`BatchSocket::gso_refusals`], [`BatchSocket::gso_fallback_destinations`],
+//! [`BatchSocket::gso_sends`].
+//!
+//! If `UDP_GRO` cannot be enabled, the socket receives one datagram per
+//! buffer.
 //!
 //! # Zero-copy trains (crate-internal)
 //! The worker sends trains whose segments live in separate pool buffers: it
@@ -35,7 +54,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -48,6 +67,18 @@ pub const MAX_GSO_BYTES: usize = 65_507;
 
 /// Receive buffer size that holds any GRO train (64 KiB).
 pub const GRO_BUFFER_BYTES: usize = 65_536;
+
+/// How long a destination whose segmented send the kernel refused gets plain
+/// sends before GSO is tried again (the default of
+/// [`BatchSocket::set_gso_retry_after`]); doubled on each refused retry.
+pub const GSO_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Longest back-off of a destination that keeps refusing GSO, as a multiple
+/// of the first one: 32 × [`GSO_RETRY_AFTER`] = 320 s by default.
+pub const GSO_RETRY_MAX: u32 = 32;
+/// Destinations a socket remembers as refusing GSO (allocated at bind). The
+/// table is searched linearly for each message while it is not empty, so it
+/// stays small.
+pub const GSO_REFUSED_DESTINATIONS: usize = 64;
 
 /// How [`BatchSocket::bind`] sets up a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +167,110 @@ pub struct Transmit<'a> {
 /// within the item). What an item is belongs to the caller.
 pub(crate) type Pos = (usize, usize);
 
+/// Why [`BatchSocket::send_messages`] stopped: the message from `at` to
+/// `next` failed with `error`; everything before `at` was sent.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    pub(crate) at: Pos,
+    pub(crate) next: Pos,
+    pub(crate) error: io::Error,
+}
+
+/// Which destinations may get a segmented message in the batch being
+/// built: none if the socket has no GSO, else those not backing off in the
+/// refused-destination table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GsoPolicy<'t> {
+    on: bool,
+    refused: &'t RefusedTable,
+    /// Set whenever the table is not empty.
+    now: Option<Instant>,
+}
+
+impl GsoPolicy<'_> {
+    /// Whether a message to `dst` may be segmented.
+    pub(crate) fn allows(&self, dst: &SocketAddr) -> bool {
+        if !self.on {
+            return false;
+        }
+        match self.now {
+            Some(now) => self.refused.allows(dst, now),
+            None => true,
+        }
+    }
+}
+
+/// One destination whose segmented send the kernel refused.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    dst: SocketAddr,
+    refused_at: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// The destinations backing off from GSO: at most
+/// [`GSO_REFUSED_DESTINATIONS`], in a vector allocated once.
+#[derive(Debug)]
+pub(crate) struct RefusedTable {
+    entries: Vec<Refused>,
+    first_backoff: Duration,
+}
+
+impl RefusedTable {
+    fn new(first_backoff: Duration) -> Self {
+        Self {
+            entries: Vec::with_capacity(GSO_REFUSED_DESTINATIONS),
+            first_backoff,
+        }
+    }
+
+    fn position(&self, dst: &SocketAddr) -> Option<usize> {
+        self.entries.iter().position(|e| e.dst == *dst)
+    }
+
+    /// Whether `dst` may be sent a segmented message at `now`: it is not in
+    /// the table, or its back-off has expired (a probe).
+    fn allows(&self, dst: &SocketAddr, now: Instant) -> bool {
+        match self.position(dst) {
+            Some(i) => now >= self.entries[i].retry_at,
+            None => true,
+        }
+    }
+
+    /// Records a refusal for `dst` at `now`: a new entry backs off for the
+    /// first back-off, a known one for twice its last (capped). Replaces
+    /// the entry refused longest ago when the table is full. No allocation.
+    fn refuse(&mut self, dst: SocketAddr, now: Instant) {
+        let max = self.first_backoff.saturating_mul(GSO_RETRY_MAX);
+        if let Some(i) = self.position(&dst) {
+            let e = &mut self.entries[i];
+            e.backoff = e.backoff.saturating_mul(2).min(max);
+            e.refused_at = now;
+            e.retry_at = now + e.backoff;
+            return;
+        }
+        let entry = Refused {
+            dst,
+            refused_at: now,
+            retry_at: now + self.first_backoff,
+            backoff: self.first_backoff,
+        };
+        if self.entries.len() < GSO_REFUSED_DESTINATIONS {
+            self.entries.push(entry);
+        } else if let Some(oldest) = self.entries.iter_mut().min_by_key(|e| e.refused_at) {
+            *oldest = entry;
+        }
+    }
+
+    /// The kernel accepted a segmented message to `dst`: it leaves the table.
+    fn accepted(&mut self, dst: &SocketAddr) {
+        if let Some(i) = self.position(dst) {
+            self.entries.swap_remove(i);
+        }
+    }
+}
+
 /// A UDP socket with preallocated `recvmmsg`/`sendmmsg` arrays.
 #[derive(Debug)]
 pub struct BatchSocket {
@@ -147,6 +282,9 @@ pub struct BatchSocket {
     gro: bool,
     gso: bool,
     gso_fallbacks: u64,
+    refused: RefusedTable,
+    gso_refusals: u64,
+    gso_sends: u64,
 }
 
 impl BatchSocket {
@@ -193,7 +331,17 @@ impl BatchSocket {
             gro,
             gso,
             gso_fallbacks,
+            refused: RefusedTable::new(GSO_RETRY_AFTER),
+            gso_refusals: 0,
+            gso_sends: 0,
         })
+    }
+
+    /// Sets how long a destination that refused GSO gets plain sends before
+    /// the first retry (default [`GSO_RETRY_AFTER`], at least 1 ms); later
+    /// refusals double it up to [`GSO_RETRY_MAX`] times this value.
+    pub fn set_gso_retry_after(&mut self, first: Duration) {
+        self.refused.first_backoff = first.max(Duration::from_millis(1));
     }
 
     /// The address the socket is bound to (with the real port if 0 was asked).
@@ -209,14 +357,36 @@ impl BatchSocket {
         self.gro
     }
 
-    /// Whether trains are still sent with GSO (false after a fallback).
+    /// Whether the socket can send GSO trains: false if GSO was not asked
+    /// for or `UDP_SEGMENT` could not be set at bind. A destination that
+    /// refused GSO does not change it (see [`gso_fallback_destinations`]).
+    ///
+    /// [`gso_fallback_destinations`]: Self::gso_fallback_destinations
     pub fn gso_enabled(&self) -> bool {
         self.gso
     }
 
-    /// How many times the kernel refused GSO on this socket (0 or 1).
+    /// 1 if GSO was asked for but the kernel refused `UDP_SEGMENT` at bind,
+    /// else 0.
     pub fn gso_fallbacks(&self) -> u64 {
         self.gso_fallbacks
+    }
+
+    /// Segmented sends the kernel refused (each then resent without
+    /// segmentation), since bind.
+    pub fn gso_refusals(&self) -> u64 {
+        self.gso_refusals
+    }
+
+    /// Destinations currently sent without GSO after a refusal (backing
+    /// off, or waiting for their retry).
+    pub fn gso_fallback_destinations(&self) -> usize {
+        self.refused.entries.len()
+    }
+
+    /// Segmented messages (GSO trains) the kernel accepted, since bind.
+    pub fn gso_sends(&self) -> u64 {
+        self.gso_sends
     }
 
     /// Most messages per system call.
@@ -244,7 +414,7 @@ impl BatchSocket {
         let r = self.send_messages((0, 0), end, |(t, off), gso, batch| {
             let tr = &transmits[t];
             let remaining = tr.contents.len() - off;
-            let (chunk, seg) = plan_message(remaining, tr.segment_size, gso);
+            let (chunk, seg) = plan_message(remaining, tr.segment_size, gso.allows(&tr.dst));
             if !batch.push(&tr.dst, seg, [&tr.contents[off..off + chunk]].into_iter()) {
                 return (t, off);
             }
@@ -257,34 +427,47 @@ impl BatchSocket {
         });
         match r {
             Ok(()) => Ok(transmits.len()),
-            Err(((0, _), e)) => Err(e),
-            Err(((t, _), _)) => Ok(t),
+            Err(SendFailure {
+                at: (0, _), error, ..
+            }) => Err(error),
+            Err(SendFailure { at: (t, _), .. }) => Ok(t),
         }
     }
 
     /// The engine under [`send`](Self::send) and the worker's flush: sends
     /// the messages from `start` to `end`, where `build(pos, gso, batch)`
-    /// pushes the one message starting at `pos` (segmented only if `gso`)
-    /// and returns the position after it, or returns `pos` unchanged if the
-    /// batch has no room. Handles partial sends, `EINTR`, and the GSO
-    /// fallback (the refused message is rebuilt from its start with
-    /// `gso = false`). On another error returns the position of the first
-    /// message not sent.
+    /// pushes the one message starting at `pos` (segmented only if
+    /// `gso.allows` its destination) and returns the position after it, or
+    /// returns `pos` unchanged if the batch has no room. Handles partial
+    /// sends, `EINTR`, and GSO refusals (the destination goes into the
+    /// refused table and the refused message is rebuilt from its start,
+    /// now unsegmented). On another error returns the failed message.
     pub(crate) fn send_messages<'a>(
         &mut self,
         start: Pos,
         end: Pos,
-        mut build: impl FnMut(Pos, bool, &mut SendBatch<'_, 'a>) -> Pos,
-    ) -> Result<(), (Pos, io::Error)> {
+        mut build: impl FnMut(Pos, &GsoPolicy<'_>, &mut SendBatch<'_, 'a>) -> Pos,
+    ) -> Result<(), SendFailure> {
         let fd = self.socket.as_fd();
         let mut batch = self.send.batch();
         let mut pos = start;
+        // Read once per call, and only while some destination is backing
+        // off: a refused message is rebuilt against the same instant, so it
+        // cannot be segmented again.
+        let mut now = None;
         'batches: while pos != end {
             batch.clear();
-            let gso = self.gso;
+            if now.is_none() && !self.refused.entries.is_empty() {
+                now = Some(Instant::now());
+            }
+            let gso = GsoPolicy {
+                on: self.gso,
+                refused: &self.refused,
+                now,
+            };
             while pos != end && !batch.is_full() {
                 self.origins[batch.len()] = pos;
-                let next = build(pos, gso, &mut batch);
+                let next = build(pos, &gso, &mut batch);
                 if next == pos {
                     break;
                 }
@@ -292,24 +475,65 @@ impl BatchSocket {
             }
             if batch.len() == 0 {
                 // `build` could not place a message in an empty batch.
-                return Err((pos, io::Error::from(io::ErrorKind::InvalidInput)));
+                let error = io::Error::from(io::ErrorKind::InvalidInput);
+                return Err(SendFailure {
+                    at: pos,
+                    next: pos,
+                    error,
+                });
             }
             let mut done = 0;
             while done < batch.len() {
                 match batch.send(fd, done) {
-                    Ok(n) => done += n,
+                    Ok(n) => {
+                        let sent = done..(done + n).min(batch.len());
+                        for k in sent.filter(|&k| batch.is_segmented(k)) {
+                            self.gso_sends += 1;
+                            if !self.refused.entries.is_empty()
+                                && let Some(dst) = batch.dst(k)
+                            {
+                                self.refused.accepted(&dst);
+                            }
+                        }
+                        done += n;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if gso && batch.is_segmented(done) && sys::is_gso_refusal(&e) => {
-                        self.gso = false;
-                        self.gso_fallbacks += 1;
+                    Err(e) if batch.is_segmented(done) && sys::is_gso_refusal(&e) => {
+                        let Some(dst) = batch.dst(done) else {
+                            return Err(failure(&self.origins, &batch, done, pos, e));
+                        };
+                        let at = *now.get_or_insert_with(Instant::now);
+                        self.refused.refuse(dst, at);
+                        self.gso_refusals += 1;
                         pos = self.origins[done];
                         continue 'batches;
                     }
-                    Err(e) => return Err((self.origins[done], e)),
+                    Err(e) => return Err(failure(&self.origins, &batch, done, pos, e)),
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The failure of message `i` of `batch`, whose messages start at
+/// `origins` and whose last message ends at `pos`.
+fn failure(
+    origins: &[Pos],
+    batch: &SendBatch<'_, '_>,
+    i: usize,
+    pos: Pos,
+    error: io::Error,
+) -> SendFailure {
+    let next = if i + 1 < batch.len() {
+        origins[i + 1]
+    } else {
+        pos
+    };
+    SendFailure {
+        at: origins[i],
+        next,
+        error,
     }
 }
 
@@ -360,7 +584,8 @@ mod tests {
     }
 
     /// With `SO_NO_CHECK` the kernel refuses GSO sends (`EINVAL`): the
-    /// socket must switch to plain sends, count it once, and lose nothing.
+    /// destination must get plain sends, counted once, with nothing lost,
+    /// while the socket keeps its GSO capability.
     #[test]
     fn refused_gso_falls_back_at_runtime() {
         let opts = SocketOptions {
@@ -380,8 +605,11 @@ mod tests {
             segment_size: Some(1200),
         }; 2];
         assert_eq!(tx.send(&trains).unwrap(), 2);
-        assert!(!tx.gso_enabled());
-        assert_eq!(tx.gso_fallbacks(), 1);
+        assert!(tx.gso_enabled());
+        assert_eq!(tx.gso_fallbacks(), 0);
+        assert_eq!(tx.gso_refusals(), 1);
+        assert_eq!(tx.gso_fallback_destinations(), 1);
+        assert_eq!(tx.gso_sends(), 0);
 
         let mut storage = vec![0u8; 64 * 2048];
         let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(2048).collect();
@@ -399,6 +627,41 @@ mod tests {
             .map(<[u8]>::to_vec)
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn refused_table_backs_off_doubles_and_evicts_the_oldest() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let mut t = RefusedTable::new(Duration::from_secs(10));
+        assert!(t.allows(&a, t0));
+        t.refuse(a, t0);
+        assert!(!t.allows(&a, t0 + 9 * s));
+        assert!(t.allows(&b, t0 + 9 * s));
+        assert!(t.allows(&a, t0 + 10 * s), "retried after 10 s");
+        // Refused again: 20 s, 40 s, ... capped at 320 s.
+        let mut at = t0 + 10 * s;
+        for backoff in [20, 40, 80, 160, 320, 320] {
+            t.refuse(a, at);
+            assert!(!t.allows(&a, at + (backoff - 1) * s), "{backoff}");
+            assert!(t.allows(&a, at + backoff * s), "{backoff}");
+            at += backoff * s;
+        }
+        t.accepted(&a);
+        assert!(t.entries.is_empty());
+        // Full: the entry refused longest ago makes room.
+        for i in 0..GSO_REFUSED_DESTINATIONS {
+            let dst = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
+            t.refuse(dst, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(t.entries.capacity(), GSO_REFUSED_DESTINATIONS);
+        t.refuse(b, t0 + s);
+        assert_eq!(t.entries.len(), GSO_REFUSED_DESTINATIONS);
+        assert!(!t.allows(&b, t0 + s));
+        assert!(t.allows(&SocketAddr::from(([10, 1, 0, 0], 1)), t0 + s));
+        assert!(!t.allows(&SocketAddr::from(([10, 1, 0, 1], 1)), t0 + s));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! # Design
 //! * [`io`] — [`io::BatchSocket`], a safe batched UDP socket: `recvmmsg` with
 //!   UDP GRO and `sendmmsg` with UDP GSO over arrays allocated once at bind,
-//!   with a runtime fallback to plain sends when the kernel refuses GSO. The
+//!   with a fallback to plain sends for a destination whose GSO train the
+//!   kernel refuses (e.g. a small path MTU), retried after a back-off, so
+//!   one such subscriber does not cost the others their trains. The
 //!   worker and the load generator (`sfu-loadgen`) both use it.
 //! * [`pool`] — [`pool::SendPool`], the send buffers of one worker (one
 //!   allocation of `pool_buffers` × 2048 bytes, a free list, a send queue),
@@ -20,20 +22,23 @@
 //!
 //! 1. `recvmmsg` up to `batch` buffers (64 KiB each with GRO; a GRO buffer is
 //!    split into `stride`-sized datagrams);
-//! 2. takes `Instant::now()` once and passes every datagram to
+//! 2. takes `Instant::now()` once, publishes it as the worker's heartbeat
+//!    (an atomic), and passes every datagram to
 //!    `Router::handle_datagram`, which decrypts it in place and writes each
 //!    egress copy into a pool buffer (the pool is flushed early if the queue
 //!    reaches half its buffers);
 //! 3. flushes the pool: sorts the queue by (destination, queueing order),
 //!    sends each destination's equal-size datagrams as GSO trains with
-//!    `sendmmsg`, and frees the buffers;
+//!    `sendmmsg` (one datagram per message for a destination backing off
+//!    after a GSO refusal), and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
 //! 5. publishes its counters to atomics (thread CPU time every 100 ms);
 //! 6. returns if the stop flag is set.
 //!
 //! The socket's 5 ms read timeout bounds how long an idle worker takes to run
-//! a command or to stop. Nothing in the loop allocates after start-up
+//! a command or to stop, and the age of a healthy worker's heartbeat
+//! ([`WorkerHandle::heartbeat_age`]). Nothing in the loop allocates after start-up
 //! (`tests/zero_alloc_worker.rs` counts allocations over a million packets).
 //!
 //! # Threading: one port per worker
@@ -68,6 +73,19 @@
 //! [`WorkerStats::recv_errors`]), never unwrapped. [`Node::start`] returns an
 //! error, not a panic, for bad configuration or a busy port.
 //!
+//! Should a worker panic all the same (a bug), the thread body catches the
+//! panic and records its message; the other workers go on.
+//! [`WorkerHandle::health`] then answers [`WorkerHealth::Dead`] (and
+//! [`WorkerHealth::Stalled`] for a worker whose loop has not come round for
+//! [`NodeConfig::stall_after`], 2 s by default), and requests to it fail with
+//! [`RequestError::Stopped`]. The rooms of a dead worker are lost, and it is
+//! not restarted in place: the control plane reports it and exits so that
+//! the service manager restarts the node. [`Node::shutdown`] waits at most
+//! [`JOIN_TIMEOUT`] for the threads, leaving a stalled one detached.
+//!
+//! With the `test-hooks` feature (tests only), `test_hooks` datagrams make
+//! a worker panic or stall on purpose.
+//!
 //! # Unsafe
 //! All `unsafe` code lives in the private `sys` module: the `recvmmsg`,
 //! `sendmmsg`, `setsockopt` and `clock_gettime` calls, control-message
@@ -79,6 +97,11 @@ pub mod io;
 mod node;
 pub mod pool;
 mod sys;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 mod worker;
 
-pub use node::{Node, NodeConfig, REQUEST_TIMEOUT, RequestError, WorkerHandle, WorkerStats};
+pub use node::{
+    JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER, WorkerHandle,
+    WorkerHealth, WorkerStats,
+};

@@ -5,16 +5,51 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{Command, DropReason, Outcome, RouterConfig, RouterError};
 
 use crate::io::{BatchSocket, SocketOptions};
-use crate::worker::{READ_TIMEOUT, Request, Shared, Worker};
+use crate::worker::{PANICKED, READ_TIMEOUT, RETURNED, Request, Shared, Worker};
 
 /// How long [`WorkerHandle::request`] waits for the router's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Default [`NodeConfig::stall_after`].
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// How long [`Node::shutdown`] waits for the worker threads to end; a
+/// thread still running then (a stalled worker) is left detached.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a worker thread is alive and looping
+/// ([`WorkerHandle::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerHealth {
+    /// The loop ran within the stall threshold.
+    Running,
+    /// The thread is alive but its loop has not come round for `since`,
+    /// longer than [`NodeConfig::stall_after`].
+    Stalled {
+        /// Age of the latest heartbeat.
+        since: Duration,
+    },
+    /// The thread has ended: it panicked (`reason` is the panic message),
+    /// or it was stopped.
+    Dead {
+        /// Why: `"panicked: <message>"` or `"stopped"`.
+        reason: String,
+    },
+}
+
+impl WorkerHealth {
+    /// Whether the worker is [`WorkerHealth::Running`].
+    pub fn is_running(&self) -> bool {
+        matches!(self, Self::Running)
+    }
+}
 
 /// How a [`Node`] is laid out.
 #[derive(Debug, Clone)]
@@ -35,7 +70,7 @@ pub struct NodeConfig {
     /// `SO_RCVBUF`/`SO_SNDBUF` (the `FORCE` variants when permitted).
     /// Default 32 MiB.
     pub socket_buffer_bytes: usize,
-    /// Try UDP GSO (runtime fallback when refused). Default true.
+    /// Try UDP GSO (per-destination fallback when refused). Default true.
     pub gso: bool,
     /// Try UDP GRO. Default true.
     pub gro: bool,
@@ -44,6 +79,10 @@ pub struct NodeConfig {
     /// The node's DTLS certificate, shared by every worker's router; WebRTC
     /// endpoints are refused without one.
     pub dtls_cert: Option<DtlsCert>,
+    /// A worker whose loop has not come round for longer than this is
+    /// [`WorkerHealth::Stalled`] (an idle loop comes round every 5 ms).
+    /// Default [`STALL_AFTER`] (2 s).
+    pub stall_after: Duration,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +99,7 @@ impl Default for NodeConfig {
             gro: true,
             router: RouterConfig::default(),
             dtls_cert: None,
+            stall_after: STALL_AFTER,
         }
     }
 }
@@ -117,11 +157,20 @@ pub struct WorkerStats {
     pub pool_in_use: u64,
     /// Egress copies lost to an empty pool.
     pub pool_exhausted: u64,
-    /// Times the kernel refused GSO (then the worker sends without it).
+    /// 1 if the kernel refused `UDP_SEGMENT` at start (the worker then
+    /// sends without GSO), else 0.
     pub gso_fallbacks: u64,
+    /// Segmented sends the kernel refused for their destination (resent
+    /// unsegmented; the destination backs off from GSO).
+    pub gso_refusals: u64,
+    /// Destinations currently sent without GSO after a refusal.
+    pub gso_fallback_destinations: u64,
+    /// GSO trains (segmented messages) the kernel accepted.
+    pub gso_sends: u64,
     /// Whether the socket receives GRO trains.
     pub gro_enabled: bool,
-    /// Whether the socket sends GSO trains.
+    /// Whether the socket can send GSO trains (a socket capability; see
+    /// `gso_fallback_destinations` for destinations that refused them).
     pub gso_enabled: bool,
     /// Rooms on the worker.
     pub rooms: u64,
@@ -180,6 +229,49 @@ impl WorkerHandle {
         }
     }
 
+    /// Whether the worker thread is alive and looping: [`Dead`] once it
+    /// has panicked (or was stopped), [`Stalled`] while its heartbeat is
+    /// older than [`NodeConfig::stall_after`], else [`Running`].
+    ///
+    /// [`Dead`]: WorkerHealth::Dead
+    /// [`Stalled`]: WorkerHealth::Stalled
+    /// [`Running`]: WorkerHealth::Running
+    pub fn health(&self) -> WorkerHealth {
+        let s = &self.shared;
+        match s.exit.load(Ordering::Acquire) {
+            PANICKED => {
+                let message = s
+                    .panic
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default();
+                WorkerHealth::Dead {
+                    reason: format!("panicked: {message}"),
+                }
+            }
+            RETURNED => WorkerHealth::Dead {
+                reason: "stopped".to_owned(),
+            },
+            _ => {
+                let since = self.heartbeat_age();
+                if since > s.stall_after {
+                    WorkerHealth::Stalled { since }
+                } else {
+                    WorkerHealth::Running
+                }
+            }
+        }
+    }
+
+    /// Time since the worker loop last came round (its heartbeat); about
+    /// 5 ms at most while idle and healthy.
+    pub fn heartbeat_age(&self) -> Duration {
+        let s = &self.shared;
+        let beat = Duration::from_nanos(s.heartbeat.load(Ordering::Relaxed));
+        s.epoch.elapsed().saturating_sub(beat)
+    }
+
     /// The counters the worker published after its last batch.
     pub fn stats(&self) -> WorkerStats {
         let s = &self.shared;
@@ -207,6 +299,9 @@ impl WorkerHandle {
             pool_in_use: get(&s.pool_in_use),
             pool_exhausted: get(&s.pool_exhausted),
             gso_fallbacks: get(&s.gso_fallbacks),
+            gso_refusals: get(&s.gso_refusals),
+            gso_fallback_destinations: get(&s.gso_fallback_destinations),
+            gso_sends: get(&s.gso_sends),
             gro_enabled: s.gro_enabled.load(Ordering::Relaxed),
             gso_enabled: s.gso_enabled.load(Ordering::Relaxed),
             rooms: get(&s.rooms),
@@ -267,7 +362,12 @@ impl Node {
         for (index, socket) in sockets.into_iter().enumerate() {
             let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
             let local_addr = socket.local_addr()?;
-            let shared = Arc::new(Shared::new(cpu, &socket, config.pool_buffers.max(1)));
+            let shared = Arc::new(Shared::new(
+                cpu,
+                &socket,
+                config.pool_buffers.max(1),
+                config.stall_after,
+            ));
             let (commands, requests) = crossbeam_channel::unbounded();
             let mut worker = Worker::new(
                 socket,
@@ -283,7 +383,7 @@ impl Node {
             // On error `node` is dropped, which stops the workers started so far.
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-worker-{index}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || worker.run_supervised())?;
             node.threads.push(thread);
             node.workers.push(WorkerHandle {
                 index,
@@ -300,7 +400,8 @@ impl Node {
         &self.workers
     }
 
-    /// Stops every worker and waits for its thread to end.
+    /// Stops every worker and waits (up to [`JOIN_TIMEOUT`]) for its
+    /// thread to end; a stalled thread is left detached.
     pub fn shutdown(self) {
         drop(self);
     }
@@ -309,9 +410,15 @@ impl Node {
         for w in &self.workers {
             w.shared.stop.store(true, Ordering::Relaxed);
         }
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        while Instant::now() < deadline && !self.threads.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for t in self.threads.drain(..) {
-            // A worker that panicked has nothing left to clean up.
-            let _ = t.join();
+            if t.is_finished() {
+                // A panic was caught and recorded by the thread body.
+                let _ = t.join();
+            }
         }
     }
 }

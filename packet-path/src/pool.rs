@@ -16,7 +16,9 @@
 //! [`MAX_GSO_BYTES`]. A train is one `sendmmsg` message with one iovec per
 //! pool buffer and a `UDP_SEGMENT` cmsg: the kernel concatenates the iovecs
 //! and cuts the segments, so payloads are never copied in user space. With
-//! GSO off (or after a fallback) each datagram is its own message.
+//! GSO off, or for a destination backing off after the kernel refused its
+//! train (see [`crate::io`], "GSO fallback"), each datagram is its own
+//! message; other destinations keep their trains.
 
 use std::net::SocketAddr;
 
@@ -108,8 +110,9 @@ impl SendPool {
     /// Sends every queued datagram through `socket` (GSO trains per
     /// destination, see the module doc), then returns all their buffers to
     /// the free list. A message the kernel refuses (other than a GSO
-    /// refusal, which the socket handles by falling back) is dropped and
-    /// counted in [`Flushed::failed`]. Does not allocate.
+    /// refusal, which the socket handles by resending that destination's
+    /// datagrams unsegmented) is dropped and counted in [`Flushed::failed`].
+    /// Does not allocate.
     pub fn flush(&mut self, socket: &mut BatchSocket) -> Flushed {
         let n = self.queue.len();
         let mut out = Flushed::default();
@@ -124,7 +127,11 @@ impl SendPool {
         while pos < n {
             let mut messages = 0;
             let r = socket.send_messages((pos, 0), (n, 0), |(i, _), gso, batch| {
-                let end = if gso { train_end(queue, i) } else { i + 1 };
+                let end = if gso.allows(&queue[i].dst) {
+                    train_end(queue, i)
+                } else {
+                    i + 1
+                };
                 let seg = (end - i > 1).then_some(queue[i].len as u16);
                 if !batch.push(&queue[i].dst, seg, queue[i..end].iter().map(bytes)) {
                     return (i, 0);
@@ -137,13 +144,9 @@ impl SendPool {
                     out.datagrams += (n - pos) as u64;
                     pos = n;
                 }
-                Err(((i, _), _)) => {
+                Err(failure) => {
                     // Skip the refused message; everything before it went out.
-                    let end = if socket.gso_enabled() {
-                        train_end(queue, i)
-                    } else {
-                        i + 1
-                    };
+                    let (i, end) = (failure.at.0, failure.next.0.max(failure.at.0 + 1));
                     out.datagrams += (i - pos) as u64;
                     out.failed += (end - i) as u64;
                     pos = end;

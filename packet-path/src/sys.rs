@@ -119,11 +119,16 @@ pub(crate) fn thread_cpu_time() -> Duration {
     )
 }
 
-/// Whether a send error means "this kernel/device refuses GSO" (quinn-udp's
-/// rule: EIO when the device cannot checksum-offload, EINVAL when the segment
-/// size does not fit the path or segmentation is otherwise unsupported).
+/// Whether the error of a segmented send means "the kernel refuses GSO for
+/// this message's route" (quinn-udp's rule, extended): EIO when the device
+/// cannot checksum-offload; EINVAL or, on recent kernels (6.x), EMSGSIZE
+/// when a segment does not fit the path MTU or segmentation is otherwise
+/// unsupported. Only ever asked about segmented messages.
 pub(crate) fn is_gso_refusal(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EMSGSIZE)
+    )
 }
 
 // ---------------------------------------------------------------- addresses
@@ -397,6 +402,14 @@ impl<'a> SendBatch<'_, 'a> {
     /// Whether message `i` carries a `UDP_SEGMENT` control message.
     pub(crate) fn is_segmented(&self, i: usize) -> bool {
         self.s.segmented.get(i).copied().unwrap_or(false)
+    }
+
+    /// The destination of message `i` (`None` past the pushed messages).
+    pub(crate) fn dst(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.msgs {
+            return None;
+        }
+        decode_addr(&self.s.addrs[i], self.s.hdrs[i].msg_hdr.msg_namelen)
     }
 
     /// Appends one message to `dst` whose payload is the concatenation of

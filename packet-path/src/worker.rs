@@ -4,6 +4,7 @@
 //! loop {
 //!     recvmmsg a batch (GRO buffers split into `stride`-sized datagrams)
 //!     now = Instant::now()                       // once per batch
+//!     heartbeat = now                            // an atomic the handles read
 //!     router.handle_datagram(now, src, datagram, &mut pool) for each datagram
 //!         (flushing early when the queue holds half the pool)
 //!     pool.flush(): GSO trains per destination via sendmmsg, buffers freed
@@ -14,11 +15,18 @@
 //! ```
 //!
 //! The socket's read timeout ([`READ_TIMEOUT`]) bounds how long an idle worker
-//! takes to see a command or the stop flag. Nothing in the loop allocates.
+//! takes to see a command or the stop flag, and so the age of its heartbeat
+//! while it is healthy. Nothing in the loop allocates.
+//!
+//! The thread body ([`Worker::run_supervised`]) catches a panic of the loop
+//! and records it in [`Shared`] with its message, so the handles report the
+//! worker dead instead of silently answering `Stopped`.
 
 use std::io;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -45,10 +53,27 @@ pub(crate) struct Request {
     pub(crate) reply: Sender<Result<Outcome, RouterError>>,
 }
 
+/// [`Shared::exit`]: the thread still runs.
+pub(crate) const RUNNING: u8 = 0;
+/// [`Shared::exit`]: the loop returned (stop flag, or every handle gone).
+pub(crate) const RETURNED: u8 = 1;
+/// [`Shared::exit`]: the loop panicked; [`Shared::panic`] holds the message.
+pub(crate) const PANICKED: u8 = 2;
+
 /// Counters one worker publishes and any thread reads.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
+    /// The clock origin of `heartbeat`.
+    pub(crate) epoch: Instant,
+    /// Nanoseconds from `epoch` to the start of the latest loop iteration.
+    pub(crate) heartbeat: AtomicU64,
+    /// [`RUNNING`], [`RETURNED`] or [`PANICKED`].
+    pub(crate) exit: AtomicU8,
+    /// The panic message, once `exit` is [`PANICKED`].
+    pub(crate) panic: Mutex<Option<String>>,
+    /// Heartbeat age beyond which the worker counts as stalled.
+    pub(crate) stall_after: Duration,
     /// The CPU the worker is pinned to, or -1.
     pub(crate) cpu: AtomicI64,
     pub(crate) rx_packets: AtomicU64,
@@ -77,6 +102,9 @@ pub(crate) struct Shared {
     pub(crate) pool_in_use: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
     pub(crate) gso_fallbacks: AtomicU64,
+    pub(crate) gso_refusals: AtomicU64,
+    pub(crate) gso_fallback_destinations: AtomicU64,
+    pub(crate) gso_sends: AtomicU64,
     pub(crate) gro_enabled: AtomicBool,
     pub(crate) gso_enabled: AtomicBool,
     pub(crate) rooms: AtomicU64,
@@ -87,9 +115,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(cpu: Option<usize>, socket: &BatchSocket, pool_capacity: usize) -> Self {
+    pub(crate) fn new(
+        cpu: Option<usize>,
+        socket: &BatchSocket,
+        pool_capacity: usize,
+        stall_after: Duration,
+    ) -> Self {
         Self {
             stop: AtomicBool::new(false),
+            epoch: Instant::now(),
+            heartbeat: AtomicU64::new(0),
+            exit: AtomicU8::new(RUNNING),
+            panic: Mutex::new(None),
+            stall_after,
             cpu: AtomicI64::new(cpu.map_or(-1, |c| c as i64)),
             rx_packets: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
@@ -109,6 +147,9 @@ impl Shared {
             pool_in_use: AtomicU64::new(0),
             pool_exhausted: AtomicU64::new(0),
             gso_fallbacks: AtomicU64::new(socket.gso_fallbacks()),
+            gso_refusals: AtomicU64::new(0),
+            gso_fallback_destinations: AtomicU64::new(0),
+            gso_sends: AtomicU64::new(0),
             gro_enabled: AtomicBool::new(socket.gro_enabled()),
             gso_enabled: AtomicBool::new(socket.gso_enabled()),
             rooms: AtomicU64::new(0),
@@ -150,8 +191,26 @@ impl Worker {
         }
     }
 
-    /// The thread body: pins, allocates the receive buffers, then loops
-    /// until the stop flag is set or every handle is gone.
+    /// The thread body: [`run`](Self::run), with a panic caught and
+    /// recorded (message included) for the handles' health.
+    pub(crate) fn run_supervised(self) {
+        let shared = Arc::clone(&self.shared);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.run())) {
+            Ok(()) => shared.exit.store(RETURNED, Ordering::Release),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+                *shared.panic.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
+                shared.exit.store(PANICKED, Ordering::Release);
+            }
+        }
+    }
+
+    /// The loop: pins, allocates the receive buffers, then loops until the
+    /// stop flag is set or every handle is gone.
     pub(crate) fn run(mut self) {
         self.pin();
         let buf_len = if self.socket.gro_enabled() {
@@ -172,6 +231,10 @@ impl Worker {
         loop {
             let received = self.socket.recv(&mut bufs, &mut meta);
             let now = Instant::now();
+            let beat = now.saturating_duration_since(self.shared.epoch).as_nanos();
+            self.shared
+                .heartbeat
+                .store(u64::try_from(beat).unwrap_or(u64::MAX), Ordering::Relaxed);
             match received {
                 Ok(n) => {
                     for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
@@ -182,6 +245,8 @@ impl Worker {
                         let datagrams = buf[..len].chunks_mut(stride);
                         let empty = (len == 0).then_some(&mut [][..]);
                         for datagram in datagrams.chain(empty) {
+                            #[cfg(feature = "test-hooks")]
+                            crate::test_hooks::on_datagram(datagram);
                             self.router
                                 .handle_datagram(now, m.addr, datagram, &mut self.pool);
                             if self.pool.queued() >= flush_at {
@@ -267,6 +332,12 @@ impl Worker {
         set(&s.pool_in_use, self.pool.in_use() as u64);
         set(&s.pool_exhausted, self.pool.exhausted());
         set(&s.gso_fallbacks, self.socket.gso_fallbacks());
+        set(&s.gso_refusals, self.socket.gso_refusals());
+        set(
+            &s.gso_fallback_destinations,
+            self.socket.gso_fallback_destinations() as u64,
+        );
+        set(&s.gso_sends, self.socket.gso_sends());
         s.gro_enabled
             .store(self.socket.gro_enabled(), Ordering::Relaxed);
         s.gso_enabled
