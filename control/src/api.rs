@@ -57,7 +57,9 @@ use tower_http::cors::{self, CorsLayer};
 
 use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
 use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::http::HttpStats;
 use crate::metrics;
+use crate::ratelimit::{SessionLimiter, limit_sessions};
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
 
 /// What every handler may reach: the node's state and the token checker.
@@ -65,6 +67,17 @@ use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_
 pub struct ApiState {
     node: Arc<AppState>,
     auth: Arc<Authenticator>,
+    limits: Limits,
+}
+
+/// The HTTP server's counters and the session rate limiter, for the routes
+/// and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The server's connection and timeout counters.
+    pub http: Arc<HttpStats>,
+    /// The session-creation limiter.
+    pub sessions: Arc<SessionLimiter>,
 }
 
 impl FromRef<ApiState> for Arc<AppState> {
@@ -79,9 +92,15 @@ impl FromRef<ApiState> for Arc<Authenticator> {
     }
 }
 
-/// The API's router over `state`, checking tokens with `auth`.
-pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>) -> Router {
-    let api = ApiState { node: state, auth };
+/// The API's router over `state`, checking tokens with `auth` and limiting
+/// session creation with `limits.sessions`.
+pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Router {
+    let sessions = Arc::clone(&limits.sessions);
+    let api = ApiState {
+        node: state,
+        auth,
+        limits,
+    };
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/load", get(load))
@@ -94,6 +113,8 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>) -> Router {
             put(set_subscription),
         )
         .merge(crate::whip::routes())
+        // After the token check: only valid tokens get a bucket.
+        .route_layer(middleware::from_fn_with_state(sessions, limit_sessions))
         // Only the routes above: /healthz is open.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route("/healthz", get(healthz))
@@ -297,6 +318,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     token.need(None, Need::Admin)?;
     let mut text = metrics::render(&api.node);
     render_auth_failures(&mut text, &api.auth);
+    metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -53,7 +53,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod state;
 pub mod whip;
 
@@ -189,16 +191,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
     }
 
+    let max_connections = fit_connection_cap(config.http.max_connections);
     let (stop, stopped) = oneshot::channel::<()>();
     let auth = Arc::new(auth::Authenticator::new(config.api_secret.as_bytes()));
-    let app = api::app(Arc::clone(&state), auth);
+    let limits = api::Limits {
+        http: Arc::new(http::HttpStats::default()),
+        sessions: Arc::new(ratelimit::SessionLimiter::new(&config.http)),
+    };
+    let http_stats = Arc::clone(&limits.http);
+    let app = api::app(Arc::clone(&state), auth, limits);
+    let http_config = config.http;
+    // A dropped sender also stops the server.
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                // A dropped sender also stops the server.
-                let _ = stopped.await;
-            })
-            .await
+        http::serve(
+            listener,
+            app,
+            &http_config,
+            max_connections,
+            http_stats,
+            stopped,
+        )
+        .await
     });
     let sampler_state = Arc::clone(&state);
     let sampler = tokio::spawn(async move {
@@ -217,6 +230,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sampler,
         node: Some(node),
     })
+}
+
+/// `wanted`, lowered (with a warning) so that the connections fit under
+/// the process's open-file soft limit with [`http::RESERVED_FDS`] to spare.
+fn fit_connection_cap(wanted: usize) -> usize {
+    let soft = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping http.max_connections");
+            return wanted;
+        }
+    };
+    let (cap, lowered) = http::fit_connection_cap(wanted, soft);
+    if lowered {
+        tracing::warn!(
+            max_connections = wanted,
+            nofile = soft,
+            lowered_to = cap,
+            "http.max_connections does not fit under the open-file limit; raise LimitNOFILE"
+        );
+    }
+    cap
 }
 
 impl Running {
