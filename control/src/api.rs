@@ -118,6 +118,7 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
         // Only the routes above: /healthz is open.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route("/healthz", get(healthz))
+        .route_layer(middleware::from_fn(crate::http::refuse_oversized))
         .route_layer(middleware::from_fn(label_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -758,43 +758,34 @@ impl HttpLayer {
                 })
         }
         match var {
-            "SFU_HTTP_HEADER_TIMEOUT_SECS" => self.header_timeout_secs = parse(
-                "SFU_HTTP_HEADER_TIMEOUT_SECS",
-                value,
-            )?,
-            "SFU_HTTP_REQUEST_TIMEOUT_SECS" => self.request_timeout_secs = parse(
-                "SFU_HTTP_REQUEST_TIMEOUT_SECS",
-                value,
-            )?,
-            "SFU_HTTP_IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = parse(
-                "SFU_HTTP_IDLE_TIMEOUT_SECS",
-                value,
-            )?,
-            "SFU_HTTP_MAX_CONNECTIONS" => self.max_connections = parse(
-                "SFU_HTTP_MAX_CONNECTIONS",
-                value,
-            )?,
-            "SFU_HTTP_MAX_HEADER_BYTES" => self.max_header_bytes = parse(
-                "SFU_HTTP_MAX_HEADER_BYTES",
-                value,
-            )?,
+            "SFU_HTTP_HEADER_TIMEOUT_SECS" => {
+                self.header_timeout_secs = parse("SFU_HTTP_HEADER_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_REQUEST_TIMEOUT_SECS" => {
+                self.request_timeout_secs = parse("SFU_HTTP_REQUEST_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_IDLE_TIMEOUT_SECS" => {
+                self.idle_timeout_secs = parse("SFU_HTTP_IDLE_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_MAX_CONNECTIONS" => {
+                self.max_connections = parse("SFU_HTTP_MAX_CONNECTIONS", value)?
+            }
+            "SFU_HTTP_MAX_HEADER_BYTES" => {
+                self.max_header_bytes = parse("SFU_HTTP_MAX_HEADER_BYTES", value)?
+            }
             "SFU_HTTP_MAX_HEADERS" => self.max_headers = parse("SFU_HTTP_MAX_HEADERS", value)?,
-            "SFU_HTTP_SESSION_RATE_PER_IP" => self.session_rate_per_ip = parse(
-                "SFU_HTTP_SESSION_RATE_PER_IP",
-                value,
-            )?,
-            "SFU_HTTP_SESSION_BURST_PER_IP" => self.session_burst_per_ip = parse(
-                "SFU_HTTP_SESSION_BURST_PER_IP",
-                value,
-            )?,
-            "SFU_HTTP_SESSION_RATE_PER_TOKEN" => self.session_rate_per_token = parse(
-                "SFU_HTTP_SESSION_RATE_PER_TOKEN",
-                value,
-            )?,
-            "SFU_HTTP_SESSION_BURST_PER_TOKEN" => self.session_burst_per_token = parse(
-                "SFU_HTTP_SESSION_BURST_PER_TOKEN",
-                value,
-            )?,
+            "SFU_HTTP_SESSION_RATE_PER_IP" => {
+                self.session_rate_per_ip = parse("SFU_HTTP_SESSION_RATE_PER_IP", value)?
+            }
+            "SFU_HTTP_SESSION_BURST_PER_IP" => {
+                self.session_burst_per_ip = parse("SFU_HTTP_SESSION_BURST_PER_IP", value)?
+            }
+            "SFU_HTTP_SESSION_RATE_PER_TOKEN" => {
+                self.session_rate_per_token = parse("SFU_HTTP_SESSION_RATE_PER_TOKEN", value)?
+            }
+            "SFU_HTTP_SESSION_BURST_PER_TOKEN" => {
+                self.session_burst_per_token = parse("SFU_HTTP_SESSION_BURST_PER_TOKEN", value)?
+            }
             _ => {}
         }
         Ok(())
@@ -836,7 +827,9 @@ impl HttpConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let at_least = |key: &str, value: u64, min: u64| {
             if value < min {
-                Err(ConfigError::Invalid(format!("http.{key} must be at least {min}")))
+                Err(ConfigError::Invalid(format!(
+                    "http.{key} must be at least {min}"
+                )))
             } else {
                 Ok(())
             }
@@ -851,7 +844,11 @@ impl HttpConfig {
             at_least("session_burst_per_ip", self.session_burst_per_ip.into(), 1)?;
         }
         if self.session_rate_per_token > 0 {
-            at_least("session_burst_per_token", self.session_burst_per_token.into(), 1)?;
+            at_least(
+                "session_burst_per_token",
+                self.session_burst_per_token.into(),
+                1,
+            )?;
         }
         Ok(())
     }

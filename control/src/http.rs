@@ -25,6 +25,10 @@
 //!   ([`ApiError::RequestTimeout`]) with `Connection: close`.
 //! * **Head size** ([`HttpConfig::max_header_bytes`],
 //!   [`HttpConfig::max_headers`]): hyper answers 431 and closes.
+//! * **Body size**: a `Content-Length` over [`MAX_BODY_BYTES`] is answered
+//!   413 before the token check and the connection closed unread
+//!   ([`refuse_oversized`], a route layer of [`crate::api::app`]); a
+//!   chunked body is cut at the limit while it is read.
 //!
 //! Each connection runs in its own task of a [`JoinSet`] owned by the
 //! accept loop, so aborting the server task aborts every connection. On
@@ -44,8 +48,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -56,7 +62,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::config::HttpConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, MAX_BODY_BYTES};
 
 /// Descriptors kept free for everything but HTTP connections (media
 /// sockets, the listener, logs, files) when the connection cap is fitted
@@ -386,7 +392,10 @@ impl ConnState {
         let head = self.head_started.load(Ordering::Acquire);
         let (at, why) = if head == NO_HEAD {
             let idle_since = self.last_active.load(Ordering::Relaxed);
-            (idle_since.saturating_add(millis(limits.idle)), Expired::Idle)
+            (
+                idle_since.saturating_add(millis(limits.idle)),
+                Expired::Idle,
+            )
         } else {
             (head.saturating_add(millis(limits.header)), Expired::Header)
         };
@@ -550,6 +559,27 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Route layer: answers 413 (with `Connection: close`) to a request whose
+/// `Content-Length` is over [`MAX_BODY_BYTES`] before anything reads its
+/// body or checks its token; hyper then closes the connection without
+/// reading the body.
+pub async fn refuse_oversized(req: Request, next: Next) -> Response {
+    let oversized = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64);
+    if !oversized {
+        return next.run(req).await;
+    }
+    let mut response = ApiError::PayloadTooLarge.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,7 +607,13 @@ mod tests {
             panic!("b is evicted for c")
         };
         let ids: Vec<u64> = {
-            let mut ids: Vec<u64> = table.conns.lock().expect("not poisoned").keys().copied().collect();
+            let mut ids: Vec<u64> = table
+                .conns
+                .lock()
+                .expect("not poisoned")
+                .keys()
+                .copied()
+                .collect();
             ids.sort_unstable();
             ids
         };

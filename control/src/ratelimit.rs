@@ -147,9 +147,7 @@ impl SessionLimiter {
         ip: Option<IpAddr>,
         token: Option<&[u8]>,
     ) -> Result<(), (LimitKey, u64)> {
-        let ip = ip
-            .filter(|_| self.ip_rate.per_second > 0)
-            .map(IpKey::new);
+        let ip = ip.filter(|_| self.ip_rate.per_second > 0).map(IpKey::new);
         let token = token
             .filter(|_| self.token_rate.per_second > 0)
             .map(token_key);
