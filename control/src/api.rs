@@ -27,7 +27,10 @@
 //! `sfu_auth_failures_total{reason}`.
 //!
 //! Every error is `{"error": "...", "code": "..."}` ([`ApiError`]); bodies
-//! over [`MAX_BODY_BYTES`] are refused with 413. Handlers parse and check
+//! over [`MAX_BODY_BYTES`] are refused with 413 (a `Content-Length` over it
+//! before the token is checked, [`crate::http::refuse_oversized`]). Session
+//! and room creation is rate limited after the token check
+//! ([`crate::ratelimit`], 429). Handlers parse and check
 //! the request, then run the mutation on a blocking thread
 //! (`spawn_blocking`): it waits for the worker's answer, and a blocking task
 //! runs to its end even if the client goes away, so the model never misses

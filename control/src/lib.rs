@@ -6,9 +6,17 @@
 //!   and command-line flags into a [`Config`].
 //! * [`start`] starts a [`packet_path::Node`] (its worker threads own the
 //!   media sockets and one [`sfu_core::router::Router`] each), then serves
-//!   [`api::app`] with axum on the tokio runtime it is called from, and
-//!   starts the rate sampler task. [`Running::shutdown`] stops them in the
-//!   reverse order.
+//!   [`api::app`] with its own HTTP/1.1 accept loop over hyper ([`http`]) on
+//!   the tokio runtime it is called from, and starts the rate sampler task.
+//!   [`Running::shutdown`] stops them in the reverse order.
+//! * [`http`] bounds what a client can hold without a token: header,
+//!   request and idle timeouts, head and body sizes, and a connection cap
+//!   ([`config::HttpConfig`]) at which the connection idle longest is
+//!   closed, so idle connections cannot lock out a load balancer's
+//!   `/healthz` probe. The cap is lowered at start to fit under the
+//!   open-file limit, whose soft limit the `sfu` binary raises to the hard
+//!   limit. [`ratelimit`] limits session and room creation per client
+//!   address and per token (429 with `Retry-After`).
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
@@ -16,8 +24,9 @@
 //!   serves loopback addresses. The `sfu token` subcommand mints tokens.
 //!
 //! # Threads
-//! * The tokio runtime runs the HTTP server, the handlers and the sampler
-//!   task; the blocking pool runs the mutations (see below).
+//! * The tokio runtime runs the HTTP accept loop, one task per connection
+//!   (timers, eviction), the handlers and the sampler task; the blocking
+//!   pool runs the mutations (see below).
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
@@ -41,7 +50,9 @@
 //!   task that keeps the previous snapshot ([`metrics`]).
 //!
 //! # Panics, errors and unwraps
-//! Nothing a client sends can make this crate panic: request bodies are
+//! Nothing a client sends can make this crate panic, nor hold a connection
+//! or a descriptor longer than the [`config::HttpConfig`] timeouts allow
+//! (shutdown closes idle connections at once): request bodies are
 //! parsed with serde into types that are then checked (lengths, ranges,
 //! key sizes), and every failure is an [`ApiError`] answered as JSON with a
 //! 4xx status. Locks recover from poisoning. The library returns typed

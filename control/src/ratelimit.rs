@@ -41,7 +41,7 @@ use crate::error::ApiError;
 pub const MAX_TRACKED: usize = 16_384;
 
 /// The route templates of `POST` requests that create a session or a room.
-const SESSION_ROUTES: [&str; 4] = [
+pub const SESSION_ROUTES: [&str; 4] = [
     "/whip/{room}",
     "/whep/{room}",
     "/v1/rooms/{room}/endpoints",
@@ -156,8 +156,8 @@ impl SessionLimiter {
             ip: ip_table,
             token: token_table,
         } = &mut *tables;
-        let mut ip_bucket = ip.map(|k| ip_table.bucket(k, now, self.ip_rate));
-        let mut token_bucket = token.map(|k| token_table.bucket(k, now, self.token_rate));
+        let ip_bucket = ip.map(|k| ip_table.bucket(k, now, self.ip_rate));
+        let token_bucket = token.map(|k| token_table.bucket(k, now, self.token_rate));
         if let Some(wait) = ip_bucket.as_ref().and_then(|b| b.wait(self.ip_rate)) {
             self.limited_ip.fetch_add(1, Ordering::Relaxed);
             return Err((LimitKey::Ip, wait));
@@ -166,10 +166,7 @@ impl SessionLimiter {
             self.limited_token.fetch_add(1, Ordering::Relaxed);
             return Err((LimitKey::Token, wait));
         }
-        for bucket in [ip_bucket.as_deref_mut(), token_bucket.as_deref_mut()]
-            .into_iter()
-            .flatten()
-        {
+        for bucket in [ip_bucket, token_bucket].into_iter().flatten() {
             bucket.tokens -= 1.0;
         }
         Ok(())
@@ -246,10 +243,11 @@ impl<K: Copy + Eq + Hash> Buckets<K> {
     fn bucket(&mut self, key: K, now: Instant, rate: Rate) -> &mut Bucket {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
-            if let Some((_, oldest)) = self.order.pop_first() {
-                self.map.remove(&oldest);
-            }
+        if !self.map.contains_key(&key)
+            && self.map.len() >= self.capacity
+            && let Some((_, oldest)) = self.order.pop_first()
+        {
+            self.map.remove(&oldest);
         }
         let burst = f64::from(rate.burst);
         let bucket = self.map.entry(key).or_insert(Bucket {
