@@ -1269,6 +1269,48 @@ pool_buffers = 100
         assert!(http.session_rate_per_token.is_some() && http.session_burst_per_token.is_some());
     }
 
+    #[test]
+    fn http_limits_layer_like_the_other_keys() {
+        let dir = temp_dir("http-test");
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "[http]\nmax_connections = 100\nheader_timeout_secs = 5\nsession_rate_per_ip = 0\n",
+        )
+        .expect("temp file is writable");
+        let path_str = path.to_str().expect("temp path is UTF-8");
+        let env = [
+            ("SFU_CONFIG", path_str),
+            ("SFU_HTTP_MAX_CONNECTIONS", "200"),
+            ("SFU_HTTP_IDLE_TIMEOUT_SECS", "7"),
+        ];
+        let flags = cli(&["--http-idle-timeout-secs", "9", "--http-max-headers", "32"]);
+        let config = Config::load(&flags, env).expect("valid");
+        let want = HttpConfig {
+            max_connections: 200,
+            header_timeout_secs: 5,
+            session_rate_per_ip: 0,
+            idle_timeout_secs: 9,
+            max_headers: 32,
+            ..HttpConfig::default()
+        };
+        assert_eq!(config.http, want);
+        for (var, value) in [
+            ("SFU_HTTP_MAX_CONNECTIONS", "0"),
+            ("SFU_HTTP_REQUEST_TIMEOUT_SECS", "0"),
+            ("SFU_HTTP_MAX_HEADER_BYTES", "100"),
+            ("SFU_HTTP_SESSION_BURST_PER_TOKEN", "0"),
+            ("SFU_HTTP_HEADER_TIMEOUT_SECS", "soon"),
+        ] {
+            assert!(
+                Config::load(&cli(&[]), [(var, value)]).is_err(),
+                "{var}={value}"
+            );
+        }
+        assert!(ConfigLayer::from_toml("[http]\nmax_conections = 1").is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// The public development secret only serves loopback addresses; any
     /// other secret (of a sane length) serves anything.
     #[test]
