@@ -73,6 +73,10 @@ pub const RESERVED_FDS: u64 = 64;
 /// so it does not spin while no descriptor is free.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
+/// How long the accept loop waits for an evicted connection to close (it
+/// closes at once unless a request slipped in; then it finishes that one).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// Counters of the HTTP server, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HttpStats {
@@ -204,8 +208,14 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = match table.admit() {
             Admission::Admitted(conn) => conn,
-            Admission::Evicting(conn) => {
+            Admission::Evicting { conn, victim } => {
                 bump(&stats.evicted);
+                // Wait until the victim's socket is closed, so a flood of
+                // connections cannot hold more descriptors than the cap
+                // (plus the one being admitted) while the victims' tasks
+                // have not run yet.
+                let mut closed = victim.closed.subscribe();
+                let _ = tokio::time::timeout(EVICTION_WAIT, closed.wait_for(|c| *c)).await;
                 conn
             }
             Admission::Full => {
@@ -218,7 +228,7 @@ pub(crate) async fn serve(
         stats.open.fetch_add(1, Ordering::Relaxed);
         let open = OpenGuard {
             table: Arc::clone(&table),
-            id: conn.id,
+            conn: Arc::clone(&conn),
             stats: Arc::clone(&stats),
         };
         let connection = Connection {
@@ -263,8 +273,11 @@ struct Table {
 
 enum Admission {
     Admitted(Arc<ConnState>),
-    /// Admitted, after telling the longest idle connection to close.
-    Evicting(Arc<ConnState>),
+    /// Admitted, after telling `victim`, idle the longest, to close.
+    Evicting {
+        conn: Arc<ConnState>,
+        victim: Arc<ConnState>,
+    },
     Full,
 }
 
@@ -280,7 +293,7 @@ impl Table {
 
     fn admit(&self) -> Admission {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut evicted = false;
+        let mut evicted = None;
         if conns.len() >= self.max {
             let idlest = conns
                 .values()
@@ -291,15 +304,14 @@ impl Table {
                 return Admission::Full;
             };
             victim.evict.notify_one();
-            evicted = true;
+            evicted = Some(victim);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnState::new(id, self.epoch));
         conns.insert(id, Arc::clone(&conn));
-        if evicted {
-            Admission::Evicting(conn)
-        } else {
-            Admission::Admitted(conn)
+        match evicted {
+            Some(victim) => Admission::Evicting { conn, victim },
+            None => Admission::Admitted(conn),
         }
     }
 
@@ -311,17 +323,19 @@ impl Table {
     }
 }
 
-/// Removes a finished connection from the table and the open gauge.
+/// Removes a finished connection (its socket closed) from the table and
+/// the open gauge, and tells an accept loop waiting for it.
 struct OpenGuard {
     table: Arc<Table>,
-    id: u64,
+    conn: Arc<ConnState>,
     stats: Arc<HttpStats>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.table.remove(self.id);
+        self.table.remove(self.conn.id);
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.conn.closed.send_replace(true);
     }
 }
 
@@ -343,6 +357,8 @@ struct ConnState {
     head_started: AtomicU64,
     /// Told to close by [`Table::admit`].
     evict: Notify,
+    /// Set once the connection's socket is closed.
+    closed: watch::Sender<bool>,
 }
 
 /// Why a connection's timer closed it.
@@ -361,6 +377,7 @@ impl ConnState {
             last_active: AtomicU64::new(now),
             head_started: AtomicU64::new(now),
             evict: Notify::new(),
+            closed: watch::Sender::new(false),
         }
     }
 
@@ -603,9 +620,10 @@ mod tests {
         // a served a request recently; b never did: b is idle longest.
         a.last_active.store(10, Ordering::Relaxed);
         b.last_active.store(5, Ordering::Relaxed);
-        let Admission::Evicting(c) = table.admit() else {
+        let Admission::Evicting { conn: c, victim } = table.admit() else {
             panic!("b is evicted for c")
         };
+        assert_eq!(victim.id, b.id);
         let ids: Vec<u64> = {
             let mut ids: Vec<u64> = table
                 .conns

@@ -454,3 +454,31 @@ fn other_requests_are_not_limited_and_buckets_refill() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(create_room("127.0.0.1", &node, &token, "b").status, 201);
 }
+
+/// Shutdown closes idle connections at once and lets a request in flight
+/// finish (here: its body stalls, so it ends with its 408).
+#[test]
+fn shutdown_closes_idle_connections_and_lets_requests_finish() {
+    let node = node(|h| h.request_timeout_secs = 2);
+    let mut idle = TcpStream::connect(node.http).expect("the node accepts");
+    let mut busy = TcpStream::connect(node.http).expect("the node accepts");
+    let request = format!(
+        "POST /v1/rooms HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-length: 100\r\n\r\n{{",
+        node.admin
+    );
+    busy.write_all(request.as_bytes()).expect("request sent");
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let stopper = std::thread::spawn(move || node.shutdown());
+    let idle_after = wait_closed(&mut idle, Duration::from_secs(1));
+    assert!(idle_after < Duration::from_millis(500), "{idle_after:?}");
+    let answer = read_answer(&mut busy, Duration::from_secs(4));
+    assert_eq!(answer.status, 408, "{answer:?}");
+    stopper.join().expect("shutdown does not panic");
+    assert!(
+        start.elapsed() < control::SHUTDOWN_GRACE,
+        "{:?}",
+        start.elapsed()
+    );
+}
