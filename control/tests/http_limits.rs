@@ -482,3 +482,27 @@ fn shutdown_closes_idle_connections_and_lets_requests_finish() {
         start.elapsed()
     );
 }
+
+/// A request head over `max_header_bytes`, or with more than
+/// `max_headers` fields, is answered 431.
+#[test]
+fn oversized_request_heads_get_431() {
+    let node = node(|h| {
+        h.max_header_bytes = 4096;
+        h.max_headers = 16;
+    });
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(8192)
+    );
+    let many: String = (0..32).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}\r\n");
+    for request in [big, many] {
+        let mut stream = TcpStream::connect(node.http).expect("the node accepts");
+        stream.write_all(request.as_bytes()).expect("request sent");
+        let answer = read_answer(&mut stream, Duration::from_secs(2));
+        assert_eq!(answer.status, 431, "{answer:?}");
+    }
+    let mut stream = TcpStream::connect(node.http).expect("the node accepts");
+    assert_eq!(healthz(&mut stream, Duration::from_secs(2)).status, 200);
+}
