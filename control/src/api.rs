@@ -27,7 +27,10 @@
 //! `sfu_auth_failures_total{reason}`.
 //!
 //! Every error is `{"error": "...", "code": "..."}` ([`ApiError`]); bodies
-//! over [`MAX_BODY_BYTES`] are refused with 413. Handlers parse and check
+//! over [`MAX_BODY_BYTES`] are refused with 413 (a `Content-Length` over it
+//! before the token is checked, [`crate::http::refuse_oversized`]). Session
+//! and room creation is rate limited after the token check
+//! ([`crate::ratelimit`], 429). Handlers parse and check
 //! the request, then run the mutation on a blocking thread
 //! (`spawn_blocking`): it waits for the worker's answer, and a blocking task
 //! runs to its end even if the client goes away, so the model never misses
@@ -57,7 +60,9 @@ use tower_http::cors::{self, CorsLayer};
 
 use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
 use crate::error::{ApiError, LimitRefused, MAX_BODY_BYTES};
+use crate::http::HttpStats;
 use crate::metrics;
+use crate::ratelimit::{SessionLimiter, limit_sessions};
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
 use crate::supervise;
 
@@ -66,6 +71,17 @@ use crate::supervise;
 pub struct ApiState {
     node: Arc<AppState>,
     auth: Arc<Authenticator>,
+    limits: Limits,
+}
+
+/// The HTTP server's counters and the session rate limiter, for the routes
+/// and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The server's connection and timeout counters.
+    pub http: Arc<HttpStats>,
+    /// The session-creation limiter.
+    pub sessions: Arc<SessionLimiter>,
 }
 
 impl FromRef<ApiState> for Arc<AppState> {
@@ -80,9 +96,15 @@ impl FromRef<ApiState> for Arc<Authenticator> {
     }
 }
 
-/// The API's router over `state`, checking tokens with `auth`.
-pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>) -> Router {
-    let api = ApiState { node: state, auth };
+/// The API's router over `state`, checking tokens with `auth` and limiting
+/// session creation with `limits.sessions`.
+pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Router {
+    let sessions = Arc::clone(&limits.sessions);
+    let api = ApiState {
+        node: state,
+        auth,
+        limits,
+    };
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/load", get(load))
@@ -95,9 +117,12 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>) -> Router {
             put(set_subscription),
         )
         .merge(crate::whip::routes())
+        // After the token check: only valid tokens get a bucket.
+        .route_layer(middleware::from_fn_with_state(sessions, limit_sessions))
         // Only the routes above: /healthz is open.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route("/healthz", get(healthz))
+        .route_layer(middleware::from_fn(crate::http::refuse_oversized))
         .route_layer(middleware::from_fn(label_route))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -309,6 +334,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     token.need(None, Need::Admin)?;
     let mut text = metrics::render(&api.node);
     render_auth_failures(&mut text, &api.auth);
+    metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
     Ok((
         [(
             header::CONTENT_TYPE,

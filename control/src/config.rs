@@ -95,6 +95,8 @@ pub struct Config {
     pub api_secret: ApiSecret,
     /// Limits on client-created state (`[limits]`, `SFU_LIMITS_*`).
     pub limits: Limits,
+    /// Limits of the HTTP server and of session creation (`[http]`).
+    pub http: HttpConfig,
 }
 
 /// The secret of the control API's tokens. Its `Debug` and `Serialize`
@@ -162,6 +164,7 @@ impl Default for Config {
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             api_secret: ApiSecret::default(),
             limits: Limits::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -196,6 +199,8 @@ pub struct ConfigLayer {
     pub api_secret_file: Option<PathBuf>,
     /// See [`Config::limits`]: the limits this layer sets.
     pub limits: Option<LimitsLayer>,
+    /// See [`Config::http`]: the `[http]` table.
+    pub http: Option<HttpLayer>,
 }
 
 /// Why the configuration could not be loaded.
@@ -291,6 +296,9 @@ pub struct Cli {
     /// SO_RCVBUF/SO_SNDBUF bytes per media socket [default: 33554432].
     #[arg(long, value_name = "BYTES")]
     pub socket_buffer_bytes: Option<usize>,
+    /// The `--http-*` flags.
+    #[command(flatten)]
+    pub http: HttpFlags,
 }
 
 /// Subcommands of the `sfu` binary.
@@ -370,6 +378,7 @@ impl Cli {
             api_secret_file: self.api_secret_file.clone(),
             // Limits come from the file and the environment only.
             limits: None,
+            http: Some(self.http.layer()),
         }
     }
 }
@@ -445,6 +454,9 @@ impl ConfigLayer {
                 }
                 "SFU_API_SECRET" => layer.api_secret = Some(ApiSecret::new(value)),
                 "SFU_API_SECRET_FILE" => layer.api_secret_file = Some(PathBuf::from(value)),
+                _ if key.starts_with("SFU_HTTP_") => {
+                    layer.http.get_or_insert_default().set_env(key, value)?;
+                }
                 _ => {
                     if let Some(name) = key.strip_prefix("SFU_LIMITS_") {
                         let var = "SFU_LIMITS_*";
@@ -517,9 +529,13 @@ impl Config {
             api_secret: _,
             api_secret_file: _,
             limits,
+            http,
         } = layer;
         if let Some(l) = &limits {
             self.limits.apply(l);
+        }
+        if let Some(http) = http {
+            self.http.apply(http);
         }
         if let Some(v) = control_addr {
             self.control_addr = v;
@@ -597,6 +613,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
+        self.http.validate()?;
         let workers = self.workers.unwrap_or(1);
         if self.media_port != 0
             && usize::from(self.media_port) + workers - 1 > usize::from(u16::MAX)
@@ -629,6 +646,238 @@ impl Config {
             advertised_ip: self.advertised_ip.unwrap_or(self.media_ip),
             node_id: self.node_id.clone().unwrap_or_else(default_node_id),
         }
+    }
+}
+
+/// Limits of the HTTP control API: the server's timeouts, sizes and
+/// connection cap ([`crate::http`]) and the rate of session creation
+/// ([`crate::ratelimit`]). The `[http]` table of the TOML file; variables
+/// `SFU_HTTP_<KEY>`, flags `--http-<key>`. A rate of 0 switches that limit
+/// off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a whole request head, from the
+    /// connection's start or from the first byte of a later request.
+    pub header_timeout_secs: u64,
+    /// Seconds from a request's head to its answer, body included; else 408.
+    pub request_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request.
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; when full, the connection idle longest is
+    /// closed to admit a new one. Clamped to the descriptor limit at start.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), bytes; else 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; else 431.
+    pub max_headers: usize,
+    /// Sessions and rooms one client address may create per second.
+    pub session_rate_per_ip: u32,
+    /// Sessions and rooms one client address may create at once.
+    pub session_burst_per_ip: u32,
+    /// Sessions and rooms one bearer token may create per second.
+    pub session_rate_per_token: u32,
+    /// Sessions and rooms one bearer token may create at once.
+    pub session_burst_per_token: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            session_rate_per_ip: 20,
+            session_burst_per_ip: 40,
+            session_rate_per_token: 20,
+            session_burst_per_token: 40,
+        }
+    }
+}
+
+/// The `[http]` table of one configuration layer: every key optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct HttpLayer {
+    pub header_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub session_rate_per_ip: Option<u32>,
+    pub session_burst_per_ip: Option<u32>,
+    pub session_rate_per_token: Option<u32>,
+    pub session_burst_per_token: Option<u32>,
+}
+
+/// The `--http-*` flags (see [`HttpConfig`] for each).
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+#[allow(missing_docs)]
+pub struct HttpFlags {
+    /// Seconds to receive a request head [default: 10].
+    #[arg(long = "http-header-timeout-secs", value_name = "S")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds from a request head to its answer, body included [default: 30].
+    #[arg(long = "http-request-timeout-secs", value_name = "S")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds a keep-alive connection may wait for a request [default: 60].
+    #[arg(long = "http-idle-timeout-secs", value_name = "S")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Open HTTP connections at most [default: 1024].
+    #[arg(long = "http-max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest request head, bytes [default: 16384].
+    #[arg(long = "http-max-header-bytes", value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields per request [default: 64].
+    #[arg(long = "http-max-headers", value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Sessions per second per client address; 0 = no limit [default: 20].
+    #[arg(long = "http-session-rate-per-ip", value_name = "N")]
+    pub session_rate_per_ip: Option<u32>,
+    /// Session burst per client address [default: 40].
+    #[arg(long = "http-session-burst-per-ip", value_name = "N")]
+    pub session_burst_per_ip: Option<u32>,
+    /// Sessions per second per token; 0 = no limit [default: 20].
+    #[arg(long = "http-session-rate-per-token", value_name = "N")]
+    pub session_rate_per_token: Option<u32>,
+    /// Session burst per token [default: 40].
+    #[arg(long = "http-session-burst-per-token", value_name = "N")]
+    pub session_burst_per_token: Option<u32>,
+}
+
+impl HttpFlags {
+    fn layer(&self) -> HttpLayer {
+        HttpLayer {
+            header_timeout_secs: self.header_timeout_secs,
+            request_timeout_secs: self.request_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            session_rate_per_ip: self.session_rate_per_ip,
+            session_burst_per_ip: self.session_burst_per_ip,
+            session_rate_per_token: self.session_rate_per_token,
+            session_burst_per_token: self.session_burst_per_token,
+        }
+    }
+}
+
+impl HttpLayer {
+    /// Sets the key of the variable `SFU_HTTP_<KEY>`; unknown names are ignored.
+    fn set_env(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
+        fn parse<T: FromStr>(var: &'static str, value: &str) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Env {
+                    var,
+                    value: value.to_owned(),
+                    message: e.to_string(),
+                })
+        }
+        match var {
+            "SFU_HTTP_HEADER_TIMEOUT_SECS" => {
+                self.header_timeout_secs = parse("SFU_HTTP_HEADER_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_REQUEST_TIMEOUT_SECS" => {
+                self.request_timeout_secs = parse("SFU_HTTP_REQUEST_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_IDLE_TIMEOUT_SECS" => {
+                self.idle_timeout_secs = parse("SFU_HTTP_IDLE_TIMEOUT_SECS", value)?
+            }
+            "SFU_HTTP_MAX_CONNECTIONS" => {
+                self.max_connections = parse("SFU_HTTP_MAX_CONNECTIONS", value)?
+            }
+            "SFU_HTTP_MAX_HEADER_BYTES" => {
+                self.max_header_bytes = parse("SFU_HTTP_MAX_HEADER_BYTES", value)?
+            }
+            "SFU_HTTP_MAX_HEADERS" => self.max_headers = parse("SFU_HTTP_MAX_HEADERS", value)?,
+            "SFU_HTTP_SESSION_RATE_PER_IP" => {
+                self.session_rate_per_ip = parse("SFU_HTTP_SESSION_RATE_PER_IP", value)?
+            }
+            "SFU_HTTP_SESSION_BURST_PER_IP" => {
+                self.session_burst_per_ip = parse("SFU_HTTP_SESSION_BURST_PER_IP", value)?
+            }
+            "SFU_HTTP_SESSION_RATE_PER_TOKEN" => {
+                self.session_rate_per_token = parse("SFU_HTTP_SESSION_RATE_PER_TOKEN", value)?
+            }
+            "SFU_HTTP_SESSION_BURST_PER_TOKEN" => {
+                self.session_burst_per_token = parse("SFU_HTTP_SESSION_BURST_PER_TOKEN", value)?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    /// Overrides every key `layer` sets.
+    pub fn apply(&mut self, layer: HttpLayer) {
+        let HttpLayer {
+            header_timeout_secs,
+            request_timeout_secs,
+            idle_timeout_secs,
+            max_connections,
+            max_header_bytes,
+            max_headers,
+            session_rate_per_ip,
+            session_burst_per_ip,
+            session_rate_per_token,
+            session_burst_per_token,
+        } = layer;
+        let set = |to: &mut u64, from: Option<u64>| *to = from.unwrap_or(*to);
+        set(&mut self.header_timeout_secs, header_timeout_secs);
+        set(&mut self.request_timeout_secs, request_timeout_secs);
+        set(&mut self.idle_timeout_secs, idle_timeout_secs);
+        let set = |to: &mut usize, from: Option<usize>| *to = from.unwrap_or(*to);
+        set(&mut self.max_connections, max_connections);
+        set(&mut self.max_header_bytes, max_header_bytes);
+        set(&mut self.max_headers, max_headers);
+        let set = |to: &mut u32, from: Option<u32>| *to = from.unwrap_or(*to);
+        set(&mut self.session_rate_per_ip, session_rate_per_ip);
+        set(&mut self.session_burst_per_ip, session_burst_per_ip);
+        set(&mut self.session_rate_per_token, session_rate_per_token);
+        set(&mut self.session_burst_per_token, session_burst_per_token);
+    }
+
+    /// Timeouts and the connection cap at least 1, a request head of at
+    /// least 1024 bytes and 8 fields, a burst of at least 1 where a rate is set.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |key: &str, value: u64, min: u64| {
+            if value < min {
+                Err(ConfigError::Invalid(format!(
+                    "http.{key} must be at least {min}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("header_timeout_secs", self.header_timeout_secs, 1)?;
+        at_least("request_timeout_secs", self.request_timeout_secs, 1)?;
+        at_least("idle_timeout_secs", self.idle_timeout_secs, 1)?;
+        at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("max_header_bytes", self.max_header_bytes as u64, 1024)?;
+        at_least("max_headers", self.max_headers as u64, 8)?;
+        if self.session_rate_per_ip > 0 {
+            at_least("session_burst_per_ip", self.session_burst_per_ip.into(), 1)?;
+        }
+        if self.session_rate_per_token > 0 {
+            at_least(
+                "session_burst_per_token",
+                self.session_burst_per_token.into(),
+                1,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1023,16 +1272,12 @@ pool_buffers = 100
         // Commented keys, under their (uncommented) section headers.
         let uncommented: String = text
             .lines()
-            .filter_map(|line| {
-                if line.starts_with('[') {
-                    return Some(line);
-                }
-                line.strip_prefix("# ")
-                    .or(line.strip_prefix("#"))
-                    .filter(|line| {
-                        line.split_once(" = ").is_some_and(|(key, _)| {
-                            key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                        })
+            .filter_map(|line| line.strip_prefix("# ").or(line.strip_prefix("#")))
+            .filter(|line| {
+                let table = line.starts_with('[') && line.ends_with(']');
+                table
+                    || line.split_once(" = ").is_some_and(|(key, _)| {
+                        key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
                     })
             })
             .map(|line| format!("{line}\n"))
@@ -1057,6 +1302,54 @@ pool_buffers = 100
         assert!(layer.node_id.is_some() && layer.log_format.is_some());
         assert!(layer.pool_buffers.is_some() && layer.socket_buffer_bytes.is_some());
         assert!(layer.api_secret.is_some() && layer.api_secret_file.is_some());
+        let http = layer.http.expect("the [http] table");
+        assert!(http.header_timeout_secs.is_some() && http.request_timeout_secs.is_some());
+        assert!(http.idle_timeout_secs.is_some() && http.max_connections.is_some());
+        assert!(http.max_header_bytes.is_some() && http.max_headers.is_some());
+        assert!(http.session_rate_per_ip.is_some() && http.session_burst_per_ip.is_some());
+        assert!(http.session_rate_per_token.is_some() && http.session_burst_per_token.is_some());
+    }
+
+    #[test]
+    fn http_limits_layer_like_the_other_keys() {
+        let dir = temp_dir("http-test");
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "[http]\nmax_connections = 100\nheader_timeout_secs = 5\nsession_rate_per_ip = 0\n",
+        )
+        .expect("temp file is writable");
+        let path_str = path.to_str().expect("temp path is UTF-8");
+        let env = [
+            ("SFU_CONFIG", path_str),
+            ("SFU_HTTP_MAX_CONNECTIONS", "200"),
+            ("SFU_HTTP_IDLE_TIMEOUT_SECS", "7"),
+        ];
+        let flags = cli(&["--http-idle-timeout-secs", "9", "--http-max-headers", "32"]);
+        let config = Config::load(&flags, env).expect("valid");
+        let want = HttpConfig {
+            max_connections: 200,
+            header_timeout_secs: 5,
+            session_rate_per_ip: 0,
+            idle_timeout_secs: 9,
+            max_headers: 32,
+            ..HttpConfig::default()
+        };
+        assert_eq!(config.http, want);
+        for (var, value) in [
+            ("SFU_HTTP_MAX_CONNECTIONS", "0"),
+            ("SFU_HTTP_REQUEST_TIMEOUT_SECS", "0"),
+            ("SFU_HTTP_MAX_HEADER_BYTES", "100"),
+            ("SFU_HTTP_SESSION_BURST_PER_TOKEN", "0"),
+            ("SFU_HTTP_HEADER_TIMEOUT_SECS", "soon"),
+        ] {
+            assert!(
+                Config::load(&cli(&[]), [(var, value)]).is_err(),
+                "{var}={value}"
+            );
+        }
+        assert!(ConfigLayer::from_toml("[http]\nmax_conections = 1").is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// The public development secret only serves loopback addresses; any

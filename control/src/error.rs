@@ -20,7 +20,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// [`ApiError::status`] and the code of [`ApiError::code`]; a 401 also
 /// carries `WWW-Authenticate: Bearer` (RFC 6750 §3), and an
 /// [`ApiError::Auth`] answer carries its [`AuthError`] as a response
-/// extension, for the failure counter.
+/// extension, for the failure counter. A 429 carries `Retry-After`, a 408
+/// `Connection: close`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
@@ -79,6 +80,19 @@ pub enum ApiError {
     /// The worker has stopped (503).
     #[error("worker stopped")]
     WorkerStopped,
+    /// The request was not received and answered within the configured
+    /// request timeout, e.g. its body stalled (408); the connection is closed.
+    #[error("request not completed in time")]
+    RequestTimeout,
+    /// Too many sessions created lately by this client address or token
+    /// (429, with `Retry-After`); see [`crate::ratelimit`].
+    #[error("too many sessions created by this {key}; retry in {retry_after} s")]
+    RateLimited {
+        /// `"ip"` or `"token"`.
+        key: &'static str,
+        /// Seconds until a session may be created again.
+        retry_after: u64,
+    },
     /// A bug or a state the control plane cannot explain (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,6 +119,8 @@ impl ApiError {
             }
             Self::TooMany(_) | Self::WorkerStopped => StatusCode::SERVICE_UNAVAILABLE,
             Self::WorkerTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,6 +145,8 @@ impl ApiError {
             Self::TooMany(_) => "too_many",
             Self::WorkerTimeout => "worker_timeout",
             Self::WorkerStopped => "worker_stopped",
+            Self::RequestTimeout => "request_timeout",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -143,10 +161,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let Self::TooMany(limit) = &self {
-            response
-                .extensions_mut()
-                .insert(LimitRefused(limit.replace(' ', "_").to_ascii_lowercase()));
+        match &self {
+            Self::TooMany(limit) => {
+                response
+                    .extensions_mut()
+                    .insert(LimitRefused(limit.replace(' ', "_").to_ascii_lowercase()));
+            }
+            Self::RequestTimeout => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::RateLimited { retry_after, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         if let Self::Auth(e) = self {
             let challenge = match e {

@@ -6,10 +6,21 @@
 //!   and command-line flags into a [`Config`].
 //! * [`start`] starts a [`packet_path::Node`] (its worker threads own the
 //!   media sockets and one [`sfu_core::router::Router`] each), then serves
-//!   [`api::app`] with axum on the tokio runtime it is called from, and
-//!   starts the rate sampler task and the worker supervisor
-//!   ([`supervise`]). [`Running::shutdown`] stops them in the reverse
-//!   order.
+//!   [`api::app`] with its own HTTP/1.1 accept loop over hyper ([`http`]) on
+//!   the tokio runtime it is called from, and starts the rate sampler task
+//!   and the worker supervisor ([`supervise`]). [`Running::shutdown`] stops
+//!   them in the reverse order.
+//! * [`http`] bounds what a client can hold without a token: header,
+//!   request and idle timeouts, head and body sizes, and a connection cap
+//!   ([`config::HttpConfig`]) at which the connection idle longest is
+//!   closed, so idle connections cannot lock out a load balancer's
+//!   `/healthz` probe. The cap is lowered at start to fit under the
+//!   open-file limit, whose soft limit the `sfu` binary raises to the hard
+//!   limit. [`ratelimit`] limits session and room creation per client
+//!   address and per token (429 with `Retry-After`).
+//! * [`limits`] bounds the state clients can create (rooms, endpoints,
+//!   tracks, consumers, unconnected WebRTC sessions); the routers enforce
+//!   most of them, placement skips full workers.
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
@@ -17,9 +28,9 @@
 //!   serves loopback addresses. The `sfu token` subcommand mints tokens.
 //!
 //! # Threads
-//! * The tokio runtime runs the HTTP server, the handlers, the sampler
-//!   task and the supervisor task; the blocking pool runs the mutations
-//!   (see below).
+//! * The tokio runtime runs the HTTP accept loop, one task per connection
+//!   (timers, eviction), the handlers, the sampler task and the supervisor
+//!   task; the blocking pool runs the mutations (see below).
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
@@ -43,7 +54,9 @@
 //!   task that keeps the previous snapshot ([`metrics`]).
 //!
 //! # Panics, errors and unwraps
-//! Nothing a client sends can make this crate panic: request bodies are
+//! Nothing a client sends can make this crate panic, nor hold a connection
+//! or a descriptor longer than the [`config::HttpConfig`] timeouts allow
+//! (shutdown closes idle connections at once): request bodies are
 //! parsed with serde into types that are then checked (lengths, ranges,
 //! key sizes), and every failure is an [`ApiError`] answered as JSON with a
 //! 4xx status. Locks recover from poisoning. The library returns typed
@@ -62,8 +75,10 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod ratelimit;
 pub mod state;
 pub mod supervise;
 pub mod whip;
@@ -226,16 +241,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
     }
 
+    let max_connections = fit_connection_cap(config.http.max_connections);
     let (stop, stopped) = oneshot::channel::<()>();
     let auth = Arc::new(auth::Authenticator::new(config.api_secret.as_bytes()));
-    let app = api::app(Arc::clone(&state), auth);
+    let limits = api::Limits {
+        http: Arc::new(http::HttpStats::default()),
+        sessions: Arc::new(ratelimit::SessionLimiter::new(&config.http)),
+    };
+    let http_stats = Arc::clone(&limits.http);
+    let app = api::app(Arc::clone(&state), auth, limits);
+    let http_config = config.http;
+    // A dropped sender also stops the server.
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                // A dropped sender also stops the server.
-                let _ = stopped.await;
-            })
-            .await
+        http::serve(
+            listener,
+            app,
+            &http_config,
+            max_connections,
+            http_stats,
+            stopped,
+        )
+        .await
     });
     let sampler_state = Arc::clone(&state);
     let sampler = tokio::spawn(async move {
@@ -258,6 +284,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         failed,
         node: Some(node),
     })
+}
+
+/// `wanted`, lowered (with a warning) so that the connections fit under
+/// the process's open-file soft limit with [`http::RESERVED_FDS`] to spare.
+fn fit_connection_cap(wanted: usize) -> usize {
+    let soft = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping http.max_connections");
+            return wanted;
+        }
+    };
+    let (cap, lowered) = http::fit_connection_cap(wanted, soft);
+    if lowered {
+        tracing::warn!(
+            max_connections = wanted,
+            nofile = soft,
+            lowered_to = cap,
+            "http.max_connections does not fit under the open-file limit; raise LimitNOFILE"
+        );
+    }
+    cap
 }
 
 impl Running {

@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(config.log_format);
+    raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sfu-control")
@@ -58,6 +59,20 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit, so that the HTTP
+/// connection cap (and the media sockets) fit; logs the result.
+fn raise_nofile_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => tracing::info!(
+            before = before.map(|(soft, _)| soft).unwrap_or_default(),
+            soft,
+            "open-file limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
     }
 }
 

@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
+use crate::http::HttpStats;
+use crate::ratelimit::SessionLimiter;
 use crate::state::AppState;
 use packet_path::WorkerStats;
 
@@ -364,6 +366,87 @@ pub fn render(state: &AppState) -> String {
         );
     }
     out
+}
+
+/// Appends the HTTP server's counters ([`crate::http`]) and the session
+/// rate limiter's ([`crate::ratelimit`]).
+pub fn render_http(out: &mut String, http: &HttpStats, sessions: &SessionLimiter) {
+    let c = http.counts();
+    for (name, help, kind, value) in [
+        (
+            "sfu_http_connections_open",
+            "Open HTTP connections.",
+            "gauge",
+            c.open,
+        ),
+        (
+            "sfu_http_connections_accepted_total",
+            "HTTP connections accepted.",
+            "counter",
+            c.accepted,
+        ),
+        (
+            "sfu_http_connections_evicted_total",
+            "Idle HTTP connections closed to admit a new one at the connection cap.",
+            "counter",
+            c.evicted,
+        ),
+        (
+            "sfu_http_connections_refused_total",
+            "HTTP connections refused at the connection cap (every one had a request in flight).",
+            "counter",
+            c.refused,
+        ),
+        (
+            "sfu_http_accept_errors_total",
+            "Failed accept calls of the HTTP listener (e.g. out of file descriptors).",
+            "counter",
+            c.accept_errors,
+        ),
+    ] {
+        header(out, name, help, kind);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        out,
+        "sfu_http_timeouts_total",
+        "HTTP connections closed for a request head not received in time (header), \
+         waiting too long for a request (idle), and requests answered 408 (request).",
+        "counter",
+    );
+    for (kind, n) in [
+        ("header", c.header_timeouts),
+        ("idle", c.idle_timeouts),
+        ("request", c.request_timeouts),
+    ] {
+        let _ = writeln!(out, "sfu_http_timeouts_total{{kind=\"{kind}\"}} {n}");
+    }
+    header(
+        out,
+        "sfu_http_rate_limited_total",
+        "Session and room creations refused with 429, by the bucket that was empty.",
+        "counter",
+    );
+    for (key, n) in sessions.limited() {
+        let _ = writeln!(
+            out,
+            "sfu_http_rate_limited_total{{key=\"{}\"}} {n}",
+            key.as_str()
+        );
+    }
+    header(
+        out,
+        "sfu_http_rate_limit_keys",
+        "Client addresses and tokens the session rate limiter tracks.",
+        "gauge",
+    );
+    for (key, n) in sessions.tracked() {
+        let _ = writeln!(
+            out,
+            "sfu_http_rate_limit_keys{{key=\"{}\"}} {n}",
+            key.as_str()
+        );
+    }
 }
 
 #[cfg(test)]
