@@ -270,3 +270,42 @@ fn key_lengths_are_checked() {
     );
     assert_eq!(Profile::from_name("AES_CM_128_HMAC_SHA1_32"), None);
 }
+
+/// A registered send stream protects exactly as the table lookup does,
+/// beyond the table's configured capacity, and refuses another SSRC.
+#[test]
+fn registered_send_streams_match_protect_rtp() {
+    for p in PROFILES {
+        let (mut by_lookup, mut rx) = pair(p);
+        let (mut by_stream, _) = pair(p);
+        let streams: Vec<(u32, usize)> = (0..100u32)
+            .map(|ssrc| (ssrc, by_stream.add_rtp_stream(ssrc)))
+            .collect();
+        assert_eq!(by_stream.add_rtp_stream(5), streams[5].1, "registered once");
+        let mut a = [0u8; 1500];
+        let mut b = [0u8; 1500];
+        for seq in [65_530u16, 65_535, 0, 3] {
+            for &(ssrc, stream) in &streams[..32] {
+                let len = rtp(&mut a, ssrc, seq, 300);
+                rtp(&mut b, ssrc, seq, 300);
+                let n = by_lookup.protect_rtp(&mut a, len).unwrap();
+                let m = by_stream.protect_rtp_stream(stream, &mut b, len).unwrap();
+                assert_eq!(a[..n], b[..m], "{p:?} ssrc {ssrc} seq {seq}");
+                assert!(rx.unprotect_rtp(&mut b[..m]).is_ok());
+            }
+            // Past the 32 the lookup table holds.
+            let (ssrc, stream) = streams[99];
+            let len = rtp(&mut b, ssrc, seq, 300);
+            assert!(by_stream.protect_rtp_stream(stream, &mut b, len).is_ok());
+        }
+        let len = rtp(&mut b, 7, 1, 300);
+        assert_eq!(
+            by_stream.protect_rtp_stream(streams[8].1, &mut b, len),
+            Err(SrtpError::UnknownStream)
+        );
+        assert_eq!(
+            by_stream.protect_rtp_stream(1_000, &mut b, len),
+            Err(SrtpError::UnknownStream)
+        );
+    }
+}
