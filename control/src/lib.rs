@@ -270,6 +270,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loop {
             tick.tick().await;
             sampler_state.sample_rates();
+            let state = Arc::clone(&sampler_state);
+            // Blocks on each worker: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || state.reap_expired()).await;
         }
     });
     let (failure, failed) = oneshot::channel();

@@ -33,6 +33,9 @@ pub struct Limits {
     pub pending_sessions_per_worker: usize,
     /// WHIP/WHEP sessions in one room whose ICE + DTLS have not completed.
     pub pending_sessions_per_room: usize,
+    /// Seconds a WHIP/WHEP session may take to complete ICE + DTLS; then
+    /// it is removed (`sfu_webrtc_sessions_expired_total`).
+    pub pending_session_timeout_secs: usize,
 }
 
 impl Default for Limits {
@@ -47,13 +50,14 @@ impl Default for Limits {
             consumers_per_endpoint: router.max_consumers_per_endpoint,
             pending_sessions_per_worker: router.max_pending_webrtc,
             pending_sessions_per_room: router.max_pending_webrtc_per_room,
+            pending_session_timeout_secs: router.pending_webrtc_timeout.as_secs() as usize,
         }
     }
 }
 
 /// The names of the limits, as config keys and as the suffix of their
 /// `SFU_LIMITS_*` variables (upper case).
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "rooms",
     "rooms_per_worker",
     "endpoints_per_worker",
@@ -62,6 +66,7 @@ pub const NAMES: [&str; 8] = [
     "consumers_per_endpoint",
     "pending_sessions_per_worker",
     "pending_sessions_per_room",
+    "pending_session_timeout_secs",
 ];
 
 impl Limits {
@@ -76,6 +81,7 @@ impl Limits {
             "consumers_per_endpoint" => &mut self.consumers_per_endpoint,
             "pending_sessions_per_worker" => &mut self.pending_sessions_per_worker,
             "pending_sessions_per_room" => &mut self.pending_sessions_per_room,
+            "pending_session_timeout_secs" => &mut self.pending_session_timeout_secs,
             _ => return None,
         })
     }
@@ -99,6 +105,9 @@ impl Limits {
             max_consumers_per_endpoint: self.consumers_per_endpoint,
             max_pending_webrtc: self.pending_sessions_per_worker,
             max_pending_webrtc_per_room: self.pending_sessions_per_room,
+            pending_webrtc_timeout: std::time::Duration::from_secs(
+                self.pending_session_timeout_secs as u64,
+            ),
             ..RouterConfig::default()
         }
     }

@@ -149,6 +149,12 @@ const WORKER_FAMILIES: &[Family] = &[
         value: |s| s.twcc_feedback_sent.to_string(),
     },
     Family {
+        name: "sfu_webrtc_sessions_expired_total",
+        help: "WHIP/WHEP sessions the worker removed because ICE and DTLS did not complete within 30 s.",
+        kind: "counter",
+        value: |s| s.pending_expired.to_string(),
+    },
+    Family {
         name: "sfu_consumers_over_limit_total",
         help: "Producers an \"all\" subscriber on the worker did not get because it had reached limits.consumers_per_endpoint.",
         kind: "counter",

@@ -585,7 +585,7 @@ impl AppState {
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
         };
         let mut model = self.model_mut();
         model.ssrcs.extend(ssrcs.iter().copied());
@@ -725,7 +725,7 @@ impl AppState {
             .map_err(unknown_room)?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
         };
         let done = match finish(prepared, &consumers) {
             Ok(done) => done,
@@ -793,8 +793,41 @@ impl AppState {
             })?;
         Ok(match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
         })
+    }
+
+    /// Forgets the endpoints the workers removed by themselves (WebRTC
+    /// sessions that never connected, [`Command::TakeExpired`]); called
+    /// once a second by the sampler task. Blocks on each worker in turn;
+    /// returns how many it forgot.
+    pub fn reap_expired(&self) -> usize {
+        let mut reaped = 0;
+        for worker in 0..self.workers.len() {
+            let _serial = lock(&self.mutate);
+            let ids = match self.request(worker, Command::TakeExpired, None) {
+                Ok(Outcome::Expired(ids)) => ids,
+                Ok(_) | Err(_) => continue,
+            };
+            let mut model = self.model_mut();
+            for id in ids {
+                let found = model
+                    .endpoints
+                    .iter()
+                    .find(|(_, e)| e.id == id && e.worker == worker)
+                    .map(|(name, e)| (name.clone(), e.room.clone()));
+                let Some((name, room)) = found else {
+                    continue;
+                };
+                if let Some(entry) = model.rooms.get_mut(&room) {
+                    entry.endpoints.remove(&name);
+                }
+                model.forget_endpoint(&name);
+                reaped += 1;
+                tracing::info!(worker, endpoint = %name, room = %room, "WebRTC session never connected; removed");
+            }
+        }
+        reaped
     }
 
     /// `DELETE /v1/rooms/{room}/endpoints/{id}`. Blocks on the worker.

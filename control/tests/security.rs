@@ -311,6 +311,7 @@ fn forty_publishers_reach_every_all_subscriber() {
 fn unconnected_webrtc_sessions_and_full_workers_are_refused_with_503() {
     let mut config = test_config(2, TEST_SECRET);
     config.limits.pending_sessions_per_room = 3;
+    config.limits.pending_session_timeout_secs = 1;
     config.limits.rooms_per_worker = 2;
     let node = TestNode::start_with_config(config);
     for room in ["w1", "w2", "w3", "w4"] {
@@ -369,6 +370,37 @@ fn unconnected_webrtc_sessions_and_full_workers_are_refused_with_503() {
         ),
         Some(2)
     );
+
+    // Sessions that never connect are removed after their timeout (1 s
+    // here) and forgotten by the control plane: the room takes new ones.
+    let endpoints_in_w1 = || {
+        let rooms = node.get("/v1/rooms");
+        rooms.json["rooms"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["room"] == "w1"))
+            .and_then(|r| r["endpoints"].as_u64())
+            .expect("room w1 listed")
+    };
+    assert_eq!(endpoints_in_w1(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while endpoints_in_w1() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending sessions never expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expired: u64 = (0..2)
+        .filter_map(|w| {
+            metric(
+                &node,
+                &format!("sfu_webrtc_sessions_expired_total{{worker=\"{w}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(expired, 3);
+    let (status, text) = whep("w1");
+    assert_eq!(status, 201, "after expiry: {text}");
 }
 
 #[test]

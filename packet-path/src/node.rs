@@ -149,6 +149,8 @@ pub struct WorkerStats {
     /// Producers `All` subscribers did not get because they were at their
     /// consumer limit.
     pub consumers_over_limit: u64,
+    /// WebRTC endpoints removed because ICE + DTLS did not complete in time.
+    pub pending_expired: u64,
     /// Drops by reason label ([`DropReason::as_str`]).
     pub drops: Vec<(&'static str, u64)>,
     /// Send buffers in the pool.
@@ -290,6 +292,7 @@ impl WorkerHandle {
             simulcast_layers_bound: get(&s.simulcast_bound),
             twcc_feedback_sent: get(&s.twcc_feedback_sent),
             consumers_over_limit: get(&s.consumers_over_limit),
+            pending_expired: get(&s.pending_expired),
             drops: DropReason::ALL
                 .iter()
                 .zip(&s.drops)

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) twcc_feedback_sent: AtomicU64,
     /// Producers `All` subscribers missed at their consumer limit.
     pub(crate) consumers_over_limit: AtomicU64,
+    /// WebRTC endpoints removed for not connecting in time.
+    pub(crate) pending_expired: AtomicU64,
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
     pub(crate) pool_capacity: AtomicU64,
     pub(crate) pool_in_use: AtomicU64,
@@ -142,6 +144,7 @@ impl Shared {
             simulcast_bound: AtomicU64::new(0),
             twcc_feedback_sent: AtomicU64::new(0),
             consumers_over_limit: AtomicU64::new(0),
+            pending_expired: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_capacity: AtomicU64::new(pool_capacity as u64),
             pool_in_use: AtomicU64::new(0),
@@ -326,6 +329,7 @@ impl Worker {
         set(&s.simulcast_bound, r.simulcast_bound);
         set(&s.twcc_feedback_sent, r.twcc_feedback_sent);
         set(&s.consumers_over_limit, r.consumers_over_limit);
+        set(&s.pending_expired, r.pending_expired);
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }

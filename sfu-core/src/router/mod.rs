@@ -198,6 +198,10 @@ pub enum Command {
     SetSubscription(EndpointId, Subscription),
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
+    /// Hand over the endpoints the router removed by itself since the last
+    /// such command: WebRTC endpoints that did not complete ICE + DTLS
+    /// within [`RouterConfig::pending_webrtc_timeout`].
+    TakeExpired,
 }
 
 /// What a command produced.
@@ -210,6 +214,8 @@ pub enum Outcome {
     /// A room's producers: by endpoint in the order they joined the room,
     /// then in the order their tracks became producers.
     Producers(Vec<ProducerInfo>),
+    /// Endpoints the router removed by itself ([`Command::TakeExpired`]).
+    Expired(Vec<EndpointId>),
 }
 
 /// A producer as the control plane reports it.
@@ -403,6 +409,9 @@ pub struct RouterStats {
     pub simulcast_bound: u64,
     /// Transport-cc feedback packets sent to publishers.
     pub twcc_feedback_sent: u64,
+    /// WebRTC endpoints removed because they did not complete ICE + DTLS in
+    /// time.
+    pub pending_expired: u64,
     /// Producers an `All` subscriber did not get because it already had
     /// [`RouterConfig::max_consumers_per_endpoint`] consumers (counted
     /// each time its consumers are brought in line with the room).
@@ -448,6 +457,10 @@ pub struct RouterConfig {
     pub max_pending_webrtc: usize,
     /// WebRTC endpoints of one room whose ICE + DTLS have not completed.
     pub max_pending_webrtc_per_room: usize,
+    /// How long a WebRTC endpoint may take to complete ICE + DTLS; one that
+    /// has not by then is removed (see [`Command::TakeExpired`]), so
+    /// abandoned sessions do not hold the pending limits forever.
+    pub pending_webrtc_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -461,6 +474,7 @@ impl Default for RouterConfig {
             max_consumers_per_endpoint: 1024,
             max_pending_webrtc: 512,
             max_pending_webrtc_per_room: 64,
+            pending_webrtc_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -477,7 +491,7 @@ impl RouterConfig {
             self.max_pending_webrtc,
             self.max_pending_webrtc_per_room,
         ];
-        if limits.contains(&0) {
+        if limits.contains(&0) || self.pending_webrtc_timeout.is_zero() {
             return Err("every router limit must be at least 1");
         }
         if self.max_tracks_per_endpoint > self.srtp.max_ssrcs {
@@ -526,6 +540,8 @@ struct Endpoint {
     subscription: Subscription,
     consumers: Vec<Consumer>,
     ssrc_base: u32,
+    /// When it was added.
+    created: Instant,
 }
 
 impl Endpoint {
@@ -623,6 +639,9 @@ pub struct Router {
     dtls_cert: Option<DtlsCert>,
     /// Working space of transport-cc feedback, sized once.
     twcc_scratch: Vec<(u16, Option<i64>)>,
+    /// Endpoints removed by the router itself, until the control plane
+    /// takes them ([`Command::TakeExpired`]).
+    expired: Vec<EndpointId>,
     stats: RouterStats,
 }
 
@@ -641,6 +660,7 @@ impl Router {
             by_ufrag: HashMap::new(),
             dtls_cert: None,
             twcc_scratch: Vec::with_capacity(twcc::MAX_STATUSES),
+            expired: Vec::new(),
             stats: RouterStats::default(),
         }
     }
@@ -714,6 +734,7 @@ impl Router {
                 self.sync_consumers(slot);
                 Ok(Outcome::Consumers(self.consumer_infos(slot)))
             }
+            Command::TakeExpired => Ok(Outcome::Expired(std::mem::take(&mut self.expired))),
             Command::Producers(room) => {
                 let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
                 let list = r
@@ -1118,6 +1139,17 @@ impl Router {
                 }
                 self.stats.consent_expired += 1;
             }
+            if ep.pending()
+                && now.saturating_duration_since(ep.created) > self.config.pending_webrtc_timeout
+            {
+                // Abandoned before it connected: gone, and reported.
+                let id = ep.id;
+                if self.remove_endpoint(id).is_ok() {
+                    self.expired.push(id);
+                    self.stats.pending_expired += 1;
+                }
+                continue;
+            }
             let Some(w) = ep.webrtc.as_mut() else {
                 continue;
             };
@@ -1385,6 +1417,7 @@ impl Router {
             subscription: cfg.subscription,
             consumers: Vec::new(),
             ssrc_base: ssrc_base(cfg.id),
+            created: now,
         };
         let ufrag = ep
             .webrtc
