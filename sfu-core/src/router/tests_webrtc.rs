@@ -711,3 +711,38 @@ fn no_transport_cc_feedback_unless_negotiated() {
     assert!(sink.sent.is_empty());
     assert_eq!(f.router.stats().twcc_feedback_sent, 0);
 }
+
+/// A WebRTC endpoint that has not connected within the pending timeout is
+/// removed and handed to the control plane once; a connected one stays;
+/// pending sessions count against their limit only while they live.
+#[test]
+fn unconnected_sessions_expire_and_are_reported_once() {
+    let mut f = fixture();
+    let cert = DtlsCert::generate().unwrap();
+    let mut connected = browser(&cert, &f);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, vec![], &cert))
+        .unwrap();
+    f.connect(1, addr(5001), &mut connected);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(2, Role::Subscribe, vec![], &cert))
+        .unwrap();
+    assert_eq!(f.router.endpoints(), 2);
+    let mut sink = Sink::default();
+    let timeout = RouterConfig::default().pending_webrtc_timeout;
+    f.router.handle_timeout(f.now + timeout, &mut sink);
+    assert_eq!(f.router.endpoints(), 2, "not before the timeout");
+    f.router
+        .handle_timeout(f.now + timeout + Duration::from_millis(1), &mut sink);
+    assert_eq!(f.router.endpoints(), 1);
+    assert_eq!(f.router.stats().pending_expired, 1);
+    assert_eq!(
+        f.router.handle_command(f.now, Command::TakeExpired),
+        Ok(Outcome::Expired(vec![EndpointId(2)]))
+    );
+    assert_eq!(
+        f.router.handle_command(f.now, Command::TakeExpired),
+        Ok(Outcome::Expired(vec![])),
+        "reported once"
+    );
+}
