@@ -52,7 +52,7 @@ fn packet(r: &mut Reader<'_>) -> (usize, Vec<u8>, SendMode) {
         raw: flags & 0x40 != 0 && select & 0x80 != 0,
         tamper: (flags & 0x20 != 0).then(|| usize::from(r.u8())),
         from_stranger: flags & 0x80 != 0 && select & 0x40 != 0,
-        buffers: usize::from(select >> 5) + 1,
+        buffers: 8 - usize::from(select >> 5),
     };
     let marker = flags & 0x01 != 0;
     let padding = flags & 0x02 != 0;
