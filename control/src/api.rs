@@ -631,3 +631,21 @@ async fn delete_endpoint(
     blocking(&state, move |s| s.delete_endpoint(&room, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Parses `data` as each JSON request body and runs the checks its handler
+/// runs before touching any state; the results are dropped. The entry point
+/// of the `api_json` fuzz target (`fuzz/`), not an API.
+#[doc(hidden)]
+pub fn parse_bodies_for_fuzzing(data: &[u8]) {
+    let body = Body(Bytes::copy_from_slice(data));
+    if let Ok(b) = body.json::<CreateRoomBody>() {
+        let _ = validate_room_name(&b.room);
+    }
+    if let Ok(b) = body.json::<EndpointBody>() {
+        let _ = b.role.need();
+        let _ = b.validate();
+    }
+    if let Ok(b) = body.json::<SubscribeBody>() {
+        let _ = b.into_subscription();
+    }
+}
