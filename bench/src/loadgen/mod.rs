@@ -1241,6 +1241,17 @@ mod tests {
     }
 
     #[test]
+    fn ssrc_base_in_decimal_or_hex() {
+        let o = Options::try_parse_from(["sfu-loadgen", "--ssrc-base", "0x51f01000"])
+            .expect("hex SSRC base");
+        assert_eq!(o.ssrc_base, Some(0x51f0_1000));
+        assert_eq!(parse_u32("4096"), Ok(4096));
+        assert!(parse_u32("0x1_0000_0000").is_err());
+        assert!(parse_u32("-1").is_err());
+        assert_eq!(Options::default().ssrc_base, None);
+    }
+
+    #[test]
     fn loss_ratio_edges() {
         assert_eq!(loss_ratio(0, 0), 0.0);
         assert_eq!(loss_ratio(90, 100), 0.1);
