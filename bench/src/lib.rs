@@ -1,5 +1,6 @@
-//! Benches of the SFU's hot path and the `sfu-loadgen` load generator
-//! ([`loadgen`], binary `sfu-loadgen`).
+//! Benches of the SFU's hot path, the `sfu-loadgen` load generator
+//! ([`loadgen`], binary `sfu-loadgen`) and the `sfu-junk` junk-traffic
+//! generator ([`junk`], binary `sfu-junk`).
 //!
 //! # Design
 //! Each criterion bench in `benches/` measures one stage of the packet path
@@ -16,4 +17,5 @@
 //! idle machine, never in a timed unit test.
 #![forbid(unsafe_code)]
 
+pub mod junk;
 pub mod loadgen;

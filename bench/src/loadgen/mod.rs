@@ -207,12 +207,28 @@ pub struct Options {
     /// SO_RCVBUF/SO_SNDBUF of every socket, bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub socket_buffer_bytes: usize,
+    /// First SSRC of the run (default: random, low 16 bits 0x1000). Peer
+    /// `n` sends video with SSRC `base + 2n` and audio with `base + 2n + 1`;
+    /// in scenario `rooms` the publishers of room `r` are the peers
+    /// `r × (publishers + subscribers) + i`. A fixed base lets another tool
+    /// name the room's publishers (e.g. `sfu-junk --known-ssrc`).
+    #[arg(long, value_parser = parse_u32)]
+    pub ssrc_base: Option<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         <Self as clap::Parser>::parse_from(["sfu-loadgen"])
     }
+}
+
+/// A `u32` in decimal or with a `0x` prefix in hexadecimal.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a u32 (decimal or 0x hex): {e}"))
 }
 
 fn parse_profile(s: &str) -> Result<Profile, String> {
@@ -481,7 +497,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         .with_context(|| format!("control API at {} does not answer", opts.control))?;
     let duration_ns = (opts.duration * 1e9) as u64;
     let mut rng = rand::rng();
-    let ssrc_base: u32 = rng.random::<u32>() & 0xffff_0000 | 0x1000;
+    let ssrc_base: u32 = opts
+        .ssrc_base
+        .unwrap_or_else(|| rng.random::<u32>() & 0xffff_0000 | 0x1000);
     let plan = match opts.scenario {
         Scenario::Rooms => Plan::rooms(
             opts.rooms,
@@ -1220,6 +1238,17 @@ mod tests {
         assert_eq!(node_cpu_deltas(&before, &after), vec![2.5, 3.0]);
         assert_eq!(node_cpu_deltas(&json!(null), &after), vec![4.0, 5.0]);
         assert!(node_cpu_deltas(&before, &json!(null)).is_empty());
+    }
+
+    #[test]
+    fn ssrc_base_in_decimal_or_hex() {
+        let o = Options::try_parse_from(["sfu-loadgen", "--ssrc-base", "0x51f01000"])
+            .expect("hex SSRC base");
+        assert_eq!(o.ssrc_base, Some(0x51f0_1000));
+        assert_eq!(parse_u32("4096"), Ok(4096));
+        assert!(parse_u32("0x1_0000_0000").is_err());
+        assert!(parse_u32("-1").is_err());
+        assert_eq!(Options::default().ssrc_base, None);
     }
 
     #[test]
