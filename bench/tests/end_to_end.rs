@@ -3,60 +3,13 @@
 //! of its room, decrypt with the key the node handed out, carry the bytes the
 //! publisher wrote, and arrive in order without gaps.
 
+mod common;
+
+use common::Node;
+use control::config::ApiSecret;
+
 use bench::loadgen::{self, Options, Report, Scenario};
-use control::config::{ApiSecret, Config, CpuList};
 use sfu_core::srtp::Profile;
-
-/// A node on ephemeral loopback ports with its own runtime.
-struct Node {
-    rt: tokio::runtime::Runtime,
-    running: Option<control::Running>,
-}
-
-impl Node {
-    /// A node with the embedded default API secret (the development one),
-    /// which `sfu-loadgen` uses by default.
-    fn start(workers: usize) -> Self {
-        Self::start_with(workers, ApiSecret::default())
-    }
-
-    fn start_with(workers: usize, api_secret: ApiSecret) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime can be built");
-        let config = Config {
-            control_addr: "127.0.0.1:0".parse().expect("literal address"),
-            media_port: 0,
-            workers: Some(workers),
-            cpus: Some(CpuList(Vec::new())),
-            node_id: Some("end-to-end".into()),
-            api_secret,
-            ..Config::default()
-        };
-        let running = rt
-            .block_on(control::start(config))
-            .expect("the node starts on ephemeral loopback ports");
-        Self {
-            rt,
-            running: Some(running),
-        }
-    }
-
-    fn control_url(&self) -> String {
-        let running = self.running.as_ref().expect("running until dropped");
-        format!("http://{}", running.http_addr())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.rt.block_on(running.shutdown());
-        }
-    }
-}
 
 fn options(node: &Node) -> Options {
     Options {

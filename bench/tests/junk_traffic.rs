@@ -17,6 +17,10 @@
 //!   in it that handles traffic) grows < 8 MiB from warm-up to the end of
 //!   the round, and < 4 MiB over a second 5 s round.
 
+mod common;
+
+use common::Node;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +30,6 @@ use bench::loadgen::Kind;
 use bench::loadgen::api::{ControlClient, EndpointRequest, Subscribe, Track};
 use bench::loadgen::plan::Role;
 use control::auth::{self, Claims, Grant};
-use control::config::{ApiSecret, Config, CpuList};
 use serde_json::Value;
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtp::{RtpHeader, write_header};
@@ -56,53 +59,6 @@ const INGRESS_REASONS: &[&str] = &[
     "srtp_too_old",
     "srtp_other",
 ];
-
-struct Node {
-    rt: tokio::runtime::Runtime,
-    running: Option<control::Running>,
-}
-
-impl Node {
-    fn start() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime can be built");
-        let config = Config {
-            control_addr: "127.0.0.1:0".parse().expect("literal address"),
-            media_port: 0,
-            workers: Some(1),
-            cpus: Some(CpuList(Vec::new())),
-            node_id: Some("junk-traffic".into()),
-            api_secret: ApiSecret::default(),
-            ..Config::default()
-        };
-        let running = rt
-            .block_on(control::start(config))
-            .expect("the node starts on ephemeral loopback ports");
-        Self {
-            rt,
-            running: Some(running),
-        }
-    }
-
-    fn running(&self) -> &control::Running {
-        self.running.as_ref().expect("running until dropped")
-    }
-
-    fn control_url(&self) -> String {
-        format!("http://{}", self.running().http_addr())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            self.rt.block_on(running.shutdown());
-        }
-    }
-}
 
 /// `/metrics` with an admin token.
 struct Metrics {
@@ -411,7 +367,7 @@ fn assert_counted(round: &str, junk: &Value, replayed: u64, before: &Scrape, aft
 
 #[test]
 fn a_room_survives_100k_junk_datagrams_per_second() {
-    let node = Node::start();
+    let node = Node::start(1);
     let url = node.control_url();
     let media = node.running().media_addrs()[0];
     let metrics = Metrics::new(&url);
