@@ -34,7 +34,7 @@ pub struct Limits {
     /// WHIP/WHEP sessions in one room whose ICE + DTLS have not completed.
     pub pending_sessions_per_room: usize,
     /// Seconds a WHIP/WHEP session may take to complete ICE + DTLS; then
-    /// it is removed (`sfu_webrtc_sessions_expired_total`).
+    /// it is removed (`sfu_endpoints_removed_total{reason="never_connected"}`).
     pub pending_session_timeout_secs: usize,
 }
 

@@ -149,12 +149,6 @@ const WORKER_FAMILIES: &[Family] = &[
         value: |s| s.twcc_feedback_sent.to_string(),
     },
     Family {
-        name: "sfu_webrtc_sessions_expired_total",
-        help: "WHIP/WHEP sessions the worker removed because ICE and DTLS did not complete within 30 s.",
-        kind: "counter",
-        value: |s| s.pending_expired.to_string(),
-    },
-    Family {
         name: "sfu_consumers_over_limit_total",
         help: "Producers an \"all\" subscriber on the worker did not get because it had reached limits.consumers_per_endpoint.",
         kind: "counter",
@@ -316,6 +310,21 @@ pub fn render(state: &AppState) -> String {
             let _ = writeln!(
                 out,
                 "sfu_drops_total{{worker=\"{i}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sfu_endpoints_removed_total",
+        "Endpoints the worker removed by itself, by reason (never_connected, consent_lost, dtls_failed, dtls_closed).",
+        "counter",
+    );
+    for (i, s) in stats.iter().enumerate() {
+        for (reason, n) in &s.removed {
+            let _ = writeln!(
+                out,
+                "sfu_endpoints_removed_total{{worker=\"{i}\",reason=\"{reason}\"}} {n}"
             );
         }
     }

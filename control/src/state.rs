@@ -585,7 +585,7 @@ impl AppState {
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
         };
         let mut model = self.model_mut();
         model.ssrcs.extend(ssrcs.iter().copied());
@@ -725,7 +725,7 @@ impl AppState {
             .map_err(unknown_room)?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
         };
         let done = match finish(prepared, &consumers) {
             Ok(done) => done,
@@ -793,24 +793,26 @@ impl AppState {
             })?;
         Ok(match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Expired(_) => Vec::new(),
+            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
         })
     }
 
-    /// Forgets the endpoints the workers removed by themselves (WebRTC
-    /// sessions that never connected, [`Command::TakeExpired`]); called
-    /// once a second by the sampler task. Blocks on each worker in turn;
-    /// returns how many it forgot.
+    /// Forgets the endpoints the workers removed by themselves
+    /// ([`Command::TakeRemoved`]: WebRTC sessions that never connected,
+    /// lost ICE consent, or whose DTLS failed or closed), so their rooms'
+    /// counts, SSRCs and session counters follow; called once a second by
+    /// the sampler task. Blocks on each worker in turn; returns how many it
+    /// forgot.
     pub fn reap_expired(&self) -> usize {
         let mut reaped = 0;
         for worker in 0..self.workers.len() {
             let _serial = lock(&self.mutate);
-            let ids = match self.request(worker, Command::TakeExpired, None) {
-                Ok(Outcome::Expired(ids)) => ids,
+            let removed = match self.request(worker, Command::TakeRemoved, None) {
+                Ok(Outcome::Removed(removed)) => removed,
                 Ok(_) | Err(_) => continue,
             };
             let mut model = self.model_mut();
-            for id in ids {
+            for (id, reason) in removed {
                 let found = model
                     .endpoints
                     .iter()
@@ -824,7 +826,13 @@ impl AppState {
                 }
                 model.forget_endpoint(&name);
                 reaped += 1;
-                tracing::info!(worker, endpoint = %name, room = %room, "WebRTC session never connected; removed");
+                tracing::info!(
+                    worker,
+                    endpoint = %name,
+                    room = %room,
+                    reason = reason.as_str(),
+                    "the worker removed an endpoint"
+                );
             }
         }
         reaped

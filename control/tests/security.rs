@@ -394,7 +394,9 @@ fn unconnected_webrtc_sessions_and_full_workers_are_refused_with_503() {
         .filter_map(|w| {
             metric(
                 &node,
-                &format!("sfu_webrtc_sessions_expired_total{{worker=\"{w}\"}}"),
+                &format!(
+                    "sfu_endpoints_removed_total{{worker=\"{w}\",reason=\"never_connected\"}}"
+                ),
             )
         })
         .sum();

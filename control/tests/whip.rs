@@ -272,6 +272,7 @@ struct Peer {
     node: SocketAddr,
     tx: SrtpContext,
     rx: SrtpContext,
+    dtls: DtlsSession,
 }
 
 /// ICE check, then a DTLS client handshake with `cert`; panics unless both
@@ -320,6 +321,7 @@ fn connect(a: &Answer, peer_ufrag: &str, cert: &DtlsCert) -> Peer {
         tx: context(&keys.local_master),
         rx: context(&keys.remote_master),
         sock,
+        dtls,
     }
 }
 
@@ -335,6 +337,15 @@ fn rtp(seq: u16, ssrc: u32, pt: u8, payload: &[u8]) -> (Vec<u8>, usize) {
 }
 
 impl Peer {
+    /// Closes the DTLS association as a closing tab does (close_notify).
+    fn close(&mut self) {
+        self.dtls.close();
+        let mut out = [0u8; 2048];
+        while let Some(n) = self.dtls.poll_datagram(&mut out) {
+            self.sock.send_to(&out[..n], self.node).expect("send DTLS");
+        }
+    }
+
     fn send_rtp(&mut self, seq: u16, ssrc: u32, pt: u8, payload: &[u8]) {
         let (mut p, len) = rtp(seq, ssrc, pt, payload);
         let n = self.tx.protect_rtp(&mut p, len).expect("protect");
@@ -1037,4 +1048,42 @@ fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
     // The same SSRCs are still published by the first session.
     assert_eq!(r.status, 409, "{}", r.text);
     node.shutdown();
+}
+
+/// A publisher that closes its DTLS association (a tab closed with
+/// close_notify) is removed by its worker and forgotten by the control
+/// plane within about a second: the room is empty, the session counted as
+/// ended, and the same offer (same SSRCs, 409 while it lived) publishes
+/// again at once.
+#[test]
+fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
+    let node = TestNode::start(1);
+    node.create_room("live");
+    let token = node.token("live", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(WHIP_OFFER, &cert);
+    let r = post_offer(&node, "/whip/live", &token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let mut peer = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
+    assert_eq!(post_offer(&node, "/whip/live", &token, &offer).status, 409);
+    peer.close();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while endpoints(&node)["rooms"][0]["endpoints"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed session was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sessions_metric(&node, "whip", "ended"), 1);
+    let m = node.get("/metrics");
+    assert!(
+        m.text
+            .contains("sfu_endpoints_removed_total{worker=\"0\",reason=\"dtls_closed\"} 1"),
+        "{}",
+        m.text
+    );
+    let r = post_offer(&node, "/whip/live", &token, &offer);
+    assert_eq!(r.status, 201, "rejoin: {}", r.text);
+    connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
 }

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sfu_core::dtls::DtlsCert;
-use sfu_core::router::{Command, DropReason, Outcome, RouterConfig, RouterError};
+use sfu_core::router::{Command, DropReason, Outcome, RemovalReason, RouterConfig, RouterError};
 
 use crate::io::{BatchSocket, SocketOptions};
 use crate::worker::{PANICKED, READ_TIMEOUT, RETURNED, Request, Shared, Worker};
@@ -149,8 +149,9 @@ pub struct WorkerStats {
     /// Producers `All` subscribers did not get because they were at their
     /// consumer limit.
     pub consumers_over_limit: u64,
-    /// WebRTC endpoints removed because ICE + DTLS did not complete in time.
-    pub pending_expired: u64,
+    /// Endpoints the router removed by itself, by reason label
+    /// ([`RemovalReason::as_str`]).
+    pub removed: Vec<(&'static str, u64)>,
     /// Drops by reason label ([`DropReason::as_str`]).
     pub drops: Vec<(&'static str, u64)>,
     /// Send buffers in the pool.
@@ -292,7 +293,11 @@ impl WorkerHandle {
             simulcast_layers_bound: get(&s.simulcast_bound),
             twcc_feedback_sent: get(&s.twcc_feedback_sent),
             consumers_over_limit: get(&s.consumers_over_limit),
-            pending_expired: get(&s.pending_expired),
+            removed: RemovalReason::ALL
+                .iter()
+                .zip(&s.removed)
+                .map(|(r, a)| (r.as_str(), get(a)))
+                .collect(),
             drops: DropReason::ALL
                 .iter()
                 .zip(&s.drops)

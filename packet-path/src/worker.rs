@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use sfu_core::router::{Command, DropReason, Outcome, Router, RouterConfig, RouterError};
+use sfu_core::router::{
+    Command, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
+};
 
 use crate::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
@@ -97,8 +99,8 @@ pub(crate) struct Shared {
     pub(crate) twcc_feedback_sent: AtomicU64,
     /// Producers `All` subscribers missed at their consumer limit.
     pub(crate) consumers_over_limit: AtomicU64,
-    /// WebRTC endpoints removed for not connecting in time.
-    pub(crate) pending_expired: AtomicU64,
+    /// Endpoints the router removed by itself, by reason index.
+    pub(crate) removed: [AtomicU64; RemovalReason::COUNT],
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
     pub(crate) pool_capacity: AtomicU64,
     pub(crate) pool_in_use: AtomicU64,
@@ -144,7 +146,7 @@ impl Shared {
             simulcast_bound: AtomicU64::new(0),
             twcc_feedback_sent: AtomicU64::new(0),
             consumers_over_limit: AtomicU64::new(0),
-            pending_expired: AtomicU64::new(0),
+            removed: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_capacity: AtomicU64::new(pool_capacity as u64),
             pool_in_use: AtomicU64::new(0),
@@ -329,7 +331,9 @@ impl Worker {
         set(&s.simulcast_bound, r.simulcast_bound);
         set(&s.twcc_feedback_sent, r.twcc_feedback_sent);
         set(&s.consumers_over_limit, r.consumers_over_limit);
-        set(&s.pending_expired, r.pending_expired);
+        for (a, &v) in s.removed.iter().zip(&r.removed) {
+            set(a, v);
+        }
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }

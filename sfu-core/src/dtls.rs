@@ -588,6 +588,17 @@ impl DtlsSession {
         Ok(())
     }
 
+    /// Ends the session: queues a close_notify alert (for
+    /// [`DtlsSession::poll_datagram`]) if connected; the state becomes
+    /// [`DtlsState::Failed`], which is terminal.
+    pub fn close(&mut self) {
+        if self.state == DtlsState::Connected {
+            let _ = self.stream.shutdown();
+        }
+        self.state = DtlsState::Failed;
+        self.next_timeout = None;
+    }
+
     /// Where the session stands.
     pub fn state(&self) -> DtlsState {
         self.state

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::dtls::DtlsCert;
+use crate::dtls::{DtlsCert, DtlsState};
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext, SrtpError};
 use crate::twcc;
 use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
@@ -199,9 +199,8 @@ pub enum Command {
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
     /// Hand over the endpoints the router removed by itself since the last
-    /// such command: WebRTC endpoints that did not complete ICE + DTLS
-    /// within [`RouterConfig::pending_webrtc_timeout`].
-    TakeExpired,
+    /// such command, with the reason ([`RemovalReason`]).
+    TakeRemoved,
 }
 
 /// What a command produced.
@@ -214,8 +213,58 @@ pub enum Outcome {
     /// A room's producers: by endpoint in the order they joined the room,
     /// then in the order their tracks became producers.
     Producers(Vec<ProducerInfo>),
-    /// Endpoints the router removed by itself ([`Command::TakeExpired`]).
-    Expired(Vec<EndpointId>),
+    /// Endpoints the router removed by itself ([`Command::TakeRemoved`]).
+    Removed(Vec<(EndpointId, RemovalReason)>),
+}
+
+/// Why the router removed an endpoint by itself. Removal frees everything
+/// the endpoint held (slot, SSRCs, ufrag, address), so the same participant
+/// can join again at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemovalReason {
+    /// A WebRTC endpoint did not complete ICE + DTLS within
+    /// [`RouterConfig::pending_webrtc_timeout`].
+    NeverConnected,
+    /// A connected WebRTC endpoint had no valid ICE check for
+    /// [`CONSENT_TIMEOUT`] (RFC 7675; a closed browser tab).
+    ConsentLost,
+    /// The DTLS handshake failed (bad fingerprint, fatal alert, timeout).
+    DtlsFailed,
+    /// The connected DTLS association was closed (close_notify or a fatal
+    /// alert from the peer).
+    DtlsClosed,
+}
+
+impl RemovalReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 4;
+    /// Every reason, in index order.
+    pub const ALL: [RemovalReason; Self::COUNT] = [
+        Self::NeverConnected,
+        Self::ConsentLost,
+        Self::DtlsFailed,
+        Self::DtlsClosed,
+    ];
+
+    /// Stable metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NeverConnected => "never_connected",
+            Self::ConsentLost => "consent_lost",
+            Self::DtlsFailed => "dtls_failed",
+            Self::DtlsClosed => "dtls_closed",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::NeverConnected => 0,
+            Self::ConsentLost => 1,
+            Self::DtlsFailed => 2,
+            Self::DtlsClosed => 3,
+        }
+    }
 }
 
 /// A producer as the control plane reports it.
@@ -409,9 +458,8 @@ pub struct RouterStats {
     pub simulcast_bound: u64,
     /// Transport-cc feedback packets sent to publishers.
     pub twcc_feedback_sent: u64,
-    /// WebRTC endpoints removed because they did not complete ICE + DTLS in
-    /// time.
-    pub pending_expired: u64,
+    /// Endpoints the router removed by itself, by [`RemovalReason`] index.
+    pub removed: [u64; RemovalReason::COUNT],
     /// Producers an `All` subscriber did not get because it already had
     /// [`RouterConfig::max_consumers_per_endpoint`] consumers (counted
     /// each time its consumers are brought in line with the room).
@@ -458,7 +506,7 @@ pub struct RouterConfig {
     /// WebRTC endpoints of one room whose ICE + DTLS have not completed.
     pub max_pending_webrtc_per_room: usize,
     /// How long a WebRTC endpoint may take to complete ICE + DTLS; one that
-    /// has not by then is removed (see [`Command::TakeExpired`]), so
+    /// has not by then is removed (see [`Command::TakeRemoved`]), so
     /// abandoned sessions do not hold the pending limits forever.
     pub pending_webrtc_timeout: Duration,
 }
@@ -640,8 +688,8 @@ pub struct Router {
     /// Working space of transport-cc feedback, sized once.
     twcc_scratch: Vec<(u16, Option<i64>)>,
     /// Endpoints removed by the router itself, until the control plane
-    /// takes them ([`Command::TakeExpired`]).
-    expired: Vec<EndpointId>,
+    /// takes them ([`Command::TakeRemoved`]).
+    removed: Vec<(EndpointId, RemovalReason)>,
     stats: RouterStats,
 }
 
@@ -660,7 +708,7 @@ impl Router {
             by_ufrag: HashMap::new(),
             dtls_cert: None,
             twcc_scratch: Vec::with_capacity(twcc::MAX_STATUSES),
-            expired: Vec::new(),
+            removed: Vec::new(),
             stats: RouterStats::default(),
         }
     }
@@ -734,7 +782,7 @@ impl Router {
                 self.sync_consumers(slot);
                 Ok(Outcome::Consumers(self.consumer_infos(slot)))
             }
-            Command::TakeExpired => Ok(Outcome::Expired(std::mem::take(&mut self.expired))),
+            Command::TakeRemoved => Ok(Outcome::Removed(std::mem::take(&mut self.removed))),
             Command::Producers(room) => {
                 let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
                 let list = r
@@ -1060,7 +1108,40 @@ impl Router {
         let w = ep.webrtc.as_mut().ok_or(DropReason::DtlsUnhandled)?;
         let result = w.dtls.handle_datagram(buf, now);
         self.drive_dtls(slot, tx);
+        self.remove_if_dtls_ended(slot);
         result.map_err(|_| DropReason::DtlsFailed)
+    }
+
+    /// Removes the endpoint in `slot` if its DTLS session has failed or
+    /// closed (after its last datagrams, an alert say, were sent); returns
+    /// whether it did.
+    fn remove_if_dtls_ended(&mut self, slot: u32) -> bool {
+        let Some(ep) = self.endpoint(slot) else {
+            return false;
+        };
+        let Some(w) = ep.webrtc.as_ref() else {
+            return false;
+        };
+        if w.dtls.state() != DtlsState::Failed {
+            return false;
+        }
+        let reason = if w.connected {
+            RemovalReason::DtlsClosed
+        } else {
+            RemovalReason::DtlsFailed
+        };
+        let id = ep.id;
+        self.remove_by_itself(id, reason);
+        true
+    }
+
+    /// Removes an endpoint on the router's own decision and keeps it for
+    /// [`Command::TakeRemoved`].
+    fn remove_by_itself(&mut self, id: EndpointId, reason: RemovalReason) {
+        if self.remove_endpoint(id).is_ok() {
+            self.removed.push((id, reason));
+            self.stats.removed[reason.index()] += 1;
+        }
     }
 
     /// Sends a session's queued DTLS datagrams and installs its keys once
@@ -1144,19 +1225,25 @@ impl Router {
             {
                 // Abandoned before it connected: gone, and reported.
                 let id = ep.id;
-                if self.remove_endpoint(id).is_ok() {
-                    self.expired.push(id);
-                    self.stats.pending_expired += 1;
-                }
+                self.remove_by_itself(id, RemovalReason::NeverConnected);
                 continue;
             }
             let Some(w) = ep.webrtc.as_mut() else {
                 continue;
             };
+            if w.connected && w.consent_expired(now) {
+                // RFC 7675: consent lost. Without ICE restart the session
+                // cannot come back: the endpoint goes (a closed tab).
+                let id = ep.id;
+                self.stats.consent_expired += 1;
+                self.remove_by_itself(id, RemovalReason::ConsentLost);
+                continue;
+            }
             if let Some(remote) = ep.remote
                 && w.consent_expired(now)
             {
-                // RFC 7675: stop sending; the next valid check restores it.
+                // Not connected yet: stop answering at that address; the
+                // next valid check restores it.
                 ep.remote = None;
                 if self.by_addr.get(&remote) == Some(&slot) {
                     self.by_addr.remove(&remote);
@@ -1167,6 +1254,9 @@ impl Router {
             if w.dtls.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = w.dtls.handle_timeout(now);
                 self.drive_dtls(slot, tx);
+                if self.remove_if_dtls_ended(slot) {
+                    continue;
+                }
             }
             if twcc_due {
                 self.send_twcc(slot, now, tx);

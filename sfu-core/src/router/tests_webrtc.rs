@@ -332,33 +332,29 @@ fn dtls_keys_forward_media_between_browsers() {
     assert!(f.feed(addr(7001), &buf[..len]).is_empty());
     assert_eq!(f.router.stats().dropped(DropReason::AddressMismatch), 1);
 
-    // Consent: 31 s without a check stops sending to the subscriber.
+    // Consent: 31 s without a check ends both sessions (RFC 7675; there is
+    // no ICE restart): removed, reported, and a late check is not answered.
     let later = f.now + CONSENT_TIMEOUT + Duration::from_secs(1);
     f.router.handle_timeout(later, &mut Sink::default());
     assert_eq!(f.router.stats().consent_expired, 2);
+    assert_eq!(f.router.endpoints(), 0);
+    match f.router.handle_command(later, Command::TakeRemoved) {
+        Ok(Outcome::Removed(removed)) => {
+            assert_eq!(removed.len(), 2);
+            assert!(
+                removed
+                    .iter()
+                    .all(|(_, r)| *r == RemovalReason::ConsentLost)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     f.now = later;
-    let len = {
-        let n = write_header(
-            &mut buf,
-            &RtpHeader {
-                payload_type: 96,
-                sequence_number: 78,
-                timestamp: 9000,
-                ssrc: 4242,
-                marker: true,
-            },
-            &[],
-        )
-        .unwrap();
-        pub_tx.protect_rtp(&mut buf, n + 100).unwrap()
-    };
     assert!(
-        f.feed(addr(7000), &buf[..len]).is_empty(),
-        "nothing is sent after consent expired"
+        f.feed(addr(7000), &binding_request(1, LOCAL_PWD, true, 9))
+            .is_empty()
     );
-    // A fresh valid check restores it.
-    f.feed(addr(7000), &binding_request(1, LOCAL_PWD, true, 9));
-    assert_eq!(f.router.by_addr.get(&addr(7000)), Some(&0));
+    assert_eq!(f.router.by_addr.get(&addr(7000)), None);
 }
 
 /// An SRTP packet of `ssrc` with header extensions and a 0x5a payload.
@@ -728,6 +724,15 @@ fn unconnected_sessions_expire_and_are_reported_once() {
         .handle_command(f.now, webrtc_endpoint(2, Role::Subscribe, vec![], &cert))
         .unwrap();
     assert_eq!(f.router.endpoints(), 2);
+    let start = f.now;
+    // The connected one keeps its consent with a check 20 s in.
+    f.now = start + Duration::from_secs(20);
+    assert_eq!(
+        f.feed(addr(5001), &binding_request(1, LOCAL_PWD, false, 9))
+            .len(),
+        1
+    );
+    f.now = start;
     let mut sink = Sink::default();
     let timeout = RouterConfig::default().pending_webrtc_timeout;
     f.router.handle_timeout(f.now + timeout, &mut sink);
@@ -735,14 +740,122 @@ fn unconnected_sessions_expire_and_are_reported_once() {
     f.router
         .handle_timeout(f.now + timeout + Duration::from_millis(1), &mut sink);
     assert_eq!(f.router.endpoints(), 1);
-    assert_eq!(f.router.stats().pending_expired, 1);
+    assert_eq!(f.router.stats().removed, [1, 0, 0, 0]);
     assert_eq!(
-        f.router.handle_command(f.now, Command::TakeExpired),
-        Ok(Outcome::Expired(vec![EndpointId(2)]))
+        f.router.handle_command(f.now, Command::TakeRemoved),
+        Ok(Outcome::Removed(vec![(
+            EndpointId(2),
+            RemovalReason::NeverConnected
+        )]))
     );
     assert_eq!(
-        f.router.handle_command(f.now, Command::TakeExpired),
-        Ok(Outcome::Expired(vec![])),
+        f.router.handle_command(f.now, Command::TakeRemoved),
+        Ok(Outcome::Removed(vec![])),
         "reported once"
     );
+}
+
+/// A closed tab: no more ICE checks. Consent is lost after
+/// [`CONSENT_TIMEOUT`] and the endpoint is removed and reported; its SSRC,
+/// ufrag and slot are free, so the participant rejoins at once.
+#[test]
+fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
+    let mut f = fixture();
+    let cert = DtlsCert::generate().unwrap();
+    let mut tab = browser(&cert, &f);
+    let track = || {
+        vec![TrackConfig {
+            kind: MediaKind::Video,
+            ssrc: 4000,
+            payload_type: 96,
+        }]
+    };
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, track(), &cert))
+        .unwrap();
+    f.connect(1, addr(5001), &mut tab);
+    let mut sink = Sink::default();
+    f.router.handle_timeout(f.now + CONSENT_TIMEOUT, &mut sink);
+    assert_eq!(f.router.endpoints(), 1, "not before the consent timeout");
+    let later = f.now + CONSENT_TIMEOUT + Duration::from_millis(1);
+    f.router.handle_timeout(later, &mut sink);
+    assert_eq!(f.router.endpoints(), 0);
+    assert_eq!(
+        f.router.handle_command(later, Command::TakeRemoved),
+        Ok(Outcome::Removed(vec![(
+            EndpointId(1),
+            RemovalReason::ConsentLost
+        )]))
+    );
+    // The same peer (same SSRC, same ufrag) joins again and connects.
+    f.now = later;
+    let mut again = browser(&cert, &f);
+    f.router
+        .handle_command(later, webrtc_endpoint(1, Role::Publish, track(), &cert))
+        .unwrap();
+    f.connect(1, addr(5002), &mut again);
+    assert_eq!(f.router.stats().dtls_connected, 2);
+}
+
+/// A DTLS close_notify from the peer removes its endpoint at once.
+#[test]
+fn dtls_close_notify_removes_the_endpoint_at_once() {
+    let mut f = fixture();
+    let cert = DtlsCert::generate().unwrap();
+    let mut tab = browser(&cert, &f);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Subscribe, vec![], &cert))
+        .unwrap();
+    f.connect(1, addr(5001), &mut tab);
+    tab.dtls.close();
+    let mut buf = [0u8; 2048];
+    let n = tab
+        .dtls
+        .poll_datagram(&mut buf)
+        .expect("a close_notify alert");
+    f.feed(addr(5001), &buf[..n]);
+    assert_eq!(f.router.endpoints(), 0);
+    assert_eq!(f.router.stats().removed, [0, 0, 0, 1]);
+    assert_eq!(
+        f.router.handle_command(f.now, Command::TakeRemoved),
+        Ok(Outcome::Removed(vec![(
+            EndpointId(1),
+            RemovalReason::DtlsClosed
+        )]))
+    );
+}
+
+/// A handshake that fails (the peer's certificate is not the one in its
+/// offer) removes the pending endpoint at once.
+#[test]
+fn a_failed_handshake_removes_the_endpoint() {
+    let mut f = fixture();
+    let offered = DtlsCert::generate().unwrap();
+    let actual = DtlsCert::generate().unwrap();
+    let mut impostor = browser(&actual, &f);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Subscribe, vec![], &offered))
+        .unwrap();
+    assert_eq!(
+        f.feed(addr(5001), &binding_request(1, LOCAL_PWD, true, 1))
+            .len(),
+        1
+    );
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        let mut to_node = Vec::new();
+        while let Some(n) = impostor.dtls.poll_datagram(&mut buf) {
+            to_node.push(buf[..n].to_vec());
+        }
+        for d in to_node {
+            for (reply, _) in f.feed(addr(5001), &d) {
+                let _ = impostor.dtls.handle_datagram(&reply, f.now);
+            }
+        }
+        if f.router.endpoints() == 0 {
+            break;
+        }
+    }
+    assert_eq!(f.router.endpoints(), 0);
+    assert_eq!(f.router.stats().removed, [0, 0, 1, 0]);
 }

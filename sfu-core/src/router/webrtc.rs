@@ -13,8 +13,18 @@
 //! * a valid check carrying USE-CANDIDATE (nomination) moves it to the
 //!   check's source;
 //! * a valid check from the current address refreshes consent (RFC 7675);
-//!   after [`CONSENT_TIMEOUT`] without one the router forgets the address
-//!   and stops sending to it until the next valid check.
+//!   after [`CONSENT_TIMEOUT`] without one, a connected endpoint is removed
+//!   (there is no ICE restart to bring it back: a closed tab), and a not yet
+//!   connected one forgets the address until the next valid check.
+//!
+//! # Lifecycle
+//! The router removes a WebRTC endpoint by itself when it has not connected
+//! within [`RouterConfig::pending_webrtc_timeout`](super::RouterConfig::pending_webrtc_timeout),
+//! when its consent is lost, and at once when its DTLS handshake fails or its
+//! association is closed (close_notify, fatal alert). Each removal frees the
+//! endpoint's slot, SSRCs and ufrag and is kept, with its
+//! [`RemovalReason`](super::RemovalReason), until the control plane takes it
+//! with [`Command::TakeRemoved`](super::Command::TakeRemoved).
 //!
 //! Nothing from an unverified address is ever used: media, RTCP and DTLS are
 //! looked up by the endpoint's current address or SSRC and checked against
