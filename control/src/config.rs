@@ -39,6 +39,8 @@ pub const DEFAULT_MEDIA_PORT: u16 = 7882;
 pub const DEFAULT_POOL_BUFFERS: usize = 4096;
 /// Default `SO_RCVBUF`/`SO_SNDBUF` size.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 32 << 20;
+/// Seconds an empty room lives before it is closed (0: never).
+pub const DEFAULT_EMPTY_ROOM_TIMEOUT_SECS: u64 = 300;
 /// Largest CPU number accepted in a CPU list (`CPU_SETSIZE - 1`).
 pub const MAX_CPU: usize = 1023;
 
@@ -91,6 +93,11 @@ pub struct Config {
     pub pool_buffers: usize,
     /// `SO_RCVBUF`/`SO_SNDBUF` of each media socket.
     pub socket_buffer_bytes: usize,
+    /// Whether creating an endpoint or a WHIP/WHEP session in a room that
+    /// does not exist creates the room (the token must grant that room).
+    pub rooms_on_demand: bool,
+    /// Seconds an empty room lives before it is closed; 0 keeps empty rooms.
+    pub empty_room_timeout_secs: u64,
     /// Secret the API's HS256 bearer tokens are signed with.
     pub api_secret: ApiSecret,
     /// Limits on client-created state (`[limits]`, `SFU_LIMITS_*`).
@@ -165,6 +172,8 @@ impl Default for Config {
             api_secret: ApiSecret::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
+            rooms_on_demand: true,
+            empty_room_timeout_secs: DEFAULT_EMPTY_ROOM_TIMEOUT_SECS,
         }
     }
 }
@@ -193,6 +202,10 @@ pub struct ConfigLayer {
     pub pool_buffers: Option<usize>,
     /// See [`Config::socket_buffer_bytes`].
     pub socket_buffer_bytes: Option<usize>,
+    /// See [`Config::rooms_on_demand`].
+    pub rooms_on_demand: Option<bool>,
+    /// See [`Config::empty_room_timeout_secs`].
+    pub empty_room_timeout_secs: Option<u64>,
     /// See [`Config::api_secret`].
     pub api_secret: Option<ApiSecret>,
     /// A file holding [`Config::api_secret`]; read by [`Config::apply`].
@@ -296,6 +309,13 @@ pub struct Cli {
     /// SO_RCVBUF/SO_SNDBUF bytes per media socket [default: 33554432].
     #[arg(long, value_name = "BYTES")]
     pub socket_buffer_bytes: Option<usize>,
+    /// Create a room when a token for it creates its first endpoint or
+    /// WHIP/WHEP session [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub rooms_on_demand: Option<bool>,
+    /// Seconds an empty room lives before it is closed; 0 = never [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub empty_room_timeout_secs: Option<u64>,
     /// The `--http-*` flags.
     #[command(flatten)]
     pub http: HttpFlags,
@@ -379,6 +399,8 @@ impl Cli {
             // Limits come from the file and the environment only.
             limits: None,
             http: Some(self.http.layer()),
+            rooms_on_demand: self.rooms_on_demand,
+            empty_room_timeout_secs: self.empty_room_timeout_secs,
         }
     }
 }
@@ -449,6 +471,13 @@ impl ConfigLayer {
                 "SFU_NODE_ID" => layer.node_id = Some(value.trim().to_owned()),
                 "SFU_LOG_FORMAT" => layer.log_format = Some(parse("SFU_LOG_FORMAT", value)?),
                 "SFU_POOL_BUFFERS" => layer.pool_buffers = Some(parse("SFU_POOL_BUFFERS", value)?),
+                "SFU_ROOMS_ON_DEMAND" => {
+                    layer.rooms_on_demand = Some(parse("SFU_ROOMS_ON_DEMAND", value)?);
+                }
+                "SFU_EMPTY_ROOM_TIMEOUT_SECS" => {
+                    layer.empty_room_timeout_secs =
+                        Some(parse("SFU_EMPTY_ROOM_TIMEOUT_SECS", value)?);
+                }
                 "SFU_SOCKET_BUFFER_BYTES" => {
                     layer.socket_buffer_bytes = Some(parse("SFU_SOCKET_BUFFER_BYTES", value)?);
                 }
@@ -530,7 +559,15 @@ impl Config {
             api_secret_file: _,
             limits,
             http,
+            rooms_on_demand,
+            empty_room_timeout_secs,
         } = layer;
+        if let Some(v) = rooms_on_demand {
+            self.rooms_on_demand = v;
+        }
+        if let Some(v) = empty_room_timeout_secs {
+            self.empty_room_timeout_secs = v;
+        }
         if let Some(l) = &limits {
             self.limits.apply(l);
         }
@@ -1302,6 +1339,7 @@ pool_buffers = 100
         assert!(layer.node_id.is_some() && layer.log_format.is_some());
         assert!(layer.pool_buffers.is_some() && layer.socket_buffer_bytes.is_some());
         assert!(layer.api_secret.is_some() && layer.api_secret_file.is_some());
+        assert!(layer.rooms_on_demand.is_some() && layer.empty_room_timeout_secs.is_some());
         let http = layer.http.expect("the [http] table");
         assert!(http.header_timeout_secs.is_some() && http.request_timeout_secs.is_some());
         assert!(http.idle_timeout_secs.is_some() && http.max_connections.is_some());

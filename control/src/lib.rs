@@ -18,6 +18,12 @@
 //!   open-file limit, whose soft limit the `sfu` binary raises to the hard
 //!   limit. [`ratelimit`] limits session and room creation per client
 //!   address and per token (429 with `Retry-After`).
+//! * Rooms come and go by themselves ([`state::RoomPolicy`]): a token for a
+//!   missing room creates it with its first endpoint or session, and the
+//!   sampler task closes rooms left empty for `empty_room_timeout_secs`.
+//!   It also reaps, once a second, the endpoints the workers removed by
+//!   themselves (`Command::TakeRemoved`: sessions that never connected,
+//!   lost ICE consent, or whose DTLS ended).
 //! * [`limits`] bounds the state clients can create (rooms, endpoints,
 //!   tracks, consumers, unconnected WebRTC sessions); the routers enforce
 //!   most of them, placement skips full workers.
@@ -211,6 +217,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         node.workers().to_vec(),
         dtls_cert,
         config.limits,
+        state::RoomPolicy {
+            on_demand: config.rooms_on_demand,
+            empty_timeout: (config.empty_room_timeout_secs > 0)
+                .then(|| Duration::from_secs(config.empty_room_timeout_secs)),
+        },
     ));
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();
@@ -272,7 +283,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             sampler_state.sample_rates();
             let state = Arc::clone(&sampler_state);
             // Blocks on each worker: off the runtime's threads.
-            let _ = tokio::task::spawn_blocking(move || state.reap_expired()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                state.reap_expired();
+                state.close_empty_rooms(std::time::Instant::now());
+            })
+            .await;
         }
     });
     let (failure, failed) = oneshot::channel();

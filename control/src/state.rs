@@ -64,7 +64,22 @@ pub struct AppState {
     http_requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Requests refused by a limit, by the limit's name.
     limit_refusals: Mutex<BTreeMap<String, u64>>,
+    /// How rooms come and go.
+    rooms_policy: RoomPolicy,
+    /// Empty rooms and since when they have been empty, as the sampler
+    /// last saw them ([`AppState::close_empty_rooms`]).
+    empty_since: Mutex<HashMap<String, Instant>>,
     draining: AtomicBool,
+}
+
+/// How rooms are created and closed besides `POST`/`DELETE /v1/rooms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// Creating an endpoint or a WHIP/WHEP session in a room that does not
+    /// exist creates it (the caller has checked that the token grants it).
+    pub on_demand: bool,
+    /// An empty room is closed after this long; `None` keeps empty rooms.
+    pub empty_timeout: Option<Duration>,
 }
 
 /// The control plane's view of rooms and endpoints.
@@ -256,6 +271,7 @@ impl AppState {
         workers: Vec<WorkerHandle>,
         dtls_cert: DtlsCert,
         limits: Limits,
+        rooms_policy: RoomPolicy,
     ) -> Self {
         let model = Model {
             load: vec![(0, 0); workers.len()],
@@ -273,6 +289,8 @@ impl AppState {
             rates: RwLock::new(Rates::default()),
             http_requests: Mutex::new(BTreeMap::new()),
             limit_refusals: Mutex::new(BTreeMap::new()),
+            rooms_policy,
+            empty_since: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }
     }
@@ -492,9 +510,78 @@ impl AppState {
         Ok((worker, media))
     }
 
+    /// Creates `room` if it does not exist and rooms are created on demand
+    /// ([`RoomPolicy::on_demand`]); the caller has checked that the
+    /// request's token grants that room. Blocks on the worker.
+    fn ensure_room(&self, room: &str) -> Result<(), ApiError> {
+        if !self.rooms_policy.on_demand || self.model().rooms.contains_key(room) {
+            return Ok(());
+        }
+        match self.create_room(room, None) {
+            Ok((worker, _)) => {
+                tracing::info!(room, worker, "room created on demand");
+                Ok(())
+            }
+            Err(ApiError::RoomExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the rooms that have had no endpoint for
+    /// [`RoomPolicy::empty_timeout`], as seen at successive calls (the
+    /// sampler task calls it once a second); returns how many it closed.
+    pub fn close_empty_rooms(&self, now: Instant) -> usize {
+        let Some(timeout) = self.rooms_policy.empty_timeout else {
+            return 0;
+        };
+        let empty: Vec<String> = self
+            .model()
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.endpoints.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let expired: Vec<String> = {
+            let mut since = lock(&self.empty_since);
+            since.retain(|name, _| empty.contains(name));
+            empty
+                .into_iter()
+                .filter(|name| {
+                    let first = *since.entry(name.clone()).or_insert(now);
+                    now.saturating_duration_since(first) >= timeout
+                })
+                .collect()
+        };
+        let mut closed = 0;
+        for name in expired {
+            // Someone may have joined since: only a room still empty goes.
+            let still_empty = self
+                .model()
+                .rooms
+                .get(&name)
+                .is_some_and(|r| r.endpoints.is_empty());
+            if still_empty && self.delete_room_if_empty(&name).is_ok() {
+                lock(&self.empty_since).remove(&name);
+                tracing::info!(room = %name, "empty room closed");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// `DELETE /v1/rooms/{room}`: deletes the room and its endpoints.
     /// Blocks on the worker.
     pub fn delete_room(&self, name: &str) -> Result<(), ApiError> {
+        self.delete_room_of(name, false)
+    }
+
+    /// Deletes the room only if it has no endpoint (checked under the
+    /// mutation lock, so no endpoint joins in between). Blocks on the worker.
+    fn delete_room_if_empty(&self, name: &str) -> Result<(), ApiError> {
+        self.delete_room_of(name, true)
+    }
+
+    fn delete_room_of(&self, name: &str, only_if_empty: bool) -> Result<(), ApiError> {
         let _serial = lock(&self.mutate);
         let (id, worker) = {
             let model = self.model();
@@ -502,6 +589,9 @@ impl AppState {
                 .rooms
                 .get(name)
                 .ok_or_else(|| ApiError::UnknownRoom(name.to_owned()))?;
+            if only_if_empty && !room.endpoints.is_empty() {
+                return Err(ApiError::Invalid("the room is not empty".into()));
+            }
             (room.id, room.worker)
         };
         match self.request(worker, Command::DeleteRoom(id), None) {
@@ -528,6 +618,7 @@ impl AppState {
         room: &str,
         new: NewEndpoint,
     ) -> Result<EndpointCreated, ApiError> {
+        self.ensure_room(room)?;
         let _serial = lock(&self.mutate);
         let ssrcs = endpoint_ssrcs(&new)?;
         let producers: Vec<Producer> = new
@@ -644,6 +735,7 @@ impl AppState {
         Plan: FnOnce(&RoomContext) -> Result<(NewWebrtcEndpoint, P), E>,
         Finish: FnOnce(P, &[ConsumerInfo]) -> Result<T, E>,
     {
+        self.ensure_room(room)?;
         let _serial = lock(&self.mutate);
         let (room_id, worker, rid_layers) = {
             let model = self.model();

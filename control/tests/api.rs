@@ -36,7 +36,7 @@ fn rooms(node: &TestNode) -> Value {
 /// nothing: the room list, the endpoint totals and the load stay the same.
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let node = TestNode::start(2);
+    let node = TestNode::start_without_rooms_on_demand(2);
     node.create_room("r1");
     let publ = node.create_endpoint("r1", &publisher(1000));
     let pub_id = publ["id"]

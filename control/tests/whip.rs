@@ -606,7 +606,7 @@ fn whep_assigns_producers_in_order_and_answers_the_rest_inactive() {
 
 #[test]
 fn refusals_change_nothing() {
-    let node = TestNode::start(1);
+    let node = TestNode::start_without_rooms_on_demand(1);
     node.create_room("r");
     let token = node.token("r", &[Grant::Publish]);
     let cert = DtlsCert::generate().expect("a certificate");

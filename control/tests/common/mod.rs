@@ -146,6 +146,14 @@ impl TestNode {
         Self::start_with_secret(workers, auth::DEV_API_SECRET)
     }
 
+    /// [`TestNode::start`] with rooms created only by `POST /v1/rooms`
+    /// (`rooms_on_demand` off), for tests of requests to unknown rooms.
+    pub fn start_without_rooms_on_demand(workers: usize) -> Self {
+        let mut config = test_config(workers, auth::DEV_API_SECRET);
+        config.rooms_on_demand = false;
+        Self::start_with_config(config)
+    }
+
     /// [`TestNode::start`] with another API secret.
     pub fn start_with_secret(workers: usize, secret: &str) -> Self {
         Self::start_with_config(test_config(workers, secret))
