@@ -361,6 +361,18 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     assert!(pli, "the publisher received a PLI");
     assert!(feedback > 0, "the publisher received transport-cc feedback");
 
+    // The worker publishes its counters after each batch: wait until its
+    // received count has settled, or the measured phase would count the
+    // end of the warm-up.
+    let mut settled = worker.stats().rx_packets;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = worker.stats().rx_packets;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let before_stats = worker.stats();
     let received_before = received.datagrams.load(Ordering::Relaxed);
     let buffers_before = received.buffers.load(Ordering::Relaxed);
