@@ -35,18 +35,7 @@ fn subscriber() -> String {
 }
 
 fn whep(node: &TestNode, room: &str, token: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let request = ureq::http::Request::post(format!("{}/whep/{room}", node.base))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/sdp")
-        .body(WHEP_OFFER.to_owned())
-        .expect("request");
-    let mut r = agent.run(request).expect("exchange");
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().expect("UTF-8"))
+    node.post_sdp(&format!("/whep/{room}"), token, WHEP_OFFER)
 }
 
 #[test]

@@ -327,21 +327,8 @@ fn unconnected_webrtc_sessions_and_full_workers_are_refused_with_503() {
     let placed = node.post("/v1/rooms", r#"{"room": "w6", "worker": 0}"#);
     assert_eq!(placed.status, 503, "{}", placed.text);
 
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
     let token = node.token("w1", &[Grant::Subscribe]);
-    let whep = |room: &str| {
-        let request = ureq::http::Request::post(format!("{}/whep/{room}", node.base))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/sdp")
-            .body(WHEP_OFFER.to_owned())
-            .expect("request");
-        let mut r = agent.run(request).expect("exchange");
-        let status = r.status().as_u16();
-        (status, r.body_mut().read_to_string().expect("UTF-8"))
-    };
+    let whep = |room: &str| node.post_sdp(&format!("/whep/{room}"), &token, WHEP_OFFER);
     for i in 0..3 {
         let (status, text) = whep("w1");
         assert_eq!(status, 201, "session {i}: {text}");

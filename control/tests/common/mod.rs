@@ -326,6 +326,25 @@ impl TestNode {
             .clone()
     }
 
+    /// POSTs an SDP offer (WHIP or WHEP) to `path` with a bearer `token`;
+    /// returns the status and the body.
+    pub fn post_sdp(&self, path: &str, token: &str, offer: &str) -> (u16, String) {
+        let request = ureq::http::Request::post(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/sdp")
+            .body(offer.to_owned())
+            .expect("the request is well-formed");
+        let mut r = self
+            .agent
+            .run(request)
+            .expect("the HTTP exchange completes");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.body_mut().read_to_string().expect("the body is UTF-8"),
+        )
+    }
+
     /// Creates a room; panics unless 201.
     pub fn create_room(&self, name: &str) -> Value {
         let a = self.post(
