@@ -299,10 +299,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<
 }
 
 /// Runs a mutation of `state` on a blocking thread and waits for it.
-async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, E, F>(state: &Arc<AppState>, f: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    E: From<ApiError> + Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, E> + Send + 'static,
 {
     let state = Arc::clone(state);
     tokio::task::spawn_blocking(move || f(&state))

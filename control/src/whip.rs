@@ -118,7 +118,7 @@ use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
 };
 
-use crate::api::ApiState;
+use crate::api::{ApiState, blocking};
 use crate::auth::{AuthError, Claims, Grant, Need};
 use crate::error::ApiError;
 use crate::state::{
@@ -385,18 +385,6 @@ fn created(kind: &str, room: &str, id: &str, sdp: String) -> Response {
     response
 }
 
-/// Runs a session creation on a blocking thread (it waits for the worker).
-async fn blocking<T, F>(state: &Arc<AppState>, f: F) -> Result<T, WhipError>
-where
-    T: Send + 'static,
-    F: FnOnce(&AppState) -> Result<T, WhipError> + Send + 'static,
-{
-    let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || f(&state))
-        .await
-        .map_err(|e| ApiError::Internal(format!("control task failed: {e}")))?
-}
-
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, WhipError> {
     p.map(|Path(t)| t)
         .map_err(|e| WhipError::Api(ApiError::BadRequest(e.body_text())))
@@ -519,10 +507,7 @@ async fn whip_delete(
 ) -> Result<StatusCode, WhipError> {
     let (room, id) = path(params)?;
     authorize(&req, &room, Need::All(&[Grant::Publish]))?;
-    blocking(&state, move |s| {
-        Ok(s.delete_session(&room, &id, Session::Whip)?)
-    })
-    .await?;
+    blocking(&state, move |s| s.delete_session(&room, &id, Session::Whip)).await?;
     Ok(StatusCode::OK)
 }
 
@@ -758,10 +743,7 @@ async fn whep_delete(
 ) -> Result<StatusCode, WhipError> {
     let (room, id) = path(params)?;
     authorize(&req, &room, Need::All(&[Grant::Subscribe]))?;
-    blocking(&state, move |s| {
-        Ok(s.delete_session(&room, &id, Session::Whep)?)
-    })
-    .await?;
+    blocking(&state, move |s| s.delete_session(&room, &id, Session::Whep)).await?;
     Ok(StatusCode::OK)
 }
 
