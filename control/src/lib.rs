@@ -284,7 +284,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let state = Arc::clone(&sampler_state);
             // Blocks on each worker: off the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || {
-                state.reap_expired();
+                state.reap_removed();
                 state.close_empty_rooms(std::time::Instant::now());
             })
             .await;

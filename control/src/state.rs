@@ -554,13 +554,9 @@ impl AppState {
         };
         let mut closed = 0;
         for name in expired {
-            // Someone may have joined since: only a room still empty goes.
-            let still_empty = self
-                .model()
-                .rooms
-                .get(&name)
-                .is_some_and(|r| r.endpoints.is_empty());
-            if still_empty && self.delete_room_if_empty(&name).is_ok() {
+            // Someone may have joined since: `delete_room_if_empty` checks
+            // again under the mutation lock and keeps a room that is not.
+            if self.delete_room_if_empty(&name).is_ok() {
                 lock(&self.empty_since).remove(&name);
                 tracing::info!(room = %name, "empty room closed");
                 closed += 1;
@@ -895,7 +891,7 @@ impl AppState {
     /// counts, SSRCs and session counters follow; called once a second by
     /// the sampler task. Blocks on each worker in turn; returns how many it
     /// forgot.
-    pub fn reap_expired(&self) -> usize {
+    pub fn reap_removed(&self) -> usize {
         let mut reaped = 0;
         for worker in 0..self.workers.len() {
             let _serial = lock(&self.mutate);
