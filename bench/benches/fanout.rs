@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sfu_core::router::{
-    Command, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Router, RouterConfig,
+    Command, Counter, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Router, RouterConfig,
     Subscription, TrackConfig, Transmit,
 };
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
@@ -126,13 +126,13 @@ fn fanout(c: &mut Criterion) {
                     },
                     |pkt| {
                         slots.next = 0;
-                        router.handle_datagram(now, publisher(), pkt, &mut slots);
+                        router.handle_input(now, publisher(), pkt, &mut slots);
                     },
                     BatchSize::SmallInput,
                 )
             },
         );
-        let forwarded = router.stats().tx_packets;
+        let forwarded = router.stats().get(Counter::TxPackets);
         let drops: u64 = router.stats().drops.iter().sum();
         assert!(
             forwarded > 0 && drops == 0,

@@ -16,6 +16,7 @@ use crate::http::HttpStats;
 use crate::ratelimit::SessionLimiter;
 use crate::state::AppState;
 use packet_path::WorkerStats;
+use sfu_core::router::Counter;
 
 /// The `/v1/load` answer.
 pub fn load(state: &AppState) -> Value {
@@ -27,6 +28,10 @@ pub fn load(state: &AppState) -> Value {
         .map(|(i, w)| {
             let s = w.stats();
             let r = state.rates(i);
+            let counters: Map<String, Value> = Counter::ALL
+                .iter()
+                .map(|&c| (c.name().to_owned(), Value::from(s.get(c))))
+                .collect();
             let drops: Map<String, Value> = s
                 .drops
                 .iter()
@@ -40,10 +45,11 @@ pub fn load(state: &AppState) -> Value {
                 "tx_pps": r.tx_pps,
                 "rx_bps": r.rx_bps,
                 "tx_bps": r.tx_bps,
-                "rx_packets": s.rx_packets,
-                "tx_packets": s.tx_packets,
-                "rx_bytes": s.rx_bytes,
-                "tx_bytes": s.tx_bytes,
+                "rx_packets": s.get(Counter::RxPackets),
+                "tx_packets": s.get(Counter::TxPackets),
+                "rx_bytes": s.get(Counter::RxBytes),
+                "tx_bytes": s.get(Counter::TxBytes),
+                "counters": counters,
                 "cpu_seconds": s.cpu_seconds,
                 "rooms": s.rooms,
                 "endpoints": s.endpoints,
@@ -77,82 +83,10 @@ struct Family {
 
 const WORKER_FAMILIES: &[Family] = &[
     Family {
-        name: "sfu_rx_packets_total",
-        help: "Datagrams received by the worker.",
+        name: "sfu_worker_events_lost_total",
+        help: "Router events (connected, removed, ...) the node's event channel had no room for.",
         kind: "counter",
-        value: |s| s.rx_packets.to_string(),
-    },
-    Family {
-        name: "sfu_tx_packets_total",
-        help: "Datagrams sent by the worker.",
-        kind: "counter",
-        value: |s| s.tx_packets.to_string(),
-    },
-    Family {
-        name: "sfu_rx_bytes_total",
-        help: "Bytes of datagrams received by the worker.",
-        kind: "counter",
-        value: |s| s.rx_bytes.to_string(),
-    },
-    Family {
-        name: "sfu_tx_bytes_total",
-        help: "Bytes of datagrams sent by the worker.",
-        kind: "counter",
-        value: |s| s.tx_bytes.to_string(),
-    },
-    Family {
-        name: "sfu_rtp_in_total",
-        help: "RTP packets authenticated and fanned out by the worker.",
-        kind: "counter",
-        value: |s| s.rtp_in.to_string(),
-    },
-    Family {
-        name: "sfu_rtcp_in_total",
-        help: "SRTCP packets authenticated by the worker.",
-        kind: "counter",
-        value: |s| s.rtcp_in.to_string(),
-    },
-    Family {
-        name: "sfu_pli_sent_total",
-        help: "Picture loss indications (PLI) the worker sent to publishers.",
-        kind: "counter",
-        value: |s| s.pli_sent.to_string(),
-    },
-    Family {
-        name: "sfu_ice_checks_total",
-        help: "Valid ICE connectivity checks the worker answered.",
-        kind: "counter",
-        value: |s| s.ice_checks.to_string(),
-    },
-    Family {
-        name: "sfu_dtls_handshakes_total",
-        help: "DTLS handshakes the worker completed (SRTP keys installed).",
-        kind: "counter",
-        value: |s| s.dtls_connected.to_string(),
-    },
-    Family {
-        name: "sfu_ice_consent_expired_total",
-        help: "Endpoints of the worker whose ICE consent expired.",
-        kind: "counter",
-        value: |s| s.consent_expired.to_string(),
-    },
-    Family {
-        name: "sfu_simulcast_layers_bound_total",
-        help: "Simulcast layers the worker bound to an SSRC from an authentic packet.",
-        kind: "counter",
-        value: |s| s.simulcast_layers_bound.to_string(),
-    },
-    Family {
-        name: "sfu_twcc_feedback_sent_total",
-        help: "Transport-cc feedback packets the worker sent to publishers.",
-        kind: "counter",
-        value: |s| s.twcc_feedback_sent.to_string(),
-    },
-    Family {
-        name: "sfu_consumers_over_limit_total",
-        help: "Producers an \"all\" subscriber on the worker did not get because it had reached limits.consumers_per_endpoint.",
-        kind: "counter",
-        value: |s| s.consumers_over_limit.to_string(),
+        value: |s| s.events_lost.to_string(),
     },
     Family {
         name: "sfu_pool_in_use",
@@ -258,6 +192,15 @@ fn escape(value: &str) -> String {
 pub fn render(state: &AppState) -> String {
     let stats: Vec<WorkerStats> = state.workers().iter().map(|w| w.stats()).collect();
     let mut out = String::with_capacity(4096);
+    // The router's counter table: one family per counter, declared once in
+    // `sfu_core::router::Counter`.
+    for &counter in Counter::ALL {
+        let name = format!("sfu_{}_total", counter.name());
+        header(&mut out, &name, counter.help(), "counter");
+        for (i, s) in stats.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.get(counter));
+        }
+    }
     for family in WORKER_FAMILIES {
         header(&mut out, family.name, family.help, family.kind);
         for (i, s) in stats.iter().enumerate() {

@@ -35,8 +35,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
-    Command, ConsumerInfo, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo, Role,
-    RoomId, Subscription, TrackConfig, WebrtcTransport,
+    Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo,
+    Role, RoomId, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
@@ -408,10 +408,10 @@ impl AppState {
                     .iter()
                     .zip(previous)
                     .map(|(new, old)| WorkerRates {
-                        rx_pps: per_s(new.rx_packets, old.rx_packets),
-                        tx_pps: per_s(new.tx_packets, old.tx_packets),
-                        rx_bps: 8.0 * per_s(new.rx_bytes, old.rx_bytes),
-                        tx_bps: 8.0 * per_s(new.tx_bytes, old.tx_bytes),
+                        rx_pps: per_s(new.get(Counter::RxPackets), old.get(Counter::RxPackets)),
+                        tx_pps: per_s(new.get(Counter::TxPackets), old.get(Counter::TxPackets)),
+                        rx_bps: 8.0 * per_s(new.get(Counter::RxBytes), old.get(Counter::RxBytes)),
+                        tx_bps: 8.0 * per_s(new.get(Counter::TxBytes), old.get(Counter::TxBytes)),
                     })
                     .collect();
             }

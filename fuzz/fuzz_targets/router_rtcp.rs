@@ -2,7 +2,7 @@
 //! datagrams, each a compound packet of SR, RR, SDES, BYE, APP, PLI, FIR,
 //! NACK, REMB, transport-cc and junk packets with fuzzer-controlled fields,
 //! protected with SRTCP by the sender's key (publisher or either subscriber)
-//! and fed to `Router::handle_datagram`; between them, authentic RTP from the
+//! and fed to `Router::handle_input`; between them, authentic RTP from the
 //! publisher lets the router send the PLIs that the RTCP asked for. The
 //! harness checks every egress datagram (`sfu_fuzz::router`).
 //!

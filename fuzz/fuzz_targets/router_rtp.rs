@@ -1,7 +1,7 @@
 //! RTP through a router with valid keys: the input is a sequence of RTP
 //! packets, each built from fuzzer-controlled fields (header, CSRCs, RFC 8285
 //! extension block, payload, padding), protected with the sender's SRTP key
-//! so it authenticates, and fed to `Router::handle_datagram`. The harness
+//! so it authenticates, and fed to `Router::handle_input`. The harness
 //! checks every egress datagram (`sfu_fuzz::router`).
 //!
 //! Layout of one packet record (an exhausted input reads as zeros):

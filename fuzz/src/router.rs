@@ -6,7 +6,7 @@
 //! publishes a video track of its own and subscribes explicitly to the
 //! publisher's tracks and to an SSRC nobody publishes. The targets build
 //! plaintext RTP or RTCP, [`Harness::send`] protects it with the sender's
-//! key (so it authenticates) and feeds it to [`Router::handle_datagram`].
+//! key (so it authenticates) and feeds it to [`Router::handle_input`].
 //!
 //! Every egress datagram is checked the way its receiver would see it: RTP
 //! goes to a subscriber, authenticates with that subscriber's key, carries
@@ -264,7 +264,7 @@ impl Harness {
         };
         self.sink.reset(mode.buffers.min(SLOTS));
         self.router
-            .handle_datagram(self.now, src, &mut datagram, &mut self.sink);
+            .handle_input(self.now, src, &mut datagram, &mut self.sink);
         // Forwarded RTP must carry the payload that was sent.
         let sent = (protected && !tampered).then_some(plain);
         self.check_egress(from, src, sent);

@@ -53,7 +53,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -392,6 +392,11 @@ impl BatchSocket {
     /// Most messages per system call.
     pub fn batch(&self) -> usize {
         self.origins.len()
+    }
+
+    /// The socket's descriptor (to wait for it to become readable).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// `recvmmsg` into `bufs` (each ideally [`GRO_BUFFER_BYTES`] long when

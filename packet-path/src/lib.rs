@@ -20,26 +20,33 @@
 //! Each worker thread owns one socket, one [`Router`](sfu_core::router::Router)
 //! and one pool, and loops:
 //!
-//! 1. `recvmmsg` up to `batch` buffers (64 KiB each with GRO; a GRO buffer is
-//!    split into `stride`-sized datagrams);
+//! 1. `recvmmsg` up to `batch` buffers, non-blocking (64 KiB each with GRO;
+//!    a GRO buffer is split into `stride`-sized datagrams);
 //! 2. takes `Instant::now()` once, publishes it as the worker's heartbeat
 //!    (an atomic), and passes every datagram to
-//!    `Router::handle_datagram`, which decrypts it in place and writes each
+//!    `Router::handle_input`, which decrypts it in place and writes each
 //!    egress copy into a pool buffer (the pool is flushed early if the queue
-//!    reaches half its buffers);
+//!    reaches half its buffers); runs `Router::handle_timeout` when
+//!    `Router::poll_timeout` is due (only the endpoints whose deadline came);
 //! 3. flushes the pool: sorts the queue by (destination, queueing order),
 //!    sends each destination's equal-size datagrams as GSO trains with
 //!    `sendmmsg` (one datagram per message for a destination backing off
 //!    after a GSO refusal), and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
-//! 5. publishes its counters to atomics (thread CPU time every 100 ms);
-//! 6. returns if the stop flag is set.
+//! 5. hands the router's events (`Router::poll_event`) to the node's bounded
+//!    event channel ([`Node::events`], [`WorkerEvent`]);
+//! 6. publishes its counters to atomics (thread CPU time every 100 ms);
+//! 7. returns if the stop flag is set;
+//! 8. if nothing was received, sleeps in `ppoll` on the socket and an
+//!    `eventfd` until a datagram, a command or stop (the handle notifies the
+//!    eventfd), the router's next deadline, or [`IDLE_WAIT`] (20 ms).
 //!
-//! The socket's 5 ms read timeout bounds how long an idle worker takes to run
-//! a command or to stop, and the age of a healthy worker's heartbeat
-//! ([`WorkerHandle::heartbeat_age`]). Nothing in the loop allocates after start-up
-//! (`tests/zero_alloc_worker.rs` counts allocations over a million packets).
+//! So an idle worker answers a command in microseconds, its heartbeat
+//! ([`WorkerHandle::heartbeat_age`]) is at most about [`IDLE_WAIT`] old,
+//! and a busy worker never sleeps. Nothing in the loop allocates after
+//! start-up (`tests/zero_alloc_worker.rs` counts allocations over a
+//! million packets).
 //!
 //! # Threading: one port per worker
 //! A worker is one thread, pinned with `core_affinity` to
@@ -88,7 +95,7 @@
 //!
 //! # Unsafe
 //! All `unsafe` code lives in the private `sys` module: the `recvmmsg`,
-//! `sendmmsg`, `setsockopt` and `clock_gettime` calls, control-message
+//! `sendmmsg`, `setsockopt`, `clock_gettime`, `eventfd` and `ppoll` calls, control-message
 //! encoding and decoding, and `sockaddr` conversion, each block with a
 //! `// SAFETY:` comment. The rest of the crate, including [`io`], is safe
 //! code over `sys`'s safe functions.
@@ -102,6 +109,7 @@ pub mod test_hooks;
 mod worker;
 
 pub use node::{
-    JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER, WorkerHandle,
-    WorkerHealth, WorkerStats,
+    EVENT_CHANNEL, JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER,
+    WorkerHandle, WorkerHealth, WorkerStats,
 };
+pub use worker::{IDLE_WAIT, WorkerEvent};

@@ -8,13 +8,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sfu_core::dtls::DtlsCert;
-use sfu_core::router::{Command, DropReason, Outcome, RemovalReason, RouterConfig, RouterError};
+use sfu_core::router::{
+    Command, Counter, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
+};
 
 use crate::io::{BatchSocket, SocketOptions};
-use crate::worker::{PANICKED, READ_TIMEOUT, RETURNED, Request, Shared, Worker};
+use crate::pool::SendPool;
+use crate::worker::{PANICKED, RETURNED, Request, Shared, Worker, WorkerEvent};
 
 /// How long [`WorkerHandle::request`] waits for the router's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Router events the node's event channel ([`Node::events`]) holds; a
+/// worker that finds it full counts the event lost
+/// ([`WorkerStats::events_lost`]).
+pub const EVENT_CHANNEL: usize = 65_536;
 
 /// Default [`NodeConfig::stall_after`].
 pub const STALL_AFTER: Duration = Duration::from_secs(2);
@@ -80,7 +88,7 @@ pub struct NodeConfig {
     /// endpoints are refused without one.
     pub dtls_cert: Option<DtlsCert>,
     /// A worker whose loop has not come round for longer than this is
-    /// [`WorkerHealth::Stalled`] (an idle loop comes round every 5 ms).
+    /// [`WorkerHealth::Stalled`] (an idle loop comes round every [`IDLE_WAIT`](crate::IDLE_WAIT), 20 ms).
     /// Default [`STALL_AFTER`] (2 s).
     pub stall_after: Duration,
 }
@@ -120,35 +128,11 @@ pub enum RequestError {
 }
 
 /// A snapshot of one worker's counters.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerStats {
-    /// Datagrams received.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Datagrams the router wrote for sending.
-    pub tx_packets: u64,
-    /// Bytes the router wrote for sending.
-    pub tx_bytes: u64,
-    /// RTP packets authenticated and fanned out to the room's consumers.
-    pub rtp_in: u64,
-    /// SRTCP packets authenticated.
-    pub rtcp_in: u64,
-    /// PLIs (picture loss indications) sent to publishers.
-    pub pli_sent: u64,
-    /// Valid ICE connectivity checks answered.
-    pub ice_checks: u64,
-    /// DTLS handshakes completed (SRTP keys installed).
-    pub dtls_connected: u64,
-    /// Endpoints whose ICE consent expired.
-    pub consent_expired: u64,
-    /// Simulcast layers bound to an SSRC by an authentic packet.
-    pub simulcast_layers_bound: u64,
-    /// Transport-cc feedback packets sent to publishers.
-    pub twcc_feedback_sent: u64,
-    /// Producers `All` subscribers did not get because they were at their
-    /// consumer limit.
-    pub consumers_over_limit: u64,
+    /// The router's counters, by [`Counter::index`]; read one with
+    /// [`WorkerStats::get`].
+    pub counters: [u64; Counter::COUNT],
     /// Endpoints the router removed by itself, by reason label
     /// ([`RemovalReason::as_str`]).
     pub removed: Vec<(&'static str, u64)>,
@@ -185,6 +169,40 @@ pub struct WorkerStats {
     pub send_errors: u64,
     /// Failed `recvmmsg` calls (timeouts excluded).
     pub recv_errors: u64,
+    /// Router events lost because the node's event channel was full.
+    pub events_lost: u64,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        Self {
+            counters: [0; Counter::COUNT],
+            removed: Vec::new(),
+            drops: Vec::new(),
+            pool_capacity: 0,
+            pool_in_use: 0,
+            pool_exhausted: 0,
+            gso_fallbacks: 0,
+            gso_refusals: 0,
+            gso_fallback_destinations: 0,
+            gso_sends: 0,
+            gro_enabled: false,
+            gso_enabled: false,
+            rooms: 0,
+            endpoints: 0,
+            cpu_seconds: 0.0,
+            send_errors: 0,
+            recv_errors: 0,
+            events_lost: 0,
+        }
+    }
+}
+
+impl WorkerStats {
+    /// One router counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter.index()]
+    }
 }
 
 /// Controls one worker thread: send it commands, read its counters.
@@ -214,9 +232,10 @@ impl WorkerHandle {
     }
 
     /// Sends a command to the worker and waits (up to [`REQUEST_TIMEOUT`])
-    /// for the router's answer. An idle worker answers within its read
-    /// timeout (5 ms); a busy one after its current batch. A command whose
-    /// request timed out stays queued and may still run later.
+    /// for the router's answer. An idle worker answers in microseconds (the
+    /// request wakes it, see [`IDLE_WAIT`](crate::IDLE_WAIT)); a busy one after its current
+    /// batch. A command whose request timed out stays queued and may still
+    /// run later.
     pub fn request(&self, cmd: Command) -> Result<Outcome, RequestError> {
         if self.shared.stop.load(Ordering::Relaxed) {
             return Err(RequestError::Stopped);
@@ -225,6 +244,8 @@ impl WorkerHandle {
         self.commands
             .send(Request { cmd, reply })
             .map_err(|_| RequestError::Stopped)?;
+        // An idle worker sleeps in ppoll: wake it to answer now.
+        self.shared.wake.notify();
         match answer.recv_timeout(REQUEST_TIMEOUT) {
             Ok(result) => result.map_err(RequestError::Router),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(RequestError::Timeout),
@@ -268,7 +289,7 @@ impl WorkerHandle {
     }
 
     /// Time since the worker loop last came round (its heartbeat); about
-    /// 5 ms at most while idle and healthy.
+    /// [`IDLE_WAIT`](crate::IDLE_WAIT) (20 ms) at most while idle and healthy.
     pub fn heartbeat_age(&self) -> Duration {
         let s = &self.shared;
         let beat = Duration::from_nanos(s.heartbeat.load(Ordering::Relaxed));
@@ -280,19 +301,7 @@ impl WorkerHandle {
         let s = &self.shared;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         WorkerStats {
-            rx_packets: get(&s.rx_packets),
-            rx_bytes: get(&s.rx_bytes),
-            tx_packets: get(&s.tx_packets),
-            tx_bytes: get(&s.tx_bytes),
-            rtp_in: get(&s.rtp_in),
-            rtcp_in: get(&s.rtcp_in),
-            pli_sent: get(&s.pli_sent),
-            ice_checks: get(&s.ice_checks),
-            dtls_connected: get(&s.dtls_connected),
-            consent_expired: get(&s.consent_expired),
-            simulcast_layers_bound: get(&s.simulcast_bound),
-            twcc_feedback_sent: get(&s.twcc_feedback_sent),
-            consumers_over_limit: get(&s.consumers_over_limit),
+            counters: std::array::from_fn(|i| get(&s.counters[i])),
             removed: RemovalReason::ALL
                 .iter()
                 .zip(&s.removed)
@@ -317,6 +326,7 @@ impl WorkerHandle {
             cpu_seconds: get(&s.cpu_nanos) as f64 / 1e9,
             send_errors: get(&s.send_errors),
             recv_errors: get(&s.recv_errors),
+            events_lost: get(&s.events_lost),
         }
     }
 }
@@ -326,6 +336,7 @@ impl WorkerHandle {
 pub struct Node {
     workers: Vec<WorkerHandle>,
     threads: Vec<JoinHandle<()>>,
+    events: crossbeam_channel::Receiver<WorkerEvent>,
 }
 
 impl Node {
@@ -342,7 +353,9 @@ impl Node {
             buffer_bytes: config.socket_buffer_bytes,
             gro: config.gro,
             gso: config.gso,
-            read_timeout: Some(READ_TIMEOUT),
+            // Non-blocking: an idle worker sleeps in ppoll instead, so a
+            // command can wake it.
+            read_timeout: Some(Duration::ZERO),
             reuse_port: false,
         };
         let mut sockets = Vec::with_capacity(config.workers);
@@ -363,9 +376,11 @@ impl Node {
                 &opts,
             )?);
         }
+        let (events_tx, events) = crossbeam_channel::bounded(EVENT_CHANNEL);
         let mut node = Node {
             workers: Vec::with_capacity(config.workers),
             threads: Vec::with_capacity(config.workers),
+            events,
         };
         for (index, socket) in sockets.into_iter().enumerate() {
             let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
@@ -375,16 +390,18 @@ impl Node {
                 &socket,
                 config.pool_buffers.max(1),
                 config.stall_after,
-            ));
+            )?);
             let (commands, requests) = crossbeam_channel::unbounded();
-            let mut worker = Worker::new(
+            let mut worker = Worker {
                 socket,
-                config.router,
-                config.pool_buffers,
-                requests,
-                Arc::clone(&shared),
+                router: Router::new(config.router),
+                pool: SendPool::new(config.pool_buffers),
+                commands: requests,
+                events: events_tx.clone(),
+                index,
+                shared: Arc::clone(&shared),
                 cpu,
-            );
+            };
             if let Some(cert) = &config.dtls_cert {
                 worker.router.set_dtls_cert(cert.clone());
             }
@@ -408,6 +425,14 @@ impl Node {
         &self.workers
     }
 
+    /// The workers' router events ([`sfu_core::router::Event`]), in the
+    /// order each worker produced them. One consumer should drain it all
+    /// the time: a worker that finds it full drops the event and counts it
+    /// ([`WorkerStats::events_lost`]).
+    pub fn events(&self) -> crossbeam_channel::Receiver<WorkerEvent> {
+        self.events.clone()
+    }
+
     /// Stops every worker and waits (up to [`JOIN_TIMEOUT`]) for its
     /// thread to end; a stalled thread is left detached.
     pub fn shutdown(self) {
@@ -417,6 +442,7 @@ impl Node {
     fn stop_and_join(&mut self) {
         for w in &self.workers {
             w.shared.stop.store(true, Ordering::Relaxed);
+            w.shared.wake.notify();
         }
         let deadline = Instant::now() + JOIN_TIMEOUT;
         while Instant::now() < deadline && !self.threads.iter().all(|t| t.is_finished()) {

@@ -1,6 +1,6 @@
 //! Raw Linux UDP system calls: `recvmmsg` with UDP GRO, `sendmmsg` with UDP
 //! GSO, socket options the `socket2` crate does not cover, and the thread
-//! CPU clock.
+//! CPU clock, and the `eventfd` + `ppoll` an idle worker sleeps in.
 //!
 //! This is the only module of the workspace that contains `unsafe` code.
 //! Every array the kernel reads or writes (`mmsghdr`, `iovec`,
@@ -19,7 +19,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::mem::{self, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::time::Duration;
 
@@ -538,4 +538,87 @@ mod tests {
         }
         assert!(thread_cpu_time() > a, "{x}");
     }
+}
+
+/// An `eventfd` that wakes a worker waiting in [`wait_readable`] (a
+/// command or the stop flag is waiting). Any thread may notify it.
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain system call; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the next (or current) [`wait_readable`] return. Never blocks:
+    /// a counter already at its maximum means a wake-up is pending anyway.
+    pub(crate) fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live `u64` to a descriptor we own.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                ptr::from_ref(&one).cast::<libc::c_void>(),
+                size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Resets the counter after a wake-up.
+    fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live `u64`; the descriptor
+        // is non-blocking, so an empty counter returns EAGAIN at once.
+        let _ = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                ptr::from_mut(&mut value).cast::<libc::c_void>(),
+                size_of::<u64>(),
+            )
+        };
+    }
+}
+
+/// Waits until `socket` is readable, `wake` was notified, or `timeout`
+/// passed (`ppoll`, nanosecond timeout). An interrupted wait returns early.
+pub(crate) fn wait_readable(
+    socket: BorrowedFd<'_>,
+    wake: &EventFd,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: two initialised pollfds, a live timespec, no signal mask.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, ptr::null()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::Interrupted => Ok(()),
+            _ => Err(e),
+        };
+    }
+    if fds[1].revents != 0 {
+        wake.drain();
+    }
+    Ok(())
 }

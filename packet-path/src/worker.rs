@@ -2,21 +2,29 @@
 //!
 //! ```text
 //! loop {
-//!     recvmmsg a batch (GRO buffers split into `stride`-sized datagrams)
+//!     recvmmsg a batch, non-blocking (GRO buffers split into datagrams)
 //!     now = Instant::now()                       // once per batch
 //!     heartbeat = now                            // an atomic the handles read
-//!     router.handle_datagram(now, src, datagram, &mut pool) for each datagram
+//!     router.handle_input(now, src, datagram, &mut pool) for each datagram
 //!         (flushing early when the queue holds half the pool)
+//!     router.handle_timeout(now) if router.poll_timeout() <= now
 //!     pool.flush(): GSO trains per destination via sendmmsg, buffers freed
 //!     drain up to 64 control requests (try_recv) -> router.handle_command
+//!     router.poll_event() -> the node's event channel (try_send)
 //!     publish counters to the shared atomics
 //!     stop flag set? -> return
+//!     nothing received? -> ppoll(socket, wake eventfd) until the router's
+//!                          next deadline, at most IDLE_WAIT
 //! }
 //! ```
 //!
-//! The socket's read timeout ([`READ_TIMEOUT`]) bounds how long an idle worker
-//! takes to see a command or the stop flag, and so the age of its heartbeat
-//! while it is healthy. Nothing in the loop allocates.
+//! A busy worker never sleeps: `recvmmsg` returns data and the loop goes
+//! round. An idle one sleeps in `ppoll` until a datagram arrives, a
+//! handle notifies its `eventfd` (a command was queued, or stop), the
+//! router's next timer is due ([`Router::poll_timeout`]), or [`IDLE_WAIT`]
+//! passes (which bounds the heartbeat's age). So a command on an idle node
+//! is answered in microseconds, not after a read timeout. Nothing in the
+//! loop allocates.
 //!
 //! The thread body ([`Worker::run_supervised`]) catches a panic of the loop
 //! and records it in [`Shared`] with its message, so the handles report the
@@ -29,24 +37,30 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use sfu_core::router::{
-    Command, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
+    Command, Counter, DropReason, Event, Outcome, RemovalReason, Router, RouterError,
 };
 
 use crate::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
-use crate::sys;
+use crate::sys::{self, EventFd};
 
-/// How long an idle worker waits in `recvmmsg` before looking at commands
-/// and the stop flag.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(5);
+/// Longest sleep of an idle worker: bounds its heartbeat's age.
+pub const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// Most control requests handled between two batches.
 const COMMANDS_PER_LOOP: usize = 64;
 /// How often the thread's CPU time (a system call) is read.
 const CPU_CLOCK_PERIOD: Duration = Duration::from_millis(100);
-/// How often the router's timers (DTLS retransmission, ICE consent) run.
-const TIMER_PERIOD: Duration = Duration::from_millis(10);
+
+/// An event of one worker's router, for the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEvent {
+    /// The worker's index.
+    pub worker: usize,
+    /// What happened.
+    pub event: Event,
+}
 
 /// A control request and where its answer goes.
 #[derive(Debug)]
@@ -78,27 +92,8 @@ pub(crate) struct Shared {
     pub(crate) stall_after: Duration,
     /// The CPU the worker is pinned to, or -1.
     pub(crate) cpu: AtomicI64,
-    pub(crate) rx_packets: AtomicU64,
-    pub(crate) rx_bytes: AtomicU64,
-    pub(crate) tx_packets: AtomicU64,
-    pub(crate) tx_bytes: AtomicU64,
-    /// RTP packets authenticated and fanned out.
-    pub(crate) rtp_in: AtomicU64,
-    /// SRTCP packets authenticated.
-    pub(crate) rtcp_in: AtomicU64,
-    /// PLIs sent to publishers.
-    pub(crate) pli_sent: AtomicU64,
-    /// Valid ICE checks answered.
-    pub(crate) ice_checks: AtomicU64,
-    /// DTLS handshakes completed.
-    pub(crate) dtls_connected: AtomicU64,
-    /// Endpoints whose ICE consent expired.
-    pub(crate) consent_expired: AtomicU64,
-    /// Simulcast layers bound to an SSRC.
-    pub(crate) simulcast_bound: AtomicU64,
-    pub(crate) twcc_feedback_sent: AtomicU64,
-    /// Producers `All` subscribers missed at their consumer limit.
-    pub(crate) consumers_over_limit: AtomicU64,
+    /// The router's counters, by [`Counter::index`].
+    pub(crate) counters: [AtomicU64; Counter::COUNT],
     /// Endpoints the router removed by itself, by reason index.
     pub(crate) removed: [AtomicU64; RemovalReason::COUNT],
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
@@ -116,6 +111,10 @@ pub(crate) struct Shared {
     pub(crate) cpu_nanos: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) recv_errors: AtomicU64,
+    /// Router events the node's channel had no room for.
+    pub(crate) events_lost: AtomicU64,
+    /// Wakes the worker from its idle wait.
+    pub(crate) wake: EventFd,
 }
 
 impl Shared {
@@ -124,8 +123,8 @@ impl Shared {
         socket: &BatchSocket,
         pool_capacity: usize,
         stall_after: Duration,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
             heartbeat: AtomicU64::new(0),
@@ -133,19 +132,7 @@ impl Shared {
             panic: Mutex::new(None),
             stall_after,
             cpu: AtomicI64::new(cpu.map_or(-1, |c| c as i64)),
-            rx_packets: AtomicU64::new(0),
-            rx_bytes: AtomicU64::new(0),
-            tx_packets: AtomicU64::new(0),
-            tx_bytes: AtomicU64::new(0),
-            rtp_in: AtomicU64::new(0),
-            rtcp_in: AtomicU64::new(0),
-            pli_sent: AtomicU64::new(0),
-            ice_checks: AtomicU64::new(0),
-            dtls_connected: AtomicU64::new(0),
-            consent_expired: AtomicU64::new(0),
-            simulcast_bound: AtomicU64::new(0),
-            twcc_feedback_sent: AtomicU64::new(0),
-            consumers_over_limit: AtomicU64::new(0),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
             removed: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_capacity: AtomicU64::new(pool_capacity as u64),
@@ -162,7 +149,9 @@ impl Shared {
             cpu_nanos: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             recv_errors: AtomicU64::new(0),
-        }
+            events_lost: AtomicU64::new(0),
+            wake: EventFd::new()?,
+        })
     }
 }
 
@@ -173,29 +162,13 @@ pub(crate) struct Worker {
     pub(crate) router: Router,
     pub(crate) pool: SendPool,
     pub(crate) commands: Receiver<Request>,
+    pub(crate) events: Sender<WorkerEvent>,
+    pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) cpu: Option<usize>,
 }
 
 impl Worker {
-    pub(crate) fn new(
-        socket: BatchSocket,
-        router: RouterConfig,
-        pool_buffers: usize,
-        commands: Receiver<Request>,
-        shared: Arc<Shared>,
-        cpu: Option<usize>,
-    ) -> Self {
-        Self {
-            socket,
-            router: Router::new(router),
-            pool: SendPool::new(pool_buffers),
-            commands,
-            shared,
-            cpu,
-        }
-    }
-
     /// The thread body: [`run`](Self::run), with a panic caught and
     /// recorded (message included) for the handles' health.
     pub(crate) fn run_supervised(self) {
@@ -232,9 +205,10 @@ impl Worker {
         let mut send_errors = 0u64;
         let mut recv_errors = 0u64;
         let mut next_cpu_read = Instant::now();
-        let mut next_timers = Instant::now();
+        let mut events_lost = 0u64;
         loop {
             let received = self.socket.recv(&mut bufs, &mut meta);
+            let mut idle = false;
             let now = Instant::now();
             let beat = now.saturating_duration_since(self.shared.epoch).as_nanos();
             self.shared
@@ -253,14 +227,14 @@ impl Worker {
                             #[cfg(feature = "test-hooks")]
                             crate::test_hooks::on_datagram(datagram);
                             self.router
-                                .handle_datagram(now, m.addr, datagram, &mut self.pool);
+                                .handle_input(now, m.addr, datagram, &mut self.pool);
                             if self.pool.queued() >= flush_at {
                                 send_errors += self.pool.flush(&mut self.socket).failed;
                             }
                         }
                     }
                 }
-                Err(e) if is_timeout(&e) => {}
+                Err(e) if is_timeout(&e) => idle = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     recv_errors += 1;
@@ -268,13 +242,14 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            if now >= next_timers {
-                // DTLS retransmissions and ICE consent: the slow path's clock.
+            if self.router.poll_timeout().is_some_and(|t| t <= now) {
+                // DTLS retransmissions, consent, deadlines, transport-cc:
+                // only the endpoints that are due.
                 self.router.handle_timeout(now, &mut self.pool);
-                next_timers = now + TIMER_PERIOD;
             }
             send_errors += self.pool.flush(&mut self.socket).failed;
             let disconnected = self.handle_commands(now);
+            events_lost += self.forward_events();
             if now >= next_cpu_read {
                 let cpu = sys::thread_cpu_time().as_nanos();
                 self.shared
@@ -282,11 +257,40 @@ impl Worker {
                     .store(u64::try_from(cpu).unwrap_or(u64::MAX), Ordering::Relaxed);
                 next_cpu_read = now + CPU_CLOCK_PERIOD;
             }
-            self.publish(send_errors, recv_errors);
+            self.publish(send_errors, recv_errors, events_lost);
             if disconnected || self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
+            if idle {
+                let wait = self
+                    .router
+                    .poll_timeout()
+                    .map_or(IDLE_WAIT, |t| t.saturating_duration_since(now))
+                    .min(IDLE_WAIT);
+                if sys::wait_readable(self.socket.fd(), &self.shared.wake, wait).is_err() {
+                    recv_errors += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
+    }
+
+    /// Hands the router's events to the node's channel; returns how many
+    /// found it full (they are counted, not retried: removals are also
+    /// kept for `Command::TakeRemoved`).
+    fn forward_events(&mut self) -> u64 {
+        let mut lost = 0;
+        while let Some(event) = self.router.poll_event() {
+            let event = WorkerEvent {
+                worker: self.index,
+                event,
+            };
+            match self.events.try_send(event) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => lost += 1,
+            }
+        }
+        lost
     }
 
     fn pin(&self) {
@@ -314,23 +318,13 @@ impl Worker {
         false
     }
 
-    fn publish(&self, send_errors: u64, recv_errors: u64) {
+    fn publish(&self, send_errors: u64, recv_errors: u64, events_lost: u64) {
         let s = &self.shared;
         let r = self.router.stats();
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        set(&s.rx_packets, r.rx_packets);
-        set(&s.rx_bytes, r.rx_bytes);
-        set(&s.tx_packets, r.tx_packets);
-        set(&s.tx_bytes, r.tx_bytes);
-        set(&s.rtp_in, r.rtp_forwarded_in);
-        set(&s.rtcp_in, r.rtcp_in);
-        set(&s.pli_sent, r.pli_sent);
-        set(&s.ice_checks, r.ice_checks);
-        set(&s.dtls_connected, r.dtls_connected);
-        set(&s.consent_expired, r.consent_expired);
-        set(&s.simulcast_bound, r.simulcast_bound);
-        set(&s.twcc_feedback_sent, r.twcc_feedback_sent);
-        set(&s.consumers_over_limit, r.consumers_over_limit);
+        for (a, &v) in s.counters.iter().zip(&r.counters) {
+            set(a, v);
+        }
         for (a, &v) in s.removed.iter().zip(&r.removed) {
             set(a, v);
         }
@@ -354,6 +348,7 @@ impl Worker {
         set(&s.endpoints, self.router.endpoints() as u64);
         set(&s.send_errors, send_errors);
         set(&s.recv_errors, recv_errors);
+        set(&s.events_lost, events_lost);
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
 use packet_path::{Node, NodeConfig, WorkerHandle};
 use sfu_core::router::{
-    Command, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Subscription, TrackConfig,
+    Command, Counter, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Subscription,
+    TrackConfig,
 };
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtp::{RtpHeader, RtpPacket, write_header};
@@ -174,7 +175,7 @@ fn forward(profile: Profile, gso: bool, gro: bool) {
     }
     let st = w.stats();
     assert_eq!((st.gso_enabled, st.gro_enabled), (gso, gro));
-    assert_eq!(st.rx_packets, PACKETS);
+    assert_eq!(st.get(Counter::RxPackets), PACKETS);
     assert_eq!(st.send_errors, 0);
     node.shutdown();
 }

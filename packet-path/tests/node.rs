@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use packet_path::{Node, NodeConfig, RequestError, WorkerHandle, WorkerStats};
-use sfu_core::router::{Command, Outcome, RoomId, RouterError};
+use sfu_core::router::{Command, Counter, Outcome, RoomId, RouterError};
 
 fn config(workers: usize) -> NodeConfig {
     NodeConfig {
@@ -88,9 +88,9 @@ fn junk_is_counted_not_fatal() {
     for d in junk {
         peer.send_to(d, w.local_addr()).unwrap();
     }
-    let s = stats_until(&w, |s| s.rx_packets == 5);
-    assert_eq!(s.rx_packets, 5);
-    assert_eq!(s.tx_packets, 0);
+    let s = stats_until(&w, |s| s.get(Counter::RxPackets) == 5);
+    assert_eq!(s.get(Counter::RxPackets), 5);
+    assert_eq!(s.get(Counter::TxPackets), 0);
     assert_eq!(
         s.drops.iter().map(|(_, n)| n).sum::<u64>(),
         5,

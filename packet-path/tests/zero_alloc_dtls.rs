@@ -29,7 +29,7 @@ use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, Transmit};
 use packet_path::{Node, NodeConfig};
 use sfu_core::dtls::{DTLS_MTU, DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint, SrtpKeys};
 use sfu_core::router::{
-    Command, EndpointConfig, EndpointId, IceCredentials, MediaKind, Outcome, Role, RoomId,
+    Command, Counter, EndpointConfig, EndpointId, IceCredentials, MediaKind, Outcome, Role, RoomId,
     Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::wire::rtp::RtpPacket;
@@ -364,10 +364,10 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     // The worker publishes its counters after each batch: wait until its
     // received count has settled, or the measured phase would count the
     // end of the warm-up.
-    let mut settled = worker.stats().rx_packets;
+    let mut settled = worker.stats().get(Counter::RxPackets);
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        let now = worker.stats().rx_packets;
+        let now = worker.stats().get(Counter::RxPackets);
         if now == settled {
             break;
         }
@@ -395,8 +395,10 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
     node.shutdown();
 
     // Egress datagrams are forwarded media plus the publisher's feedback.
-    let feedback_sent = stats.twcc_feedback_sent - before_stats.twcc_feedback_sent;
-    let forwarded = stats.tx_packets - before_stats.tx_packets - feedback_sent;
+    let feedback_sent =
+        stats.get(Counter::TwccFeedbackSent) - before_stats.get(Counter::TwccFeedbackSent);
+    let forwarded =
+        stats.get(Counter::TxPackets) - before_stats.get(Counter::TxPackets) - feedback_sent;
     let arrived = received.datagrams.load(Ordering::Relaxed) - received_before;
     let expected = PACKETS * subs;
     let buffers = received.buffers.load(Ordering::Relaxed) - buffers_before;
@@ -436,7 +438,7 @@ fn zero_alloc_worker_forwards_a_million_dtls_keyed_packets() {
         "received {arrived} of {expected}"
     );
     assert_eq!(
-        stats.rx_packets - before_stats.rx_packets,
+        stats.get(Counter::RxPackets) - before_stats.get(Counter::RxPackets),
         PACKETS,
         "every packet reached the router"
     );

@@ -140,6 +140,18 @@ impl TwccReceiver {
                 .is_none_or(|t| now.saturating_duration_since(t) >= FEEDBACK_INTERVAL)
     }
 
+    /// When the next feedback round is due: `None` while everything is
+    /// reported; the epoch when nothing was sent yet (due at once).
+    pub fn due_at(&self) -> Option<Instant> {
+        if self.start.is_none_or(|s| s >= self.end) {
+            return None;
+        }
+        Some(
+            self.last_feedback
+                .map_or(self.epoch, |t| t + FEEDBACK_INTERVAL),
+        )
+    }
+
     /// Writes the next feedback packet of this round into `buf` (sender SSRC
     /// `sender_ssrc`) and returns its length, or `None` when everything was
     /// reported or `buf` is too small. `scratch` is working space; give it a

@@ -1,5 +1,7 @@
 use super::*;
 use crate::srtp::SrtpConfig;
+use crate::srtp::SrtpContext;
+use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
 use crate::wire::rtp::{RtpHeader, RtpPacket, write_header};
 
 pub(super) const PROFILE: Profile = Profile::AeadAes128Gcm;
@@ -204,7 +206,7 @@ fn fans_out_decrypted_once_and_reencrypted_per_subscriber() {
     for i in 0..50u8 {
         let mut pkt = r.publisher.rtp(111, 96, &[i; 900]);
         r.router
-            .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+            .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     }
     // 150 copies, and one PLI to the publisher: new subscribers need a keyframe.
     assert_eq!(sink.sent.len(), 151);
@@ -229,7 +231,14 @@ fn fans_out_decrypted_once_and_reencrypted_per_subscriber() {
         }
     }
     let s = r.router.stats();
-    assert_eq!((s.rtp_forwarded_in, s.tx_packets, s.pli_sent), (50, 151, 1));
+    assert_eq!(
+        (
+            s.get(Counter::RtpIn),
+            s.get(Counter::TxPackets),
+            s.get(Counter::PliSent)
+        ),
+        (50, 151, 1)
+    );
     assert_eq!(s.drops.iter().sum::<u64>(), 0);
 }
 
@@ -241,17 +250,17 @@ fn comedia_learns_only_from_an_authentic_packet() {
     let (mut attacker, _, _) = Peer::new(99);
     let mut forged = attacker.rtp(111, 96, b"evil");
     r.router
-        .handle_datagram(r.now, addr(6666), &mut forged, &mut sink);
+        .handle_input(r.now, addr(6666), &mut forged, &mut sink);
     assert_eq!(r.router.stats().dropped(DropReason::SrtpAuthFailed), 1);
     // The real publisher is learnt from its first authentic packet...
     let mut pkt = r.publisher.rtp(111, 96, b"ok");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     assert_eq!(sink.count_to(addr(6000)), 1);
     // ...after which even an authentic copy from elsewhere is refused.
     let mut pkt = r.publisher.rtp(111, 96, b"moved");
     r.router
-        .handle_datagram(r.now, addr(6666), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(6666), &mut pkt, &mut sink);
     assert_eq!(r.router.stats().dropped(DropReason::AddressMismatch), 1);
     assert_eq!(sink.count_to(addr(6000)), 1);
 }
@@ -262,20 +271,19 @@ fn replayed_and_unknown_and_other_protocols_are_counted() {
     let mut sink = Sink::new();
     let pkt = r.publisher.rtp(111, 96, b"x");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt.clone(), &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt.clone(), &mut sink);
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt.clone(), &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt.clone(), &mut sink);
     let mut unknown = r.publisher.rtp(222, 96, b"x");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut unknown, &mut sink);
+        .handle_input(r.now, addr(5000), &mut unknown, &mut sink);
     r.router
-        .handle_datagram(r.now, addr(5000), &mut [0, 1, 0, 0], &mut sink);
+        .handle_input(r.now, addr(5000), &mut [0, 1, 0, 0], &mut sink);
     r.router
-        .handle_datagram(r.now, addr(5000), &mut [22, 254, 253], &mut sink);
+        .handle_input(r.now, addr(5000), &mut [22, 254, 253], &mut sink);
+    r.router.handle_input(r.now, addr(5000), &mut [], &mut sink);
     r.router
-        .handle_datagram(r.now, addr(5000), &mut [], &mut sink);
-    r.router
-        .handle_datagram(r.now, addr(5000), &mut [0x80, 96, 0], &mut sink);
+        .handle_input(r.now, addr(5000), &mut [0x80, 96, 0], &mut sink);
     let s = r.router.stats();
     assert_eq!(s.dropped(DropReason::SrtpReplayed), 1);
     assert_eq!(s.dropped(DropReason::UnknownSource), 1);
@@ -283,7 +291,7 @@ fn replayed_and_unknown_and_other_protocols_are_counted() {
     assert_eq!(s.dropped(DropReason::DtlsUnhandled), 1);
     assert_eq!(s.dropped(DropReason::UnknownProtocol), 1);
     assert_eq!(s.dropped(DropReason::Malformed), 2);
-    assert_eq!(s.rx_packets, 7);
+    assert_eq!(s.get(Counter::RxPackets), 7);
     assert_eq!(sink.count_to(addr(6000)), 1);
 }
 
@@ -294,7 +302,7 @@ fn pool_exhaustion_is_counted_per_copy() {
     sink.limit = 2;
     let mut pkt = r.publisher.rtp(111, 96, b"x");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     assert_eq!(sink.sent.len(), 2);
     // The third copy, and the keyframe request after the fan-out, found no buffer.
     assert_eq!(r.router.stats().dropped(DropReason::PoolExhausted), 2);
@@ -336,7 +344,7 @@ fn subscriber_without_address_is_unreachable_until_comedia_via_rtcp() {
     );
     let mut sink = Sink::new();
     let mut pkt = publisher.rtp(111, 96, b"a");
-    router.handle_datagram(now, addr(5000), &mut pkt, &mut sink);
+    router.handle_input(now, addr(5000), &mut pkt, &mut sink);
     assert_eq!(router.stats().dropped(DropReason::SubscriberUnreachable), 1);
 
     // The subscriber's PLI (SRTCP from its rtcp_ssrc) teaches its address and
@@ -344,12 +352,12 @@ fn subscriber_without_address_is_unreachable_until_comedia_via_rtcp() {
     let mut buf = [0u8; 1500];
     let n = rtcp::write_pli(&mut buf, 0xabc, c[0].ssrc).unwrap();
     let n = sub.tx.protect_rtcp(&mut buf, n).unwrap();
-    router.handle_datagram(now, addr(7000), &mut buf[..n], &mut sink);
-    assert_eq!(router.stats().rtcp_in, 1);
+    router.handle_input(now, addr(7000), &mut buf[..n], &mut sink);
+    assert_eq!(router.stats().get(Counter::RtcpIn), 1);
 
     let later = now + KEYFRAME_REQUEST_INTERVAL;
     let mut pkt = publisher.rtp(111, 96, b"b");
-    router.handle_datagram(later, addr(5000), &mut pkt, &mut sink);
+    router.handle_input(later, addr(5000), &mut pkt, &mut sink);
     let to_sub: Vec<_> = sink.sent.iter().filter(|(_, d)| *d == addr(7000)).collect();
     assert_eq!(to_sub.len(), 1);
     assert_eq!(sub.open(&to_sub[0].0)[12..], *b"b");
@@ -366,7 +374,7 @@ fn subscriber_without_address_is_unreachable_until_comedia_via_rtcp() {
         Some(Ok(RtcpPacket::Pli(p))) => assert_eq!(p.media_ssrc(), 111),
         other => panic!("expected a PLI, got {other:?}"),
     }
-    assert_eq!(router.stats().pli_sent, 2);
+    assert_eq!(router.stats().get(Counter::PliSent), 2);
 }
 
 #[test]
@@ -431,8 +439,8 @@ fn explicit_slot_switches_source_with_continuous_numbering() {
     assert_eq!((c.len(), c[0].producer_ssrc), (1, Some(111)));
     let mut sink = Sink::new();
     for _ in 0..3 {
-        router.handle_datagram(now, addr(5001), &mut a.rtp(111, 96, b"A"), &mut sink);
-        router.handle_datagram(now, addr(5002), &mut b.rtp(222, 96, b"B"), &mut sink);
+        router.handle_input(now, addr(5001), &mut a.rtp(111, 96, b"A"), &mut sink);
+        router.handle_input(now, addr(5002), &mut b.rtp(222, 96, b"B"), &mut sink);
     }
     let c2 = consumers(
         router
@@ -443,8 +451,8 @@ fn explicit_slot_switches_source_with_continuous_numbering() {
     assert_eq!(c2[0].producer_ssrc, Some(222));
     let t = now + Duration::from_millis(100);
     for _ in 0..3 {
-        router.handle_datagram(t, addr(5001), &mut a.rtp(111, 96, b"A"), &mut sink);
-        router.handle_datagram(t, addr(5002), &mut b.rtp(222, 96, b"B"), &mut sink);
+        router.handle_input(t, addr(5001), &mut a.rtp(111, 96, b"A"), &mut sink);
+        router.handle_input(t, addr(5002), &mut b.rtp(222, 96, b"B"), &mut sink);
     }
     let got: Vec<(u16, u32, u8)> = sink
         .sent
@@ -482,7 +490,7 @@ fn explicit_slot_switches_source_with_continuous_numbering() {
 fn all_subscription_reuses_a_freed_slot_for_the_next_producer() {
     let mut r = room_with(1);
     let mut sink = Sink::new();
-    r.router.handle_datagram(
+    r.router.handle_input(
         r.now,
         addr(5000),
         &mut r.publisher.rtp(111, 96, b"1"),
@@ -499,7 +507,7 @@ fn all_subscription_reuses_a_freed_slot_for_the_next_producer() {
         )
         .unwrap();
     r.router
-        .handle_datagram(r.now, addr(5007), &mut p2.rtp(333, 96, b"2"), &mut sink);
+        .handle_input(r.now, addr(5007), &mut p2.rtp(333, 96, b"2"), &mut sink);
     let (peer, info) = &mut r.subs[0];
     let seqs: Vec<u16> = sink
         .sent
@@ -601,7 +609,7 @@ fn refused_commands_change_nothing() {
     }
     // Still forwarding as before.
     let mut sink = Sink::new();
-    r.router.handle_datagram(
+    r.router.handle_input(
         now,
         addr(5000),
         &mut r.publisher.rtp(111, 96, b"x"),
@@ -618,7 +626,7 @@ fn deleting_a_room_removes_its_endpoints_and_producers() {
         .unwrap();
     assert_eq!((r.router.rooms(), r.router.endpoints()), (0, 0));
     let mut sink = Sink::new();
-    r.router.handle_datagram(
+    r.router.handle_input(
         r.now,
         addr(5000),
         &mut r.publisher.rtp(111, 96, b"x"),

@@ -5,6 +5,8 @@
 
 use super::tests::{PROFILE, Peer, Room1, Sink, addr, consumers, endpoint, room_with, video};
 use super::*;
+use crate::srtp::SrtpContext;
+
 use crate::wire::rtp::RtpPacket;
 
 /// A plaintext RTP packet: `csrcs` CSRCs, an optional extension block
@@ -109,10 +111,10 @@ fn assert_still_forwarding(r: &mut Room1, bystander: &mut Peer, label: &str) {
     let mut sink = Sink::new();
     let mut pkt = r.publisher.rtp(111, 96, b"still here");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     let mut pkt = bystander.rtp(222, 96, b"bystander");
     r.router
-        .handle_datagram(r.now, addr(5100), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5100), &mut pkt, &mut sink);
     for (k, (peer, _)) in r.subs.iter_mut().enumerate() {
         let got: Vec<_> = sink
             .sent
@@ -282,7 +284,7 @@ fn authentic_malformed_rtp_is_dropped_and_every_room_keeps_forwarding() {
         let mut pkt = protect(&mut r.publisher.tx, &plain);
         let mut sink = Sink::new();
         r.router
-            .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+            .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
         let copies = (0..r.subs.len())
             .map(|k| sink.count_to(addr(6000 + k as u16)))
             .sum::<usize>();
@@ -360,13 +362,13 @@ fn authentic_malformed_rtcp_is_dropped_and_every_room_keeps_forwarding() {
         ("transport-cc of garbage", &twcc_garbage),
     ];
     for &(name, plain) in cases {
-        let before = r.router.stats().rtcp_in;
+        let before = r.router.stats().get(Counter::RtcpIn);
         let mut pkt = protect_rtcp(&mut r.publisher.tx, plain);
         let mut sink = Sink::new();
         r.router
-            .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+            .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
         assert_eq!(
-            r.router.stats().rtcp_in,
+            r.router.stats().get(Counter::RtcpIn),
             before + 1,
             "{name}: authenticated"
         );
@@ -429,31 +431,31 @@ fn a_subscriber_never_receives_another_rooms_producer() {
     for _ in 0..20 {
         let mut pkt = r.publisher.rtp(111, 96, b"room 1 only");
         r.router
-            .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+            .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     }
     assert_eq!(sink.count_to(addr(6000)), 20, "room 1's own subscriber");
     assert_eq!(sink.count_to(addr(7100)), 0, "room 2's subscriber");
     assert_eq!(sink.count_to(addr(7200)), 0, "room 2's new subscriber");
     // A PLI from room 2 naming its slot does not reach room 1's publisher.
-    let plis_before = r.router.stats().pli_sent;
+    let plis_before = r.router.stats().get(Counter::PliSent);
     let mut pli = vec![0x81, 206, 0, 2];
     pli.extend_from_slice(&0x5151u32.to_be_bytes());
     pli.extend_from_slice(&foreign[0].ssrc.to_be_bytes());
     let mut pkt = protect_rtcp(&mut foreign_sub.tx, &pli);
-    r.router.handle_datagram(
+    r.router.handle_input(
         r.now + Duration::from_secs(1),
         addr(7100),
         &mut pkt,
         &mut sink,
     );
     let mut pkt = r.publisher.rtp(111, 96, b"x");
-    r.router.handle_datagram(
+    r.router.handle_input(
         r.now + Duration::from_secs(1),
         addr(5000),
         &mut pkt,
         &mut sink,
     );
-    assert_eq!(r.router.stats().pli_sent, plis_before);
+    assert_eq!(r.router.stats().get(Counter::PliSent), plis_before);
     // Room 2's own producer still reaches it.
     r.router
         .handle_command(
@@ -464,7 +466,7 @@ fn a_subscriber_never_receives_another_rooms_producer() {
     let mut pkt = bystander.rtp(222, 96, b"mine");
     let mut sink = Sink::new();
     r.router
-        .handle_datagram(r.now, addr(5100), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5100), &mut pkt, &mut sink);
     assert_eq!(sink.count_to(addr(7100)), 1);
 }
 
@@ -533,7 +535,7 @@ fn every_consumer_has_an_outbound_stream() {
     for (i, (peer, ssrc)) in pubs.iter_mut().enumerate() {
         for s in [*ssrc, *ssrc + 1] {
             let mut pkt = peer.rtp(s, 96, b"m");
-            router.handle_datagram(now, addr(5000 + i as u16), &mut pkt, &mut sink);
+            router.handle_input(now, addr(5000 + i as u16), &mut pkt, &mut sink);
         }
     }
     let s = router.stats();
@@ -576,7 +578,7 @@ fn a_recreated_consumer_never_reuses_an_srtp_index() {
         for _ in 0..5 {
             let mut pkt = r.publisher.rtp(111, 96, b"v");
             r.router
-                .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+                .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
         }
         for (s, d) in &sink.sent {
             if *d == addr(6000) {
@@ -771,7 +773,7 @@ fn over_limit_all_subscriptions_are_counted_not_silent() {
         );
         router.handle_command(now, cmd).unwrap();
     }
-    assert_eq!(router.stats().consumers_over_limit, 1);
+    assert_eq!(router.stats().get(Counter::ConsumersOverLimit), 1);
 }
 
 /// An address learnt from media (comedia) is forgotten after a consent
@@ -783,28 +785,25 @@ fn learnt_addresses_expire_without_authentic_traffic() {
     let mut sink = Sink::new();
     let mut pkt = r.publisher.rtp(111, 96, b"a");
     r.router
-        .handle_datagram(r.now, addr(5000), &mut pkt, &mut sink);
+        .handle_input(r.now, addr(5000), &mut pkt, &mut sink);
     // Within the period: refreshed, and a copy from elsewhere is refused.
     let t1 = r.now + Duration::from_secs(20);
     r.router.handle_timeout(t1, &mut sink);
     let mut pkt = r.publisher.rtp(111, 96, b"b");
-    r.router
-        .handle_datagram(t1, addr(5000), &mut pkt, &mut sink);
+    r.router.handle_input(t1, addr(5000), &mut pkt, &mut sink);
     let t2 = t1 + Duration::from_secs(20);
     r.router.handle_timeout(t2, &mut sink);
-    assert_eq!(r.router.stats().consent_expired, 0);
+    assert_eq!(r.router.stats().get(Counter::ConsentExpired), 0);
     let mut pkt = r.publisher.rtp(111, 96, b"c");
-    r.router
-        .handle_datagram(t2, addr(5001), &mut pkt, &mut sink);
+    r.router.handle_input(t2, addr(5001), &mut pkt, &mut sink);
     assert_eq!(r.router.stats().dropped(DropReason::AddressMismatch), 1);
     // Silent for longer than the consent period: forgotten.
     let t3 = t1 + CONSENT_TIMEOUT + Duration::from_secs(1);
     r.router.handle_timeout(t3, &mut sink);
-    assert_eq!(r.router.stats().consent_expired, 1);
+    assert_eq!(r.router.stats().get(Counter::ConsentExpired), 1);
     let before = sink.count_to(addr(6000));
     let mut pkt = r.publisher.rtp(111, 96, b"d");
-    r.router
-        .handle_datagram(t3, addr(5001), &mut pkt, &mut sink);
+    r.router.handle_input(t3, addr(5001), &mut pkt, &mut sink);
     assert_eq!(
         sink.count_to(addr(6000)),
         before + 1,

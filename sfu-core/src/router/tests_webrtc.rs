@@ -5,7 +5,10 @@
 use super::*;
 use crate::dtls::{DtlsRole, DtlsSession, DtlsState};
 use crate::srtp::SrtpConfig;
+use crate::srtp::SrtpContext;
+use crate::wire::rtcp::{RtcpIter, RtcpPacket};
 use crate::wire::rtp::{RtpHeader, write_header};
+use crate::wire::stun::{self, StunMessage, StunWriter};
 
 /// Collects egress datagrams.
 #[derive(Default)]
@@ -118,8 +121,7 @@ impl Fixture {
     fn feed(&mut self, src: SocketAddr, datagram: &[u8]) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut sink = Sink::default();
         let mut d = datagram.to_vec();
-        self.router
-            .handle_datagram(self.now, src, &mut d, &mut sink);
+        self.router.handle_input(self.now, src, &mut d, &mut sink);
         sink.sent
     }
 
@@ -186,7 +188,7 @@ fn valid_check_is_answered_and_sets_the_address() {
     msg.verify_integrity(LOCAL_PWD.as_bytes()).unwrap();
     msg.verify_fingerprint().unwrap();
     assert_eq!(f.router.by_addr.get(&addr(5000)), Some(&0));
-    assert_eq!(f.router.stats().ice_checks, 1);
+    assert_eq!(f.router.stats().get(Counter::IceChecks), 1);
 
     // Another address without USE-CANDIDATE is answered but does not move it.
     assert_eq!(
@@ -290,7 +292,7 @@ fn dtls_keys_forward_media_between_browsers() {
     let mut subscriber = browser(&sub_cert, &f);
     f.connect(1, addr(7000), &mut publisher);
     f.connect(2, addr(7001), &mut subscriber);
-    assert_eq!(f.router.stats().dtls_connected, 2);
+    assert_eq!(f.router.stats().get(Counter::DtlsHandshakes), 2);
 
     let pk = publisher.keys.take().unwrap();
     let sk = subscriber.keys.take().unwrap();
@@ -336,7 +338,7 @@ fn dtls_keys_forward_media_between_browsers() {
     // no ICE restart): removed, reported, and a late check is not answered.
     let later = f.now + CONSENT_TIMEOUT + Duration::from_secs(1);
     f.router.handle_timeout(later, &mut Sink::default());
-    assert_eq!(f.router.stats().consent_expired, 2);
+    assert_eq!(f.router.stats().get(Counter::ConsentExpired), 2);
     assert_eq!(f.router.endpoints(), 0);
     match f.router.handle_command(later, Command::TakeRemoved) {
         Ok(Outcome::Removed(removed)) => {
@@ -449,7 +451,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
     // Nor does an authentic packet from another address.
     let elsewhere = srtp_packet(&mut pub_tx, 5300, 1, 96, &[(RID_EXT, b"h")]);
     assert!(f.feed(addr(7999), &elsewhere).is_empty());
-    assert_eq!(f.router.stats().simulcast_bound, 0);
+    assert_eq!(f.router.stats().get(Counter::SimulcastLayersBound), 0);
     assert_eq!(
         f.router.stats().dropped(DropReason::UnknownSource),
         unknown_before + 4
@@ -466,8 +468,8 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         out.iter().all(|(_, d)| *d != addr(7001)),
         "nothing forwarded"
     );
-    assert_eq!(f.router.stats().simulcast_bound, 1);
-    assert_eq!(f.router.stats().rtp_forwarded_in, 0);
+    assert_eq!(f.router.stats().get(Counter::SimulcastLayersBound), 1);
+    assert_eq!(f.router.stats().get(Counter::RtpIn), 0);
     assert_eq!(f.router.stats().drops.iter().sum::<u64>(), drops_before);
     assert!(f.router.producers.contains_key(&5000));
     let sub_slot = f.router.by_id[&EndpointId(2)];
@@ -485,7 +487,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
     assert_eq!(copy[1] & 0x7f, 102);
     assert_eq!(wire::be32(&copy, 8), consumers[0].ssrc);
     assert!(copy[plain - 100..plain].iter().all(|&b| b == 0x5a));
-    assert_eq!(f.router.stats().rtp_forwarded_in, 1);
+    assert_eq!(f.router.stats().get(Counter::RtpIn), 1);
 
     // "h" is bound: another SSRC claiming it binds nothing; "l" still can.
     let again = srtp_packet(&mut pub_tx, 5001, 1, 96, &[(RID_EXT, b"h")]);
@@ -493,7 +495,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
     assert!(!f.router.producers.contains_key(&5001));
     let low = srtp_packet(&mut pub_tx, 5002, 1, 96, &[(RID_EXT, b"l")]);
     f.feed(addr(7000), &low);
-    assert_eq!(f.router.stats().simulcast_bound, 2);
+    assert_eq!(f.router.stats().get(Counter::SimulcastLayersBound), 2);
     assert_eq!(f.router.consumer_infos(sub_slot).len(), 2);
 
     // The control plane sees the learnt layers, with their rids.
@@ -579,7 +581,7 @@ fn garbage_dtls_from_a_verified_address_is_counted() {
     }
     let s = f.router.stats();
     assert!(s.dropped(DropReason::DtlsFailed) > 0);
-    assert_eq!(s.dtls_connected, 0);
+    assert_eq!(s.get(Counter::DtlsHandshakes), 0);
 }
 
 /// The transport-wide sequence number extension id of the TWCC tests.
@@ -640,13 +642,13 @@ fn transport_cc_feedback_reports_authentic_arrivals() {
             f.feed(addr(7000), &forged);
         }
     }
-    assert_eq!(f.router.stats().rtp_forwarded_in, 4);
+    assert_eq!(f.router.stats().get(Counter::RtpIn), 4);
 
     let mut sink = Sink::default();
     f.router
         .handle_timeout(t0 + Duration::from_millis(60), &mut sink);
     assert_eq!(sink.sent.len(), 1, "one feedback packet");
-    assert_eq!(f.router.stats().twcc_feedback_sent, 1);
+    assert_eq!(f.router.stats().get(Counter::TwccFeedbackSent), 1);
     let (mut packet, dst) = sink.sent.remove(0);
     assert_eq!(dst, addr(7000));
     let n = pub_rx.unprotect_rtcp(&mut packet).unwrap();
@@ -705,7 +707,7 @@ fn no_transport_cc_feedback_unless_negotiated() {
     f.router
         .handle_timeout(f.now + Duration::from_millis(100), &mut sink);
     assert!(sink.sent.is_empty());
-    assert_eq!(f.router.stats().twcc_feedback_sent, 0);
+    assert_eq!(f.router.stats().get(Counter::TwccFeedbackSent), 0);
 }
 
 /// A WebRTC endpoint that has not connected within the pending timeout is
@@ -794,7 +796,7 @@ fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
         .handle_command(later, webrtc_endpoint(1, Role::Publish, track(), &cert))
         .unwrap();
     f.connect(1, addr(5002), &mut again);
-    assert_eq!(f.router.stats().dtls_connected, 2);
+    assert_eq!(f.router.stats().get(Counter::DtlsHandshakes), 2);
 }
 
 /// A DTLS close_notify from the peer removes its endpoint at once.
@@ -858,4 +860,169 @@ fn a_failed_handshake_removes_the_endpoint() {
     }
     assert_eq!(f.router.endpoints(), 0);
     assert_eq!(f.router.stats().removed, [0, 0, 1, 0]);
+}
+
+fn events(router: &mut Router) -> Vec<Event> {
+    std::iter::from_fn(|| router.poll_event()).collect()
+}
+
+/// The lifecycle leaves the router as events: connected (with the
+/// negotiated profile), then consent lost and removed, in that order.
+#[test]
+fn lifecycle_events_connected_consent_lost_removed() {
+    let mut f = fixture();
+    let cert = DtlsCert::generate().unwrap();
+    let mut tab = browser(&cert, &f);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Subscribe, vec![], &cert))
+        .unwrap();
+    assert_eq!(
+        events(&mut f.router),
+        vec![],
+        "adding is the caller's own act"
+    );
+    f.connect(1, addr(5001), &mut tab);
+    let profile = tab.keys.as_ref().unwrap().profile;
+    assert_eq!(
+        events(&mut f.router),
+        vec![Event::Connected {
+            endpoint: EndpointId(1),
+            profile
+        }]
+    );
+    let mut sink = Sink::default();
+    f.router.handle_timeout(
+        f.now + CONSENT_TIMEOUT + Duration::from_millis(1),
+        &mut sink,
+    );
+    assert_eq!(
+        events(&mut f.router),
+        vec![
+            Event::ConsentLost {
+                endpoint: EndpointId(1)
+            },
+            Event::Removed {
+                endpoint: EndpointId(1),
+                reason: RemovalReason::ConsentLost
+            }
+        ]
+    );
+    assert_eq!(f.router.poll_event(), None);
+}
+
+/// `poll_timeout` names the next deadline: none on an idle router, the
+/// pending-session deadline for an unconnected endpoint, then (once
+/// connected) the consent deadline from its last check. `handle_timeout`
+/// before it changes nothing.
+#[test]
+fn poll_timeout_tracks_the_earliest_deadline() {
+    let mut f = fixture();
+    assert_eq!(f.router.poll_timeout(), None, "an idle router sleeps");
+    let cert = DtlsCert::generate().unwrap();
+    let mut tab = browser(&cert, &f);
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Subscribe, vec![], &cert))
+        .unwrap();
+    let pending = RouterConfig::default().pending_webrtc_timeout;
+    let first = f.router.poll_timeout().expect("a pending deadline");
+    assert!(first <= f.now + pending, "{:?}", first - f.now);
+    f.connect(1, addr(5001), &mut tab);
+    // Connected: DTLS and the pending deadline are gone; a stale entry may
+    // fire early, after which only the consent deadline remains.
+    let mut sink = Sink::default();
+    for _ in 0..4 {
+        let at = f.router.poll_timeout().expect("a deadline");
+        if at >= f.now + CONSENT_TIMEOUT {
+            break;
+        }
+        f.router.handle_timeout(at, &mut sink);
+    }
+    let at = f.router.poll_timeout().expect("the consent deadline");
+    assert!(
+        at >= f.now + CONSENT_TIMEOUT && at <= f.now + CONSENT_TIMEOUT + Duration::from_millis(2),
+        "{:?}",
+        at - f.now
+    );
+    assert_eq!(f.router.endpoints(), 1);
+}
+
+/// Producers joining a room attach to every `All` subscriber and to the
+/// explicit slots waiting for them, without re-synchronising the room:
+/// the consumers reported for each subscriber are those a full re-sync
+/// would give.
+#[test]
+fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
+    let mut f = fixture();
+    let video = |ssrc| TrackConfig {
+        kind: MediaKind::Video,
+        ssrc,
+        payload_type: 96,
+    };
+    let sdes = |id: u64, role, tracks: Vec<TrackConfig>, subscription| {
+        Command::AddEndpoint(Box::new(EndpointConfig {
+            id: EndpointId(id),
+            room: RoomId(1),
+            role,
+            profile: Profile::AeadAes128Gcm,
+            remote_master: vec![1; 28],
+            local_master: vec![2; 28],
+            tracks,
+            remote: Some(addr(6000 + id as u16)),
+            subscription,
+            rtcp_ssrc: None,
+        }))
+    };
+    let all = f
+        .router
+        .handle_command(f.now, sdes(1, Role::Subscribe, vec![], Subscription::All))
+        .unwrap();
+    assert_eq!(all, Outcome::Consumers(vec![]));
+    let explicit = Subscription::Explicit {
+        video: vec![7002, 7001],
+        audio: vec![],
+    };
+    f.router
+        .handle_command(f.now, sdes(2, Role::Subscribe, vec![], explicit))
+        .unwrap();
+    for (id, ssrc) in [(3, 7001), (4, 7002), (5, 7003)] {
+        f.router
+            .handle_command(
+                f.now,
+                sdes(id, Role::Publish, vec![video(ssrc)], Subscription::All),
+            )
+            .unwrap();
+    }
+    // What the joins left (incremental), before any re-sync.
+    let incremental = |r: &Router, id| {
+        let slot = r.by_id[&EndpointId(id)];
+        r.consumer_infos(slot)
+    };
+    let before = (incremental(&f.router, 1), incremental(&f.router, 2));
+    let producers = |r: &mut Router, id| match r.handle_command(
+        f.now,
+        Command::SetSubscription(
+            EndpointId(id),
+            match id {
+                1 => Subscription::All,
+                _ => Subscription::Explicit {
+                    video: vec![7002, 7001],
+                    audio: vec![],
+                },
+            },
+        ),
+    ) {
+        Ok(Outcome::Consumers(c)) => c.iter().map(|c| c.producer_ssrc).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    // Setting the same subscription again re-syncs fully; nothing moves.
+    assert_eq!(
+        producers(&mut f.router, 1),
+        vec![Some(7001), Some(7002), Some(7003)]
+    );
+    assert_eq!(producers(&mut f.router, 2), vec![Some(7002), Some(7001)]);
+    assert_eq!(
+        before,
+        (incremental(&f.router, 1), incremental(&f.router, 2)),
+        "the joins gave what a full re-sync gives"
+    );
 }

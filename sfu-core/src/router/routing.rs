@@ -1,0 +1,932 @@
+//! Rooms, producers, consumers and the fan-out: the router's routing half
+//! (mediasoup's `Router`), on top of each endpoint's [`Transport`].
+//!
+//! # Forwarding
+//! A publisher's SRTP packet is looked up by SSRC, authenticated and
+//! decrypted **once**, in place, and validated once; then, for each
+//! consumer of that producer, the plaintext is copied into a fresh send
+//! buffer, its SSRC, sequence number, timestamp and payload type are
+//! rewritten for that consumer ([`StreamRewriter`]), and it is encrypted
+//! with the subscriber's outbound stream. No step allocates: the lookups are
+//! hash-map reads and the fan-out lists are built by commands, off the hot
+//! path (and once per simulcast layer bound by `rid`).
+//!
+//! # Joins
+//! A new endpoint's consumers are computed from its subscription (`All`:
+//! the room's producers, O(P log P)); its new producers are then offered to
+//! each other member, which attaches them to its own waiting or free slots
+//! ([`Router::producers_added`]): a join costs O(members), plus, for `All`
+//! subscribers, a scan of their own slots. Nothing re-synchronises the
+//! whole room.
+//!
+//! # Rooms are a security boundary
+//! A consumer attaches only to a producer of its endpoint's room: an
+//! unknown SSRC and a producer of another room get the same answer (an
+//! unattached slot), and feedback (PLI/FIR) reaches only the producers the
+//! sender consumes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::event::Event;
+use super::seq::StreamRewriter;
+use super::stats::{Counter, DropReason};
+use super::transport::{SrtpPair, Transport};
+use super::webrtc::{WebrtcState, WebrtcTransport};
+use super::{
+    ConsumerInfo, Endpoint, EndpointConfig, EndpointId, KEYFRAME_REQUEST_INTERVAL, MediaKind,
+    Outcome, Role, RoomId, Router, RouterError, Subscription, TrackConfig, Transmit, ssrc_base,
+};
+use crate::twcc;
+use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
+use crate::wire::rtp::RtpPacket;
+use crate::wire::{self};
+
+/// A room: the slots of its endpoints, in join order.
+#[derive(Debug)]
+pub(super) struct Room {
+    pub(super) endpoints: Vec<u32>,
+}
+
+/// One forwarded stream of a subscriber.
+#[derive(Debug)]
+pub(super) struct Consumer {
+    pub(super) kind: MediaKind,
+    slot: u16,
+    pub(super) ssrc: u32,
+    payload_type: u8,
+    /// The producer SSRC this slot wants (explicit) or follows (all).
+    pub(super) source: Option<u32>,
+    /// Whether the slot sits in its source's fan-out list.
+    pub(super) attached: bool,
+    rewriter: StreamRewriter,
+    /// Its stream in the endpoint's outbound SRTP context, once the
+    /// endpoint has keys ([`SrtpContext::add_rtp_stream`]).
+    pub(super) tx_stream: Option<usize>,
+}
+
+/// One published stream and its fan-out list.
+#[derive(Debug)]
+pub(super) struct Producer {
+    pub(super) endpoint: u32,
+    kind: MediaKind,
+    payload_type: u8,
+    fanout: Vec<(u32, u16)>,
+    pub(super) keyframe_wanted: bool,
+    last_pli: Option<Instant>,
+}
+
+impl Router {
+    pub(super) fn handle_rtp<T: Transmit>(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &mut [u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        if buf.len() < wire::rtp::FIXED_HEADER_LEN {
+            return Err(DropReason::Malformed);
+        }
+        let ssrc = wire::be32(buf, 8);
+        let Some(producer) = self.producers.get(&ssrc) else {
+            return self.bind_rid(now, src, ssrc, buf);
+        };
+        let ep_slot = producer.endpoint;
+        let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
+        if publisher.transport.remote.is_some_and(|r| r != src) {
+            return Err(DropReason::AddressMismatch);
+        }
+        let keys = publisher
+            .transport
+            .keys
+            .as_mut()
+            .ok_or(DropReason::NotConnected)?;
+        let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        // The one check of this packet: every consumer's copy reuses it.
+        // SRTP authenticates only the bytes, so an authentic packet may still
+        // be malformed (an extension element running past its block, bad
+        // padding): it is dropped here, before anything relies on it.
+        let packet = buf
+            .get(..len)
+            .and_then(|plain| RtpPacket::new_checked(plain).ok())
+            .ok_or(DropReason::Malformed)?;
+        let learnt = publisher.transport.authentic_from(src, now)?;
+        if learnt {
+            self.by_addr.insert(src, ep_slot);
+        }
+        let mut twcc = false;
+        if let Some(w) = publisher.transport.webrtc.as_deref_mut() {
+            w.record_arrival(&packet, now);
+            twcc = w.twcc.is_some();
+        }
+        // A deadline appeared (learnt address) or may be due sooner than
+        // armed (transport-cc feedback): rarely true in a steady stream.
+        let rearm = learnt
+            || (twcc
+                && publisher
+                    .transport
+                    .armed
+                    .is_none_or(|a| a > now + twcc::FEEDBACK_INTERVAL));
+        self.stats.inc(Counter::RtpIn);
+        if rearm {
+            self.schedule(ep_slot, now);
+        }
+        let in_seq = packet.sequence_number();
+        let in_ts = packet.timestamp();
+
+        let Some(producer) = self.producers.get_mut(&ssrc) else {
+            return Ok(());
+        };
+        for &(sub_slot, c) in &producer.fanout {
+            let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
+                continue;
+            };
+            let Some(dst) = sub.transport.remote else {
+                self.stats.drop(DropReason::SubscriberUnreachable);
+                continue;
+            };
+            let Some(keys) = sub.transport.keys.as_mut() else {
+                self.stats.drop(DropReason::NotConnected);
+                continue;
+            };
+            let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
+                continue;
+            };
+            let Some(stream) = consumer.tx_stream else {
+                self.stats.drop(DropReason::NotConnected);
+                continue;
+            };
+            let Some((out_seq, out_ts)) = consumer.rewriter.rewrite(in_seq, in_ts, now) else {
+                self.stats.drop(DropReason::StaleAfterSwitch);
+                continue;
+            };
+            let Some(out) = tx.buffer() else {
+                self.stats.drop(DropReason::PoolExhausted);
+                continue;
+            };
+            let Some(mut p) = packet.copy_into(out) else {
+                self.stats.drop(DropReason::ProtectFailed);
+                continue;
+            };
+            p.set_ssrc(consumer.ssrc);
+            p.set_sequence_number(out_seq);
+            p.set_timestamp(out_ts);
+            p.set_payload_type(consumer.payload_type);
+            match keys.tx.protect_rtp_stream(stream, out, len) {
+                Ok(n) => {
+                    tx.send(n, dst);
+                    self.stats.sent(n);
+                }
+                Err(_) => self.stats.drop(DropReason::ProtectFailed),
+            }
+        }
+
+        if producer.keyframe_wanted
+            && producer
+                .last_pli
+                .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_REQUEST_INTERVAL)
+        {
+            producer.keyframe_wanted = false;
+            producer.last_pli = Some(now);
+            let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
+                return Ok(());
+            };
+            if let Some(out) = tx.buffer() {
+                // Sender SSRC 1: the router's own RTCP source.
+                let sent = match publisher.transport.keys.as_mut() {
+                    Some(keys) => rtcp::write_pli(out, 1, ssrc)
+                        .ok()
+                        .and_then(|n| keys.tx.protect_rtcp(out, n).ok()),
+                    None => None,
+                };
+                if let Some(n) = sent {
+                    tx.send(n, src);
+                    self.stats.sent(n);
+                    self.stats.inc(Counter::PliSent);
+                    let endpoint = publisher.id;
+                    self.events
+                        .push(Event::KeyframeRequested { endpoint, ssrc }, &mut self.stats);
+                }
+            } else {
+                self.stats.drop(DropReason::PoolExhausted);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        buf: &mut [u8],
+    ) -> Result<(), DropReason> {
+        if buf.len() < 8 {
+            return Err(DropReason::Malformed);
+        }
+        let sender = wire::be32(buf, 4);
+        let slot = self
+            .by_addr
+            .get(&src)
+            .or_else(|| self.rtcp_ssrcs.get(&sender))
+            .copied()
+            .or_else(|| self.producers.get(&sender).map(|p| p.endpoint))
+            .ok_or(DropReason::UnknownSource)?;
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
+        if ep.transport.remote.is_some_and(|r| r != src) {
+            return Err(DropReason::AddressMismatch);
+        }
+        let keys = ep.transport.keys.as_mut().ok_or(DropReason::NotConnected)?;
+        let len = keys.rx.unprotect_rtcp(buf).map_err(DropReason::from_srtp)?;
+        let compound = buf.get(..len).ok_or(DropReason::Malformed)?;
+        let learnt = ep.transport.authentic_from(src, now)?;
+        self.stats.inc(Counter::RtcpIn);
+        for item in RtcpIter::new(compound) {
+            let media_ssrc = match item {
+                Ok(RtcpPacket::Pli(p)) => p.media_ssrc(),
+                Ok(RtcpPacket::Fir(f)) => match f.entries().next() {
+                    Some((ssrc, _)) => ssrc,
+                    None => continue,
+                },
+                Ok(_) => continue,
+                Err(_) => {
+                    // Authentic but malformed from here on: what came
+                    // before was handled; the rest is counted and dropped.
+                    self.stats.drop(DropReason::Malformed);
+                    break;
+                }
+            };
+            // Only this endpoint's own consumers: the source is a producer
+            // of its room (see `apply_consumers`).
+            let source = ep
+                .consumers
+                .iter()
+                .find(|c| c.ssrc == media_ssrc && c.attached)
+                .and_then(|c| c.source);
+            if let Some(p) = source.and_then(|s| self.producers.get_mut(&s)) {
+                p.keyframe_wanted = true;
+            }
+        }
+        if learnt {
+            self.by_addr.insert(src, slot);
+            self.schedule(slot, now);
+        }
+        Ok(())
+    }
+
+    /// Binds a simulcast layer of the WebRTC endpoint at `src` to `ssrc`
+    /// from an authentic packet carrying the layer's `rid`; see
+    /// [`webrtc`]'s "Simulcast by `rid`". The packet is consumed.
+    fn bind_rid(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        ssrc: u32,
+        buf: &mut [u8],
+    ) -> Result<(), DropReason> {
+        let slot = *self.by_addr.get(&src).ok_or(DropReason::UnknownSource)?;
+        if self.ssrc_taken(ssrc) {
+            return Err(DropReason::UnknownSource);
+        }
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return Err(DropReason::UnknownSource);
+        };
+        let (Some(w), Some(keys)) = (
+            ep.transport.webrtc.as_deref_mut(),
+            ep.transport.keys.as_mut(),
+        ) else {
+            return Err(DropReason::UnknownSource);
+        };
+        if !w.has_unbound_rid() {
+            return Err(DropReason::UnknownSource);
+        }
+        let ext = w.rid_extension.ok_or(DropReason::UnknownSource)?;
+        // Authentication first: nothing is learnt from a forged packet.
+        let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        let packet = buf
+            .get(..len)
+            .and_then(|plain| RtpPacket::new_checked(plain).ok())
+            .ok_or(DropReason::Malformed)?;
+        // Authentic, so it counts for congestion control whatever follows.
+        w.record_arrival(&packet, now);
+        if ep.tracks.len() >= self.config.max_tracks_per_endpoint {
+            return Err(DropReason::UnknownSource);
+        }
+        let rid = packet.extension(ext).ok_or(DropReason::UnknownSource)?;
+        let layer = w
+            .unbound_rid(rid, packet.payload_type())
+            .ok_or(DropReason::UnknownSource)?;
+        layer.ssrc = Some(ssrc);
+        let track = TrackConfig {
+            kind: layer.track.kind,
+            ssrc,
+            payload_type: layer.track.payload_type,
+        };
+        ep.tracks.push(track);
+        let room = ep.room;
+        let event = Event::ProducerBound {
+            endpoint: ep.id,
+            ssrc,
+            rid: layer.track.rid.as_str().into(),
+            kind: track.kind,
+        };
+        self.add_producer(slot, track);
+        self.stats.inc(Counter::SimulcastLayersBound);
+        self.events.push(event, &mut self.stats);
+        self.producers_added(slot, room, &[track]);
+        self.schedule(slot, now);
+        Ok(())
+    }
+
+    /// Makes `track` of the endpoint in `slot` a producer (no consumers yet).
+    fn add_producer(&mut self, slot: u32, track: TrackConfig) {
+        self.producers.insert(
+            track.ssrc,
+            Producer {
+                endpoint: slot,
+                kind: track.kind,
+                payload_type: track.payload_type,
+                fanout: Vec::new(),
+                keyframe_wanted: false,
+                last_pli: None,
+            },
+        );
+    }
+
+    /// New producers `tracks` of the endpoint in `publisher`: each other
+    /// subscriber of the room that wants them attaches them, touching only
+    /// that subscriber's own consumers (no re-sync of the room): an
+    /// explicit slot waiting for one of these SSRCs attaches, an `All`
+    /// subscriber reuses a detached slot of the kind or gets a new one.
+    fn producers_added(&mut self, publisher: u32, room: RoomId, tracks: &[TrackConfig]) {
+        let members = self.rooms.get(&room).map_or(0, |r| r.endpoints.len());
+        for i in 0..members {
+            let Some(&slot) = self.rooms.get(&room).and_then(|r| r.endpoints.get(i)) else {
+                break;
+            };
+            if slot != publisher {
+                self.offer_producers(slot, tracks);
+            }
+        }
+    }
+
+    /// Attaches what the subscriber in `slot` wants of `tracks` (new
+    /// producers of its room).
+    fn offer_producers(&mut self, slot: u32, tracks: &[TrackConfig]) {
+        let max = self.config.max_consumers_per_endpoint;
+        let Self {
+            endpoints,
+            producers,
+            stats,
+            ..
+        } = self;
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        if !ep.role.subscribes() {
+            return;
+        }
+        let pts = ep.transport.webrtc.as_ref().map_or((None, None), |w| {
+            (w.video_payload_type, w.audio_payload_type)
+        });
+        let all = matches!(ep.subscription, Subscription::All);
+        for t in tracks {
+            // An explicit slot waiting for this SSRC (in `All` mode a slot's
+            // old source coming back is reused the same way).
+            let waiting = ep
+                .consumers
+                .iter()
+                .position(|c| !c.attached && c.source == Some(t.ssrc));
+            let index = match waiting {
+                Some(i) => i,
+                None if !all => continue,
+                None => {
+                    // A detached slot of the kind whose source is gone.
+                    let free = ep.consumers.iter().position(|c| {
+                        c.kind == t.kind
+                            && !c.attached
+                            && c.source.is_none_or(|s| !producers.contains_key(&s))
+                    });
+                    match free {
+                        Some(i) => i,
+                        None if ep.consumers.len() >= max => {
+                            stats.inc(Counter::ConsumersOverLimit);
+                            continue;
+                        }
+                        None => {
+                            let per_kind =
+                                ep.consumers.iter().filter(|c| c.kind == t.kind).count() as u16;
+                            let c = new_consumer(ep, t.kind, per_kind);
+                            ep.consumers.push(c);
+                            ep.consumers.len() - 1
+                        }
+                    }
+                }
+            };
+            if let Some(c) = ep.consumers.get_mut(index) {
+                attach(producers, slot, index as u16, c, t.ssrc, pts);
+            }
+        }
+    }
+
+    pub(super) fn add_endpoint(
+        &mut self,
+        cfg: EndpointConfig,
+        transport: Option<WebrtcTransport>,
+        now: Instant,
+    ) -> Result<Outcome, RouterError> {
+        let room = self.rooms.get(&cfg.room).ok_or(RouterError::UnknownRoom)?;
+        if self.by_id.contains_key(&cfg.id) {
+            return Err(RouterError::EndpointExists);
+        }
+        if self.by_id.len() >= self.config.max_endpoints {
+            return Err(RouterError::TooMany("endpoints per worker"));
+        }
+        if room.endpoints.len() >= self.config.max_endpoints_per_room {
+            return Err(RouterError::TooMany("endpoints per room"));
+        }
+        let rid_layers = transport.as_ref().map_or(0, |t| t.rid_tracks.len());
+        if cfg.tracks.len() + rid_layers > self.config.max_tracks_per_endpoint {
+            return Err(RouterError::TooMany("tracks per endpoint"));
+        }
+        if transport.is_some() {
+            let pending = |slots: &mut dyn Iterator<Item = u32>| {
+                slots
+                    .filter(|&s| self.endpoint(s).is_some_and(|e| e.transport.pending()))
+                    .count()
+            };
+            if pending(&mut room.endpoints.iter().copied())
+                >= self.config.max_pending_webrtc_per_room
+            {
+                return Err(RouterError::TooMany("unconnected WebRTC sessions per room"));
+            }
+            if pending(&mut (0..self.endpoints.len() as u32)) >= self.config.max_pending_webrtc {
+                return Err(RouterError::TooMany(
+                    "unconnected WebRTC sessions per worker",
+                ));
+            }
+        }
+        if !cfg.role.publishes() && !cfg.tracks.is_empty() {
+            return Err(RouterError::Invalid(
+                "a subscribe-only endpoint publishes no tracks",
+            ));
+        }
+        for (i, t) in cfg.tracks.iter().enumerate() {
+            if t.payload_type > 127 {
+                return Err(RouterError::Invalid("payload type above 127"));
+            }
+            let dup_own = cfg.tracks[..i].iter().any(|o| o.ssrc == t.ssrc);
+            if dup_own || self.ssrc_taken(t.ssrc) {
+                return Err(RouterError::DuplicateSsrc(t.ssrc));
+            }
+        }
+        if let Some(s) = cfg.rtcp_ssrc
+            && (self.ssrc_taken(s) || cfg.tracks.iter().any(|t| t.ssrc == s))
+        {
+            return Err(RouterError::DuplicateSsrc(s));
+        }
+        if cfg.role.subscribes() {
+            self.check_subscription(cfg.role, &cfg.subscription)?;
+        }
+        if cfg.remote.is_some_and(|a| self.by_addr.contains_key(&a)) {
+            return Err(RouterError::Invalid(
+                "another endpoint has this remote address",
+            ));
+        }
+        if let Some(t) = &transport {
+            if !t.rid_tracks.is_empty() && !cfg.role.publishes() {
+                return Err(RouterError::Invalid(
+                    "a subscribe-only endpoint publishes no tracks",
+                ));
+            }
+            for (i, r) in t.rid_tracks.iter().enumerate() {
+                if r.payload_type > 127 {
+                    return Err(RouterError::Invalid("payload type above 127"));
+                }
+                if r.rid.is_empty() || t.rid_tracks[..i].iter().any(|o| o.rid == r.rid) {
+                    return Err(RouterError::Invalid("empty or repeated rid"));
+                }
+            }
+            if cfg.remote.is_some() {
+                return Err(RouterError::Invalid(
+                    "a WebRTC endpoint's address comes from ICE",
+                ));
+            }
+            let ufrag = &t.ice.local_ufrag;
+            if ufrag.is_empty() || ufrag.contains(':') || t.ice.local_pwd.is_empty() {
+                return Err(RouterError::Invalid("bad ICE credentials"));
+            }
+            if self.by_ufrag.contains_key(ufrag.as_str()) {
+                return Err(RouterError::Invalid("ICE ufrag in use"));
+            }
+        }
+        let webrtc = match transport {
+            Some(t) => {
+                let cert = self
+                    .dtls_cert
+                    .as_ref()
+                    .ok_or(RouterError::Invalid("no DTLS certificate on this worker"))?;
+                let state = WebrtcState::new(t, cert, now)
+                    .map_err(|_| RouterError::Invalid("DTLS session could not be created"))?;
+                Some(Box::new(state))
+            }
+            None => None,
+        };
+        let keys = match webrtc {
+            Some(_) => None,
+            None => Some(self.sdes_keys(&cfg)?),
+        };
+
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let ep = Endpoint {
+            id: cfg.id,
+            room: cfg.room,
+            role: cfg.role,
+            transport: Transport {
+                keys,
+                webrtc,
+                remote: cfg.remote,
+                learnt_at: None,
+                created: now,
+                armed: None,
+            },
+            tracks: cfg.tracks,
+            rtcp_ssrc: cfg.rtcp_ssrc,
+            subscription: cfg.subscription,
+            consumers: Vec::new(),
+            ssrc_base: ssrc_base(cfg.id),
+            generation: self.next_generation,
+        };
+        let ufrag = ep
+            .transport
+            .webrtc
+            .as_ref()
+            .map(|w| Box::<str>::from(w.ice.local_ufrag.as_str()));
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.endpoints[s as usize] = Some(ep);
+                s
+            }
+            None => {
+                self.endpoints.push(Some(ep));
+                (self.endpoints.len() - 1) as u32
+            }
+        };
+        if let Some(u) = ufrag {
+            self.by_ufrag.insert(u, slot);
+        }
+        self.finish_add(slot, cfg.id, cfg.remote, cfg.rtcp_ssrc, cfg.room, now)
+    }
+
+    /// SRTP contexts from keys exchanged out of band.
+    fn sdes_keys(&self, cfg: &EndpointConfig) -> Result<SrtpPair, RouterError> {
+        let pair = SrtpPair::new(
+            cfg.profile,
+            &cfg.remote_master,
+            &cfg.local_master,
+            self.config.srtp,
+        )?;
+        Ok(pair)
+    }
+
+    /// Indexes a new endpoint and creates its producers and consumers.
+    fn finish_add(
+        &mut self,
+        slot: u32,
+        id: EndpointId,
+        remote: Option<SocketAddr>,
+        rtcp_ssrc: Option<u32>,
+        room: RoomId,
+        now: Instant,
+    ) -> Result<Outcome, RouterError> {
+        self.by_id.insert(id, slot);
+        if let Some(a) = remote {
+            self.by_addr.insert(a, slot);
+        }
+        if let Some(s) = rtcp_ssrc {
+            self.rtcp_ssrcs.insert(s, slot);
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.endpoints.push(slot);
+        }
+
+        // Its tracks become producers; waiting consumers attach to them.
+        let tracks = self
+            .endpoint(slot)
+            .map(|e| e.tracks.clone())
+            .unwrap_or_default();
+        for &t in &tracks {
+            self.add_producer(slot, t);
+        }
+        self.sync_consumers(slot);
+        if !tracks.is_empty() {
+            self.producers_added(slot, room, &tracks);
+        }
+        self.schedule(slot, now);
+        Ok(Outcome::Consumers(self.consumer_infos(slot)))
+    }
+
+    pub(super) fn remove_endpoint(&mut self, id: EndpointId) -> Result<(), RouterError> {
+        let slot = self.by_id.remove(&id).ok_or(RouterError::UnknownEndpoint)?;
+        let ep = self
+            .endpoints
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+            .ok_or(RouterError::UnknownEndpoint)?;
+        // Its consumers leave their producers' fan-out lists.
+        for c in &ep.consumers {
+            if let (true, Some(p)) = (
+                c.attached,
+                c.source.and_then(|s| self.producers.get_mut(&s)),
+            ) {
+                p.fanout.retain(|&(s, _)| s != slot);
+            }
+        }
+        // Its producers go; consumers fed by them detach and wait.
+        for t in &ep.tracks {
+            if let Some(p) = self.producers.remove(&t.ssrc) {
+                for (s, c) in p.fanout {
+                    if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
+                        && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+                    {
+                        consumer.attached = false;
+                    }
+                }
+            }
+        }
+        if let Some(a) = ep.transport.remote
+            && self.by_addr.get(&a) == Some(&slot)
+        {
+            self.by_addr.remove(&a);
+        }
+        if let Some(s) = ep.rtcp_ssrc {
+            self.rtcp_ssrcs.remove(&s);
+        }
+        if let Some(w) = &ep.transport.webrtc {
+            self.by_ufrag.remove(w.ice.local_ufrag.as_str());
+        }
+        // Consumers it fed were detached above; an `All` subscriber reuses
+        // such a slot for the next producer, an explicit slot waits for its
+        // producer to come back.
+        if let Some(room) = self.rooms.get_mut(&ep.room) {
+            room.endpoints.retain(|&s| s != slot);
+        }
+        self.free.push(slot);
+        Ok(())
+    }
+
+    pub(super) fn check_subscription(
+        &self,
+        role: Role,
+        sub: &Subscription,
+    ) -> Result<(), RouterError> {
+        if !role.subscribes() {
+            return Err(RouterError::Invalid(
+                "a publish-only endpoint has no subscription",
+            ));
+        }
+        if let Subscription::Explicit { video, audio } = sub {
+            if video.len() + audio.len() > self.config.max_consumers_per_endpoint {
+                return Err(RouterError::TooMany("consumers per endpoint"));
+            }
+            if video.len() > usize::from(u16::MAX) || audio.len() > usize::from(u16::MAX) {
+                return Err(RouterError::TooMany("slots per kind"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings an endpoint's consumers in line with its subscription and the
+    /// room's producers: creates, re-points and detaches slots, keeping each
+    /// slot's SSRC and numbering.
+    pub(super) fn sync_consumers(&mut self, slot: u32) {
+        let Some(ep) = self.endpoint(slot) else {
+            return;
+        };
+        if !ep.role.subscribes() {
+            return;
+        }
+        // The wanted (kind, slot) -> producer SSRC assignment.
+        let mut wanted: Vec<(MediaKind, Option<u32>)> = Vec::new();
+        match &ep.subscription {
+            Subscription::Explicit { video, audio } => {
+                wanted.extend(video.iter().map(|&s| (MediaKind::Video, Some(s))));
+                wanted.extend(audio.iter().map(|&s| (MediaKind::Audio, Some(s))));
+            }
+            Subscription::All => {
+                // Keep existing slots on their producers; fill free slots of
+                // the same kind before adding new ones.
+                let Some(room) = self.rooms.get(&ep.room) else {
+                    return;
+                };
+                let mut room_producers: Vec<(u32, MediaKind)> = room
+                    .endpoints
+                    .iter()
+                    .filter(|&&s| s != slot)
+                    .filter_map(|&s| self.endpoint(s))
+                    .flat_map(|e| e.tracks.iter().map(|t| (t.ssrc, t.kind)))
+                    .collect();
+                room_producers.sort_unstable();
+                for c in &ep.consumers {
+                    let keep = c
+                        .source
+                        .filter(|s| room_producers.iter().any(|(p, _)| p == s));
+                    wanted.push((c.kind, keep));
+                }
+                for (ssrc, kind) in room_producers {
+                    if wanted.iter().any(|&(_, s)| s == Some(ssrc)) {
+                        continue;
+                    }
+                    match wanted.iter_mut().find(|(k, s)| *k == kind && s.is_none()) {
+                        Some(free) => free.1 = Some(ssrc),
+                        None => wanted.push((kind, Some(ssrc))),
+                    }
+                }
+            }
+        }
+        if wanted.len() > self.config.max_consumers_per_endpoint {
+            // Only `All` can get here (explicit lists are checked): the
+            // subscriber misses the room's newest producers, counted.
+            let over = wanted.len() - self.config.max_consumers_per_endpoint;
+            self.stats.add(Counter::ConsumersOverLimit, over as u64);
+            wanted.truncate(self.config.max_consumers_per_endpoint);
+        }
+        self.apply_consumers(slot, &wanted);
+    }
+
+    /// Rooms are a security boundary: a slot attaches only to a producer of
+    /// its endpoint's room. An SSRC that is unknown, or a producer of another
+    /// room, gets the same answer as one not published yet: an unattached
+    /// slot (nothing tells the two apart), which attaches if a producer with
+    /// that SSRC appears in the endpoint's own room.
+    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)]) {
+        let Self {
+            endpoints,
+            producers,
+            ..
+        } = self;
+        // The producers of the endpoint's room, as (SSRC, publisher slot)
+        // pairs resolved through the publisher's room.
+        let Some(room) = endpoints
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|e| e.room)
+        else {
+            return;
+        };
+        let in_room =
+            |producers: &HashMap<u32, Producer>, endpoints: &[Option<Endpoint>], s: u32| {
+                producers.get(&s).is_some_and(|p| {
+                    endpoints
+                        .get(p.endpoint as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| e.room == room)
+                })
+            };
+        let allowed: Vec<Option<u32>> = wanted
+            .iter()
+            .map(|&(_, s)| s.filter(|&s| in_room(producers, endpoints, s)))
+            .collect();
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let (video_pt, audio_pt) = ep.transport.webrtc.as_ref().map_or((None, None), |w| {
+            (w.video_payload_type, w.audio_payload_type)
+        });
+        // Drop surplus slots (and their fan-out entries).
+        while ep.consumers.len() > wanted.len() {
+            let index = (ep.consumers.len() - 1) as u16;
+            let Some(c) = ep.consumers.pop() else {
+                break;
+            };
+            if let (true, Some(p)) = (c.attached, c.source.and_then(|s| producers.get_mut(&s))) {
+                p.fanout.retain(|&e| e != (slot, index));
+            }
+        }
+        for (i, (&(kind, source), &available)) in wanted.iter().zip(&allowed).enumerate() {
+            let index = i as u16;
+            if ep.consumers.get(i).is_none_or(|c| c.kind != kind) {
+                // A new slot, or a slot whose kind changed: start afresh.
+                if let Some(old) = ep.consumers.get(i)
+                    && let (true, Some(p)) =
+                        (old.attached, old.source.and_then(|s| producers.get_mut(&s)))
+                {
+                    p.fanout.retain(|&e| e != (slot, index));
+                }
+                let per_kind = wanted[..i].iter().filter(|(k, _)| *k == kind).count() as u16;
+                let c = new_consumer(ep, kind, per_kind);
+                match ep.consumers.get_mut(i) {
+                    Some(old) => *old = c,
+                    None => ep.consumers.push(c),
+                }
+            }
+            let Some(c) = ep.consumers.get_mut(i) else {
+                continue;
+            };
+            let same = c.attached && c.source == available;
+            if same {
+                continue;
+            }
+            if c.attached {
+                if let Some(p) = c.source.and_then(|s| producers.get_mut(&s)) {
+                    p.fanout.retain(|&e| e != (slot, index));
+                }
+                c.attached = false;
+            }
+            c.source = source;
+            if let Some(s) = available {
+                attach(producers, slot, index, c, s, (video_pt, audio_pt));
+            }
+        }
+    }
+
+    pub(super) fn consumer_infos(&self, slot: u32) -> Vec<ConsumerInfo> {
+        self.endpoint(slot)
+            .map(|e| {
+                e.consumers
+                    .iter()
+                    .map(|c| ConsumerInfo {
+                        kind: c.kind,
+                        slot: c.slot,
+                        ssrc: c.ssrc,
+                        producer_ssrc: if c.attached { c.source } else { None },
+                        payload_type: c.payload_type,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ssrc_taken(&self, ssrc: u32) -> bool {
+        self.producers.contains_key(&ssrc) || self.rtcp_ssrcs.contains_key(&ssrc)
+    }
+}
+
+/// A new, unattached consumer slot `per_kind` of `kind` for `ep`: its SSRC
+/// is stable per (kind, slot), and a slot that had this SSRC before
+/// continues its numbering, so no packet index (GCM nonce) is used twice
+/// under the endpoint's key.
+fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
+    let ssrc = ep.ssrc_base.wrapping_add(
+        u32::from(per_kind)
+            + if kind == MediaKind::Audio {
+                0x1_0000
+            } else {
+                0
+            },
+    );
+    let previous = ep
+        .transport
+        .keys
+        .as_ref()
+        .and_then(|k| k.tx.rtp_index(ssrc));
+    let first_seq = previous.map_or((ep.ssrc_base >> 3) as u16, |h| (h as u16).wrapping_add(1));
+    Consumer {
+        kind,
+        slot: per_kind,
+        ssrc,
+        payload_type: 0,
+        source: None,
+        attached: false,
+        rewriter: StreamRewriter::new(kind.clock_rate(), first_seq, ep.ssrc_base.rotate_left(11)),
+        tx_stream: ep
+            .transport
+            .keys
+            .as_mut()
+            .map(|k| k.tx.add_rtp_stream(ssrc)),
+    }
+}
+
+/// Attaches consumer `c` (slot `index` of the endpoint in `slot`) to the
+/// producer `ssrc`, if it exists: joins its fan-out, takes its payload
+/// type (or the subscriber's number for the kind, `pts` = video, audio),
+/// resynchronises the rewriter and asks for a keyframe for video.
+fn attach(
+    producers: &mut HashMap<u32, Producer>,
+    slot: u32,
+    index: u16,
+    c: &mut Consumer,
+    ssrc: u32,
+    pts: (Option<u8>, Option<u8>),
+) {
+    let Some(p) = producers.get_mut(&ssrc) else {
+        return;
+    };
+    p.fanout.push((slot, index));
+    c.source = Some(ssrc);
+    c.attached = true;
+    c.payload_type = match p.kind {
+        MediaKind::Video => pts.0,
+        MediaKind::Audio => pts.1,
+    }
+    .unwrap_or(p.payload_type);
+    c.rewriter.set_clock_rate(p.kind.clock_rate());
+    c.rewriter.resync();
+    if p.kind == MediaKind::Video {
+        p.keyframe_wanted = true;
+    }
+}

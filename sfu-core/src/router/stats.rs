@@ -1,0 +1,283 @@
+//! The router's counters: one enum-indexed table, declared once.
+//!
+//! Every counter is a variant of [`Counter`] (with its metric name and help
+//! text next to it); drops count by [`DropReason`] and self-removals by
+//! [`RemovalReason`]. [`RouterStats`] holds plain integers indexed by
+//! those enums (the router is single-threaded); the packet path copies the
+//! three arrays into atomics after each batch, and the control plane writes
+//! `/metrics` and `/v1/load` by iterating `ALL` of each enum, so adding a
+//! counter is one line here and nothing else.
+
+use crate::srtp::SrtpError;
+
+/// Declares an enum of counters with a stable name and a help text each,
+/// plus `COUNT`, `ALL`, `name()`, `help()` and `index()`.
+///
+/// ```
+/// sfu_core::counter_table! {
+///     /// Counters of a widget.
+///     pub enum WidgetCounter {
+///         /// Widgets made.
+///         Made => "widgets_made", "Widgets made.";
+///     }
+/// }
+/// assert_eq!(WidgetCounter::Made.name(), "widgets_made");
+/// assert_eq!(WidgetCounter::ALL.len(), WidgetCounter::COUNT);
+/// ```
+#[macro_export]
+macro_rules! counter_table {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $label:literal, $help:literal; )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in index order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Number of variants.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable name (metric label or metric name stem).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $label, )+
+                }
+            }
+
+            /// One-line description (metric help text).
+            pub fn help(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $help, )+
+                }
+            }
+
+            /// Position in [`Self::ALL`] (and in counter arrays).
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+counter_table! {
+    /// The router's event counters. Each is exported as
+    /// `sfu_<name>_total{worker}`.
+    pub enum Counter {
+        /// Datagrams handled.
+        RxPackets => "rx_packets", "Datagrams received by the worker.";
+        /// Bytes of datagrams handled.
+        RxBytes => "rx_bytes", "Bytes of datagrams received by the worker.";
+        /// Egress datagrams written (media, RTCP, STUN, DTLS).
+        TxPackets => "tx_packets", "Datagrams sent by the worker.";
+        /// Bytes of egress datagrams.
+        TxBytes => "tx_bytes", "Bytes of datagrams sent by the worker.";
+        /// RTP packets authenticated and fanned out.
+        RtpIn => "rtp_in", "RTP packets authenticated and fanned out by the worker.";
+        /// SRTCP packets authenticated.
+        RtcpIn => "rtcp_in", "SRTCP packets authenticated by the worker.";
+        /// PLIs sent to publishers.
+        PliSent => "pli_sent", "Picture loss indications (PLI) the worker sent to publishers.";
+        /// Valid ICE checks answered.
+        IceChecks => "ice_checks", "Valid ICE connectivity checks the worker answered.";
+        /// DTLS handshakes completed (SRTP keys installed).
+        DtlsHandshakes => "dtls_handshakes", "DTLS handshakes the worker completed (SRTP keys installed).";
+        /// Endpoints whose ICE consent (or learnt address) expired.
+        ConsentExpired => "ice_consent_expired", "Endpoints of the worker whose ICE consent expired.";
+        /// Simulcast layers bound to an SSRC by an authentic packet (each
+        /// such packet is consumed by the bind, not forwarded nor dropped).
+        SimulcastLayersBound => "simulcast_layers_bound", "Simulcast layers the worker bound to an SSRC from an authentic packet.";
+        /// Transport-cc feedback packets sent to publishers.
+        TwccFeedbackSent => "twcc_feedback_sent", "Transport-cc feedback packets the worker sent to publishers.";
+        /// Producers an `All` subscriber did not get because it already had
+        /// `max_consumers_per_endpoint` consumers.
+        ConsumersOverLimit => "consumers_over_limit", "Producers an \"all\" subscriber on the worker did not get because it had reached limits.consumers_per_endpoint.";
+        /// Events lost because the control plane did not take them in time
+        /// (the router's event queue is bounded).
+        EventsDropped => "router_events_dropped", "Router events (connected, removed, ...) lost because the event queue was full.";
+    }
+}
+
+counter_table! {
+    /// Why a received datagram (or one egress copy of it) was dropped.
+    /// Exported as `sfu_drops_total{worker,reason}`.
+    #[non_exhaustive]
+    pub enum DropReason {
+        /// RTP/RTCP header malformed.
+        Malformed => "malformed", "RTP/RTCP/STUN malformed.";
+        /// First byte matches no protocol on this port.
+        UnknownProtocol => "unknown_protocol", "First byte matches no protocol on this port.";
+        /// STUN that is not a binding request (responses, indications).
+        StunUnhandled => "stun_unhandled", "STUN that is not a binding request.";
+        /// DTLS from an address that belongs to no WebRTC endpoint.
+        DtlsUnhandled => "dtls_unhandled", "DTLS from an address of no WebRTC endpoint.";
+        /// A binding request whose USERNAME names no endpoint's ufrag.
+        StunUnknownUser => "stun_unknown_user", "Binding request for no endpoint's ufrag.";
+        /// A binding request with a bad FINGERPRINT, MESSAGE-INTEGRITY or
+        /// remote ufrag.
+        StunAuthFailed => "stun_auth_failed", "Binding request with bad integrity, fingerprint or remote ufrag.";
+        /// A DTLS datagram the endpoint's session refused (garbage, alert,
+        /// certificate not matching the SDP fingerprint).
+        DtlsFailed => "dtls_failed", "DTLS datagram the session refused.";
+        /// Media to or from a WebRTC endpoint whose DTLS handshake has not
+        /// finished (or whose consent expired).
+        NotConnected => "not_connected", "Media to or from an endpoint that is not connected.";
+        /// No endpoint owns this SSRC or address.
+        UnknownSource => "unknown_source", "No endpoint owns this SSRC or address.";
+        /// The SSRC's endpoint has another remote address.
+        AddressMismatch => "address_mismatch", "The SSRC's endpoint has another address.";
+        /// SRTP/SRTCP shorter than its tag.
+        SrtpTruncated => "srtp_truncated", "SRTP/SRTCP shorter than its tag.";
+        /// SRTP/SRTCP authentication failed.
+        SrtpAuthFailed => "srtp_auth_failed", "SRTP/SRTCP authentication failed.";
+        /// SRTP/SRTCP replay.
+        SrtpReplayed => "srtp_replayed", "SRTP/SRTCP replayed.";
+        /// SRTP/SRTCP older than the replay window.
+        SrtpTooOld => "srtp_too_old", "SRTP/SRTCP older than the replay window.";
+        /// Any other SRTP refusal (table full, index exhausted).
+        SrtpOther => "srtp_other", "Other SRTP refusal (table full, index exhausted).";
+        /// No free send buffer for an egress copy.
+        PoolExhausted => "pool_exhausted", "No free send buffer for an egress copy.";
+        /// A consumer's subscriber has no known address yet.
+        SubscriberUnreachable => "subscriber_unreachable", "The subscriber has no known address.";
+        /// An egress copy could not be protected (too large for a buffer).
+        ProtectFailed => "protect_failed", "An egress copy could not be protected.";
+        /// A late packet from before a consumer's source switch.
+        StaleAfterSwitch => "stale_after_switch", "A late packet from before a source switch.";
+    }
+}
+
+impl DropReason {
+    /// Stable metric label (same as [`DropReason::name`]).
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
+
+    pub(crate) fn from_srtp(e: SrtpError) -> Self {
+        match e {
+            SrtpError::Malformed(_) => Self::Malformed,
+            SrtpError::Truncated => Self::SrtpTruncated,
+            SrtpError::AuthFailed => Self::SrtpAuthFailed,
+            SrtpError::Replayed => Self::SrtpReplayed,
+            SrtpError::TooOld => Self::SrtpTooOld,
+            _ => Self::SrtpOther,
+        }
+    }
+}
+
+counter_table! {
+    /// Why the router removed an endpoint by itself. Removal frees
+    /// everything the endpoint held (slot, SSRCs, ufrag, address), so the
+    /// same participant can join again at once. Exported as
+    /// `sfu_endpoints_removed_total{worker,reason}`.
+    #[non_exhaustive]
+    pub enum RemovalReason {
+        /// A WebRTC endpoint did not complete ICE + DTLS within
+        /// `RouterConfig::pending_webrtc_timeout`.
+        NeverConnected => "never_connected", "ICE + DTLS did not complete in time.";
+        /// A connected WebRTC endpoint had no valid ICE check for
+        /// `CONSENT_TIMEOUT` (RFC 7675; a closed browser tab).
+        ConsentLost => "consent_lost", "ICE consent lost (RFC 7675).";
+        /// The DTLS handshake failed (bad fingerprint, fatal alert, timeout).
+        DtlsFailed => "dtls_failed", "The DTLS handshake failed.";
+        /// The connected DTLS association was closed (close_notify or a
+        /// fatal alert from the peer).
+        DtlsClosed => "dtls_closed", "The DTLS association was closed.";
+    }
+}
+
+impl RemovalReason {
+    /// Stable metric label (same as [`RemovalReason::name`]).
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
+}
+
+/// Counters of one router, indexed by [`Counter`], [`DropReason`] and
+/// [`RemovalReason`]. Plain integers: the router is single-threaded; the
+/// packet path publishes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterStats {
+    /// By [`Counter::index`].
+    pub counters: [u64; Counter::COUNT],
+    /// By [`DropReason::index`].
+    pub drops: [u64; DropReason::COUNT],
+    /// By [`RemovalReason::index`].
+    pub removed: [u64; RemovalReason::COUNT],
+}
+
+impl Default for RouterStats {
+    fn default() -> Self {
+        Self {
+            counters: [0; Counter::COUNT],
+            drops: [0; DropReason::COUNT],
+            removed: [0; RemovalReason::COUNT],
+        }
+    }
+}
+
+impl RouterStats {
+    /// One counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter.index()]
+    }
+
+    /// The count for one drop reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    /// Endpoints removed for one reason.
+    pub fn removals(&self, reason: RemovalReason) -> u64 {
+        self.removed[reason.index()]
+    }
+
+    pub(crate) fn inc(&mut self, counter: Counter) {
+        self.counters[counter.index()] += 1;
+    }
+
+    pub(crate) fn add(&mut self, counter: Counter, n: u64) {
+        self.counters[counter.index()] += n;
+    }
+
+    /// Counts one egress datagram of `len` bytes.
+    pub(crate) fn sent(&mut self, len: usize) {
+        self.inc(Counter::TxPackets);
+        self.add(Counter::TxBytes, len as u64);
+    }
+
+    pub(crate) fn drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+
+    pub(crate) fn removal(&mut self, reason: RemovalReason) {
+        self.removed[reason.index()] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_indexed_in_declaration_order_with_unique_names() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::COUNT);
+        assert_eq!(DropReason::COUNT, 19);
+        assert_eq!(RemovalReason::ConsentLost.as_str(), "consent_lost");
+    }
+}
