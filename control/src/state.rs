@@ -4,9 +4,15 @@
 //! [`AppState`] mirrors the routers' rooms and endpoints in a [`Model`] so
 //! that every request is validated before a command reaches a worker, and
 //! so that listing never has to ask the workers. A mutation runs on a
-//! blocking thread (it waits for the worker's answer) and holds the
-//! `mutate` lock from validation to the model update, so two requests
-//! cannot both pass validation for the same room name or SSRC. The model
+//! blocking thread (it waits for the worker's answer; an idle worker
+//! answers in microseconds) and is serialised **per room**: it holds its
+//! room's lock (one of [`ROOM_LOCKS`] stripes, chosen by hashing the room
+//! name) from validation to the model update, so the changes of one room
+//! apply in order while other rooms go on in parallel. What several rooms
+//! share is reserved atomically under the model's write lock before the
+//! worker is asked, and released if it refuses: an endpoint's SSRCs and
+//! remote address. Room creation also takes a node-wide lock (room count
+//! and placement), held only across the worker's `CreateRoom`. The model
 //! itself sits behind a separate `RwLock` taken only for short reads and
 //! writes, so `GET` requests never wait for a worker.
 //!
@@ -36,7 +42,7 @@ use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
     Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo,
-    Role, RoomId, Subscription, TrackConfig, WebrtcTransport,
+    RemovalReason, Role, RoomId, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
@@ -44,6 +50,10 @@ use sfu_core::srtp::Profile;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use packet_path::{RequestError, WorkerHandle, WorkerStats};
+
+/// Lock stripes serialising room mutations: rooms hashing to the same
+/// stripe wait for each other, others run in parallel.
+pub const ROOM_LOCKS: usize = 64;
 
 /// Longest room name accepted.
 pub const MAX_ROOM_NAME: usize = 128;
@@ -57,8 +67,11 @@ pub struct AppState {
     workers: Vec<WorkerHandle>,
     /// The node's DTLS certificate (its fingerprint goes into SDP answers).
     dtls_cert: DtlsCert,
-    /// Serialises mutations from validation to model update.
-    mutate: Mutex<()>,
+    /// Serialise the mutations of one room (by hash of its name) from
+    /// validation to model update.
+    room_locks: Box<[Mutex<()>]>,
+    /// Serialises room creation (room count and placement).
+    placement: Mutex<()>,
     model: RwLock<Model>,
     rates: RwLock<Rates>,
     http_requests: Mutex<BTreeMap<(String, u16), u64>>,
@@ -284,7 +297,8 @@ impl AppState {
             advertised_ip,
             workers,
             dtls_cert,
-            mutate: Mutex::new(()),
+            room_locks: (0..ROOM_LOCKS).map(|_| Mutex::new(())).collect(),
+            placement: Mutex::new(()),
             model: RwLock::new(model),
             rates: RwLock::new(Rates::default()),
             http_requests: Mutex::new(BTreeMap::new()),
@@ -293,6 +307,13 @@ impl AppState {
             empty_since: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The lock serialising mutations of `room`.
+    fn serial(&self, room: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
+        lock(&self.room_locks[(hash % ROOM_LOCKS as u64) as usize])
     }
 
     /// The node's name.
@@ -466,7 +487,8 @@ impl AppState {
         worker: Option<usize>,
     ) -> Result<(usize, SocketAddr), ApiError> {
         validate_room_name(name)?;
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(name);
+        let _placement = lock(&self.placement);
         // A dead or stalled worker gets no new room.
         let healthy: Vec<bool> = self
             .workers
@@ -578,7 +600,7 @@ impl AppState {
     }
 
     fn delete_room_of(&self, name: &str, only_if_empty: bool) -> Result<(), ApiError> {
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(name);
         let (id, worker) = {
             let model = self.model();
             let room = model
@@ -615,7 +637,7 @@ impl AppState {
         new: NewEndpoint,
     ) -> Result<EndpointCreated, ApiError> {
         self.ensure_room(room)?;
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(room);
         let ssrcs = endpoint_ssrcs(&new)?;
         let producers: Vec<Producer> = new
             .tracks
@@ -626,26 +648,42 @@ impl AppState {
                 codec: assumed_codec(t.kind),
             })
             .collect();
+        // Check and reserve what other rooms share, atomically.
         let (room_id, worker, id, id_str) = {
-            let model = self.model();
+            let mut model = self.model_mut();
             let entry = model
                 .rooms
                 .get(room)
                 .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
+            let (room_id, worker) = (entry.id, entry.worker);
             if let Some(&taken) = ssrcs.iter().find(|s| model.ssrcs.contains(s)) {
                 return Err(ApiError::DuplicateSsrc(taken));
             }
             if let Some(remote) = new.remote
-                && model.remotes.contains(&(entry.worker, remote))
+                && model.remotes.contains(&(worker, remote))
             {
                 return Err(ApiError::RemoteInUse(remote));
             }
+            model.ssrcs.extend(ssrcs.iter().copied());
+            if let Some(remote) = new.remote {
+                model.remotes.insert((worker, remote));
+            }
             let (id, id_str) = model.fresh_endpoint_id();
-            (entry.id, entry.worker, id, id_str)
+            (room_id, worker, id, id_str)
         };
-        let media = self
-            .media_addr(worker)
-            .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
+        let release = || {
+            let mut model = self.model_mut();
+            for s in &ssrcs {
+                model.ssrcs.remove(s);
+            }
+            if let Some(remote) = new.remote {
+                model.remotes.remove(&(worker, remote));
+            }
+        };
+        let Some(media) = self.media_addr(worker) else {
+            release();
+            return Err(ApiError::Internal(format!("no worker {worker}")));
+        };
         let mut local_master = vec![0u8; new.profile.key_len() + new.profile.salt_len()];
         rand::rng().fill_bytes(&mut local_master);
         let config = EndpointConfig {
@@ -666,19 +704,19 @@ impl AppState {
                 Command::AddEndpoint(Box::new(config)),
                 Some(Command::RemoveEndpoint(id)),
             )
-            .map_err(|e| match e {
-                ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
-                e => e,
+            .map_err(|e| {
+                release();
+                match e {
+                    ApiError::UnknownRoom(_) => ApiError::UnknownRoom(room.to_owned()),
+                    e => e,
+                }
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
             Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
         };
+        // The SSRCs and remote address were reserved above.
         let mut model = self.model_mut();
-        model.ssrcs.extend(ssrcs.iter().copied());
-        if let Some(remote) = new.remote {
-            model.remotes.insert((worker, remote));
-        }
         if let Some(entry) = model.rooms.get_mut(room) {
             entry.endpoints.insert(id_str.clone());
         }
@@ -732,7 +770,7 @@ impl AppState {
         Finish: FnOnce(P, &[ConsumerInfo]) -> Result<T, E>,
     {
         self.ensure_room(room)?;
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(room);
         let (room_id, worker, rid_layers) = {
             let model = self.model();
             let entry = model
@@ -781,15 +819,23 @@ impl AppState {
             .ok_or_else(|| ApiError::Internal(format!("no worker {worker}")))?;
         let (new, prepared) = plan(&RoomContext { media, producers })?;
         let mut ssrcs: Vec<u32> = Vec::with_capacity(new.tracks.len());
+        // Check and reserve the SSRCs (other rooms share them), atomically.
         let (id, id_str) = {
-            let model = self.model();
+            let mut model = self.model_mut();
             for (t, _) in &new.tracks {
                 if ssrcs.contains(&t.ssrc) || model.ssrcs.contains(&t.ssrc) {
                     return Err(ApiError::DuplicateSsrc(t.ssrc).into());
                 }
                 ssrcs.push(t.ssrc);
             }
+            model.ssrcs.extend(ssrcs.iter().copied());
             model.fresh_endpoint_id()
+        };
+        let release = |ssrcs: &[u32]| {
+            let mut model = self.model_mut();
+            for s in ssrcs {
+                model.ssrcs.remove(s);
+            }
         };
         let config = EndpointConfig {
             id,
@@ -810,7 +856,10 @@ impl AppState {
                 Command::AddWebrtcEndpoint(Box::new(config), Box::new(new.transport)),
                 Some(Command::RemoveEndpoint(id)),
             )
-            .map_err(unknown_room)?;
+            .map_err(|e| {
+                release(&ssrcs);
+                unknown_room(e)
+            })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
             Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
@@ -824,11 +873,12 @@ impl AppState {
                         tracing::warn!(worker, error = %undo, "removing a refused WebRTC endpoint failed");
                     }
                 }
+                release(&ssrcs);
                 return Err(e);
             }
         };
+        // The SSRCs were reserved above.
         let mut model = self.model_mut();
-        model.ssrcs.extend(ssrcs.iter().copied());
         if let Some(entry) = model.rooms.get_mut(room) {
             entry.endpoints.insert(id_str.clone());
         }
@@ -871,7 +921,7 @@ impl AppState {
         endpoint: &str,
         subscription: Subscription,
     ) -> Result<Vec<ConsumerInfo>, ApiError> {
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(room);
         let (id, worker) = self.model().find_endpoint(room, endpoint)?;
         let outcome = self
             .request(worker, Command::SetSubscription(id, subscription), None)
@@ -894,36 +944,53 @@ impl AppState {
     pub fn reap_removed(&self) -> usize {
         let mut reaped = 0;
         for worker in 0..self.workers.len() {
-            let _serial = lock(&self.mutate);
             let removed = match self.request(worker, Command::TakeRemoved, None) {
                 Ok(Outcome::Removed(removed)) => removed,
                 Ok(_) | Err(_) => continue,
             };
-            let mut model = self.model_mut();
             for (id, reason) in removed {
-                let found = model
-                    .endpoints
-                    .iter()
-                    .find(|(_, e)| e.id == id && e.worker == worker)
-                    .map(|(name, e)| (name.clone(), e.room.clone()));
-                let Some((name, room)) = found else {
-                    continue;
-                };
-                if let Some(entry) = model.rooms.get_mut(&room) {
-                    entry.endpoints.remove(&name);
+                if self.forget_removed(worker, id, reason).is_some() {
+                    reaped += 1;
                 }
-                model.forget_endpoint(&name);
-                reaped += 1;
-                tracing::info!(
-                    worker,
-                    endpoint = %name,
-                    room = %room,
-                    reason = reason.as_str(),
-                    "the worker removed an endpoint"
-                );
             }
         }
         reaped
+    }
+
+    /// Forgets an endpoint the worker removed by itself (under its room's
+    /// lock); returns its name and room, or `None` if the model had already
+    /// forgotten it (a removal is reported both as an event and through
+    /// [`Command::TakeRemoved`]).
+    pub fn forget_removed(
+        &self,
+        worker: usize,
+        id: EndpointId,
+        reason: RemovalReason,
+    ) -> Option<(String, String)> {
+        let find = || {
+            self.model()
+                .endpoints
+                .iter()
+                .find(|(_, e)| e.id == id && e.worker == worker)
+                .map(|(name, e)| (name.clone(), e.room.clone()))
+        };
+        let (_, room) = find()?;
+        let _serial = self.serial(&room);
+        // Again under the lock: a DELETE may have come first.
+        let (name, room) = find()?;
+        let mut model = self.model_mut();
+        if let Some(entry) = model.rooms.get_mut(&room) {
+            entry.endpoints.remove(&name);
+        }
+        model.forget_endpoint(&name);
+        tracing::info!(
+            worker,
+            endpoint = %name,
+            room = %room,
+            reason = reason.as_str(),
+            "the worker removed an endpoint"
+        );
+        Some((name, room))
     }
 
     /// `DELETE /v1/rooms/{room}/endpoints/{id}`. Blocks on the worker.
@@ -949,7 +1016,7 @@ impl AppState {
         endpoint: &str,
         session: Option<Session>,
     ) -> Result<(), ApiError> {
-        let _serial = lock(&self.mutate);
+        let _serial = self.serial(room);
         let (id, worker) = {
             let model = self.model();
             let found = model.find_endpoint(room, endpoint)?;

@@ -362,6 +362,14 @@ pub struct Report {
     pub switch_ms_max: f64,
     /// Switches that overran `--switch-budget-ms` (their counts are unreliable).
     pub switch_overruns: u64,
+    /// Endpoints created through the API during setup (one at a time).
+    pub joins: usize,
+    /// Seconds all joins (endpoint creations) took together.
+    pub joins_s: f64,
+    /// Median time of one join (`POST .../endpoints` round trip), ms.
+    pub join_ms_p50: f64,
+    /// Slowest join, ms.
+    pub join_ms_max: f64,
     /// Per node worker: CPU seconds over the run.
     pub node_cpu_seconds: Vec<f64>,
     /// Per node worker: CPU seconds over the run / `duration_s`.
@@ -423,6 +431,11 @@ impl std::fmt::Display for Report {
             us(self.latency_us_p99),
             us(self.latency_us_max),
             self.latency_samples
+        )?;
+        writeln!(
+            f,
+            "joins {}: {:.2} s in all, p50 {:.2} ms, slowest {:.2} ms",
+            self.joins, self.joins_s, self.join_ms_p50, self.join_ms_max
         )?;
         if self.switches > 0 {
             writeln!(
@@ -542,7 +555,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         client: client.clone(),
         rooms: Vec::new(),
     };
-    let setups = set_up(opts, &plan, &client, &sockets, &mut guard, &mut rng)?;
+    let (setups, joins) = set_up(opts, &plan, &client, &sockets, &mut guard, &mut rng)?;
 
     let shared = Shared::new(&plan, recv_threads);
     let stop_receivers = AtomicBool::new(false);
@@ -686,7 +699,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         eprintln!("sfu-loadgen: GET /v1/load at the end failed: {e:#}");
         serde_json::Value::Null
     });
-    let report = build_report(
+    let mut report = build_report(
         opts,
         &plan,
         &shared,
@@ -698,6 +711,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             loadgen: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
         },
     );
+    report.joins = joins.times_ns.len();
+    report.joins_s = joins.total_ns as f64 / 1e9;
+    let mut times = joins.times_ns;
+    times.sort_unstable();
+    report.join_ms_p50 = times.get(times.len() / 2).map_or(0.0, |&t| t as f64 / 1e6);
+    report.join_ms_max = times.last().map_or(0.0, |&t| t as f64 / 1e6);
     drop(guard);
     Ok(report)
 }
@@ -778,7 +797,7 @@ fn set_up(
     sockets: &[PeerSocket],
     guard: &mut RoomsGuard,
     rng: &mut impl Rng,
-) -> anyhow::Result<Vec<PeerSetup>> {
+) -> anyhow::Result<(Vec<PeerSetup>, JoinTimes)> {
     let nonce: u16 = rng.random();
     let pid = std::process::id();
     let mut room_names = Vec::with_capacity(plan.rooms);
@@ -793,6 +812,11 @@ fn set_up(
     }
     let master_len = opts.profile.key_len() + opts.profile.salt_len();
     let mut setups = Vec::with_capacity(plan.peers.len());
+    let mut joins = JoinTimes {
+        times_ns: Vec::with_capacity(plan.peers.len()),
+        total_ns: 0,
+    };
+    let all_joins = Instant::now();
     for (p, peer) in plan.peers.iter().enumerate() {
         let mut master = vec![0u8; master_len];
         rng.fill(&mut master[..]);
@@ -812,6 +836,7 @@ fn set_up(
             (_, None) => Subscribe::All,
         };
         let room = &room_names[peer.room];
+        let join = Instant::now();
         let endpoint = client
             .create_endpoint(
                 room,
@@ -826,6 +851,7 @@ fn set_up(
                 },
             )
             .with_context(|| format!("creating endpoint {p} in room {room}"))?;
+        joins.times_ns.push(join.elapsed().as_nanos() as u64);
         setups.push(PeerSetup {
             room: room.clone(),
             id: endpoint.id,
@@ -835,7 +861,16 @@ fn set_up(
             consumers: endpoint.consumers,
         });
     }
-    Ok(setups)
+    joins.total_ns = all_joins.elapsed().as_nanos() as u64;
+    Ok((setups, joins))
+}
+
+/// How long the endpoint creations of setup took.
+struct JoinTimes {
+    /// Each join's round trip, in order.
+    times_ns: Vec<u64>,
+    /// All joins, from the first request to the last answer.
+    total_ns: u64,
 }
 
 /// Counters the threads publish while running.
@@ -992,6 +1027,10 @@ fn build_report(
         switch_errors: outcome.switches.errors,
         switch_ms_max: outcome.switches.slowest_ns as f64 / 1e6,
         switch_overruns: outcome.switches.overruns,
+        joins: 0,
+        joins_s: 0.0,
+        join_ms_p50: 0.0,
+        join_ms_max: 0.0,
         node_cpu_utilisation: node_cpu_seconds.iter().map(|c| c / duration_s).collect(),
         node_cpu_seconds,
         node_load: cpu.node_after,
