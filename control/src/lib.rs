@@ -81,6 +81,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -211,18 +212,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
-    let state = Arc::new(AppState::new(
-        resolved.node_id.clone(),
-        resolved.advertised_ip,
-        node.workers().to_vec(),
-        dtls_cert,
-        config.limits,
-        state::RoomPolicy {
-            on_demand: config.rooms_on_demand,
-            empty_timeout: (config.empty_room_timeout_secs > 0)
-                .then(|| Duration::from_secs(config.empty_room_timeout_secs)),
-        },
-    ));
+    let webhook = config.webhook.url.clone().map(|url| events::WebhookTarget {
+        url,
+        secret: config.api_secret.as_bytes().to_vec(),
+        timeout: Duration::from_millis(config.webhook.timeout_ms),
+        retries: config.webhook.retries,
+    });
+    let events = events::Events::new(resolved.node_id.clone(), webhook);
+    let state = Arc::new(
+        AppState::new(
+            resolved.node_id.clone(),
+            resolved.advertised_ip,
+            node.workers().to_vec(),
+            dtls_cert,
+            config.limits,
+            state::RoomPolicy {
+                on_demand: config.rooms_on_demand,
+                empty_timeout: (config.empty_room_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.empty_room_timeout_secs)),
+            },
+        )
+        .with_events(events),
+    );
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();
         tracing::info!(
@@ -247,6 +258,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!(
             "the API secret is the public development secret; set api_secret before serving anything but loopback"
         );
+    }
+    if let Some(url) = &config.webhook.url {
+        tracing::info!(url, "webhooks on");
+        if config.webhook.is_unencrypted_remote() {
+            tracing::warn!(
+                url,
+                "webhook.url is plain http to a remote host: events travel unencrypted (only their signature protects them); prefer https"
+            );
+        }
     }
     if resolved.advertised_ip.is_unspecified() {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
@@ -392,6 +412,8 @@ impl Running {
     /// workers.
     pub async fn shutdown(mut self) {
         self.state.set_draining();
+        // Event streams would otherwise hold their connections open.
+        self.state.events().close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -408,6 +430,7 @@ impl Running {
     }
 
     async fn stop_rest(mut self) {
+        self.state.events().close();
         self.sampler.abort();
         self.supervisor.abort();
         if let Some(node) = self.node.take() {
