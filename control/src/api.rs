@@ -397,6 +397,8 @@ async fn events(
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) would otherwise buffer the stream.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
         ],
         state.events().stream_body(query.room),
     )

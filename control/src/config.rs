@@ -1516,6 +1516,79 @@ pool_buffers = 100
         assert!(http.max_header_bytes.is_some() && http.max_headers.is_some());
         assert!(http.session_rate_per_ip.is_some() && http.session_burst_per_ip.is_some());
         assert!(http.session_rate_per_token.is_some() && http.session_burst_per_token.is_some());
+        let webhook = layer.webhook.expect("the [webhook] table");
+        assert!(webhook.url.is_some());
+        let mut documented = WebhookConfig::default();
+        documented.apply(WebhookLayer {
+            url: None,
+            ..webhook
+        });
+        assert_eq!(
+            documented,
+            WebhookConfig::default(),
+            "documented values are the defaults"
+        );
+    }
+
+    #[test]
+    fn webhook_keys_layer_and_urls_are_checked() {
+        let dir = temp_dir("webhook-test");
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "[webhook]\nurl = \"https://a.example/hook\"\ntimeout_ms = 500\nretries = 1\n",
+        )
+        .expect("temp file is writable");
+        let path_str = path.to_str().expect("temp path is UTF-8");
+        let env = [("SFU_CONFIG", path_str), ("SFU_WEBHOOK_RETRIES", "7")];
+        let config = Config::load(&cli(&[]), env).expect("valid");
+        let want = WebhookConfig {
+            url: Some("https://a.example/hook".into()),
+            timeout_ms: 500,
+            retries: 7,
+        };
+        assert_eq!(config.webhook, want);
+        let flags = cli(&[
+            "--webhook-url",
+            "http://127.0.0.1:9000/e",
+            "--webhook-retries",
+            "0",
+        ]);
+        let config = Config::load(&flags, env).expect("valid");
+        assert_eq!(
+            config.webhook.url.as_deref(),
+            Some("http://127.0.0.1:9000/e")
+        );
+        assert_eq!(config.webhook.retries, 0);
+        assert!(!config.webhook.is_unencrypted_remote(), "loopback");
+        assert_eq!(Config::default().webhook.url, None, "off by default");
+
+        for bad in [
+            "ftp://a.example/x",
+            "a.example/hook",
+            "/hook",
+            "http://",
+            "https://user:pw@a.example/",
+            "not a url",
+        ] {
+            let error = Config::load(&cli(&[]), [("SFU_WEBHOOK_URL", bad)])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("webhook.url"), "{bad}: {error}");
+        }
+        assert!(Config::load(&cli(&[]), [("SFU_WEBHOOK_TIMEOUT_MS", "0")]).is_err());
+        assert!(ConfigLayer::from_toml("[webhook]\nuri = \"http://a\"").is_err());
+
+        let remote = |url: &str| WebhookConfig {
+            url: Some(url.into()),
+            ..WebhookConfig::default()
+        };
+        assert!(remote("http://192.0.2.1/e").is_unencrypted_remote());
+        assert!(remote("http://hooks.example:8080/e").is_unencrypted_remote());
+        assert!(!remote("https://hooks.example/e").is_unencrypted_remote());
+        assert!(!remote("http://localhost:8080/e").is_unencrypted_remote());
+        assert!(!remote("http://[::1]:8080/e").is_unencrypted_remote());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -28,6 +28,12 @@
 //!   tracks, consumers, unconnected WebRTC sessions); the routers enforce
 //!   most of them, placement skips full workers.
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
+//! * [`events`] publishes what happens to rooms, participants and workers
+//!   (in `seq` order) to `GET /v1/events` subscribers (server-sent events)
+//!   and, when `webhook.url` is set, to a signed webhook delivered by a
+//!   thread of its own; the mutations of [`state::AppState`] publish as
+//!   they change the model. A live event stream keeps its connection busy
+//!   ([`http::Streaming`]) until the client leaves or the node shuts down.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
@@ -35,8 +41,11 @@
 //!
 //! # Threads
 //! * The tokio runtime runs the HTTP accept loop, one task per connection
-//!   (timers, eviction), the handlers, the sampler task and the supervisor
-//!   task; the blocking pool runs the mutations (see below).
+//!   (timers, eviction), the handlers, the sampler task, the supervisor
+//!   task and one task per event stream; the blocking pool runs the
+//!   mutations (see below).
+//! * With webhooks on, the `sfu-webhook` thread delivers them (blocking
+//!   HTTP, one request at a time).
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
