@@ -5,6 +5,7 @@
 //! | `GET /healthz` | no token | 200 `{"status":"ok"}`; 503 `{"status":"unhealthy","workers":[...]}` naming each dead or stalled worker ([`crate::supervise`]), else 503 `{"status":"draining"}` while shutting down |
 //! | `GET /metrics` | admin, room `*` | Prometheus text ([`crate::metrics`]) |
 //! | `GET /v1/load` | admin, room `*` | node and per-worker load ([`crate::metrics::load`]) |
+//! | `GET /v1/events` | admin, room `*`; with `?room=NAME`, admin for that room | 200 `text/event-stream` of node events ([`crate::events`]), or 400 |
 //! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [...]}` |
 //! | `POST /v1/rooms` | admin, the body's room | 201, or 400/409 |
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
@@ -108,6 +109,7 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/load", get(load))
+        .route("/v1/events", get(events))
         .route("/v1/rooms", get(list_rooms).post(create_room))
         .route("/v1/rooms/{room}", delete(delete_room))
         .route("/v1/rooms/{room}/endpoints", post(create_endpoint))
@@ -336,6 +338,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     let mut text = metrics::render(&api.node);
     render_auth_failures(&mut text, &api.auth);
     metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
+    crate::events::render(&mut text, api.node.events());
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -366,6 +369,42 @@ fn render_auth_failures(out: &mut String, auth: &Authenticator) {
 async fn load(State(state): State<Arc<AppState>>, token: Token) -> Result<Json<Value>, ApiError> {
     token.need(None, Need::Admin)?;
     Ok(Json(metrics::load(&state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    room: Option<String>,
+}
+
+/// `GET /v1/events[?room=NAME]`: the node's events as server-sent events,
+/// from now on, until the client goes away or the node shuts down. With a
+/// room, only that room's events and the node-wide ones (`worker_stalled`).
+async fn events(
+    State(state): State<Arc<AppState>>,
+    token: Token,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let query = axum::extract::Query::<EventsQuery>::try_from_uri(&uri)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?
+        .0;
+    token.need(query.room.as_deref(), Need::Admin)?;
+    if let Some(room) = &query.room {
+        validate_room_name(room)?;
+    }
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) would otherwise buffer the stream.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        state.events().stream_body(query.room),
+    )
+        .into_response();
+    response.extensions_mut().insert(crate::http::Streaming);
+    Ok(response)
 }
 
 async fn list_rooms(

@@ -104,6 +104,8 @@ pub struct Config {
     pub limits: Limits,
     /// Limits of the HTTP server and of session creation (`[http]`).
     pub http: HttpConfig,
+    /// Where node events are POSTed (`[webhook]`); off without a URL.
+    pub webhook: WebhookConfig,
 }
 
 /// The secret of the control API's tokens. Its `Debug` and `Serialize`
@@ -172,6 +174,7 @@ impl Default for Config {
             api_secret: ApiSecret::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
+            webhook: WebhookConfig::default(),
             rooms_on_demand: true,
             empty_room_timeout_secs: DEFAULT_EMPTY_ROOM_TIMEOUT_SECS,
         }
@@ -214,6 +217,8 @@ pub struct ConfigLayer {
     pub limits: Option<LimitsLayer>,
     /// See [`Config::http`]: the `[http]` table.
     pub http: Option<HttpLayer>,
+    /// See [`Config::webhook`]: the `[webhook]` table.
+    pub webhook: Option<WebhookLayer>,
 }
 
 /// Why the configuration could not be loaded.
@@ -319,6 +324,9 @@ pub struct Cli {
     /// The `--http-*` flags.
     #[command(flatten)]
     pub http: HttpFlags,
+    /// The `--webhook-*` flags.
+    #[command(flatten)]
+    pub webhook: WebhookFlags,
 }
 
 /// Subcommands of the `sfu` binary.
@@ -399,6 +407,7 @@ impl Cli {
             // Limits come from the file and the environment only.
             limits: None,
             http: Some(self.http.layer()),
+            webhook: Some(self.webhook.layer()),
             rooms_on_demand: self.rooms_on_demand,
             empty_room_timeout_secs: self.empty_room_timeout_secs,
         }
@@ -486,6 +495,9 @@ impl ConfigLayer {
                 _ if key.starts_with("SFU_HTTP_") => {
                     layer.http.get_or_insert_default().set_env(key, value)?;
                 }
+                _ if key.starts_with("SFU_WEBHOOK_") => {
+                    layer.webhook.get_or_insert_default().set_env(key, value)?;
+                }
                 _ => {
                     if let Some(name) = key.strip_prefix("SFU_LIMITS_") {
                         let var = "SFU_LIMITS_*";
@@ -559,9 +571,13 @@ impl Config {
             api_secret_file: _,
             limits,
             http,
+            webhook,
             rooms_on_demand,
             empty_room_timeout_secs,
         } = layer;
+        if let Some(webhook) = webhook {
+            self.webhook.apply(webhook);
+        }
         if let Some(v) = rooms_on_demand {
             self.rooms_on_demand = v;
         }
@@ -651,6 +667,7 @@ impl Config {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
         self.http.validate()?;
+        self.webhook.validate()?;
         let workers = self.workers.unwrap_or(1);
         if self.media_port != 0
             && usize::from(self.media_port) + workers - 1 > usize::from(u16::MAX)
@@ -916,6 +933,159 @@ impl HttpConfig {
         }
         Ok(())
     }
+}
+
+/// Webhooks: node events POSTed to a URL, signed with the API secret
+/// ([`crate::events`]). The `[webhook]` table of the TOML file; variables
+/// `SFU_WEBHOOK_<KEY>`, flags `--webhook-<key>`. Off while `url` is unset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the events are POSTed to; `None`: off.
+    pub url: Option<String>,
+    /// Milliseconds one delivery attempt may take, connecting included.
+    pub timeout_ms: u64,
+    /// Attempts after a failed first one, with exponential backoff, before
+    /// the event is dropped.
+    pub retries: u32,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 2000,
+            retries: 5,
+        }
+    }
+}
+
+/// The `[webhook]` table of one configuration layer: every key optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct WebhookLayer {
+    pub url: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<u32>,
+}
+
+/// The `--webhook-*` flags (see [`WebhookConfig`] for each).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[allow(missing_docs)]
+pub struct WebhookFlags {
+    /// URL node events are POSTed to (http:// or https://) [default: none, off].
+    #[arg(long = "webhook-url", value_name = "URL")]
+    pub url: Option<String>,
+    /// Milliseconds one webhook delivery attempt may take [default: 2000].
+    #[arg(long = "webhook-timeout-ms", value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Retries of a failed webhook delivery [default: 5].
+    #[arg(long = "webhook-retries", value_name = "N")]
+    pub retries: Option<u32>,
+}
+
+impl WebhookFlags {
+    fn layer(&self) -> WebhookLayer {
+        WebhookLayer {
+            url: self.url.clone(),
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+        }
+    }
+}
+
+impl WebhookLayer {
+    /// Sets the key of the variable `SFU_WEBHOOK_<KEY>`; unknown names are ignored.
+    fn set_env(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
+        fn parse<T: FromStr>(var: &'static str, value: &str) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError::Env {
+                    var,
+                    value: value.to_owned(),
+                    message: e.to_string(),
+                })
+        }
+        match var {
+            "SFU_WEBHOOK_URL" => self.url = Some(value.trim().to_owned()),
+            "SFU_WEBHOOK_TIMEOUT_MS" => self.timeout_ms = parse("SFU_WEBHOOK_TIMEOUT_MS", value)?,
+            "SFU_WEBHOOK_RETRIES" => self.retries = parse("SFU_WEBHOOK_RETRIES", value)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl WebhookConfig {
+    /// Overrides every key `layer` sets.
+    pub fn apply(&mut self, layer: WebhookLayer) {
+        let WebhookLayer {
+            url,
+            timeout_ms,
+            retries,
+        } = layer;
+        if url.is_some() {
+            self.url = url;
+        }
+        self.timeout_ms = timeout_ms.unwrap_or(self.timeout_ms);
+        self.retries = retries.unwrap_or(self.retries);
+    }
+
+    /// A URL, if set, of scheme `http` or `https` with a host; a timeout of
+    /// at least 1 ms.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "webhook.timeout_ms must be at least 1".into(),
+            ));
+        }
+        if let Some(url) = &self.url {
+            webhook_uri(url).map_err(|why| {
+                ConfigError::Invalid(format!("webhook.url {url:?} is not usable: {why}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the URL is set and sends in the clear (`http://`) to a host
+    /// other than a loopback address or `localhost`.
+    pub fn is_unencrypted_remote(&self) -> bool {
+        let Some(Ok(uri)) = self.url.as_deref().map(webhook_uri) else {
+            return false;
+        };
+        if uri.scheme_str() != Some("http") {
+            return false;
+        }
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback());
+        !loopback
+    }
+}
+
+/// Parses a webhook URL: `http` or `https` and a host, no user info.
+fn webhook_uri(url: &str) -> Result<axum::http::Uri, String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("scheme {other:?} is neither http nor https")),
+        None => return Err("no scheme (http:// or https://)".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("user info in the URL is not supported".into());
+    }
+    Ok(uri)
 }
 
 /// What [`Config::resolve`] fills in.
@@ -1346,6 +1516,79 @@ pool_buffers = 100
         assert!(http.max_header_bytes.is_some() && http.max_headers.is_some());
         assert!(http.session_rate_per_ip.is_some() && http.session_burst_per_ip.is_some());
         assert!(http.session_rate_per_token.is_some() && http.session_burst_per_token.is_some());
+        let webhook = layer.webhook.expect("the [webhook] table");
+        assert!(webhook.url.is_some());
+        let mut documented = WebhookConfig::default();
+        documented.apply(WebhookLayer {
+            url: None,
+            ..webhook
+        });
+        assert_eq!(
+            documented,
+            WebhookConfig::default(),
+            "documented values are the defaults"
+        );
+    }
+
+    #[test]
+    fn webhook_keys_layer_and_urls_are_checked() {
+        let dir = temp_dir("webhook-test");
+        let path = dir.join("sfu.toml");
+        std::fs::write(
+            &path,
+            "[webhook]\nurl = \"https://a.example/hook\"\ntimeout_ms = 500\nretries = 1\n",
+        )
+        .expect("temp file is writable");
+        let path_str = path.to_str().expect("temp path is UTF-8");
+        let env = [("SFU_CONFIG", path_str), ("SFU_WEBHOOK_RETRIES", "7")];
+        let config = Config::load(&cli(&[]), env).expect("valid");
+        let want = WebhookConfig {
+            url: Some("https://a.example/hook".into()),
+            timeout_ms: 500,
+            retries: 7,
+        };
+        assert_eq!(config.webhook, want);
+        let flags = cli(&[
+            "--webhook-url",
+            "http://127.0.0.1:9000/e",
+            "--webhook-retries",
+            "0",
+        ]);
+        let config = Config::load(&flags, env).expect("valid");
+        assert_eq!(
+            config.webhook.url.as_deref(),
+            Some("http://127.0.0.1:9000/e")
+        );
+        assert_eq!(config.webhook.retries, 0);
+        assert!(!config.webhook.is_unencrypted_remote(), "loopback");
+        assert_eq!(Config::default().webhook.url, None, "off by default");
+
+        for bad in [
+            "ftp://a.example/x",
+            "a.example/hook",
+            "/hook",
+            "http://",
+            "https://user:pw@a.example/",
+            "not a url",
+        ] {
+            let error = Config::load(&cli(&[]), [("SFU_WEBHOOK_URL", bad)])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("webhook.url"), "{bad}: {error}");
+        }
+        assert!(Config::load(&cli(&[]), [("SFU_WEBHOOK_TIMEOUT_MS", "0")]).is_err());
+        assert!(ConfigLayer::from_toml("[webhook]\nuri = \"http://a\"").is_err());
+
+        let remote = |url: &str| WebhookConfig {
+            url: Some(url.into()),
+            ..WebhookConfig::default()
+        };
+        assert!(remote("http://192.0.2.1/e").is_unencrypted_remote());
+        assert!(remote("http://hooks.example:8080/e").is_unencrypted_remote());
+        assert!(!remote("https://hooks.example/e").is_unencrypted_remote());
+        assert!(!remote("http://localhost:8080/e").is_unencrypted_remote());
+        assert!(!remote("http://[::1]:8080/e").is_unencrypted_remote());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

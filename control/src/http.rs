@@ -30,6 +30,15 @@
 //!   ([`refuse_oversized`], a route layer of [`crate::api::app`]); a
 //!   chunked body is cut at the limit while it is read.
 //!
+//! * **Streaming answers** (`GET /v1/events`): a handler marks a response
+//!   whose body goes on for as long as the client listens with
+//!   [`Streaming`]. Its request then stays in flight until the body ends,
+//!   so neither the idle timeout nor eviction closes the connection under
+//!   a live stream (the request timeout only bounds producing the answer's
+//!   head). Such a stream ends when the client goes away or at shutdown
+//!   ([`crate::events::Events::close`]); any other answer's request ends
+//!   once its head is produced, as before.
+//!
 //! Each connection runs in its own task of a [`JoinSet`] owned by the
 //! accept loop, so aborting the server task aborts every connection. On
 //! shutdown the loop stops accepting, closes idle connections at once and
@@ -76,6 +85,12 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 /// How long the accept loop waits for an evicted connection to close (it
 /// closes at once unless a request slipped in; then it finishes that one).
 const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// A response extension: the body streams until the client goes away or
+/// the node shuts down, and the connection is busy until then (see the
+/// [module documentation](self)).
+#[derive(Debug, Clone, Copy)]
+pub struct Streaming;
 
 /// Counters of the HTTP server, for `/metrics`.
 #[derive(Debug, Default)]
@@ -442,6 +457,32 @@ impl Drop for Busy {
     }
 }
 
+/// A streaming body that keeps its request in flight while it lives.
+struct BusyBody {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One accepted connection and what its task needs.
 struct Connection {
     app: Router,
@@ -470,9 +511,16 @@ impl Connection {
             let app = app.clone();
             let stats = Arc::clone(&stats);
             async move {
-                let _busy = busy;
                 match tokio::time::timeout(request_timeout, app.oneshot(req)).await {
-                    Ok(Ok(response)) => Ok::<_, Infallible>(response),
+                    Ok(Ok(mut response)) => {
+                        if response.extensions_mut().remove::<Streaming>().is_some() {
+                            // Busy until hyper drops the finished (or
+                            // abandoned) body.
+                            response = response
+                                .map(|body| axum::body::Body::new(BusyBody { body, _busy: busy }));
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                     Ok(Err(never)) => match never {},
                     Err(_) => {
                         bump(&stats.request_timeouts);

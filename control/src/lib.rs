@@ -28,6 +28,12 @@
 //!   tracks, consumers, unconnected WebRTC sessions); the routers enforce
 //!   most of them, placement skips full workers.
 //! * [`state::AppState`] is shared by every HTTP handler behind an `Arc`.
+//! * [`events`] publishes what happens to rooms, participants and workers
+//!   (in `seq` order) to `GET /v1/events` subscribers (server-sent events)
+//!   and, when `webhook.url` is set, to a signed webhook delivered by a
+//!   thread of its own; the mutations of [`state::AppState`] publish as
+//!   they change the model. A live event stream keeps its connection busy
+//!   ([`http::Streaming`]) until the client leaves or the node shuts down.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
@@ -35,8 +41,11 @@
 //!
 //! # Threads
 //! * The tokio runtime runs the HTTP accept loop, one task per connection
-//!   (timers, eviction), the handlers, the sampler task and the supervisor
-//!   task; the blocking pool runs the mutations (see below).
+//!   (timers, eviction), the handlers, the sampler task, the supervisor
+//!   task and one task per event stream; the blocking pool runs the
+//!   mutations (see below).
+//! * With webhooks on, the `sfu-webhook` thread delivers them (blocking
+//!   HTTP, one request at a time).
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
@@ -81,6 +90,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -211,18 +221,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
 
-    let state = Arc::new(AppState::new(
-        resolved.node_id.clone(),
-        resolved.advertised_ip,
-        node.workers().to_vec(),
-        dtls_cert,
-        config.limits,
-        state::RoomPolicy {
-            on_demand: config.rooms_on_demand,
-            empty_timeout: (config.empty_room_timeout_secs > 0)
-                .then(|| Duration::from_secs(config.empty_room_timeout_secs)),
-        },
-    ));
+    let webhook = config.webhook.url.clone().map(|url| events::WebhookTarget {
+        url,
+        secret: config.api_secret.as_bytes().to_vec(),
+        timeout: Duration::from_millis(config.webhook.timeout_ms),
+        retries: config.webhook.retries,
+    });
+    let events = events::Events::new(resolved.node_id.clone(), webhook);
+    let state = Arc::new(
+        AppState::new(
+            resolved.node_id.clone(),
+            resolved.advertised_ip,
+            node.workers().to_vec(),
+            dtls_cert,
+            config.limits,
+            state::RoomPolicy {
+                on_demand: config.rooms_on_demand,
+                empty_timeout: (config.empty_room_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.empty_room_timeout_secs)),
+            },
+        )
+        .with_events(events),
+    );
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();
         tracing::info!(
@@ -247,6 +267,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!(
             "the API secret is the public development secret; set api_secret before serving anything but loopback"
         );
+    }
+    if let Some(url) = &config.webhook.url {
+        tracing::info!(url, "webhooks on");
+        if config.webhook.is_unencrypted_remote() {
+            tracing::warn!(
+                url,
+                "webhook.url is plain http to a remote host: events travel unencrypted (only their signature protects them); prefer https"
+            );
+        }
     }
     if resolved.advertised_ip.is_unspecified() {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
@@ -392,6 +421,8 @@ impl Running {
     /// workers.
     pub async fn shutdown(mut self) {
         self.state.set_draining();
+        // Event streams would otherwise hold their connections open.
+        self.state.events().close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -408,6 +439,7 @@ impl Running {
     }
 
     async fn stop_rest(mut self) {
+        self.state.events().close();
         self.sampler.abort();
         self.supervisor.abort();
         if let Some(node) = self.node.take() {

@@ -48,6 +48,7 @@ use sfu_core::sdp::CodecChoice;
 use sfu_core::srtp::Profile;
 
 use crate::error::ApiError;
+use crate::events::{Events, NodeEvent, RoomEndReason};
 use crate::limits::Limits;
 use packet_path::{RequestError, WorkerHandle, WorkerStats};
 
@@ -83,6 +84,8 @@ pub struct AppState {
     /// last saw them ([`AppState::close_empty_rooms`]).
     empty_since: Mutex<HashMap<String, Instant>>,
     draining: AtomicBool,
+    /// Node events for `GET /v1/events` and webhooks.
+    events: Events,
 }
 
 /// How rooms are created and closed besides `POST`/`DELETE /v1/rooms`.
@@ -124,6 +127,26 @@ pub enum Session {
     Whip,
     /// `POST /whep/{room}`: a WebRTC subscriber.
     Whep,
+}
+
+impl Session {
+    /// `"api"`, `"whip"` or `"whep"`, as in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Whip => "whip",
+            Self::Whep => "whep",
+        }
+    }
+}
+
+/// `"publish"`, `"subscribe"` or `"both"`, as in events.
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Publish => "publish",
+        Role::Subscribe => "subscribe",
+        Role::Both => "both",
+    }
 }
 
 /// WHIP and WHEP sessions created and ended (deleted by their resource URL,
@@ -292,6 +315,7 @@ impl AppState {
             ..Model::default()
         };
         Self {
+            events: Events::new(node_id.clone(), None),
             node_id,
             started: Instant::now(),
             advertised_ip,
@@ -314,6 +338,36 @@ impl AppState {
         use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
         lock(&self.room_locks[(hash % ROOM_LOCKS as u64) as usize])
+    }
+
+    /// This state with `events` as its event hub (the one
+    /// [`AppState::new`] makes has no webhook).
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// The node's event hub.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Publishes a node event ([`Events::publish`]): for events the control
+    /// plane does not see by itself, such as the routers' reports. Never
+    /// blocks on a consumer.
+    pub fn publish(&self, event: NodeEvent) {
+        self.events.publish(event);
+    }
+
+    /// The room name and the endpoint id string (as the API and events
+    /// show them) of the endpoint `id` of worker `worker`, if the control
+    /// plane knows it: to name a router's endpoint in a [`NodeEvent`].
+    pub fn endpoint_name(&self, worker: usize, id: EndpointId) -> Option<(String, String)> {
+        self.model()
+            .endpoints
+            .iter()
+            .find(|(_, e)| e.id == id && e.worker == worker)
+            .map(|(name, e)| (e.room.clone(), name.clone()))
     }
 
     /// The node's name.
@@ -529,6 +583,10 @@ impl AppState {
             },
         );
         model.load[worker].0 += 1;
+        drop(model);
+        self.events.publish(NodeEvent::RoomStarted {
+            room: name.to_owned(),
+        });
         Ok((worker, media))
     }
 
@@ -622,9 +680,25 @@ impl AppState {
             return Ok(());
         };
         model.load[worker].0 -= 1;
-        for ep in room.endpoints {
-            model.forget_endpoint(&ep);
+        for ep in &room.endpoints {
+            model.forget_endpoint(ep);
         }
+        drop(model);
+        for endpoint in room.endpoints {
+            self.events.publish(NodeEvent::ParticipantLeft {
+                room: name.to_owned(),
+                endpoint,
+                reason: "room_deleted".into(),
+            });
+        }
+        self.events.publish(NodeEvent::RoomEnded {
+            room: name.to_owned(),
+            reason: if only_if_empty {
+                RoomEndReason::Empty
+            } else {
+                RoomEndReason::Deleted
+            },
+        });
         Ok(())
     }
 
@@ -736,6 +810,13 @@ impl AppState {
             },
         );
         model.load[worker].1 += 1;
+        drop(model);
+        self.events.publish(NodeEvent::ParticipantJoined {
+            room: room.to_owned(),
+            endpoint: id_str.clone(),
+            session: Session::Api.as_str().into(),
+            role: role_str(new.role).into(),
+        });
         Ok(EndpointCreated {
             id: id_str,
             media,
@@ -911,6 +992,13 @@ impl AppState {
             },
         );
         model.load[worker].1 += 1;
+        drop(model);
+        self.events.publish(NodeEvent::ParticipantJoined {
+            room: room.to_owned(),
+            endpoint: id_str.clone(),
+            session: new.session.as_str().into(),
+            role: role_str(new.role).into(),
+        });
         Ok((id_str, done))
     }
 
@@ -990,6 +1078,11 @@ impl AppState {
             reason = reason.as_str(),
             "the worker removed an endpoint"
         );
+        self.events.publish(NodeEvent::ParticipantLeft {
+            room: room.clone(),
+            endpoint: name.clone(),
+            reason: reason.as_str().into(),
+        });
         Some((name, room))
     }
 
@@ -1036,6 +1129,12 @@ impl AppState {
             entry.endpoints.remove(endpoint);
         }
         model.forget_endpoint(endpoint);
+        drop(model);
+        self.events.publish(NodeEvent::ParticipantLeft {
+            room: room.to_owned(),
+            endpoint: endpoint.to_owned(),
+            reason: "deleted".into(),
+        });
         Ok(())
     }
 }

@@ -97,6 +97,14 @@ pub(crate) async fn supervise(state: Arc<AppState>, failed: oneshot::Sender<Work
                 health = ?failure.health,
                 "{failure}; the node will exit so that it is restarted"
             );
+            state.publish(crate::events::NodeEvent::WorkerStalled {
+                worker: failure.worker,
+                health: match failure.health {
+                    WorkerHealth::Dead { .. } => "dead",
+                    _ => "stalled",
+                }
+                .into(),
+            });
             // `run_until` may not be waiting (an embedding that never calls
             // it): then nobody is told, but /healthz still answers 503.
             let _ = failed.send(failure);

@@ -194,6 +194,11 @@ impl TestNode {
         token_with(&self.secret, room, grants)
     }
 
+    /// The node's shared state, to publish events as the routers will.
+    pub fn state(&self) -> &std::sync::Arc<control::state::AppState> {
+        self.running.as_ref().expect("running").state()
+    }
+
     /// Media address of worker `i` (as bound).
     pub fn media(&self, i: usize) -> SocketAddr {
         self.running.as_ref().expect("running").media_addrs()[i]
