@@ -94,6 +94,7 @@ pub mod events;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod pump;
 pub mod ratelimit;
 pub mod state;
 pub mod supervise;
@@ -319,6 +320,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .await;
         }
     });
+    // The routers' events: model changes and node events as they happen.
+    pump::spawn(Arc::clone(&state), node.events()).map_err(StartError::Media)?;
     let (failure, failed) = oneshot::channel();
     let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
     Ok(Running {

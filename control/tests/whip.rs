@@ -7,7 +7,9 @@
 
 mod common;
 
+use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::TestNode;
@@ -1055,18 +1057,45 @@ fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
 /// plane within about a second: the room is empty, the session counted as
 /// ended, and the same offer (same SSRCs, 409 while it lived) publishes
 /// again at once.
+///
+/// The event stream tells the signaling service as it happens: joined,
+/// connected (with the DTLS-negotiated profile), then left with the
+/// router's reason `dtls_closed`.
 #[test]
 fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     let node = TestNode::start(1);
     node.create_room("live");
+    let events = event_stream(&node, "live");
     let token = node.token("live", &[Grant::Publish]);
     let cert = DtlsCert::generate().expect("a certificate");
     let offer = with_fingerprint(WHIP_OFFER, &cert);
     let r = post_offer(&node, "/whip/live", &token, &offer);
     assert_eq!(r.status, 201, "{}", r.text);
     let mut peer = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
+    let next = || {
+        events
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an event within 5 s")
+    };
+    let joined = next();
+    assert_eq!(joined["type"], "participant_joined", "{joined}");
+    let endpoint = joined["endpoint"].clone();
+    let connected = next();
+    assert_eq!(connected["type"], "participant_connected", "{connected}");
+    assert_eq!(connected["endpoint"], endpoint);
+    assert_eq!(connected["profile"], "AEAD_AES_128_GCM");
     assert_eq!(post_offer(&node, "/whip/live", &token, &offer).status, 409);
     peer.close();
+    let left = next();
+    assert_eq!(
+        (&left["type"], &left["endpoint"], &left["reason"]),
+        (
+            &Value::from("participant_left"),
+            &endpoint,
+            &Value::from("dtls_closed")
+        ),
+        "{left}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while endpoints(&node)["rooms"][0]["endpoints"] != 0 {
         assert!(
@@ -1086,4 +1115,34 @@ fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     let r = post_offer(&node, "/whip/live", &token, &offer);
     assert_eq!(r.status, 201, "rejoin: {}", r.text);
     connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
+}
+
+/// The events of `room` from `GET /v1/events` (admin token), as JSON, read
+/// by a thread of their own.
+fn event_stream(node: &TestNode, room: &str) -> mpsc::Receiver<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent
+        .get(format!("{}/v1/events?room={room}", node.base))
+        .header("authorization", format!("Bearer {}", node.admin))
+        .call()
+        .expect("the event stream opens");
+    assert_eq!(response.status().as_u16(), 200);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_body().into_reader()).lines() {
+            let Ok(line) = line else {
+                return;
+            };
+            if let Some(data) = line.strip_prefix("data:") {
+                let event: Value = serde_json::from_str(data.trim()).expect("JSON event");
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
