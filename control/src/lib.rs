@@ -81,6 +81,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod handler;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -118,7 +118,7 @@ use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
 };
 
-use crate::api::{ApiState, blocking};
+use crate::handler::{ApiState, blocking};
 use crate::auth::{AuthError, Claims, Grant, Need};
 use crate::error::ApiError;
 use crate::state::{
