@@ -46,7 +46,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{
-    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -61,41 +61,13 @@ use tower_http::cors::{self, CorsLayer};
 
 use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
 use crate::error::{ApiError, LimitRefused, MAX_BODY_BYTES};
-use crate::http::HttpStats;
 use crate::metrics;
-use crate::ratelimit::{SessionLimiter, limit_sessions};
+use crate::ratelimit::limit_sessions;
 use crate::state::{AppState, NewEndpoint, encode_key, parse_srtp, validate_room_name};
 use crate::supervise;
 
-/// What every handler may reach: the node's state and the token checker.
-#[derive(Debug, Clone)]
-pub struct ApiState {
-    node: Arc<AppState>,
-    auth: Arc<Authenticator>,
-    limits: Limits,
-}
-
-/// The HTTP server's counters and the session rate limiter, for the routes
-/// and `/metrics`.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// The server's connection and timeout counters.
-    pub http: Arc<HttpStats>,
-    /// The session-creation limiter.
-    pub sessions: Arc<SessionLimiter>,
-}
-
-impl FromRef<ApiState> for Arc<AppState> {
-    fn from_ref(state: &ApiState) -> Self {
-        Arc::clone(&state.node)
-    }
-}
-
-impl FromRef<ApiState> for Arc<Authenticator> {
-    fn from_ref(state: &ApiState) -> Self {
-        Arc::clone(&state.auth)
-    }
-}
+use crate::handler::blocking;
+pub use crate::handler::{ApiState, Limits};
 
 /// The API's router over `state`, checking tokens with `auth` and limiting
 /// session creation with `limits.sessions`.
@@ -298,19 +270,6 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<
             .map(|Path(t)| Params(t))
             .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
-}
-
-/// Runs a mutation of `state` on a blocking thread and waits for it.
-pub(crate) async fn blocking<T, E, F>(state: &Arc<AppState>, f: F) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: From<ApiError> + Send + 'static,
-    F: FnOnce(&AppState) -> Result<T, E> + Send + 'static,
-{
-    let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || f(&state))
-        .await
-        .map_err(|e| ApiError::Internal(format!("control task failed: {e}")))?
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

@@ -91,6 +91,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;
+mod handler;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -45,6 +45,7 @@ use sfu_core::router::{
     RemovalReason, Role, RoomId, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
+pub use sfu_core::sdp::assumed_codec;
 use sfu_core::srtp::Profile;
 
 use crate::error::ApiError;
@@ -1253,14 +1254,6 @@ impl Model {
             Session::Whip => self.sessions.whip_ended += 1,
             Session::Whep => self.sessions.whep_ended += 1,
         }
-    }
-}
-
-/// The codec assumed for a track of the JSON API, which declares none.
-pub fn assumed_codec(kind: MediaKind) -> CodecChoice {
-    match kind {
-        MediaKind::Video => CodecChoice::Vp8,
-        MediaKind::Audio => CodecChoice::Opus,
     }
 }
 

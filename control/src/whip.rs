@@ -118,9 +118,9 @@ use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
 };
 
-use crate::api::{ApiState, blocking};
 use crate::auth::{AuthError, Claims, Grant, Need};
 use crate::error::ApiError;
+use crate::handler::{ApiState, blocking};
 use crate::state::{
     AppState, NewWebrtcEndpoint, Producer, RoomContext, Session, validate_room_name,
 };
@@ -548,22 +548,10 @@ struct SubscribePlan {
     audio_pt: Option<u8>,
 }
 
-/// Whether `section` offers `codec` (name, clock rate, channels; the
-/// answer checks H.264 profiles exactly).
+/// Whether `section` offers `codec`, roughly
+/// ([`CodecChoice::roughly_matches`]; the answer checks H.264 profiles exactly).
 fn offers(section: &MediaSection, codec: CodecChoice) -> bool {
-    section.codecs.iter().any(|c| match codec {
-        CodecChoice::Opus => {
-            c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48_000 && c.channels == Some(2)
-        }
-        CodecChoice::Vp8 => c.name.eq_ignore_ascii_case("VP8") && c.clock_rate == 90_000,
-        CodecChoice::H264 => {
-            c.name.eq_ignore_ascii_case("H264")
-                && c.clock_rate == 90_000
-                && c.fmtp
-                    .as_deref()
-                    .is_some_and(|f| f.replace(' ', "").contains("packetization-mode=1"))
-        }
-    })
+    section.codecs.iter().any(|c| codec.roughly_matches(c))
 }
 
 /// Assigns producers to the offer's sections (see the module docs).

@@ -98,8 +98,11 @@
 //! `sendmmsg`, `setsockopt`, `clock_gettime`, `eventfd` and `ppoll` calls, control-message
 //! encoding and decoding, and `sockaddr` conversion, each block with a
 //! `// SAFETY:` comment. The rest of the crate, including [`io`], is safe
-//! code over `sys`'s safe functions.
+//! code over `sys`'s safe functions. The layering is one-way: `io` uses
+//! `sys`, both use the private `datagram` module (the GSO/GRO limits and
+//! [`io::RecvMeta`], re-exported from `io`), and `sys` knows nothing of `io`.
 
+mod datagram;
 pub mod io;
 mod node;
 pub mod pool;

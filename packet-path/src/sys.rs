@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::time::Duration;
 
-use crate::io::{MAX_GSO_SEGMENTS, RecvMeta};
+use crate::datagram::{MAX_GSO_SEGMENTS, RecvMeta};
 
 /// `sendmmsg`/`recvmmsg` take at most `UIO_MAXIOV` messages per call.
 pub(crate) const MAX_BATCH: usize = 1024;

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::codecs::{SUPPORTED_FEEDBACK, preferences};
 use super::{
     Answer, AnswerParams, Codec, CodecChoice, Direction, Intent, MediaSection, Negotiated, Offer,
     OutStream, RidDirection, SdpError, Setup, SimulcastRid, WEBRTC_PROTOCOL, valid_fingerprint,
@@ -24,19 +25,6 @@ pub(super) const SUPPORTED_EXTENSIONS: [&str; 6] = [
 /// transport-cc feedback ([`crate::twcc`]).
 pub const TRANSPORT_WIDE_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
-
-/// RTCP feedback the answer keeps when the offer has it. `transport-cc` is
-/// kept only where the answer also keeps the transport-wide-cc extension
-/// (publish sections): feedback without numbered packets means nothing.
-const SUPPORTED_FEEDBACK: [&str; 5] = ["nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"];
-
-/// Codecs in order of preference per kind.
-fn preferences(kind: MediaKind) -> &'static [CodecChoice] {
-    match kind {
-        MediaKind::Audio => &[CodecChoice::Opus],
-        MediaKind::Video => &[CodecChoice::Vp8, CodecChoice::H264],
-    }
-}
 
 /// Builds the node's answer to `offer` for `intent`.
 ///
@@ -132,8 +120,7 @@ fn plan<'o>(
     let publish = matches!(intent, Intent::Publish);
     let preferred = || {
         preferences(kind)
-            .iter()
-            .find_map(|&choice| find_codec(section, choice).map(|c| (choice, c)))
+            .find_map(|choice| find_codec(section, choice).map(|c| (choice, c)))
             .ok_or_else(|| SdpError::NoSupportedCodec {
                 mid: section.mid.clone(),
             })
@@ -229,46 +216,7 @@ fn plan<'o>(
 
 /// The first codec of the section (offer order) that is `choice`.
 fn find_codec(section: &MediaSection, choice: CodecChoice) -> Option<&Codec> {
-    section.codecs.iter().find(|c| is_codec(c, choice))
-}
-
-fn is_codec(codec: &Codec, choice: CodecChoice) -> bool {
-    match choice {
-        CodecChoice::Opus => {
-            codec.name.eq_ignore_ascii_case("opus")
-                && codec.clock_rate == 48_000
-                && codec.channels == Some(2)
-        }
-        CodecChoice::Vp8 => codec.name.eq_ignore_ascii_case("VP8") && codec.clock_rate == 90_000,
-        CodecChoice::H264 => {
-            codec.name.eq_ignore_ascii_case("H264")
-                && codec.clock_rate == 90_000
-                && h264_supported(codec.fmtp.as_deref().unwrap_or(""))
-        }
-    }
-}
-
-/// `packetization-mode=1` and a baseline / constrained-baseline
-/// `profile-level-id` (`42 e0 xx` or `42 00 xx`; absent means `42000a`).
-fn h264_supported(fmtp: &str) -> bool {
-    let mut mode1 = false;
-    let mut profile = "42000a";
-    for param in fmtp.split(';') {
-        let Some((key, value)) = param.split_once('=') else {
-            continue;
-        };
-        let key = key.trim();
-        if key.eq_ignore_ascii_case("packetization-mode") {
-            mode1 = value.trim() == "1";
-        } else if key.eq_ignore_ascii_case("profile-level-id") {
-            profile = value.trim();
-        }
-    }
-    let profile = profile.to_ascii_lowercase();
-    mode1
-        && profile.len() == 6
-        && profile.bytes().all(|b| b.is_ascii_hexdigit())
-        && (profile.starts_with("42e0") || profile.starts_with("4200"))
+    section.codecs.iter().find(|c| choice.matches(c))
 }
 
 fn check_params(offer: &Offer, params: &AnswerParams<'_>) -> Result<(), SdpError> {
@@ -381,7 +329,7 @@ fn render(offer: &Offer, params: &AnswerParams<'_>, plans: &[Option<Plan<'_>>]) 
             ),
             None => sdp_line!(out, "a=rtpmap:{pt} {}/{}", codec.name, codec.clock_rate),
         }
-        if plan.negotiated.codec != CodecChoice::Vp8
+        if plan.negotiated.codec.spec().answer_fmtp
             && let Some(fmtp) = codec.fmtp.as_deref().filter(|f| !f.is_empty())
         {
             sdp_line!(out, "a=fmtp:{pt} {fmtp}");

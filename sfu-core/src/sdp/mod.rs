@@ -20,6 +20,10 @@
 //!   `packetization-mode=1` and a constrained-baseline or baseline
 //!   `profile-level-id` (profile byte `42`, constraint byte `e0` or `00`, any
 //!   level; an absent `profile-level-id` means RFC 6184's default baseline).
+//!   These codecs, their parameters and the feedback answered for them are
+//!   decided in one place, [`SUPPORTED_CODECS`] and [`SUPPORTED_FEEDBACK`]
+//!   (`codecs.rs`), which the answer, the control plane's WHEP stream
+//!   assignment and its [`assumed_codec`] read.
 //! * Header extensions: `sdes:mid`, `abs-send-time`, transport-wide-cc,
 //!   `ssrc-audio-level`, `sdes:rtp-stream-id`, `sdes:repaired-rtp-stream-id`
 //!   (accepted with the offer's ids, for [`Intent::Publish`] only; the node
@@ -63,6 +67,7 @@
 //!   one-byte header extensions.
 
 mod answer;
+mod codecs;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -73,6 +78,7 @@ use std::net::SocketAddr;
 use crate::router::MediaKind;
 
 pub use answer::{TRANSPORT_WIDE_CC_URI, answer};
+pub use codecs::{CodecChoice, CodecSpec, SUPPORTED_CODECS, SUPPORTED_FEEDBACK, assumed_codec};
 pub use parse::parse_offer;
 
 /// Largest SDP text accepted, in bytes.
@@ -415,42 +421,6 @@ pub struct OutStream {
     pub track_id: String,
     /// The codec the producer sends; the offer must include it.
     pub codec: CodecChoice,
-}
-
-/// A codec the node can forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CodecChoice {
-    /// Opus 48000/2.
-    Opus,
-    /// VP8.
-    Vp8,
-    /// H.264 constrained baseline / baseline, packetization-mode 1.
-    H264,
-}
-
-impl CodecChoice {
-    /// The encoding name: `opus`, `VP8` or `H264`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CodecChoice::Opus => "opus",
-            CodecChoice::Vp8 => "VP8",
-            CodecChoice::H264 => "H264",
-        }
-    }
-
-    /// The media kind this codec belongs to.
-    pub fn kind(self) -> MediaKind {
-        match self {
-            CodecChoice::Opus => MediaKind::Audio,
-            CodecChoice::Vp8 | CodecChoice::H264 => MediaKind::Video,
-        }
-    }
-}
-
-impl fmt::Display for CodecChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A rendered answer and what it agreed to.
