@@ -21,9 +21,11 @@
 //! * Rooms come and go by themselves ([`state::RoomPolicy`]): a token for a
 //!   missing room creates it with its first endpoint or session, and the
 //!   sampler task closes rooms left empty for `empty_room_timeout_secs`.
-//!   It also reaps, once a second, the endpoints the workers removed by
-//!   themselves (`Command::TakeRemoved`: sessions that never connected,
-//!   lost ICE consent, or whose DTLS ended).
+//!   Endpoints the workers remove by themselves (sessions that never
+//!   connected, lost ICE consent, or whose DTLS ended) leave the model as
+//!   soon as their router's `Removed` event arrives ([`pump`]); the
+//!   sampler's once-a-second reap (`Command::TakeRemoved`) catches any
+//!   whose event was lost.
 //! * [`limits`] bounds the state clients can create (rooms, endpoints,
 //!   tracks, consumers, unconnected WebRTC sessions); the routers enforce
 //!   most of them, placement skips full workers.
@@ -32,7 +34,9 @@
 //!   (in `seq` order) to `GET /v1/events` subscribers (server-sent events)
 //!   and, when `webhook.url` is set, to a signed webhook delivered by a
 //!   thread of its own; the mutations of [`state::AppState`] publish as
-//!   they change the model. A live event stream keeps its connection busy
+//!   they change the model, and [`pump`] publishes what only the routers
+//!   see (connected, producer bound, keyframe requested, consent lost,
+//!   removed). A live event stream keeps its connection busy
 //!   ([`http::Streaming`]) until the client leaves or the node shuts down.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
@@ -46,10 +50,13 @@
 //!   mutations (see below).
 //! * With webhooks on, the `sfu-webhook` thread delivers them (blocking
 //!   HTTP, one request at a time).
+//! * The `sfu-events` thread ([`pump`]) blocks on the workers' event
+//!   channel ([`packet_path::Node::events`]) and applies each event.
 //! * The workers are `packet-path`'s threads, pinned to CPUs. The control
 //!   plane never touches their state directly: it sends a
 //!   [`sfu_core::router::Command`] through [`packet_path::WorkerHandle::request`],
-//!   which waits (up to 2 s) for the router's answer, and reads the counters
+//!   which wakes an idle worker and waits (up to 2 s) for the router's
+//!   answer (microseconds on an idle node), and reads the counters
 //!   the workers publish with [`packet_path::WorkerHandle::stats`].
 //!
 //! # State
@@ -58,9 +65,12 @@
 //! * [`state::AppState`] mirrors what the control plane needs to validate a
 //!   request before sending a command: room names → (room id, worker),
 //!   endpoint ids → (room, worker, SSRCs, remote), the node-wide SSRC set
-//!   and the per-worker load used for placement. A mutation holds a lock
-//!   from validation to the model update, so concurrent requests cannot both
-//!   pass validation for the same name or SSRC; the model is updated only
+//!   and the per-worker load used for placement. A mutation holds its
+//!   room's lock (64 stripes by name hash) from validation to the model
+//!   update, so a room's changes apply in order while other rooms proceed;
+//!   SSRCs and addresses shared across rooms are reserved atomically under
+//!   the model's write lock, so concurrent requests cannot both pass
+//!   validation for the same name or SSRC; the model is updated only
 //!   after the worker accepted the command, so a refused request changes
 //!   nothing. If a worker times out, a compensating command (delete the
 //!   room, remove the endpoint) is queued behind the original so the worker

@@ -1010,7 +1010,10 @@ impl AppState {
         endpoint: &str,
         subscription: Subscription,
     ) -> Result<Vec<ConsumerInfo>, ApiError> {
-        let _serial = self.serial(room);
+        // No room lock: the model does not change, and the worker applies
+        // a room's commands one at a time in the order they arrive (a
+        // subscription change racing a DELETE gets 404 or lands first), so
+        // a room's subscriptions change in parallel.
         let (id, worker) = self.model().find_endpoint(room, endpoint)?;
         let outcome = self
             .request(worker, Command::SetSubscription(id, subscription), None)

@@ -2,16 +2,26 @@
 //!
 //! # Design
 //! `sfu-core` holds every piece of protocol and forwarding logic and none of the I/O.
-//! It never opens a socket, never reads a clock and never spawns a thread: the
-//! caller (the `packet-path` worker loop, a test, a bench) hands it datagrams in
-//! buffers it owns and the current time as an argument, and gets its output
-//! written into buffers it owns. That keeps tests deterministic (the test owns
-//! the clock and the network) and keeps the hot path free of heap allocation.
+//! It never opens a socket and never spawns a thread, and its own code never
+//! reads a clock: the caller (the `packet-path` worker loop, a test, a bench)
+//! hands it datagrams in buffers it owns and the current time as an argument,
+//! and gets its output written into buffers it owns. That keeps tests
+//! deterministic (the test owns the clock and the network) and keeps the hot
+//! path free of heap allocation. One exception sits inside OpenSSL: its DTLS
+//! retransmission timer reads the wall clock and cannot be handed ours
+//! through the safe API; [`dtls`] decides *when* to call it from the
+//! caller's time (see "Timers" there), so with virtual time a flight is
+//! resent no earlier than both clocks allow.
 //!
+//! * [`router`] — the sans-IO state machine of a worker: commands, datagrams
+//!   and timeouts in (`handle_command`, `handle_input`, `handle_timeout`);
+//!   egress written through a sink, events (`poll_event`) and the next
+//!   deadline (`poll_timeout`) out; transport state and routing in separate
+//!   modules, counters in one table.
 //! * [`wire`] — checked zero-copy views over what arrives on a media port:
 //!   demultiplexing by first byte (RFC 7983), RTP with header extensions
 //!   (RFC 3550, RFC 8285), RTCP compound packets and the feedback an SFU emits
-//!   (RFC 4585, RFC 5104, REMB, transport-cc), STUN with MESSAGE-INTEGRITY and
+//!   (RFC 4585 PLI, RFC 5104 FIR, transport-cc), STUN with MESSAGE-INTEGRITY and
 //!   FINGERPRINT (RFC 8489).
 //! * [`srtp`] — SRTP and SRTCP transformed in place in the caller's buffer:
 //!   AEAD_AES_128_GCM (RFC 7714, `ring`) and AES_CM_128_HMAC_SHA1_80 (RFC 3711,
@@ -27,10 +37,12 @@
 //!
 //! # Run loop
 //! The worker that owns a socket calls, per received datagram,
-//! [`wire::classify`], then the matching view's `new_checked`, then
-//! [`srtp::SrtpContext::unprotect_rtp`] in place; forwarding writes each
-//! consumer's copy into a send slot and calls
-//! [`srtp::SrtpContext::protect_rtp`] on it. All state is `&mut self`; a context
+//! [`router::Router::handle_input`], which runs [`wire::classify`], the
+//! matching view's `new_checked`, then [`srtp::SrtpContext::unprotect_rtp`]
+//! in place; forwarding writes each consumer's copy into a send slot and
+//! protects it there. After each batch it calls
+//! [`router::Router::handle_timeout`] when [`router::Router::poll_timeout`]
+//! is due and drains [`router::Router::poll_event`]. All state is `&mut self`; a context
 //! belongs to exactly one worker thread, so there is no locking here.
 //!
 //! # Allocation

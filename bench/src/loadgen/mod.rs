@@ -174,8 +174,9 @@ pub struct Options {
     /// Margin around each switch window excluded from the counts, ms.
     #[arg(long, default_value_t = 200)]
     pub switch_grace_ms: u64,
-    /// Parallel HTTP clients changing subscriptions at a switch.
-    #[arg(long, default_value_t = 4)]
+    /// Parallel HTTP clients changing subscriptions at a switch (a
+    /// signaling service sends a switch's changes in parallel).
+    #[arg(long, default_value_t = 16)]
     pub switch_workers: usize,
     /// Local address of every socket.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
