@@ -7,6 +7,44 @@
 //! environment is passed in as an iterator so tests never touch the process
 //! environment.
 //!
+//! # One declaration per setting
+//! Each setting is declared once, in a `settings!` invocation: its doc, its
+//! type in [`Config`], its default, its `SFU_*` variable (and the parser of
+//! that variable, if not `FromStr`) and its flag's clap attributes and help.
+//! The macro generates the field of [`Config`] (the resolved settings), of
+//! [`ConfigLayer`] (the same key, optional: a TOML file, the environment or
+//! the flags), of [`Cli`] (the flag), the defaults, the flags-to-layer
+//! conversion, the environment match and the folding of a layer into the
+//! config. The `[http]` table ([`HttpConfig`], [`HttpLayer`], [`HttpFlags`])
+//! and the `[webhook]` table ([`WebhookConfig`], [`WebhookLayer`],
+//! [`WebhookFlags`]) are further invocations of the same macro, each a field
+//! of [`Config`], [`ConfigLayer`] and [`Cli`] (flattened), with a
+//! `SFU_<TABLE>_` branch in [`ConfigLayer::from_env`] and a line in
+//! [`Config::apply`] and [`Cli::layer`]. What does not fit one key with
+//! one value (the API secret and its file, `[limits]`, `--config`) is
+//! written out by hand next to it.
+//!
+//! To add a setting, add one entry to the `settings!` block of its table,
+//! e.g. in the `WebhookConfig` block:
+//!
+//! ```text
+//! /// Seconds between webhook retries.
+//! retry_secs: u64 = 5,
+//!     env "SFU_WEBHOOK_RETRY_SECS",
+//!     flag [
+//!         /// Seconds between webhook retries [default: 5].
+//!         #[arg(long = "webhook-retry-secs", value_name = "SECS")]
+//!     ];
+//! ```
+//!
+//! The TOML key is the field name (within its table; a table's flags name
+//! their `--<table>-` prefix in `long = ".."`). A setting whose config type is
+//! `Option<T>` (no default value) is written `name: Option<T> = None`
+//! with `layer T`; an environment variable needs ` with parser` when its
+//! value is not read with `FromStr` (see `SFU_WORKERS`). Rules across
+//! settings go into [`Config::validate`], and `deploy/sfu.toml` documents
+//! every key (a test checks it).
+//!
 //! `deploy/sfu.toml` is an example file with every key, commented.
 //!
 //! # API secret
@@ -69,43 +107,312 @@ impl FromStr for LogFormat {
     }
 }
 
-/// The effective configuration of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Config {
-    /// Address the HTTP control API listens on.
-    pub control_addr: SocketAddr,
-    /// Address the media sockets bind to.
-    pub media_ip: IpAddr,
-    /// First media port: worker `i` binds `media_port + i`; 0 binds ephemeral ports.
-    pub media_port: u16,
-    /// Worker threads; `None` = one per CPU of [`Config::cpus`].
-    pub workers: Option<usize>,
-    /// CPUs the workers are pinned to (worker `i` on `cpus[i % len]`); an
-    /// empty list pins nothing; `None` = the CPUs this process may run on.
-    pub cpus: Option<CpuList>,
-    /// Address written into API answers; `None` = `media_ip`.
-    pub advertised_ip: Option<IpAddr>,
-    /// Node name in `/v1/load`; `None` = the host name (or a random name).
-    pub node_id: Option<String>,
-    /// Log output format.
-    pub log_format: LogFormat,
-    /// Send buffers per worker, allocated at start.
-    pub pool_buffers: usize,
-    /// `SO_RCVBUF`/`SO_SNDBUF` of each media socket.
-    pub socket_buffer_bytes: usize,
-    /// Whether creating an endpoint or a WHIP/WHEP session in a room that
-    /// does not exist creates the room (the token must grant that room).
-    pub rooms_on_demand: bool,
-    /// Seconds an empty room lives before it is closed; 0 keeps empty rooms.
-    pub empty_room_timeout_secs: u64,
-    /// Secret the API's HS256 bearer tokens are signed with.
-    pub api_secret: ApiSecret,
-    /// Limits on client-created state (`[limits]`, `SFU_LIMITS_*`).
-    pub limits: Limits,
-    /// Limits of the HTTP server and of session creation (`[http]`).
-    pub http: HttpConfig,
-    /// Where node events are POSTed (`[webhook]`); off without a URL.
-    pub webhook: WebhookConfig,
+/// Declares a table of settings once and generates its three structs (the
+/// resolved values, an optional-valued layer, the clap flags) and the code
+/// that fills and folds them; see the module docs.
+macro_rules! settings {
+    (
+        $(#[$cattr:meta])*
+        pub struct $Config:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $ty:ty = $default:expr,
+                    $(layer $val:ty,)?
+                    env $env:literal $(with $envparse:path)?,
+                    flag [$(#[$fmeta:meta])*];
+            )*
+        }
+        extra {
+            $(
+                $(#[$xmeta:meta])*
+                $xfield:ident: $xty:ty = $xdefault:expr;
+            )*
+        }
+        $(#[$lattr:meta])*
+        pub struct $Layer:ident { $($lextra:tt)* }
+        $(#[$fattr:meta])*
+        pub struct $Flags:ident { $($fhead:tt)* } { $($ftail:tt)* }
+    ) => {
+        $(#[$cattr])*
+        pub struct $Config {
+            $(
+                $(#[doc = $doc])*
+                pub $field: $ty,
+            )*
+            $(
+                $(#[$xmeta])*
+                pub $xfield: $xty,
+            )*
+        }
+
+        impl Default for $Config {
+            fn default() -> Self {
+                Self {
+                    $($field: $default,)*
+                    $($xfield: $xdefault,)*
+                }
+            }
+        }
+
+        $(#[$lattr])*
+        pub struct $Layer {
+            $(
+                #[doc = concat!("See [`", stringify!($Config), "::", stringify!($field), "`].")]
+                pub $field: Option<settings!(@value $ty $(, $val)?)>,
+            )*
+            $($lextra)*
+        }
+
+        $(#[$fattr])*
+        pub struct $Flags {
+            $($fhead)*
+            $(
+                $(#[$fmeta])*
+                pub $field: Option<settings!(@value $ty $(, $val)?)>,
+            )*
+            $($ftail)*
+        }
+
+        impl $Flags {
+            /// The settings of this table the flags set, as a layer; the
+            /// layer's other keys are unset.
+            // The update is needless for a table without extra keys.
+            #[allow(clippy::needless_update)]
+            fn flags_layer(&self) -> $Layer {
+                $Layer {
+                    $($field: Clone::clone(&self.$field),)*
+                    ..Default::default()
+                }
+            }
+        }
+
+        impl $Layer {
+            /// Sets the key of environment variable `var` from `value`;
+            /// `Ok(false)` when `var` is not one of this table's variables.
+            fn set_env(&mut self, var: &str, value: &str) -> Result<bool, ConfigError> {
+                match var {
+                    $(
+                        $env => {
+                            self.$field = Some(env_value(
+                                $env,
+                                value,
+                                settings!(@parser $($envparse)?),
+                            )?);
+                        }
+                    )*
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            }
+        }
+
+        impl $Config {
+            /// Overrides every key of this table that `layer` sets.
+            fn apply_settings(&mut self, layer: &mut $Layer) {
+                $(
+                    if let Some(v) = layer.$field.take() {
+                        Setting::set(&mut self.$field, v);
+                    }
+                )*
+            }
+        }
+    };
+    (@value $ty:ty) => { $ty };
+    (@value $ty:ty, $val:ty) => { $val };
+    (@parser) => { parse_trimmed };
+    (@parser $p:path) => { $p };
+}
+
+/// How a layer's value lands in a [`Config`] field: the value itself, or
+/// `Some` of it for a setting without a default.
+trait Setting<T> {
+    fn set(&mut self, value: T);
+}
+
+impl<T> Setting<T> for T {
+    fn set(&mut self, value: T) {
+        *self = value;
+    }
+}
+
+impl<T> Setting<T> for Option<T> {
+    fn set(&mut self, value: T) {
+        *self = Some(value);
+    }
+}
+
+/// The default parser of an environment variable: `FromStr` on the
+/// trimmed value.
+fn parse_trimmed<T>(value: &str) -> Result<T, String>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// Parses the value of environment variable `var` with `parse`.
+fn env_value<T>(
+    var: &'static str,
+    value: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    parse(value).map_err(|message| ConfigError::Env {
+        var,
+        value: value.to_owned(),
+        message,
+    })
+}
+
+settings! {
+    /// The effective configuration of a node.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct Config {
+        /// Worker threads; `None` = one per CPU of [`Config::cpus`].
+        workers: Option<usize> = None,
+            layer usize,
+            env "SFU_WORKERS" with parse_positive,
+            flag [
+                /// Worker threads [default: one per CPU in --cpus].
+                #[arg(long, value_name = "N", value_parser = parse_positive)]
+            ];
+        /// CPUs the workers are pinned to (worker `i` on `cpus[i % len]`); an
+        /// empty list pins nothing; `None` = the CPUs this process may run on.
+        cpus: Option<CpuList> = None,
+            layer CpuList,
+            env "SFU_CPUS",
+            flag [
+                /// CPUs to pin workers to, e.g. `0,2-5`, or `none` [default: the CPUs this process may run on].
+                #[arg(long, value_name = "LIST")]
+            ];
+        /// Address the HTTP control API listens on.
+        control_addr: SocketAddr = DEFAULT_CONTROL_ADDR,
+            env "SFU_CONTROL_ADDR",
+            flag [
+                /// Control API address [default: 127.0.0.1:7880].
+                #[arg(long, value_name = "ADDR")]
+            ];
+        /// Address the media sockets bind to.
+        media_ip: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST),
+            env "SFU_MEDIA_IP",
+            flag [
+                /// Media bind address [default: 127.0.0.1].
+                #[arg(long, value_name = "IP")]
+            ];
+        /// First media port: worker `i` binds `media_port + i`; 0 binds ephemeral ports.
+        media_port: u16 = DEFAULT_MEDIA_PORT,
+            env "SFU_MEDIA_PORT",
+            flag [
+                /// First media UDP port; worker i uses port+i; 0 = ephemeral [default: 7882].
+                #[arg(long, value_name = "PORT")]
+            ];
+        /// Address written into API answers; `None` = `media_ip`.
+        advertised_ip: Option<IpAddr> = None,
+            layer IpAddr,
+            env "SFU_ADVERTISED_IP",
+            flag [
+                /// Address put into API answers [default: the media ip].
+                #[arg(long, value_name = "IP")]
+            ];
+        /// Node name in `/v1/load`; `None` = the host name (or a random name).
+        node_id: Option<String> = None,
+            layer String,
+            env "SFU_NODE_ID",
+            flag [
+                /// Node name reported by /v1/load [default: the host name].
+                #[arg(long, value_name = "ID")]
+            ];
+        /// Log output format.
+        log_format: LogFormat = LogFormat::Text,
+            env "SFU_LOG_FORMAT",
+            flag [
+                /// Log format [default: text].
+                #[arg(long, value_enum, value_name = "FORMAT")]
+            ];
+        /// Send buffers per worker, allocated at start.
+        pool_buffers: usize = DEFAULT_POOL_BUFFERS,
+            env "SFU_POOL_BUFFERS",
+            flag [
+                /// Send buffers per worker [default: 4096].
+                #[arg(long, value_name = "N", value_parser = parse_positive)]
+            ];
+        /// `SO_RCVBUF`/`SO_SNDBUF` of each media socket.
+        socket_buffer_bytes: usize = DEFAULT_SOCKET_BUFFER_BYTES,
+            env "SFU_SOCKET_BUFFER_BYTES",
+            flag [
+                /// SO_RCVBUF/SO_SNDBUF bytes per media socket [default: 33554432].
+                #[arg(long, value_name = "BYTES")]
+            ];
+        /// Whether creating an endpoint or a WHIP/WHEP session in a room that
+        /// does not exist creates the room (the token must grant that room).
+        rooms_on_demand: bool = true,
+            env "SFU_ROOMS_ON_DEMAND",
+            flag [
+                /// Create a room when a token for it creates its first endpoint or
+                /// WHIP/WHEP session [default: true].
+                #[arg(long, value_name = "BOOL")]
+            ];
+        /// Seconds an empty room lives before it is closed; 0 keeps empty rooms.
+        empty_room_timeout_secs: u64 = DEFAULT_EMPTY_ROOM_TIMEOUT_SECS,
+            env "SFU_EMPTY_ROOM_TIMEOUT_SECS",
+            flag [
+                /// Seconds an empty room lives before it is closed; 0 = never [default: 300].
+                #[arg(long, value_name = "SECS")]
+            ];
+    }
+    extra {
+        /// Secret the API's HS256 bearer tokens are signed with.
+        api_secret: ApiSecret = ApiSecret::default();
+        /// Limits on client-created state (`[limits]`, `SFU_LIMITS_*`).
+        limits: Limits = Limits::default();
+        /// Limits of the HTTP server and of session creation (`[http]`).
+        http: HttpConfig = HttpConfig::default();
+        /// Where node events are POSTed (`[webhook]`); off without a URL.
+        webhook: WebhookConfig = WebhookConfig::default();
+    }
+    /// One configuration layer: every key optional. The TOML file has this shape.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ConfigLayer {
+        /// See [`Config::api_secret`].
+        pub api_secret: Option<ApiSecret>,
+        /// A file holding [`Config::api_secret`]; read by [`Config::apply`].
+        pub api_secret_file: Option<PathBuf>,
+        /// See [`Config::limits`]: the limits this layer sets.
+        pub limits: Option<LimitsLayer>,
+        /// See [`Config::http`]: the `[http]` table.
+        pub http: Option<HttpLayer>,
+        /// See [`Config::webhook`]: the `[webhook]` table.
+        pub webhook: Option<WebhookLayer>,
+    }
+    /// Command-line flags of the `sfu` binary. Every flag overrides the matching
+    /// `SFU_*` variable, the config file and the default. Without a subcommand
+    /// the binary runs the node.
+    #[derive(Debug, Clone, Default, clap::Parser)]
+    #[command(name = "sfu", version, about = "Selective forwarding unit media node")]
+    pub struct Cli {
+        /// What to do instead of running the node.
+        #[command(subcommand)]
+        pub command: Option<Command>,
+        /// TOML config file (env SFU_CONFIG). See deploy/sfu.toml.
+        #[arg(long, value_name = "FILE", global = true)]
+        pub config: Option<PathBuf>,
+        /// Secret of the API's HS256 tokens (env SFU_API_SECRET; prefer it or
+        /// --api-secret-file, flags are visible to other users) [default: the
+        /// development secret, loopback only].
+        #[arg(long, value_name = "SECRET", global = true)]
+        pub api_secret: Option<String>,
+        /// File holding the API secret (env SFU_API_SECRET_FILE).
+        #[arg(long, value_name = "FILE", global = true)]
+        pub api_secret_file: Option<PathBuf>,
+    } {
+        /// The `--http-*` flags.
+        #[command(flatten)]
+        pub http: HttpFlags,
+        /// The `--webhook-*` flags.
+        #[command(flatten)]
+        pub webhook: WebhookFlags,
+    }
 }
 
 /// The secret of the control API's tokens. Its `Debug` and `Serialize`
@@ -158,69 +465,6 @@ impl Serialize for ApiSecret {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            control_addr: DEFAULT_CONTROL_ADDR,
-            media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            media_port: DEFAULT_MEDIA_PORT,
-            workers: None,
-            cpus: None,
-            advertised_ip: None,
-            node_id: None,
-            log_format: LogFormat::Text,
-            pool_buffers: DEFAULT_POOL_BUFFERS,
-            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
-            api_secret: ApiSecret::default(),
-            limits: Limits::default(),
-            http: HttpConfig::default(),
-            webhook: WebhookConfig::default(),
-            rooms_on_demand: true,
-            empty_room_timeout_secs: DEFAULT_EMPTY_ROOM_TIMEOUT_SECS,
-        }
-    }
-}
-
-/// One configuration layer: every key optional. The TOML file has this shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigLayer {
-    /// See [`Config::control_addr`].
-    pub control_addr: Option<SocketAddr>,
-    /// See [`Config::media_ip`].
-    pub media_ip: Option<IpAddr>,
-    /// See [`Config::media_port`].
-    pub media_port: Option<u16>,
-    /// See [`Config::workers`].
-    pub workers: Option<usize>,
-    /// See [`Config::cpus`].
-    pub cpus: Option<CpuList>,
-    /// See [`Config::advertised_ip`].
-    pub advertised_ip: Option<IpAddr>,
-    /// See [`Config::node_id`].
-    pub node_id: Option<String>,
-    /// See [`Config::log_format`].
-    pub log_format: Option<LogFormat>,
-    /// See [`Config::pool_buffers`].
-    pub pool_buffers: Option<usize>,
-    /// See [`Config::socket_buffer_bytes`].
-    pub socket_buffer_bytes: Option<usize>,
-    /// See [`Config::rooms_on_demand`].
-    pub rooms_on_demand: Option<bool>,
-    /// See [`Config::empty_room_timeout_secs`].
-    pub empty_room_timeout_secs: Option<u64>,
-    /// See [`Config::api_secret`].
-    pub api_secret: Option<ApiSecret>,
-    /// A file holding [`Config::api_secret`]; read by [`Config::apply`].
-    pub api_secret_file: Option<PathBuf>,
-    /// See [`Config::limits`]: the limits this layer sets.
-    pub limits: Option<LimitsLayer>,
-    /// See [`Config::http`]: the `[http]` table.
-    pub http: Option<HttpLayer>,
-    /// See [`Config::webhook`]: the `[webhook]` table.
-    pub webhook: Option<WebhookLayer>,
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -262,71 +506,6 @@ pub enum ConfigError {
     /// The folded configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
-}
-
-/// Command-line flags of the `sfu` binary. Every flag overrides the matching
-/// `SFU_*` variable, the config file and the default. Without a subcommand
-/// the binary runs the node.
-#[derive(Debug, Clone, Default, clap::Parser)]
-#[command(name = "sfu", version, about = "Selective forwarding unit media node")]
-pub struct Cli {
-    /// What to do instead of running the node.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// TOML config file (env SFU_CONFIG). See deploy/sfu.toml.
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    /// Secret of the API's HS256 tokens (env SFU_API_SECRET; prefer it or
-    /// --api-secret-file, flags are visible to other users) [default: the
-    /// development secret, loopback only].
-    #[arg(long, value_name = "SECRET", global = true)]
-    pub api_secret: Option<String>,
-    /// File holding the API secret (env SFU_API_SECRET_FILE).
-    #[arg(long, value_name = "FILE", global = true)]
-    pub api_secret_file: Option<PathBuf>,
-    /// Worker threads [default: one per CPU in --cpus].
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
-    pub workers: Option<usize>,
-    /// CPUs to pin workers to, e.g. `0,2-5`, or `none` [default: the CPUs this process may run on].
-    #[arg(long, value_name = "LIST")]
-    pub cpus: Option<CpuList>,
-    /// Control API address [default: 127.0.0.1:7880].
-    #[arg(long, value_name = "ADDR")]
-    pub control_addr: Option<SocketAddr>,
-    /// Media bind address [default: 127.0.0.1].
-    #[arg(long, value_name = "IP")]
-    pub media_ip: Option<IpAddr>,
-    /// First media UDP port; worker i uses port+i; 0 = ephemeral [default: 7882].
-    #[arg(long, value_name = "PORT")]
-    pub media_port: Option<u16>,
-    /// Address put into API answers [default: the media ip].
-    #[arg(long, value_name = "IP")]
-    pub advertised_ip: Option<IpAddr>,
-    /// Node name reported by /v1/load [default: the host name].
-    #[arg(long, value_name = "ID")]
-    pub node_id: Option<String>,
-    /// Log format [default: text].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Send buffers per worker [default: 4096].
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
-    pub pool_buffers: Option<usize>,
-    /// SO_RCVBUF/SO_SNDBUF bytes per media socket [default: 33554432].
-    #[arg(long, value_name = "BYTES")]
-    pub socket_buffer_bytes: Option<usize>,
-    /// Create a room when a token for it creates its first endpoint or
-    /// WHIP/WHEP session [default: true].
-    #[arg(long, value_name = "BOOL")]
-    pub rooms_on_demand: Option<bool>,
-    /// Seconds an empty room lives before it is closed; 0 = never [default: 300].
-    #[arg(long, value_name = "SECS")]
-    pub empty_room_timeout_secs: Option<u64>,
-    /// The `--http-*` flags.
-    #[command(flatten)]
-    pub http: HttpFlags,
-    /// The `--webhook-*` flags.
-    #[command(flatten)]
-    pub webhook: WebhookFlags,
 }
 
 /// Subcommands of the `sfu` binary.
@@ -392,24 +571,13 @@ impl Cli {
     /// The flags as a configuration layer.
     pub fn layer(&self) -> ConfigLayer {
         ConfigLayer {
-            control_addr: self.control_addr,
-            media_ip: self.media_ip,
-            media_port: self.media_port,
-            workers: self.workers,
-            cpus: self.cpus.clone(),
-            advertised_ip: self.advertised_ip,
-            node_id: self.node_id.clone(),
-            log_format: self.log_format,
-            pool_buffers: self.pool_buffers,
-            socket_buffer_bytes: self.socket_buffer_bytes,
             api_secret: self.api_secret.clone().map(ApiSecret::new),
             api_secret_file: self.api_secret_file.clone(),
             // Limits come from the file and the environment only.
             limits: None,
-            http: Some(self.http.layer()),
-            webhook: Some(self.webhook.layer()),
-            rooms_on_demand: self.rooms_on_demand,
-            empty_room_timeout_secs: self.empty_room_timeout_secs,
+            http: Some(self.http.flags_layer()),
+            webhook: Some(self.webhook.flags_layer()),
+            ..self.flags_layer()
         }
     }
 }
@@ -441,55 +609,15 @@ impl ConfigLayer {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        fn parse<T>(var: &'static str, value: &str) -> Result<T, ConfigError>
-        where
-            T: FromStr,
-            T::Err: fmt::Display,
-        {
-            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-                var,
-                value: value.to_owned(),
-                message: e.to_string(),
-            })
-        }
-
         let mut layer = Self::default();
         let mut file = None;
         for (key, value) in vars {
             let (key, value) = (key.as_ref(), value.as_ref());
-            if value.trim().is_empty() {
+            if value.trim().is_empty() || layer.set_env(key, value)? {
                 continue;
             }
             match key {
                 "SFU_CONFIG" => file = Some(PathBuf::from(value)),
-                "SFU_CONTROL_ADDR" => layer.control_addr = Some(parse("SFU_CONTROL_ADDR", value)?),
-                "SFU_MEDIA_IP" => layer.media_ip = Some(parse("SFU_MEDIA_IP", value)?),
-                "SFU_MEDIA_PORT" => layer.media_port = Some(parse("SFU_MEDIA_PORT", value)?),
-                "SFU_WORKERS" => {
-                    let n = parse_positive(value).map_err(|message| ConfigError::Env {
-                        var: "SFU_WORKERS",
-                        value: value.to_owned(),
-                        message,
-                    })?;
-                    layer.workers = Some(n);
-                }
-                "SFU_CPUS" => layer.cpus = Some(parse("SFU_CPUS", value)?),
-                "SFU_ADVERTISED_IP" => {
-                    layer.advertised_ip = Some(parse("SFU_ADVERTISED_IP", value)?)
-                }
-                "SFU_NODE_ID" => layer.node_id = Some(value.trim().to_owned()),
-                "SFU_LOG_FORMAT" => layer.log_format = Some(parse("SFU_LOG_FORMAT", value)?),
-                "SFU_POOL_BUFFERS" => layer.pool_buffers = Some(parse("SFU_POOL_BUFFERS", value)?),
-                "SFU_ROOMS_ON_DEMAND" => {
-                    layer.rooms_on_demand = Some(parse("SFU_ROOMS_ON_DEMAND", value)?);
-                }
-                "SFU_EMPTY_ROOM_TIMEOUT_SECS" => {
-                    layer.empty_room_timeout_secs =
-                        Some(parse("SFU_EMPTY_ROOM_TIMEOUT_SECS", value)?);
-                }
-                "SFU_SOCKET_BUFFER_BYTES" => {
-                    layer.socket_buffer_bytes = Some(parse("SFU_SOCKET_BUFFER_BYTES", value)?);
-                }
                 "SFU_API_SECRET" => layer.api_secret = Some(ApiSecret::new(value)),
                 "SFU_API_SECRET_FILE" => layer.api_secret_file = Some(PathBuf::from(value)),
                 _ if key.starts_with("SFU_HTTP_") => {
@@ -501,7 +629,7 @@ impl ConfigLayer {
                 _ => {
                     if let Some(name) = key.strip_prefix("SFU_LIMITS_") {
                         let var = "SFU_LIMITS_*";
-                        let n: usize = parse(var, value)?;
+                        let n: usize = env_value(var, value, parse_trimmed)?;
                         layer
                             .limits
                             .get_or_insert_with(LimitsLayer::default)
@@ -542,8 +670,8 @@ impl Config {
     /// Overrides every key `layer` sets; reads its `api_secret_file`.
     /// Fails, changing nothing, if the layer sets both `api_secret` and
     /// `api_secret_file` or the file cannot be read.
-    pub fn apply(&mut self, layer: ConfigLayer) -> Result<(), ConfigError> {
-        let api_secret = match (layer.api_secret, layer.api_secret_file) {
+    pub fn apply(&mut self, mut layer: ConfigLayer) -> Result<(), ConfigError> {
+        let api_secret = match (layer.api_secret.take(), layer.api_secret_file.take()) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
                     "set api_secret or api_secret_file, not both".into(),
@@ -556,70 +684,16 @@ impl Config {
         if let Some(v) = api_secret {
             self.api_secret = v;
         }
-        let ConfigLayer {
-            control_addr,
-            media_ip,
-            media_port,
-            workers,
-            cpus,
-            advertised_ip,
-            node_id,
-            log_format,
-            pool_buffers,
-            socket_buffer_bytes,
-            api_secret: _,
-            api_secret_file: _,
-            limits,
-            http,
-            webhook,
-            rooms_on_demand,
-            empty_room_timeout_secs,
-        } = layer;
-        if let Some(webhook) = webhook {
-            self.webhook.apply(webhook);
-        }
-        if let Some(v) = rooms_on_demand {
-            self.rooms_on_demand = v;
-        }
-        if let Some(v) = empty_room_timeout_secs {
-            self.empty_room_timeout_secs = v;
-        }
-        if let Some(l) = &limits {
+        if let Some(l) = &layer.limits {
             self.limits.apply(l);
         }
-        if let Some(http) = http {
+        if let Some(http) = layer.http {
             self.http.apply(http);
         }
-        if let Some(v) = control_addr {
-            self.control_addr = v;
+        if let Some(webhook) = layer.webhook.take() {
+            self.webhook.apply(webhook);
         }
-        if let Some(v) = media_ip {
-            self.media_ip = v;
-        }
-        if let Some(v) = media_port {
-            self.media_port = v;
-        }
-        if workers.is_some() {
-            self.workers = workers;
-        }
-        if cpus.is_some() {
-            self.cpus = cpus;
-        }
-        if advertised_ip.is_some() {
-            self.advertised_ip = advertised_ip;
-        }
-        if node_id.is_some() {
-            self.node_id = node_id;
-        }
-        if let Some(v) = log_format {
-            self.log_format = v;
-        }
-        if let Some(v) = pool_buffers {
-            self.pool_buffers = v;
-        }
-        if let Some(v) = socket_buffer_bytes {
-            self.socket_buffer_bytes = v;
-        }
+        self.apply_settings(&mut layer);
         Ok(())
     }
 
@@ -703,204 +777,101 @@ impl Config {
     }
 }
 
-/// Limits of the HTTP control API: the server's timeouts, sizes and
-/// connection cap ([`crate::http`]) and the rate of session creation
-/// ([`crate::ratelimit`]). The `[http]` table of the TOML file; variables
-/// `SFU_HTTP_<KEY>`, flags `--http-<key>`. A rate of 0 switches that limit
-/// off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct HttpConfig {
-    /// Seconds a client has to send a whole request head, from the
-    /// connection's start or from the first byte of a later request.
-    pub header_timeout_secs: u64,
-    /// Seconds from a request's head to its answer, body included; else 408.
-    pub request_timeout_secs: u64,
-    /// Seconds a keep-alive connection may wait for its next request.
-    pub idle_timeout_secs: u64,
-    /// Open connections at most; when full, the connection idle longest is
-    /// closed to admit a new one. Clamped to the descriptor limit at start.
-    pub max_connections: usize,
-    /// Largest request head (request line and headers), bytes; else 431.
-    pub max_header_bytes: usize,
-    /// Most header fields in a request; else 431.
-    pub max_headers: usize,
-    /// Sessions and rooms one client address may create per second.
-    pub session_rate_per_ip: u32,
-    /// Sessions and rooms one client address may create at once.
-    pub session_burst_per_ip: u32,
-    /// Sessions and rooms one bearer token may create per second.
-    pub session_rate_per_token: u32,
-    /// Sessions and rooms one bearer token may create at once.
-    pub session_burst_per_token: u32,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            header_timeout_secs: 10,
-            request_timeout_secs: 30,
-            idle_timeout_secs: 60,
-            max_connections: 1024,
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-            session_rate_per_ip: 20,
-            session_burst_per_ip: 40,
-            session_rate_per_token: 20,
-            session_burst_per_token: 40,
-        }
+settings! {
+    /// Limits of the HTTP control API: the server's timeouts, sizes and
+    /// connection cap ([`crate::http`]) and the rate of session creation
+    /// ([`crate::ratelimit`]). The `[http]` table of the TOML file; variables
+    /// `SFU_HTTP_<KEY>`, flags `--http-<key>`. A rate of 0 switches that limit
+    /// off.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    pub struct HttpConfig {
+        /// Seconds a client has to send a whole request head, from the
+        /// connection's start or from the first byte of a later request.
+        header_timeout_secs: u64 = 10,
+            env "SFU_HTTP_HEADER_TIMEOUT_SECS",
+            flag [
+                /// Seconds to receive a request head [default: 10].
+                #[arg(long = "http-header-timeout-secs", value_name = "S")]
+            ];
+        /// Seconds from a request's head to its answer, body included; else 408.
+        request_timeout_secs: u64 = 30,
+            env "SFU_HTTP_REQUEST_TIMEOUT_SECS",
+            flag [
+                /// Seconds from a request head to its answer, body included [default: 30].
+                #[arg(long = "http-request-timeout-secs", value_name = "S")]
+            ];
+        /// Seconds a keep-alive connection may wait for its next request.
+        idle_timeout_secs: u64 = 60,
+            env "SFU_HTTP_IDLE_TIMEOUT_SECS",
+            flag [
+                /// Seconds a keep-alive connection may wait for a request [default: 60].
+                #[arg(long = "http-idle-timeout-secs", value_name = "S")]
+            ];
+        /// Open connections at most; when full, the connection idle longest is
+        /// closed to admit a new one. Clamped to the descriptor limit at start.
+        max_connections: usize = 1024,
+            env "SFU_HTTP_MAX_CONNECTIONS",
+            flag [
+                /// Open HTTP connections at most [default: 1024].
+                #[arg(long = "http-max-connections", value_name = "N")]
+            ];
+        /// Largest request head (request line and headers), bytes; else 431.
+        max_header_bytes: usize = 16 * 1024,
+            env "SFU_HTTP_MAX_HEADER_BYTES",
+            flag [
+                /// Largest request head, bytes [default: 16384].
+                #[arg(long = "http-max-header-bytes", value_name = "BYTES")]
+            ];
+        /// Most header fields in a request; else 431.
+        max_headers: usize = 64,
+            env "SFU_HTTP_MAX_HEADERS",
+            flag [
+                /// Most header fields per request [default: 64].
+                #[arg(long = "http-max-headers", value_name = "N")]
+            ];
+        /// Sessions and rooms one client address may create per second.
+        session_rate_per_ip: u32 = 20,
+            env "SFU_HTTP_SESSION_RATE_PER_IP",
+            flag [
+                /// Sessions per second per client address; 0 = no limit [default: 20].
+                #[arg(long = "http-session-rate-per-ip", value_name = "N")]
+            ];
+        /// Sessions and rooms one client address may create at once.
+        session_burst_per_ip: u32 = 40,
+            env "SFU_HTTP_SESSION_BURST_PER_IP",
+            flag [
+                /// Session burst per client address [default: 40].
+                #[arg(long = "http-session-burst-per-ip", value_name = "N")]
+            ];
+        /// Sessions and rooms one bearer token may create per second.
+        session_rate_per_token: u32 = 20,
+            env "SFU_HTTP_SESSION_RATE_PER_TOKEN",
+            flag [
+                /// Sessions per second per token; 0 = no limit [default: 20].
+                #[arg(long = "http-session-rate-per-token", value_name = "N")]
+            ];
+        /// Sessions and rooms one bearer token may create at once.
+        session_burst_per_token: u32 = 40,
+            env "SFU_HTTP_SESSION_BURST_PER_TOKEN",
+            flag [
+                /// Session burst per token [default: 40].
+                #[arg(long = "http-session-burst-per-token", value_name = "N")]
+            ];
     }
-}
-
-/// The `[http]` table of one configuration layer: every key optional.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct HttpLayer {
-    pub header_timeout_secs: Option<u64>,
-    pub request_timeout_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub max_header_bytes: Option<usize>,
-    pub max_headers: Option<usize>,
-    pub session_rate_per_ip: Option<u32>,
-    pub session_burst_per_ip: Option<u32>,
-    pub session_rate_per_token: Option<u32>,
-    pub session_burst_per_token: Option<u32>,
-}
-
-/// The `--http-*` flags (see [`HttpConfig`] for each).
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
-#[allow(missing_docs)]
-pub struct HttpFlags {
-    /// Seconds to receive a request head [default: 10].
-    #[arg(long = "http-header-timeout-secs", value_name = "S")]
-    pub header_timeout_secs: Option<u64>,
-    /// Seconds from a request head to its answer, body included [default: 30].
-    #[arg(long = "http-request-timeout-secs", value_name = "S")]
-    pub request_timeout_secs: Option<u64>,
-    /// Seconds a keep-alive connection may wait for a request [default: 60].
-    #[arg(long = "http-idle-timeout-secs", value_name = "S")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Open HTTP connections at most [default: 1024].
-    #[arg(long = "http-max-connections", value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Largest request head, bytes [default: 16384].
-    #[arg(long = "http-max-header-bytes", value_name = "BYTES")]
-    pub max_header_bytes: Option<usize>,
-    /// Most header fields per request [default: 64].
-    #[arg(long = "http-max-headers", value_name = "N")]
-    pub max_headers: Option<usize>,
-    /// Sessions per second per client address; 0 = no limit [default: 20].
-    #[arg(long = "http-session-rate-per-ip", value_name = "N")]
-    pub session_rate_per_ip: Option<u32>,
-    /// Session burst per client address [default: 40].
-    #[arg(long = "http-session-burst-per-ip", value_name = "N")]
-    pub session_burst_per_ip: Option<u32>,
-    /// Sessions per second per token; 0 = no limit [default: 20].
-    #[arg(long = "http-session-rate-per-token", value_name = "N")]
-    pub session_rate_per_token: Option<u32>,
-    /// Session burst per token [default: 40].
-    #[arg(long = "http-session-burst-per-token", value_name = "N")]
-    pub session_burst_per_token: Option<u32>,
-}
-
-impl HttpFlags {
-    fn layer(&self) -> HttpLayer {
-        HttpLayer {
-            header_timeout_secs: self.header_timeout_secs,
-            request_timeout_secs: self.request_timeout_secs,
-            idle_timeout_secs: self.idle_timeout_secs,
-            max_connections: self.max_connections,
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-            session_rate_per_ip: self.session_rate_per_ip,
-            session_burst_per_ip: self.session_burst_per_ip,
-            session_rate_per_token: self.session_rate_per_token,
-            session_burst_per_token: self.session_burst_per_token,
-        }
-    }
-}
-
-impl HttpLayer {
-    /// Sets the key of the variable `SFU_HTTP_<KEY>`; unknown names are ignored.
-    fn set_env(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
-        fn parse<T: FromStr>(var: &'static str, value: &str) -> Result<Option<T>, ConfigError>
-        where
-            T::Err: fmt::Display,
-        {
-            value
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|e: T::Err| ConfigError::Env {
-                    var,
-                    value: value.to_owned(),
-                    message: e.to_string(),
-                })
-        }
-        match var {
-            "SFU_HTTP_HEADER_TIMEOUT_SECS" => {
-                self.header_timeout_secs = parse("SFU_HTTP_HEADER_TIMEOUT_SECS", value)?
-            }
-            "SFU_HTTP_REQUEST_TIMEOUT_SECS" => {
-                self.request_timeout_secs = parse("SFU_HTTP_REQUEST_TIMEOUT_SECS", value)?
-            }
-            "SFU_HTTP_IDLE_TIMEOUT_SECS" => {
-                self.idle_timeout_secs = parse("SFU_HTTP_IDLE_TIMEOUT_SECS", value)?
-            }
-            "SFU_HTTP_MAX_CONNECTIONS" => {
-                self.max_connections = parse("SFU_HTTP_MAX_CONNECTIONS", value)?
-            }
-            "SFU_HTTP_MAX_HEADER_BYTES" => {
-                self.max_header_bytes = parse("SFU_HTTP_MAX_HEADER_BYTES", value)?
-            }
-            "SFU_HTTP_MAX_HEADERS" => self.max_headers = parse("SFU_HTTP_MAX_HEADERS", value)?,
-            "SFU_HTTP_SESSION_RATE_PER_IP" => {
-                self.session_rate_per_ip = parse("SFU_HTTP_SESSION_RATE_PER_IP", value)?
-            }
-            "SFU_HTTP_SESSION_BURST_PER_IP" => {
-                self.session_burst_per_ip = parse("SFU_HTTP_SESSION_BURST_PER_IP", value)?
-            }
-            "SFU_HTTP_SESSION_RATE_PER_TOKEN" => {
-                self.session_rate_per_token = parse("SFU_HTTP_SESSION_RATE_PER_TOKEN", value)?
-            }
-            "SFU_HTTP_SESSION_BURST_PER_TOKEN" => {
-                self.session_burst_per_token = parse("SFU_HTTP_SESSION_BURST_PER_TOKEN", value)?
-            }
-            _ => {}
-        }
-        Ok(())
-    }
+    extra {}
+    /// The `[http]` table of one configuration layer: every key optional.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HttpLayer {}
+    /// The `--http-*` flags (see [`HttpConfig`] for each).
+    #[derive(Debug, Clone, Copy, Default, clap::Args)]
+    pub struct HttpFlags {} {}
 }
 
 impl HttpConfig {
     /// Overrides every key `layer` sets.
-    pub fn apply(&mut self, layer: HttpLayer) {
-        let HttpLayer {
-            header_timeout_secs,
-            request_timeout_secs,
-            idle_timeout_secs,
-            max_connections,
-            max_header_bytes,
-            max_headers,
-            session_rate_per_ip,
-            session_burst_per_ip,
-            session_rate_per_token,
-            session_burst_per_token,
-        } = layer;
-        let set = |to: &mut u64, from: Option<u64>| *to = from.unwrap_or(*to);
-        set(&mut self.header_timeout_secs, header_timeout_secs);
-        set(&mut self.request_timeout_secs, request_timeout_secs);
-        set(&mut self.idle_timeout_secs, idle_timeout_secs);
-        let set = |to: &mut usize, from: Option<usize>| *to = from.unwrap_or(*to);
-        set(&mut self.max_connections, max_connections);
-        set(&mut self.max_header_bytes, max_header_bytes);
-        set(&mut self.max_headers, max_headers);
-        let set = |to: &mut u32, from: Option<u32>| *to = from.unwrap_or(*to);
-        set(&mut self.session_rate_per_ip, session_rate_per_ip);
-        set(&mut self.session_burst_per_ip, session_burst_per_ip);
-        set(&mut self.session_rate_per_token, session_rate_per_token);
-        set(&mut self.session_burst_per_token, session_burst_per_token);
+    pub fn apply(&mut self, mut layer: HttpLayer) {
+        self.apply_settings(&mut layer);
     }
 
     /// Timeouts and the connection cap at least 1, a request head of at
@@ -935,105 +906,50 @@ impl HttpConfig {
     }
 }
 
-/// Webhooks: node events POSTed to a URL, signed with the API secret
-/// ([`crate::events`]). The `[webhook]` table of the TOML file; variables
-/// `SFU_WEBHOOK_<KEY>`, flags `--webhook-<key>`. Off while `url` is unset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WebhookConfig {
-    /// `http://` or `https://` URL the events are POSTed to; `None`: off.
-    pub url: Option<String>,
-    /// Milliseconds one delivery attempt may take, connecting included.
-    pub timeout_ms: u64,
-    /// Attempts after a failed first one, with exponential backoff, before
-    /// the event is dropped.
-    pub retries: u32,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            timeout_ms: 2000,
-            retries: 5,
-        }
+settings! {
+    /// Webhooks: node events POSTed to a URL, signed with the API secret
+    /// ([`crate::events`]). The `[webhook]` table of the TOML file; variables
+    /// `SFU_WEBHOOK_<KEY>`, flags `--webhook-<key>`. Off while `url` is unset.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct WebhookConfig {
+        /// `http://` or `https://` URL the events are POSTed to; `None`: off.
+        url: Option<String> = None,
+            layer String,
+            env "SFU_WEBHOOK_URL",
+            flag [
+                /// URL node events are POSTed to (http:// or https://) [default: none, off].
+                #[arg(long = "webhook-url", value_name = "URL")]
+            ];
+        /// Milliseconds one delivery attempt may take, connecting included.
+        timeout_ms: u64 = 2000,
+            env "SFU_WEBHOOK_TIMEOUT_MS",
+            flag [
+                /// Milliseconds one webhook delivery attempt may take [default: 2000].
+                #[arg(long = "webhook-timeout-ms", value_name = "MS")]
+            ];
+        /// Attempts after a failed first one, with exponential backoff, before
+        /// the event is dropped.
+        retries: u32 = 5,
+            env "SFU_WEBHOOK_RETRIES",
+            flag [
+                /// Retries of a failed webhook delivery [default: 5].
+                #[arg(long = "webhook-retries", value_name = "N")]
+            ];
     }
-}
-
-/// The `[webhook]` table of one configuration layer: every key optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct WebhookLayer {
-    pub url: Option<String>,
-    pub timeout_ms: Option<u64>,
-    pub retries: Option<u32>,
-}
-
-/// The `--webhook-*` flags (see [`WebhookConfig`] for each).
-#[derive(Debug, Clone, Default, clap::Args)]
-#[allow(missing_docs)]
-pub struct WebhookFlags {
-    /// URL node events are POSTed to (http:// or https://) [default: none, off].
-    #[arg(long = "webhook-url", value_name = "URL")]
-    pub url: Option<String>,
-    /// Milliseconds one webhook delivery attempt may take [default: 2000].
-    #[arg(long = "webhook-timeout-ms", value_name = "MS")]
-    pub timeout_ms: Option<u64>,
-    /// Retries of a failed webhook delivery [default: 5].
-    #[arg(long = "webhook-retries", value_name = "N")]
-    pub retries: Option<u32>,
-}
-
-impl WebhookFlags {
-    fn layer(&self) -> WebhookLayer {
-        WebhookLayer {
-            url: self.url.clone(),
-            timeout_ms: self.timeout_ms,
-            retries: self.retries,
-        }
-    }
-}
-
-impl WebhookLayer {
-    /// Sets the key of the variable `SFU_WEBHOOK_<KEY>`; unknown names are ignored.
-    fn set_env(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
-        fn parse<T: FromStr>(var: &'static str, value: &str) -> Result<Option<T>, ConfigError>
-        where
-            T::Err: fmt::Display,
-        {
-            value
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|e: T::Err| ConfigError::Env {
-                    var,
-                    value: value.to_owned(),
-                    message: e.to_string(),
-                })
-        }
-        match var {
-            "SFU_WEBHOOK_URL" => self.url = Some(value.trim().to_owned()),
-            "SFU_WEBHOOK_TIMEOUT_MS" => self.timeout_ms = parse("SFU_WEBHOOK_TIMEOUT_MS", value)?,
-            "SFU_WEBHOOK_RETRIES" => self.retries = parse("SFU_WEBHOOK_RETRIES", value)?,
-            _ => {}
-        }
-        Ok(())
-    }
+    extra {}
+    /// The `[webhook]` table of one configuration layer: every key optional.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct WebhookLayer {}
+    /// The `--webhook-*` flags (see [`WebhookConfig`] for each).
+    #[derive(Debug, Clone, Default, clap::Args)]
+    pub struct WebhookFlags {} {}
 }
 
 impl WebhookConfig {
     /// Overrides every key `layer` sets.
-    pub fn apply(&mut self, layer: WebhookLayer) {
-        let WebhookLayer {
-            url,
-            timeout_ms,
-            retries,
-        } = layer;
-        if url.is_some() {
-            self.url = url;
-        }
-        self.timeout_ms = timeout_ms.unwrap_or(self.timeout_ms);
-        self.retries = retries.unwrap_or(self.retries);
+    pub fn apply(&mut self, mut layer: WebhookLayer) {
+        self.apply_settings(&mut layer);
     }
 
     /// A URL, if set, of scheme `http` or `https` with a host; a timeout of
