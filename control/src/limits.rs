@@ -36,6 +36,12 @@ pub struct Limits {
     /// Seconds a WHIP/WHEP session may take to complete ICE + DTLS; then
     /// it is removed (`sfu_endpoints_removed_total{reason="never_connected"}`).
     pub pending_session_timeout_secs: usize,
+    /// Seconds a connected WHIP/WHEP session may go without a valid ICE
+    /// check (RFC 7675 consent; browsers check every few seconds) before it
+    /// is removed (`reason="consent_lost"`: a tab closed without DELETE);
+    /// also how long an address learnt from media is kept without an
+    /// authentic packet.
+    pub consent_timeout_secs: usize,
 }
 
 impl Default for Limits {
@@ -51,13 +57,14 @@ impl Default for Limits {
             pending_sessions_per_worker: router.max_pending_webrtc,
             pending_sessions_per_room: router.max_pending_webrtc_per_room,
             pending_session_timeout_secs: router.pending_webrtc_timeout.as_secs() as usize,
+            consent_timeout_secs: router.consent_timeout.as_secs() as usize,
         }
     }
 }
 
 /// The names of the limits, as config keys and as the suffix of their
 /// `SFU_LIMITS_*` variables (upper case).
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "rooms",
     "rooms_per_worker",
     "endpoints_per_worker",
@@ -67,6 +74,7 @@ pub const NAMES: [&str; 9] = [
     "pending_sessions_per_worker",
     "pending_sessions_per_room",
     "pending_session_timeout_secs",
+    "consent_timeout_secs",
 ];
 
 impl Limits {
@@ -82,6 +90,7 @@ impl Limits {
             "pending_sessions_per_worker" => &mut self.pending_sessions_per_worker,
             "pending_sessions_per_room" => &mut self.pending_sessions_per_room,
             "pending_session_timeout_secs" => &mut self.pending_session_timeout_secs,
+            "consent_timeout_secs" => &mut self.consent_timeout_secs,
             _ => return None,
         })
     }
@@ -108,6 +117,7 @@ impl Limits {
             pending_webrtc_timeout: std::time::Duration::from_secs(
                 self.pending_session_timeout_secs as u64,
             ),
+            consent_timeout: std::time::Duration::from_secs(self.consent_timeout_secs as u64),
             ..RouterConfig::default()
         }
     }

@@ -1039,16 +1039,25 @@ fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
         assert!(Instant::now() < deadline, "dtls_failed not counted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The node still serves.
+    // The node still serves. The garbage failed the handshake, which
+    // removes the session at once (`dtls_failed`), so the same SSRCs
+    // publish again.
     assert_eq!(node.get("/healthz").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while endpoints(&node)["rooms"][0]["endpoints"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed session was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = post_offer(
         &node,
         "/whip/r",
         &token,
         &with_fingerprint(WHIP_OFFER, &DtlsCert::generate().expect("cert")),
     );
-    // The same SSRCs are still published by the first session.
-    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.status, 201, "{}", r.text);
     node.shutdown();
 }
 
@@ -1145,4 +1154,124 @@ fn event_stream(node: &TestNode, room: &str) -> mpsc::Receiver<Value> {
         }
     });
     rx
+}
+
+/// A tab closed mid-call without DELETE and without close_notify: its ICE
+/// checks stop. With a 1 s consent timeout the worker removes it about a
+/// second later; the event stream says `consent_lost` then
+/// `participant_left` (reason `consent_lost`), the webhook gets the same
+/// `participant_left`, and the room is empty again.
+#[test]
+fn a_tab_closed_mid_call_is_removed_at_the_consent_deadline() {
+    let (hook_url, hooked) = webhook_receiver();
+    let mut config = common::test_config(1, common::TEST_SECRET);
+    config.limits.consent_timeout_secs = 1;
+    config.webhook.url = Some(hook_url);
+    let node = TestNode::start_with_config(config);
+    node.create_room("live");
+    let events = event_stream(&node, "live");
+    let token = node.token("live", &[Grant::Publish]);
+    let cert = DtlsCert::generate().expect("a certificate");
+    let offer = with_fingerprint(WHIP_OFFER, &cert);
+    let r = post_offer(&node, "/whip/live", &token, &offer);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let _tab = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
+    let connected_at = Instant::now();
+    let next = || {
+        events
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an event within 5 s")
+    };
+    let types: Vec<Value> = (0..4).map(|_| next()).collect();
+    let kinds: Vec<&str> = types.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "participant_joined",
+            "participant_connected",
+            "consent_lost",
+            "participant_left"
+        ]
+    );
+    let elapsed = connected_at.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "removed {elapsed:?} after connecting, consent timeout 1 s"
+    );
+    assert_eq!(types[3]["reason"], "consent_lost");
+    assert_eq!(types[3]["endpoint"], types[0]["endpoint"]);
+    assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 0);
+    // The webhook: started, joined, connected, left (stream-only events
+    // such as consent_lost are not sent).
+    let delivered: Vec<Value> = (0..4)
+        .map(|_| {
+            hooked
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a webhook delivery")
+        })
+        .collect();
+    let kinds: Vec<&str> = delivered
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "room_started",
+            "participant_joined",
+            "participant_connected",
+            "participant_left"
+        ]
+    );
+    assert_eq!(delivered[3], types[3], "the webhook carries the same event");
+}
+
+/// A webhook endpoint on loopback: answers 200 to each POST and hands over
+/// its JSON body.
+fn webhook_receiver() -> (String, mpsc::Receiver<Value>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else {
+                return;
+            };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    // Request line and headers.
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = l.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    let event: Value = serde_json::from_slice(&body).expect("JSON body");
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
 }

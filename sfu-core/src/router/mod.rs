@@ -49,7 +49,7 @@
 //! # Session lifecycle
 //! A WebRTC endpoint that does not complete ICE + DTLS within
 //! [`RouterConfig::pending_webrtc_timeout`], that loses ICE consent for
-//! [`CONSENT_TIMEOUT`] after connecting, or whose DTLS fails or is closed,
+//! [`RouterConfig::consent_timeout`] after connecting, or whose DTLS fails or is closed,
 //! is removed by the router itself ([`Event::Removed`], also kept for
 //! [`Command::TakeRemoved`]); its slot, SSRCs and ufrag are free at once.
 //!
@@ -325,6 +325,11 @@ pub struct RouterConfig {
     /// has not by then is removed (see [`Command::TakeRemoved`]), so
     /// abandoned sessions do not hold the pending limits forever.
     pub pending_webrtc_timeout: Duration,
+    /// How long an endpoint keeps its address without a valid ICE check
+    /// (WebRTC) or an authentic packet (an address learnt from media):
+    /// RFC 7675 consent freshness, [`CONSENT_TIMEOUT`] by default. A
+    /// connected WebRTC endpoint that loses consent is removed.
+    pub consent_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -339,6 +344,7 @@ impl Default for RouterConfig {
             max_pending_webrtc: 512,
             max_pending_webrtc_per_room: 64,
             pending_webrtc_timeout: Duration::from_secs(30),
+            consent_timeout: CONSENT_TIMEOUT,
         }
     }
 }
@@ -355,7 +361,10 @@ impl RouterConfig {
             self.max_pending_webrtc,
             self.max_pending_webrtc_per_room,
         ];
-        if limits.contains(&0) || self.pending_webrtc_timeout.is_zero() {
+        if limits.contains(&0)
+            || self.pending_webrtc_timeout.is_zero()
+            || self.consent_timeout.is_zero()
+        {
             return Err("every router limit must be at least 1");
         }
         if self.max_tracks_per_endpoint > self.srtp.max_ssrcs {

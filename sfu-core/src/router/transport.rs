@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::event::Event;
 use super::stats::{Counter, DropReason, RemovalReason};
-use super::webrtc::{self, CONSENT_TIMEOUT, WebrtcState};
+use super::webrtc::{self, WebrtcState};
 use super::{MediaKind, Router, SRTCP_TRAILER_MAX, TWCC_PACKETS_PER_ROUND, Transmit};
 use crate::dtls::DtlsState;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext};
@@ -44,7 +44,7 @@ pub(super) struct Transport {
     pub(super) remote: Option<SocketAddr>,
     /// When the address was learnt from an authentic packet (not given by
     /// the control plane, not set by ICE): the last authentic packet from
-    /// it. The address is forgotten [`CONSENT_TIMEOUT`] after that, as ICE
+    /// it. The address is forgotten `consent_timeout` after that, as ICE
     /// consent is, so a stale or spoofed address is not sent to forever.
     pub(super) learnt_at: Option<Instant>,
     /// When the endpoint was added.
@@ -338,11 +338,14 @@ impl Router {
     /// not before `at_least`. Cheap when an earlier or equal deadline is
     /// already armed.
     pub(super) fn schedule(&mut self, slot: u32, at_least: Instant) {
-        let pending_timeout = self.config.pending_webrtc_timeout;
+        let (pending, consent) = (
+            self.config.pending_webrtc_timeout,
+            self.config.consent_timeout,
+        );
         let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
             return;
         };
-        let Some(at) = ep.transport.deadline(pending_timeout) else {
+        let Some(at) = ep.transport.deadline(pending, consent) else {
             return;
         };
         let at = at.max(at_least);
@@ -372,7 +375,7 @@ impl Router {
         };
         let id = ep.id;
         if let (Some(remote), Some(at)) = (ep.transport.remote, ep.transport.learnt_at)
-            && now.saturating_duration_since(at) > CONSENT_TIMEOUT
+            && now.saturating_duration_since(at) > self.config.consent_timeout
         {
             // No authentic packet for a consent period: stop sending to
             // an address only media vouched for; the next authentic
@@ -397,7 +400,8 @@ impl Router {
         let Some(w) = ep.transport.webrtc.as_mut() else {
             return true;
         };
-        if w.connected && w.consent_expired(now) {
+        let consent = self.config.consent_timeout;
+        if w.connected && w.consent_expired(now, consent) {
             // RFC 7675: consent lost. Without ICE restart the session
             // cannot come back: the endpoint goes (a closed tab).
             self.stats.inc(Counter::ConsentExpired);
@@ -407,7 +411,7 @@ impl Router {
             return false;
         }
         if let Some(remote) = ep.transport.remote
-            && w.consent_expired(now)
+            && w.consent_expired(now, consent)
         {
             // Not connected yet: stop answering at that address; the
             // next valid check restores it.
@@ -477,7 +481,11 @@ impl Router {
 
 impl Transport {
     /// When this endpoint's timers next have work, if ever.
-    pub(super) fn deadline(&self, pending_timeout: Duration) -> Option<Instant> {
+    pub(super) fn deadline(
+        &self,
+        pending_timeout: Duration,
+        consent_timeout: Duration,
+    ) -> Option<Instant> {
         let mut at: Option<Instant> = None;
         let mut earliest = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -485,14 +493,14 @@ impl Transport {
             }
         };
         if self.remote.is_some() {
-            earliest(self.learnt_at.map(|t| t + CONSENT_TIMEOUT));
+            earliest(self.learnt_at.map(|t| t + consent_timeout));
         }
         if let Some(w) = &self.webrtc {
             if !w.connected {
                 earliest(Some(self.created + pending_timeout));
             }
             if self.remote.is_some() {
-                earliest(w.last_check.map(|t| t + CONSENT_TIMEOUT));
+                earliest(w.last_check.map(|t| t + consent_timeout));
             }
             earliest(w.dtls.poll_timeout());
             if self.keys.is_some() && self.remote.is_some() {

@@ -209,10 +209,11 @@ impl WebrtcState {
             .map(|r| r.track.rid.as_str())
     }
 
-    /// Whether consent to send has expired at `now`.
-    pub(super) fn consent_expired(&self, now: Instant) -> bool {
+    /// Whether consent to send has expired at `now`, `timeout` after the
+    /// last valid check.
+    pub(super) fn consent_expired(&self, now: Instant, timeout: Duration) -> bool {
         self.last_check
-            .is_none_or(|t| now.saturating_duration_since(t) > CONSENT_TIMEOUT)
+            .is_none_or(|t| now.saturating_duration_since(t) > timeout)
     }
 }
 
