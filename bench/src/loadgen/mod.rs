@@ -363,6 +363,10 @@ pub struct Report {
     pub switch_ms_max: f64,
     /// Switches that overran `--switch-budget-ms` (their counts are unreliable).
     pub switch_overruns: u64,
+    /// Median round trip of one subscription change at a switch, ms.
+    pub switch_request_ms_p50: f64,
+    /// 99th percentile of those round trips, ms.
+    pub switch_request_ms_p99: f64,
     /// Endpoints created through the API during setup (one at a time).
     pub joins: usize,
     /// Seconds all joins (endpoint creations) took together.
@@ -441,12 +445,14 @@ impl std::fmt::Display for Report {
         if self.switches > 0 {
             writeln!(
                 f,
-                "switches {}: {} requests, {} errors, slowest {:.0} ms, {} overruns",
+                "switches {}: {} requests, {} errors, slowest {:.0} ms, {} overruns; one change p50 {:.2} ms p99 {:.2} ms",
                 self.switches,
                 self.switch_requests,
                 self.switch_errors,
                 self.switch_ms_max,
-                self.switch_overruns
+                self.switch_overruns,
+                self.switch_request_ms_p50,
+                self.switch_request_ms_p99
             )?;
         }
         let cpu: Vec<String> = self
@@ -866,6 +872,14 @@ fn set_up(
     Ok((setups, joins))
 }
 
+/// The `q` quantile of `ns`, in ms (0 when empty).
+fn quantile_ms(ns: &[u64], q: f64) -> f64 {
+    let mut sorted = ns.to_vec();
+    sorted.sort_unstable();
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |&t| t as f64 / 1e6)
+}
+
 /// How long the endpoint creations of setup took.
 struct JoinTimes {
     /// Each join's round trip, in order.
@@ -1028,6 +1042,8 @@ fn build_report(
         switch_errors: outcome.switches.errors,
         switch_ms_max: outcome.switches.slowest_ns as f64 / 1e6,
         switch_overruns: outcome.switches.overruns,
+        switch_request_ms_p50: quantile_ms(&outcome.switches.request_ns, 0.5),
+        switch_request_ms_p99: quantile_ms(&outcome.switches.request_ns, 0.99),
         joins: 0,
         joins_s: 0.0,
         join_ms_p50: 0.0,
@@ -1119,6 +1135,8 @@ struct SwitchStats {
     errors: u64,
     slowest_ns: u64,
     overruns: u64,
+    /// Each subscription change's round trip.
+    request_ns: Vec<u64>,
 }
 
 /// At each switch time, re-points the video of every viewer whose speaker
@@ -1153,7 +1171,7 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
             .copied()
             .filter(|&v| cfg.switch.speaker(k, v) != cfg.switch.speaker(k - 1, v))
             .collect();
-        let results: Vec<(u64, u64)> = std::thread::scope(|s| {
+        let results: Vec<(u64, u64, Vec<u64>)> = std::thread::scope(|s| {
             let chunk = changed.len().div_ceil(cfg.workers).max(1);
             let handles: Vec<_> = changed
                 .chunks(chunk)
@@ -1161,12 +1179,17 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
                     let client = cfg.client.clone();
                     s.spawn(move || {
                         let (mut ok, mut err) = (0, 0);
+                        let mut times = Vec::with_capacity(part.len());
                         for &v in part {
                             let Some((video, audio)) = cfg.plan.subscription(v, k) else {
                                 continue;
                             };
                             let setup = &cfg.setups[v];
-                            match client.set_subscription(&setup.room, &setup.id, &video, &audio) {
+                            let sent = Instant::now();
+                            let result =
+                                client.set_subscription(&setup.room, &setup.id, &video, &audio);
+                            times.push(sent.elapsed().as_nanos() as u64);
+                            match result {
                                 Ok(_) => ok += 1,
                                 Err(e) => {
                                     if err == 0 {
@@ -1176,19 +1199,22 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
                                 }
                             }
                         }
-                        (ok, err)
+                        (ok, err, times)
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or((0, 0)))
+                .map(|h| h.join().unwrap_or((0, 0, Vec::new())))
                 .collect()
         });
         let took = cfg.origin.elapsed().saturating_sub(at).as_nanos() as u64;
         stats.switches += 1;
         stats.requests += results.iter().map(|r| r.0 + r.1).sum::<u64>();
         stats.errors += results.iter().map(|r| r.1).sum::<u64>();
+        stats
+            .request_ns
+            .extend(results.into_iter().flat_map(|r| r.2));
         stats.slowest_ns = stats.slowest_ns.max(took);
         if took > cfg.switch.timing.budget_ns {
             stats.overruns += 1;
