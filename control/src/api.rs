@@ -6,7 +6,7 @@
 //! | `GET /metrics` | admin, room `*` | Prometheus text ([`crate::metrics`]) |
 //! | `GET /v1/load` | admin, room `*` | node and per-worker load ([`crate::metrics::load`]) |
 //! | `GET /v1/events` | admin, room `*`; with `?room=NAME`, admin for that room | 200 `text/event-stream` of node events ([`crate::events`]), or 400 |
-//! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [...]}` |
+//! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [{"room", "worker", "endpoints", "pending"}]}` (`pending`: WHIP/WHEP sessions not connected yet) |
 //! | `POST /v1/rooms` | admin, the body's room | 201, or 400/409 |
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |

@@ -6,9 +6,11 @@
 //! * `Removed` — forgets the endpoint under its room's lock
 //!   ([`AppState::forget_removed`]), which publishes `participant_left` with
 //!   the router's reason, at once rather than at the next reap;
-//! * `Connected`, `ProducerBound`, `KeyframeRequested`, `ConsentLost` —
-//!   names the endpoint (room and public id) and publishes the matching
-//!   node event. An event of an endpoint the model no longer knows (deleted
+//! * `Connected` — marks the endpoint connected in the model (`GET
+//!   /v1/rooms` counts the room's `pending` sessions from it) and publishes
+//!   `participant_connected`;
+//! * `ProducerBound`, `KeyframeRequested`, `ConsentLost` — names the
+//!   endpoint (room and public id) and publishes the matching node event. An event of an endpoint the model no longer knows (deleted
 //!   meanwhile) is dropped.
 //!
 //! The thread ends when every worker is gone (the channel disconnects).
@@ -47,7 +49,7 @@ pub fn apply(state: &AppState, WorkerEvent { worker, event }: WorkerEvent) {
             return;
         }
         Event::Connected { endpoint, profile } => {
-            let Some((room, endpoint)) = named(endpoint) else {
+            let Some((room, endpoint)) = state.mark_connected(worker, endpoint) else {
                 return;
             };
             NodeEvent::ParticipantConnected {

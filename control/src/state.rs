@@ -104,6 +104,8 @@ pub struct RoomPolicy {
 pub struct Model {
     rooms: BTreeMap<String, RoomEntry>,
     endpoints: HashMap<String, EndpointEntry>,
+    /// Endpoint names by (worker, router id): names a router's event.
+    names: HashMap<(usize, EndpointId), String>,
     /// Track and RTCP SSRCs of every endpoint on the node.
     ssrcs: HashSet<u32>,
     /// Remote addresses given in the API, per worker.
@@ -227,6 +229,9 @@ struct EndpointEntry {
     /// Codecs of the simulcast layers it announced by `a=rid` only, by rid;
     /// the worker reports the layers once bound.
     rid_codecs: Vec<(String, CodecChoice)>,
+    /// Whether media can flow: always for an API endpoint (keys given);
+    /// for a WHIP/WHEP session, once its router reported ICE + DTLS done.
+    connected: bool,
 }
 
 /// A room as listed by `GET /v1/rooms`.
@@ -238,6 +243,9 @@ pub struct RoomSummary {
     pub worker: usize,
     /// How many endpoints it has.
     pub endpoints: usize,
+    /// Of those, WHIP/WHEP sessions whose ICE + DTLS have not completed
+    /// (as the router's events tell).
+    pub pending: usize,
 }
 
 /// A validated `POST /v1/rooms/{room}/endpoints` request.
@@ -364,11 +372,20 @@ impl AppState {
     /// show them) of the endpoint `id` of worker `worker`, if the control
     /// plane knows it: to name a router's endpoint in a [`NodeEvent`].
     pub fn endpoint_name(&self, worker: usize, id: EndpointId) -> Option<(String, String)> {
-        self.model()
-            .endpoints
-            .iter()
-            .find(|(_, e)| e.id == id && e.worker == worker)
-            .map(|(name, e)| (e.room.clone(), name.clone()))
+        let model = self.model();
+        let name = model.names.get(&(worker, id))?;
+        let e = model.endpoints.get(name)?;
+        Some((e.room.clone(), name.clone()))
+    }
+
+    /// Records that the router connected endpoint `id` of `worker` (ICE +
+    /// DTLS done); returns its room and name as [`AppState::endpoint_name`].
+    pub fn mark_connected(&self, worker: usize, id: EndpointId) -> Option<(String, String)> {
+        let mut model = self.model_mut();
+        let name = model.names.get(&(worker, id))?.clone();
+        let e = model.endpoints.get_mut(&name)?;
+        e.connected = true;
+        Some((e.room.clone(), name))
     }
 
     /// The node's name.
@@ -422,13 +439,19 @@ impl AppState {
 
     /// Rooms by name.
     pub fn rooms(&self) -> Vec<RoomSummary> {
-        self.model()
+        let model = self.model();
+        model
             .rooms
             .iter()
             .map(|(name, r)| RoomSummary {
                 room: name.clone(),
                 worker: r.worker,
                 endpoints: r.endpoints.len(),
+                pending: r
+                    .endpoints
+                    .iter()
+                    .filter(|e| model.endpoints.get(*e).is_some_and(|e| !e.connected))
+                    .count(),
             })
             .collect()
     }
@@ -796,6 +819,7 @@ impl AppState {
             entry.endpoints.insert(id_str.clone());
         }
         let seq = model.take_seq();
+        model.names.insert((worker, id), id_str.clone());
         model.endpoints.insert(
             id_str.clone(),
             EndpointEntry {
@@ -808,6 +832,7 @@ impl AppState {
                 session: Session::Api,
                 tracks: producers,
                 rid_codecs: Vec::new(),
+                connected: true,
             },
         );
         model.load[worker].1 += 1;
@@ -970,6 +995,7 @@ impl AppState {
             Session::Whep => model.sessions.whep_created += 1,
         }
         let seq = model.take_seq();
+        model.names.insert((worker, id), id_str.clone());
         model.endpoints.insert(
             id_str.clone(),
             EndpointEntry {
@@ -990,6 +1016,7 @@ impl AppState {
                     })
                     .collect(),
                 rid_codecs: new.rid_codecs,
+                connected: false,
             },
         );
         model.load[worker].1 += 1;
@@ -1060,11 +1087,8 @@ impl AppState {
         reason: RemovalReason,
     ) -> Option<(String, String)> {
         let find = || {
-            self.model()
-                .endpoints
-                .iter()
-                .find(|(_, e)| e.id == id && e.worker == worker)
-                .map(|(name, e)| (name.clone(), e.room.clone()))
+            self.endpoint_name(worker, id)
+                .map(|(room, name)| (name, room))
         };
         let (_, room) = find()?;
         let _serial = self.serial(&room);
@@ -1243,6 +1267,7 @@ impl Model {
         let Some(e) = self.endpoints.remove(endpoint) else {
             return;
         };
+        self.names.remove(&(e.worker, e.id));
         for s in &e.ssrcs {
             self.ssrcs.remove(s);
         }
@@ -1373,6 +1398,7 @@ mod tests {
                 session: Session::Whip,
                 tracks,
                 rid_codecs: rids.iter().map(|&(r, c)| (r.to_owned(), c)).collect(),
+                connected: false,
             }
         };
         let audio = Producer {

@@ -426,9 +426,9 @@ fn rooms_and_endpoints_lifecycle() {
     assert_eq!(
         rooms(&node),
         json!({ "rooms": [
-            { "room": "alpha", "worker": 0, "endpoints": 0 },
-            { "room": "beta", "worker": 1, "endpoints": 2 },
-            { "room": "gamma", "worker": 1, "endpoints": 0 },
+            { "room": "alpha", "worker": 0, "endpoints": 0, "pending": 0 },
+            { "room": "beta", "worker": 1, "endpoints": 2, "pending": 0 },
+            { "room": "gamma", "worker": 1, "endpoints": 0, "pending": 0 },
         ] })
     );
 

@@ -1080,6 +1080,11 @@ fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     let offer = with_fingerprint(WHIP_OFFER, &cert);
     let r = post_offer(&node, "/whip/live", &token, &offer);
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        endpoints(&node)["rooms"][0]["pending"],
+        1,
+        "not connected yet"
+    );
     let mut peer = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
     let next = || {
         events
@@ -1093,6 +1098,8 @@ fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     assert_eq!(connected["type"], "participant_connected", "{connected}");
     assert_eq!(connected["endpoint"], endpoint);
     assert_eq!(connected["profile"], "AEAD_AES_128_GCM");
+    // The model follows the router's event.
+    assert_eq!(endpoints(&node)["rooms"][0]["pending"], 0, "connected");
     assert_eq!(post_offer(&node, "/whip/live", &token, &offer).status, 409);
     peer.close();
     let left = next();
