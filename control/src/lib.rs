@@ -261,9 +261,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             worker = i,
             cpu = ?w.cpu(),
             media = %w.local_addr(),
-            gso = stats.gso_enabled,
-            gro = stats.gro_enabled,
-            pool_buffers = stats.pool_capacity,
+            gso = stats.gauge(packet_path::PathGauge::GsoEnabled) != 0,
+            gro = stats.gauge(packet_path::PathGauge::GroEnabled) != 0,
+            pool_buffers = stats.gauge(packet_path::PathGauge::PoolCapacity),
             "worker started"
         );
     }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::http::HttpStats;
 use crate::ratelimit::SessionLimiter;
 use crate::state::AppState;
-use packet_path::WorkerStats;
+use packet_path::{PathCounter, PathGauge, WorkerStats};
 use sfu_core::router::Counter;
 
 /// The `/v1/load` answer.
@@ -51,15 +51,15 @@ pub fn load(state: &AppState) -> Value {
                 "tx_bytes": s.get(Counter::TxBytes),
                 "counters": counters,
                 "cpu_seconds": s.cpu_seconds,
-                "rooms": s.rooms,
-                "endpoints": s.endpoints,
-                "pool_capacity": s.pool_capacity,
-                "pool_in_use": s.pool_in_use,
-                "pool_exhausted": s.pool_exhausted,
-                "gso": s.gso_enabled,
-                "gso_fallback_destinations": s.gso_fallback_destinations,
+                "rooms": s.gauge(PathGauge::Rooms),
+                "endpoints": s.gauge(PathGauge::Endpoints),
+                "pool_capacity": s.gauge(PathGauge::PoolCapacity),
+                "pool_in_use": s.gauge(PathGauge::PoolInUse),
+                "pool_exhausted": s.path(PathCounter::PoolExhausted),
+                "gso": s.gauge(PathGauge::GsoEnabled) != 0,
+                "gso_fallback_destinations": s.gauge(PathGauge::GsoFallbackDestinations),
                 "up": w.health().is_running(),
-                "gro": s.gro_enabled,
+                "gro": s.gauge(PathGauge::GroEnabled) != 0,
                 "drops": drops,
             })
         })
@@ -81,98 +81,12 @@ struct Family {
     value: fn(&WorkerStats) -> String,
 }
 
-const WORKER_FAMILIES: &[Family] = &[
-    Family {
-        name: "sfu_worker_events_lost_total",
-        help: "Router events (connected, removed, ...) the node's event channel had no room for.",
-        kind: "counter",
-        value: |s| s.events_lost.to_string(),
-    },
-    Family {
-        name: "sfu_pool_in_use",
-        help: "Send buffers of the worker's pool in use.",
-        kind: "gauge",
-        value: |s| s.pool_in_use.to_string(),
-    },
-    Family {
-        name: "sfu_pool_capacity",
-        help: "Send buffers in the worker's pool.",
-        kind: "gauge",
-        value: |s| s.pool_capacity.to_string(),
-    },
-    Family {
-        name: "sfu_pool_exhausted_total",
-        help: "Times the worker found its send-buffer pool empty.",
-        kind: "counter",
-        value: |s| s.pool_exhausted.to_string(),
-    },
-    Family {
-        name: "sfu_gso_fallbacks_total",
-        help: "1 if the kernel refused UDP GSO on the worker's socket at start (it then sends without GSO).",
-        kind: "counter",
-        value: |s| s.gso_fallbacks.to_string(),
-    },
-    Family {
-        name: "sfu_gso_refusals_total",
-        help: "GSO trains the kernel refused for their destination (resent unsegmented; the destination backs off from GSO).",
-        kind: "counter",
-        value: |s| s.gso_refusals.to_string(),
-    },
-    Family {
-        name: "sfu_gso_fallback_destinations",
-        help: "Destinations the worker currently sends without GSO after a refusal.",
-        kind: "gauge",
-        value: |s| s.gso_fallback_destinations.to_string(),
-    },
-    Family {
-        name: "sfu_gso_sends_total",
-        help: "GSO trains (segmented messages) the kernel accepted from the worker.",
-        kind: "counter",
-        value: |s| s.gso_sends.to_string(),
-    },
-    Family {
-        name: "sfu_send_errors_total",
-        help: "Failed send calls of the worker.",
-        kind: "counter",
-        value: |s| s.send_errors.to_string(),
-    },
-    Family {
-        name: "sfu_recv_errors_total",
-        help: "Failed receive calls of the worker.",
-        kind: "counter",
-        value: |s| s.recv_errors.to_string(),
-    },
-    Family {
-        name: "sfu_worker_cpu_seconds_total",
-        help: "CPU time (user and system) of the worker thread.",
-        kind: "counter",
-        value: |s| s.cpu_seconds.to_string(),
-    },
-    Family {
-        name: "sfu_gso_enabled",
-        help: "1 if the worker's socket can send with UDP GSO.",
-        kind: "gauge",
-        value: |s| u8::from(s.gso_enabled).to_string(),
-    },
-    Family {
-        name: "sfu_gro_enabled",
-        help: "1 if the worker receives with UDP GRO.",
-        kind: "gauge",
-        value: |s| u8::from(s.gro_enabled).to_string(),
-    },
-    Family {
-        name: "sfu_rooms",
-        help: "Rooms on the worker.",
-        kind: "gauge",
-        value: |s| s.rooms.to_string(),
-    },
-    Family {
-        name: "sfu_endpoints",
-        help: "Endpoints on the worker.",
-        kind: "gauge",
-        value: |s| s.endpoints.to_string(),
-    },
-];
+const WORKER_FAMILIES: &[Family] = &[Family {
+    name: "sfu_worker_cpu_seconds_total",
+    help: "CPU time (user and system) of the worker thread.",
+    kind: "counter",
+    value: |s| s.cpu_seconds.to_string(),
+}];
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     // Writing to a String cannot fail.
@@ -199,6 +113,22 @@ pub fn render(state: &AppState) -> String {
         header(&mut out, &name, counter.help(), "counter");
         for (i, s) in stats.iter().enumerate() {
             let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.get(counter));
+        }
+    }
+    // The packet path's tables, declared once in `packet_path::PathCounter`
+    // and `PathGauge`.
+    for &counter in PathCounter::ALL {
+        let name = format!("sfu_{}_total", counter.name());
+        header(&mut out, &name, counter.help(), "counter");
+        for (i, s) in stats.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.path(counter));
+        }
+    }
+    for &gauge in PathGauge::ALL {
+        let name = format!("sfu_{}", gauge.name());
+        header(&mut out, &name, gauge.help(), "gauge");
+        for (i, s) in stats.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.gauge(gauge));
         }
     }
     for family in WORKER_FAMILIES {

@@ -14,7 +14,9 @@
 //!   the queue by destination into GSO trains sent without copying (one iovec
 //!   per buffer).
 //! * [`Node`] — starts the workers; [`WorkerHandle`] sends them commands and
-//!   reads their counters ([`WorkerStats`]).
+//!   reads their counters ([`WorkerStats`]: the router's [`Counter`](sfu_core::router::Counter)
+//!   table and the packet path's own [`PathCounter`] and [`PathGauge`], each
+//!   counter declared once).
 //!
 //! # Run loop
 //! Each worker thread owns one socket, one [`Router`](sfu_core::router::Router)
@@ -76,8 +78,8 @@
 //! Nothing received from the network can make this crate panic: datagrams go
 //! to the router (which never panics on input) as slices bounded by the
 //! received length, and address families the code does not know are mapped
-//! to `0.0.0.0:0`. Socket errors are counted ([`WorkerStats::send_errors`],
-//! [`WorkerStats::recv_errors`]), never unwrapped. [`Node::start`] returns an
+//! to `0.0.0.0:0`. Socket errors are counted ([`PathCounter::SendErrors`],
+//! [`PathCounter::RecvErrors`]), never unwrapped. [`Node::start`] returns an
 //! error, not a panic, for bad configuration or a busy port.
 //!
 //! Should a worker panic all the same (a bug), the thread body catches the
@@ -102,6 +104,7 @@
 //! `sys`, both use the private `datagram` module (the GSO/GRO limits and
 //! [`io::RecvMeta`], re-exported from `io`), and `sys` knows nothing of `io`.
 
+mod counters;
 mod datagram;
 pub mod io;
 mod node;
@@ -111,6 +114,7 @@ mod sys;
 pub mod test_hooks;
 mod worker;
 
+pub use counters::{PathCounter, PathGauge};
 pub use node::{
     EVENT_CHANNEL, JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER,
     WorkerHandle, WorkerHealth, WorkerStats,

@@ -12,6 +12,7 @@ use sfu_core::router::{
     Command, Counter, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
 };
 
+use crate::counters::{PathCounter, PathGauge};
 use crate::io::{BatchSocket, SocketOptions};
 use crate::pool::SendPool;
 use crate::worker::{PANICKED, RETURNED, Request, Shared, Worker, WorkerEvent};
@@ -21,7 +22,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Router events the node's event channel ([`Node::events`]) holds; a
 /// worker that finds it full counts the event lost
-/// ([`WorkerStats::events_lost`]).
+/// ([`PathCounter::EventsLost`]).
 pub const EVENT_CHANNEL: usize = 65_536;
 
 /// Default [`NodeConfig::stall_after`].
@@ -138,39 +139,14 @@ pub struct WorkerStats {
     pub removed: Vec<(&'static str, u64)>,
     /// Drops by reason label ([`DropReason::as_str`]).
     pub drops: Vec<(&'static str, u64)>,
-    /// Send buffers in the pool.
-    pub pool_capacity: u64,
-    /// Send buffers in use when the counters were published.
-    pub pool_in_use: u64,
-    /// Egress copies lost to an empty pool.
-    pub pool_exhausted: u64,
-    /// 1 if the kernel refused `UDP_SEGMENT` at start (the worker then
-    /// sends without GSO), else 0.
-    pub gso_fallbacks: u64,
-    /// Segmented sends the kernel refused for their destination (resent
-    /// unsegmented; the destination backs off from GSO).
-    pub gso_refusals: u64,
-    /// Destinations currently sent without GSO after a refusal.
-    pub gso_fallback_destinations: u64,
-    /// GSO trains (segmented messages) the kernel accepted.
-    pub gso_sends: u64,
-    /// Whether the socket receives GRO trains.
-    pub gro_enabled: bool,
-    /// Whether the socket can send GSO trains (a socket capability; see
-    /// `gso_fallback_destinations` for destinations that refused them).
-    pub gso_enabled: bool,
-    /// Rooms on the worker.
-    pub rooms: u64,
-    /// Endpoints on the worker.
-    pub endpoints: u64,
+    /// The packet path's counters, by [`PathCounter::index`]; read one
+    /// with [`WorkerStats::path`].
+    pub path: [u64; PathCounter::COUNT],
+    /// The packet path's gauges, by [`PathGauge::index`]; read one with
+    /// [`WorkerStats::gauge`].
+    pub gauges: [u64; PathGauge::COUNT],
     /// The worker thread's own CPU time (user + system), in seconds.
     pub cpu_seconds: f64,
-    /// Datagrams whose send failed.
-    pub send_errors: u64,
-    /// Failed `recvmmsg` calls (timeouts excluded).
-    pub recv_errors: u64,
-    /// Router events lost because the node's event channel was full.
-    pub events_lost: u64,
 }
 
 impl Default for WorkerStats {
@@ -179,21 +155,9 @@ impl Default for WorkerStats {
             counters: [0; Counter::COUNT],
             removed: Vec::new(),
             drops: Vec::new(),
-            pool_capacity: 0,
-            pool_in_use: 0,
-            pool_exhausted: 0,
-            gso_fallbacks: 0,
-            gso_refusals: 0,
-            gso_fallback_destinations: 0,
-            gso_sends: 0,
-            gro_enabled: false,
-            gso_enabled: false,
-            rooms: 0,
-            endpoints: 0,
+            path: [0; PathCounter::COUNT],
+            gauges: [0; PathGauge::COUNT],
             cpu_seconds: 0.0,
-            send_errors: 0,
-            recv_errors: 0,
-            events_lost: 0,
         }
     }
 }
@@ -202,6 +166,16 @@ impl WorkerStats {
     /// One router counter.
     pub fn get(&self, counter: Counter) -> u64 {
         self.counters[counter.index()]
+    }
+
+    /// One packet-path counter.
+    pub fn path(&self, counter: PathCounter) -> u64 {
+        self.path[counter.index()]
+    }
+
+    /// One packet-path gauge (a boolean as 0 or 1).
+    pub fn gauge(&self, gauge: PathGauge) -> u64 {
+        self.gauges[gauge.index()]
     }
 }
 
@@ -312,21 +286,9 @@ impl WorkerHandle {
                 .zip(&s.drops)
                 .map(|(r, a)| (r.as_str(), get(a)))
                 .collect(),
-            pool_capacity: get(&s.pool_capacity),
-            pool_in_use: get(&s.pool_in_use),
-            pool_exhausted: get(&s.pool_exhausted),
-            gso_fallbacks: get(&s.gso_fallbacks),
-            gso_refusals: get(&s.gso_refusals),
-            gso_fallback_destinations: get(&s.gso_fallback_destinations),
-            gso_sends: get(&s.gso_sends),
-            gro_enabled: s.gro_enabled.load(Ordering::Relaxed),
-            gso_enabled: s.gso_enabled.load(Ordering::Relaxed),
-            rooms: get(&s.rooms),
-            endpoints: get(&s.endpoints),
+            path: std::array::from_fn(|i| get(&s.path[i])),
+            gauges: std::array::from_fn(|i| get(&s.gauges[i])),
             cpu_seconds: get(&s.cpu_nanos) as f64 / 1e9,
-            send_errors: get(&s.send_errors),
-            recv_errors: get(&s.recv_errors),
-            events_lost: get(&s.events_lost),
         }
     }
 }
@@ -428,7 +390,7 @@ impl Node {
     /// The workers' router events ([`sfu_core::router::Event`]), in the
     /// order each worker produced them. One consumer should drain it all
     /// the time: a worker that finds it full drops the event and counts it
-    /// ([`WorkerStats::events_lost`]).
+    /// ([`PathCounter::EventsLost`]).
     pub fn events(&self) -> crossbeam_channel::Receiver<WorkerEvent> {
         self.events.clone()
     }

@@ -42,6 +42,7 @@ use sfu_core::router::{
     Command, Counter, DropReason, Event, Outcome, RemovalReason, Router, RouterError,
 };
 
+use crate::counters::{PathCounter, PathGauge};
 use crate::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
 use crate::sys::{self, EventFd};
@@ -97,22 +98,11 @@ pub(crate) struct Shared {
     /// Endpoints the router removed by itself, by reason index.
     pub(crate) removed: [AtomicU64; RemovalReason::COUNT],
     pub(crate) drops: [AtomicU64; DropReason::COUNT],
-    pub(crate) pool_capacity: AtomicU64,
-    pub(crate) pool_in_use: AtomicU64,
-    pub(crate) pool_exhausted: AtomicU64,
-    pub(crate) gso_fallbacks: AtomicU64,
-    pub(crate) gso_refusals: AtomicU64,
-    pub(crate) gso_fallback_destinations: AtomicU64,
-    pub(crate) gso_sends: AtomicU64,
-    pub(crate) gro_enabled: AtomicBool,
-    pub(crate) gso_enabled: AtomicBool,
-    pub(crate) rooms: AtomicU64,
-    pub(crate) endpoints: AtomicU64,
+    /// The packet path's counters, by [`PathCounter::index`].
+    pub(crate) path: [AtomicU64; PathCounter::COUNT],
+    /// The packet path's gauges, by [`PathGauge::index`].
+    pub(crate) gauges: [AtomicU64; PathGauge::COUNT],
     pub(crate) cpu_nanos: AtomicU64,
-    pub(crate) send_errors: AtomicU64,
-    pub(crate) recv_errors: AtomicU64,
-    /// Router events the node's channel had no room for.
-    pub(crate) events_lost: AtomicU64,
     /// Wakes the worker from its idle wait.
     pub(crate) wake: EventFd,
 }
@@ -135,21 +125,16 @@ impl Shared {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             removed: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            pool_capacity: AtomicU64::new(pool_capacity as u64),
-            pool_in_use: AtomicU64::new(0),
-            pool_exhausted: AtomicU64::new(0),
-            gso_fallbacks: AtomicU64::new(socket.gso_fallbacks()),
-            gso_refusals: AtomicU64::new(0),
-            gso_fallback_destinations: AtomicU64::new(0),
-            gso_sends: AtomicU64::new(0),
-            gro_enabled: AtomicBool::new(socket.gro_enabled()),
-            gso_enabled: AtomicBool::new(socket.gso_enabled()),
-            rooms: AtomicU64::new(0),
-            endpoints: AtomicU64::new(0),
+            path: std::array::from_fn(|_| AtomicU64::new(0)),
+            gauges: std::array::from_fn(|i| {
+                AtomicU64::new(match PathGauge::ALL[i] {
+                    PathGauge::PoolCapacity => pool_capacity as u64,
+                    PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
+                    PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
+                    _ => 0,
+                })
+            }),
             cpu_nanos: AtomicU64::new(0),
-            send_errors: AtomicU64::new(0),
-            recv_errors: AtomicU64::new(0),
-            events_lost: AtomicU64::new(0),
             wake: EventFd::new()?,
         })
     }
@@ -331,24 +316,35 @@ impl Worker {
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }
-        set(&s.pool_in_use, self.pool.in_use() as u64);
-        set(&s.pool_exhausted, self.pool.exhausted());
-        set(&s.gso_fallbacks, self.socket.gso_fallbacks());
-        set(&s.gso_refusals, self.socket.gso_refusals());
-        set(
-            &s.gso_fallback_destinations,
-            self.socket.gso_fallback_destinations() as u64,
-        );
-        set(&s.gso_sends, self.socket.gso_sends());
-        s.gro_enabled
-            .store(self.socket.gro_enabled(), Ordering::Relaxed);
-        s.gso_enabled
-            .store(self.socket.gso_enabled(), Ordering::Relaxed);
-        set(&s.rooms, self.router.rooms() as u64);
-        set(&s.endpoints, self.router.endpoints() as u64);
-        set(&s.send_errors, send_errors);
-        set(&s.recv_errors, recv_errors);
-        set(&s.events_lost, events_lost);
+        let socket = &self.socket;
+        for (a, &c) in s.path.iter().zip(PathCounter::ALL) {
+            set(
+                a,
+                match c {
+                    PathCounter::PoolExhausted => self.pool.exhausted(),
+                    PathCounter::GsoFallbacks => socket.gso_fallbacks(),
+                    PathCounter::GsoRefusals => socket.gso_refusals(),
+                    PathCounter::GsoSends => socket.gso_sends(),
+                    PathCounter::SendErrors => send_errors,
+                    PathCounter::RecvErrors => recv_errors,
+                    PathCounter::EventsLost => events_lost,
+                },
+            );
+        }
+        for (a, &g) in s.gauges.iter().zip(PathGauge::ALL) {
+            set(
+                a,
+                match g {
+                    PathGauge::PoolInUse => self.pool.in_use() as u64,
+                    PathGauge::PoolCapacity => self.pool.capacity() as u64,
+                    PathGauge::GsoFallbackDestinations => socket.gso_fallback_destinations() as u64,
+                    PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
+                    PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
+                    PathGauge::Rooms => self.router.rooms() as u64,
+                    PathGauge::Endpoints => self.router.endpoints() as u64,
+                },
+            );
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
-use packet_path::{Node, NodeConfig, WorkerHandle};
+use packet_path::{Node, NodeConfig, PathCounter, PathGauge, WorkerHandle};
 use sfu_core::router::{
     Command, Counter, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Subscription,
     TrackConfig,
@@ -174,9 +174,15 @@ fn forward(profile: Profile, gso: bool, gro: bool) {
         assert_eq!(next, PACKETS, "subscriber {i} got every packet");
     }
     let st = w.stats();
-    assert_eq!((st.gso_enabled, st.gro_enabled), (gso, gro));
+    assert_eq!(
+        (
+            (st.gauge(PathGauge::GsoEnabled) != 0),
+            (st.gauge(PathGauge::GroEnabled) != 0)
+        ),
+        (gso, gro)
+    );
     assert_eq!(st.get(Counter::RxPackets), PACKETS);
-    assert_eq!(st.send_errors, 0);
+    assert_eq!(st.path(PathCounter::SendErrors), 0);
     node.shutdown();
 }
 

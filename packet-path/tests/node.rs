@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use packet_path::{Node, NodeConfig, RequestError, WorkerHandle, WorkerStats};
+use packet_path::{Node, NodeConfig, PathGauge, RequestError, WorkerHandle, WorkerStats};
 use sfu_core::router::{Command, Counter, Outcome, RoomId, RouterError};
 
 fn config(workers: usize) -> NodeConfig {
@@ -66,9 +66,19 @@ fn workers_get_their_own_ports_cores_and_rooms() {
         w[1].request(Command::DeleteRoom(RoomId(7))),
         Err(RequestError::Router(RouterError::UnknownRoom))
     );
-    let s = stats_until(&w[0], |s| s.rooms == 1);
-    assert_eq!((s.rooms, s.endpoints, s.pool_capacity), (1, 0, 64));
-    assert!(s.gro_enabled && s.gso_enabled, "loopback has GRO and GSO");
+    let s = stats_until(&w[0], |s| s.gauge(PathGauge::Rooms) == 1);
+    assert_eq!(
+        (
+            s.gauge(PathGauge::Rooms),
+            s.gauge(PathGauge::Endpoints),
+            s.gauge(PathGauge::PoolCapacity)
+        ),
+        (1, 0, 64)
+    );
+    assert!(
+        (s.gauge(PathGauge::GroEnabled) != 0) && (s.gauge(PathGauge::GsoEnabled) != 0),
+        "loopback has GRO and GSO"
+    );
     assert_eq!(s.drops.len(), sfu_core::router::DropReason::COUNT);
     node.shutdown();
 }

@@ -19,7 +19,7 @@ use common::{
     payload_byte, socket_opts, spawn_receiver, subscriber_sockets, wait_for,
 };
 use packet_path::io::BatchSocket;
-use packet_path::{Node, NodeConfig};
+use packet_path::{Node, NodeConfig, PathCounter, PathGauge};
 use sfu_core::router::{
     Command, Counter, EndpointConfig, EndpointId, MediaKind, Outcome, Role, RoomId, Subscription,
     TrackConfig,
@@ -156,10 +156,10 @@ fn zero_alloc_worker_forwards_a_million_packets() {
         forwarded as f64 * 100.0 / expected as f64,
         forwarded as f64 / elapsed.as_secs_f64(),
         stats.cpu_seconds,
-        stats.gro_enabled,
-        stats.gso_enabled,
-        stats.gso_fallbacks,
-        stats.pool_exhausted,
+        (stats.gauge(PathGauge::GroEnabled) != 0),
+        (stats.gauge(PathGauge::GsoEnabled) != 0),
+        stats.path(PathCounter::GsoFallbacks),
+        stats.path(PathCounter::PoolExhausted),
         stats
             .drops
             .iter()

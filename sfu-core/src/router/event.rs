@@ -4,7 +4,7 @@
 //! Events are queued in a bounded ring ([`EVENT_QUEUE`] entries, allocated
 //! once); the caller drains it after every batch. When the queue is full
 //! the newest event is dropped and counted
-//! ([`Counter::EventsDropped`](super::stats::Counter::EventsDropped)); removals
+//! ([`Counter::EventsDropped`]); removals
 //! are also kept for [`Command::TakeRemoved`](super::Command::TakeRemoved),
 //! so a control plane that missed an event can still reconcile.
 

@@ -314,7 +314,7 @@ pub struct RouterConfig {
     /// stream fits the endpoint's inbound SRTP context.
     pub max_tracks_per_endpoint: usize,
     /// Consumers of one endpoint. Each gets its own outbound SRTP stream
-    /// (see [`SrtpContext::add_rtp_stream`]), so this also bounds the
+    /// (see [`SrtpContext::add_rtp_stream`](crate::srtp::SrtpContext::add_rtp_stream)), so this also bounds the
     /// endpoint's outbound SRTP state.
     pub max_consumers_per_endpoint: usize,
     /// WebRTC endpoints on this worker whose ICE + DTLS have not completed.
