@@ -11,6 +11,7 @@
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404 |
+//! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/503 |
 //! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
 //!
 //! # Authentication
@@ -90,6 +91,7 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
             "/v1/rooms/{room}/endpoints/{id}/subscriptions",
             put(set_subscription),
         )
+        .route("/v1/rooms/{room}/subscriptions", put(set_subscriptions))
         .merge(crate::whip::routes())
         // After the token check: only valid tokens get a bucket.
         .route_layer(middleware::from_fn_with_state(sessions, limit_sessions))
@@ -621,6 +623,59 @@ async fn set_subscription(
     Ok(Json(json!({ "consumers": consumers_json(&consumers) })))
 }
 
+/// One change of `PUT /v1/rooms/{room}/subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionChangeBody {
+    endpoint: String,
+    subscribe: SubscribeBody,
+}
+
+/// `PUT /v1/rooms/{room}/subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionsBody {
+    changes: Vec<SubscriptionChangeBody>,
+}
+
+impl SubscriptionsBody {
+    fn into_changes(self) -> Result<Vec<(String, Subscription)>, ApiError> {
+        self.changes
+            .into_iter()
+            .map(|c| Ok((c.endpoint, c.subscribe.into_subscription()?)))
+            .collect()
+    }
+}
+
+/// Several endpoints' subscriptions in one request (the signaling service
+/// switching a room's speaker): admin for the room, since it changes what
+/// other participants receive.
+async fn set_subscriptions(
+    State(state): State<Arc<AppState>>,
+    token: Token,
+    Params(room): Params<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    token.need(Some(&room), Need::Admin)?;
+    let changes = body.json::<SubscriptionsBody>()?.into_changes()?;
+    let results = blocking(&state, move |s| s.set_subscriptions(&room, changes)).await?;
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|(endpoint, result)| match result {
+            Ok(consumers) => json!({
+                "endpoint": endpoint,
+                "consumers": consumers_json(&consumers),
+            }),
+            Err(e) => json!({
+                "endpoint": endpoint,
+                "error": e.to_string(),
+                "code": e.code(),
+            }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
 async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
     token: Token,
@@ -646,5 +701,8 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
     }
     if let Ok(b) = body.json::<SubscribeBody>() {
         let _ = b.into_subscription();
+    }
+    if let Ok(b) = body.json::<SubscriptionsBody>() {
+        let _ = b.into_changes();
     }
 }

@@ -53,6 +53,10 @@ use crate::events::{Events, NodeEvent, RoomEndReason};
 use crate::limits::Limits;
 use packet_path::{RequestError, WorkerHandle, WorkerStats};
 
+/// The answer to one subscription change of a batch
+/// ([`AppState::set_subscriptions`]): the endpoint's consumers, or why not.
+pub type ChangeResult = Result<Vec<ConsumerInfo>, ApiError>;
+
 /// Lock stripes serialising room mutations: rooms hashing to the same
 /// stripe wait for each other, others run in parallel.
 pub const ROOM_LOCKS: usize = 64;
@@ -811,7 +815,7 @@ impl AppState {
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
+            _ => Vec::new(),
         };
         // The SSRCs and remote address were reserved above.
         let mut model = self.model_mut();
@@ -969,7 +973,7 @@ impl AppState {
             })?;
         let consumers = match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
+            _ => Vec::new(),
         };
         let done = match finish(prepared, &consumers) {
             Ok(done) => done,
@@ -1050,8 +1054,75 @@ impl AppState {
             })?;
         Ok(match outcome {
             Outcome::Consumers(c) => c,
-            Outcome::Done | Outcome::Producers(_) | Outcome::Removed(_) => Vec::new(),
+            _ => Vec::new(),
         })
+    }
+
+    /// `PUT /v1/rooms/{room}/subscriptions`: replaces the subscriptions of
+    /// several endpoints of `room` in one worker round trip (a speaker
+    /// switch). Answers each change on its own, in order: the endpoint's
+    /// consumers, or why it was refused (unknown endpoint, a publish-only
+    /// endpoint, a limit). At most `limits.endpoints_per_room` changes.
+    /// Blocks on the worker.
+    pub fn set_subscriptions(
+        &self,
+        room: &str,
+        changes: Vec<(String, Subscription)>,
+    ) -> Result<Vec<(String, ChangeResult)>, ApiError> {
+        let max = self.model().limits.endpoints_per_room;
+        if changes.len() > max {
+            return Err(ApiError::TooMany(format!(
+                "{} subscription changes in one request (at most limits.endpoints_per_room = {max})",
+                changes.len()
+            )));
+        }
+        // Look every endpoint up; the known ones go to the room's worker
+        // in one command, in order.
+        let mut results: Vec<(String, Option<ChangeResult>)> = Vec::with_capacity(changes.len());
+        let mut batch = Vec::with_capacity(changes.len());
+        let mut worker = None;
+        {
+            let model = self.model();
+            if !model.rooms.contains_key(room) {
+                return Err(ApiError::UnknownRoom(room.to_owned()));
+            }
+            for (name, subscription) in changes {
+                match model.find_endpoint(room, &name) {
+                    Ok((id, w)) => {
+                        worker = Some(w);
+                        batch.push((id, subscription));
+                        results.push((name, None));
+                    }
+                    Err(e) => results.push((name, Some(Err(e)))),
+                }
+            }
+        }
+        let answers = match worker {
+            None => Vec::new(),
+            Some(worker) => match self.request(worker, Command::SetSubscriptions(batch), None)? {
+                Outcome::Subscriptions(answers) => answers,
+                other => {
+                    return Err(ApiError::Internal(format!(
+                        "the worker answered a subscription batch with {other:?}"
+                    )));
+                }
+            },
+        };
+        let mut answers = answers.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|(name, result)| {
+                let result = result.unwrap_or_else(|| match answers.next() {
+                    Some(Ok(consumers)) => Ok(consumers),
+                    Some(Err(e)) => Err(match ApiError::from(e) {
+                        ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(name.clone()),
+                        e => e,
+                    }),
+                    None => Err(ApiError::Internal("no answer for this change".into())),
+                });
+                (name, result)
+            })
+            .collect())
     }
 
     /// Forgets the endpoints the workers removed by themselves

@@ -8,6 +8,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::{TestNode, b64, unb64};
+use control::auth::Grant;
 use serde_json::{Value, json};
 use sfu_core::router::DropReason;
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
@@ -764,4 +765,79 @@ fn shutdown_stops_the_api() {
     assert_eq!(node.get("/healthz").status, 200);
     node.shutdown();
     assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+}
+
+/// A speaker switch in one request: `PUT /v1/rooms/{room}/subscriptions`
+/// re-points every listed endpoint and answers each change on its own, in
+/// order; an unknown endpoint or a publish-only one is refused alone; the
+/// route needs the admin grant; too many changes are refused whole.
+#[test]
+fn a_room_switches_many_subscriptions_in_one_request() {
+    let node = TestNode::start(1);
+    node.create_room("talk");
+    node.create_endpoint("talk", &publisher(7001));
+    let speaker2 = node.create_endpoint("talk", &publisher(7002))["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let viewer = |n: u8| {
+        node.create_endpoint(
+            "talk",
+            &json!({
+                "role": "subscribe",
+                "srtp": { "profile": GCM, "key": gcm_key(n) },
+                "subscribe": { "video": [7001] },
+            }),
+        )["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned()
+    };
+    let viewers: Vec<String> = (10..13).map(viewer).collect();
+    let mut changes: Vec<Value> = viewers
+        .iter()
+        .map(|v| json!({ "endpoint": v, "subscribe": { "video": [7002] } }))
+        .collect();
+    changes.insert(
+        1,
+        json!({ "endpoint": "00000000000000ff", "subscribe": "all" }),
+    );
+    changes.push(json!({ "endpoint": speaker2, "subscribe": "all" }));
+    let body = json!({ "changes": changes }).to_string();
+
+    let a = node.put("/v1/rooms/talk/subscriptions", &body);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let results = a.json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{}", a.text);
+    for (i, r) in [0, 2, 3].iter().map(|&i| &results[i]).enumerate() {
+        assert_eq!(r["endpoint"], viewers[i].as_str());
+        assert_eq!(r["consumers"][0]["producer_ssrc"], 7002, "{r}");
+    }
+    assert_eq!(results[1]["code"], "unknown_endpoint", "{}", results[1]);
+    assert_eq!(results[4]["endpoint"], speaker2.as_str());
+    assert!(
+        results[4]["error"].as_str().is_some(),
+        "a publish-only endpoint has no subscription: {}",
+        results[4]
+    );
+
+    // Admin only: a subscriber may change only its own subscription.
+    let token = node.token("talk", &[Grant::Subscribe]);
+    let a = node.request_as(
+        Some(&format!("Bearer {token}")),
+        "PUT",
+        "/v1/rooms/talk/subscriptions",
+        &body,
+    );
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = node.put("/v1/rooms/nope/subscriptions", &body);
+    assert_eq!(a.status, 404, "{}", a.text);
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({ "endpoint": viewers[0], "subscribe": "all" }))
+        .collect();
+    let a = node.put(
+        "/v1/rooms/talk/subscriptions",
+        &json!({ "changes": too_many }).to_string(),
+    );
+    assert_eq!(a.status, 503, "{}", a.text);
 }

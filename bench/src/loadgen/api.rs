@@ -273,6 +273,39 @@ impl ControlClient {
             serde_json::from_value(v).context("subscriptions answer does not parse")?;
         Ok(answer.consumers)
     }
+
+    /// `PUT /v1/rooms/{room}/subscriptions`: several endpoints' (id, video,
+    /// audio) subscriptions in one request. Returns how many changes the
+    /// node refused (each is answered on its own).
+    pub fn set_subscriptions(
+        &self,
+        room: &str,
+        changes: &[(&str, Vec<u32>, Vec<u32>)],
+    ) -> anyhow::Result<usize> {
+        let changes: Vec<Value> = changes
+            .iter()
+            .map(|(id, video, audio)| {
+                json!({ "endpoint": id, "subscribe": subscribe_body(Some((video, audio))) })
+            })
+            .collect();
+        let resp = self
+            .agent
+            .put(format!("{}/v1/rooms/{room}/subscriptions", self.base))
+            .header("authorization", &self.authorization)
+            .send_json(json!({ "changes": changes }))?;
+        let v = expect_json(resp, 200, "PUT room subscriptions")?;
+        let results = v["results"]
+            .as_array()
+            .context("room subscriptions answer has no results")?;
+        if results.len() != changes.len() {
+            bail!(
+                "room subscriptions: {} results for {} changes",
+                results.len(),
+                changes.len()
+            );
+        }
+        Ok(results.iter().filter(|r| r.get("error").is_some()).count())
+    }
 }
 
 fn kind_name(kind: Kind) -> &'static str {

@@ -178,6 +178,11 @@ pub struct Options {
     /// signaling service sends a switch's changes in parallel).
     #[arg(long, default_value_t = 16)]
     pub switch_workers: usize,
+    /// How a switch's changes are sent: `batch` (each client sends its
+    /// share in one `PUT /v1/rooms/{room}/subscriptions`) or `each` (one
+    /// `PUT .../endpoints/{id}/subscriptions` per viewer).
+    #[arg(long, value_enum, default_value_t = SwitchMode::Batch)]
+    pub switch_mode: SwitchMode,
     /// Local address of every socket.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bind: IpAddr,
@@ -363,7 +368,9 @@ pub struct Report {
     pub switch_ms_max: f64,
     /// Switches that overran `--switch-budget-ms` (their counts are unreliable).
     pub switch_overruns: u64,
-    /// Median round trip of one subscription change at a switch, ms.
+    /// Median round trip of one subscription request at a switch (one
+    /// viewer's change with `--switch-mode each`, a client's share of the
+    /// switch with `batch`), ms.
     pub switch_request_ms_p50: f64,
     /// 99th percentile of those round trips, ms.
     pub switch_request_ms_p99: f64,
@@ -445,7 +452,7 @@ impl std::fmt::Display for Report {
         if self.switches > 0 {
             writeln!(
                 f,
-                "switches {}: {} requests, {} errors, slowest {:.0} ms, {} overruns; one change p50 {:.2} ms p99 {:.2} ms",
+                "switches {}: {} requests, {} errors, slowest {:.0} ms, {} overruns; one request p50 {:.2} ms p99 {:.2} ms",
                 self.switches,
                 self.switch_requests,
                 self.switch_errors,
@@ -474,6 +481,16 @@ impl std::fmt::Display for Report {
 struct PeerSocket {
     socket: Mutex<BatchSocket>,
     local: SocketAddr,
+}
+
+/// How a speaker switch's subscription changes reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchMode {
+    /// One `PUT /v1/rooms/{room}/subscriptions` per client per switch.
+    Batch,
+    /// One `PUT .../endpoints/{id}/subscriptions` per viewer.
+    Each,
 }
 
 /// What setup learnt about each peer's endpoint.
@@ -638,6 +655,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                     client: &client,
                     origin,
                     workers: opts.switch_workers.max(1),
+                    mode: opts.switch_mode,
                     stop: &stop_all,
                 };
                 std::thread::Builder::new()
@@ -1125,6 +1143,7 @@ struct SwitchConfig<'a> {
     client: &'a ControlClient,
     origin: Instant,
     workers: usize,
+    mode: SwitchMode,
     stop: &'a AtomicBool,
 }
 
@@ -1180,6 +1199,33 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
                     s.spawn(move || {
                         let (mut ok, mut err) = (0, 0);
                         let mut times = Vec::with_capacity(part.len());
+                        if cfg.mode == SwitchMode::Batch {
+                            let changes: Vec<(&str, Vec<u32>, Vec<u32>)> = part
+                                .iter()
+                                .filter_map(|&v| {
+                                    let (video, audio) = cfg.plan.subscription(v, k)?;
+                                    Some((cfg.setups[v].id.as_str(), video, audio))
+                                })
+                                .collect();
+                            let Some(&first) = part.first() else {
+                                return (ok, err, times);
+                            };
+                            let sent = Instant::now();
+                            let result =
+                                client.set_subscriptions(&cfg.setups[first].room, &changes);
+                            times.push(sent.elapsed().as_nanos() as u64);
+                            match result {
+                                Ok(refused) => {
+                                    err += refused as u64;
+                                    ok += (changes.len() - refused) as u64;
+                                }
+                                Err(e) => {
+                                    eprintln!("sfu-loadgen: switch {k}: {e:#}");
+                                    err += changes.len() as u64;
+                                }
+                            }
+                            return (ok, err, times);
+                        }
                         for &v in part {
                             let Some((video, audio)) = cfg.plan.subscription(v, k) else {
                                 continue;

@@ -229,6 +229,11 @@ pub enum Command {
     RemoveEndpoint(EndpointId),
     /// Replace an endpoint's subscription.
     SetSubscription(EndpointId, Subscription),
+    /// Replaces the subscriptions of several endpoints at once (a speaker
+    /// switch of a whole room in one round trip): each applies as
+    /// [`Command::SetSubscription`] would, in order, and answers on its own
+    /// ([`Outcome::Subscriptions`]).
+    SetSubscriptions(Vec<(EndpointId, Subscription)>),
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
     /// Hand over the endpoints the router removed by itself since the last
@@ -248,6 +253,10 @@ pub enum Outcome {
     Producers(Vec<ProducerInfo>),
     /// Endpoints the router removed by itself ([`Command::TakeRemoved`]).
     Removed(Vec<(EndpointId, RemovalReason)>),
+    /// Each change of [`Command::SetSubscriptions`], in order: the
+    /// endpoint's consumers after it, or why it was refused (a refused
+    /// change leaves that endpoint as it was).
+    Subscriptions(Vec<Result<Vec<ConsumerInfo>, RouterError>>),
 }
 
 /// A producer as the control plane reports it.
@@ -509,19 +518,14 @@ impl Router {
                 self.remove_endpoint(id)?;
                 Ok(Outcome::Done)
             }
+            Command::SetSubscriptions(changes) => Ok(Outcome::Subscriptions(
+                changes
+                    .into_iter()
+                    .map(|(id, subscription)| self.set_subscription(id, subscription))
+                    .collect(),
+            )),
             Command::SetSubscription(id, subscription) => {
-                let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
-                let ep = self
-                    .endpoint_mut(slot)
-                    .ok_or(RouterError::UnknownEndpoint)?;
-                let role = ep.role;
-                self.check_subscription(role, &subscription)?;
-                let ep = self
-                    .endpoint_mut(slot)
-                    .ok_or(RouterError::UnknownEndpoint)?;
-                ep.subscription = subscription;
-                self.sync_consumers(slot);
-                Ok(Outcome::Consumers(self.consumer_infos(slot)))
+                Ok(Outcome::Consumers(self.set_subscription(id, subscription)?))
             }
             Command::TakeRemoved => Ok(Outcome::Removed(std::mem::take(&mut self.removed))),
             Command::Producers(room) => {
@@ -573,6 +577,26 @@ impl Router {
         if let Err(reason) = result {
             self.stats.drop(reason);
         }
+    }
+
+    /// Replaces an endpoint's subscription; returns its consumers after.
+    fn set_subscription(
+        &mut self,
+        id: EndpointId,
+        subscription: Subscription,
+    ) -> Result<Vec<ConsumerInfo>, RouterError> {
+        let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+        let role = self
+            .endpoint(slot)
+            .ok_or(RouterError::UnknownEndpoint)?
+            .role;
+        self.check_subscription(role, &subscription)?;
+        let ep = self
+            .endpoint_mut(slot)
+            .ok_or(RouterError::UnknownEndpoint)?;
+        ep.subscription = subscription;
+        self.sync_consumers(slot);
+        Ok(self.consumer_infos(slot))
     }
 
     /// Removes an endpoint on the router's own decision and keeps it for
