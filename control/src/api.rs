@@ -11,7 +11,7 @@
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404 |
-//! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/503 |
+//! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/413/503; body `{"changes": [{"endpoint", "subscribe"}]}`, at most `limits.endpoints_per_room` changes and 64 KiB (about 500 changes) |
 //! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
 //!
 //! # Authentication

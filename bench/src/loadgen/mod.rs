@@ -483,6 +483,10 @@ struct PeerSocket {
     local: SocketAddr,
 }
 
+/// Most subscription changes per `PUT /v1/rooms/{room}/subscriptions` (a
+/// change is about 100 bytes of JSON; the node takes 64 KiB bodies).
+const BATCH_CHANGES: usize = 200;
+
 /// How a speaker switch's subscription changes reach the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1200,28 +1204,28 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
                         let (mut ok, mut err) = (0, 0);
                         let mut times = Vec::with_capacity(part.len());
                         if cfg.mode == SwitchMode::Batch {
-                            let changes: Vec<(&str, Vec<u32>, Vec<u32>)> = part
-                                .iter()
-                                .filter_map(|&v| {
-                                    let (video, audio) = cfg.plan.subscription(v, k)?;
-                                    Some((cfg.setups[v].id.as_str(), video, audio))
-                                })
-                                .collect();
-                            let Some(&first) = part.first() else {
-                                return (ok, err, times);
-                            };
-                            let sent = Instant::now();
-                            let result =
-                                client.set_subscriptions(&cfg.setups[first].room, &changes);
-                            times.push(sent.elapsed().as_nanos() as u64);
-                            match result {
-                                Ok(refused) => {
-                                    err += refused as u64;
-                                    ok += (changes.len() - refused) as u64;
-                                }
-                                Err(e) => {
-                                    eprintln!("sfu-loadgen: switch {k}: {e:#}");
-                                    err += changes.len() as u64;
+                            // Requests stay under the node's 64 KiB body limit.
+                            for batch in part.chunks(BATCH_CHANGES) {
+                                let changes: Vec<(&str, Vec<u32>, Vec<u32>)> = batch
+                                    .iter()
+                                    .filter_map(|&v| {
+                                        let (video, audio) = cfg.plan.subscription(v, k)?;
+                                        Some((cfg.setups[v].id.as_str(), video, audio))
+                                    })
+                                    .collect();
+                                let room = &cfg.setups[batch[0]].room;
+                                let sent = Instant::now();
+                                let result = client.set_subscriptions(room, &changes);
+                                times.push(sent.elapsed().as_nanos() as u64);
+                                match result {
+                                    Ok(refused) => {
+                                        err += refused as u64;
+                                        ok += (changes.len() - refused) as u64;
+                                    }
+                                    Err(e) => {
+                                        eprintln!("sfu-loadgen: switch {k}: {e:#}");
+                                        err += changes.len() as u64;
+                                    }
                                 }
                             }
                             return (ok, err, times);
