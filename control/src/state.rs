@@ -173,6 +173,10 @@ pub struct SessionCounts {
 /// A published track as WHEP sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Producer {
+    /// The endpoint publishing it (its public id is this number in 16 hex
+    /// digits): WHEP groups a publisher's audio and video in one `msid`
+    /// stream so the browser syncs them.
+    pub publisher: EndpointId,
     /// Audio or video.
     pub kind: MediaKind,
     /// The SSRC it is published with.
@@ -663,7 +667,7 @@ impl AppState {
         let mut closed = 0;
         for name in expired {
             // Someone may have joined since: `delete_room_if_empty` checks
-            // again under the mutation lock and keeps a room that is not.
+            // again under the room's lock and keeps a room that is not.
             if self.delete_room_if_empty(&name).is_ok() {
                 lock(&self.empty_since).remove(&name);
                 tracing::info!(room = %name, "empty room closed");
@@ -680,7 +684,7 @@ impl AppState {
     }
 
     /// Deletes the room only if it has no endpoint (checked under the
-    /// mutation lock, so no endpoint joins in between). Blocks on the worker.
+    /// room's lock, so no endpoint joins in between). Blocks on the worker.
     fn delete_room_if_empty(&self, name: &str) -> Result<(), ApiError> {
         self.delete_room_of(name, true)
     }
@@ -741,15 +745,18 @@ impl AppState {
         self.ensure_room(room)?;
         let _serial = self.serial(room);
         let ssrcs = endpoint_ssrcs(&new)?;
-        let producers: Vec<Producer> = new
-            .tracks
-            .iter()
-            .map(|t| Producer {
-                kind: t.kind,
-                ssrc: t.ssrc,
-                codec: assumed_codec(t.kind),
-            })
-            .collect();
+        let declared = new.tracks.clone();
+        let producers = |publisher: EndpointId| -> Vec<Producer> {
+            declared
+                .iter()
+                .map(|t| Producer {
+                    publisher,
+                    kind: t.kind,
+                    ssrc: t.ssrc,
+                    codec: assumed_codec(t.kind),
+                })
+                .collect()
+        };
         // Check and reserve what other rooms share, atomically.
         let (room_id, worker, id, id_str) = {
             let mut model = self.model_mut();
@@ -834,7 +841,7 @@ impl AppState {
                 remote: new.remote,
                 seq,
                 session: Session::Api,
-                tracks: producers,
+                tracks: producers(id),
                 rid_codecs: Vec::new(),
                 connected: true,
             },
@@ -859,7 +866,7 @@ impl AppState {
     /// Creates a WebRTC endpoint (WHIP or WHEP) in `room`. Blocks on the
     /// worker.
     ///
-    /// Holding the mutation lock throughout, it looks the room up (404),
+    /// Holding the room's lock throughout, it looks the room up (404),
     /// asks the room's worker which simulcast layers are bound when an
     /// endpoint of the room announced layers by `rid` (an error of that
     /// request is returned), hands `plan` the room's media address
@@ -1014,6 +1021,7 @@ impl AppState {
                     .tracks
                     .iter()
                     .map(|(t, codec)| Producer {
+                        publisher: id,
                         kind: t.kind,
                         ssrc: t.ssrc,
                         codec: *codec,
@@ -1271,6 +1279,7 @@ impl Model {
                         let rid = p.rid.as_deref()?;
                         let &(_, codec) = e.rid_codecs.iter().find(|(r, _)| r == rid)?;
                         Some(Producer {
+                            publisher: e.id,
                             kind: p.kind,
                             ssrc: p.ssrc,
                             codec,
@@ -1473,11 +1482,13 @@ mod tests {
             }
         };
         let audio = Producer {
+            publisher: EndpointId(10),
             kind: MediaKind::Audio,
             ssrc: 1,
             codec: CodecChoice::Opus,
         };
         let video = Producer {
+            publisher: EndpointId(10),
             kind: MediaKind::Video,
             ssrc: 2,
             codec: CodecChoice::Vp8,
@@ -1519,6 +1530,7 @@ mod tests {
             info(30, MediaKind::Video, 703, Some("q")),
         ];
         let layer = |ssrc| Producer {
+            publisher: EndpointId(10),
             kind: MediaKind::Video,
             ssrc,
             codec: CodecChoice::H264,

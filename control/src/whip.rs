@@ -59,7 +59,12 @@
 //! the endpoint with that payload type per kind (forwarded packets are
 //! rewritten to it) and an explicit subscription to the chosen producers,
 //! then renders the final answer with the SSRCs of the endpoint's
-//! consumers (`a=ssrc` with CNAME `sfu`, `a=msid:sfu-{room} {kind}{slot}`).
+//! consumers (`a=ssrc` with CNAME `sfu-{publisher}` and
+//! `a=msid:sfu-{room}-{publisher} {kind}{slot}`, `{publisher}` being the
+//! publishing endpoint's id): one msid stream per publisher, so the browser
+//! puts a participant's audio and video in one `MediaStream` and keeps them
+//! in sync. A later `PUT .../subscriptions` re-points a slot without a new
+//! offer; its msid stays what the answer said.
 //! If that answer cannot be built, the endpoint is removed again.
 //!
 //! Tracks of endpoints created through the JSON API declare no codec;
@@ -137,7 +142,8 @@ pub const ICE_PWD_LEN: usize = 32;
 /// The header extension that carries a simulcast layer's `rid` (RFC 8852).
 const RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
-/// The CNAME announced for every stream the node sends.
+/// The prefix of the CNAME announced for the streams the node sends
+/// (`sfu-{publisher id}`).
 pub const CNAME: &str = "sfu";
 
 /// The WHIP/WHEP routes; merge them before the authentication layer.
@@ -542,7 +548,7 @@ struct SubscribePlan {
     room: String,
     /// Per audio/video section of the offer: the kind, slot and codec of
     /// the consumer it carries, if any.
-    slots: Vec<Option<(MediaKind, u16, CodecChoice)>>,
+    slots: Vec<Option<(Producer, u16)>>,
     /// Payload types of the provisional answer, per kind.
     video_pt: Option<u8>,
     audio_pt: Option<u8>,
@@ -615,13 +621,16 @@ fn payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>, Whi
     Ok(first)
 }
 
-fn out_stream(room: &str, kind: MediaKind, slot: u16, ssrc: u32, codec: CodecChoice) -> OutStream {
+/// The stream slot `slot` of a subscriber sends for producer `p`: CNAME
+/// and msid stream per publisher, track per (kind, slot).
+fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32) -> OutStream {
+    let publisher = format!("{:016x}", p.publisher.0);
     OutStream {
         ssrc,
-        cname: CNAME.to_owned(),
-        stream_id: format!("sfu-{room}"),
-        track_id: format!("{}{slot}", kind.as_str()),
-        codec,
+        cname: format!("{CNAME}-{publisher}"),
+        stream_id: format!("sfu-{room}-{publisher}"),
+        track_id: format!("{}{slot}", p.kind.as_str()),
+        codec: p.codec,
     }
 }
 
@@ -651,10 +660,10 @@ fn plan_subscribe(
             message: "too many media sections".to_owned(),
         })?;
         list.push(p.ssrc);
-        slots.push(Some((p.kind, slot, p.codec)));
+        slots.push(Some((*p, slot)));
         // Placeholder SSRCs: only the negotiated payload types matter here.
         let placeholder = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        provisional.push(Some(out_stream(room, p.kind, slot, placeholder, p.codec)));
+        provisional.push(Some(out_stream(room, p, slot, placeholder)));
     }
     let answer = sdp::answer(
         &offer,
@@ -688,10 +697,11 @@ fn plan_subscribe(
 fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<String, WhipError> {
     let mut streams = Vec::with_capacity(plan.slots.len());
     for slot in &plan.slots {
-        let Some((kind, slot, codec)) = *slot else {
+        let Some((p, slot)) = *slot else {
             streams.push(None);
             continue;
         };
+        let kind = p.kind;
         let consumer = consumers
             .iter()
             .find(|c| c.kind == kind && c.slot == slot)
@@ -701,13 +711,7 @@ fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<S
                     kind.as_str()
                 ))
             })?;
-        streams.push(Some(out_stream(
-            &plan.room,
-            kind,
-            slot,
-            consumer.ssrc,
-            codec,
-        )));
+        streams.push(Some(out_stream(&plan.room, &p, slot, consumer.ssrc)));
     }
     let answer = sdp::answer(
         &plan.offer,
@@ -777,7 +781,12 @@ mod tests {
     }
 
     fn producer(kind: MediaKind, ssrc: u32, codec: CodecChoice) -> Producer {
-        Producer { kind, ssrc, codec }
+        Producer {
+            publisher: sfu_core::router::EndpointId(u64::from(ssrc)),
+            kind,
+            ssrc,
+            codec,
+        }
     }
 
     #[test]

@@ -440,7 +440,23 @@ fn whip_to_whep_media_flows_over_ice_and_dtls() {
     assert!(secs[0].contains("a=rtpmap:110 opus/48000/2"), "{}", secs[0]);
     assert!(secs[1].contains("a=sendonly"), "{}", secs[1]);
     assert!(secs[1].contains("a=rtpmap:100 VP8/90000"), "{}", secs[1]);
-    assert!(secs[1].contains("a=msid:sfu-live video0"), "{}", secs[1]);
+    // The publisher's audio and video share one msid stream (lip sync):
+    // `sfu-{room}-{publisher id}`.
+    let stream_of = |sec: &str| {
+        sec.lines()
+            .find_map(|l| l.strip_prefix("a=msid:"))
+            .and_then(|m| m.split_once(' '))
+            .map(|(stream, track)| (stream.to_owned(), track.to_owned()))
+            .expect("an a=msid line")
+    };
+    let (audio_stream, audio_track) = stream_of(&secs[0]);
+    let (video_stream, video_track) = stream_of(&secs[1]);
+    assert_eq!(audio_stream, video_stream, "{sdp}");
+    assert!(audio_stream.starts_with("sfu-live-"), "{audio_stream}");
+    assert_eq!(
+        (audio_track.as_str(), video_track.as_str()),
+        ("audio0", "video0")
+    );
     let audio_ssrc = section_ssrc(&secs[0]).expect("an audio SSRC");
     let video_ssrc = section_ssrc(&secs[1]).expect("a video SSRC");
     assert_ne!(audio_ssrc, PUB_AUDIO_SSRC);
@@ -527,8 +543,9 @@ fn whep_assigns_producers_in_order_and_answers_the_rest_inactive() {
     node.create_room("r");
     // Two video producers through the JSON API (assumed VP8), no audio.
     let producers = [(5000u32, 1u8), (6000, 2)];
+    let mut publishers = Vec::new();
     for (ssrc, seed) in producers {
-        node.create_endpoint(
+        let created = node.create_endpoint(
             "r",
             &serde_json::json!({
                 "role": "publish",
@@ -536,6 +553,7 @@ fn whep_assigns_producers_in_order_and_answers_the_rest_inactive() {
                 "tracks": [{ "kind": "video", "ssrc": ssrc, "payload_type": 96 }],
             }),
         );
+        publishers.push(created["id"].as_str().expect("an id").to_owned());
     }
     let token = node.token("r", &[Grant::Subscribe]);
     let cert = DtlsCert::generate().expect("a certificate");
@@ -554,8 +572,15 @@ fn whep_assigns_producers_in_order_and_answers_the_rest_inactive() {
     let slot0 = section_ssrc(&secs[1]).expect("video slot 0");
     let slot1 = section_ssrc(&secs[2]).expect("video slot 1");
     assert_ne!(slot0, slot1);
-    assert!(secs[1].contains("a=msid:sfu-r video0"), "{}", secs[1]);
-    assert!(secs[2].contains("a=msid:sfu-r video1"), "{}", secs[2]);
+    // One msid stream (and CNAME) per publisher: a participant's tracks
+    // are synchronised together, different participants' are not.
+    for (sec, (publisher, slot)) in secs[1..3].iter().zip(publishers.iter().zip(0..)) {
+        assert!(
+            sec.contains(&format!("a=msid:sfu-r-{publisher} video{slot}")),
+            "{sec}"
+        );
+        assert!(sec.contains(&format!("cname:sfu-{publisher}")), "{sec}");
+    }
 
     // The first producer feeds the first section, the second the second.
     let mut sub = connect(&read_answer(&r.text), WHEP_UFRAG, &cert);
@@ -895,11 +920,20 @@ fn whep_is_offered_simulcast_layers_bound_before_its_offer() {
     for (i, sec) in secs.iter().enumerate().skip(1).take(2) {
         assert!(sec.contains("a=sendonly"), "{sec}");
         assert!(sec.contains("a=rtpmap:96 VP8/90000"), "{sec}");
-        assert!(
-            sec.contains(&format!("a=msid:sfu-r video{}", i - 1)),
-            "{sec}"
-        );
+        // Both layers come from one publisher: one msid stream.
+        let msid = sec
+            .lines()
+            .find_map(|l| l.strip_prefix("a=msid:sfu-r-"))
+            .expect("an a=msid line");
+        assert!(msid.ends_with(&format!(" video{}", i - 1)), "{sec}");
     }
+    let stream = |sec: &str| {
+        sec.lines()
+            .find_map(|l| l.strip_prefix("a=msid:"))
+            .and_then(|m| m.split_once(' '))
+            .map(|(stream, _)| stream.to_owned())
+    };
+    assert_eq!(stream(&secs[1]), stream(&secs[2]), "{}", r.text);
     assert!(secs[3].contains("a=inactive"), "{}", secs[3]);
     let slot0 = section_ssrc(&secs[1]).expect("video slot 0");
     let slot1 = section_ssrc(&secs[2]).expect("video slot 1");

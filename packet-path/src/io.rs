@@ -354,9 +354,10 @@ impl BatchSocket {
     }
 
     /// `recvmmsg` into `bufs` (each ideally [`GRO_BUFFER_BYTES`] long when
-    /// GRO is on); fills `meta[..n]` and returns `n` ≥ 1. Waits up to the
-    /// read timeout for the first datagram, then returns `WouldBlock` (or
-    /// `TimedOut`). Does not allocate.
+    /// GRO is on); fills `meta[..n]` and returns `n` ≥ 1. A blocking socket
+    /// waits up to its read timeout for the first datagram, then returns
+    /// `WouldBlock` (or `TimedOut`); a non-blocking one (the workers')
+    /// returns `WouldBlock` at once. Does not allocate.
     pub fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
         self.recv.recv(self.socket.as_fd(), bufs, meta)
     }

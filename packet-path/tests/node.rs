@@ -134,7 +134,7 @@ fn requests_after_shutdown_say_stopped() {
     node.shutdown();
     assert!(
         t0.elapsed() < Duration::from_secs(1),
-        "workers stop within their read timeout"
+        "stopping wakes the workers"
     );
     assert_eq!(
         w.request(Command::CreateRoom(RoomId(1))),
