@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::TestNode;
+use common::events::{Hook, subscribe, verify};
 use control::auth::Grant;
 use serde_json::Value;
 use sfu_core::dtls::{DtlsCert, DtlsRole, DtlsSession, DtlsState, Fingerprint};
@@ -442,15 +441,8 @@ fn whip_to_whep_media_flows_over_ice_and_dtls() {
     assert!(secs[1].contains("a=rtpmap:100 VP8/90000"), "{}", secs[1]);
     // The publisher's audio and video share one msid stream (lip sync):
     // `sfu-{room}-{publisher id}`.
-    let stream_of = |sec: &str| {
-        sec.lines()
-            .find_map(|l| l.strip_prefix("a=msid:"))
-            .and_then(|m| m.split_once(' '))
-            .map(|(stream, track)| (stream.to_owned(), track.to_owned()))
-            .expect("an a=msid line")
-    };
-    let (audio_stream, audio_track) = stream_of(&secs[0]);
-    let (video_stream, video_track) = stream_of(&secs[1]);
+    let (audio_stream, audio_track) = msid(&secs[0]);
+    let (video_stream, video_track) = msid(&secs[1]);
     assert_eq!(audio_stream, video_stream, "{sdp}");
     assert!(audio_stream.starts_with("sfu-live-"), "{audio_stream}");
     assert_eq!(
@@ -921,19 +913,11 @@ fn whep_is_offered_simulcast_layers_bound_before_its_offer() {
         assert!(sec.contains("a=sendonly"), "{sec}");
         assert!(sec.contains("a=rtpmap:96 VP8/90000"), "{sec}");
         // Both layers come from one publisher: one msid stream.
-        let msid = sec
-            .lines()
-            .find_map(|l| l.strip_prefix("a=msid:sfu-r-"))
-            .expect("an a=msid line");
-        assert!(msid.ends_with(&format!(" video{}", i - 1)), "{sec}");
+        let (stream, track) = msid(sec);
+        assert!(stream.starts_with("sfu-r-"), "{sec}");
+        assert_eq!(track, format!("video{}", i - 1), "{sec}");
     }
-    let stream = |sec: &str| {
-        sec.lines()
-            .find_map(|l| l.strip_prefix("a=msid:"))
-            .and_then(|m| m.split_once(' '))
-            .map(|(stream, _)| stream.to_owned())
-    };
-    assert_eq!(stream(&secs[1]), stream(&secs[2]), "{}", r.text);
+    assert_eq!(msid(&secs[1]).0, msid(&secs[2]).0, "{}", r.text);
     assert!(secs[3].contains("a=inactive"), "{}", secs[3]);
     let slot0 = section_ssrc(&secs[1]).expect("video slot 0");
     let slot1 = section_ssrc(&secs[2]).expect("video slot 1");
@@ -1108,7 +1092,8 @@ fn bad_ice_checks_and_dtls_garbage_are_counted_not_answered() {
 fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     let node = TestNode::start(1);
     node.create_room("live");
-    let events = event_stream(&node, "live");
+    let events =
+        subscribe(&node, Some(&node.admin), "?room=live", false).expect("an admin may listen");
     let token = node.token("live", &[Grant::Publish]);
     let cert = DtlsCert::generate().expect("a certificate");
     let offer = with_fingerprint(WHIP_OFFER, &cert);
@@ -1120,11 +1105,7 @@ fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
         "not connected yet"
     );
     let mut peer = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
-    let next = || {
-        events
-            .recv_timeout(Duration::from_secs(5))
-            .expect("an event within 5 s")
-    };
+    let next = || events.event().1;
     let joined = next();
     assert_eq!(joined["type"], "participant_joined", "{joined}");
     let endpoint = joined["endpoint"].clone();
@@ -1167,36 +1148,6 @@ fn a_closed_session_is_removed_and_the_same_peer_rejoins() {
     connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
 }
 
-/// The events of `room` from `GET /v1/events` (admin token), as JSON, read
-/// by a thread of their own.
-fn event_stream(node: &TestNode, room: &str) -> mpsc::Receiver<Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = agent
-        .get(format!("{}/v1/events?room={room}", node.base))
-        .header("authorization", format!("Bearer {}", node.admin))
-        .call()
-        .expect("the event stream opens");
-    assert_eq!(response.status().as_u16(), 200);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(response.into_body().into_reader()).lines() {
-            let Ok(line) = line else {
-                return;
-            };
-            if let Some(data) = line.strip_prefix("data:") {
-                let event: Value = serde_json::from_str(data.trim()).expect("JSON event");
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
 /// A tab closed mid-call without DELETE and without close_notify: its ICE
 /// checks stop. With a 1 s consent timeout the worker removes it about a
 /// second later; the event stream says `consent_lost` then
@@ -1204,13 +1155,14 @@ fn event_stream(node: &TestNode, room: &str) -> mpsc::Receiver<Value> {
 /// `participant_left`, and the room is empty again.
 #[test]
 fn a_tab_closed_mid_call_is_removed_at_the_consent_deadline() {
-    let (hook_url, hooked) = webhook_receiver();
+    let hook = Hook::start(0);
     let mut config = common::test_config(1, common::TEST_SECRET);
     config.limits.consent_timeout_secs = 1;
-    config.webhook.url = Some(hook_url);
+    config.webhook.url = Some(hook.url.clone());
     let node = TestNode::start_with_config(config);
     node.create_room("live");
-    let events = event_stream(&node, "live");
+    let events =
+        subscribe(&node, Some(&node.admin), "?room=live", false).expect("an admin may listen");
     let token = node.token("live", &[Grant::Publish]);
     let cert = DtlsCert::generate().expect("a certificate");
     let offer = with_fingerprint(WHIP_OFFER, &cert);
@@ -1218,11 +1170,7 @@ fn a_tab_closed_mid_call_is_removed_at_the_consent_deadline() {
     assert_eq!(r.status, 201, "{}", r.text);
     let _tab = connect(&read_answer(&r.text), WHIP_UFRAG, &cert);
     let connected_at = Instant::now();
-    let next = || {
-        events
-            .recv_timeout(Duration::from_secs(5))
-            .expect("an event within 5 s")
-    };
+    let next = || events.event().1;
     let types: Vec<Value> = (0..4).map(|_| next()).collect();
     let kinds: Vec<&str> = types.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
@@ -1246,9 +1194,9 @@ fn a_tab_closed_mid_call_is_removed_at_the_consent_deadline() {
     // such as consent_lost are not sent).
     let delivered: Vec<Value> = (0..4)
         .map(|_| {
-            hooked
-                .recv_timeout(Duration::from_secs(5))
-                .expect("a webhook delivery")
+            let d = hook.next(Duration::from_secs(5));
+            verify(&d, common::TEST_SECRET);
+            serde_json::from_str(&d.body).expect("a JSON body")
         })
         .collect();
     let kinds: Vec<&str> = delivered
@@ -1267,52 +1215,12 @@ fn a_tab_closed_mid_call_is_removed_at_the_consent_deadline() {
     assert_eq!(delivered[3], types[3], "the webhook carries the same event");
 }
 
-/// A webhook endpoint on loopback: answers 200 to each POST and hands over
-/// its JSON body.
-fn webhook_receiver() -> (String, mpsc::Receiver<Value>) {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else {
-                return;
-            };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    // Request line and headers.
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((name, value)) = l.split_once(':')
-                            && name.eq_ignore_ascii_case("content-length")
-                        {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                    let event: Value = serde_json::from_slice(&body).expect("JSON body");
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, rx)
+/// The `a=msid:` stream and track ids of an answer's media section.
+fn msid(section: &str) -> (String, String) {
+    section
+        .lines()
+        .find_map(|l| l.strip_prefix("a=msid:"))
+        .and_then(|m| m.split_once(' '))
+        .map(|(stream, track)| (stream.to_owned(), track.to_owned()))
+        .expect("an a=msid line")
 }

@@ -1,6 +1,8 @@
 //! A node started in-process on ephemeral ports, and a small HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod events;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command};
