@@ -102,6 +102,21 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One family with one sample per worker: `name{worker="i"} value`.
+fn per_worker(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    stats: &[WorkerStats],
+    value: impl Fn(&WorkerStats) -> String,
+) {
+    header(out, name, help, kind);
+    for (i, s) in stats.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", value(s));
+    }
+}
+
 /// The `/metrics` answer.
 pub fn render(state: &AppState) -> String {
     let stats: Vec<WorkerStats> = state.workers().iter().map(|w| w.stats()).collect();
@@ -110,37 +125,33 @@ pub fn render(state: &AppState) -> String {
     // `sfu_core::router::Counter`.
     for &counter in Counter::ALL {
         let name = format!("sfu_{}_total", counter.name());
-        header(&mut out, &name, counter.help(), "counter");
-        for (i, s) in stats.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.get(counter));
-        }
+        per_worker(&mut out, &name, counter.help(), "counter", &stats, |s| {
+            s.get(counter).to_string()
+        });
     }
     // The packet path's tables, declared once in `packet_path::PathCounter`
     // and `PathGauge`.
     for &counter in PathCounter::ALL {
         let name = format!("sfu_{}_total", counter.name());
-        header(&mut out, &name, counter.help(), "counter");
-        for (i, s) in stats.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.path(counter));
-        }
+        per_worker(&mut out, &name, counter.help(), "counter", &stats, |s| {
+            s.path(counter).to_string()
+        });
     }
     for &gauge in PathGauge::ALL {
         let name = format!("sfu_{}", gauge.name());
-        header(&mut out, &name, gauge.help(), "gauge");
-        for (i, s) in stats.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", s.gauge(gauge));
-        }
+        per_worker(&mut out, &name, gauge.help(), "gauge", &stats, |s| {
+            s.gauge(gauge).to_string()
+        });
     }
     for family in WORKER_FAMILIES {
-        header(&mut out, family.name, family.help, family.kind);
-        for (i, s) in stats.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{}{{worker=\"{i}\"}} {}",
-                family.name,
-                (family.value)(s)
-            );
-        }
+        per_worker(
+            &mut out,
+            family.name,
+            family.help,
+            family.kind,
+            &stats,
+            family.value,
+        );
     }
 
     header(

@@ -780,15 +780,7 @@ impl AppState {
             let (id, id_str) = model.fresh_endpoint_id();
             (room_id, worker, id, id_str)
         };
-        let release = || {
-            let mut model = self.model_mut();
-            for s in &ssrcs {
-                model.ssrcs.remove(s);
-            }
-            if let Some(remote) = new.remote {
-                model.remotes.remove(&(worker, remote));
-            }
-        };
+        let release = || self.model_mut().release(worker, &ssrcs, new.remote);
         let Some(media) = self.media_addr(worker) else {
             release();
             return Err(ApiError::Internal(format!("no worker {worker}")));
@@ -949,12 +941,7 @@ impl AppState {
             model.ssrcs.extend(ssrcs.iter().copied());
             model.fresh_endpoint_id()
         };
-        let release = |ssrcs: &[u32]| {
-            let mut model = self.model_mut();
-            for s in ssrcs {
-                model.ssrcs.remove(s);
-            }
-        };
+        let release = |ssrcs: &[u32]| self.model_mut().release(worker, ssrcs, None);
         let config = EndpointConfig {
             id,
             room: room_id,
@@ -1341,6 +1328,17 @@ impl Model {
         }
     }
 
+    /// Frees SSRCs and a remote address of `worker`, reserved for an
+    /// endpoint being created or held by one being forgotten.
+    fn release(&mut self, worker: usize, ssrcs: &[u32], remote: Option<SocketAddr>) {
+        for s in ssrcs {
+            self.ssrcs.remove(s);
+        }
+        if let Some(remote) = remote {
+            self.remotes.remove(&(worker, remote));
+        }
+    }
+
     /// Drops an endpoint and what it holds (SSRCs, remote, load) from the
     /// model; the caller updates its room's endpoint set.
     fn forget_endpoint(&mut self, endpoint: &str) {
@@ -1348,12 +1346,7 @@ impl Model {
             return;
         };
         self.names.remove(&(e.worker, e.id));
-        for s in &e.ssrcs {
-            self.ssrcs.remove(s);
-        }
-        if let Some(remote) = e.remote {
-            self.remotes.remove(&(e.worker, remote));
-        }
+        self.release(e.worker, &e.ssrcs, e.remote);
         if let Some(load) = self.load.get_mut(e.worker) {
             load.1 -= 1;
         }

@@ -742,10 +742,8 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     );
     report.joins = joins.times_ns.len();
     report.joins_s = joins.total_ns as f64 / 1e9;
-    let mut times = joins.times_ns;
-    times.sort_unstable();
-    report.join_ms_p50 = times.get(times.len() / 2).map_or(0.0, |&t| t as f64 / 1e6);
-    report.join_ms_max = times.last().map_or(0.0, |&t| t as f64 / 1e6);
+    report.join_ms_p50 = quantile_ms(&joins.times_ns, 0.5);
+    report.join_ms_max = quantile_ms(&joins.times_ns, 1.0);
     drop(guard);
     Ok(report)
 }

@@ -202,7 +202,7 @@ impl RemovalReason {
 /// Counters of one router, indexed by [`Counter`], [`DropReason`] and
 /// [`RemovalReason`]. Plain integers: the router is single-threaded; the
 /// packet path publishes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouterStats {
     /// By [`Counter::index`].
     pub counters: [u64; Counter::COUNT],
@@ -210,16 +210,6 @@ pub struct RouterStats {
     pub drops: [u64; DropReason::COUNT],
     /// By [`RemovalReason::index`].
     pub removed: [u64; RemovalReason::COUNT],
-}
-
-impl Default for RouterStats {
-    fn default() -> Self {
-        Self {
-            counters: [0; Counter::COUNT],
-            drops: [0; DropReason::COUNT],
-            removed: [0; RemovalReason::COUNT],
-        }
-    }
 }
 
 impl RouterStats {
