@@ -32,6 +32,11 @@
 //!   the peer certificate matches the SDP fingerprint.
 //! * [`twcc`] — the receiving side of transport-wide congestion control:
 //!   arrival times in a fixed ring, transport-cc feedback every 50 ms.
+//! * [`bwe`] — the sending side of transport-wide congestion control: a
+//!   per-subscriber bandwidth estimate (GCC as libwebrtc does it: send
+//!   history matched against transport-cc feedback, trendline delay
+//!   detector, AIMD rate control, loss-based bound, REMB fallback) and the
+//!   allocation of that estimate to the subscriber's stream layers.
 //! * [`sdp`] — a strict WebRTC SDP offer parser and answer generator for an
 //!   ICE-lite, BUNDLE-only, rtcp-mux-only node (WHIP publish, WHEP subscribe).
 //!
@@ -60,6 +65,7 @@
 //! function that may raise them.
 #![forbid(unsafe_code)]
 
+pub mod bwe;
 pub mod dtls;
 pub mod router;
 pub mod sdp;
