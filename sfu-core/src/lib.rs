@@ -32,6 +32,10 @@
 //!   the peer certificate matches the SDP fingerprint.
 //! * [`twcc`] — the receiving side of transport-wide congestion control:
 //!   arrival times in a fixed ring, transport-cc feedback every 50 ms.
+//! * [`speaker`] — dominant speaker identification (Volfin & Cohen, as
+//!   Jitsi runs it) on RFC 6464 audio levels, and last-N ordering: the most
+//!   recent speakers for video slots, the loudest for audio slots, slots
+//!   that keep their occupant while it stays in the top N.
 //! * [`sdp`] — a strict WebRTC SDP offer parser and answer generator for an
 //!   ICE-lite, BUNDLE-only, rtcp-mux-only node (WHIP publish, WHEP subscribe).
 //!
@@ -63,6 +67,7 @@
 pub mod dtls;
 pub mod router;
 pub mod sdp;
+pub mod speaker;
 pub mod srtp;
 pub mod twcc;
 pub mod wire;
