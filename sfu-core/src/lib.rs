@@ -37,6 +37,10 @@
 //!   history matched against transport-cc feedback, trendline delay
 //!   detector, AIMD rate control, loss-based bound, REMB fallback) and the
 //!   allocation of that estimate to the subscriber's stream layers.
+//! * [`speaker`] — dominant speaker identification (Volfin & Cohen, as
+//!   Jitsi runs it) on RFC 6464 audio levels, and last-N ordering: the most
+//!   recent speakers for video slots, the loudest for audio slots, slots
+//!   that keep their occupant while it stays in the top N.
 //! * [`sdp`] — a strict WebRTC SDP offer parser and answer generator for an
 //!   ICE-lite, BUNDLE-only, rtcp-mux-only node (WHIP publish, WHEP subscribe).
 //!
@@ -69,6 +73,7 @@ pub mod bwe;
 pub mod dtls;
 pub mod router;
 pub mod sdp;
+pub mod speaker;
 pub mod srtp;
 pub mod twcc;
 pub mod wire;
