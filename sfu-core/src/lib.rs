@@ -20,8 +20,9 @@
 //!   modules, counters in one table.
 //! * [`wire`] — checked zero-copy views over what arrives on a media port:
 //!   demultiplexing by first byte (RFC 7983), RTP with header extensions
-//!   (RFC 3550, RFC 8285), RTCP compound packets and the feedback an SFU emits
-//!   (RFC 4585 PLI, RFC 5104 FIR, transport-cc), STUN with MESSAGE-INTEGRITY and
+//!   (RFC 3550, RFC 8285), RTCP compound packets with views and writers of
+//!   reports (SR, RR, SDES, BYE; RFC 3550) and feedback (RFC 4585 NACK and PLI,
+//!   RFC 5104 FIR, REMB, transport-cc), STUN with MESSAGE-INTEGRITY and
 //!   FINGERPRINT (RFC 8489).
 //! * [`srtp`] — SRTP and SRTCP transformed in place in the caller's buffer:
 //!   AEAD_AES_128_GCM (RFC 7714, `ring`) and AES_CM_128_HMAC_SHA1_80 (RFC 3711,

@@ -77,17 +77,24 @@ fn seeds(srtp_tx: &mut [SrtpContext]) -> Vec<(Vec<u8>, bool)> {
         let n = tx.protect_rtcp(&mut buf, n).unwrap();
         out.push((buf[..n].to_vec(), true));
     }
-    // RTCP: a compound of every packet the SFU writes (PLI, transport-cc),
-    // with an empty RR and a FIR (RFC 5104) from a browser around them.
-    let rr = [0x80, 0xc9, 0, 1, 0, 0, 0, 1];
-    buf[..8].copy_from_slice(&rr);
-    let mut n = 8;
+    // RTCP: a compound of every packet the SFU writes (SR, SDES, RR, NACK,
+    // PLI, transport-cc) and of the FIR and REMB a browser sends.
+    let block = rtcp::ReportBlockData {
+        ssrc: 2,
+        fraction_lost: 10,
+        cumulative_lost: -3,
+        highest_seq: 70_000,
+        jitter: 5,
+        last_sr: 6,
+        delay_since_last_sr: 7,
+    };
+    let mut n = rtcp::write_sender_report(&mut buf, 1, 1 << 40, 9, 10, 11, &[block]).unwrap();
+    n += rtcp::write_sdes_cname(&mut buf[n..], 1, b"sfu-room-1").unwrap();
+    n += rtcp::write_receiver_report(&mut buf[n..], 1, &[block, block]).unwrap();
+    n += rtcp::write_nack(&mut buf[n..], 1, 2, &[65_534, 65_535, 0, 3, 40]).unwrap();
     n += rtcp::write_pli(&mut buf[n..], 1, 2).unwrap();
-    let fir = [
-        0x84, 0xce, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 3, 0, 0, 0,
-    ];
-    buf[n..n + fir.len()].copy_from_slice(&fir);
-    n += fir.len();
+    n += rtcp::write_fir(&mut buf[n..], 1, &[(2, 3)]).unwrap();
+    n += rtcp::write_remb(&mut buf[n..], 1, 2_500_000, &[2, 3]).unwrap();
     n += rtcp::write_transport_cc(
         &mut buf[n..],
         1,
@@ -217,11 +224,43 @@ fn exercise(d: &[u8], rx: &mut [SrtpContext], seen: &mut Seen) {
         seen.rtcp_ok += 1;
         let _ = pkt.packet_type();
         match pkt {
+            RtcpPacket::SenderReport(sr) => {
+                let _ = (sr.ssrc(), sr.ntp_time(), sr.rtp_time(), sr.packet_count());
+                let _ = (sr.octet_count(), sr.extension().len());
+                sr.report_blocks().for_each(|b| {
+                    let _ = b.to_data();
+                });
+            }
+            RtcpPacket::ReceiverReport(rr) => {
+                let _ = (rr.ssrc(), rr.extension().len());
+                rr.report_blocks().for_each(|b| {
+                    let _ = (b.ssrc(), b.fraction_lost(), b.cumulative_lost(), b.jitter());
+                    let _ = (b.highest_seq(), b.last_sr(), b.delay_since_last_sr());
+                });
+            }
+            RtcpPacket::Sdes(s) => s.chunks().for_each(|c| {
+                let _ = c.ssrc();
+                c.items().for_each(drop);
+            }),
+            RtcpPacket::Bye(b) => {
+                let _ = (b.ssrcs().count(), b.reason());
+            }
+            RtcpPacket::Nack(n) => {
+                let _ = (
+                    n.sender_ssrc(),
+                    n.media_ssrc(),
+                    n.pairs().count(),
+                    n.lost().count(),
+                );
+            }
             RtcpPacket::Pli(p) => {
                 let _ = (p.sender_ssrc(), p.media_ssrc());
             }
             RtcpPacket::Fir(f) => {
                 let _ = (f.sender_ssrc(), f.entries().count());
+            }
+            RtcpPacket::Remb(r) => {
+                let _ = (r.sender_ssrc(), r.bitrate_bps(), r.ssrcs().count());
             }
             RtcpPacket::TransportCc(t) => {
                 let _ = (t.base_seq(), t.packet_status_count(), t.reference_time_us());

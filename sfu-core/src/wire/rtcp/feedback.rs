@@ -1,8 +1,8 @@
-//! Payload-specific feedback the router acts on: key-frame requests.
+//! Payload-specific feedback the router acts on: key-frame requests (PLI, FIR).
 
 use core::iter::FusedIterator;
 
-use super::{PT_PSFB, WireError, expect, write_header, write_ssrcs};
+use super::{PT_PSFB, WireError, Writer, expect, write_header, write_ssrcs};
 use crate::wire::be32;
 
 /// FMT of a picture loss indication in a [`PT_PSFB`] packet (RFC 4585 §6.3.1).
@@ -117,5 +117,28 @@ pub fn write_pli(buf: &mut [u8], sender_ssrc: u32, media_ssrc: u32) -> Result<us
     }
     write_header(buf, false, FMT_PLI, PT_PSFB, len)?;
     write_ssrcs(buf, sender_ssrc, media_ssrc)?;
+    Ok(len)
+}
+
+/// Writes a full intra request (RFC 5104 §4.3.1) with one entry per
+/// `(ssrc, command sequence number)`; the media source field is 0.
+///
+/// An empty `entries` is [`WireError::OutOfRange`].
+pub fn write_fir(
+    buf: &mut [u8],
+    sender_ssrc: u32,
+    entries: &[(u32, u8)],
+) -> Result<usize, WireError> {
+    if entries.is_empty() {
+        return Err(WireError::OutOfRange);
+    }
+    let mut w = Writer::new(buf, 12);
+    for &(ssrc, seq) in entries {
+        w.u32(ssrc)?;
+        w.put(&[seq, 0, 0, 0])?;
+    }
+    let len = w.at;
+    write_header(buf, false, FMT_FIR, PT_PSFB, len)?;
+    write_ssrcs(buf, sender_ssrc, 0)?;
     Ok(len)
 }

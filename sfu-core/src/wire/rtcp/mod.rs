@@ -9,13 +9,17 @@
 //!
 //! | PT  | FMT | view                                                     | file |
 //! |-----|-----|----------------------------------------------------------|------|
+//! | 200 |     | [`SenderReport`] (RFC 3550 §6.4.1)                       | `report.rs` |
+//! | 201 |     | [`ReceiverReport`] (RFC 3550 §6.4.2)                     | `report.rs` |
+//! | 202 |     | [`Sdes`] (RFC 3550 §6.5)                                 | `report.rs` |
+//! | 203 |     | [`Bye`] (RFC 3550 §6.6)                                  | `report.rs` |
+//! | 205 | 1   | [`Nack`], generic NACK (RFC 4585 §6.2.1)                 | `nack.rs` |
 //! | 205 | 15  | [`TransportCc`] (draft-holmer-rmcat-transport-wide-cc-extensions-01) | `transport_cc.rs` |
 //! | 206 | 1   | [`Pli`] (RFC 4585 §6.3.1)                                | `feedback.rs` |
 //! | 206 | 4   | [`Fir`] (RFC 5104 §4.3.1)                                | `feedback.rs` |
+//! | 206 | 15  | [`Remb`] when the FCI starts with `"REMB"` (draft-alvestrand-rmcat-remb) | `remb.rs` |
 //!
-//! Everything else (SR, RR, SDES, BYE, APP, XR, NACK, REMB, other feedback)
-//! is [`RtcpPacket::Other`]: the router acts on key-frame requests only, and
-//! the transport-cc view serves the tests of the feedback it writes. Every
+//! Everything else (APP, XR, other feedback) is [`RtcpPacket::Other`]. Every
 //! view validates its whole body when it is created, so its accessors and
 //! iterators cannot fail or panic afterwards. A malformed sub-packet ends the
 //! walk: the iterator yields its error once and then stops, because the
@@ -28,24 +32,34 @@
 //! and return its length; concatenating their outputs forms a compound packet.
 //! They write every byte they report (the buffer need not be zeroed) and fail
 //! with [`WireError::BufferTooSmall`] when the buffer is too short, in which case
-//! the buffer's contents are unspecified. Nothing here allocates. The SFU
-//! writes PLI ([`write_pli`]) and transport-cc ([`write_transport_cc`]) only.
+//! the buffer's contents are unspecified. Nothing here allocates.
 //!
-//! # What is not here
-//! Views of SR, RR, SDES, BYE, NACK and REMB, and writers of SR/RR reports,
-//! NACK, FIR and REMB, had no user and were removed. SR/RR and NACK
-//! generation (and the views to test them) come back with the issue that
-//! needs them: receiver reports for the producers, NACK for retransmission.
-//! Git history has the removed code and its RFC/webrtc-rs test vectors.
+//! # Who uses what
+//! The router reads SR, RR, NACK, REMB, PLI, FIR and transport-cc, and writes
+//! SR ([`write_sender_report`]), RR ([`write_receiver_report`]), SDES
+//! ([`write_sdes_cname`]), NACK ([`write_nack`]), PLI ([`write_pli`]) and
+//! transport-cc ([`write_transport_cc`]). The SDES and BYE views, and the FIR
+//! and REMB writers, serve tests and peers' packets that only need to be
+//! checked.
 
 use core::iter::FusedIterator;
 
 use super::{WireError, be16};
 
 mod feedback;
+mod nack;
+mod remb;
+mod report;
 mod transport_cc;
 
-pub use feedback::{FMT_FIR, FMT_PLI, Fir, FirEntries, Pli, write_pli};
+pub use feedback::{FMT_FIR, FMT_PLI, Fir, FirEntries, Pli, write_fir, write_pli};
+pub use nack::{FMT_NACK, Nack, NackLost, NackPairs, write_nack};
+pub use remb::{FMT_AFB, Remb, write_remb};
+pub use report::{
+    Bye, ReceiverReport, ReportBlock, ReportBlockData, ReportBlocks, SDES_CNAME, SDES_NAME,
+    SDES_PRIV, SDES_TOOL, Sdes, SdesChunk, SdesChunks, SdesItems, SenderReport,
+    write_receiver_report, write_sdes_cname, write_sender_report,
+};
 pub use transport_cc::{FMT_TWCC, PacketStatus, TransportCc, TwccPackets, write_transport_cc};
 
 /// Packet type of a sender report (RFC 3550 §6.4.1).
@@ -108,14 +122,26 @@ impl FusedIterator for RtcpIter<'_> {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RtcpPacket<'a> {
+    /// Sender report (PT 200).
+    SenderReport(SenderReport<'a>),
+    /// Receiver report (PT 201).
+    ReceiverReport(ReceiverReport<'a>),
+    /// Source description (PT 202).
+    Sdes(Sdes<'a>),
+    /// Goodbye (PT 203).
+    Bye(Bye<'a>),
+    /// Generic NACK (PT 205, FMT 1).
+    Nack(Nack<'a>),
     /// Picture loss indication (PT 206, FMT 1).
     Pli(Pli),
     /// Full intra request (PT 206, FMT 4).
     Fir(Fir<'a>),
+    /// Receiver estimated maximum bitrate (PT 206, FMT 15, `"REMB"`).
+    Remb(Remb<'a>),
     /// Transport-wide congestion control feedback (PT 205, FMT 15).
     TransportCc(TransportCc<'a>),
-    /// Any other packet: SR, RR, SDES, BYE, APP, XR, other feedback
-    /// messages, unknown types. Only the common header has been checked.
+    /// Any other packet: APP, XR, other feedback messages, unknown types.
+    /// Only the common header has been checked.
     Other {
         /// The packet type byte.
         packet_type: u8,
@@ -136,8 +162,12 @@ impl<'a> RtcpPacket<'a> {
     /// The packet type byte (200 for SR, 205 for transport feedback, ...).
     pub fn packet_type(&self) -> u8 {
         match self {
-            Self::TransportCc(_) => PT_RTPFB,
-            Self::Pli(_) | Self::Fir(_) => PT_PSFB,
+            Self::SenderReport(_) => PT_SR,
+            Self::ReceiverReport(_) => PT_RR,
+            Self::Sdes(_) => PT_SDES,
+            Self::Bye(_) => PT_BYE,
+            Self::Nack(_) | Self::TransportCc(_) => PT_RTPFB,
+            Self::Pli(_) | Self::Fir(_) | Self::Remb(_) => PT_PSFB,
             Self::Other { packet_type, .. } => *packet_type,
         }
     }
@@ -147,9 +177,15 @@ impl<'a> RtcpPacket<'a> {
         let raw = split(buf)?;
         let body = raw.body;
         let packet = match (raw.packet_type, raw.count) {
+            (PT_SR, rc) => Self::SenderReport(SenderReport::from_body(rc, body)?),
+            (PT_RR, rc) => Self::ReceiverReport(ReceiverReport::from_body(rc, body)?),
+            (PT_SDES, sc) => Self::Sdes(Sdes::from_body(sc, body)?),
+            (PT_BYE, sc) => Self::Bye(Bye::from_body(sc, body)?),
+            (PT_RTPFB, FMT_NACK) => Self::Nack(Nack::from_body(body)?),
             (PT_RTPFB, FMT_TWCC) => Self::TransportCc(TransportCc::from_body(body)?),
             (PT_PSFB, FMT_PLI) => Self::Pli(Pli::from_body(body)?),
             (PT_PSFB, FMT_FIR) => Self::Fir(Fir::from_body(body)?),
+            (PT_PSFB, FMT_AFB) if Remb::has_identifier(body) => Self::Remb(Remb::from_body(body)?),
             (packet_type, fmt) => Self::Other {
                 packet_type,
                 fmt,
@@ -159,6 +195,30 @@ impl<'a> RtcpPacket<'a> {
         Ok((packet, raw.len))
     }
 }
+
+/// Iterator over a list of 32-bit SSRCs (of a [`Bye`] or a [`Remb`]).
+#[derive(Debug, Clone)]
+pub struct Ssrcs<'a> {
+    rest: &'a [u8],
+}
+
+impl Iterator for Ssrcs<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let (ssrc, rest) = self.rest.split_first_chunk::<4>()?;
+        self.rest = rest;
+        Some(u32::from_be_bytes(*ssrc))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.rest.len() / 4;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Ssrcs<'_> {}
+impl FusedIterator for Ssrcs<'_> {}
 
 /// Writes the common header: version 2, padding bit, count/FMT, type, length.
 fn write_header(
