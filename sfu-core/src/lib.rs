@@ -18,6 +18,10 @@
 //!   egress written through a sink, events (`poll_event`) and the next
 //!   deadline (`poll_timeout`) out; transport state and routing in separate
 //!   modules, counters in one table.
+//! * [`codec`] — payload-level pieces of simulcast switching: keyframe
+//!   detection for VP8 (RFC 7741), VP9 (RFC 9628) and H.264 (RFC 6184), and
+//!   in-place rewriting of VP8 PictureID and TL0PICIDX so a subscriber sees
+//!   one continuous stream across layer switches.
 //! * [`wire`] — checked zero-copy views over what arrives on a media port:
 //!   demultiplexing by first byte (RFC 7983), RTP with header extensions
 //!   (RFC 3550, RFC 8285), RTCP compound packets with views and writers of
@@ -71,6 +75,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bwe;
+pub mod codec;
 pub mod dtls;
 pub mod router;
 pub mod sdp;
