@@ -62,12 +62,14 @@ fn router_with(consumers: u16) -> Router {
             remote,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            rtx_payload_types: Default::default(),
         }))
     };
     let track = TrackConfig {
         kind: MediaKind::Video,
         ssrc: 0x1111,
         payload_type: 96,
+        rtx: None,
     };
     r.handle_command(
         now,

@@ -57,7 +57,9 @@ use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sfu_core::router::{ConsumerInfo, MediaKind, Role, Subscription, TrackConfig};
+use sfu_core::router::{
+    ConsumerInfo, MediaKind, Role, RtxPayloadTypes, RtxStream, Subscription, TrackConfig,
+};
 use tower_http::cors::{self, CorsLayer};
 
 use crate::auth::{AuthError, Authenticator, Claims, Grant, Need, unix_now};
@@ -436,6 +438,29 @@ struct TrackBody {
     kind: KindBody,
     ssrc: u32,
     payload_type: u8,
+    /// The track's retransmission stream (RFC 4588), if the endpoint
+    /// answers NACKs with RTX: `{"ssrc": .., "payload_type": ..}`.
+    #[serde(default)]
+    rtx: Option<RtxBody>,
+}
+
+/// A retransmission stream: its SSRC and payload type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtxBody {
+    ssrc: u32,
+    payload_type: u8,
+}
+
+/// The RTX payload types a subscriber receives retransmissions with, per
+/// kind: `{"video": 97}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtxPayloadTypesBody {
+    #[serde(default)]
+    video: Option<u8>,
+    #[serde(default)]
+    audio: Option<u8>,
 }
 
 /// `"all"` or `{"video": [...], "audio": [...]}`.
@@ -482,6 +507,8 @@ struct EndpointBody {
     subscribe: Option<SubscribeBody>,
     #[serde(default)]
     rtcp_ssrc: Option<u32>,
+    #[serde(default)]
+    rtx_payload_types: RtxPayloadTypesBody,
 }
 
 impl RoleBody {
@@ -522,10 +549,21 @@ impl EndpointBody {
                     KindBody::Audio => MediaKind::Audio,
                     KindBody::Video => MediaKind::Video,
                 };
+                let rtx = t.rtx.map(|r| RtxStream {
+                    ssrc: r.ssrc,
+                    payload_type: r.payload_type,
+                });
+                if rtx.is_some_and(|r| r.payload_type > 127 || r.payload_type == t.payload_type) {
+                    return Err(ApiError::BadRequest(
+                        "an rtx payload type must be at most 127 and differ from the track's"
+                            .into(),
+                    ));
+                }
                 Ok(TrackConfig {
                     kind,
                     ssrc: t.ssrc,
                     payload_type: t.payload_type,
+                    rtx,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -540,6 +578,24 @@ impl EndpointBody {
             Some(s) => s.into_subscription()?,
             None => Subscription::All,
         };
+        let rtx_payload_types = RtxPayloadTypes {
+            video: self.rtx_payload_types.video,
+            audio: self.rtx_payload_types.audio,
+        };
+        if [rtx_payload_types.video, rtx_payload_types.audio]
+            .into_iter()
+            .flatten()
+            .any(|pt| pt > 127)
+        {
+            return Err(ApiError::BadRequest(
+                "rtx payload types must be at most 127".into(),
+            ));
+        }
+        if role == Role::Publish && rtx_payload_types != RtxPayloadTypes::default() {
+            return Err(ApiError::BadRequest(
+                "a publish-only endpoint receives no retransmissions".into(),
+            ));
+        }
         Ok(NewEndpoint {
             role,
             profile,
@@ -548,6 +604,7 @@ impl EndpointBody {
             remote: self.remote,
             subscription,
             rtcp_ssrc: self.rtcp_ssrc,
+            rtx_payload_types,
         })
     }
 }
@@ -573,6 +630,7 @@ fn consumers_json(consumers: &[ConsumerInfo]) -> Value {
                 "ssrc": c.ssrc,
                 "producer_ssrc": c.producer_ssrc,
                 "payload_type": c.payload_type,
+                "rtx_ssrc": c.rtx_ssrc,
             })
         })
         .collect()

@@ -42,7 +42,7 @@ use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
     Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo,
-    RemovalReason, Role, RoomId, Subscription, TrackConfig, WebrtcTransport,
+    RemovalReason, Role, RoomId, RtxPayloadTypes, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 pub use sfu_core::sdp::assumed_codec;
@@ -211,6 +211,8 @@ pub struct NewWebrtcEndpoint {
     pub rid_codecs: Vec<(String, CodecChoice)>,
     /// What it receives (ignored for publish-only endpoints).
     pub subscription: Subscription,
+    /// The RTX payload types it receives retransmissions with.
+    pub rtx_payload_types: RtxPayloadTypes,
     /// ICE credentials, DTLS role and fingerprint, payload type overrides.
     pub transport: WebrtcTransport,
 }
@@ -273,6 +275,8 @@ pub struct NewEndpoint {
     pub subscription: Subscription,
     /// SSRC it sends RTCP from, for comedia of receive-only endpoints.
     pub rtcp_ssrc: Option<u32>,
+    /// RTX payload types it receives retransmissions with.
+    pub rtx_payload_types: RtxPayloadTypes,
 }
 
 /// What `POST /v1/rooms/{room}/endpoints` answers.
@@ -798,6 +802,7 @@ impl AppState {
             remote: new.remote,
             subscription: new.subscription,
             rtcp_ssrc: new.rtcp_ssrc,
+            rtx_payload_types: new.rtx_payload_types,
         };
         let outcome = self
             .request(
@@ -932,11 +937,16 @@ impl AppState {
         // Check and reserve the SSRCs (other rooms share them), atomically.
         let (id, id_str) = {
             let mut model = self.model_mut();
-            for (t, _) in &new.tracks {
-                if ssrcs.contains(&t.ssrc) || model.ssrcs.contains(&t.ssrc) {
-                    return Err(ApiError::DuplicateSsrc(t.ssrc).into());
+            let sent = new
+                .tracks
+                .iter()
+                .flat_map(|(t, _)| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
+                .flatten();
+            for ssrc in sent {
+                if ssrcs.contains(&ssrc) || model.ssrcs.contains(&ssrc) {
+                    return Err(ApiError::DuplicateSsrc(ssrc).into());
                 }
-                ssrcs.push(t.ssrc);
+                ssrcs.push(ssrc);
             }
             model.ssrcs.extend(ssrcs.iter().copied());
             model.fresh_endpoint_id()
@@ -954,6 +964,7 @@ impl AppState {
             remote: None,
             subscription: new.subscription,
             rtcp_ssrc: None,
+            rtx_payload_types: new.rtx_payload_types,
         };
         let outcome = self
             .request(
@@ -1387,7 +1398,11 @@ pub fn validate_room_name(name: &str) -> Result<(), ApiError> {
 /// within the request as the router does.
 fn endpoint_ssrcs(new: &NewEndpoint) -> Result<Vec<u32>, ApiError> {
     let mut ssrcs = Vec::with_capacity(new.tracks.len() + 1);
-    for s in new.tracks.iter().map(|t| t.ssrc).chain(new.rtcp_ssrc) {
+    let sent = new
+        .tracks
+        .iter()
+        .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)]);
+    for s in sent.flatten().chain(new.rtcp_ssrc) {
         if ssrcs.contains(&s) {
             return Err(ApiError::DuplicateSsrc(s));
         }

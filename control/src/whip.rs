@@ -116,8 +116,8 @@ use rand::Rng as _;
 use rand::distr::{Alphanumeric, SampleString as _};
 use sfu_core::dtls::{DtlsRole, Fingerprint};
 use sfu_core::router::{
-    ConsumerInfo, IceCredentials, MediaKind, RidTrack, Role, Subscription, TrackConfig,
-    WebrtcTransport,
+    ConsumerInfo, IceCredentials, MediaKind, RidTrack, Role, RtxPayloadTypes, RtxStream,
+    Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
@@ -141,6 +141,10 @@ pub const ICE_PWD_LEN: usize = 32;
 
 /// The header extension that carries a simulcast layer's `rid` (RFC 8852).
 const RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+
+/// The header extension that names the layer an RTX packet repairs
+/// (RFC 8852).
+const REPAIRED_RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 
 /// The prefix of the CNAME announced for the streams the node sends
 /// (`sfu-{publisher id}`).
@@ -371,6 +375,7 @@ impl Local {
             rid_tracks: Vec::new(),
             rid_extension: None,
             twcc_extension: None,
+            repaired_rid_extension: None,
         }
     }
 }
@@ -436,6 +441,7 @@ fn plan_publish(
     let mut rid_tracks = Vec::new();
     let mut rid_codecs = Vec::new();
     let mut rid_extension = None;
+    let mut repaired_rid_extension = None;
     for n in answer.sections.iter().filter(|n| n.accepted) {
         let Some(&ssrc) = n.remote_ssrcs.first() else {
             if n.rids.is_empty() {
@@ -467,24 +473,50 @@ fn plan_publish(
                 });
             }
             rid_extension = Some(id);
+            // RTX of a layer names it with repaired-rid; without that
+            // extension its RTX SSRC could not be told apart.
+            let repaired = n
+                .extmap
+                .iter()
+                .find(|(_, uri)| uri == REPAIRED_RTP_STREAM_ID_URI)
+                .map(|&(id, _)| id);
+            if repaired.is_some() && repaired_rid_extension.is_none() {
+                repaired_rid_extension = repaired;
+            }
+            let rtx_payload_type = n
+                .rtx_payload_type
+                .filter(|_| repaired.is_some() && repaired == repaired_rid_extension);
             rid_tracks.extend(n.rids.iter().map(|rid| RidTrack {
                 rid: rid.clone(),
                 kind: n.kind,
                 payload_type: n.payload_type,
+                rtx_payload_type,
             }));
             rid_codecs.extend(n.rids.iter().map(|rid| (rid.clone(), n.codec)));
             continue;
         };
+        // Its RTX stream, from `a=ssrc-group:FID <ssrc> <rtx>`.
+        let rtx = n.rtx_payload_type.and_then(|payload_type| {
+            n.rtx_ssrcs
+                .iter()
+                .find(|&&(media, _)| media == ssrc)
+                .map(|&(_, rtx)| RtxStream {
+                    ssrc: rtx,
+                    payload_type,
+                })
+        });
         let track = TrackConfig {
             kind: n.kind,
             ssrc,
             payload_type: n.payload_type,
+            rtx,
         };
         tracks.push((track, n.codec));
     }
     let mut transport = local.transport(offer, remote, None, None);
     transport.rid_tracks = rid_tracks;
     transport.rid_extension = rid_extension;
+    transport.repaired_rid_extension = repaired_rid_extension;
     // BUNDLE: one transport, so one transport-wide numbering; the first
     // accepted section's id is the endpoint's.
     transport.twcc_extension = answer
@@ -500,6 +532,7 @@ fn plan_publish(
         tracks,
         rid_codecs,
         subscription: Subscription::default(),
+        rtx_payload_types: RtxPayloadTypes::default(),
         transport,
     };
     Ok((new, answer.sdp))
@@ -621,9 +654,31 @@ fn payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>, Whi
     Ok(first)
 }
 
+/// The subscriber's RTX payload type for `kind` in a (provisional)
+/// answer, when it accepted RTX; every sending section of a kind must
+/// agree, as the node sends one per kind.
+fn rtx_payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>, WhipError> {
+    let mut pts = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted && n.kind == kind)
+        .map(|n| n.rtx_payload_type);
+    let first = pts.next().flatten();
+    if pts.any(|other| other != first) {
+        return Err(WhipError::Unsupported {
+            code: "payload_type_mismatch",
+            message: format!(
+                "the offer's {} sections differ in their rtx payload types",
+                kind.as_str()
+            ),
+        });
+    }
+    Ok(first)
+}
+
 /// The stream slot `slot` of a subscriber sends for producer `p`: CNAME
 /// and msid stream per publisher, track per (kind, slot).
-fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32) -> OutStream {
+fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32, rtx_ssrc: Option<u32>) -> OutStream {
     let publisher = format!("{:016x}", p.publisher.0);
     OutStream {
         ssrc,
@@ -631,6 +686,7 @@ fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32) -> OutStream {
         stream_id: format!("sfu-{room}-{publisher}"),
         track_id: format!("{}{slot}", p.kind.as_str()),
         codec: p.codec,
+        rtx_ssrc,
     }
 }
 
@@ -661,9 +717,16 @@ fn plan_subscribe(
         })?;
         list.push(p.ssrc);
         slots.push(Some((*p, slot)));
-        // Placeholder SSRCs: only the negotiated payload types matter here.
+        // Placeholder SSRCs: only the negotiated payload types matter here
+        // (an RTX SSRC lets the answer accept RTX where offered).
         let placeholder = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        provisional.push(Some(out_stream(room, p, slot, placeholder)));
+        provisional.push(Some(out_stream(
+            room,
+            p,
+            slot,
+            placeholder,
+            Some(placeholder | 0x8000_0000),
+        )));
     }
     let answer = sdp::answer(
         &offer,
@@ -673,12 +736,17 @@ fn plan_subscribe(
     .map_err(WhipError::from_answer)?;
     let video_pt = payload_type(&answer, MediaKind::Video)?;
     let audio_pt = payload_type(&answer, MediaKind::Audio)?;
+    let rtx_payload_types = RtxPayloadTypes {
+        video: rtx_payload_type(&answer, MediaKind::Video)?,
+        audio: rtx_payload_type(&answer, MediaKind::Audio)?,
+    };
     let new = NewWebrtcEndpoint {
         session: Session::Whep,
         role: Role::Subscribe,
         tracks: Vec::new(),
         rid_codecs: Vec::new(),
         subscription: Subscription::Explicit { video, audio },
+        rtx_payload_types,
         transport: local.transport(&offer, remote, video_pt, audio_pt),
     };
     let plan = SubscribePlan {
@@ -711,7 +779,13 @@ fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<S
                     kind.as_str()
                 ))
             })?;
-        streams.push(Some(out_stream(&plan.room, &p, slot, consumer.ssrc)));
+        streams.push(Some(out_stream(
+            &plan.room,
+            &p,
+            slot,
+            consumer.ssrc,
+            consumer.rtx_ssrc,
+        )));
     }
     let answer = sdp::answer(
         &plan.offer,

@@ -41,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
                 codec: match kind {
                     MediaKind::Audio => CodecChoice::Opus,
                     MediaKind::Video => video,
-                },
+                    rtx_ssrc: None,
+                }
             })
         })
         .collect();

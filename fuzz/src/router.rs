@@ -110,6 +110,7 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         kind: MediaKind::Video,
         ssrc,
         payload_type,
+        rtx: None,
     }
 }
 
@@ -146,11 +147,13 @@ impl Harness {
                         kind: MediaKind::Audio,
                         ssrc: PUB_AUDIO_SSRC,
                         payload_type: 111,
+                        rtx: None,
                     },
                 ],
                 remote: None,
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
+                rtx_payload_types: Default::default(),
             },
             EndpointConfig {
                 id: EndpointId(2),
@@ -163,6 +166,7 @@ impl Harness {
                 remote: Some(addr(5002)),
                 subscription: Subscription::All,
                 rtcp_ssrc: Some(SUB_ALL_RTCP_SSRC),
+                rtx_payload_types: Default::default(),
             },
             EndpointConfig {
                 id: EndpointId(3),
@@ -178,6 +182,7 @@ impl Harness {
                     audio: vec![PUB_AUDIO_SSRC],
                 },
                 rtcp_ssrc: None,
+                rtx_payload_types: Default::default(),
             },
         ];
         let peers = configs.map(|cfg| {

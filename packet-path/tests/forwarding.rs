@@ -45,6 +45,7 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
             kind: MediaKind::Video,
             ssrc: SSRC,
             payload_type: 100,
+            rtx: None,
         }],
         _ => Vec::new(),
     };
@@ -59,6 +60,7 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        rtx_payload_types: Default::default(),
     })))
     .unwrap();
 }

@@ -226,6 +226,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             kind: MediaKind::Video,
             ssrc: SSRC,
             payload_type: PT,
+            rtx: None,
         }]
     } else {
         Vec::new()
@@ -242,6 +243,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             remote: None,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            rtx_payload_types: Default::default(),
         }),
         Box::new(WebrtcTransport {
             ice: ice(id),
@@ -252,6 +254,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             rid_tracks: Vec::new(),
             rid_extension: None,
             twcc_extension: Some(TWCC_EXT),
+            repaired_rid_extension: None,
         }),
     )
 }

@@ -46,6 +46,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
             kind: MediaKind::Video,
             ssrc: SSRC,
             payload_type: PT,
+            rtx: None,
         }]
     } else {
         Vec::new()
@@ -61,6 +62,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        rtx_payload_types: Default::default(),
     }))
 }
 

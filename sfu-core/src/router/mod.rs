@@ -32,6 +32,14 @@
 //!   [`RemovalReason`]), declared once for the whole node.
 //! * [`event`] — [`Event`]s for the control plane.
 //! * [`seq`] — sequence number and timestamp rewriting.
+//! * [`cache`] — the packet cache of each producer stream (about 2 s of
+//!   video, 1 s of audio), shared by its consumers.
+//! * [`repair`] — loss repair: subscribers' NACKs answered with RTX from
+//!   the cache, gaps in publishers' streams NACKed, publishers' RTX
+//!   unwrapped into the stream it repairs.
+//! * [`reports`] — sender reports translated per consumer, receiver
+//!   reports to publishers, subscribers' receiver reports (loss, jitter,
+//!   RTT).
 //!
 //! # Addresses
 //! An endpoint's remote address is either given by the control plane, set
@@ -43,8 +51,13 @@
 //! # Keyframes
 //! When a consumer is switched to another producer, or a subscriber sends a PLI
 //! or FIR for a consumer, the router sends a PLI to the producer's publisher
-//! (at most one per producer every [`KEYFRAME_REQUEST_INTERVAL`]), piggy-backed
-//! on the next packet received from that producer.
+//! (at most one per producer every [`KEYFRAME_REQUEST_INTERVAL`]: requests
+//! of all consumers in that time are aggregated into one), piggy-backed on
+//! the next packet received from that producer. Loss is repaired before it
+//! costs a keyframe: subscribers that negotiated RTX get retransmissions
+//! and wait for them instead of asking for a keyframe, and a gap in a
+//! publisher's stream asks for a keyframe only when its NACKs have failed
+//! ([`repair`]).
 //!
 //! # Session lifecycle
 //! A WebRTC endpoint that does not complete ICE + DTLS within
@@ -57,7 +70,10 @@
 //! None on any input: every malformed, unauthenticated or unexpected
 //! datagram is counted by [`DropReason`] and dropped.
 
+pub mod cache;
 pub mod event;
+pub mod repair;
+pub mod reports;
 mod routing;
 pub mod seq;
 pub mod stats;
@@ -153,6 +169,40 @@ pub struct TrackConfig {
     pub ssrc: u32,
     /// RTP payload type.
     pub payload_type: u8,
+    /// The stream the endpoint retransmits this track on (RFC 4588), if it
+    /// negotiated RTX: the router NACKs gaps and unwraps what comes back.
+    pub rtx: Option<RtxStream>,
+}
+
+/// A publisher's retransmission stream (RFC 4588 §4, SSRC multiplexing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxStream {
+    /// Its SSRC (`a=ssrc-group:FID <media> <this>`); unique on the worker.
+    pub ssrc: u32,
+    /// Its payload type (`a=fmtp:<this> apt=<media payload type>`).
+    pub payload_type: u8,
+}
+
+/// The RTX payload types a subscriber negotiated, per kind: the router
+/// answers its NACKs with retransmissions of that kind on an RTX stream per
+/// consumer ([`ConsumerInfo::rtx_ssrc`]); `None` leaves its NACKs
+/// unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RtxPayloadTypes {
+    /// For video consumers.
+    pub video: Option<u8>,
+    /// For audio consumers.
+    pub audio: Option<u8>,
+}
+
+impl RtxPayloadTypes {
+    /// The payload type for `kind`.
+    pub fn get(self, kind: MediaKind) -> Option<u8> {
+        match kind {
+            MediaKind::Video => self.video,
+            MediaKind::Audio => self.audio,
+        }
+    }
 }
 
 /// Which producers a subscriber receives.
@@ -195,6 +245,9 @@ pub struct EndpointConfig {
     /// SSRC a receive-only endpoint sends RTCP from, so its address can be
     /// learnt from an authentic SRTCP packet.
     pub rtcp_ssrc: Option<u32>,
+    /// RTX payload types it receives retransmissions with (subscribe and
+    /// both roles).
+    pub rtx_payload_types: RtxPayloadTypes,
 }
 
 /// A consumer as the control plane reports it.
@@ -210,6 +263,9 @@ pub struct ConsumerInfo {
     pub producer_ssrc: Option<u32>,
     /// Payload type it is sent with.
     pub payload_type: u8,
+    /// The SSRC its retransmissions are sent with, when the subscriber
+    /// negotiated RTX for its kind.
+    pub rtx_ssrc: Option<u32>,
 }
 
 /// A control-plane command for a worker's router.
@@ -405,6 +461,9 @@ struct Endpoint {
     transport: Transport,
     tracks: Vec<TrackConfig>,
     rtcp_ssrc: Option<u32>,
+    rtx_payload_types: RtxPayloadTypes,
+    /// Round-trip time from the endpoint's receiver reports.
+    rtt: Option<Duration>,
     subscription: Subscription,
     consumers: Vec<Consumer>,
     ssrc_base: u32,
@@ -423,6 +482,8 @@ pub struct Router {
     by_id: HashMap<EndpointId, u32>,
     by_addr: HashMap<SocketAddr, u32>,
     producers: HashMap<u32, Producer>,
+    /// Publishers' RTX SSRCs, to the SSRC of the stream they repair.
+    rtx_ssrcs: HashMap<u32, u32>,
     rtcp_ssrcs: HashMap<u32, u32>,
     /// WebRTC endpoints by local ICE ufrag.
     by_ufrag: HashMap<Box<str>, u32>,
@@ -449,6 +510,7 @@ impl Router {
             by_id: HashMap::new(),
             by_addr: HashMap::new(),
             producers: HashMap::new(),
+            rtx_ssrcs: HashMap::new(),
             rtcp_ssrcs: HashMap::new(),
             by_ufrag: HashMap::new(),
             dtls_cert: None,
@@ -481,6 +543,13 @@ impl Router {
     /// Endpoints on this router.
     pub fn endpoints(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// An endpoint's round-trip time, smoothed from its receiver reports
+    /// about the sender reports it was sent; `None` before the first.
+    pub fn rtt(&self, id: EndpointId) -> Option<Duration> {
+        let slot = *self.by_id.get(&id)?;
+        self.endpoint(slot)?.rtt
     }
 
     /// Applies a control command. A refused command changes nothing.
@@ -569,7 +638,7 @@ impl Router {
         self.stats.add(Counter::RxBytes, datagram.len() as u64);
         let result = match wire::classify(datagram) {
             DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx),
-            DatagramKind::Rtcp => self.handle_rtcp(now, src, datagram),
+            DatagramKind::Rtcp => self.handle_rtcp(now, src, datagram, tx),
             DatagramKind::Stun => self.handle_stun(now, src, datagram, tx),
             DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
@@ -644,5 +713,7 @@ fn ssrc_base(id: EndpointId) -> u32 {
 mod tests;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_repair;
 #[cfg(test)]
 mod tests_webrtc;

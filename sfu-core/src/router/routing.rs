@@ -29,17 +29,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::cache::{self, PacketCache};
 use super::event::Event;
+use super::repair::{self, ConsumerRtx, NACK_BATCH, NackTracker, ResendCtx};
+use super::reports::{self, ConsumerReports, ReceptionStats, SenderInfo};
 use super::seq::StreamRewriter;
-use super::stats::{Counter, DropReason};
+use super::stats::{Counter, DropReason, RouterStats};
 use super::transport::{SrtpPair, Transport};
 use super::webrtc::{WebrtcState, WebrtcTransport};
 use super::{
     ConsumerInfo, Endpoint, EndpointConfig, EndpointId, KEYFRAME_REQUEST_INTERVAL, MediaKind,
-    Outcome, Role, RoomId, Router, RouterError, Subscription, TrackConfig, Transmit, ssrc_base,
+    Outcome, Role, RoomId, Router, RouterError, SRTCP_TRAILER_MAX, Subscription, TrackConfig,
+    Transmit, ssrc_base,
 };
 use crate::twcc;
-use crate::wire::rtcp::{self, RtcpIter, RtcpPacket};
+use crate::wire::rtcp::{self, ReportBlockData, ReportBlocks, RtcpIter, RtcpPacket};
 use crate::wire::rtp::RtpPacket;
 use crate::wire::{self};
 
@@ -60,10 +64,15 @@ pub(super) struct Consumer {
     pub(super) source: Option<u32>,
     /// Whether the slot sits in its source's fan-out list.
     pub(super) attached: bool,
-    rewriter: StreamRewriter,
+    pub(super) rewriter: StreamRewriter,
     /// Its stream in the endpoint's outbound SRTP context, once the
     /// endpoint has keys ([`SrtpContext::add_rtp_stream`]).
     pub(super) tx_stream: Option<usize>,
+    /// Its retransmission stream, when the subscriber negotiated RTX for
+    /// its kind.
+    pub(super) rtx: Option<Box<ConsumerRtx>>,
+    /// Its side of sender and receiver reports.
+    pub(super) reports: ConsumerReports,
 }
 
 /// One published stream and its fan-out list.
@@ -75,6 +84,14 @@ pub(super) struct Producer {
     fanout: Vec<(u32, u16)>,
     pub(super) keyframe_wanted: bool,
     last_pli: Option<Instant>,
+    /// Its last packets, for subscribers' NACKs.
+    pub(super) cache: PacketCache,
+    /// Gaps in its numbering, NACKed to the publisher.
+    pub(super) nack: NackTracker,
+    /// The publisher's RTX stream for it, once known.
+    pub(super) rtx_ssrc: Option<u32>,
+    /// What its receiver reports say.
+    pub(super) reception: ReceptionStats,
 }
 
 impl Router {
@@ -88,11 +105,19 @@ impl Router {
         if buf.len() < wire::rtp::FIXED_HEADER_LEN {
             return Err(DropReason::Malformed);
         }
-        let ssrc = wire::be32(buf, 8);
-        let Some(producer) = self.producers.get(&ssrc) else {
-            return self.bind_rid(now, src, ssrc, buf);
+        let wire_ssrc = wire::be32(buf, 8);
+        // A producer's own stream, or its publisher's RTX stream.
+        let (ssrc, is_rtx) = if self.producers.contains_key(&wire_ssrc) {
+            (wire_ssrc, false)
+        } else if let Some(&media) = self.rtx_ssrcs.get(&wire_ssrc) {
+            (media, true)
+        } else {
+            return self.bind_rid(now, src, wire_ssrc, buf);
         };
-        let ep_slot = producer.endpoint;
+        let Some(producer) = self.producers.get(&ssrc) else {
+            return Err(DropReason::UnknownSource);
+        };
+        let (ep_slot, media_pt) = (producer.endpoint, producer.payload_type);
         let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
             return Err(DropReason::UnknownSource);
         };
@@ -104,7 +129,13 @@ impl Router {
             .keys
             .as_mut()
             .ok_or(DropReason::NotConnected)?;
-        let len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        let mut len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        if is_rtx {
+            // Authentic: unwrapped into the packet it repairs, which then
+            // goes the way of any packet of the stream.
+            len = repair::unwrap_rtx(buf, len, ssrc, media_pt)?;
+            self.stats.inc(Counter::RtxIn);
+        }
         // The one check of this packet: every consumer's copy reuses it.
         // SRTP authenticates only the bytes, so an authentic packet may still
         // be malformed (an extension element running past its block, bad
@@ -140,6 +171,30 @@ impl Router {
         let Some(producer) = self.producers.get_mut(&ssrc) else {
             return Ok(());
         };
+        // A retransmission is forwarded only if the node missed (and NACKed)
+        // that packet: anything else is a duplicate (or a publisher's RTX
+        // probe), and a second, different packet under one output number
+        // would reuse an SRTP nonce.
+        if is_rtx && !producer.nack.is_missing(in_seq) {
+            return Err(DropReason::RtxDuplicate);
+        }
+        // Gaps are tracked (and NACKed) in video only: browsers negotiate
+        // no NACK for Opus, whose own concealment covers a lost frame.
+        let arrival = match producer.kind {
+            MediaKind::Video => producer.nack.on_packet(in_seq, now),
+            MediaKind::Audio => repair::Arrival::default(),
+        };
+        if arrival.repaired {
+            self.stats.inc(Counter::NackRepaired);
+        }
+        if !producer.cache.store(in_seq, packet.as_bytes()) && len > cache::SLOT_LEN {
+            self.stats.inc(Counter::CacheOversize);
+        }
+        if !is_rtx {
+            // Loss and jitter of the publisher's path, for its RRs.
+            producer.reception.on_packet(in_seq, in_ts, now);
+        }
+        let payload_len = packet.payload().len() as u32;
         for &(sub_slot, c) in &producer.fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
@@ -179,6 +234,9 @@ impl Router {
                 Ok(n) => {
                     tx.send(n, dst);
                     self.stats.sent(n);
+                    let r = &mut consumer.reports;
+                    r.packets = r.packets.wrapping_add(1);
+                    r.octets = r.octets.wrapping_add(payload_len);
                 }
                 Err(_) => self.stats.drop(DropReason::ProtectFailed),
             }
@@ -214,14 +272,64 @@ impl Router {
                 self.stats.drop(DropReason::PoolExhausted);
             }
         }
+        self.send_nacks(ssrc, src, now, tx);
         Ok(())
     }
 
-    pub(super) fn handle_rtcp(
+    /// NACKs the missing packets of producer `ssrc` that are due, to its
+    /// publisher at `dst`; asks for a keyframe (video) when some were given
+    /// up on.
+    fn send_nacks<T: Transmit>(&mut self, ssrc: u32, dst: SocketAddr, now: Instant, tx: &mut T) {
+        let Some(producer) = self.producers.get_mut(&ssrc) else {
+            return;
+        };
+        if !producer.nack.due(now) {
+            return;
+        }
+        let mut lost = [0u16; NACK_BATCH];
+        let (n, gave_up) = producer.nack.collect(now, &mut lost);
+        if gave_up > 0 {
+            self.stats.add(Counter::NackGaveUp, gave_up as u64);
+            if producer.kind == MediaKind::Video {
+                producer.keyframe_wanted = true;
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        let slot = producer.endpoint;
+        let Some(Some(publisher)) = self.endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(keys) = publisher.transport.keys.as_mut() else {
+            return;
+        };
+        let Some(out) = tx.buffer() else {
+            self.stats.drop(DropReason::PoolExhausted);
+            return;
+        };
+        let room = out.len().saturating_sub(SRTCP_TRAILER_MAX);
+        // Sender SSRC 1: the router's own RTCP source.
+        let sent = rtcp::write_nack(&mut out[..room], 1, ssrc, &lost[..n])
+            .ok()
+            .and_then(|len| keys.tx.protect_rtcp(out, len).ok());
+        match sent {
+            Some(len) => {
+                tx.send(len, dst);
+                self.stats.sent(len);
+                self.stats.inc(Counter::NackSent);
+                self.stats.add(Counter::NackRequested, n as u64);
+            }
+            None => self.stats.drop(DropReason::ProtectFailed),
+        }
+    }
+
+    pub(super) fn handle_rtcp<T: Transmit>(
         &mut self,
         now: Instant,
         src: SocketAddr,
         buf: &mut [u8],
+        tx: &mut T,
     ) -> Result<(), DropReason> {
         if buf.len() < 8 {
             return Err(DropReason::Malformed);
@@ -245,8 +353,61 @@ impl Router {
         let compound = buf.get(..len).ok_or(DropReason::Malformed)?;
         let learnt = ep.transport.authentic_from(src, now)?;
         self.stats.inc(Counter::RtcpIn);
+        // min(100 ms, 2 RTT) between two resends of one packet.
+        let wait = ep.rtt.map_or(repair::RESEND_INTERVAL_MAX, |rtt| {
+            (rtt * 2).min(repair::RESEND_INTERVAL_MAX)
+        });
+        // Publishers' SRs, forwarded per consumer after the walk.
+        let mut srs = [(0u32, SenderInfo { ntp: 0, rtp: 0 }); 4];
+        let mut n_srs = 0;
         for item in RtcpIter::new(compound) {
             let media_ssrc = match item {
+                Ok(RtcpPacket::SenderReport(sr)) => {
+                    read_blocks(ep, sr.report_blocks(), now, &mut self.stats);
+                    let info = SenderInfo {
+                        ntp: sr.ntp_time(),
+                        rtp: sr.rtp_time(),
+                    };
+                    if ep.tracks.iter().any(|t| t.ssrc == sr.ssrc())
+                        && let Some(at) = srs.get_mut(n_srs)
+                    {
+                        *at = (sr.ssrc(), info);
+                        n_srs += 1;
+                    }
+                    continue;
+                }
+                Ok(RtcpPacket::ReceiverReport(rr)) => {
+                    read_blocks(ep, rr.report_blocks(), now, &mut self.stats);
+                    continue;
+                }
+                Ok(RtcpPacket::Nack(nack)) => {
+                    self.stats.inc(Counter::NackIn);
+                    // Only this endpoint's own consumers, as for PLI.
+                    let Some(c) = ep
+                        .consumers
+                        .iter_mut()
+                        .find(|c| c.ssrc == nack.media_ssrc() && c.attached)
+                    else {
+                        continue;
+                    };
+                    let (Some(p), Some(keys), Some(dst)) = (
+                        c.source.and_then(|s| self.producers.get(&s)),
+                        ep.transport.keys.as_mut(),
+                        ep.transport.remote,
+                    ) else {
+                        continue;
+                    };
+                    let ctx = ResendCtx {
+                        cache: &p.cache,
+                        rewriter: &c.rewriter,
+                        rtx: c.rtx.as_deref_mut(),
+                        keys: &mut keys.tx,
+                        dst,
+                        wait,
+                    };
+                    repair::resend(ctx, nack.lost(), now, &mut self.stats, tx);
+                    continue;
+                }
                 Ok(RtcpPacket::Pli(p)) => p.media_ssrc(),
                 Ok(RtcpPacket::Fir(f)) => match f.entries().next() {
                     Some((ssrc, _)) => ssrc,
@@ -271,11 +432,134 @@ impl Router {
                 p.keyframe_wanted = true;
             }
         }
+        for &(ssrc, info) in srs.get(..n_srs).unwrap_or_default() {
+            self.stats.inc(Counter::SrIn);
+            if let Some(p) = self.producers.get_mut(&ssrc) {
+                p.reception.on_sender_report(info.ntp, now);
+            }
+            self.forward_sender_report(ssrc, info, now, tx);
+        }
         if learnt {
             self.by_addr.insert(src, slot);
             self.schedule(slot, now);
         }
         Ok(())
+    }
+
+    /// Sends each consumer of producer `ssrc` its translation of the
+    /// producer's SR (see [`reports`](super::reports)).
+    fn forward_sender_report<T: Transmit>(
+        &mut self,
+        ssrc: u32,
+        info: SenderInfo,
+        now: Instant,
+        tx: &mut T,
+    ) {
+        let Self {
+            producers,
+            endpoints,
+            stats,
+            ..
+        } = self;
+        let Some(p) = producers.get(&ssrc) else {
+            return;
+        };
+        for &(sub_slot, c) in &p.fanout {
+            let Some(Some(sub)) = endpoints.get_mut(sub_slot as usize) else {
+                continue;
+            };
+            let (Some(dst), Some(keys), Some(consumer)) = (
+                sub.transport.remote,
+                sub.transport.keys.as_mut(),
+                sub.consumers.get_mut(usize::from(c)),
+            ) else {
+                continue;
+            };
+            // Before its first packet a consumer's timestamps mean nothing.
+            if !consumer.rewriter.synced() {
+                continue;
+            }
+            let Some(out) = tx.buffer() else {
+                stats.drop(DropReason::PoolExhausted);
+                return;
+            };
+            let room = out.len().saturating_sub(SRTCP_TRAILER_MAX);
+            let r = &mut consumer.reports;
+            let written = rtcp::write_sender_report(
+                &mut out[..room],
+                consumer.ssrc,
+                info.ntp,
+                consumer.rewriter.output_ts(info.rtp),
+                r.packets,
+                r.octets,
+                &[],
+            );
+            match written.ok().and_then(|n| keys.tx.protect_rtcp(out, n).ok()) {
+                Some(n) => {
+                    tx.send(n, dst);
+                    stats.sent(n);
+                    stats.inc(Counter::SrSent);
+                    r.last_sr = Some(((info.ntp >> 16) as u32, now));
+                }
+                None => stats.drop(DropReason::ProtectFailed),
+            }
+        }
+    }
+
+    /// Sends a publishing endpoint one RR about its producers.
+    pub(super) fn send_receiver_report<T: Transmit>(
+        &mut self,
+        slot: u32,
+        now: Instant,
+        tx: &mut T,
+    ) {
+        let Self {
+            producers,
+            endpoints,
+            stats,
+            ..
+        } = self;
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let (Some(dst), Some(keys)) = (ep.transport.remote, ep.transport.keys.as_mut()) else {
+            return;
+        };
+        let mut blocks = [ReportBlockData::default(); reports::MAX_BLOCKS];
+        let mut n = 0;
+        for t in &ep.tracks {
+            let Some(b) = producers
+                .get_mut(&t.ssrc)
+                .and_then(|p| p.reception.block(t.ssrc, now))
+            else {
+                continue;
+            };
+            if let Some(at) = blocks.get_mut(n) {
+                *at = b;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        let Some(out) = tx.buffer() else {
+            stats.drop(DropReason::PoolExhausted);
+            return;
+        };
+        let room = out.len().saturating_sub(SRTCP_TRAILER_MAX);
+        // Sender SSRC 1: the router's own RTCP source.
+        let written = rtcp::write_receiver_report(&mut out[..room], 1, &blocks[..n]);
+        match written
+            .ok()
+            .and_then(|len| keys.tx.protect_rtcp(out, len).ok())
+        {
+            Some(len) => {
+                tx.send(len, dst);
+                stats.sent(len);
+                stats.inc(Counter::RrSent);
+            }
+            None => stats.drop(DropReason::ProtectFailed),
+        }
     }
 
     /// Binds a simulcast layer of the WebRTC endpoint at `src` to `ssrc`
@@ -301,7 +585,8 @@ impl Router {
         ) else {
             return Err(DropReason::UnknownSource);
         };
-        if !w.has_unbound_rid() {
+        let rtx_unbound = w.has_unbound_rtx();
+        if !w.has_unbound_rid() && !rtx_unbound {
             return Err(DropReason::UnknownSource);
         }
         let ext = w.rid_extension.ok_or(DropReason::UnknownSource)?;
@@ -313,6 +598,25 @@ impl Router {
             .ok_or(DropReason::Malformed)?;
         // Authentic, so it counts for congestion control whatever follows.
         w.record_arrival(&packet, now);
+        // A layer's RTX stream names the layer with `repaired-rid`.
+        if rtx_unbound
+            && let Some(repaired) = w.repaired_rid_extension.and_then(|id| packet.extension(id))
+        {
+            let layer = w
+                .unbound_rtx(repaired, packet.payload_type())
+                .ok_or(DropReason::UnknownSource)?;
+            let media = layer.ssrc.ok_or(DropReason::UnknownSource)?;
+            let producer = self
+                .producers
+                .get_mut(&media)
+                .filter(|p| p.rtx_ssrc.is_none())
+                .ok_or(DropReason::UnknownSource)?;
+            layer.rtx_ssrc = Some(ssrc);
+            producer.rtx_ssrc = Some(ssrc);
+            self.rtx_ssrcs.insert(ssrc, media);
+            self.stats.inc(Counter::RtxStreamsBound);
+            return Ok(());
+        }
         if ep.tracks.len() >= self.config.max_tracks_per_endpoint {
             return Err(DropReason::UnknownSource);
         }
@@ -325,6 +629,8 @@ impl Router {
             kind: layer.track.kind,
             ssrc,
             payload_type: layer.track.payload_type,
+            // Its RTX stream binds by `repaired-rid` later.
+            rtx: None,
         };
         ep.tracks.push(track);
         let room = ep.room;
@@ -334,7 +640,7 @@ impl Router {
             rid: layer.track.rid.as_str().into(),
             kind: track.kind,
         };
-        self.add_producer(slot, track);
+        self.add_producer(slot, track, now);
         self.stats.inc(Counter::SimulcastLayersBound);
         self.events.push(event, &mut self.stats);
         self.producers_added(slot, room, &[track]);
@@ -342,8 +648,16 @@ impl Router {
         Ok(())
     }
 
-    /// Makes `track` of the endpoint in `slot` a producer (no consumers yet).
-    fn add_producer(&mut self, slot: u32, track: TrackConfig) {
+    /// Makes `track` of the endpoint in `slot` a producer (no consumers
+    /// yet), with its packet cache, and indexes its RTX stream.
+    fn add_producer(&mut self, slot: u32, track: TrackConfig, now: Instant) {
+        let packets = match track.kind {
+            MediaKind::Video => cache::VIDEO_PACKETS,
+            MediaKind::Audio => cache::AUDIO_PACKETS,
+        };
+        if let Some(rtx) = track.rtx {
+            self.rtx_ssrcs.insert(rtx.ssrc, track.ssrc);
+        }
         self.producers.insert(
             track.ssrc,
             Producer {
@@ -353,6 +667,10 @@ impl Router {
                 fanout: Vec::new(),
                 keyframe_wanted: false,
                 last_pli: None,
+                cache: PacketCache::new(packets),
+                nack: NackTracker::new(),
+                rtx_ssrc: track.rtx.map(|r| r.ssrc),
+                reception: ReceptionStats::new(track.kind.clock_rate(), now),
             },
         );
     }
@@ -475,19 +793,27 @@ impl Router {
                 "a subscribe-only endpoint publishes no tracks",
             ));
         }
-        for (i, t) in cfg.tracks.iter().enumerate() {
-            if t.payload_type > 127 {
-                return Err(RouterError::Invalid("payload type above 127"));
-            }
-            let dup_own = cfg.tracks[..i].iter().any(|o| o.ssrc == t.ssrc);
-            if dup_own || self.ssrc_taken(t.ssrc) {
-                return Err(RouterError::DuplicateSsrc(t.ssrc));
-            }
+        let payload_types = cfg
+            .tracks
+            .iter()
+            .flat_map(|t| [Some(t.payload_type), t.rtx.map(|r| r.payload_type)])
+            .chain([cfg.rtx_payload_types.video, cfg.rtx_payload_types.audio]);
+        if payload_types.flatten().any(|pt| pt > 127) {
+            return Err(RouterError::Invalid("payload type above 127"));
         }
-        if let Some(s) = cfg.rtcp_ssrc
-            && (self.ssrc_taken(s) || cfg.tracks.iter().any(|t| t.ssrc == s))
-        {
-            return Err(RouterError::DuplicateSsrc(s));
+        // Every SSRC the endpoint sends from (media, RTX, RTCP) is its own
+        // and new on the worker.
+        let own: Vec<u32> = cfg
+            .tracks
+            .iter()
+            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
+            .chain([cfg.rtcp_ssrc])
+            .flatten()
+            .collect();
+        for (i, &ssrc) in own.iter().enumerate() {
+            if own[..i].contains(&ssrc) || self.ssrc_taken(ssrc) {
+                return Err(RouterError::DuplicateSsrc(ssrc));
+            }
         }
         if cfg.role.subscribes() {
             self.check_subscription(cfg.role, &cfg.subscription)?;
@@ -553,9 +879,13 @@ impl Router {
                 learnt_at: None,
                 created: now,
                 armed: None,
+                // Publishers get receiver reports about their streams.
+                rtcp_at: cfg.role.publishes().then_some(now + reports::RTCP_INTERVAL),
             },
             tracks: cfg.tracks,
             rtcp_ssrc: cfg.rtcp_ssrc,
+            rtx_payload_types: cfg.rtx_payload_types,
+            rtt: None,
             subscription: cfg.subscription,
             consumers: Vec::new(),
             ssrc_base: ssrc_base(cfg.id),
@@ -620,7 +950,7 @@ impl Router {
             .map(|e| e.tracks.clone())
             .unwrap_or_default();
         for &t in &tracks {
-            self.add_producer(slot, t);
+            self.add_producer(slot, t, now);
         }
         self.sync_consumers(slot);
         if !tracks.is_empty() {
@@ -649,6 +979,9 @@ impl Router {
         // Its producers go; consumers fed by them detach and wait.
         for t in &ep.tracks {
             if let Some(p) = self.producers.remove(&t.ssrc) {
+                if let Some(rtx) = p.rtx_ssrc {
+                    self.rtx_ssrcs.remove(&rtx);
+                }
                 for (s, c) in p.fanout {
                     if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
                         && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
@@ -855,6 +1188,7 @@ impl Router {
                         ssrc: c.ssrc,
                         producer_ssrc: if c.attached { c.source } else { None },
                         payload_type: c.payload_type,
+                        rtx_ssrc: c.rtx.as_ref().map(|r| r.ssrc),
                     })
                     .collect()
             })
@@ -862,7 +1196,9 @@ impl Router {
     }
 
     fn ssrc_taken(&self, ssrc: u32) -> bool {
-        self.producers.contains_key(&ssrc) || self.rtcp_ssrcs.contains_key(&ssrc)
+        self.producers.contains_key(&ssrc)
+            || self.rtcp_ssrcs.contains_key(&ssrc)
+            || self.rtx_ssrcs.contains_key(&ssrc)
     }
 }
 
@@ -885,6 +1221,17 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
         .as_ref()
         .and_then(|k| k.tx.rtp_index(ssrc));
     let first_seq = previous.map_or((ep.ssrc_base >> 3) as u16, |h| (h as u16).wrapping_add(1));
+    // Its RTX stream: SSRC two blocks above the media ones, numbering
+    // continued like the media stream's.
+    let rtx = ep.rtx_payload_types.get(kind).map(|pt| {
+        let rtx_ssrc = ssrc.wrapping_add(0x2_0000);
+        let keys = ep.transport.keys.as_mut();
+        let previous = keys.as_ref().and_then(|k| k.tx.rtp_index(rtx_ssrc));
+        let first = previous.map_or((ep.ssrc_base >> 5) as u16, |h| (h as u16).wrapping_add(1));
+        let mut r = ConsumerRtx::new(rtx_ssrc, pt, first);
+        r.tx_stream = keys.map(|k| k.tx.add_rtp_stream(rtx_ssrc));
+        Box::new(r)
+    });
     Consumer {
         kind,
         slot: per_kind,
@@ -893,11 +1240,13 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
         source: None,
         attached: false,
         rewriter: StreamRewriter::new(kind.clock_rate(), first_seq, ep.ssrc_base.rotate_left(11)),
+        reports: ConsumerReports::default(),
         tx_stream: ep
             .transport
             .keys
             .as_mut()
             .map(|k| k.tx.add_rtp_stream(ssrc)),
+        rtx,
     }
 }
 
@@ -928,5 +1277,31 @@ fn attach(
     c.rewriter.resync();
     if p.kind == MediaKind::Video {
         p.keyframe_wanted = true;
+    }
+}
+
+/// Reads a subscriber's report blocks about its consumers: loss and jitter
+/// per consumer, the round-trip time (LSR/DLSR of the SR the consumer was
+/// sent) smoothed on the endpoint.
+fn read_blocks(ep: &mut Endpoint, blocks: ReportBlocks<'_>, now: Instant, stats: &mut RouterStats) {
+    for b in blocks {
+        let Some(c) = ep.consumers.iter_mut().find(|c| c.ssrc == b.ssrc()) else {
+            continue;
+        };
+        stats.inc(Counter::ReportBlocksIn);
+        c.reports.fraction_lost = b.fraction_lost();
+        c.reports.jitter = b.jitter();
+        let Some((lsr, sent_at)) = c.reports.last_sr else {
+            continue;
+        };
+        if b.last_sr() != lsr {
+            continue;
+        }
+        if let Some(sample) = reports::rtt(sent_at, b.delay_since_last_sr(), now) {
+            ep.rtt = Some(match ep.rtt {
+                Some(rtt) => (rtt * 7 + sample) / 8,
+                None => sample,
+            });
+        }
     }
 }

@@ -109,6 +109,37 @@ impl StreamRewriter {
         Some((out_seq, out_ts))
     }
 
+    /// The input sequence number that was (or would be) sent as `out_seq`
+    /// since the last re-base, if any: what a NACK for `out_seq` asks the
+    /// source to repeat. `None` for numbers of an earlier source, not yet
+    /// sent, or before the first packet.
+    pub fn input_seq(&self, out_seq: u16) -> Option<u16> {
+        if self.state != State::Synced
+            || (out_seq.wrapping_sub(self.base_out) as i16) < 0
+            || (self.max_out.wrapping_sub(out_seq) as i16) < 0
+        {
+            return None;
+        }
+        Some(out_seq.wrapping_sub(self.seq_offset))
+    }
+
+    /// Whether a packet was sent since the last re-base, so the offsets
+    /// are the current source's.
+    pub fn synced(&self) -> bool {
+        self.state == State::Synced
+    }
+
+    /// The output timestamp of input timestamp `ts` under the current
+    /// offset (a retransmission carries the timestamp the original had).
+    pub fn output_ts(&self, ts: u32) -> u32 {
+        ts.wrapping_add(self.ts_offset)
+    }
+
+    /// The output sequence number of input `seq` under the current offset.
+    pub fn output_seq(&self, seq: u16) -> u16 {
+        seq.wrapping_add(self.seq_offset)
+    }
+
     fn rebase_after_gap(&mut self, seq: u16, ts: u32, now: Instant) {
         let elapsed = self
             .max_ts_at

@@ -101,6 +101,45 @@ counter_table! {
         /// Events lost because the control plane did not take them in time
         /// (the router's event queue is bounded).
         EventsDropped => "router_events_dropped", "Router events (connected, removed, ...) lost because the event queue was full.";
+        /// Generic NACK packets received from subscribers.
+        NackIn => "nack_in", "Generic NACK packets the worker received from subscribers.";
+        /// Sequence numbers subscribers NACKed.
+        NackedPackets => "nacked_packets", "Sequence numbers subscribers NACKed.";
+        /// Retransmissions (RTX) sent to subscribers from the packet cache.
+        RtxSent => "rtx_sent", "Retransmissions (RTX) the worker sent to subscribers from its packet cache.";
+        /// NACKed packets no longer (or never) in the producer's cache.
+        RtxNotCached => "rtx_not_cached", "NACKed packets no longer in the producer's packet cache.";
+        /// NACKed packets not resent: already resent three times, or
+        /// resent less than min(100 ms, 2 RTT) ago.
+        RtxThrottled => "rtx_throttled", "NACKed packets not resent (three resends, or resent less than min(100 ms, 2 RTT) ago).";
+        /// NACKed packets of a subscriber that negotiated no RTX, or from
+        /// before the consumer's last source switch.
+        RtxUnanswerable => "rtx_unanswerable", "NACKed packets that cannot be resent (no RTX negotiated, or from before a source switch).";
+        /// Packets too long for a cache slot (not kept for retransmission).
+        CacheOversize => "cache_oversize", "Packets too long for a packet cache slot.";
+        /// Retransmissions (RTX) received from publishers and unwrapped
+        /// into their original stream.
+        RtxIn => "rtx_in", "Retransmissions (RTX) the worker received from publishers.";
+        /// Generic NACK packets sent to publishers for gaps in their streams.
+        NackSent => "nack_sent", "Generic NACK packets the worker sent to publishers.";
+        /// Sequence numbers asked for in NACKs to publishers (each retry
+        /// counts again).
+        NackRequested => "nack_requested", "Sequence numbers the worker asked publishers to resend (retries count again).";
+        /// Publisher packets the worker NACKed that arrived later.
+        NackRepaired => "nack_repaired", "Missing publisher packets that arrived after the worker NACKed them.";
+        /// Publisher packets given up on (retries exhausted or too old).
+        NackGaveUp => "nack_gave_up", "Missing publisher packets the worker stopped asking for.";
+        /// Sender reports received from publishers about their producers.
+        SrIn => "sr_in", "Sender reports the worker received from publishers.";
+        /// Sender reports sent to subscribers (one per consumer of a
+        /// publisher's SR).
+        SrSent => "sr_sent", "Sender reports the worker sent to subscribers, translated per consumer.";
+        /// Receiver reports sent to publishers.
+        RrSent => "rr_sent", "Receiver reports the worker sent to publishers.";
+        /// Report blocks subscribers sent about their consumers.
+        ReportBlocksIn => "report_blocks_in", "Report blocks subscribers sent about the streams they receive.";
+        /// RTX streams of publishers bound by `repaired-rid`.
+        RtxStreamsBound => "rtx_streams_bound", "Publisher RTX streams bound to their layer by repaired-rid.";
     }
 }
 
@@ -150,6 +189,12 @@ counter_table! {
         ProtectFailed => "protect_failed", "An egress copy could not be protected.";
         /// A late packet from before a consumer's source switch.
         StaleAfterSwitch => "stale_after_switch", "A late packet from before a source switch.";
+        /// An RTX packet without an original sequence number: padding only
+        /// (a bandwidth probe), nothing to forward.
+        RtxPadding => "rtx_padding", "RTX packet without payload (a probe): nothing to forward.";
+        /// An RTX packet repairing a packet the node was not missing (a
+        /// duplicate, or a publisher's RTX probe).
+        RtxDuplicate => "rtx_duplicate", "RTX packet for a packet the node was not missing.";
     }
 }
 
@@ -267,7 +312,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::COUNT);
-        assert_eq!(DropReason::COUNT, 19);
+        assert_eq!(DropReason::COUNT, 21);
         assert_eq!(RemovalReason::ConsentLost.as_str(), "consent_lost");
     }
 }

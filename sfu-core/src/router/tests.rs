@@ -121,6 +121,7 @@ pub(super) fn endpoint(
         remote,
         subscription,
         rtcp_ssrc: None,
+        rtx_payload_types: Default::default(),
     }))
 }
 
@@ -129,6 +130,7 @@ pub(super) fn video(ssrc: u32) -> Vec<TrackConfig> {
         kind: MediaKind::Video,
         ssrc,
         payload_type: 96,
+        rtx: None,
     }]
 }
 

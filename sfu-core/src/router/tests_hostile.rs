@@ -488,11 +488,13 @@ fn every_consumer_has_an_outbound_stream() {
                 kind: MediaKind::Video,
                 ssrc,
                 payload_type: 96,
+                rtx: None,
             },
             TrackConfig {
                 kind: MediaKind::Audio,
                 ssrc: ssrc + 1,
                 payload_type: 111,
+                rtx: None,
             },
         ];
         let cmd = endpoint(
@@ -621,6 +623,7 @@ fn client_created_state_is_bounded() {
         kind,
         ssrc,
         payload_type: 96,
+        rtx: None,
     };
     let three = vec![
         track(1, MediaKind::Video),

@@ -66,6 +66,7 @@ fn simulcast_endpoint(
             remote: None,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            rtx_payload_types: Default::default(),
         }),
         Box::new(WebrtcTransport {
             ice: IceCredentials {
@@ -81,6 +82,7 @@ fn simulcast_endpoint(
             rid_tracks,
             rid_extension,
             twcc_extension: None,
+            repaired_rid_extension: None,
         }),
     )
 }
@@ -250,6 +252,7 @@ fn dtls_keys_forward_media_between_browsers() {
         kind: MediaKind::Video,
         ssrc: 4242,
         payload_type: 96,
+        rtx: None,
     };
     f.router
         .handle_command(
@@ -396,6 +399,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         rid: rid.into(),
         kind: MediaKind::Video,
         payload_type: 96,
+        rtx_payload_type: None,
     };
     f.router
         .handle_command(
@@ -538,6 +542,7 @@ fn rid_tracks_are_checked() {
         rid: rid.into(),
         kind: MediaKind::Video,
         payload_type,
+        rtx_payload_type: None,
     };
     for (role, rids) in [
         (Role::Subscribe, vec![layer("h", 96)]),
@@ -596,6 +601,7 @@ fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, 
         kind: MediaKind::Video,
         ssrc: 4000,
         payload_type: 96,
+        rtx: None,
     };
     let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
     if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
@@ -770,6 +776,7 @@ fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
             kind: MediaKind::Video,
             ssrc: 4000,
             payload_type: 96,
+            rtx: None,
         }]
     };
     f.router
@@ -957,6 +964,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
         kind: MediaKind::Video,
         ssrc,
         payload_type: 96,
+        rtx: None,
     };
     let sdes = |id: u64, role, tracks: Vec<TrackConfig>, subscription| {
         Command::AddEndpoint(Box::new(EndpointConfig {
@@ -970,6 +978,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
             remote: Some(addr(6000 + id as u16)),
             subscription,
             rtcp_ssrc: None,
+            rtx_payload_types: Default::default(),
         }))
     };
     let all = f

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::event::Event;
 use super::stats::{Counter, DropReason, RemovalReason};
 use super::webrtc::{self, WebrtcState};
-use super::{MediaKind, Router, SRTCP_TRAILER_MAX, TWCC_PACKETS_PER_ROUND, Transmit};
+use super::{MediaKind, Router, SRTCP_TRAILER_MAX, TWCC_PACKETS_PER_ROUND, Transmit, reports};
 use crate::dtls::DtlsState;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig, SrtpContext};
 use crate::wire::stun::{self, StunClass, StunMessage, StunWriter};
@@ -51,6 +51,8 @@ pub(super) struct Transport {
     pub(super) created: Instant,
     /// The earliest deadline the timer heap holds for this endpoint.
     pub(super) armed: Option<Instant>,
+    /// When the next receiver report to this (publishing) endpoint is due.
+    pub(super) rtcp_at: Option<Instant>,
 }
 
 impl Transport {
@@ -277,6 +279,9 @@ impl Router {
             Ok(mut pair) => {
                 for c in &mut ep.consumers {
                     c.tx_stream = Some(pair.tx.add_rtp_stream(c.ssrc));
+                    if let Some(r) = c.rtx.as_deref_mut() {
+                        r.tx_stream = Some(pair.tx.add_rtp_stream(r.ssrc));
+                    }
                 }
                 ep.transport.keys = Some(pair);
                 w.connected = true;
@@ -398,6 +403,7 @@ impl Router {
             return false;
         }
         let Some(w) = ep.transport.webrtc.as_mut() else {
+            self.report_if_due(slot, now, tx);
             return true;
         };
         let consent = self.config.consent_timeout;
@@ -432,7 +438,19 @@ impl Router {
         if twcc_due {
             self.send_twcc(slot, now, tx);
         }
+        self.report_if_due(slot, now, tx);
         true
+    }
+
+    /// Sends a publishing endpoint its receiver report when one is due.
+    fn report_if_due<T: Transmit>(&mut self, slot: u32, now: Instant, tx: &mut T) {
+        let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        if ep.transport.rtcp_at.is_some_and(|at| at <= now) {
+            ep.transport.rtcp_at = Some(now + reports::RTCP_INTERVAL);
+            self.send_receiver_report(slot, now, tx);
+        }
     }
 
     /// Sends a round of transport-cc feedback to a connected endpoint (at
@@ -494,6 +512,9 @@ impl Transport {
         };
         if self.remote.is_some() {
             earliest(self.learnt_at.map(|t| t + consent_timeout));
+            if self.keys.is_some() {
+                earliest(self.rtcp_at);
+            }
         }
         if let Some(w) = &self.webrtc {
             if !w.connected {

@@ -103,6 +103,10 @@ pub struct WebrtcTransport {
     /// The peer's extension id for `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`;
     /// without it no `rid_tracks` entry is ever bound.
     pub rid_extension: Option<u8>,
+    /// The peer's extension id for
+    /// `urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id`: an RTX
+    /// packet naming a bound layer with it binds that layer's RTX stream.
+    pub repaired_rid_extension: Option<u8>,
     /// The peer's extension id for transport-wide sequence numbers
     /// (`draft-holmer-rmcat-transport-wide-cc-extensions-01`), when the
     /// answer negotiated it: the router then records each authentic
@@ -121,6 +125,10 @@ pub struct RidTrack {
     /// The payload type the layer is sent with; a packet with another one
     /// (RTX, FEC) never binds the layer.
     pub payload_type: u8,
+    /// The payload type of the layer's retransmissions, when RTX was
+    /// negotiated: an authentic packet with it whose `repaired-rid` names
+    /// the bound layer binds the layer's RTX stream.
+    pub rtx_payload_type: Option<u8>,
 }
 
 /// A [`RidTrack`] and whether its SSRC was learnt.
@@ -129,6 +137,8 @@ pub(super) struct RidSlot {
     pub(super) track: RidTrack,
     /// The SSRC an authentic packet bound it to.
     pub(super) ssrc: Option<u32>,
+    /// The SSRC of its RTX stream, once bound.
+    pub(super) rtx_ssrc: Option<u32>,
 }
 
 /// The state a WebRTC endpoint adds to an endpoint.
@@ -145,6 +155,7 @@ pub(super) struct WebrtcState {
     /// Simulcast layers waiting for (or bound to) an SSRC.
     pub(super) rid_tracks: Vec<RidSlot>,
     pub(super) rid_extension: Option<u8>,
+    pub(super) repaired_rid_extension: Option<u8>,
     /// The transport-wide sequence number extension id and the arrivals it
     /// numbered, when transport-cc was negotiated.
     pub(super) twcc: Option<(u8, TwccReceiver)>,
@@ -167,9 +178,14 @@ impl WebrtcState {
             rid_tracks: t
                 .rid_tracks
                 .into_iter()
-                .map(|track| RidSlot { track, ssrc: None })
+                .map(|track| RidSlot {
+                    track,
+                    ssrc: None,
+                    rtx_ssrc: None,
+                })
                 .collect(),
             rid_extension: t.rid_extension,
+            repaired_rid_extension: t.repaired_rid_extension.filter(|&id| id != 0),
             twcc: t
                 .twcc_extension
                 .filter(|&id| id != 0)
@@ -184,6 +200,25 @@ impl WebrtcState {
                 && r.track.rid.as_bytes() == rid
                 && r.track.payload_type == payload_type
         })
+    }
+
+    /// The bound layer named `rid` whose RTX stream is unbound and sent
+    /// with `payload_type`, if any.
+    pub(super) fn unbound_rtx(&mut self, rid: &[u8], payload_type: u8) -> Option<&mut RidSlot> {
+        self.rid_tracks.iter_mut().find(|r| {
+            r.ssrc.is_some()
+                && r.rtx_ssrc.is_none()
+                && r.track.rid.as_bytes() == rid
+                && r.track.rtx_payload_type == Some(payload_type)
+        })
+    }
+
+    /// Whether some bound layer's RTX stream could still be bound.
+    pub(super) fn has_unbound_rtx(&self) -> bool {
+        self.repaired_rid_extension.is_some()
+            && self.rid_tracks.iter().any(|r| {
+                r.ssrc.is_some() && r.rtx_ssrc.is_none() && r.track.rtx_payload_type.is_some()
+            })
     }
 
     /// Whether some layer still waits for its SSRC.

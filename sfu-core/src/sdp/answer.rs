@@ -41,9 +41,17 @@ pub const TRANSPORT_WIDE_CC_URI: &str =
 /// the publisher's packets with the publisher's extension ids, which mean
 /// nothing to the subscriber, and an answer without extensions makes its
 /// receiver ignore them. For the same reason it drops `transport-cc`
-/// feedback (the node does not number its egress packets yet), and generic
-/// `nack` (it keeps no packet cache to retransmit from yet; `nack pli`
-/// stays, and PLIs reach the publisher).
+/// feedback (the node does not number its egress packets yet).
+///
+/// Retransmission (RFC 4588): where the offer has an `rtx` codec whose
+/// `apt` is the chosen codec, the answer keeps it (`a=rtpmap` and
+/// `a=fmtp:<rtx> apt=<pt>`, with the offer's numbers) together with
+/// generic `nack`: a publisher retransmits what the node NACKs, and the
+/// node answers a subscriber's NACKs from its packet cache on the stream's
+/// RTX SSRC ([`OutStream::rtx_ssrc`]). Without RTX a subscribe answer
+/// leaves generic `nack` out (the node never resends on the original SSRC,
+/// which would reuse an SRTP packet index), so the subscriber asks for a
+/// keyframe instead of waiting for a repair that cannot come.
 ///
 /// Fails when a section has no supported codec, a subscribe section lacks
 /// the stream's codec, a publish offer sends nothing, the offer is ICE-lite,
@@ -105,6 +113,7 @@ pub fn answer(
 struct Plan<'o> {
     section: &'o MediaSection,
     codec: &'o Codec,
+    rtx: Option<&'o Codec>,
     feedback: Vec<&'o str>,
     stream: Option<&'o OutStream>,
     simulcast: Vec<Vec<&'o SimulcastRid>>,
@@ -158,6 +167,12 @@ fn plan<'o>(
         }
     }
     let twcc = extmap.iter().any(|(_, uri)| uri == TRANSPORT_WIDE_CC_URI);
+    let offers_nack = codec.rtcp_fb.iter().any(|fb| fb == "nack");
+    // RTX needs generic NACK to mean anything, and a subscriber needs the
+    // node's RTX SSRC to receive it.
+    let rtx = section
+        .rtx_for(codec.payload_type)
+        .filter(|_| offers_nack && (publish || stream.is_some_and(|s| s.rtx_ssrc.is_some())));
     let feedback: Vec<&str> = codec
         .rtcp_fb
         .iter()
@@ -165,9 +180,9 @@ fn plan<'o>(
         .filter(|fb| SUPPORTED_FEEDBACK.contains(fb))
         .filter(|&fb| fb != "transport-cc" || twcc)
         // A subscriber that negotiated generic NACK waits for
-        // retransmissions before asking for a keyframe; the node keeps no
-        // packet cache to serve them, so it does not offer that wait.
-        .filter(|&fb| fb != "nack" || publish)
+        // retransmissions before asking for a keyframe: offered only where
+        // the node can retransmit (RTX). A publisher is NACKed either way.
+        .filter(|&fb| fb != "nack" || publish || rtx.is_some())
         .collect();
 
     // Simulcast: the offer's send streams whose rids are declared `send`.
@@ -194,9 +209,14 @@ fn plan<'o>(
     }
     let rids = simulcast.iter().flatten().map(|r| r.id.clone()).collect();
 
+    let rtx_ssrcs = match rtx {
+        Some(_) if publish => section.rtx_ssrcs(),
+        _ => Vec::new(),
+    };
     Ok(Plan {
         section,
         codec,
+        rtx,
         feedback,
         stream,
         simulcast,
@@ -210,6 +230,8 @@ fn plan<'o>(
             extmap,
             remote_ssrcs: section.media_ssrcs(),
             rids,
+            rtx_payload_type: rtx.map(|c| c.payload_type),
+            rtx_ssrcs,
         },
     })
 }
@@ -302,13 +324,23 @@ fn render(offer: &Offer, params: &AnswerParams<'_>, plans: &[Option<Plan<'_>>]) 
         };
         let codec = plan.codec;
         let pt = codec.payload_type;
-        sdp_line!(
-            out,
-            "m={} 9 {} {}",
-            section.kind.as_str(),
-            WEBRTC_PROTOCOL,
-            pt
-        );
+        match plan.rtx {
+            Some(rtx) => sdp_line!(
+                out,
+                "m={} 9 {} {} {}",
+                section.kind.as_str(),
+                WEBRTC_PROTOCOL,
+                pt,
+                rtx.payload_type
+            ),
+            None => sdp_line!(
+                out,
+                "m={} 9 {} {}",
+                section.kind.as_str(),
+                WEBRTC_PROTOCOL,
+                pt
+            ),
+        }
         sdp_line!(out, "c=IN IP4 0.0.0.0");
         sdp_line!(out, "a=mid:{}", section.mid);
         sdp_line!(out, "a=ice-ufrag:{}", params.ice_ufrag);
@@ -337,14 +369,27 @@ fn render(offer: &Offer, params: &AnswerParams<'_>, plans: &[Option<Plan<'_>>]) 
         for fb in &plan.feedback {
             sdp_line!(out, "a=rtcp-fb:{pt} {fb}");
         }
+        if let Some(rtx) = plan.rtx {
+            let rtx_pt = rtx.payload_type;
+            sdp_line!(out, "a=rtpmap:{rtx_pt} rtx/{}", rtx.clock_rate);
+            sdp_line!(out, "a=fmtp:{rtx_pt} apt={pt}");
+        }
         for (id, uri) in &plan.negotiated.extmap {
             sdp_line!(out, "a=extmap:{id} {uri}");
         }
         if let Some(stream) = plan.stream {
             let (ssrc, sid, tid) = (stream.ssrc, &stream.stream_id, &stream.track_id);
             sdp_line!(out, "a=msid:{sid} {tid}");
+            let rtx_ssrc = stream.rtx_ssrc.filter(|_| plan.rtx.is_some());
+            if let Some(rtx_ssrc) = rtx_ssrc {
+                sdp_line!(out, "a=ssrc-group:FID {ssrc} {rtx_ssrc}");
+            }
             sdp_line!(out, "a=ssrc:{ssrc} cname:{}", stream.cname);
             sdp_line!(out, "a=ssrc:{ssrc} msid:{sid} {tid}");
+            if let Some(rtx_ssrc) = rtx_ssrc {
+                sdp_line!(out, "a=ssrc:{rtx_ssrc} cname:{}", stream.cname);
+                sdp_line!(out, "a=ssrc:{rtx_ssrc} msid:{sid} {tid}");
+            }
         }
         if !plan.simulcast.is_empty() {
             for rid in plan.simulcast.iter().flatten() {

@@ -246,6 +246,35 @@ impl MediaSection {
         }
         out
     }
+
+    /// Each `a=ssrc-group:FID` pair as (media SSRC, RTX SSRC), in offer
+    /// order (RFC 4588 §8.1: the first SSRC is the original stream's).
+    pub fn rtx_ssrcs(&self) -> Vec<(u32, u32)> {
+        self.ssrc_groups
+            .iter()
+            .filter(|g| g.semantics == "FID")
+            .filter_map(|g| match g.ssrcs.as_slice() {
+                [media, rtx, ..] if media != rtx => Some((*media, *rtx)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The offer's RTX payload type for the codec with payload type `apt`:
+    /// an `rtx/<clock rate>` codec whose fmtp is `apt=<apt>` (RFC 4588
+    /// §8.6).
+    pub fn rtx_for(&self, apt: u8) -> Option<&Codec> {
+        self.codecs.iter().find(|c| {
+            c.name.eq_ignore_ascii_case("rtx")
+                && c.fmtp.as_deref().is_some_and(|f| {
+                    f.split(';').any(|p| {
+                        p.split_once('=').is_some_and(|(k, v)| {
+                            k.trim().eq_ignore_ascii_case("apt") && v.trim().parse() == Ok(apt)
+                        })
+                    })
+                })
+        })
+    }
 }
 
 /// A media direction attribute.
@@ -421,6 +450,10 @@ pub struct OutStream {
     pub track_id: String,
     /// The codec the producer sends; the offer must include it.
     pub codec: CodecChoice,
+    /// The SSRC the node retransmits this stream with (RFC 4588), used
+    /// when the offer has an `rtx` codec for the stream's codec; the answer
+    /// then announces it in an `a=ssrc-group:FID` with `ssrc`.
+    pub rtx_ssrc: Option<u32>,
 }
 
 /// A rendered answer and what it agreed to.
@@ -458,6 +491,13 @@ pub struct Negotiated {
     pub remote_ssrcs: Vec<u32>,
     /// The simulcast rids the publisher will send, in the offer's order.
     pub rids: Vec<String>,
+    /// The offer's RTX payload type for the chosen codec, when the answer
+    /// accepted retransmission (RFC 4588): a publisher then retransmits
+    /// with it, and the node retransmits to a subscriber with it.
+    pub rtx_payload_type: Option<u8>,
+    /// The publisher's (media SSRC, RTX SSRC) pairs from
+    /// `a=ssrc-group:FID` (publish only, when RTX was accepted).
+    pub rtx_ssrcs: Vec<(u32, u32)>,
 }
 
 /// Why an offer was refused or an answer could not be built.

@@ -62,6 +62,7 @@ fn stream(ssrc: u32, codec: CodecChoice) -> OutStream {
         stream_id: "room-7".to_owned(),
         track_id: format!("track-{ssrc}"),
         codec,
+        rtx_ssrc: None,
     }
 }
 
@@ -184,6 +185,10 @@ fn publish_answer_to_chrome() {
     assert_eq!((video.payload_type, video.codec), (96, CodecChoice::Vp8));
     assert_eq!(video.remote_ssrcs, [2_233_445_566], "RTX SSRC excluded");
     assert!(video.rids.is_empty());
+    // RTX for VP8 (apt=96) accepted, with the publisher's FID pair.
+    assert_eq!(video.rtx_payload_type, Some(97));
+    assert_eq!(video.rtx_ssrcs, [(2_233_445_566, 3_344_556_677)]);
+    assert_eq!(audio.rtx_payload_type, None);
     let ids: Vec<u8> = video.extmap.iter().map(|e| e.0).collect();
     assert_eq!(ids, [2, 3, 4, 10, 11]);
 
@@ -193,7 +198,6 @@ fn publish_answer_to_chrome() {
     assert!(!sdp.replace("\r\n", "").contains(['\r', '\n']), "CRLF only");
     assert!(sdp.contains("\r\na=group:BUNDLE 0 1\r\n"));
     for unwanted in [
-        "rtx",
         "red/",
         "ulpfec",
         "VP9",
@@ -233,9 +237,11 @@ fn publish_answer_to_chrome() {
     }
     let video_lines = section(sdp, "1");
     for expected in [
-        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
         "a=recvonly",
         "a=rtpmap:96 VP8/90000",
+        "a=rtpmap:97 rtx/90000",
+        "a=fmtp:97 apt=96",
         "a=rtcp-fb:96 goog-remb",
         "a=rtcp-fb:96 transport-cc",
         "a=rtcp-fb:96 ccm fir",
@@ -248,7 +254,15 @@ fn publish_answer_to_chrome() {
             "{expected} missing in {video_lines:?}"
         );
     }
-    assert!(!video_lines.iter().any(|l| l.starts_with("a=fmtp")));
+    assert_eq!(
+        video_lines
+            .iter()
+            .filter(|l| l.starts_with("a=fmtp"))
+            .count(),
+        1,
+        "only the RTX fmtp"
+    );
+    assert_eq!(sdp.matches("rtx/").count(), 1, "one RTX codec: VP8's");
     assert!(!video_lines.iter().any(|l| l.starts_with("a=candidate")));
 
     // The answer is itself a well-formed WebRTC description.
@@ -259,7 +273,11 @@ fn publish_answer_to_chrome() {
     assert!(parsed.ice_lite);
     assert_eq!(parsed.bundle, ["0", "1"]);
     assert_eq!(parsed.media[1].direction, Direction::RecvOnly);
-    assert_eq!(parsed.media[1].codecs.len(), 1);
+    assert_eq!(parsed.media[1].codecs.len(), 2);
+    assert_eq!(
+        parsed.media[1].rtx_for(96).map(|c| c.payload_type),
+        Some(97)
+    );
     assert_eq!(
         parsed.media[1].codecs[0].rtcp_fb.len(),
         5,
@@ -418,6 +436,45 @@ fn subscribe_answer() {
     let parsed = parse_offer(sdp).expect("answer parses");
     assert_eq!(parsed.media[1].media_ssrcs(), [2222]);
     assert_eq!(parsed.media[1].msid.as_deref(), Some("room-7 track-2222"));
+}
+
+#[test]
+fn subscribe_answer_with_rtx() {
+    let offer = parse_offer(&chrome_whep()).expect("parses");
+    let with_rtx = |ssrc, codec, rtx| OutStream {
+        rtx_ssrc: Some(rtx),
+        ..stream(ssrc, codec)
+    };
+    let intent = Intent::Subscribe(vec![
+        Some(with_rtx(1111, CodecChoice::Opus, 1112)),
+        Some(with_rtx(2222, CodecChoice::Vp8, 2223)),
+    ]);
+    let answer = answer(&offer, &params(), &intent).expect("answer");
+    // Chrome offers no RTX for Opus: audio gets none, video gets VP8's.
+    assert_eq!(answer.sections[0].rtx_payload_type, None);
+    assert_eq!(answer.sections[1].rtx_payload_type, Some(97));
+    assert!(answer.sections[1].rtx_ssrcs.is_empty(), "publish only");
+    let sdp = &answer.sdp;
+    let video = section(sdp, "1");
+    for expected in [
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
+        "a=rtpmap:97 rtx/90000",
+        "a=fmtp:97 apt=96",
+        "a=rtcp-fb:96 nack",
+        "a=rtcp-fb:96 nack pli",
+        "a=ssrc-group:FID 2222 2223",
+        "a=ssrc:2222 cname:sfu-node",
+        "a=ssrc:2223 cname:sfu-node",
+        "a=ssrc:2223 msid:room-7 track-2222",
+    ] {
+        assert!(video.contains(&expected), "{expected} missing in {video:?}");
+    }
+    let audio = section(sdp, "0");
+    assert!(!audio.iter().any(|l| l.contains("1112")), "{audio:?}");
+    assert!(!audio.iter().any(|l| l.ends_with(" nack")), "{audio:?}");
+    let parsed = parse_offer(sdp).expect("answer parses");
+    assert_eq!(parsed.media[1].media_ssrcs(), [2222]);
+    assert_eq!(parsed.media[1].rtx_ssrcs(), [(2222, 2223)]);
 }
 
 #[test]
