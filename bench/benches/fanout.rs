@@ -70,6 +70,8 @@ fn router_with(consumers: u16) -> Router {
         ssrc: 0x1111,
         payload_type: 96,
         rtx: None,
+        codec: sfu_core::codec::Codec::Vp8,
+        layer_of: None,
     };
     r.handle_command(
         now,

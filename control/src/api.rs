@@ -442,6 +442,10 @@ struct TrackBody {
     /// answers NACKs with RTX: `{"ssrc": .., "payload_type": ..}`.
     #[serde(default)]
     rtx: Option<RtxBody>,
+    /// For a simulcast layer: the SSRC of its track's first layer, listed
+    /// earlier in `tracks` (layers in ascending quality).
+    #[serde(default)]
+    layer_of: Option<u32>,
 }
 
 /// A retransmission stream: its SSRC and payload type.
@@ -564,6 +568,8 @@ impl EndpointBody {
                     ssrc: t.ssrc,
                     payload_type: t.payload_type,
                     rtx,
+                    codec: crate::whip::core_codec(sfu_core::sdp::assumed_codec(kind)),
+                    layer_of: t.layer_of,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

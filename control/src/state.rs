@@ -753,6 +753,8 @@ impl AppState {
         let producers = |publisher: EndpointId| -> Vec<Producer> {
             declared
                 .iter()
+                // Simulcast layers are their first layer's track.
+                .filter(|t| t.layer_of.is_none())
                 .map(|t| Producer {
                     publisher,
                     kind: t.kind,
@@ -1273,6 +1275,8 @@ impl Model {
                 reported
                     .iter()
                     .filter(|p| p.endpoint == e.id)
+                    // One entry per track: its first layer stands for it.
+                    .filter(|p| p.group == p.ssrc)
                     .filter_map(|p| {
                         let rid = p.rid.as_deref()?;
                         let &(_, codec) = e.rid_codecs.iter().find(|(r, _)| r == rid)?;
@@ -1525,6 +1529,7 @@ mod tests {
             ssrc,
             payload_type: 96,
             rid: rid.map(str::to_owned),
+            group: ssrc,
         };
         let reported = [
             info(20, MediaKind::Video, 2, None),

@@ -442,7 +442,9 @@ fn plan_publish(
     let mut rid_codecs = Vec::new();
     let mut rid_extension = None;
     let mut repaired_rid_extension = None;
-    for n in answer.sections.iter().filter(|n| n.accepted) {
+    // Each simulcast section is one track of layers (listed in the offer's
+    // order, which browsers give lowest quality first), numbered by section.
+    for (group, n) in (0u16..).zip(answer.sections.iter().filter(|n| n.accepted)) {
         let Some(&ssrc) = n.remote_ssrcs.first() else {
             if n.rids.is_empty() {
                 return Err(WhipError::Unsupported {
@@ -491,6 +493,8 @@ fn plan_publish(
                 kind: n.kind,
                 payload_type: n.payload_type,
                 rtx_payload_type,
+                codec: core_codec(n.codec),
+                group,
             }));
             rid_codecs.extend(n.rids.iter().map(|rid| (rid.clone(), n.codec)));
             continue;
@@ -510,6 +514,8 @@ fn plan_publish(
             ssrc,
             payload_type: n.payload_type,
             rtx,
+            codec: core_codec(n.codec),
+            layer_of: None,
         };
         tracks.push((track, n.codec));
     }
@@ -652,6 +658,15 @@ fn payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>, Whi
         });
     }
     Ok(first)
+}
+
+/// The router's codec for a negotiated one (keyframe detection).
+pub fn core_codec(c: CodecChoice) -> sfu_core::codec::Codec {
+    match c {
+        CodecChoice::Opus => sfu_core::codec::Codec::Opus,
+        CodecChoice::Vp8 => sfu_core::codec::Codec::Vp8,
+        CodecChoice::H264 => sfu_core::codec::Codec::H264,
+    }
 }
 
 /// The subscriber's RTX payload type for `kind` in a (provisional)

@@ -111,7 +111,9 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         ssrc,
         payload_type,
         rtx: None,
-    }
+    },
+    codec: sfu_core::codec::Codec::Vp8,
+    layer_of: None,
 }
 
 impl Harness {
@@ -148,6 +150,8 @@ impl Harness {
                         ssrc: PUB_AUDIO_SSRC,
                         payload_type: 111,
                         rtx: None,
+                        codec: sfu_core::codec::Codec::Vp8,
+                        layer_of: None,
                     },
                 ],
                 remote: None,

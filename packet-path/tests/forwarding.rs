@@ -46,6 +46,8 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
             ssrc: SSRC,
             payload_type: 100,
             rtx: None,
+            codec: sfu_core::codec::Codec::Vp8,
+            layer_of: None,
         }],
         _ => Vec::new(),
     };

@@ -227,6 +227,8 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             ssrc: SSRC,
             payload_type: PT,
             rtx: None,
+            codec: sfu_core::codec::Codec::Vp8,
+            layer_of: None,
         }]
     } else {
         Vec::new()

@@ -47,6 +47,8 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
             ssrc: SSRC,
             payload_type: PT,
             rtx: None,
+            codec: sfu_core::codec::Codec::Vp8,
+            layer_of: None,
         }]
     } else {
         Vec::new()

@@ -84,6 +84,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::codec::Codec;
 use crate::dtls::DtlsCert;
 use crate::srtp::{KeyLengthError, Profile, SrtpConfig};
 use crate::twcc;
@@ -169,9 +170,15 @@ pub struct TrackConfig {
     pub ssrc: u32,
     /// RTP payload type.
     pub payload_type: u8,
+    /// Its codec: where a keyframe starts, for simulcast layer switches.
+    pub codec: Codec,
     /// The stream the endpoint retransmits this track on (RFC 4588), if it
     /// negotiated RTX: the router NACKs gaps and unwraps what comes back.
     pub rtx: Option<RtxStream>,
+    /// For a simulcast layer: the SSRC of the first layer of its track,
+    /// declared earlier by the same endpoint (layers in ascending quality).
+    /// `None` for a track's first (or only) layer.
+    pub layer_of: Option<u32>,
 }
 
 /// A publisher's retransmission stream (RFC 4588 §4, SSRC multiplexing).
@@ -290,6 +297,18 @@ pub enum Command {
     /// [`Command::SetSubscription`] would, in order, and answers on its own
     /// ([`Outcome::Subscriptions`]).
     SetSubscriptions(Vec<(EndpointId, Subscription)>),
+    /// Caps the simulcast layer of one of an endpoint's video consumers
+    /// (by slot): `Some(0)` is the track's lowest layer by bitrate, `None`
+    /// lifts the cap (the highest layer). The consumer moves at the next
+    /// keyframe of its new layer, which is asked for.
+    SetMaxLayer {
+        /// The subscriber.
+        endpoint: EndpointId,
+        /// The video slot.
+        slot: u16,
+        /// The highest layer it may get.
+        max_layer: Option<u8>,
+    },
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
     /// Hand over the endpoints the router removed by itself since the last
@@ -328,6 +347,10 @@ pub struct ProducerInfo {
     pub payload_type: u8,
     /// The simulcast layer's `rid`, for a producer bound by `rid`.
     pub rid: Option<String>,
+    /// The track it is a layer of: the SSRC of the track's first layer
+    /// (its own SSRC for a track's first or only layer). Subscriptions
+    /// name tracks by this SSRC; the router picks the layer per consumer.
+    pub group: u32,
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -590,13 +613,34 @@ impl Router {
             Command::SetSubscriptions(changes) => Ok(Outcome::Subscriptions(
                 changes
                     .into_iter()
-                    .map(|(id, subscription)| self.set_subscription(id, subscription))
+                    .map(|(id, subscription)| self.set_subscription(id, subscription, now))
                     .collect(),
             )),
-            Command::SetSubscription(id, subscription) => {
-                Ok(Outcome::Consumers(self.set_subscription(id, subscription)?))
-            }
+            Command::SetSubscription(id, subscription) => Ok(Outcome::Consumers(
+                self.set_subscription(id, subscription, now)?,
+            )),
             Command::TakeRemoved => Ok(Outcome::Removed(std::mem::take(&mut self.removed))),
+            Command::SetMaxLayer {
+                endpoint,
+                slot,
+                max_layer,
+            } => {
+                let at = *self
+                    .by_id
+                    .get(&endpoint)
+                    .ok_or(RouterError::UnknownEndpoint)?;
+                let ep = self.endpoint_mut(at).ok_or(RouterError::UnknownEndpoint)?;
+                let c = ep
+                    .consumers
+                    .iter_mut()
+                    .find(|c| c.kind == MediaKind::Video && c.slot() == slot)
+                    .ok_or(RouterError::Invalid("no such video slot"))?;
+                c.max_layer = max_layer;
+                if let Some(key) = c.source.filter(|_| c.attached) {
+                    self.choose_layers(key, now);
+                }
+                Ok(Outcome::Done)
+            }
             Command::Producers(room) => {
                 let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
                 let list = r
@@ -615,6 +659,7 @@ impl Router {
                                 .as_ref()
                                 .and_then(|w| w.rid_of(t.ssrc))
                                 .map(str::to_owned),
+                            group: self.producers.get(&t.ssrc).map_or(t.ssrc, |p| p.group),
                         })
                     })
                     .collect();
@@ -653,6 +698,7 @@ impl Router {
         &mut self,
         id: EndpointId,
         subscription: Subscription,
+        now: Instant,
     ) -> Result<Vec<ConsumerInfo>, RouterError> {
         let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
         let role = self
@@ -664,7 +710,7 @@ impl Router {
             .endpoint_mut(slot)
             .ok_or(RouterError::UnknownEndpoint)?;
         ep.subscription = subscription;
-        self.sync_consumers(slot);
+        self.sync_consumers(slot, now);
         Ok(self.consumer_infos(slot))
     }
 
@@ -715,5 +761,7 @@ mod tests;
 mod tests_hostile;
 #[cfg(test)]
 mod tests_repair;
+#[cfg(test)]
+mod tests_simulcast;
 #[cfg(test)]
 mod tests_webrtc;

@@ -46,6 +46,7 @@ use super::Transmit;
 use super::cache::PacketCache;
 use super::seq::StreamRewriter;
 use super::stats::{Counter, DropReason, RouterStats};
+use crate::codec::vp8::Vp8Rewriter;
 use crate::srtp::SrtpContext;
 use crate::wire;
 use crate::wire::rtp::RtpPacket;
@@ -126,6 +127,9 @@ pub(super) struct ResendCtx<'a> {
     pub(super) cache: &'a PacketCache,
     pub(super) rewriter: &'a StreamRewriter,
     pub(super) rtx: Option<&'a mut ConsumerRtx>,
+    /// The consumer's PictureID rewriting, for a VP8 simulcast track: a
+    /// resent packet carries the ids its original was sent with.
+    pub(super) vp8: Option<&'a mut Vp8Rewriter>,
     pub(super) keys: &'a mut SrtpContext,
     pub(super) dst: std::net::SocketAddr,
     /// min(100 ms, 2 × RTT).
@@ -144,6 +148,7 @@ pub(super) fn resend<T: Transmit>(
         cache,
         rewriter,
         rtx,
+        mut vp8,
         keys,
         dst,
         wait,
@@ -190,6 +195,12 @@ pub(super) fn resend<T: Transmit>(
             stats.drop(DropReason::ProtectFailed);
             continue;
         };
+        if let Some(v) = vp8.as_deref_mut()
+            && let Some(payload) = out.get_mut(original.header_len() + 2..len)
+        {
+            // An older packet of the current source: mapped, not advanced.
+            v.rewrite(payload, false);
+        }
         match keys.protect_rtp_stream(stream, out, len) {
             Ok(n) => {
                 tx.send(n, dst);

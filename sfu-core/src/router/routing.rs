@@ -42,6 +42,8 @@ use super::{
     Outcome, Role, RoomId, Router, RouterError, SRTCP_TRAILER_MAX, Subscription, TrackConfig,
     Transmit, ssrc_base,
 };
+use crate::codec::Codec;
+use crate::codec::vp8::Vp8Rewriter;
 use crate::twcc;
 use crate::wire::rtcp::{self, ReportBlockData, ReportBlocks, RtcpIter, RtcpPacket};
 use crate::wire::rtp::RtpPacket;
@@ -73,6 +75,73 @@ pub(super) struct Consumer {
     pub(super) rtx: Option<Box<ConsumerRtx>>,
     /// Its side of sender and receiver reports.
     pub(super) reports: ConsumerReports,
+    /// The layer (SSRC) of its track it forwards now; `None` until the
+    /// first keyframe of its target layer.
+    pub(super) layer: Option<u32>,
+    /// The layer it should forward: switched to at that layer's keyframe.
+    pub(super) target: Option<u32>,
+    /// The highest layer (0 = lowest by bitrate) it may get.
+    pub(super) max_layer: Option<u8>,
+    /// PictureID/TL0PICIDX continuity across layer switches (VP8).
+    vp8: Vp8Rewriter,
+    /// The next VP8 packet is the first after a switch.
+    vp8_switch: bool,
+}
+
+impl Consumer {
+    /// Its slot index within its kind.
+    pub(super) fn slot(&self) -> u16 {
+        self.slot
+    }
+}
+
+/// A layer's bitrate over the last second, measured from its packets.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LayerRate {
+    bytes: u64,
+    since: Instant,
+    /// Bits per second over the last full window.
+    pub(super) bps: u64,
+    /// Whether a full window has passed (`bps` is measured).
+    measured: bool,
+    last: Instant,
+}
+
+/// Window of [`LayerRate`].
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1000);
+/// A layer without a packet for this long is inactive (paused by its
+/// publisher, or gone).
+const LAYER_IDLE: std::time::Duration = std::time::Duration::from_millis(2000);
+
+impl LayerRate {
+    fn new(now: Instant) -> Self {
+        Self {
+            bytes: 0,
+            since: now,
+            bps: 0,
+            measured: false,
+            last: now,
+        }
+    }
+
+    /// Counts a packet; true when a window closed (the rate changed).
+    fn on_packet(&mut self, len: usize, now: Instant) -> bool {
+        self.bytes += len as u64;
+        self.last = now;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < RATE_WINDOW {
+            return false;
+        }
+        self.bps = self.bytes * 8 * 1_000_000 / (elapsed.as_micros().max(1) as u64);
+        self.measured = true;
+        self.bytes = 0;
+        self.since = now;
+        true
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) < LAYER_IDLE
+    }
 }
 
 /// One published stream and its fan-out list.
@@ -81,7 +150,19 @@ pub(super) struct Producer {
     pub(super) endpoint: u32,
     kind: MediaKind,
     payload_type: u8,
+    codec: Codec,
+    /// The track it is a layer of: the SSRC of the track's first layer,
+    /// which holds the track's layers and fan-out (its own SSRC for a
+    /// track's first or only layer).
+    pub(super) group: u32,
+    /// The track's layers (ascending quality, this one first); on the
+    /// first layer only.
+    layers: Vec<u32>,
+    /// The track's consumers (on the first layer only): every layer's
+    /// packets walk it, and each consumer takes the layer it forwards.
     fanout: Vec<(u32, u16)>,
+    /// Its bitrate, which orders the track's layers.
+    rate: LayerRate,
     pub(super) keyframe_wanted: bool,
     last_pli: Option<Instant>,
     /// Its last packets, for subscribers' NACKs.
@@ -194,8 +275,22 @@ impl Router {
             // Loss and jitter of the publisher's path, for its RRs.
             producer.reception.on_packet(in_seq, in_ts, now);
         }
+        let rolled = producer.rate.on_packet(len, now);
+        let (group_key, codec) = (producer.group, producer.codec);
         let payload_len = packet.payload().len() as u32;
-        for &(sub_slot, c) in &producer.fanout {
+        let Some(group) = self.producers.get(&group_key) else {
+            return Ok(());
+        };
+        let layered = group.layers.len() > 1;
+        if rolled && layered {
+            self.choose_layers(group_key, now);
+        }
+        let Some(group) = self.producers.get(&group_key) else {
+            return Ok(());
+        };
+        // A layer switch waits for the target layer's keyframe.
+        let keyframe = layered && crate::codec::is_keyframe(codec, packet.payload());
+        for &(sub_slot, c) in &group.fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
             };
@@ -210,6 +305,17 @@ impl Router {
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
                 continue;
             };
+            if consumer.layer != Some(ssrc) {
+                // Another layer of the track: forwarded only from the
+                // target layer's keyframe on, which makes it the current one.
+                if !(keyframe && consumer.target == Some(ssrc)) {
+                    continue;
+                }
+                consumer.layer = Some(ssrc);
+                consumer.rewriter.resync();
+                consumer.vp8_switch = true;
+                self.stats.inc(Counter::LayerSwitches);
+            }
             let Some(stream) = consumer.tx_stream else {
                 self.stats.drop(DropReason::NotConnected);
                 continue;
@@ -230,6 +336,14 @@ impl Router {
             p.set_sequence_number(out_seq);
             p.set_timestamp(out_ts);
             p.set_payload_type(consumer.payload_type);
+            if layered && codec == Codec::Vp8 {
+                // One continuous PictureID/TL0PICIDX across layer switches.
+                let switched = std::mem::take(&mut consumer.vp8_switch);
+                let h = packet.header_len();
+                if let Some(payload) = out.get_mut(h..len - packet.padding_len()) {
+                    consumer.vp8.rewrite(payload, switched);
+                }
+            }
             match keys.tx.protect_rtp_stream(stream, out, len) {
                 Ok(n) => {
                     tx.send(n, dst);
@@ -242,6 +356,9 @@ impl Router {
             }
         }
 
+        let Some(producer) = self.producers.get_mut(&ssrc) else {
+            return Ok(());
+        };
         if producer.keyframe_wanted
             && producer
                 .last_pli
@@ -274,6 +391,56 @@ impl Router {
         }
         self.send_nacks(ssrc, src, now, tx);
         Ok(())
+    }
+
+    /// Re-chooses the target layer of every consumer of track `key` (a
+    /// layer's bitrate changed, a layer appeared or a cap changed); a
+    /// consumer whose target moves asks the new layer for a keyframe.
+    pub(super) fn choose_layers(&mut self, key: u32, now: Instant) {
+        let Self {
+            producers,
+            endpoints,
+            ..
+        } = self;
+        let Some(group) = producers.get(&key) else {
+            return;
+        };
+        // Layers that need a keyframe, by index in the track.
+        let mut wanted = 0u32;
+        for &(sub_slot, c) in &group.fanout {
+            let Some(consumer) = endpoints
+                .get_mut(sub_slot as usize)
+                .and_then(Option::as_mut)
+                .and_then(|e| e.consumers.get_mut(usize::from(c)))
+            else {
+                continue;
+            };
+            let target = target_layer(producers, key, consumer.max_layer, now);
+            if target == consumer.target {
+                continue;
+            }
+            consumer.target = target;
+            if target != consumer.layer
+                && let Some(i) = group.layers.iter().position(|&l| Some(l) == target)
+            {
+                wanted |= 1 << (i & 31);
+            }
+        }
+        if group.kind != MediaKind::Video || wanted == 0 {
+            return;
+        }
+        let layers: [Option<u32>; 32] = std::array::from_fn(|i| {
+            group
+                .layers
+                .get(i)
+                .copied()
+                .filter(|_| wanted & (1 << i) != 0)
+        });
+        for l in layers.into_iter().flatten() {
+            if let Some(p) = producers.get_mut(&l) {
+                p.keyframe_wanted = true;
+            }
+        }
     }
 
     /// NACKs the missing packets of producer `ssrc` that are due, to its
@@ -391,7 +558,7 @@ impl Router {
                         continue;
                     };
                     let (Some(p), Some(keys), Some(dst)) = (
-                        c.source.and_then(|s| self.producers.get(&s)),
+                        c.layer.and_then(|s| self.producers.get(&s)),
                         ep.transport.keys.as_mut(),
                         ep.transport.remote,
                     ) else {
@@ -401,6 +568,7 @@ impl Router {
                         cache: &p.cache,
                         rewriter: &c.rewriter,
                         rtx: c.rtx.as_deref_mut(),
+                        vp8: (p.codec == Codec::Vp8 && c.layer != c.source).then_some(&mut c.vp8),
                         keys: &mut keys.tx,
                         dst,
                         wait,
@@ -427,7 +595,7 @@ impl Router {
                 .consumers
                 .iter()
                 .find(|c| c.ssrc == media_ssrc && c.attached)
-                .and_then(|c| c.source);
+                .and_then(|c| c.target.or(c.layer).or(c.source));
             if let Some(p) = source.and_then(|s| self.producers.get_mut(&s)) {
                 p.keyframe_wanted = true;
             }
@@ -461,13 +629,25 @@ impl Router {
             stats,
             ..
         } = self;
-        let Some(p) = producers.get(&ssrc) else {
+        let Some(key) = producers.get(&ssrc).map(|p| p.group) else {
+            return;
+        };
+        let Some(p) = producers.get(&key) else {
             return;
         };
         for &(sub_slot, c) in &p.fanout {
             let Some(Some(sub)) = endpoints.get_mut(sub_slot as usize) else {
                 continue;
             };
+            // Only consumers forwarding this layer: a report of a layer a
+            // consumer does not receive would map the wrong timestamps.
+            if sub
+                .consumers
+                .get(usize::from(c))
+                .is_none_or(|c| c.layer != Some(ssrc))
+            {
+                continue;
+            }
             let (Some(dst), Some(keys), Some(consumer)) = (
                 sub.transport.remote,
                 sub.transport.keys.as_mut(),
@@ -625,10 +805,23 @@ impl Router {
             .unbound_rid(rid, packet.payload_type())
             .ok_or(DropReason::UnknownSource)?;
         layer.ssrc = Some(ssrc);
+        let group = layer.track.group;
+        let codec = layer.track.codec;
+        let (kind, payload_type) = (layer.track.kind, layer.track.payload_type);
+        let rid_name: Box<str> = layer.track.rid.as_str().into();
+        // The track's first bound layer holds the track.
+        let layer_of = w
+            .rid_tracks
+            .iter()
+            .filter(|r| r.track.group == group && r.ssrc != Some(ssrc))
+            .find_map(|r| r.ssrc)
+            .filter(|first| self.producers.get(first).is_some_and(|p| p.group == *first));
         let track = TrackConfig {
-            kind: layer.track.kind,
+            kind,
             ssrc,
-            payload_type: layer.track.payload_type,
+            payload_type,
+            codec,
+            layer_of,
             // Its RTX stream binds by `repaired-rid` later.
             rtx: None,
         };
@@ -637,13 +830,13 @@ impl Router {
         let event = Event::ProducerBound {
             endpoint: ep.id,
             ssrc,
-            rid: layer.track.rid.as_str().into(),
+            rid: rid_name,
             kind: track.kind,
         };
         self.add_producer(slot, track, now);
         self.stats.inc(Counter::SimulcastLayersBound);
         self.events.push(event, &mut self.stats);
-        self.producers_added(slot, room, &[track]);
+        self.producers_added(slot, room, &[track], now);
         self.schedule(slot, now);
         Ok(())
     }
@@ -658,12 +851,31 @@ impl Router {
         if let Some(rtx) = track.rtx {
             self.rtx_ssrcs.insert(rtx.ssrc, track.ssrc);
         }
+        // A layer of a track of the same endpoint and kind joins it (at
+        // most `max_tracks_per_endpoint` layers, the endpoint's tracks).
+        let group = track
+            .layer_of
+            .and_then(|g| self.producers.get_mut(&g))
+            .filter(|g| g.endpoint == slot && g.kind == track.kind && !g.layers.is_empty())
+            .map(|g| {
+                g.layers.push(track.ssrc);
+                g.group
+            })
+            .unwrap_or(track.ssrc);
         self.producers.insert(
             track.ssrc,
             Producer {
                 endpoint: slot,
                 kind: track.kind,
                 payload_type: track.payload_type,
+                codec: track.codec,
+                group,
+                layers: if group == track.ssrc {
+                    vec![track.ssrc]
+                } else {
+                    Vec::new()
+                },
+                rate: LayerRate::new(now),
                 fanout: Vec::new(),
                 keyframe_wanted: false,
                 last_pli: None,
@@ -680,21 +892,57 @@ impl Router {
     /// that subscriber's own consumers (no re-sync of the room): an
     /// explicit slot waiting for one of these SSRCs attaches, an `All`
     /// subscriber reuses a detached slot of the kind or gets a new one.
-    fn producers_added(&mut self, publisher: u32, room: RoomId, tracks: &[TrackConfig]) {
+    fn producers_added(
+        &mut self,
+        publisher: u32,
+        room: RoomId,
+        tracks: &[TrackConfig],
+        now: Instant,
+    ) {
+        // Only new tracks: a further layer of a track is no new producer
+        // to subscribers (the track's consumers may switch to it).
+        let mut new_tracks = [None; 32];
+        let mut n = 0;
+        for t in tracks {
+            if self
+                .producers
+                .get(&t.ssrc)
+                .is_some_and(|p| p.group == t.ssrc)
+                && let Some(at) = new_tracks.get_mut(n)
+            {
+                *at = Some(*t);
+                n += 1;
+            }
+        }
+        if n < tracks.len() {
+            // Layers joined tracks: their consumers may move to them.
+            for t in tracks {
+                if let Some(g) = self.producers.get(&t.ssrc).map(|p| p.group)
+                    && g != t.ssrc
+                {
+                    self.choose_layers(g, now);
+                }
+            }
+        }
+        let tracks: Vec<TrackConfig> = new_tracks.iter().flatten().copied().collect();
+        if tracks.is_empty() {
+            return;
+        }
+        let tracks = &tracks[..];
         let members = self.rooms.get(&room).map_or(0, |r| r.endpoints.len());
         for i in 0..members {
             let Some(&slot) = self.rooms.get(&room).and_then(|r| r.endpoints.get(i)) else {
                 break;
             };
             if slot != publisher {
-                self.offer_producers(slot, tracks);
+                self.offer_producers(slot, tracks, now);
             }
         }
     }
 
     /// Attaches what the subscriber in `slot` wants of `tracks` (new
     /// producers of its room).
-    fn offer_producers(&mut self, slot: u32, tracks: &[TrackConfig]) {
+    fn offer_producers(&mut self, slot: u32, tracks: &[TrackConfig], now: Instant) {
         let max = self.config.max_consumers_per_endpoint;
         let Self {
             endpoints,
@@ -746,7 +994,7 @@ impl Router {
                 }
             };
             if let Some(c) = ep.consumers.get_mut(index) {
-                attach(producers, slot, index as u16, c, t.ssrc, pts);
+                attach(producers, slot, index as u16, c, t.ssrc, pts, now);
             }
         }
     }
@@ -952,9 +1200,9 @@ impl Router {
         for &t in &tracks {
             self.add_producer(slot, t, now);
         }
-        self.sync_consumers(slot);
+        self.sync_consumers(slot, now);
         if !tracks.is_empty() {
-            self.producers_added(slot, room, &tracks);
+            self.producers_added(slot, room, &tracks, now);
         }
         self.schedule(slot, now);
         Ok(Outcome::Consumers(self.consumer_infos(slot)))
@@ -1036,7 +1284,7 @@ impl Router {
     /// Brings an endpoint's consumers in line with its subscription and the
     /// room's producers: creates, re-points and detaches slots, keeping each
     /// slot's SSRC and numbering.
-    pub(super) fn sync_consumers(&mut self, slot: u32) {
+    pub(super) fn sync_consumers(&mut self, slot: u32, now: Instant) {
         let Some(ep) = self.endpoint(slot) else {
             return;
         };
@@ -1062,6 +1310,8 @@ impl Router {
                     .filter(|&&s| s != slot)
                     .filter_map(|&s| self.endpoint(s))
                     .flat_map(|e| e.tracks.iter().map(|t| (t.ssrc, t.kind)))
+                    // One consumer per track, not per simulcast layer.
+                    .filter(|(ssrc, _)| self.producers.get(ssrc).is_some_and(|p| p.group == *ssrc))
                     .collect();
                 room_producers.sort_unstable();
                 for c in &ep.consumers {
@@ -1088,7 +1338,7 @@ impl Router {
             self.stats.add(Counter::ConsumersOverLimit, over as u64);
             wanted.truncate(self.config.max_consumers_per_endpoint);
         }
-        self.apply_consumers(slot, &wanted);
+        self.apply_consumers(slot, &wanted, now);
     }
 
     /// Rooms are a security boundary: a slot attaches only to a producer of
@@ -1096,7 +1346,7 @@ impl Router {
     /// room, gets the same answer as one not published yet: an unattached
     /// slot (nothing tells the two apart), which attaches if a producer with
     /// that SSRC appears in the endpoint's own room.
-    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)]) {
+    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)], now: Instant) {
         let Self {
             endpoints,
             producers,
@@ -1172,7 +1422,7 @@ impl Router {
             }
             c.source = source;
             if let Some(s) = available {
-                attach(producers, slot, index, c, s, (video_pt, audio_pt));
+                attach(producers, slot, index, c, s, (video_pt, audio_pt), now);
             }
         }
     }
@@ -1241,6 +1491,11 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
         attached: false,
         rewriter: StreamRewriter::new(kind.clock_rate(), first_seq, ep.ssrc_base.rotate_left(11)),
         reports: ConsumerReports::default(),
+        layer: None,
+        target: None,
+        max_layer: None,
+        vp8: Vp8Rewriter::new(),
+        vp8_switch: false,
         tx_stream: ep
             .transport
             .keys
@@ -1261,13 +1516,35 @@ fn attach(
     c: &mut Consumer,
     ssrc: u32,
     pts: (Option<u8>, Option<u8>),
+    now: Instant,
 ) {
-    let Some(p) = producers.get_mut(&ssrc) else {
+    // A subscription may name any layer: the consumer gets the track.
+    let Some(key) = producers.get(&ssrc).map(|p| p.group) else {
+        return;
+    };
+    let target = target_layer(producers, key, c.max_layer, now);
+    let Some(p) = producers.get_mut(&key) else {
         return;
     };
     p.fanout.push((slot, index));
-    c.source = Some(ssrc);
+    c.source = Some(key);
     c.attached = true;
+    c.target = target;
+    // A track of one layer forwards at once (its decoder waits for the
+    // keyframe asked for below); a simulcast track from the target
+    // layer's first keyframe.
+    c.layer = if p.layers.len() > 1 { None } else { Some(key) };
+    c.vp8 = Vp8Rewriter::new();
+    c.vp8_switch = false;
+    let kind = p.kind;
+    if kind == MediaKind::Video
+        && let Some(t) = target.and_then(|t| producers.get_mut(&t))
+    {
+        t.keyframe_wanted = true;
+    }
+    let Some(p) = producers.get_mut(&key) else {
+        return;
+    };
     c.payload_type = match p.kind {
         MediaKind::Video => pts.0,
         MediaKind::Audio => pts.1,
@@ -1275,9 +1552,46 @@ fn attach(
     .unwrap_or(p.payload_type);
     c.rewriter.set_clock_rate(p.kind.clock_rate());
     c.rewriter.resync();
-    if p.kind == MediaKind::Video {
-        p.keyframe_wanted = true;
+}
+
+/// The layer a consumer of track `key` should forward: of the track's
+/// active layers ordered by bitrate (ties in declaration order, which is
+/// ascending quality), the highest at or below `max_layer`; the track's
+/// first layer when none is active.
+pub(super) fn target_layer(
+    producers: &HashMap<u32, Producer>,
+    key: u32,
+    max_layer: Option<u8>,
+    now: Instant,
+) -> Option<u32> {
+    let g = producers.get(&key)?;
+    let mut active = [(0u64, 0usize, 0u32); 16];
+    let mut n = 0;
+    let mut measured = true;
+    for (i, &l) in g.layers.iter().enumerate() {
+        if let Some(p) = producers.get(&l)
+            && p.rate.active(now)
+            && let Some(at) = active.get_mut(n)
+        {
+            *at = (p.rate.bps, i, l);
+            measured &= p.rate.measured;
+            n += 1;
+        }
     }
+    let active = active.get_mut(..n)?;
+    if !measured {
+        // Until every active layer has a measured rate, declaration order.
+        for a in active.iter_mut() {
+            a.0 = 0;
+        }
+    }
+    if active.is_empty() {
+        return Some(key);
+    }
+    active.sort_unstable();
+    let top = active.len() - 1;
+    let at = max_layer.map_or(top, |m| usize::from(m).min(top));
+    active.get(at).map(|&(_, _, l)| l)
 }
 
 /// Reads a subscriber's report blocks about its consumers: loss and jitter

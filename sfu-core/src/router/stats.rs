@@ -138,6 +138,9 @@ counter_table! {
         RrSent => "rr_sent", "Receiver reports the worker sent to publishers.";
         /// Report blocks subscribers sent about their consumers.
         ReportBlocksIn => "report_blocks_in", "Report blocks subscribers sent about the streams they receive.";
+        /// Consumers that switched simulcast layer (at a keyframe of the
+        /// new layer).
+        LayerSwitches => "layer_switches", "Simulcast layer switches of consumers (each at a keyframe of the new layer).";
         /// RTX streams of publishers bound by `repaired-rid`.
         RtxStreamsBound => "rtx_streams_bound", "Publisher RTX streams bound to their layer by repaired-rid.";
     }

@@ -131,6 +131,8 @@ pub(super) fn video(ssrc: u32) -> Vec<TrackConfig> {
         ssrc,
         payload_type: 96,
         rtx: None,
+        codec: crate::codec::Codec::Vp8,
+        layer_of: None,
     }]
 }
 

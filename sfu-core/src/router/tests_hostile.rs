@@ -489,12 +489,16 @@ fn every_consumer_has_an_outbound_stream() {
                 ssrc,
                 payload_type: 96,
                 rtx: None,
+                codec: crate::codec::Codec::Vp8,
+                layer_of: None,
             },
             TrackConfig {
                 kind: MediaKind::Audio,
                 ssrc: ssrc + 1,
                 payload_type: 111,
                 rtx: None,
+                codec: crate::codec::Codec::Vp8,
+                layer_of: None,
             },
         ];
         let cmd = endpoint(
@@ -624,6 +628,8 @@ fn client_created_state_is_bounded() {
         ssrc,
         payload_type: 96,
         rtx: None,
+        codec: crate::codec::Codec::Vp8,
+        layer_of: None,
     };
     let three = vec![
         track(1, MediaKind::Video),

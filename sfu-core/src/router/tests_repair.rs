@@ -67,6 +67,8 @@ fn setup() -> Setup {
                         ssrc: PUB_RTX,
                         payload_type: 98,
                     }),
+                    codec: crate::codec::Codec::Vp8,
+                    layer_of: None,
                 }],
                 remote: Some(PUB),
                 subscription: Subscription::All,

@@ -253,6 +253,8 @@ fn dtls_keys_forward_media_between_browsers() {
         ssrc: 4242,
         payload_type: 96,
         rtx: None,
+        codec: crate::codec::Codec::Vp8,
+        layer_of: None,
     };
     f.router
         .handle_command(
@@ -400,6 +402,8 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         kind: MediaKind::Video,
         payload_type: 96,
         rtx_payload_type: None,
+        codec: crate::codec::Codec::Vp8,
+        group: 0,
     };
     f.router
         .handle_command(
@@ -500,7 +504,10 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
     let low = srtp_packet(&mut pub_tx, 5002, 1, 96, &[(RID_EXT, b"l")]);
     f.feed(addr(7000), &low);
     assert_eq!(f.router.stats().get(Counter::SimulcastLayersBound), 2);
-    assert_eq!(f.router.consumer_infos(sub_slot).len(), 2);
+    // Both layers are one track: still one consumer, on the track.
+    let consumers = f.router.consumer_infos(sub_slot);
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0].producer_ssrc, Some(5000));
 
     // The control plane sees the learnt layers, with their rids.
     let listed = match f
@@ -511,11 +518,14 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         Outcome::Producers(p) => p,
         other => panic!("producers expected, got {other:?}"),
     };
-    let seen: Vec<(u64, u32, Option<&str>)> = listed
+    let seen: Vec<(u64, u32, Option<&str>, u32)> = listed
         .iter()
-        .map(|p| (p.endpoint.0, p.ssrc, p.rid.as_deref()))
+        .map(|p| (p.endpoint.0, p.ssrc, p.rid.as_deref(), p.group))
         .collect();
-    assert_eq!(seen, [(1, 5000, Some("h")), (1, 5002, Some("l"))]);
+    assert_eq!(
+        seen,
+        [(1, 5000, Some("h"), 5000), (1, 5002, Some("l"), 5000)]
+    );
     assert!(
         listed
             .iter()
@@ -543,6 +553,8 @@ fn rid_tracks_are_checked() {
         kind: MediaKind::Video,
         payload_type,
         rtx_payload_type: None,
+        codec: crate::codec::Codec::Vp8,
+        group: 0,
     };
     for (role, rids) in [
         (Role::Subscribe, vec![layer("h", 96)]),
@@ -602,6 +614,8 @@ fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, 
         ssrc: 4000,
         payload_type: 96,
         rtx: None,
+        codec: crate::codec::Codec::Vp8,
+        layer_of: None,
     };
     let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
     if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
@@ -777,6 +791,8 @@ fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
             ssrc: 4000,
             payload_type: 96,
             rtx: None,
+            codec: crate::codec::Codec::Vp8,
+            layer_of: None,
         }]
     };
     f.router
@@ -965,6 +981,8 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
         ssrc,
         payload_type: 96,
         rtx: None,
+        codec: crate::codec::Codec::Vp8,
+        layer_of: None,
     };
     let sdes = |id: u64, role, tracks: Vec<TrackConfig>, subscription| {
         Command::AddEndpoint(Box::new(EndpointConfig {

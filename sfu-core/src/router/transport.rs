@@ -298,7 +298,7 @@ impl Router {
                     .consumers
                     .iter()
                     .filter(|c| c.attached && c.kind == MediaKind::Video)
-                    .filter_map(|c| c.source)
+                    .filter_map(|c| c.target.or(c.layer).or(c.source))
                     .collect();
                 for s in sources {
                     if let Some(p) = self.producers.get_mut(&s) {

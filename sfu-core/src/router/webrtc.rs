@@ -125,6 +125,13 @@ pub struct RidTrack {
     /// The payload type the layer is sent with; a packet with another one
     /// (RTX, FEC) never binds the layer.
     pub payload_type: u8,
+    /// The layer's codec.
+    pub codec: crate::codec::Codec,
+    /// Which simulcast track of the endpoint it belongs to (the index of
+    /// its media section among the endpoint's simulcast sections): layers
+    /// of one group are one track to subscribers. Within a group, layers
+    /// are listed in ascending quality.
+    pub group: u16,
     /// The payload type of the layer's retransmissions, when RTX was
     /// negotiated: an authentic packet with it whose `repaired-rid` names
     /// the bound layer binds the layer's RTX stream.
