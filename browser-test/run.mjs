@@ -6,11 +6,19 @@
 // mints the tokens); by hand:
 //
 //   node browser-test/run.mjs --base http://127.0.0.1:7880 --room demo \
-//        --publish-token "$PUB" --subscribe-token "$SUB" [--duration 10]
+//        --publish-token "$PUB" --subscribe-token "$SUB" [--duration 10] \
+//        [--allow-freeze]
 //
 // Every option may also come from the environment: SFU_BASE, SFU_ROOM,
 // SFU_PUBLISH_TOKEN, SFU_SUBSCRIBE_TOKEN, SFU_DURATION (seconds),
-// CHROMIUM (executable, default /usr/bin/chromium).
+// SFU_ALLOW_FREEZE (1), CHROMIUM (executable, default /usr/bin/chromium).
+//
+// --allow-freeze      measure a bad path (control/tests/browser_loss.rs runs
+//                     it under packet loss): a second without a decoded frame,
+//                     or no first frame within 10 s, is reported
+//                     (frozenSeconds, firstFrameMs null) but is no error, so
+//                     the run completes with its figures; every other check
+//                     still applies.
 //
 // Other modes:
 //   --dump-offers DIR   write the publisher's (WHIP) and the subscriber's
@@ -22,6 +30,26 @@
 // Output: ONE JSON line on stdout
 //   {ok, framesDecodedPerSecond:[...], framesDecoded, audioPacketsReceived,
 //    audioSamplesReceived, packetsLost, srtpCipher, dtlsCipher, ..., errors:[...]}
+// The loss figures, all of the subscriber's (the viewer's) unless under
+// `publisher`. Counters are totals from the connection's start to the end
+// of the window (so they include the wait for the first frame); the rates
+// cover the window only:
+//   frozenSeconds            seconds of the window without a decoded frame
+//   fpsMean                  frames decoded in the window / its seconds
+//   freezeCount, totalFreezesDuration
+//                            Chromium's own freeze detector (inbound video)
+//   nackCount, pliCount, firCount
+//                            NACK, PLI and FIR RTCP packets the viewer sent
+//   retransmittedPacketsReceived, retransmittedBytesReceived
+//   videoPacketsReceived, videoPacketsLost, keyFramesDecoded, framesDropped
+//   audioConcealedSamples, audioConcealedPercent
+//                            concealedSamples / totalSamplesReceived, in %
+//   publisher.{nackCount, pliCount, firCount}
+//                            feedback the publisher received (from the SFU)
+//   publisher.{retransmittedPacketsSent, retransmittedBytesSent,
+//              keyFramesEncoded, qualityLimitationReason}
+//   whipAnswer, whepAnswer   {feedback: the answer's rtcp-fb values, rtx:
+//                            whether it accepted RTX}
 // Exit status: 0 when every check passed, 1 when a check failed, 2 when the
 // harness itself could not run (bad arguments, no Chromium, no playwright-core).
 //
@@ -211,6 +239,9 @@ async function sample() {
         packetsReceived: s.packetsReceived || 0, packetsLost: s.packetsLost || 0,
         frameWidth: s.frameWidth, frameHeight: s.frameHeight, freezeCount: s.freezeCount,
         keyFramesDecoded: s.keyFramesDecoded, pliCount: s.pliCount, nackCount: s.nackCount,
+        firCount: s.firCount, totalFreezesDuration: s.totalFreezesDuration, framesDropped: s.framesDropped,
+        retransmittedPacketsReceived: s.retransmittedPacketsReceived,
+        retransmittedBytesReceived: s.retransmittedBytesReceived,
         decoderImplementation: s.decoderImplementation, codecId: s.codecId };
     } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
       out.audio = { packetsReceived: s.packetsReceived || 0, packetsLost: s.packetsLost || 0,
@@ -220,7 +251,10 @@ async function sample() {
       out.outVideo = { framesEncoded: s.framesEncoded || 0, packetsSent: s.packetsSent || 0, codecId: s.codecId,
         bytesSent: s.bytesSent || 0, targetBitrate: s.targetBitrate ?? null,
         qualityLimitationReason: s.qualityLimitationReason ?? null,
-        frameWidth: s.frameWidth, frameHeight: s.frameHeight };
+        frameWidth: s.frameWidth, frameHeight: s.frameHeight,
+        nackCount: s.nackCount, pliCount: s.pliCount, firCount: s.firCount,
+        retransmittedPacketsSent: s.retransmittedPacketsSent, retransmittedBytesSent: s.retransmittedBytesSent,
+        keyFramesEncoded: s.keyFramesEncoded };
     } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
       out.outAudio = { packetsSent: s.packetsSent || 0, codecId: s.codecId };
     } else if (s.type === 'transport') {
@@ -250,7 +284,7 @@ async function sample() {
 
 function usage(message) {
   process.stderr.write(`run.mjs: ${message}\n`
-    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S]\n'
+    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S] [--allow-freeze]\n'
     + '       node run.mjs --dump-offers DIR\n'
     + '       node run.mjs --loopback [--duration S]\n');
   process.exit(EXIT_HARNESS);
@@ -268,6 +302,7 @@ function options() {
         duration: { type: 'string' },
         'dump-offers': { type: 'string' },
         loopback: { type: 'boolean' },
+        'allow-freeze': { type: 'boolean' },
       },
     }).values;
   } catch (e) {
@@ -282,6 +317,7 @@ function options() {
     duration: Number(parsed.duration ?? env.SFU_DURATION ?? 10),
     dumpOffers: parsed['dump-offers'],
     loopback: parsed.loopback ?? false,
+    allowFreeze: parsed['allow-freeze'] ?? env.SFU_ALLOW_FREEZE === '1',
     chromium: env.CHROMIUM ?? '/usr/bin/chromium',
   };
   if (!Number.isInteger(o.duration) || o.duration < 1 || o.duration > 600) {
@@ -337,6 +373,7 @@ async function run(o, browser, origin) {
   const result = {
     ok: false,
     mode: o.loopback ? 'loopback' : 'sfu',
+    allowFreeze: o.allowFreeze,
     framesDecodedPerSecond: [],
     framesDecoded: 0,
     audioPacketsReceived: 0,
@@ -376,11 +413,15 @@ async function run(o, browser, origin) {
       await pub.evaluate((s) => applyAnswer(s), answer);
     } else {
       const room = encodeURIComponent(o.room);
-      pubResource = (await pub.evaluate(([u, t, s]) => exchange(u, t, s),
-        [`${o.base}/whip/${room}`, o.publishToken, pubOffer])).location;
+      const whip = await pub.evaluate(([u, t, s]) => exchange(u, t, s),
+        [`${o.base}/whip/${room}`, o.publishToken, pubOffer]);
+      pubResource = whip.location;
+      result.whipAnswer = negotiated(whip.answer);
       const subOffer = await sub.evaluate(() => makeOffer('subscribe'));
-      subResource = (await sub.evaluate(([u, t, s]) => exchange(u, t, s),
-        [`${o.base}/whep/${room}`, o.subscribeToken, subOffer])).location;
+      const whep = await sub.evaluate(([u, t, s]) => exchange(u, t, s),
+        [`${o.base}/whep/${room}`, o.subscribeToken, subOffer]);
+      subResource = whep.location;
+      result.whepAnswer = negotiated(whep.answer);
     }
     exchanged = true;
   } catch (e) {
@@ -421,13 +462,18 @@ async function measure(pub, sub, o, result, t0) {
     const s = await sub.evaluate(() => sample());
     if (s.video && s.video.framesDecoded > 0) { first = s; break; }
   }
-  result.firstFrameMs = Date.now() - t0;
+  result.firstFrameMs = first ? Date.now() - t0 : null;
   if (!first) {
     const s = await sub.evaluate(() => sample());
-    errors.push(`no video frame decoded within 10 s of connecting (subscriber video: ${JSON.stringify(s.video)})`);
-    return;
+    if (!o.allowFreeze) {
+      errors.push(`no video frame decoded within 10 s of connecting (subscriber video: ${JSON.stringify(s.video)})`);
+      return;
+    }
+    // Measuring a bad path: the window starts anyway.
+    first = s;
   }
 
+  const windowStart = first;
   let prev = first;
   let last = first;
   let pubPrev = await pub.evaluate(() => sample());
@@ -465,6 +511,18 @@ async function measure(pub, sub, o, result, t0) {
   result.freezeCount = v.freezeCount ?? null;
   result.pliCount = v.pliCount ?? null;
   result.nackCount = v.nackCount ?? null;
+  result.firCount = v.firCount ?? null;
+  result.totalFreezesDuration = v.totalFreezesDuration ?? null;
+  result.keyFramesDecoded = v.keyFramesDecoded ?? null;
+  result.framesDropped = v.framesDropped ?? null;
+  result.retransmittedPacketsReceived = v.retransmittedPacketsReceived ?? null;
+  result.retransmittedBytesReceived = v.retransmittedBytesReceived ?? null;
+  result.videoPacketsReceived = v.packetsReceived ?? 0;
+  result.frozenSeconds = result.framesDecodedPerSecond.filter((d) => d <= 0).length;
+  result.fpsMean = Math.round(((v.framesDecoded ?? 0) - (windowStart.video?.framesDecoded ?? 0)) / o.duration * 10) / 10;
+  result.audioConcealedSamples = a.concealedSamples ?? 0;
+  result.audioConcealedPercent = a.totalSamplesReceived
+    ? Math.round(a.concealedSamples / a.totalSamplesReceived * 1000) / 10 : null;
   result.candidatePair = last.pair;
   result.publisher = {
     framesEncoded: pubLast.outVideo?.framesEncoded ?? 0,
@@ -476,11 +534,17 @@ async function measure(pub, sub, o, result, t0) {
     qualityLimitationReason: pubLast.outVideo?.qualityLimitationReason ?? null,
     targetBitrate: pubLast.outVideo?.targetBitrate ?? null,
     frameSize: pubLast.outVideo?.frameWidth ? `${pubLast.outVideo.frameWidth}x${pubLast.outVideo.frameHeight}` : null,
+    nackCount: pubLast.outVideo?.nackCount ?? null,
+    pliCount: pubLast.outVideo?.pliCount ?? null,
+    firCount: pubLast.outVideo?.firCount ?? null,
+    retransmittedPacketsSent: pubLast.outVideo?.retransmittedPacketsSent ?? null,
+    retransmittedBytesSent: pubLast.outVideo?.retransmittedBytesSent ?? null,
+    keyFramesEncoded: pubLast.outVideo?.keyFramesEncoded ?? null,
   };
 
   const stalls = result.framesDecodedPerSecond
     .map((d, i) => [d, i + 1]).filter(([d]) => d <= 0).map(([, s]) => s);
-  if (stalls.length) {
+  if (stalls.length && !o.allowFreeze) {
     errors.push(`video froze: framesDecoded did not rise in second(s) ${stalls.join(', ')} `
       + `of ${o.duration} (per second: ${result.framesDecodedPerSecond.join(' ')})`);
   }
@@ -504,6 +568,17 @@ async function measure(pub, sub, o, result, t0) {
       errors.push(`${who} srtpCipher is ${JSON.stringify(cipher)}, expected "AEAD_AES_128_GCM"`);
     }
   }
+}
+
+// What an SFU answer negotiated for repair: its rtcp-fb values (all
+// payload types) and whether it accepted RTX.
+function negotiated(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  return {
+    feedback: [...new Set(lines.filter((l) => l.startsWith('a=rtcp-fb:'))
+      .map((l) => l.replace(/^a=rtcp-fb:\S+\s+/, '')))],
+    rtx: lines.some((l) => /^a=rtpmap:\d+ rtx\//i.test(l)),
+  };
 }
 
 function srtpProfile(cipher) {

@@ -21,15 +21,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::TestNode;
+use common::browser::{self, Run};
 use control::auth::Grant;
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const ROOM: &str = "browser";
 /// Seconds the subscriber is sampled (once a second).
 const DURATION_SECS: usize = 10;
@@ -55,33 +53,39 @@ fn chromium_publishes_over_whip_and_another_page_plays_it_over_whep() {
         );
         return;
     }
-    let dir = browser_test_dir();
-    preflight(&dir);
+    let dir = browser::browser_test_dir();
+    browser::preflight(&dir);
 
     let node = TestNode::start(1);
     node.create_room(ROOM);
     let publish = node.token(ROOM, &[Grant::Publish]);
     let subscribe = node.token(ROOM, &[Grant::Subscribe]);
 
-    let (status, stdout, stderr) = run_browser(&dir, &node.base, &publish, &subscribe);
-    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("run.mjs printed no JSON result ({e}); exit {status}\nstdout: {stdout}\nstderr: {stderr}")
-    });
-    report(&result);
-    let errors = result["errors"].as_array().cloned().unwrap_or_default();
+    let outcome = browser::run_browser(
+        &dir,
+        &Run {
+            base: &node.base,
+            room: ROOM,
+            publish: &publish,
+            subscribe: &subscribe,
+            duration_secs: DURATION_SECS,
+            extra_args: &[],
+            timeout: RUN_TIMEOUT,
+        },
+    );
+    let result = &outcome.result;
+    browser::report(result);
     assert!(
-        status == 0 && result["ok"] == json!(true) && errors.is_empty(),
-        "the browser run failed (exit {status}): {errors:?}\nresult: {result}\nstderr: {stderr}"
+        outcome.passed(),
+        "the browser run failed (exit {}): {:?}\nresult: {result}\nstderr: {}",
+        outcome.status,
+        outcome.errors(),
+        outcome.stderr
     );
 
     // run.mjs checked these already; check them again from its figures so a
     // bug in its verdict cannot pass the test.
-    let per_second: Vec<i64> = result["framesDecodedPerSecond"]
-        .as_array()
-        .expect("framesDecodedPerSecond is an array")
-        .iter()
-        .map(|v| v.as_i64().expect("frame counts are integers"))
-        .collect();
+    let per_second = outcome.frames_per_second();
     assert_eq!(per_second.len(), DURATION_SECS, "one sample per second");
     assert!(
         per_second.iter().all(|&frames| frames > 0),
@@ -128,101 +132,4 @@ fn chromium_publishes_over_whip_and_another_page_plays_it_over_whep() {
     );
 
     node.shutdown();
-}
-
-/// `browser-test/` at the repository root.
-fn browser_test_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("control/ sits in the repository root")
-        .join("browser-test")
-}
-
-/// Fails (never skips) when the browser or the node packages are missing.
-fn preflight(dir: &Path) {
-    let fix = "run `bash .ci/test` from the repository root: it installs Debian's `chromium` \
-               and runs `npm ci` in browser-test/";
-    assert!(
-        dir.join("run.mjs").is_file(),
-        "{} is missing",
-        dir.join("run.mjs").display()
-    );
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "no Chromium at {CHROMIUM}: {fix}"
-    );
-    assert!(
-        dir.join("node_modules/playwright-core/package.json")
-            .is_file(),
-        "playwright-core is not installed in {}: {fix}",
-        dir.join("node_modules").display()
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.as_ref().is_ok_and(|o| o.status.success()),
-        "`node` (>= 20) is not runnable: {node:?}"
-    );
-}
-
-/// Runs `node run.mjs` against the node; returns its exit status (-1 when
-/// killed by a signal), stdout and stderr.
-fn run_browser(dir: &Path, base: &str, publish: &str, subscribe: &str) -> (i32, String, String) {
-    common::run_with_timeout(
-        Command::new("node")
-            .arg(dir.join("run.mjs"))
-            .args(["--base", base, "--room", ROOM])
-            .args(["--publish-token", publish, "--subscribe-token", subscribe])
-            .args(["--duration", &DURATION_SECS.to_string()])
-            .env("CHROMIUM", CHROMIUM)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        RUN_TIMEOUT,
-    )
-}
-
-/// Prints the figures (`cargo test -- --nocapture` shows them).
-fn report(r: &Value) {
-    println!("browser: Chromium {}", r["browser"]);
-    println!(
-        "  frames decoded per second: {} (total {}, {} {}, freezes {})",
-        r["framesDecodedPerSecond"],
-        r["framesDecoded"],
-        r["videoCodec"],
-        r["frameSize"],
-        r["freezeCount"]
-    );
-    println!(
-        "  audio: {} packets, {} samples played ({})",
-        r["audioPacketsReceived"], r["audioSamplesReceived"], r["audioCodec"]
-    );
-    println!(
-        "  packets lost: {} (video {}, audio {}); NACKs {}, PLIs {}",
-        r["packetsLost"],
-        r["videoPacketsLost"],
-        r["audioPacketsLost"],
-        r["nackCount"],
-        r["pliCount"]
-    );
-    println!(
-        "  DTLS {} ({}), SRTP {}; publisher SRTP {}",
-        r["dtlsCipher"], r["tlsVersion"], r["srtpCipher"], r["publisher"]["srtpCipher"]
-    );
-    println!(
-        "  connected after {} ms, first frame after {} ms, pair {}",
-        r["connectMs"], r["firstFrameMs"], r["candidatePair"]
-    );
-    println!(
-        "  publisher: bandwidth estimate per second (kbit/s) {}, video sent per second (kbit/s) {}, \
-         {} target {} bit/s, quality limitation {}",
-        r["publisherEstimateKbps"],
-        r["publisherKbps"],
-        r["publisher"]["frameSize"],
-        r["publisher"]["targetBitrate"],
-        r["publisher"]["qualityLimitationReason"]
-    );
-    if let Some(errors) = r["errors"].as_array().filter(|e| !e.is_empty()) {
-        println!("  errors: {errors:?}");
-    }
 }

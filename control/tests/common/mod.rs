@@ -1,6 +1,7 @@
 //! A node started in-process on ephemeral ports, and a small HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod events;
 
 use std::io::Read;
@@ -380,6 +381,30 @@ impl TestNode {
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("sample {prefix} missing:\n{}", m.text))
+    }
+
+    /// Every non-zero integer sample of worker `worker` in `/metrics`, by
+    /// series: `name` for `name{worker="i"}`, `name{reason="r"}` for
+    /// `name{worker="i",reason="r"}`.
+    pub fn worker_metrics(&self, worker: usize) -> std::collections::BTreeMap<String, u64> {
+        let m = self.get("/metrics");
+        assert_eq!(m.status, 200, "{}", m.text);
+        let only = format!("{{worker=\"{worker}\"}}");
+        let first = format!("{{worker=\"{worker}\",");
+        m.text
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(series, v)| {
+                let name = if let Some(name) = series.strip_suffix(only.as_str()) {
+                    name.to_owned()
+                } else {
+                    let (name, rest) = series.split_once(first.as_str())?;
+                    format!("{name}{{{rest}")
+                };
+                Some((name, v.parse().ok()?))
+            })
+            .filter(|&(_, v)| v > 0)
+            .collect()
     }
 
     /// Polls `/metrics` (workers publish after each batch) until the sample
