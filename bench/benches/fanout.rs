@@ -63,6 +63,7 @@ fn router_with(consumers: u16) -> Router {
             subscription: Subscription::All,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            twcc_send_extension: None,
         }))
     };
     let track = TrackConfig {

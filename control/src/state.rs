@@ -805,6 +805,7 @@ impl AppState {
             subscription: new.subscription,
             rtcp_ssrc: new.rtcp_ssrc,
             rtx_payload_types: new.rtx_payload_types,
+            twcc_send_extension: None,
         };
         let outcome = self
             .request(
@@ -967,6 +968,7 @@ impl AppState {
             subscription: new.subscription,
             rtcp_ssrc: None,
             rtx_payload_types: new.rtx_payload_types,
+            twcc_send_extension: None,
         };
         let outcome = self
             .request(

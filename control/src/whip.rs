@@ -376,6 +376,7 @@ impl Local {
             rid_extension: None,
             twcc_extension: None,
             repaired_rid_extension: None,
+            twcc_send_extension: None,
         }
     }
 }
@@ -755,6 +756,16 @@ fn plan_subscribe(
         video: rtx_payload_type(&answer, MediaKind::Video)?,
         audio: rtx_payload_type(&answer, MediaKind::Audio)?,
     };
+    // BUNDLE: one transport, one egress numbering (the first sending
+    // section's id).
+    let mut transport = local.transport(&offer, remote, video_pt, audio_pt);
+    transport.twcc_send_extension = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted)
+        .flat_map(|n| &n.extmap)
+        .find(|(_, uri)| uri == sdp::TRANSPORT_WIDE_CC_URI)
+        .map(|&(id, _)| id);
     let new = NewWebrtcEndpoint {
         session: Session::Whep,
         role: Role::Subscribe,
@@ -762,7 +773,7 @@ fn plan_subscribe(
         rid_codecs: Vec::new(),
         subscription: Subscription::Explicit { video, audio },
         rtx_payload_types,
-        transport: local.transport(&offer, remote, video_pt, audio_pt),
+        transport,
     };
     let plan = SubscribePlan {
         offer,

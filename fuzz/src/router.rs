@@ -158,6 +158,7 @@ impl Harness {
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
+                twcc_send_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(2),
@@ -171,6 +172,7 @@ impl Harness {
                 subscription: Subscription::All,
                 rtcp_ssrc: Some(SUB_ALL_RTCP_SSRC),
                 rtx_payload_types: Default::default(),
+                twcc_send_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(3),
@@ -187,6 +189,7 @@ impl Harness {
                 },
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
+                twcc_send_extension: None,
             },
         ];
         let peers = configs.map(|cfg| {

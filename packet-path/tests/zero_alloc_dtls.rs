@@ -246,6 +246,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             subscription: Subscription::All,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            twcc_send_extension: None,
         }),
         Box::new(WebrtcTransport {
             ice: ice(id),
@@ -257,6 +258,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             rid_extension: None,
             twcc_extension: Some(TWCC_EXT),
             repaired_rid_extension: None,
+            twcc_send_extension: None,
         }),
     )
 }

@@ -65,6 +65,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         subscription: Subscription::All,
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
+        twcc_send_extension: None,
     }))
 }
 

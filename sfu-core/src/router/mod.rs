@@ -71,6 +71,7 @@
 //! datagram is counted by [`DropReason`] and dropped.
 
 pub mod cache;
+pub mod egress;
 pub mod event;
 pub mod repair;
 pub mod reports;
@@ -255,6 +256,12 @@ pub struct EndpointConfig {
     /// RTX payload types it receives retransmissions with (subscribe and
     /// both roles).
     pub rtx_payload_types: RtxPayloadTypes,
+    /// The id (1..=14) it negotiated for the transport-wide sequence
+    /// number on what it receives: the router numbers its copies, reads its
+    /// transport-cc feedback and fits its layers to the estimate
+    /// ([`egress`]). For a WebRTC endpoint its transport's
+    /// `twcc_send_extension` is used instead.
+    pub twcc_send_extension: Option<u8>,
 }
 
 /// A consumer as the control plane reports it.
@@ -757,6 +764,8 @@ fn ssrc_base(id: EndpointId) -> u32 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_egress;
 #[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]

@@ -103,6 +103,13 @@ impl ConsumerRtx {
         }
     }
 
+    /// The RTX stream's next sequence number (a probe's padding packet).
+    pub(super) fn next_seq(&mut self) -> u16 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s
+    }
+
     /// Whether `seq` may be resent now, and if so records it.
     fn may_resend(&mut self, seq: u16, now: Instant, wait: Duration) -> bool {
         if let Some(e) = self.log.iter_mut().find(|e| e.2.is_some() && e.0 == seq) {

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::cache::{self, PacketCache};
+use super::egress;
 use super::event::Event;
 use super::repair::{self, ConsumerRtx, NACK_BATCH, NackTracker, ResendCtx};
 use super::reports::{self, ConsumerReports, ReceptionStats, SenderInfo};
@@ -46,7 +47,7 @@ use crate::codec::Codec;
 use crate::codec::vp8::Vp8Rewriter;
 use crate::twcc;
 use crate::wire::rtcp::{self, ReportBlockData, ReportBlocks, RtcpIter, RtcpPacket};
-use crate::wire::rtp::RtpPacket;
+use crate::wire::rtp::{RtpPacket, RtpPacketMut};
 use crate::wire::{self};
 
 /// A room: the slots of its endpoints, in join order.
@@ -328,7 +329,28 @@ impl Router {
                 self.stats.drop(DropReason::PoolExhausted);
                 continue;
             };
-            let Some(mut p) = packet.copy_into(out) else {
+            // Numbered for the subscriber's estimate, or as published.
+            let egress = sub.transport.egress.as_deref_mut();
+            let (out_len, payload_at) = match egress {
+                Some(e) => {
+                    let size = len + 16;
+                    match egress::copy_numbered(&packet, out, e.ext, e.number(size, now)) {
+                        Some(copied) => copied,
+                        None => {
+                            self.stats.drop(DropReason::ProtectFailed);
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    if packet.copy_into(out).is_none() {
+                        self.stats.drop(DropReason::ProtectFailed);
+                        continue;
+                    }
+                    (len, packet.header_len())
+                }
+            };
+            let Some(Ok(mut p)) = out.get_mut(..out_len).map(RtpPacketMut::new_checked) else {
                 self.stats.drop(DropReason::ProtectFailed);
                 continue;
             };
@@ -339,12 +361,11 @@ impl Router {
             if layered && codec == Codec::Vp8 {
                 // One continuous PictureID/TL0PICIDX across layer switches.
                 let switched = std::mem::take(&mut consumer.vp8_switch);
-                let h = packet.header_len();
-                if let Some(payload) = out.get_mut(h..len - packet.padding_len()) {
+                if let Some(payload) = out.get_mut(payload_at..out_len - packet.padding_len()) {
                     consumer.vp8.rewrite(payload, switched);
                 }
             }
-            match keys.tx.protect_rtp_stream(stream, out, len) {
+            match keys.tx.protect_rtp_stream(stream, out, out_len) {
                 Ok(n) => {
                     tx.send(n, dst);
                     self.stats.sent(n);
@@ -408,11 +429,17 @@ impl Router {
         // Layers that need a keyframe, by index in the track.
         let mut wanted = 0u32;
         for &(sub_slot, c) in &group.fanout {
-            let Some(consumer) = endpoints
+            let Some(sub) = endpoints
                 .get_mut(sub_slot as usize)
                 .and_then(Option::as_mut)
-                .and_then(|e| e.consumers.get_mut(usize::from(c)))
             else {
+                continue;
+            };
+            if sub.transport.egress.is_some() {
+                // Its estimate chooses its layers ([`super::egress`]).
+                continue;
+            }
+            let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
                 continue;
             };
             let target = target_layer(producers, key, consumer.max_layer, now);
@@ -524,6 +551,8 @@ impl Router {
         let wait = ep.rtt.map_or(repair::RESEND_INTERVAL_MAX, |rtt| {
             (rtt * 2).min(repair::RESEND_INTERVAL_MAX)
         });
+        // Whether the subscriber's estimate is to be shared out anew.
+        let mut allocate = false;
         // Publishers' SRs, forwarded per consumer after the walk.
         let mut srs = [(0u32, SenderInfo { ntp: 0, rtp: 0 }); 4];
         let mut n_srs = 0;
@@ -545,6 +574,21 @@ impl Router {
                 }
                 Ok(RtcpPacket::ReceiverReport(rr)) => {
                     read_blocks(ep, rr.report_blocks(), now, &mut self.stats);
+                    continue;
+                }
+                Ok(RtcpPacket::TransportCc(fb)) => {
+                    if let Some(e) = ep.transport.egress.as_deref_mut() {
+                        e.estimator.on_feedback(&fb, now);
+                        self.stats.inc(Counter::TwccFeedbackIn);
+                        allocate |= e.allocation_due(now);
+                    }
+                    continue;
+                }
+                Ok(RtcpPacket::Remb(remb)) => {
+                    if let Some(e) = ep.transport.egress.as_deref_mut() {
+                        e.estimator.on_remb(remb.bitrate_bps(), now);
+                        allocate |= e.allocation_due(now);
+                    }
                     continue;
                 }
                 Ok(RtcpPacket::Nack(nack)) => {
@@ -599,6 +643,11 @@ impl Router {
             if let Some(p) = source.and_then(|s| self.producers.get_mut(&s)) {
                 p.keyframe_wanted = true;
             }
+        }
+        if allocate {
+            self.allocate(slot, now);
+            // A probe may have started.
+            self.schedule(slot, now);
         }
         for &(ssrc, info) in srs.get(..n_srs).unwrap_or_default() {
             self.stats.inc(Counter::SrIn);
@@ -1098,6 +1147,9 @@ impl Router {
                 return Err(RouterError::Invalid("ICE ufrag in use"));
             }
         }
+        let twcc_send = transport
+            .as_ref()
+            .map_or(cfg.twcc_send_extension, |t| t.twcc_send_extension);
         let webrtc = match transport {
             Some(t) => {
                 let cert = self
@@ -1129,6 +1181,9 @@ impl Router {
                 armed: None,
                 // Publishers get receiver reports about their streams.
                 rtcp_at: cfg.role.publishes().then_some(now + reports::RTCP_INTERVAL),
+                egress: twcc_send
+                    .filter(|id| (1..=14).contains(id) && cfg.role.subscribes())
+                    .map(|id| Box::new(egress::Egress::new(id, now))),
             },
             tracks: cfg.tracks,
             rtcp_ssrc: cfg.rtcp_ssrc,
@@ -1564,34 +1619,51 @@ pub(super) fn target_layer(
     max_layer: Option<u8>,
     now: Instant,
 ) -> Option<u32> {
-    let g = producers.get(&key)?;
     let mut active = [(0u64, 0usize, 0u32); 16];
+    let n = active_layers(producers, key, now, &mut active);
+    if n == 0 {
+        return producers.contains_key(&key).then_some(key);
+    }
+    let top = n - 1;
+    let at = max_layer.map_or(top, |m| usize::from(m).min(top));
+    active.get(at).map(|&(_, _, l)| l)
+}
+
+/// The active layers of track `key` into `out` as (bps, declaration index,
+/// SSRC), ascending by measured bitrate (in declaration order until every
+/// active layer has a measured rate); returns how many.
+pub(super) fn active_layers(
+    producers: &HashMap<u32, Producer>,
+    key: u32,
+    now: Instant,
+    out: &mut [(u64, usize, u32); 16],
+) -> usize {
+    let Some(g) = producers.get(&key) else {
+        return 0;
+    };
     let mut n = 0;
     let mut measured = true;
     for (i, &l) in g.layers.iter().enumerate() {
         if let Some(p) = producers.get(&l)
             && p.rate.active(now)
-            && let Some(at) = active.get_mut(n)
+            && let Some(at) = out.get_mut(n)
         {
             *at = (p.rate.bps, i, l);
             measured &= p.rate.measured;
             n += 1;
         }
     }
-    let active = active.get_mut(..n)?;
+    let Some(active) = out.get_mut(..n) else {
+        return 0;
+    };
     if !measured {
         // Until every active layer has a measured rate, declaration order.
         for a in active.iter_mut() {
             a.0 = 0;
         }
     }
-    if active.is_empty() {
-        return Some(key);
-    }
     active.sort_unstable();
-    let top = active.len() - 1;
-    let at = max_layer.map_or(top, |m| usize::from(m).min(top));
-    active.get(at).map(|&(_, _, l)| l)
+    n
 }
 
 /// Reads a subscriber's report blocks about its consumers: loss and jitter

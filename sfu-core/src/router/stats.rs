@@ -141,6 +141,19 @@ counter_table! {
         /// Consumers that switched simulcast layer (at a keyframe of the
         /// new layer).
         LayerSwitches => "layer_switches", "Simulcast layer switches of consumers (each at a keyframe of the new layer).";
+        /// Transport-cc feedback packets read from subscribers (egress
+        /// bandwidth estimation).
+        TwccFeedbackIn => "twcc_feedback_in", "Transport-cc feedback packets the worker read from subscribers.";
+        /// Allocations of a subscriber's estimate over its consumers.
+        Allocations => "bwe_allocations", "Allocations of subscribers' bandwidth estimates over their streams.";
+        /// Video consumers paused because even their lowest layer did not
+        /// fit their subscriber's estimate.
+        ConsumersPaused => "consumers_paused", "Video consumers paused because their lowest layer did not fit the subscriber's estimate.";
+        /// Bandwidth probe clusters started (a subscriber's next layer
+        /// needs more than its estimate).
+        ProbesStarted => "bwe_probes", "Bandwidth probe clusters started for subscribers.";
+        /// Padding packets sent in bandwidth probes.
+        ProbePackets => "bwe_probe_packets", "Padding packets sent in bandwidth probes.";
         /// RTX streams of publishers bound by `repaired-rid`.
         RtxStreamsBound => "rtx_streams_bound", "Publisher RTX streams bound to their layer by repaired-rid.";
     }
@@ -250,7 +263,7 @@ impl RemovalReason {
 /// Counters of one router, indexed by [`Counter`], [`DropReason`] and
 /// [`RemovalReason`]. Plain integers: the router is single-threaded; the
 /// packet path publishes them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterStats {
     /// By [`Counter::index`].
     pub counters: [u64; Counter::COUNT],
@@ -258,6 +271,16 @@ pub struct RouterStats {
     pub drops: [u64; DropReason::COUNT],
     /// By [`RemovalReason::index`].
     pub removed: [u64; RemovalReason::COUNT],
+}
+
+impl Default for RouterStats {
+    fn default() -> Self {
+        Self {
+            counters: [0; Counter::COUNT],
+            drops: [0; DropReason::COUNT],
+            removed: [0; RemovalReason::COUNT],
+        }
+    }
 }
 
 impl RouterStats {

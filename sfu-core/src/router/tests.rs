@@ -122,6 +122,7 @@ pub(super) fn endpoint(
         subscription,
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
+        twcc_send_extension: None,
     }))
 }
 

@@ -74,6 +74,7 @@ fn setup() -> Setup {
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
                 rtx_payload_types: RtxPayloadTypes::default(),
+                twcc_send_extension: None,
             })),
         )
         .unwrap();
@@ -97,6 +98,7 @@ fn setup() -> Setup {
                         video: Some(SUB_RTX_PT),
                         audio: None,
                     },
+                    twcc_send_extension: None,
                 })),
             )
             .unwrap(),

@@ -67,6 +67,7 @@ fn simulcast_endpoint(
             subscription: Subscription::All,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            twcc_send_extension: None,
         }),
         Box::new(WebrtcTransport {
             ice: IceCredentials {
@@ -83,6 +84,7 @@ fn simulcast_endpoint(
             rid_extension,
             twcc_extension: None,
             repaired_rid_extension: None,
+            twcc_send_extension: None,
         }),
     )
 }
@@ -997,6 +999,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
             subscription,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            twcc_send_extension: None,
         }))
     };
     let all = f

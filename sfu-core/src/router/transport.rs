@@ -53,6 +53,9 @@ pub(super) struct Transport {
     pub(super) armed: Option<Instant>,
     /// When the next receiver report to this (publishing) endpoint is due.
     pub(super) rtcp_at: Option<Instant>,
+    /// Egress numbering and bandwidth estimation, for a subscriber that
+    /// negotiated the transport-wide sequence number ([`super::egress`]).
+    pub(super) egress: Option<Box<super::egress::Egress>>,
 }
 
 impl Transport {
@@ -442,8 +445,10 @@ impl Router {
         true
     }
 
-    /// Sends a publishing endpoint its receiver report when one is due.
+    /// Sends a publishing endpoint its receiver report when one is due,
+    /// and a subscriber the due packets of its bandwidth probe.
     fn report_if_due<T: Transmit>(&mut self, slot: u32, now: Instant, tx: &mut T) {
+        self.send_probe(slot, now, tx);
         let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) else {
             return;
         };
@@ -514,6 +519,12 @@ impl Transport {
             earliest(self.learnt_at.map(|t| t + consent_timeout));
             if self.keys.is_some() {
                 earliest(self.rtcp_at);
+                earliest(
+                    self.egress
+                        .as_ref()
+                        .and_then(|e| e.probe)
+                        .map(|p| p.next_at),
+                );
             }
         }
         if let Some(w) = &self.webrtc {

@@ -103,6 +103,11 @@ pub struct WebrtcTransport {
     /// The peer's extension id for `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`;
     /// without it no `rid_tracks` entry is ever bound.
     pub rid_extension: Option<u8>,
+    /// The extension id the peer (a subscriber) negotiated for the
+    /// transport-wide sequence number on what the node sends it: the router
+    /// numbers its egress to the peer with it, reads the peer's
+    /// transport-cc feedback and estimates its bandwidth ([`crate::bwe`]).
+    pub twcc_send_extension: Option<u8>,
     /// The peer's extension id for
     /// `urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id`: an RTX
     /// packet naming a bound layer with it binds that layer's RTX stream.

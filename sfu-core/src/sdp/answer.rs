@@ -37,11 +37,15 @@ pub const TRANSPORT_WIDE_CC_URI: &str =
 /// answered with port 0 and left out of BUNDLE. The first bundled section
 /// carries the node's single host candidate and `a=end-of-candidates`.
 ///
-/// A subscribe answer negotiates no header extensions: the node forwards
-/// the publisher's packets with the publisher's extension ids, which mean
-/// nothing to the subscriber, and an answer without extensions makes its
-/// receiver ignore them. For the same reason it drops `transport-cc`
-/// feedback (the node does not number its egress packets yet).
+/// A subscribe answer negotiates one header extension at most: the
+/// transport-wide sequence number, with the offer's id, together with
+/// `transport-cc` feedback, when offered on a sending section. The node then
+/// numbers every packet it sends the subscriber and estimates the
+/// subscriber's bandwidth from the feedback ([`crate::bwe`]); the forwarded
+/// copies carry only that element (the publisher's extensions, whose ids
+/// mean nothing to the subscriber, are not copied). Without it, copies keep
+/// the publisher's extensions, which a receiver that negotiated none
+/// ignores.
 ///
 /// Retransmission (RFC 4588): where the offer has an `rtx` codec whose
 /// `apt` is the chosen codec, the answer keeps it (`a=rtpmap` and
@@ -156,14 +160,18 @@ fn plan<'o>(
     };
 
     let mut extmap: Vec<(u8, String)> = Vec::new();
-    if publish {
-        for ext in &section.extmap {
-            if SUPPORTED_EXTENSIONS.contains(&ext.uri.as_str())
-                && ext.direction != Some(Direction::Inactive)
-                && !extmap.iter().any(|(id, _)| *id == ext.id)
-            {
-                extmap.push((ext.id, ext.uri.clone()));
-            }
+    for ext in &section.extmap {
+        let wanted = if publish {
+            SUPPORTED_EXTENSIONS.contains(&ext.uri.as_str())
+        } else {
+            // The node's egress numbering, where the node sends.
+            stream.is_some() && ext.uri == TRANSPORT_WIDE_CC_URI && (1..=14).contains(&ext.id)
+        };
+        if wanted
+            && ext.direction != Some(Direction::Inactive)
+            && !extmap.iter().any(|(id, _)| *id == ext.id)
+        {
+            extmap.push((ext.id, ext.uri.clone()));
         }
     }
     let twcc = extmap.iter().any(|(_, uri)| uri == TRANSPORT_WIDE_CC_URI);

@@ -482,9 +482,8 @@ pub struct Negotiated {
     pub payload_type: u8,
     /// The chosen codec.
     pub codec: CodecChoice,
-    /// Accepted header extensions with the offer's ids (publish only; a
-    /// subscribe answer negotiates none, so that the receiver ignores the
-    /// publisher's extensions the node forwards unchanged).
+    /// Accepted header extensions with the offer's ids (a subscribe answer
+    /// negotiates the transport-wide sequence number only).
     pub extmap: Vec<(u8, String)>,
     /// The publisher's media SSRCs from `a=ssrc` lines, RTX/FEC excluded
     /// ([`MediaSection::media_ssrcs`]); empty for simulcast with rids only.

@@ -409,15 +409,20 @@ fn subscribe_answer() {
         assert_eq!(n.direction, Direction::SendOnly);
         assert!(n.accepted);
         assert_eq!(n.payload_type, pt);
-        assert!(n.extmap.is_empty());
+        // Only the transport-wide sequence number (Chrome's id 3).
+        assert_eq!(
+            n.extmap,
+            [(3, crate::sdp::TRANSPORT_WIDE_CC_URI.to_owned())]
+        );
         assert!(n.remote_ssrcs.is_empty());
     }
     let sdp = &answer.sdp;
-    assert!(
-        !sdp.contains("a=extmap"),
-        "subscribe answers negotiate no extensions"
+    assert_eq!(
+        sdp.matches("a=extmap").count(),
+        2,
+        "one extension per section: the node's egress numbering"
     );
-    assert!(!sdp.contains("transport-cc"));
+    assert!(sdp.contains("a=rtcp-fb:96 transport-cc"));
     assert!(
         !sdp.contains("a=rtcp-fb:96 nack\r\n"),
         "no generic NACK without retransmission"

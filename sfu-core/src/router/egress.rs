@@ -1,0 +1,416 @@
+//! What the router sends a subscriber, numbered and fitted to its
+//! bandwidth: transport-wide sequence numbers on every copy, the
+//! subscriber's transport-cc feedback (REMB as a fallback) read into a
+//! per-subscriber estimate ([`crate::bwe::Estimator`]), and that estimate
+//! shared out over the subscriber's consumers ([`crate::bwe::allocate`]).
+//!
+//! # Numbering
+//! A subscriber that negotiated the transport-wide sequence number
+//! extension gets copies whose header carries that one element, with the
+//! subscriber's id and the next number of its transport, instead of the
+//! publisher's extensions (whose ids mean nothing to it): the copy is
+//! written as fixed header, CSRCs, one 8-byte extension block, then payload
+//! and padding. The number and the copy's size go to the estimator's send
+//! history. Nothing allocates.
+//!
+//! # Allocation
+//! At most every [`ALLOCATE_INTERVAL`], when feedback arrives, the
+//! subscriber's estimate is divided: audio first, then each video track's
+//! lowest layer, then upgrades one layer at a time (the allocator's
+//! policy), each track's layers ordered by their measured bitrates. A
+//! consumer's layer is then the lower of its cap ([`super::Command::SetMaxLayer`])
+//! and its allocation; a video consumer that does not fit even at its
+//! lowest layer is paused (nothing forwarded) until a later allocation
+//! resumes it at a keyframe. At most [`MAX_STREAMS`] consumers of one
+//! subscriber take part; the rest keep their caps.
+
+use std::time::{Duration, Instant};
+
+use super::routing::Producer;
+use super::{MediaKind, Router};
+use crate::bwe::allocate::{self as alloc, MediaKind as AllocKind, Priority, StreamRequest};
+use crate::bwe::{self, Estimator};
+use crate::wire::rtp::RtpPacket;
+
+/// Shortest time between two allocations of one subscriber's estimate.
+pub const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most consumers of one subscriber the allocator weighs.
+pub const MAX_STREAMS: usize = 128;
+
+/// Most layers of one track the allocator weighs.
+const MAX_LAYERS: usize = 4;
+
+/// Padding packets in one probe cluster.
+pub const PROBE_PACKETS: u32 = 20;
+/// Bytes of padding in one probe packet (the RTP padding count is a byte).
+const PROBE_PADDING: usize = 255;
+/// Shortest time from the end of one probe to the start of the next; it
+/// doubles (up to [`PROBE_GAP_MAX`]) after each probe that did not raise
+/// the estimate to what it probed for, so a bottleneck is not probed
+/// into congestion every second.
+pub const PROBE_GAP: Duration = Duration::from_millis(1000);
+/// Longest time between two probes while an upgrade waits.
+pub const PROBE_GAP_MAX: Duration = Duration::from_secs(8);
+/// Step between two rounds of a probe's packets.
+const PROBE_STEP: Duration = Duration::from_millis(1);
+
+/// One consumer in an allocation: its index and its track's layers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stream {
+    consumer: usize,
+    layers: [(u64, u32); MAX_LAYERS],
+    bps: [u64; MAX_LAYERS],
+    count: usize,
+}
+
+/// A probe cluster being sent: padding on an RTX stream at `bps`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Probe {
+    id: u16,
+    bps: u64,
+    started: Instant,
+    bytes: u64,
+    sent: u32,
+    pub(super) next_at: Instant,
+}
+
+/// A subscriber's egress numbering and bandwidth estimate.
+#[derive(Debug)]
+pub(crate) struct Egress {
+    /// The subscriber's id for the transport-wide sequence number.
+    pub(super) ext: u8,
+    seq: u16,
+    pub(super) estimator: Estimator,
+    next_allocation: Instant,
+    /// The probe cluster being sent, if any.
+    pub(super) probe: Option<Probe>,
+    probes: u16,
+    last_probe: Option<Instant>,
+    /// The current wait between probes, and the rate the last one probed.
+    probe_gap: Duration,
+    probed_bps: u64,
+}
+
+impl Egress {
+    pub(super) fn new(ext: u8, now: Instant) -> Self {
+        Self {
+            ext,
+            seq: 0,
+            estimator: Estimator::new(bwe::Config::default(), now),
+            next_allocation: now,
+            probe: None,
+            probes: 0,
+            last_probe: None,
+            probe_gap: PROBE_GAP,
+            probed_bps: 0,
+        }
+    }
+
+    /// The next transport-wide number, recorded as sent with `size` bytes.
+    pub(super) fn number(&mut self, size: usize, now: Instant) -> u16 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.estimator.on_sent(seq, size, now);
+        seq
+    }
+
+    /// Whether an allocation is due at `now` (and if so, the next one is
+    /// scheduled).
+    pub(super) fn allocation_due(&mut self, now: Instant) -> bool {
+        if now < self.next_allocation {
+            return false;
+        }
+        self.next_allocation = now + ALLOCATE_INTERVAL;
+        true
+    }
+}
+
+/// Copies `packet` into `out` with one header extension element, the
+/// transport-wide sequence number `seq` under id `ext` (1..=14), in place
+/// of the packet's own extensions. Returns the copy's length and the
+/// offset of its payload, or `None` when `out` is too small (room is kept
+/// for a 16-byte SRTP tag).
+pub(super) fn copy_numbered(
+    packet: &RtpPacket<'_>,
+    out: &mut [u8],
+    ext: u8,
+    seq: u16,
+) -> Option<(usize, usize)> {
+    let bytes = packet.as_bytes();
+    let csrc_end = 12 + 4 * usize::from(bytes.first()? & 0x0f);
+    let rest = bytes.get(packet.header_len()..)?;
+    let header = csrc_end + 8;
+    let len = header + rest.len();
+    if len + 16 > out.len() {
+        return None;
+    }
+    out.get_mut(..csrc_end)?
+        .copy_from_slice(bytes.get(..csrc_end)?);
+    if let Some(b) = out.first_mut() {
+        *b |= 0x10;
+    }
+    let [hi, lo] = seq.to_be_bytes();
+    out.get_mut(csrc_end..header)?
+        .copy_from_slice(&[0xbe, 0xde, 0, 1, (ext << 4) | 1, hi, lo, 0]);
+    out.get_mut(header..len)?.copy_from_slice(rest);
+    Some((len, header))
+}
+
+/// The active layers of track `key` by ascending bitrate (declaration
+/// order until all are measured), as (bps, SSRC); returns how many.
+pub(super) fn ordered_layers(
+    producers: &std::collections::HashMap<u32, Producer>,
+    key: u32,
+    now: Instant,
+    out: &mut [(u64, u32); MAX_LAYERS],
+) -> usize {
+    let mut all = [(0u64, 0usize, 0u32); 16];
+    let n = super::routing::active_layers(producers, key, now, &mut all);
+    for (o, a) in out.iter_mut().zip(all.iter().take(n)) {
+        *o = (a.0.max(1), a.2);
+    }
+    n.min(MAX_LAYERS)
+}
+
+impl Router {
+    /// Divides the estimate of the subscriber in `slot` over its consumers
+    /// (see the module doc) and re-targets them.
+    pub(super) fn allocate(&mut self, slot: u32, now: Instant) {
+        let Self {
+            endpoints,
+            producers,
+            stats,
+            ..
+        } = self;
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let rtt = ep.rtt;
+        let Some(egress) = ep.transport.egress.as_deref_mut() else {
+            return;
+        };
+        if let Some(rtt) = rtt {
+            egress.estimator.set_rtt(rtt);
+        }
+        let estimate = egress.estimator.target_bps();
+        // The consumers that take part, with their tracks' layers.
+        let mut streams = [Stream::default(); MAX_STREAMS];
+        let mut n = 0;
+        for (i, c) in ep.consumers.iter().enumerate() {
+            let Some(key) = c.source.filter(|_| c.attached) else {
+                continue;
+            };
+            let Some(s) = streams.get_mut(n) else {
+                break;
+            };
+            s.count = ordered_layers(producers, key, now, &mut s.layers);
+            if s.count == 0 {
+                continue;
+            }
+            for (b, l) in s.bps.iter_mut().zip(s.layers.iter()) {
+                *b = l.0;
+            }
+            s.consumer = i;
+            n += 1;
+        }
+        let streams = streams.get(..n).unwrap_or_default();
+        let empty: &[u64] = &[];
+        let mut requests: [StreamRequest<'_>; MAX_STREAMS] =
+            std::array::from_fn(|_| StreamRequest {
+                kind: AllocKind::Audio,
+                priority: Priority::Normal,
+                layers_bps: empty,
+                max_layer: None,
+                current: None,
+            });
+        for (r, s) in requests.iter_mut().zip(streams) {
+            let Some(c) = ep.consumers.get(s.consumer) else {
+                continue;
+            };
+            let layers = s.layers.get(..s.count).unwrap_or_default();
+            *r = StreamRequest {
+                kind: match c.kind {
+                    MediaKind::Audio => AllocKind::Audio,
+                    MediaKind::Video => AllocKind::Video,
+                },
+                priority: Priority::Normal,
+                layers_bps: s.bps.get(..s.count).unwrap_or_default(),
+                max_layer: c.max_layer.map(usize::from),
+                current: c
+                    .layer
+                    .and_then(|l| layers.iter().position(|&(_, ssrc)| ssrc == l)),
+            };
+        }
+        let mut out = [None; MAX_STREAMS];
+        let (Some(reqs), Some(outs)) = (requests.get(..n), out.get_mut(..n)) else {
+            return;
+        };
+        let result = alloc::allocate(estimate, reqs, outs);
+        stats.inc(super::Counter::Allocations);
+        if estimate >= egress.probed_bps {
+            // The last probe found what it looked for (or none was sent).
+            egress.probe_gap = PROBE_GAP;
+        }
+        if result.wants_probe_bps > 0
+            && egress.probe.is_none()
+            && egress
+                .last_probe
+                .is_none_or(|t| now.saturating_duration_since(t) >= egress.probe_gap)
+        {
+            // The next upgrade needs more than the estimate: probe for it.
+            egress.probes = egress.probes.wrapping_add(1);
+            let bps = (estimate + result.wants_probe_bps).min(estimate * 2);
+            if egress.last_probe.is_some() {
+                egress.probe_gap = (egress.probe_gap * 2).min(PROBE_GAP_MAX);
+            }
+            egress.probed_bps = bps;
+            egress.probe = Some(Probe {
+                id: egress.probes,
+                bps,
+                started: now,
+                bytes: 0,
+                sent: 0,
+                next_at: now,
+            });
+            stats.inc(super::Counter::ProbesStarted);
+        }
+        // Video consumers re-targeted; the layers that need a keyframe.
+        let mut wanted = [0u32; MAX_STREAMS];
+        let mut n_wanted = 0;
+        for (s, &choice) in streams.iter().zip(out.iter()) {
+            let Some(c) = ep.consumers.get_mut(s.consumer) else {
+                continue;
+            };
+            if c.kind == MediaKind::Audio {
+                continue;
+            }
+            let layers = s.layers.get(..s.count).unwrap_or_default();
+            let target = choice.and_then(|at| layers.get(at)).map(|&(_, ssrc)| ssrc);
+            if target == c.target {
+                continue;
+            }
+            if target.is_none() {
+                // Paused: nothing forwarded until a layer fits again.
+                c.layer = None;
+                stats.inc(super::Counter::ConsumersPaused);
+            }
+            c.target = target;
+            if let Some(t) = target.filter(|&t| Some(t) != c.layer)
+                && let Some(at) = wanted.get_mut(n_wanted)
+            {
+                *at = t;
+                n_wanted += 1;
+            }
+        }
+        for t in wanted.iter().take(n_wanted) {
+            if let Some(p) = producers.get_mut(t) {
+                p.keyframe_wanted = true;
+            }
+        }
+    }
+
+    /// Sends the due packets of the probe cluster of the subscriber in
+    /// `slot`: padding-only packets on the RTX stream of one of its video
+    /// consumers, numbered as probe `id` for the estimator, paced at the
+    /// probe's rate. A subscriber without RTX is not probed.
+    pub(super) fn send_probe<T: super::Transmit>(&mut self, slot: u32, now: Instant, tx: &mut T) {
+        let Self {
+            endpoints, stats, ..
+        } = self;
+        let Some(Some(ep)) = endpoints.get_mut(slot as usize) else {
+            return;
+        };
+        let (Some(dst), Some(keys), Some(egress)) = (
+            ep.transport.remote,
+            ep.transport.keys.as_mut(),
+            ep.transport.egress.as_deref_mut(),
+        ) else {
+            return;
+        };
+        let Some(mut probe) = egress.probe.filter(|p| p.next_at <= now) else {
+            return;
+        };
+        let rtx = ep
+            .consumers
+            .iter_mut()
+            .filter(|c| c.attached && c.kind == MediaKind::Video)
+            .find_map(|c| c.rtx.as_deref_mut().filter(|r| r.tx_stream.is_some()));
+        let Some(rtx) = rtx else {
+            egress.probe = None;
+            egress.last_probe = Some(now);
+            return;
+        };
+        // Bytes due by now at the probe's rate, one packet at least.
+        let elapsed = now.saturating_duration_since(probe.started).as_micros() as u64;
+        let due = (probe.bps * elapsed / 8 / 1_000_000).max(probe.bytes + 1);
+        while probe.bytes < due && probe.sent < PROBE_PACKETS {
+            let Some(out) = tx.buffer() else {
+                stats.drop(super::DropReason::PoolExhausted);
+                break;
+            };
+            let seq = egress.seq;
+            let Some(len) = write_padding(out, rtx, egress.ext, seq) else {
+                break;
+            };
+            let Some(stream) = rtx.tx_stream else {
+                break;
+            };
+            match keys.tx.protect_rtp_stream(stream, out, len) {
+                Ok(n) => {
+                    egress.seq = egress.seq.wrapping_add(1);
+                    egress
+                        .estimator
+                        .on_sent_as(seq, n, bwe::SentKind::Probe(probe.id), now);
+                    tx.send(n, dst);
+                    stats.sent(n);
+                    stats.inc(super::Counter::ProbePackets);
+                    probe.bytes += n as u64;
+                    probe.sent += 1;
+                }
+                Err(_) => {
+                    stats.drop(super::DropReason::ProtectFailed);
+                    break;
+                }
+            }
+        }
+        if probe.sent >= PROBE_PACKETS {
+            egress.probe = None;
+            egress.last_probe = Some(now);
+        } else {
+            probe.next_at = now + PROBE_STEP;
+            egress.probe = Some(probe);
+        }
+    }
+}
+
+/// Writes a padding-only RTX packet (for a probe) into `out`: the RTX
+/// stream's SSRC, payload type and next sequence number, the transport-wide
+/// number `seq` under `ext`, no payload and [`PROBE_PADDING`] bytes of
+/// padding. Returns its length.
+fn write_padding(
+    out: &mut [u8],
+    rtx: &mut super::repair::ConsumerRtx,
+    ext: u8,
+    seq: u16,
+) -> Option<usize> {
+    let len = 12 + 8 + PROBE_PADDING;
+    if len + 16 > out.len() {
+        return None;
+    }
+    let rtx_seq = rtx.next_seq();
+    let [hi, lo] = seq.to_be_bytes();
+    let header = out.get_mut(..20)?;
+    header[0] = 0x80 | 0x20 | 0x10;
+    header[1] = rtx.payload_type & 0x7f;
+    header[2..4].copy_from_slice(&rtx_seq.to_be_bytes());
+    header[4..8].copy_from_slice(&0u32.to_be_bytes());
+    header[8..12].copy_from_slice(&rtx.ssrc.to_be_bytes());
+    header[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, (ext << 4) | 1, hi, lo, 0]);
+    let padding = out.get_mut(20..len)?;
+    padding.fill(0);
+    if let Some(last) = padding.last_mut() {
+        *last = PROBE_PADDING as u8;
+    }
+    Some(len)
+}

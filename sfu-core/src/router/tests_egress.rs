@@ -1,0 +1,231 @@
+//! Egress numbering and per-subscriber bandwidth estimation on a virtual
+//! clock: a subscriber behind a simulated bottleneck reports arrivals as
+//! real transport-cc feedback; the router's estimate must fit the
+//! subscriber's simulcast layer to the bottleneck and move up when it is
+//! lifted.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::tests::{Peer, Sink, addr, consumers};
+use super::*;
+use crate::twcc::{MAX_STATUSES, TwccReceiver};
+use crate::wire::rtp::{RtpHeader, RtpPacket, write_header};
+
+const PUB: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
+const LAYERS: [u32; 3] = [0x100, 0x200, 0x300];
+/// Bytes of one packet per layer; 100 packets/s each: 160, 480, 1,200 kbit/s.
+const SIZES: [usize; 3] = [200, 600, 1500 - 200];
+const TWCC_ID: u8 = 5;
+
+fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
+    let t0 = Instant::now();
+    let mut router = Router::new(RouterConfig::default());
+    router
+        .handle_command(t0, Command::CreateRoom(RoomId(1)))
+        .unwrap();
+    let (publisher, pm, pl) = Peer::new(1);
+    let tracks = LAYERS
+        .iter()
+        .map(|&ssrc| TrackConfig {
+            kind: MediaKind::Video,
+            ssrc,
+            payload_type: 96,
+            codec: crate::codec::Codec::Vp8,
+            rtx: None,
+            layer_of: (ssrc != LAYERS[0]).then_some(LAYERS[0]),
+        })
+        .collect();
+    let config =
+        |id, role, remote_master, local_master, tracks, remote, twcc: Option<u8>| EndpointConfig {
+            id: EndpointId(id),
+            room: RoomId(1),
+            role,
+            profile: super::tests::PROFILE,
+            remote_master,
+            local_master,
+            tracks,
+            remote,
+            subscription: Subscription::All,
+            rtcp_ssrc: None,
+            // The subscriber takes RTX: probes are padding on its RTX stream.
+            rtx_payload_types: RtxPayloadTypes {
+                video: twcc.map(|_| 97),
+                audio: None,
+            },
+            twcc_send_extension: twcc,
+        };
+    router
+        .handle_command(
+            t0,
+            Command::AddEndpoint(Box::new(config(
+                1,
+                Role::Publish,
+                pm,
+                pl,
+                tracks,
+                Some(PUB),
+                None,
+            ))),
+        )
+        .unwrap();
+    let (sub, m, l) = Peer::new(10);
+    let c = consumers(
+        router
+            .handle_command(
+                t0,
+                Command::AddEndpoint(Box::new(config(
+                    2,
+                    Role::Subscribe,
+                    m,
+                    l,
+                    vec![],
+                    Some(addr(6000)),
+                    Some(TWCC_ID),
+                ))),
+            )
+            .unwrap(),
+    );
+    (router, t0, publisher, sub, c[0])
+}
+
+/// The publisher's packet of layer `l`, a keyframe every second.
+fn packet(p: &mut Peer, l: usize, n: u32) -> Vec<u8> {
+    let mut buf = [0u8; 1500];
+    let h = write_header(
+        &mut buf,
+        &RtpHeader {
+            marker: true,
+            payload_type: 96,
+            sequence_number: n as u16,
+            timestamp: n.wrapping_mul(900),
+            ssrc: LAYERS[l],
+        },
+        // A publisher's own extension, which the copy must not carry.
+        &[(3, &[9, 9])],
+    )
+    .unwrap();
+    let size = SIZES[l] - h - 16;
+    buf[h..h + 4].copy_from_slice(&[0x90, 0x80, 0x80 | (n >> 8) as u8 & 0x7f, n as u8]);
+    buf[h + 4] = u8::from(!n.is_multiple_of(100));
+    buf[h + 5..h + size].fill(l as u8);
+    let len = p.tx.protect_rtp(&mut buf, h + size).unwrap();
+    buf[..len].to_vec()
+}
+
+/// Runs `secs` seconds with the subscriber's link at `kbps`; returns the
+/// share of media bytes the subscriber got per layer in the last second.
+struct Link {
+    kbps: u64,
+    /// (departure time, transport seq) of queued packets.
+    queue: VecDeque<(Instant, u16, usize)>,
+    free_at: Instant,
+    queued_bytes: usize,
+}
+
+#[test]
+fn a_subscribers_layer_follows_its_bottleneck() {
+    let (mut router, t0, mut publisher, mut sub, consumer) = setup();
+    let mut sink = Sink::new();
+    let mut receiver = TwccReceiver::new(t0);
+    let mut scratch = Vec::with_capacity(MAX_STATUSES);
+    let mut link = Link {
+        kbps: 400,
+        queue: VecDeque::new(),
+        free_at: t0,
+        queued_bytes: 0,
+    };
+    let mut got = [0usize; 3];
+    let mut last_fb = t0;
+    let mut layer_at: Vec<(u64, usize)> = Vec::new();
+    for step in 0..3000u32 {
+        // 10 ms steps: one packet per layer.
+        let now = t0 + Duration::from_millis(u64::from(step) * 10);
+        if step == 1500 {
+            link.kbps = 5000;
+        }
+        for l in 0..3 {
+            let mut p = packet(&mut publisher, l, step);
+            router.handle_input(now, PUB, &mut p, &mut sink);
+        }
+        router.handle_timeout(now, &mut sink);
+        // The node's egress to the subscriber enters the bottleneck
+        // (droptail at 100 ms worth of bytes).
+        for (d, dst) in sink.sent.drain(..) {
+            if dst != addr(6000) || wire::classify(&d) != DatagramKind::Rtp {
+                continue;
+            }
+            let mut b = d.clone();
+            let n = sub.rx.unprotect_rtp(&mut b).unwrap();
+            let p = RtpPacket::new_checked(&b[..n]).unwrap();
+            let probe = p.ssrc() == consumer.rtx_ssrc.unwrap();
+            assert!(probe || p.ssrc() == consumer.ssrc);
+            assert!(p.extension(3).is_none(), "publisher extensions stripped");
+            let seq = p
+                .extension(TWCC_ID)
+                .and_then(wire::rtp::parse_transport_cc)
+                .unwrap();
+            let limit = (link.kbps as usize) * 1000 / 8 / 10;
+            if link.queued_bytes + d.len() > limit {
+                continue;
+            }
+            let start = link.free_at.max(now);
+            let done = start + Duration::from_micros(d.len() as u64 * 8 * 1000 / link.kbps);
+            link.free_at = done;
+            link.queued_bytes += d.len();
+            let layer = if probe {
+                3
+            } else {
+                p.payload().last().copied().unwrap_or(0) as usize
+            };
+            link.queue.push_back((done, seq, layer));
+        }
+        while link.queue.front().is_some_and(|&(at, _, _)| at <= now) {
+            let (at, seq, layer) = link.queue.pop_front().unwrap();
+            let size = SIZES.get(layer).copied().unwrap_or(291);
+            link.queued_bytes = link.queued_bytes.saturating_sub(size);
+            receiver.record(seq, consumer.ssrc, at + Duration::from_millis(20));
+            if step % 100 >= 90 && layer < 3 {
+                got[layer] += 1;
+            }
+        }
+        if now.saturating_duration_since(last_fb) >= Duration::from_millis(50) {
+            last_fb = now;
+            let mut out = [0u8; 1500];
+            while let Some(n) = receiver.write_feedback(now, 0x5050, &mut scratch, &mut out[..1400])
+            {
+                let len = sub.tx.protect_rtcp(&mut out, n).unwrap();
+                let mut fb = out[..len].to_vec();
+                router.handle_input(now, addr(6000), &mut fb, &mut sink);
+            }
+        }
+        if step % 100 == 99 {
+            let top = (0..3).max_by_key(|&l| got[l]).unwrap();
+            layer_at.push((
+                u64::from(step + 1) / 100,
+                if got.iter().sum::<usize>() == 0 {
+                    9
+                } else {
+                    top
+                },
+            ));
+            got = [0; 3];
+        }
+    }
+    eprintln!("layer by second: {layer_at:?}");
+    let st = router.stats();
+    assert!(st.get(Counter::TwccFeedbackIn) > 100);
+    assert!(st.get(Counter::Allocations) > 10);
+    // Capped at 400 kbit/s (the issue's `tc tbf` case): from the fifth
+    // second on the low layer (160 kbit/s), never paused.
+    for &(s, l) in &layer_at[4..15] {
+        assert_eq!(l, 0, "second {s}: {layer_at:?}");
+    }
+    // Lifted to 5 Mbit/s at 15 s: the top layer within 10 s, and kept.
+    let up = layer_at[15..]
+        .iter()
+        .find(|&&(_, l)| l == 2)
+        .map(|&(s, _)| s);
+    assert!(up.is_some_and(|s| s <= 25), "{layer_at:?}");
+    assert!(layer_at[25..].iter().all(|&(_, l)| l == 2), "{layer_at:?}");
+}
