@@ -70,9 +70,10 @@
 //!
 //! * subscribers ask for `rtx_payload_types` 97 (video) and 98 (audio),
 //!   track the output sequence numbers missing per consumer (fixed-size
-//!   [`repair::Gaps`]), send a generic NACK from their own socket (SRTCP
-//!   with their own key) every 20 ms for those still missing, each number
-//!   at most 10 times, for 1 s, and take the node's RTX packets (the
+//!   [`repair::Gaps`]), look every 20 ms for those still missing and send a
+//!   generic NACK per consumer from their own socket (SRTCP with their own
+//!   key), each number again after `--nack-retry-ms` (20), at most 10
+//!   times, for 1 s, and take the node's RTX packets (the
 //!   consumer's `rtx_ssrc`, always decrypted; original sequence number in
 //!   the first two payload bytes, the original payload checked) to fill the
 //!   gaps: a repair is counted like the original packet;
@@ -268,6 +269,11 @@ pub struct Options {
     /// NACKs [default: on when either loss is above 0].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nack: Option<bool>,
+    /// Shortest time between two NACKs of one missing number, ms (they are
+    /// looked for every 20 ms; libwebrtc waits an RTT, 100 ms until it has
+    /// measured one).
+    #[arg(long, default_value_t = 20)]
+    pub nack_retry_ms: u64,
     /// Seed of the simulated loss.
     #[arg(long, default_value_t = 1)]
     pub loss_seed: u64,
@@ -809,6 +815,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                     .loss_seed
                     .wrapping_add((t as u64 + 1).wrapping_mul(0x9e37_79b9)),
                 nack: repair_on,
+                nack_retry_ns: opts.nack_retry_ms.max(1) * 1_000_000,
             };
             recv_handles.push(
                 std::thread::Builder::new()

@@ -54,6 +54,8 @@ pub(super) struct Config<'a> {
     pub loss_seed: u64,
     /// NACK gaps and take RTX.
     pub nack: bool,
+    /// Shortest time between two NACKs of one number, ns.
+    pub nack_retry_ns: u64,
 }
 
 /// Counters a receive thread publishes after every sweep.
@@ -322,7 +324,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Vec<(usize, u64)>> {
             if now_ns >= next_nack_ns {
                 next_nack_ns = now_ns + NACK_INTERVAL_NS;
                 for peer in &mut peers {
-                    send_nacks(peer, now_ns, &mut nack_buf, &mut counts);
+                    send_nacks(peer, now_ns, cfg.nack_retry_ns, &mut nack_buf, &mut counts);
                 }
             }
         }
@@ -350,7 +352,7 @@ fn is_rtp(d: &[u8]) -> bool {
 
 /// Sends `peer` one generic NACK per consumer with missing numbers due
 /// (at most [`NACK_BATCH`] numbers each), from its socket to the node.
-fn send_nacks(peer: &mut RxPeer<'_>, now_ns: u64, buf: &mut [u8], c: &mut Counts) {
+fn send_nacks(peer: &mut RxPeer<'_>, now_ns: u64, retry_ns: u64, buf: &mut [u8], c: &mut Counts) {
     let Some(ctx) = peer.rtcp_ctx.as_mut() else {
         return;
     };
@@ -361,7 +363,7 @@ fn send_nacks(peer: &mut RxPeer<'_>, now_ns: u64, buf: &mut [u8], c: &mut Counts
             continue;
         }
         let newest = consumer.last_seq.unwrap_or(0);
-        let got = consumer.gaps.collect(now_ns, newest, &mut lost);
+        let got = consumer.gaps.collect(now_ns, newest, retry_ns, &mut lost);
         c.nack_gave_up += got.gave_up;
         if got.nack == 0 {
             continue;

@@ -3,9 +3,11 @@
 //!
 //! * [`SimLoss`]: a seeded coin that drops a fixed share of packets.
 //! * [`Gaps`]: the output sequence numbers a subscriber misses on one
-//!   consumer, NACKed every [`NACK_INTERVAL_NS`] at most [`MAX_NACKS`] times
-//!   each, given up after [`GIVE_UP_NS`] (libwebrtc's receiver does much the
-//!   same with its RTT-paced retries).
+//!   consumer, looked at every [`NACK_INTERVAL_NS`]: a new one is NACKed at
+//!   once, again after a retry interval (default the same 20 ms), at most
+//!   [`MAX_NACKS`] times each, given up after [`GIVE_UP_NS`] (libwebrtc's
+//!   receiver runs every 20 ms too and retries after an RTT, 100 ms until
+//!   it has measured one).
 //! * [`PacketRing`]: a publisher's last packets in clear, to answer the
 //!   node's NACKs with RTX.
 //! * [`write_rtx`]: an RTX packet (RFC 4588 §4) from an original packet.
@@ -15,7 +17,8 @@
 
 use sfu_core::wire::rtp::RtpPacket;
 
-/// Time between two NACKs of one missing packet, ns.
+/// Time between two looks for missing packets to NACK (and the default
+/// time between two NACKs of one missing packet), ns.
 pub const NACK_INTERVAL_NS: u64 = 20_000_000;
 /// Most NACKs for one missing packet.
 pub const MAX_NACKS: u8 = 10;
@@ -162,10 +165,16 @@ impl Gaps {
     }
 
     /// Writes into `out` the numbers to NACK at `now_ns` (never NACKed, or
-    /// last NACKed [`NACK_INTERVAL_NS`] ago, fewer than [`MAX_NACKS`] times),
-    /// in RTP's wrapping order behind `newest`, and forgets those waited
-    /// for [`GIVE_UP_NS`].
-    pub fn collect(&mut self, now_ns: u64, newest: u16, out: &mut [u16]) -> Collected {
+    /// last NACKed `retry_ns` ago, fewer than [`MAX_NACKS`] times), in RTP's
+    /// wrapping order behind `newest`, and forgets those waited for
+    /// [`GIVE_UP_NS`].
+    pub fn collect(
+        &mut self,
+        now_ns: u64,
+        newest: u16,
+        retry_ns: u64,
+        out: &mut [u16],
+    ) -> Collected {
         let mut c = Collected::default();
         let mut i = 0;
         while i < self.missing.len() {
@@ -175,8 +184,7 @@ impl Gaps {
                 c.gave_up += 1;
                 continue;
             }
-            let due =
-                m.last_nack_ns == 0 || now_ns.saturating_sub(m.last_nack_ns) >= NACK_INTERVAL_NS;
+            let due = m.last_nack_ns == 0 || now_ns.saturating_sub(m.last_nack_ns) >= retry_ns;
             if due && m.nacks < MAX_NACKS && c.nack < out.len() {
                 out[c.nack] = m.seq;
                 c.nack += 1;
@@ -365,7 +373,7 @@ mod tests {
         let mut out = [0u16; NACK_BATCH];
         assert_eq!(g.open(65533, 2, 1_000), 0);
         assert_eq!(g.len(), 4);
-        let c = g.collect(1_000, 2, &mut out);
+        let c = g.collect(1_000, 2, NACK_INTERVAL_NS, &mut out);
         assert_eq!(
             c,
             Collected {
@@ -375,23 +383,31 @@ mod tests {
         );
         assert_eq!(&out[..4], &[65534, 65535, 0, 1]);
         // Not again within the interval.
-        assert_eq!(g.collect(1_000 + NACK_INTERVAL_NS - 1, 2, &mut out).nack, 0);
+        assert_eq!(
+            g.collect(1_000 + NACK_INTERVAL_NS - 1, 2, NACK_INTERVAL_NS, &mut out)
+                .nack,
+            0
+        );
         assert!(g.fill(65535));
         assert!(!g.fill(65535), "filled once");
-        assert_eq!(g.collect(1_000 + NACK_INTERVAL_NS, 2, &mut out).nack, 3);
+        assert_eq!(
+            g.collect(1_000 + NACK_INTERVAL_NS, 2, NACK_INTERVAL_NS, &mut out)
+                .nack,
+            3
+        );
         // At most MAX_NACKS times, then waited for until GIVE_UP_NS.
         let mut t = 1_000 + NACK_INTERVAL_NS;
         let mut total = 2;
         for _ in 0..20 {
             t += NACK_INTERVAL_NS;
-            if g.collect(t, 2, &mut out).nack > 0 {
+            if g.collect(t, 2, NACK_INTERVAL_NS, &mut out).nack > 0 {
                 total += 1;
             }
         }
         assert_eq!(total, usize::from(MAX_NACKS));
         assert_eq!(g.len(), 3);
         assert_eq!(
-            g.collect(1_000 + GIVE_UP_NS, 2, &mut out),
+            g.collect(1_000 + GIVE_UP_NS, 2, NACK_INTERVAL_NS, &mut out),
             Collected {
                 nack: 0,
                 gave_up: 3
