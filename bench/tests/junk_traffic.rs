@@ -186,6 +186,7 @@ impl ReplayVictim {
             kind: Kind::Video,
             ssrc: REPLAY_SSRC,
             payload_type: 96,
+            rtx: None,
         }];
         let endpoint = client
             .create_endpoint(
@@ -197,6 +198,7 @@ impl ReplayVictim {
                     tracks: &tracks,
                     remote: None,
                     subscribe: Subscribe::Omit,
+                    rtx_payload_types: None,
                 },
             )
             .expect("replay publisher is created");

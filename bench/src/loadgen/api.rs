@@ -45,6 +45,9 @@ pub struct Track {
     pub ssrc: u32,
     /// Its payload type.
     pub payload_type: u8,
+    /// Its retransmission stream (RFC 4588), if the publisher answers
+    /// NACKs: (RTX SSRC, RTX payload type).
+    pub rtx: Option<(u32, u8)>,
 }
 
 /// What the load generator asks for when creating an endpoint.
@@ -62,6 +65,9 @@ pub struct EndpointRequest<'a> {
     pub remote: Option<SocketAddr>,
     /// What it receives.
     pub subscribe: Subscribe<'a>,
+    /// The RTX payload types it receives retransmissions with, (video,
+    /// audio); `None` = it negotiated no RTX (field left out).
+    pub rtx_payload_types: Option<(u8, u8)>,
 }
 
 /// The `subscribe` field of an endpoint creation.
@@ -89,6 +95,9 @@ pub struct Consumer {
     pub producer_ssrc: Option<u32>,
     /// Payload type on the way out.
     pub payload_type: u8,
+    /// The SSRC of its retransmissions, when the endpoint negotiated RTX.
+    #[serde(default)]
+    pub rtx_ssrc: Option<u32>,
 }
 
 fn de_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
@@ -170,6 +179,24 @@ impl ControlClient {
         expect_json(resp, 200, "GET /v1/load")
     }
 
+    /// `GET /metrics` (Prometheus text).
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let mut resp = self
+            .agent
+            .get(format!("{}/metrics", self.base))
+            .header("authorization", &self.authorization)
+            .call()?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .context("GET /metrics: reading the body")?;
+        if status != 200 {
+            bail!("GET /metrics: HTTP {status} (want 200): {body}");
+        }
+        Ok(body)
+    }
+
     /// `POST /v1/rooms`; returns the room's media address.
     pub fn create_room(&self, room: &str) -> anyhow::Result<SocketAddr> {
         let resp = self
@@ -202,11 +229,15 @@ impl ControlClient {
             .tracks
             .iter()
             .map(|t| {
-                json!({
+                let mut track = json!({
                     "kind": kind_name(t.kind),
                     "ssrc": t.ssrc,
                     "payload_type": t.payload_type,
-                })
+                });
+                if let Some((ssrc, payload_type)) = t.rtx {
+                    track["rtx"] = json!({ "ssrc": ssrc, "payload_type": payload_type });
+                }
+                track
             })
             .collect();
         let mut body = json!({
@@ -223,6 +254,9 @@ impl ControlClient {
         }
         if let Some(remote) = req.remote {
             body["remote"] = Value::String(remote.to_string());
+        }
+        if let Some((video, audio)) = req.rtx_payload_types {
+            body["rtx_payload_types"] = json!({ "video": video, "audio": audio });
         }
         let resp = self
             .agent
@@ -386,12 +420,14 @@ mod tests {
     #[test]
     fn consumers_parse() {
         let v = json!({"consumers": [
-            {"kind": "video", "slot": 0, "ssrc": 555, "producer_ssrc": 1234, "payload_type": 96},
+            {"kind": "video", "slot": 0, "ssrc": 555, "producer_ssrc": 1234, "payload_type": 96, "rtx_ssrc": 131627},
             {"kind": "audio", "slot": 1, "ssrc": 556, "producer_ssrc": null, "payload_type": 111}
         ]});
         let a: ConsumersAnswer = serde_json::from_value(v).expect("valid");
         assert_eq!(a.consumers[0].kind, Kind::Video);
         assert_eq!(a.consumers[1].producer_ssrc, None);
+        assert_eq!(a.consumers[0].rtx_ssrc, Some(131_627));
+        assert_eq!(a.consumers[1].rtx_ssrc, None);
         let bad = json!({"consumers": [{"kind": "data", "slot": 0, "ssrc": 1, "producer_ssrc": null, "payload_type": 0}]});
         assert!(serde_json::from_value::<ConsumersAnswer>(bad).is_err());
     }

@@ -59,6 +59,37 @@
 //!   `misrouted_packets`. The method is stated in the report's
 //!   `expected_method`.
 //!
+//! # Loss and repair
+//! Off by default. `--loss-percent P` makes each receive thread drop P % of
+//! the RTP datagrams (media and RTX) it receives before counting them
+//! (seeded, `--loss-seed`): simulated loss on the node's way out.
+//! `--publisher-loss-percent Q` makes the sender withhold Q % of the video
+//! packets (never those of a stream's last frame, whose gaps nothing would
+//! reveal): loss on the node's way in. Either turns on `--nack`, with
+//! which the peers repair like browsers ([`repair`]):
+//!
+//! * subscribers ask for `rtx_payload_types` 97 (video) and 98 (audio),
+//!   track the output sequence numbers missing per consumer (fixed-size
+//!   [`repair::Gaps`]), look every 20 ms for those still missing and send a
+//!   generic NACK per consumer from their own socket (SRTCP with their own
+//!   key), each number again after `--nack-retry-ms` (20), at most 10
+//!   times, for 1 s, and take the node's RTX packets (the
+//!   consumer's `rtx_ssrc`, always decrypted; original sequence number in
+//!   the first two payload bytes, the original payload checked) to fill the
+//!   gaps: a repair is counted like the original packet;
+//! * publishers declare an RTX stream per video track (SSRC with the top bit
+//!   flipped, payload type 98), keep every packet in clear in a ring, and
+//!   the sender thread polls their (then non-blocking) sockets every 2 ms
+//!   for the node's SRTCP, answering each NACKed number with an RTX packet,
+//!   and for 300 ms after the last frame.
+//!
+//! Withheld packets count as sent for the expectation (`tx_video_packets`),
+//! not in `tx_packets` (datagrams). The report's `repair` object gives the
+//! simulated loss, the repairs, what was never repaired (`loss_ratio`, i.e.
+//! the residual loss), NACKs, RTX and duplicates on both sides, and the
+//! node's repair counters over the run from `/metrics` (summed over its
+//! workers). Loss options need scenario `rooms`.
+//!
 //! # Panics
 //! No network input can make the receive path panic: headers are parsed with
 //! checked views, SRTP failures, malformed or unexpected datagrams are
@@ -72,6 +103,7 @@ pub mod payload;
 pub mod plan;
 pub mod procstat;
 mod receiver;
+pub mod repair;
 mod sender;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -220,6 +252,40 @@ pub struct Options {
     /// name the room's publishers (e.g. `sfu-junk --known-ssrc`).
     #[arg(long, value_parser = parse_u32)]
     pub ssrc_base: Option<u32>,
+    /// Simulated downstream loss: each subscriber drops this percentage of
+    /// the RTP packets it receives (media and RTX), before counting them,
+    /// from a seeded generator.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss_percent: f64,
+    /// Simulated loss on the way into the node: each publisher withholds
+    /// this percentage of its video packets the first time (keeping them)
+    /// and sends them as RTX when the node NACKs them. Scenario `rooms`.
+    #[arg(long, default_value_t = 0.0)]
+    pub publisher_loss_percent: f64,
+    /// Repair like a browser: subscribers negotiate RTX (payload types 97
+    /// video, 98 audio), NACK the gaps they see every 20 ms (each number at
+    /// most 10 times, for 1 s) and fill them from RTX; publishers declare an
+    /// RTX stream per video track (payload type 98) and answer the node's
+    /// NACKs [default: on when either loss is above 0].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub nack: Option<bool>,
+    /// Shortest time between two NACKs of one missing number, ms (they are
+    /// looked for every 20 ms; libwebrtc waits an RTT, 100 ms until it has
+    /// measured one).
+    #[arg(long, default_value_t = 20)]
+    pub nack_retry_ms: u64,
+    /// Seed of the simulated loss.
+    #[arg(long, default_value_t = 1)]
+    pub loss_seed: u64,
+}
+
+impl Options {
+    /// Whether the peers NACK and retransmit (`--nack`, default on when
+    /// some loss is simulated).
+    pub fn repair(&self) -> bool {
+        self.nack
+            .unwrap_or(self.loss_percent > 0.0 || self.publisher_loss_percent > 0.0)
+    }
 }
 
 impl Default for Options {
@@ -394,6 +460,58 @@ pub struct Report {
     pub gso: bool,
     /// Whether GRO was on for every receiving socket.
     pub gro: bool,
+    /// Loss and repair (`--loss-percent`, `--publisher-loss-percent`,
+    /// `--nack`); all zero when off.
+    pub repair: RepairReport,
+}
+
+/// What loss was simulated and how much of it was repaired.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairReport {
+    /// Peers NACKed and retransmitted.
+    pub enabled: bool,
+    /// `--loss-percent`.
+    pub loss_percent: f64,
+    /// `--publisher-loss-percent`.
+    pub publisher_loss_percent: f64,
+    /// RTP packets the subscribers dropped (simulated downstream loss,
+    /// media and RTX).
+    pub sim_lost_packets: u64,
+    /// Gaps filled by an RTX packet from the node.
+    pub repaired_by_rtx: u64,
+    /// Gaps filled by a late original packet (reordering, or a publisher's
+    /// retransmission the node forwarded).
+    pub late_filled: u64,
+    /// Expected packets never counted: `expected − counted` (≥ 0).
+    pub never_repaired: u64,
+    /// `loss_ratio` after repair (the same figure, named).
+    pub residual_loss_ratio: f64,
+    /// Generic NACK packets the subscribers sent.
+    pub subscriber_nacks: u64,
+    /// Sequence numbers in them (retries count again).
+    pub subscriber_nacked_seqs: u64,
+    /// Missing numbers the subscribers stopped waiting for (1 s).
+    pub subscriber_gave_up: u64,
+    /// Missing numbers not tracked (too many at once, or a huge jump).
+    pub subscriber_untracked: u64,
+    /// RTX packets the subscribers received (after simulated loss).
+    pub rtx_received: u64,
+    /// RTX packets for numbers not missing (already received or repaired).
+    pub duplicates: u64,
+    /// Video packets the publishers withheld the first time.
+    pub publisher_withheld: u64,
+    /// NACK packets the publishers received from the node.
+    pub publisher_nacks_in: u64,
+    /// Sequence numbers the node asked the publishers for.
+    pub publisher_nacked_seqs: u64,
+    /// RTX packets the publishers sent.
+    pub publisher_rtx_sent: u64,
+    /// NACKed numbers the publishers no longer had.
+    pub publisher_rtx_not_cached: u64,
+    /// The node's repair counters over the run (`/metrics`, summed over
+    /// workers): `nack_in`, `rtx_sent`, `rtx_throttled`, `rtx_not_cached`,
+    /// `nack_sent`, `rtx_in`, `nack_repaired`, …
+    pub node: std::collections::BTreeMap<String, u64>,
 }
 
 impl std::fmt::Display for Report {
@@ -472,7 +590,49 @@ impl std::fmt::Display for Report {
             "node worker CPU [{}], load generator {:.2} CPU s",
             cpu.join(", "),
             self.loadgen_cpu_seconds
-        )
+        )?;
+        let r = &self.repair;
+        if r.enabled || r.sim_lost_packets > 0 || r.publisher_withheld > 0 {
+            let node = |k: &str| r.node.get(k).copied().unwrap_or(0);
+            write!(
+                f,
+                "\nloss {}% down, {}% up: subscribers lost {}, repaired {} by RTX + {} late, never {} (residual loss {:.4}%); \
+                 {} NACKs ({} numbers, {} given up), {} RTX received, {} duplicates; \
+                 publishers withheld {}, got {} NACKs, sent {} RTX",
+                r.loss_percent,
+                r.publisher_loss_percent,
+                r.sim_lost_packets,
+                r.repaired_by_rtx,
+                r.late_filled,
+                r.never_repaired,
+                r.residual_loss_ratio * 100.0,
+                r.subscriber_nacks,
+                r.subscriber_nacked_seqs,
+                r.subscriber_gave_up,
+                r.rtx_received,
+                r.duplicates,
+                r.publisher_withheld,
+                r.publisher_nacks_in,
+                r.publisher_rtx_sent,
+            )?;
+            write!(
+                f,
+                "\nnode: nack_in {} rtx_sent {} rtx_throttled {} rtx_not_cached {} rtx_unanswerable {} | \
+                 nack_sent {} nack_requested {} rtx_in {} nack_repaired {} nack_gave_up {} rtx_duplicate drops {}",
+                node("nack_in"),
+                node("rtx_sent"),
+                node("rtx_throttled"),
+                node("rtx_not_cached"),
+                node("rtx_unanswerable"),
+                node("nack_sent"),
+                node("nack_requested"),
+                node("rtx_in"),
+                node("nack_repaired"),
+                node("nack_gave_up"),
+                node("drops_rtx_duplicate"),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -536,6 +696,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     let load_before = client
         .load()
         .with_context(|| format!("control API at {} does not answer", opts.control))?;
+    let repair_on = opts.repair();
+    let metrics_before = if repair_on {
+        Some(repair::scrape(&client.metrics().context("GET /metrics")?))
+    } else {
+        None
+    };
     let duration_ns = (opts.duration * 1e9) as u64;
     let mut rng = rand::rng();
     let ssrc_base: u32 = opts
@@ -604,6 +770,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 cpu: opts.cpu,
                 stop: &stop_all,
                 shared: &shared.tx,
+                repair: repair_on,
+                withhold_percent: opts.publisher_loss_percent,
+                loss_seed: opts.loss_seed,
             };
             std::thread::Builder::new()
                 .name("lg-send".into())
@@ -640,6 +809,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 cpu: opts.cpu,
                 stop: &stop_receivers,
                 shared: &shared.rx[t],
+                loss_percent: opts.loss_percent,
+                // A different stream per thread, reproducible per seed.
+                loss_seed: opts
+                    .loss_seed
+                    .wrapping_add((t as u64 + 1).wrapping_mul(0x9e37_79b9)),
+                nack: repair_on,
+                nack_retry_ns: opts.nack_retry_ms.max(1) * 1_000_000,
             };
             recv_handles.push(
                 std::thread::Builder::new()
@@ -740,6 +916,16 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             loadgen: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
         },
     );
+    if let Some(before) = metrics_before {
+        match client.metrics() {
+            Ok(text) => {
+                report.repair.node = repair::deltas(&before, &repair::scrape(&text))
+                    .into_iter()
+                    .collect();
+            }
+            Err(e) => eprintln!("sfu-loadgen: GET /metrics at the end failed: {e:#}"),
+        }
+    }
     report.joins = joins.times_ns.len();
     report.joins_s = joins.total_ns as f64 / 1e9;
     report.join_ms_p50 = quantile_ms(&joins.times_ns, 0.5);
@@ -757,6 +943,19 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.video_kbps == 0 || opts.video_kbps > 100_000 {
         bail!("--video-kbps must be in 1..=100000");
+    }
+    for (flag, p) in [
+        ("--loss-percent", opts.loss_percent),
+        ("--publisher-loss-percent", opts.publisher_loss_percent),
+    ] {
+        if !(0.0..=50.0).contains(&p) {
+            bail!("{flag} must be in [0, 50]");
+        }
+    }
+    if opts.repair() && opts.scenario != Scenario::Rooms {
+        // A `both` peer's socket is read by a receive thread, not by the
+        // sender that would answer the node's NACKs.
+        bail!("--nack and the loss options need scenario rooms");
     }
     match opts.scenario {
         Scenario::Rooms => {
@@ -794,6 +993,8 @@ fn bind_sockets(
         .map(|peer| {
             let receives = peer.receives != Receives::Nothing;
             let read_timeout = match (receives, peer.publishes.is_empty()) {
+                // Publisher answering NACKs: polled by the sender.
+                (false, false) if opts.repair() => Some(Duration::ZERO),
                 // Publisher only: recv is never called; blocking sends.
                 (false, _) => Some(Duration::from_millis(100)),
                 (true, true) if blocking_receivers => Some(Duration::from_millis(20)),
@@ -850,10 +1051,20 @@ fn set_up(
         let tracks: Vec<Track> = peer
             .publishes
             .iter()
-            .map(|&s| Track {
-                kind: plan.streams[s].kind,
-                ssrc: plan.streams[s].ssrc,
-                payload_type: plan.streams[s].payload_type,
+            .map(|&s| {
+                let stream = &plan.streams[s];
+                Track {
+                    kind: stream.kind,
+                    ssrc: stream.ssrc,
+                    payload_type: stream.payload_type,
+                    // The node NACKs video only.
+                    rtx: (opts.repair() && stream.kind == Kind::Video).then(|| {
+                        (
+                            repair::publisher_rtx_ssrc(stream.ssrc),
+                            repair::PUBLISHER_RTX_PT,
+                        )
+                    }),
+                }
             })
             .collect();
         let explicit = plan.subscription(p, 0);
@@ -875,6 +1086,8 @@ fn set_up(
                     // Publishers are learnt by comedia; receivers are told.
                     remote: (peer.role != Role::Publish).then_some(sockets[p].local),
                     subscribe,
+                    rtx_payload_types: (opts.repair() && peer.role != Role::Publish)
+                        .then_some(repair::SUBSCRIBER_RTX_PTS),
                 },
             )
             .with_context(|| format!("creating endpoint {p} in room {room}"))?;
@@ -1014,6 +1227,29 @@ fn build_report(
         ),
     };
     let tx = &outcome.sent_for;
+    let loss = loss_ratio(rx_counted, expected_total);
+    let repair = RepairReport {
+        enabled: opts.repair(),
+        loss_percent: opts.loss_percent,
+        publisher_loss_percent: opts.publisher_loss_percent,
+        sim_lost_packets: sum(|r| &r.sim_lost),
+        repaired_by_rtx: sum(|r| &r.rtx_repaired),
+        late_filled: sum(|r| &r.late_filled),
+        never_repaired: expected_total.saturating_sub(rx_counted),
+        residual_loss_ratio: loss,
+        subscriber_nacks: sum(|r| &r.nacks),
+        subscriber_nacked_seqs: sum(|r| &r.nacked_seqs),
+        subscriber_gave_up: sum(|r| &r.nack_gave_up),
+        subscriber_untracked: sum(|r| &r.untracked),
+        rtx_received: sum(|r| &r.rtx),
+        duplicates: sum(|r| &r.rtx_duplicates),
+        publisher_withheld: tx.withheld,
+        publisher_nacks_in: tx.nacks_in,
+        publisher_nacked_seqs: tx.nacked_seqs,
+        publisher_rtx_sent: tx.rtx_sent,
+        publisher_rtx_not_cached: tx.rtx_not_cached,
+        node: Default::default(),
+    };
     Report {
         scenario: match opts.scenario {
             Scenario::Rooms => "rooms",
@@ -1036,7 +1272,7 @@ fn build_report(
         rx_bytes,
         rx_counted_packets: rx_counted,
         expected_rx_packets: expected_total,
-        loss_ratio: loss_ratio(rx_counted, expected_total),
+        loss_ratio: loss,
         loss_ratio_worst_subscriber: worst,
         expected_method,
         rx_pps: rx_packets as f64 / duration_s,
@@ -1084,6 +1320,7 @@ fn build_report(
             .zip(sockets)
             .filter(|(p, _)| p.receives != Receives::Nothing)
             .all(|(_, s)| lock(&s.socket).gro_enabled()),
+        repair,
     }
 }
 
@@ -1336,6 +1573,45 @@ mod tests {
                 scenario: Scenario::SeedMeeting,
                 switch_secs: 1.0,
                 ..d
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn loss_flags_turn_repair_on_unless_told_not_to() {
+        let d = Options::default();
+        assert_eq!((d.loss_percent, d.publisher_loss_percent), (0.0, 0.0));
+        assert!(
+            !d.repair(),
+            "off by default: the README's runs are unchanged"
+        );
+        let o = Options::try_parse_from(["sfu-loadgen", "--loss-percent", "3"]).expect("valid");
+        assert!(o.repair());
+        let o = Options::try_parse_from([
+            "sfu-loadgen",
+            "--publisher-loss-percent",
+            "2.5",
+            "--nack",
+            "false",
+        ])
+        .expect("valid");
+        assert_eq!(o.publisher_loss_percent, 2.5);
+        assert!(!o.repair());
+        let o = Options::try_parse_from(["sfu-loadgen", "--nack"]).expect("valid");
+        assert!(o.repair());
+        assert!(validate(&o).is_ok());
+        assert!(
+            validate(&Options {
+                scenario: Scenario::SeedMeeting,
+                ..o.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Options {
+                loss_percent: 60.0,
+                ..o
             })
             .is_err()
         );

@@ -1,13 +1,20 @@
-//! The sender thread: every publisher's streams on one schedule.
+//! The sender thread: every publisher's streams on one schedule. With
+//! publisher loss on, it withholds a share of the video packets (the node
+//! sees them as lost on the way in), keeps every packet in clear, and
+//! answers the node's NACKs with RTX on the stream's declared RTX SSRC,
+//! polling the publishers' sockets between units.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use std::io;
+
 use anyhow::Context;
-use packet_path::io::Transmit;
+use packet_path::io::{RecvMeta, Transmit};
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
+use sfu_core::wire::rtcp::{RtcpIter, RtcpPacket};
 use sfu_core::wire::rtp::{FIXED_HEADER_LEN, RtpHeader, write_header};
 
 use super::media::{
@@ -15,10 +22,15 @@ use super::media::{
 };
 use super::payload::{self, Marker};
 use super::plan::{Plan, Sent};
+use super::repair::{PUBLISHER_RTX_PT, PacketRing, SimLoss, publisher_rtx_ssrc, write_rtx};
 use super::{Kind, PeerSetup, PeerSocket, lock, pin};
 
 /// Longest single sleep, so a stop request is seen promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(10);
+/// Time between two polls of the publishers' sockets for NACKs (repair on).
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// How long NACKs are still answered after the last unit, ns.
+const TAIL_NS: u64 = 300_000_000;
 
 pub(super) struct Config<'a> {
     pub plan: &'a Plan,
@@ -30,6 +42,12 @@ pub(super) struct Config<'a> {
     pub cpu: Option<usize>,
     pub stop: &'a AtomicBool,
     pub shared: &'a Shared,
+    /// Publishers answer the node's NACKs with RTX (their video tracks
+    /// declared an RTX stream).
+    pub repair: bool,
+    /// Video packets withheld at first (node-side receive loss), percent.
+    pub withhold_percent: f64,
+    pub loss_seed: u64,
 }
 
 /// Counters the sender publishes as it goes.
@@ -86,6 +104,18 @@ pub(super) struct Summary {
     pub send_errors: u64,
     pub late_ns_max: u64,
     pub duration_s: f64,
+    /// Video packets not sent the first time.
+    pub withheld: u64,
+    /// NACK packets the publishers received from the node.
+    pub nacks_in: u64,
+    /// Sequence numbers those NACKs asked for.
+    pub nacked_seqs: u64,
+    /// RTX packets the publishers sent.
+    pub rtx_sent: u64,
+    /// NACKed numbers no longer (or never) in the publisher's ring.
+    pub rtx_not_cached: u64,
+    /// SRTCP from the node the publishers could not read.
+    pub rtcp_errors: u64,
 }
 
 struct TxStream {
@@ -100,6 +130,15 @@ struct TxStream {
     ts_base: u32,
     unit: u64,
     stream_seq: u32,
+    /// Its RTX stream and packet ring, when publishers repair.
+    rtx: Option<TxRtx>,
+}
+
+/// A publisher stream's retransmission side.
+struct TxRtx {
+    ssrc: u32,
+    seq: u16,
+    ring: PacketRing,
 }
 
 pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
@@ -139,8 +178,19 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
             ts_base: rand::random(),
             unit: 0,
             stream_seq: 0,
+            rtx: (cfg.repair && s.kind == Kind::Video).then(|| TxRtx {
+                ssrc: publisher_rtx_ssrc(s.ssrc),
+                seq: rand::random(),
+                ring: PacketRing::new(),
+            }),
         })
         .collect();
+    let mut withhold = SimLoss::new(cfg.withhold_percent, cfg.loss_seed);
+    let mut nacks = if cfg.repair {
+        Some(NackPoll::new(&cfg)?)
+    } else {
+        None
+    };
     // One datagram slot: header, the largest payload, the tag.
     let stride = FIXED_HEADER_LEN + media::VIDEO_PAYLOAD + overhead;
     let max_packets = streams
@@ -158,13 +208,21 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         .collect();
 
     let mut sum = Summary::default();
+    let max_sleep = if nacks.is_some() {
+        POLL_INTERVAL
+    } else {
+        MAX_SLEEP
+    };
     while let Some(&Reverse((due, i))) = heap.peek() {
         if cfg.stop.load(Relaxed) || due >= cfg.end_ns {
             break;
         }
         let now = cfg.origin.elapsed().as_nanos() as u64;
+        if let Some(poll) = nacks.as_mut() {
+            poll.maybe_poll(&cfg, &mut streams, &mut contexts, now, &mut sum);
+        }
         if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now).min(MAX_SLEEP));
+            std::thread::sleep(Duration::from_nanos(due - now).min(max_sleep));
             continue;
         }
         heap.pop();
@@ -173,7 +231,11 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         let ctx = contexts[stream.peer]
             .as_mut()
             .expect("only publishers have streams, and every publisher has a context");
-        let (sent, bytes, failed) = send_unit(
+        // The last unit of a stream is never withheld: no later packet
+        // would reveal the gap to the node.
+        let last_unit = stream.cadence.due(stream.unit + 1) >= cfg.end_ns;
+        let withhold = withhold.as_mut().filter(|_| !last_unit);
+        let out = send_unit(
             stream,
             ctx,
             &mut buf,
@@ -181,27 +243,212 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
             now,
             &cfg.sockets[stream.peer],
             &cfg.setups[stream.peer],
+            withhold,
         )?;
-        sum.packets += sent;
-        sum.bytes += bytes;
-        sum.send_errors += failed;
+        sum.packets += out.sent;
+        sum.bytes += out.bytes;
+        sum.send_errors += out.failed;
+        sum.withheld += out.withheld;
+        // Withheld packets are part of the stream: subscribers expect them
+        // (after repair).
+        let logical = out.sent + out.withheld;
         let shared = cfg.shared;
-        shared.packets.fetch_add(sent, Relaxed);
-        shared.per_stream[i].fetch_add(sent, Relaxed);
+        shared.packets.fetch_add(out.sent, Relaxed);
+        shared.per_stream[i].fetch_add(logical, Relaxed);
         if let Some(sw) = &plan.switch
             && !sw.excluded(now)
         {
-            shared.counted[i * shared.periods + sw.period_of(now)].fetch_add(sent, Relaxed);
+            shared.counted[i * shared.periods + sw.period_of(now)].fetch_add(logical, Relaxed);
         }
         stream.unit += 1;
         heap.push(Reverse((stream.cadence.due(stream.unit), i)));
     }
     sum.duration_s = (cfg.origin.elapsed().as_nanos() as u64).min(cfg.end_ns) as f64 / 1e9;
+    if let Some(poll) = nacks.as_mut() {
+        // The node NACKs what it missed last a little after it: answer for
+        // a while longer.
+        let until = cfg.origin.elapsed().as_nanos() as u64 + TAIL_NS;
+        loop {
+            let now = cfg.origin.elapsed().as_nanos() as u64;
+            if now >= until || cfg.stop.load(Relaxed) {
+                break;
+            }
+            poll.maybe_poll(&cfg, &mut streams, &mut contexts, now, &mut sum);
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
     Ok(sum)
 }
 
+/// Reads the node's SRTCP on the publishers' sockets and answers NACKs.
+struct NackPoll {
+    /// The node's key towards each peer (publishers only).
+    node_ctx: Vec<Option<SrtpContext>>,
+    storage: Vec<u8>,
+    out: Vec<u8>,
+    next_ns: u64,
+}
+
+/// Datagrams per receive call on a publisher's socket.
+const POLL_BATCH: usize = 8;
+/// Bytes per receive buffer (no GRO on publishers' sockets).
+const POLL_BUF: usize = 2048;
+
+impl NackPoll {
+    fn new(cfg: &Config<'_>) -> anyhow::Result<Self> {
+        let key_len = cfg.profile.key_len();
+        let mut node_ctx = Vec::with_capacity(cfg.plan.peers.len());
+        for (p, peer) in cfg.plan.peers.iter().enumerate() {
+            node_ctx.push(if peer.publishes.is_empty() {
+                None
+            } else {
+                let m = &cfg.setups[p].node_master;
+                Some(
+                    SrtpContext::new(
+                        cfg.profile,
+                        &m[..key_len],
+                        &m[key_len..],
+                        SrtpConfig::default(),
+                    )
+                    .context("the node's SRTP key for a publisher")?,
+                )
+            });
+        }
+        Ok(Self {
+            node_ctx,
+            storage: vec![0; POLL_BATCH * POLL_BUF],
+            out: vec![0; POLL_BUF],
+            next_ns: 0,
+        })
+    }
+
+    /// Polls every publisher's socket if [`POLL_INTERVAL`] has passed.
+    fn maybe_poll(
+        &mut self,
+        cfg: &Config<'_>,
+        streams: &mut [TxStream],
+        contexts: &mut [Option<SrtpContext>],
+        now: u64,
+        sum: &mut Summary,
+    ) {
+        if now < self.next_ns {
+            return;
+        }
+        self.next_ns = now + POLL_INTERVAL.as_nanos() as u64;
+        let mut meta = [RecvMeta::default(); POLL_BATCH];
+        for (p, (node_ctx, ctx)) in self
+            .node_ctx
+            .iter_mut()
+            .zip(contexts.iter_mut())
+            .enumerate()
+        {
+            let (Some(node_ctx), Some(ctx)) = (node_ctx.as_mut(), ctx.as_mut()) else {
+                continue;
+            };
+            loop {
+                let mut chunks = self.storage.chunks_mut(POLL_BUF);
+                let mut bufs: [&mut [u8]; POLL_BATCH] = std::array::from_fn(|_| {
+                    chunks
+                        .next()
+                        .expect("storage holds exactly POLL_BATCH buffers")
+                });
+                let n = match lock(&cfg.sockets[p].socket).recv(&mut bufs, &mut meta) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+                    let len = m.len.min(buf.len());
+                    let Ok(clear) = node_ctx.unprotect_rtcp(&mut buf[..len]) else {
+                        sum.rtcp_errors += 1;
+                        continue;
+                    };
+                    for item in RtcpIter::new(&buf[..clear]) {
+                        let Ok(RtcpPacket::Nack(nack)) = item else {
+                            continue;
+                        };
+                        sum.nacks_in += 1;
+                        let Some(stream) = streams
+                            .iter_mut()
+                            .find(|s| s.peer == p && s.ssrc == nack.media_ssrc())
+                        else {
+                            continue;
+                        };
+                        for seq in nack.lost() {
+                            sum.nacked_seqs += 1;
+                            resend(stream, seq, ctx, &mut self.out, cfg, sum);
+                        }
+                    }
+                }
+                if n < POLL_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the RTX packet of `stream`'s packet `seq`, if it is still kept.
+fn resend(
+    stream: &mut TxStream,
+    seq: u16,
+    ctx: &mut SrtpContext,
+    out: &mut [u8],
+    cfg: &Config<'_>,
+    sum: &mut Summary,
+) {
+    let Some(rtx) = stream.rtx.as_mut() else {
+        sum.rtx_not_cached += 1;
+        return;
+    };
+    let Some(len) = rtx
+        .ring
+        .get(seq)
+        .and_then(|original| write_rtx(original, out, rtx.ssrc, PUBLISHER_RTX_PT, rtx.seq))
+    else {
+        sum.rtx_not_cached += 1;
+        return;
+    };
+    rtx.seq = rtx.seq.wrapping_add(1);
+    let Ok(n) = ctx.protect_rtp(out, len) else {
+        return;
+    };
+    let sent = lock(&cfg.sockets[stream.peer].socket)
+        .send(&[Transmit {
+            dst: cfg.setups[stream.peer].media,
+            contents: &out[..n],
+            segment_size: None,
+        }])
+        .unwrap_or(0);
+    if sent == 1 {
+        sum.rtx_sent += 1;
+        sum.bytes += n as u64;
+    } else {
+        sum.send_errors += 1;
+    }
+}
+
+/// What [`send_unit`] did.
+struct UnitSent {
+    sent: u64,
+    bytes: u64,
+    failed: u64,
+    withheld: u64,
+}
+
 /// Builds, protects and sends the stream's next unit (a video frame or an
-/// audio packet); returns (packets sent, bytes sent, packets not sent).
+/// audio packet). With `withhold`, each video packet may be kept back (in
+/// the stream's ring, like every packet) instead of sent.
+#[allow(clippy::too_many_arguments)]
 fn send_unit(
     s: &mut TxStream,
     ctx: &mut SrtpContext,
@@ -210,7 +457,8 @@ fn send_unit(
     now_ns: u64,
     socket: &PeerSocket,
     setup: &PeerSetup,
-) -> anyhow::Result<(u64, u64, u64)> {
+    mut withhold: Option<&mut SimLoss>,
+) -> anyhow::Result<UnitSent> {
     let (layout, timestamp) = match s.kind {
         Kind::Video => (
             FrameLayout::new(media::frame_bytes(s.kbps, s.unit)),
@@ -226,9 +474,13 @@ fn send_unit(
                 .wrapping_add((s.unit as u32).wrapping_mul(AUDIO_CLOCK / AUDIO_PPS as u32)),
         ),
     };
-    let mut last_srtp_len = 0;
+    // Kept packets are written contiguously: full-size ones from the
+    // start (one GSO train), a shorter last one right after them.
+    let mut full = 0;
+    let mut short: Option<usize> = None;
+    let mut withheld = 0;
     for i in 0..layout.packets {
-        let pkt = &mut buf[i * stride..(i + 1) * stride];
+        let pkt = &mut buf[full * stride..(full + 1) * stride];
         let header = RtpHeader {
             marker: s.kind == Kind::Video && i + 1 == layout.packets,
             payload_type: s.payload_type,
@@ -247,11 +499,25 @@ fn send_unit(
                 sent_ns: now_ns,
             },
         );
-        last_srtp_len = ctx.protect_rtp(pkt, h + len).context("SRTP protect")?;
+        if let Some(rtx) = s.rtx.as_mut() {
+            rtx.ring.store(s.seq, &pkt[..h + len]);
+        }
         s.seq = s.seq.wrapping_add(1);
         s.stream_seq = s.stream_seq.wrapping_add(1);
+        if s.kind == Kind::Video
+            && let Some(coin) = withhold.as_deref_mut()
+            && coin.drop_next()
+        {
+            withheld += 1;
+            continue;
+        }
+        let n = ctx.protect_rtp(pkt, h + len).context("SRTP protect")?;
+        if len == media::VIDEO_PAYLOAD && s.kind == Kind::Video {
+            full += 1;
+        } else {
+            short = Some(n);
+        }
     }
-    let full = layout.full_packets();
     let empty = Transmit {
         dst: setup.media,
         contents: &[],
@@ -272,19 +538,28 @@ fn send_unit(
         bytes_in[n] = (full * stride) as u64;
         n += 1;
     }
-    if full < layout.packets {
+    if let Some(short_len) = short {
         // The shorter last packet, as its own datagram in the same sendmmsg.
-        let at = (layout.packets - 1) * stride;
+        let at = full * stride;
         list[n] = Transmit {
-            contents: &buf[at..at + last_srtp_len],
+            contents: &buf[at..at + short_len],
             ..empty
         };
         packets_in[n] = 1;
-        bytes_in[n] = last_srtp_len as u64;
+        bytes_in[n] = short_len as u64;
         n += 1;
     }
-    let done = lock(&socket.socket).send(&list[..n]).unwrap_or(0);
+    let done = if n == 0 {
+        0
+    } else {
+        lock(&socket.socket).send(&list[..n]).unwrap_or(0)
+    };
     let sent: u64 = packets_in[..done].iter().sum();
     let bytes: u64 = bytes_in[..done].iter().sum();
-    Ok((sent, bytes, layout.packets as u64 - sent))
+    Ok(UnitSent {
+        sent,
+        bytes,
+        failed: layout.packets as u64 - withheld - sent,
+        withheld,
+    })
 }

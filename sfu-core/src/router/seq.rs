@@ -101,6 +101,13 @@ impl StreamRewriter {
         let out_ts = ts.wrapping_add(self.ts_offset);
         if (out_seq.wrapping_sub(self.max_out) as i16) > 0 {
             self.max_out = out_seq;
+            // Keep the re-base point within RESTART_JUMP of the newest
+            // number, so the wrapping comparisons with it stay meaningful
+            // after half the sequence space: anything further back is a
+            // restart (above), never a late packet of this source.
+            if self.max_out.wrapping_sub(self.base_out) > RESTART_JUMP {
+                self.base_out = self.max_out.wrapping_sub(RESTART_JUMP);
+            }
         }
         if self.max_ts_at.is_none() || (out_ts.wrapping_sub(self.max_ts_out) as i32) > 0 {
             self.max_ts_out = out_ts;
@@ -283,5 +290,33 @@ mod tests {
                 (9001, 90, 21, false, Some((1, 1889))),
             ],
         );
+    }
+
+    /// Reordered packets and NACKs still map once the output has moved more
+    /// than half the sequence space past the last re-base (about 2.6 min of
+    /// 2 Mbit/s video): the re-base point must not be compared across the
+    /// wrap.
+    #[test]
+    fn late_packets_map_long_after_the_rebase() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 1000, 0);
+        for i in 0..40_000u16 {
+            if i == 39_995 {
+                // Lost on the way in, repaired below.
+                continue;
+            }
+            assert!(r.rewrite(i, u32::from(i) * 3000, t0).is_some(), "seq {i}");
+        }
+        let out = 1000u16.wrapping_add(39_995);
+        assert_eq!(
+            r.rewrite(39_995, 39_995 * 3000, t0),
+            Some((out, 39_995 * 3000))
+        );
+        assert_eq!(r.input_seq(out), Some(39_995));
+        // Still refused: what predates a re-base.
+        r.resync();
+        assert!(r.rewrite(50_000, 0, t0).is_some());
+        assert_eq!(r.rewrite(49_999, 0, t0), None);
+        assert_eq!(r.input_seq(out), None);
     }
 }
