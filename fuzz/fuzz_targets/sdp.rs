@@ -41,8 +41,9 @@ fuzz_target!(|data: &[u8]| {
                 codec: match kind {
                     MediaKind::Audio => CodecChoice::Opus,
                     MediaKind::Video => video,
-                    rtx_ssrc: None,
-                }
+                },
+                // Every other stream offers an RTX SSRC.
+                rtx_ssrc: (i % 2 == 0).then_some(5000 + i as u32),
             })
         })
         .collect();

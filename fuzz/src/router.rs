@@ -111,9 +111,9 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         ssrc,
         payload_type,
         rtx: None,
-    },
-    codec: sfu_core::codec::Codec::Vp8,
-    layer_of: None,
+        codec: sfu_core::codec::Codec::Vp8,
+        layer_of: None,
+    }
 }
 
 impl Harness {
