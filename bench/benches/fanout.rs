@@ -63,6 +63,8 @@ fn router_with(consumers: u16) -> Router {
             subscription: Subscription::All,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            participant: None,
+            audio_level_extension: None,
         }))
     };
     let track = TrackConfig {

@@ -805,6 +805,8 @@ impl AppState {
             subscription: new.subscription,
             rtcp_ssrc: new.rtcp_ssrc,
             rtx_payload_types: new.rtx_payload_types,
+            participant: None,
+            audio_level_extension: None,
         };
         let outcome = self
             .request(
@@ -967,6 +969,8 @@ impl AppState {
             subscription: new.subscription,
             rtcp_ssrc: None,
             rtx_payload_types: new.rtx_payload_types,
+            participant: None,
+            audio_level_extension: None,
         };
         let outcome = self
             .request(

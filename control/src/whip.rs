@@ -376,6 +376,7 @@ impl Local {
             rid_extension: None,
             twcc_extension: None,
             repaired_rid_extension: None,
+            audio_level_extension: None,
         }
     }
 }

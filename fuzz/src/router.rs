@@ -158,6 +158,8 @@ impl Harness {
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
+                participant: None,
+                audio_level_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(2),
@@ -171,6 +173,8 @@ impl Harness {
                 subscription: Subscription::All,
                 rtcp_ssrc: Some(SUB_ALL_RTCP_SSRC),
                 rtx_payload_types: Default::default(),
+                participant: None,
+                audio_level_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(3),
@@ -187,6 +191,8 @@ impl Harness {
                 },
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
+                participant: None,
+                audio_level_extension: None,
             },
         ];
         let peers = configs.map(|cfg| {

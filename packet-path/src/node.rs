@@ -129,7 +129,7 @@ pub enum RequestError {
 }
 
 /// A snapshot of one worker's counters.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerStats {
     /// The router's counters, by [`Counter::index`]; read one with
     /// [`WorkerStats::get`].
@@ -147,6 +147,20 @@ pub struct WorkerStats {
     pub gauges: [u64; PathGauge::COUNT],
     /// The worker thread's own CPU time (user + system), in seconds.
     pub cpu_seconds: f64,
+}
+
+impl Default for WorkerStats {
+    // By hand: `Default` is derived for arrays of at most 32 elements.
+    fn default() -> Self {
+        Self {
+            counters: [0; Counter::COUNT],
+            removed: Vec::new(),
+            drops: Vec::new(),
+            path: [0; PathCounter::COUNT],
+            gauges: [0; PathGauge::COUNT],
+            cpu_seconds: 0.0,
+        }
+    }
 }
 
 impl WorkerStats {

@@ -63,6 +63,8 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
         subscription: Subscription::All,
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
+        participant: None,
+        audio_level_extension: None,
     })))
     .unwrap();
 }

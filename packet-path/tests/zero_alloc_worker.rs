@@ -65,6 +65,8 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         subscription: Subscription::All,
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
+        participant: None,
+        audio_level_extension: None,
     }))
 }
 

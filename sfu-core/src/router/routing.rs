@@ -199,6 +199,7 @@ impl Router {
             return Err(DropReason::UnknownSource);
         };
         let (ep_slot, media_pt) = (producer.endpoint, producer.payload_type);
+        let audio = producer.kind == MediaKind::Audio;
         let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
             return Err(DropReason::UnknownSource);
         };
@@ -245,6 +246,11 @@ impl Router {
         self.stats.inc(Counter::RtpIn);
         if rearm {
             self.schedule(ep_slot, now);
+        }
+        if audio && !is_rtx {
+            // Its level for speaker detection; may re-point slots (before
+            // the fan-out below, which then follows the new lists).
+            self.record_audio_level(ep_slot, &packet, now);
         }
         let in_seq = packet.sequence_number();
         let in_ts = packet.timestamp();
@@ -885,6 +891,9 @@ impl Router {
                 reception: ReceptionStats::new(track.kind.clock_rate(), now),
             },
         );
+        if track.kind == MediaKind::Audio && group == track.ssrc {
+            self.speaker_added(slot, now);
+        }
     }
 
     /// New producers `tracks` of the endpoint in `publisher`: each other
@@ -938,6 +947,7 @@ impl Router {
                 self.offer_producers(slot, tracks, now);
             }
         }
+        self.refresh_slots(room, now);
     }
 
     /// Attaches what the subscriber in `slot` wants of `tracks` (new
@@ -1098,6 +1108,9 @@ impl Router {
                 return Err(RouterError::Invalid("ICE ufrag in use"));
             }
         }
+        let audio_level_extension = cfg
+            .audio_level_extension
+            .or(transport.as_ref().and_then(|t| t.audio_level_extension));
         let webrtc = match transport {
             Some(t) => {
                 let cert = self
@@ -1133,6 +1146,8 @@ impl Router {
             tracks: cfg.tracks,
             rtcp_ssrc: cfg.rtcp_ssrc,
             rtx_payload_types: cfg.rtx_payload_types,
+            participant: cfg.participant,
+            audio_level_extension,
             rtt: None,
             subscription: cfg.subscription,
             consumers: Vec::new(),
@@ -1257,6 +1272,7 @@ impl Router {
             room.endpoints.retain(|&s| s != slot);
         }
         self.free.push(slot);
+        self.speaker_left(&ep);
         Ok(())
     }
 
@@ -1278,7 +1294,7 @@ impl Router {
                 return Err(RouterError::TooMany("slots per kind"));
             }
         }
-        Ok(())
+        self.check_slots(sub)
     }
 
     /// Brings an endpoint's consumers in line with its subscription and the
@@ -1330,6 +1346,10 @@ impl Router {
                     }
                 }
             }
+            Subscription::Slots { .. } => {
+                let ranking = self.ranking(ep.room, std::slice::from_ref(&slot));
+                wanted = self.slots_wanted(slot, &ranking);
+            }
         }
         if wanted.len() > self.config.max_consumers_per_endpoint {
             // Only `All` can get here (explicit lists are checked): the
@@ -1346,7 +1366,12 @@ impl Router {
     /// room, gets the same answer as one not published yet: an unattached
     /// slot (nothing tells the two apart), which attaches if a producer with
     /// that SSRC appears in the endpoint's own room.
-    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)], now: Instant) {
+    pub(super) fn apply_consumers(
+        &mut self,
+        slot: u32,
+        wanted: &[(MediaKind, Option<u32>)],
+        now: Instant,
+    ) {
         let Self {
             endpoints,
             producers,

@@ -122,6 +122,8 @@ pub(super) fn endpoint(
         subscription,
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
+        participant: None,
+        audio_level_extension: None,
     }))
 }
 

@@ -74,6 +74,8 @@ fn setup() -> Setup {
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
                 rtx_payload_types: RtxPayloadTypes::default(),
+                participant: None,
+                audio_level_extension: None,
             })),
         )
         .unwrap();
@@ -97,6 +99,8 @@ fn setup() -> Setup {
                         video: Some(SUB_RTX_PT),
                         audio: None,
                     },
+                    participant: None,
+                    audio_level_extension: None,
                 })),
             )
             .unwrap(),

@@ -67,6 +67,8 @@ fn simulcast_endpoint(
             subscription: Subscription::All,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            participant: None,
+            audio_level_extension: None,
         }),
         Box::new(WebrtcTransport {
             ice: IceCredentials {
@@ -82,6 +84,7 @@ fn simulcast_endpoint(
             rid_tracks,
             rid_extension,
             twcc_extension: None,
+            audio_level_extension: None,
             repaired_rid_extension: None,
         }),
     )
@@ -997,6 +1000,8 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
             subscription,
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
+            participant: None,
+            audio_level_extension: None,
         }))
     };
     let all = f
