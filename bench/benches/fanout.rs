@@ -64,6 +64,8 @@ fn router_with(consumers: u16) -> Router {
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
+            participant: None,
+            audio_level_extension: None,
         }))
     };
     let track = TrackConfig {

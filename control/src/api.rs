@@ -10,7 +10,7 @@
 //! | `POST /v1/rooms` | admin, the body's room | 201, or 400/409 |
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
-//! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404 |
+//! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404  body `"all"`, `{"video": [ssrc...], "audio": [...]}` or last-N `{"slots": {"video": N, "audio": M, "pinned": [identity or endpoint id...]}}` |
 //! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/413/503; body `{"changes": [{"endpoint", "subscribe"}]}`, at most `limits.endpoints_per_room` changes and 64 KiB (about 500 changes) |
 //! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
 //!
@@ -467,12 +467,41 @@ struct RtxPayloadTypesBody {
     audio: Option<u8>,
 }
 
-/// `"all"` or `{"video": [...], "audio": [...]}`.
+/// `"all"`, `{"video": [...], "audio": [...]}` or
+/// `{"slots": {"video": N, "audio": M, "pinned": [...]}}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum SubscribeBody {
     Keyword(String),
     Explicit(ExplicitBody),
+    Slots(SlotsWrapper),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotsWrapper {
+    slots: SlotsBody,
+}
+
+/// Last-N slots: `pinned` names participants by token identity (`sub`),
+/// or, for endpoints created without one, by endpoint id (16 hex digits).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotsBody {
+    #[serde(default)]
+    video: u16,
+    #[serde(default)]
+    audio: u16,
+    #[serde(default)]
+    pinned: Vec<String>,
+}
+
+/// The router's id of a pinned participant (see [`SlotsBody`]).
+fn pinned_id(name: &str) -> u64 {
+    match u64::from_str_radix(name, 16) {
+        Ok(id) if name.len() == 16 => id,
+        _ => crate::auth::participant_id(name),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -494,6 +523,19 @@ impl SubscribeBody {
             Self::Explicit(ExplicitBody { video, audio }) => {
                 Ok(Subscription::Explicit { video, audio })
             }
+            Self::Slots(SlotsWrapper {
+                slots:
+                    SlotsBody {
+                        video,
+                        audio,
+                        pinned,
+                    },
+            }) => Ok(Subscription::Slots {
+                video,
+                audio,
+                pinned: pinned.iter().map(|p| pinned_id(p)).collect(),
+                exclude: None,
+            }),
         }
     }
 }
@@ -513,6 +555,9 @@ struct EndpointBody {
     rtcp_ssrc: Option<u32>,
     #[serde(default)]
     rtx_payload_types: RtxPayloadTypesBody,
+    /// Id of the RFC 6464 audio-level extension in its audio packets.
+    #[serde(default)]
+    audio_level_extension: Option<u8>,
 }
 
 impl RoleBody {
@@ -527,7 +572,12 @@ impl RoleBody {
 }
 
 impl EndpointBody {
-    fn validate(self) -> Result<NewEndpoint, ApiError> {
+    fn validate(self, participant: Option<u64>) -> Result<NewEndpoint, ApiError> {
+        if self.audio_level_extension == Some(0) {
+            return Err(ApiError::BadRequest(
+                "audio_level_extension must be an extension id of 1 to 255".into(),
+            ));
+        }
         let (profile, remote_master) = parse_srtp(&self.srtp.profile, &self.srtp.key)?;
         let role = match self.role {
             RoleBody::Publish => Role::Publish,
@@ -611,6 +661,8 @@ impl EndpointBody {
             subscription,
             rtcp_ssrc: self.rtcp_ssrc,
             rtx_payload_types,
+            participant,
+            audio_level_extension: self.audio_level_extension,
         })
     }
 }
@@ -656,7 +708,7 @@ async fn create_endpoint(
         // wants the media: operators only (see the README's security model).
         token.need(Some(&room), Need::OneOf(&[Grant::Admin, Grant::Trunk]))?;
     }
-    let new = body.validate()?;
+    let new = body.validate(token.0.participant())?;
     let name = room.clone();
     let created = blocking(&state, move |s| s.create_endpoint(&room, new)).await?;
     let answer = json!({
@@ -761,7 +813,7 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
     }
     if let Ok(b) = body.json::<EndpointBody>() {
         let _ = b.role.need();
-        let _ = b.validate();
+        let _ = b.validate(None);
     }
     if let Ok(b) = body.json::<SubscribeBody>() {
         let _ = b.into_subscription();

@@ -102,6 +102,16 @@ impl Grant {
     }
 }
 
+/// The router's participant id for a token identity (`sub`): 64-bit
+/// FNV-1a of its UTF-8 bytes, the same on every node and run. A
+/// participant's endpoints share it: their audio is one speaker, and
+/// last-N slots never show them their own media.
+pub fn participant_id(identity: &str) -> u64 {
+    identity.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The claims of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -114,9 +124,22 @@ pub struct Claims {
     /// Not valid before, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Who the token was minted for.
+    /// Who the token was minted for: the participant's identity. Endpoints
+    /// created with it carry [`participant_id`] of it (speaker detection,
+    /// last-N slots without one's own media); without it each endpoint is a
+    /// participant of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+}
+
+impl Claims {
+    /// The participant id of the token's identity, if it names one.
+    pub fn participant(&self) -> Option<u64> {
+        self.sub
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(participant_id)
+    }
 }
 
 /// What a request needs from a token, besides its room. [`Grant::Admin`]

@@ -183,6 +183,26 @@ pub enum NodeEvent {
         /// The stream's SSRC.
         ssrc: u32,
     },
+    /// A room's dominant speaker changed (RFC 6464 audio levels, decided
+    /// every 300 ms at most).
+    DominantSpeaker {
+        /// Its room.
+        room: String,
+        /// An audio publisher of the dominant participant; absent when it
+        /// left and nobody has spoken since.
+        endpoint: Option<String>,
+        /// The participant's id (the hashed token identity, 16 hex digits),
+        /// when its endpoints carry one.
+        participant: Option<String>,
+    },
+    /// The set of a room's participants talking now changed: at most
+    /// eight, most recent first, by one audio publisher each.
+    ActiveSpeakers {
+        /// Its room.
+        room: String,
+        /// Their audio publishers.
+        endpoints: Vec<String>,
+    },
     /// A connected WebRTC endpoint stopped answering ICE consent checks
     /// (RFC 7675); its removal follows as `participant_left`.
     ConsentLost {
@@ -213,7 +233,7 @@ pub enum RoomEndReason {
 
 /// The `type` of each [`NodeEvent`] variant, in declaration order (the
 /// label values of `sfu_events_total`).
-pub const TYPES: [&str; 9] = [
+pub const TYPES: [&str; 11] = [
     "room_started",
     "room_ended",
     "participant_joined",
@@ -223,6 +243,8 @@ pub const TYPES: [&str; 9] = [
     "keyframe_requested",
     "consent_lost",
     "worker_stalled",
+    "dominant_speaker",
+    "active_speakers",
 ];
 
 impl NodeEvent {
@@ -238,6 +260,8 @@ impl NodeEvent {
             Self::KeyframeRequested { .. } => 6,
             Self::ConsentLost { .. } => 7,
             Self::WorkerStalled { .. } => 8,
+            Self::DominantSpeaker { .. } => 9,
+            Self::ActiveSpeakers { .. } => 10,
         }
     }
 
@@ -256,7 +280,9 @@ impl NodeEvent {
             | Self::ParticipantLeft { room, .. }
             | Self::ProducerBound { room, .. }
             | Self::KeyframeRequested { room, .. }
-            | Self::ConsentLost { room, .. } => Some(room),
+            | Self::ConsentLost { room, .. }
+            | Self::DominantSpeaker { room, .. }
+            | Self::ActiveSpeakers { room, .. } => Some(room),
             Self::WorkerStalled { .. } => None,
         }
     }
@@ -775,6 +801,21 @@ mod tests {
                     kind: "audio".into(),
                 },
                 json!({"type": "producer_bound", "room": "r", "endpoint": endpoint, "ssrc": 5, "rid": null, "kind": "audio"}),
+            ),
+            (
+                NodeEvent::DominantSpeaker {
+                    room: room.clone(),
+                    endpoint: Some(endpoint.clone()),
+                    participant: Some("00000000000000aa".into()),
+                },
+                json!({"type": "dominant_speaker", "room": "r", "endpoint": endpoint, "participant": "00000000000000aa"}),
+            ),
+            (
+                NodeEvent::ActiveSpeakers {
+                    room: room.clone(),
+                    endpoints: vec![endpoint.clone()],
+                },
+                json!({"type": "active_speakers", "room": "r", "endpoints": [endpoint]}),
             ),
             (
                 NodeEvent::KeyframeRequested {

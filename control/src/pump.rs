@@ -9,6 +9,8 @@
 //! * `Connected` — marks the endpoint connected in the model (`GET
 //!   /v1/rooms` counts the room's `pending` sessions from it) and publishes
 //!   `participant_connected`;
+//! * `DominantSpeaker`, `ActiveSpeakers` — names the room (and its
+//!   endpoints) and publishes `dominant_speaker` / `active_speakers`;
 //! * `ProducerBound`, `KeyframeRequested`, `ConsentLost` — names the
 //!   endpoint (room and public id) and publishes the matching node event. An event of an endpoint the model no longer knows (deleted
 //!   meanwhile) is dropped.
@@ -90,6 +92,31 @@ pub fn apply(state: &AppState, WorkerEvent { worker, event }: WorkerEvent) {
                 return;
             };
             NodeEvent::ConsentLost { room, endpoint }
+        }
+        Event::DominantSpeaker {
+            room,
+            endpoint,
+            participant,
+        } => {
+            let Some(room) = state.room_name(worker, room) else {
+                return;
+            };
+            NodeEvent::DominantSpeaker {
+                room,
+                endpoint: endpoint.and_then(named).map(|(_, name)| name),
+                participant: participant.map(|p| format!("{p:016x}")),
+            }
+        }
+        Event::ActiveSpeakers { room, speakers } => {
+            let Some(room) = state.room_name(worker, room) else {
+                return;
+            };
+            let endpoints = speakers
+                .as_slice()
+                .iter()
+                .filter_map(|s| named(s.endpoint).map(|(_, name)| name))
+                .collect();
+            NodeEvent::ActiveSpeakers { room, endpoints }
         }
         // A variant added later: nothing maps it yet.
         _ => return,

@@ -213,6 +213,8 @@ pub struct NewWebrtcEndpoint {
     pub subscription: Subscription,
     /// The RTX payload types it receives retransmissions with.
     pub rtx_payload_types: RtxPayloadTypes,
+    /// Its participant ([`crate::auth::participant_id`] of the token's `sub`).
+    pub participant: Option<u64>,
     /// ICE credentials, DTLS role and fingerprint, payload type overrides.
     pub transport: WebrtcTransport,
 }
@@ -277,6 +279,10 @@ pub struct NewEndpoint {
     pub rtcp_ssrc: Option<u32>,
     /// RTX payload types it receives retransmissions with.
     pub rtx_payload_types: RtxPayloadTypes,
+    /// Its participant ([`crate::auth::participant_id`] of the token's `sub`).
+    pub participant: Option<u64>,
+    /// Id of the RFC 6464 audio-level extension in its audio packets.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// What `POST /v1/rooms/{room}/endpoints` answers.
@@ -378,6 +384,16 @@ impl AppState {
     /// blocks on a consumer.
     pub fn publish(&self, event: NodeEvent) {
         self.events.publish(event);
+    }
+
+    /// The name of room `id` of `worker`, if the control plane knows it.
+    pub fn room_name(&self, worker: usize, id: RoomId) -> Option<String> {
+        let model = self.model();
+        model
+            .rooms
+            .iter()
+            .find(|(_, r)| r.worker == worker && r.id == id)
+            .map(|(name, _)| name.clone())
     }
 
     /// The room name and the endpoint id string (as the API and events
@@ -806,6 +822,8 @@ impl AppState {
             rtcp_ssrc: new.rtcp_ssrc,
             rtx_payload_types: new.rtx_payload_types,
             twcc_send_extension: None,
+            participant: new.participant,
+            audio_level_extension: new.audio_level_extension,
         };
         let outcome = self
             .request(
@@ -969,6 +987,8 @@ impl AppState {
             rtcp_ssrc: None,
             rtx_payload_types: new.rtx_payload_types,
             twcc_send_extension: None,
+            participant: new.participant,
+            audio_level_extension: None,
         };
         let outcome = self
             .request(

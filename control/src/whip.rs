@@ -75,6 +75,35 @@
 //! added to it. To receive them, the player makes a new
 //! offer (`POST /whep/{room}` again) and deletes its old session.
 //!
+//! # WHEP last-N slots
+//! `POST /whep/{room}?mode=slots`, or any WHEP offer to a room with no
+//! publisher yet, answers **every** receiving audio/video section as a
+//! slot (`a=sendonly`, its own SSRC, CNAME and msid stream
+//! `sfu-{room}-slotv{n}` / `sfu-{room}-slota{n}`, track `video{n}` /
+//! `audio{n}`), and subscribes with
+//! [`Subscription::Slots`]: the N video slots show the room's pinned
+//! participants, then its most recent speakers, then other publishers in
+//! join order; the M audio slots its loudest talkers. Slots are re-pointed
+//! by the node as speakers change and publishers join or leave, without a
+//! new offer (each switch asks the new publisher for a keyframe; a slot's
+//! SSRC and numbering never change). The token's identity (`sub`, see
+//! [`Claims::participant`]) is the viewer's participant: its own
+//! publishers never fill its slots. Video slots are answered with VP8 (H.264
+//! when the section lacks VP8) and audio with Opus: publishers of another
+//! codec than a slot's are forwarded with the slot's payload type all the
+//! same, so a room mixing video codecs needs the explicit mode. Pinning
+//! and slot counts change with `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions`
+//! and `{"slots": {"video": N, "audio": M, "pinned": [...]}}`; a slot's
+//! layer is capped with the router's `SetMaxLayer` per video slot.
+//!
+//! The WHEP extensions draft's per-session server-sent events (`Link:
+//! rel="urn:ietf:params:whep:ext:core:server-sent-events"`, events
+//! `active`/`layers`) are **not** offered yet: speaker changes are on the
+//! node's `GET /v1/events` stream (`dominant_speaker`, `active_speakers`).
+//!
+//! WHIP publishers' `ssrc-audio-level` extension (RFC 6464), when
+//! negotiated, feeds the room's dominant speaker detection.
+//!
 //! # Not supported
 //! Trickle ICE and ICE restarts: the answer carries the node's only
 //! candidate and `a=end-of-candidates`, no `Accept-Patch` header is sent,
@@ -116,8 +145,8 @@ use rand::Rng as _;
 use rand::distr::{Alphanumeric, SampleString as _};
 use sfu_core::dtls::{DtlsRole, Fingerprint};
 use sfu_core::router::{
-    ConsumerInfo, IceCredentials, MediaKind, RidTrack, Role, RtxPayloadTypes, RtxStream,
-    Subscription, TrackConfig, WebrtcTransport,
+    ConsumerInfo, EndpointId, IceCredentials, MediaKind, RidTrack, Role, RtxPayloadTypes,
+    RtxStream, Subscription, TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
@@ -145,6 +174,13 @@ const RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 /// The header extension that names the layer an RTX packet repairs
 /// (RFC 8852).
 const REPAIRED_RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+
+/// The RFC 6464 client-to-mixer audio level extension.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// The publisher of a last-N slot's placeholder [`Producer`] (no real
+/// endpoint has it: endpoint ids count up from 1).
+const SLOT_PUBLISHER: EndpointId = EndpointId(u64::MAX);
 
 /// The prefix of the CNAME announced for the streams the node sends
 /// (`sfu-{publisher id}`).
@@ -283,6 +319,20 @@ fn authorize(req: &Request, room: &str, need: Need) -> Result<(), WhipError> {
         .map_err(|e| WhipError::Api(ApiError::Auth(e)))
 }
 
+/// The participant id of the request's token identity, if any.
+fn participant(req: &Request) -> Option<u64> {
+    req.extensions()
+        .get::<Claims>()
+        .and_then(Claims::participant)
+}
+
+/// Whether the request asks for last-N slots: `?mode=slots`.
+fn wants_slots(req: &Request) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "mode=slots"))
+}
+
 /// Whether the request's `Content-Type` is `application/sdp` (parameters
 /// allowed, case-insensitive).
 fn is_sdp(headers: &HeaderMap) -> bool {
@@ -377,6 +427,7 @@ impl Local {
             twcc_extension: None,
             repaired_rid_extension: None,
             twcc_send_extension: None,
+            audio_level_extension: None,
         }
     }
 }
@@ -413,6 +464,7 @@ async fn whip_post(
     req: Request,
 ) -> Result<Response, WhipError> {
     let room = path(room)?;
+    let participant = participant(&req);
     let offer = read_offer(req, &room, Need::All(&[Grant::Publish])).await?;
     let remote = remote_fingerprint(&offer)?;
     let local = Local::new(&offer, &state);
@@ -420,7 +472,11 @@ async fn whip_post(
     let (id, sdp) = blocking(&state, move |s| {
         s.create_webrtc_endpoint(
             &room,
-            |ctx| plan_publish(&offer, &local, remote, ctx),
+            |ctx| {
+                let (mut new, sdp) = plan_publish(&offer, &local, remote, ctx)?;
+                new.participant = participant;
+                Ok::<_, WhipError>((new, sdp))
+            },
             |sdp, _| Ok(sdp),
         )
     })
@@ -533,6 +589,14 @@ fn plan_publish(
         .flat_map(|n| &n.extmap)
         .find(|(_, uri)| uri == sdp::TRANSPORT_WIDE_CC_URI)
         .map(|&(id, _)| id);
+    // The audio level of its audio sections (one id per transport, as above).
+    transport.audio_level_extension = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted && n.kind == MediaKind::Audio)
+        .flat_map(|n| &n.extmap)
+        .find(|(_, uri)| uri == AUDIO_LEVEL_URI)
+        .map(|&(id, _)| id);
     let new = NewWebrtcEndpoint {
         session: Session::Whip,
         role: Role::Publish,
@@ -540,6 +604,7 @@ fn plan_publish(
         rid_codecs,
         subscription: Subscription::default(),
         rtx_payload_types: RtxPayloadTypes::default(),
+        participant: None,
         transport,
     };
     Ok((new, answer.sdp))
@@ -564,6 +629,8 @@ async fn whep_post(
     req: Request,
 ) -> Result<Response, WhipError> {
     let room = path(room)?;
+    let participant = participant(&req);
+    let slots = wants_slots(&req);
     let offer = read_offer(req, &room, Need::All(&[Grant::Subscribe])).await?;
     let remote = remote_fingerprint(&offer)?;
     let local = Local::new(&offer, &state);
@@ -571,7 +638,12 @@ async fn whep_post(
     let (id, sdp) = blocking(&state, move |s| {
         s.create_webrtc_endpoint(
             &room,
-            |ctx| plan_subscribe(offer, local, remote, &room, ctx),
+            |ctx| {
+                let slots = slots || ctx.producers.is_empty();
+                let (mut new, plan) = plan_subscribe(offer, local, remote, &room, ctx, slots)?;
+                new.participant = participant;
+                Ok::<_, WhipError>((new, plan))
+            },
             finish_subscribe,
         )
     })
@@ -692,9 +764,52 @@ fn rtx_payload_type(answer: &sdp::Answer, kind: MediaKind) -> Result<Option<u8>,
     Ok(first)
 }
 
+/// Last-N slots for every receiving section of the offer: video slots
+/// with VP8 (or H.264 when the section lacks VP8), audio slots with Opus;
+/// placeholder producers ([`SLOT_PUBLISHER`]) carry the kind and codec.
+fn assign_slots(offer: &Offer) -> Vec<Option<Producer>> {
+    offer
+        .media
+        .iter()
+        .filter_map(|section| Some((section, section.kind.media_kind()?)))
+        .map(|(section, kind)| {
+            if section.is_disabled() || !section.direction.receives() {
+                return None;
+            }
+            let choices: &[CodecChoice] = match kind {
+                MediaKind::Video => &[CodecChoice::Vp8, CodecChoice::H264],
+                MediaKind::Audio => &[CodecChoice::Opus],
+            };
+            let codec = choices.iter().copied().find(|&c| offers(section, c))?;
+            Some(Producer {
+                publisher: SLOT_PUBLISHER,
+                kind,
+                ssrc: 0,
+                codec,
+            })
+        })
+        .collect()
+}
+
 /// The stream slot `slot` of a subscriber sends for producer `p`: CNAME
-/// and msid stream per publisher, track per (kind, slot).
+/// and msid stream per publisher, track per (kind, slot); for a last-N
+/// slot, CNAME and msid stream `sfu-{room}-slot{n}` per slot (`n` counts
+/// video slots first, then audio ones, as the consumers do).
 fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32, rtx_ssrc: Option<u32>) -> OutStream {
+    if p.publisher == SLOT_PUBLISHER {
+        let n = match p.kind {
+            MediaKind::Video => format!("v{slot}"),
+            MediaKind::Audio => format!("a{slot}"),
+        };
+        return OutStream {
+            ssrc,
+            cname: format!("{CNAME}-{room}-slot{n}"),
+            stream_id: format!("sfu-{room}-slot{n}"),
+            track_id: format!("{}{slot}", p.kind.as_str()),
+            codec: p.codec,
+            rtx_ssrc,
+        };
+    }
     let publisher = format!("{:016x}", p.publisher.0);
     OutStream {
         ssrc,
@@ -712,8 +827,13 @@ fn plan_subscribe(
     remote: Fingerprint,
     room: &str,
     ctx: &RoomContext,
+    slots_mode: bool,
 ) -> Result<(NewWebrtcEndpoint, SubscribePlan), WhipError> {
-    let assigned = assign(&offer, &ctx.producers);
+    let assigned = if slots_mode {
+        assign_slots(&offer)
+    } else {
+        assign(&offer, &ctx.producers)
+    };
     let (mut video, mut audio) = (Vec::new(), Vec::new());
     let mut slots = Vec::with_capacity(assigned.len());
     let mut provisional = Vec::with_capacity(assigned.len());
@@ -771,8 +891,20 @@ fn plan_subscribe(
         role: Role::Subscribe,
         tracks: Vec::new(),
         rid_codecs: Vec::new(),
-        subscription: Subscription::Explicit { video, audio },
+        subscription: if slots_mode {
+            // The consumers' numbering is video slots, then audio slots.
+            let count = |l: &Vec<u32>| u16::try_from(l.len()).unwrap_or(u16::MAX);
+            Subscription::Slots {
+                video: count(&video),
+                audio: count(&audio),
+                pinned: Vec::new(),
+                exclude: None,
+            }
+        } else {
+            Subscription::Explicit { video, audio }
+        },
         rtx_payload_types,
+        participant: None,
         transport,
     };
     let plan = SubscribePlan {

@@ -159,6 +159,8 @@ impl Harness {
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
+                participant: None,
+                audio_level_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(2),
@@ -173,6 +175,8 @@ impl Harness {
                 rtcp_ssrc: Some(SUB_ALL_RTCP_SSRC),
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
+                participant: None,
+                audio_level_extension: None,
             },
             EndpointConfig {
                 id: EndpointId(3),
@@ -190,6 +194,8 @@ impl Harness {
                 rtcp_ssrc: None,
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
+                participant: None,
+                audio_level_extension: None,
             },
         ];
         let peers = configs.map(|cfg| {

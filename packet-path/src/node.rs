@@ -150,6 +150,7 @@ pub struct WorkerStats {
 }
 
 impl Default for WorkerStats {
+    // By hand: `Default` is derived for arrays of at most 32 elements.
     fn default() -> Self {
         Self {
             counters: [0; Counter::COUNT],

@@ -64,6 +64,8 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
+        participant: None,
+        audio_level_extension: None,
     })))
     .unwrap();
 }

@@ -247,6 +247,8 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
+            participant: None,
+            audio_level_extension: None,
         }),
         Box::new(WebrtcTransport {
             ice: ice(id),
@@ -257,6 +259,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             rid_tracks: Vec::new(),
             rid_extension: None,
             twcc_extension: Some(TWCC_EXT),
+            audio_level_extension: None,
             repaired_rid_extension: None,
             twcc_send_extension: None,
         }),

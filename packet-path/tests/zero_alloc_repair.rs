@@ -110,6 +110,8 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         // Subscribers get numbered copies (the egress estimate's send
         // history runs on every copy).
         twcc_send_extension: (role != Role::Publish).then_some(5),
+        participant: None,
+        audio_level_extension: None,
         rtx_payload_types,
     }))
 }

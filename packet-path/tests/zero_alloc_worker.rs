@@ -66,6 +66,8 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
+        participant: None,
+        audio_level_extension: None,
     }))
 }
 

@@ -309,6 +309,17 @@ impl SpeakerDetector {
         self.select(out, None, |s| (s.stamp > 0).then_some(s.recency()))
     }
 
+    /// Writes the speakers talking at the latest decision (the dominant
+    /// speaker, and those who spoke in at least [`RECENT_MIN_BLOCKS`] of
+    /// the last ten blocks), most recent first, into `out`; returns how
+    /// many it wrote.
+    pub fn speaking(&self, out: &mut [u64]) -> usize {
+        let latest = self.decisions;
+        self.select(out, None, |s| {
+            (s.stamp > 0 && s.stamp / 16 == latest).then_some(s.recency())
+        })
+    }
+
     /// Writes every speaker but `exclude`, most recent speaker first and
     /// those who never spoke last in join order, into `out` (the viewer's
     /// video slots); returns how many it wrote.
@@ -890,6 +901,8 @@ mod tests {
         assert_eq!(two, [3, 1]);
         let n = sim.d.active(&mut out);
         assert_eq!(out[..n], [3, 2, 1]);
+        let n = sim.d.speaking(&mut out);
+        assert_eq!(out[..n], [3], "only the one talking now");
 
         // 1 loud, 2 quieter, 3 and 4 at their floor.
         sim.run(400, |id, _| {

@@ -87,6 +87,9 @@ pub(crate) struct Egress {
     pub(super) probe: Option<Probe>,
     probes: u16,
     last_probe: Option<Instant>,
+    /// Whether an allocation has run: from then on the estimate, not the
+    /// layers' bitrates alone, picks the consumers' layers.
+    pub(super) allocated: bool,
     /// The current wait between probes, and the rate the last one probed.
     probe_gap: Duration,
     probed_bps: u64,
@@ -104,6 +107,7 @@ impl Egress {
             last_probe: None,
             probe_gap: PROBE_GAP,
             probed_bps: 0,
+            allocated: false,
         }
     }
 
@@ -247,6 +251,7 @@ impl Router {
             return;
         };
         let result = alloc::allocate(estimate, reqs, outs);
+        egress.allocated = true;
         stats.inc(super::Counter::Allocations);
         if estimate >= egress.probed_bps {
             // The last probe found what it looked for (or none was sent).

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::stats::{Counter, RemovalReason, RouterStats};
-use super::{EndpointId, MediaKind};
+use super::{EndpointId, MediaKind, RoomId, SpeakerList};
 use crate::srtp::Profile;
 
 /// Events the queue holds before it drops new ones.
@@ -56,6 +56,27 @@ pub enum Event {
         endpoint: EndpointId,
         /// Why.
         reason: RemovalReason,
+    },
+    /// A room's dominant speaker changed (decided on its audio levels,
+    /// every [`DECISION_INTERVAL`](crate::speaker::DECISION_INTERVAL) at most).
+    DominantSpeaker {
+        /// The room.
+        room: RoomId,
+        /// An audio publisher of the dominant participant; `None` when the
+        /// dominant speaker left and nobody has spoken since.
+        endpoint: Option<EndpointId>,
+        /// Its participant, when its endpoints carry one.
+        participant: Option<u64>,
+    },
+    /// The set of a room's participants talking now changed (the dominant
+    /// speaker and those who spoke in at least three of the last ten
+    /// ~100 ms blocks), at most [`ACTIVE_SPEAKERS`](super::ACTIVE_SPEAKERS),
+    /// most recent first, by one audio publisher each.
+    ActiveSpeakers {
+        /// The room.
+        room: RoomId,
+        /// Who is talking.
+        speakers: SpeakerList,
     },
     /// The router sent a keyframe request (PLI) to a publisher.
     KeyframeRequested {

@@ -40,6 +40,8 @@
 //! * [`reports`] — sender reports translated per consumer, receiver
 //!   reports to publishers, subscribers' receiver reports (loss, jitter,
 //!   RTT).
+//! * `speakers` — audio levels, dominant speaker events and last-N slots
+//!   ([`Subscription::Slots`]); see "Speakers and slots" below.
 //!
 //! # Addresses
 //! An endpoint's remote address is either given by the control plane, set
@@ -59,6 +61,44 @@
 //! publisher's stream asks for a keyframe only when its NACKs have failed
 //! ([`repair`]).
 //!
+//! # Speakers and slots
+//! Each room with an audio publisher runs a
+//! [`SpeakerDetector`](crate::speaker::SpeakerDetector) (capacity
+//! [`RouterConfig::max_endpoints_per_room`], created with the room's first
+//! audio producer, dropped with its last), one speaker per participant
+//! ([`EndpointConfig::participant`], or the endpoint id without one). An
+//! authentic audio packet of an endpoint that declared the RFC 6464
+//! extension ([`EndpointConfig::audio_level_extension`],
+//! [`WebrtcTransport::audio_level_extension`]) feeds its level to the
+//! detector before the fan-out: one extension lookup, two hash lookups, no
+//! allocation. A packet without a readable level is forwarded as usual and
+//! counted ([`Counter::AudioLevelsMissing`]).
+//!
+//! Decisions are taken on input, not on a timer: the same audio packet
+//! runs the room's decision when it is due (every
+//! [`DECISION_INTERVAL`](crate::speaker::DECISION_INTERVAL)). A room whose
+//! audio has stopped needs no decision (nobody can take over), so
+//! [`Router::poll_timeout`] and [`Router::handle_timeout`] know nothing of
+//! speakers. A decision that changes the dominant speaker or the set of
+//! speakers talking publishes [`Event::DominantSpeaker`] /
+//! [`Event::ActiveSpeakers`] (bounded, fixed-size, on change only) and
+//! re-evaluates the room's [`Subscription::Slots`] subscribers: that
+//! re-pointing builds per-subscriber lists, so it allocates (O(publishers)
+//! per `Slots` subscriber), at most once per decision interval per room;
+//! decisions without a change allocate nothing.
+//!
+//! A `Slots` subscriber's video slots hold its pinned participants, then
+//! the most recent speakers, then the other video publishers in join
+//! order; its audio slots the loudest speakers, then the most recent, then
+//! the others. A slot keeps its occupant while it stays in the
+//! subscriber's top N (only evicted slots are refilled, as
+//! [`LastN`](crate::speaker::LastN) does), its SSRC and numbering never
+//! change, and a video slot that changes source asks the new publisher for
+//! a keyframe. Slots are re-evaluated on every decision that changed
+//! something, on every join or leave of a publisher and on the command;
+//! the subscriber's own participant (and
+//! [`Subscription::Slots::exclude`]) never fills them.
+//!
 //! # Session lifecycle
 //! A WebRTC endpoint that does not complete ICE + DTLS within
 //! [`RouterConfig::pending_webrtc_timeout`], that loses ICE consent for
@@ -77,6 +117,7 @@ pub mod repair;
 pub mod reports;
 mod routing;
 pub mod seq;
+mod speakers;
 pub mod stats;
 mod transport;
 pub mod webrtc;
@@ -93,6 +134,8 @@ use crate::wire::{self, DatagramKind};
 use event::EventQueue;
 pub use event::{EVENT_QUEUE, Event};
 use routing::{Consumer, Producer, Room};
+use speakers::RoomSpeakers;
+pub use speakers::{ACTIVE_SPEAKERS, ActiveSpeaker, SpeakerList};
 pub use stats::{Counter, DropReason, RemovalReason, RouterStats};
 use transport::{Timers, Transport};
 pub use webrtc::{CONSENT_TIMEOUT, IceCredentials, RidTrack, WebrtcTransport};
@@ -227,6 +270,23 @@ pub enum Subscription {
         /// Producer SSRCs for the audio slots.
         audio: Vec<u32>,
     },
+    /// Last-N: `video` video slots and `audio` audio slots filled by the
+    /// room's speakers (see the module's "Speakers and slots"), re-pointed
+    /// as they change; slot `i` of a kind keeps its output SSRC and
+    /// continuous numbering. `video + audio` and `pinned.len()` are at most
+    /// [`RouterConfig::max_consumers_per_endpoint`]. Consumers are video
+    /// slots `0..video`, then audio slots.
+    Slots {
+        /// Video slots.
+        video: u16,
+        /// Audio slots.
+        audio: u16,
+        /// Participants (ids as in [`EndpointConfig::participant`], or
+        /// endpoint ids of endpoints without one) whose video comes first.
+        pinned: Vec<u64>,
+        /// A participant never shown, besides the subscriber's own.
+        exclude: Option<u64>,
+    },
 }
 
 /// An endpoint to add to a room.
@@ -262,6 +322,15 @@ pub struct EndpointConfig {
     /// ([`egress`]). For a WebRTC endpoint its transport's
     /// `twcc_send_extension` is used instead.
     pub twcc_send_extension: Option<u8>,
+    /// The participant it belongs to (the control plane hashes the token's
+    /// identity): its audio is one speaker with the participant's other
+    /// endpoints, and [`Subscription::Slots`] never shows it its own media.
+    /// `None`: the endpoint is a participant of its own, keyed by its id.
+    pub participant: Option<u64>,
+    /// The id of the RFC 6464 `ssrc-audio-level` extension in its audio
+    /// packets, for dominant speaker detection. WebRTC endpoints take it
+    /// from [`WebrtcTransport::audio_level_extension`] when this is `None`.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// A consumer as the control plane reports it.
@@ -492,6 +561,10 @@ struct Endpoint {
     tracks: Vec<TrackConfig>,
     rtcp_ssrc: Option<u32>,
     rtx_payload_types: RtxPayloadTypes,
+    /// Its participant (see [`EndpointConfig::participant`]).
+    participant: Option<u64>,
+    /// Its audio-level extension id.
+    audio_level_extension: Option<u8>,
     /// Round-trip time from the endpoint's receiver reports.
     rtt: Option<Duration>,
     subscription: Subscription,
@@ -524,6 +597,11 @@ pub struct Router {
     /// takes them ([`Command::TakeRemoved`]).
     removed: Vec<(EndpointId, RemovalReason)>,
     events: EventQueue,
+    /// Speaker detection of the rooms with audio publishers.
+    speakers: HashMap<RoomId, RoomSpeakers>,
+    /// The latest time handed in by a command or an audio packet, for
+    /// re-pointing slots after a removal (which takes no time).
+    clock: Option<Instant>,
     timers: Timers,
     next_generation: u32,
     stats: RouterStats,
@@ -547,6 +625,8 @@ impl Router {
             twcc_scratch: Vec::with_capacity(twcc::MAX_STATUSES),
             removed: Vec::new(),
             events: EventQueue::new(),
+            speakers: HashMap::new(),
+            clock: None,
             // One armed entry per endpoint plus superseded ones, compacted
             // in place when full.
             timers: Timers::new(config.max_endpoints.saturating_mul(4).saturating_add(64)),
@@ -584,6 +664,7 @@ impl Router {
 
     /// Applies a control command. A refused command changes nothing.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, RouterError> {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
         match cmd {
             Command::CreateRoom(room) => {
                 if self.rooms.contains_key(&room) {
@@ -772,5 +853,7 @@ mod tests_hostile;
 mod tests_repair;
 #[cfg(test)]
 mod tests_simulcast;
+#[cfg(test)]
+mod tests_speakers;
 #[cfg(test)]
 mod tests_webrtc;

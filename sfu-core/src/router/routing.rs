@@ -156,8 +156,8 @@ pub(super) struct Producer {
     /// which holds the track's layers and fan-out (its own SSRC for a
     /// track's first or only layer).
     pub(super) group: u32,
-    /// The track's layers (ascending quality, this one first); on the
-    /// first layer only.
+    /// The track's layers in ascending quality (declaration order, which
+    /// measured bitrates override); on the track's first bound layer only.
     layers: Vec<u32>,
     /// The track's consumers (on the first layer only): every layer's
     /// packets walk it, and each consumer takes the layer it forwards.
@@ -200,6 +200,7 @@ impl Router {
             return Err(DropReason::UnknownSource);
         };
         let (ep_slot, media_pt) = (producer.endpoint, producer.payload_type);
+        let audio = producer.kind == MediaKind::Audio;
         let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
             return Err(DropReason::UnknownSource);
         };
@@ -246,6 +247,11 @@ impl Router {
         self.stats.inc(Counter::RtpIn);
         if rearm {
             self.schedule(ep_slot, now);
+        }
+        if audio && !is_rtx {
+            // Its level for speaker detection; may re-point slots (before
+            // the fan-out below, which then follows the new lists).
+            self.record_audio_level(ep_slot, &packet, now);
         }
         let in_seq = packet.sequence_number();
         let in_ts = packet.timestamp();
@@ -435,7 +441,7 @@ impl Router {
             else {
                 continue;
             };
-            if sub.transport.egress.is_some() {
+            if sub.transport.egress.as_ref().is_some_and(|e| e.allocated) {
                 // Its estimate chooses its layers ([`super::egress`]).
                 continue;
             }
@@ -863,8 +869,7 @@ impl Router {
             .rid_tracks
             .iter()
             .filter(|r| r.track.group == group && r.ssrc != Some(ssrc))
-            .find_map(|r| r.ssrc)
-            .filter(|first| self.producers.get(first).is_some_and(|p| p.group == *first));
+            .find_map(|r| r.ssrc.and_then(|s| self.producers.get(&s)).map(|p| p.group));
         let track = TrackConfig {
             kind,
             ssrc,
@@ -883,11 +888,36 @@ impl Router {
             kind: track.kind,
         };
         self.add_producer(slot, track, now);
+        if let Some(first) = layer_of {
+            self.order_rid_layers(slot, first);
+        }
         self.stats.inc(Counter::SimulcastLayersBound);
         self.events.push(event, &mut self.stats);
         self.producers_added(slot, room, &[track], now);
         self.schedule(slot, now);
         Ok(())
+    }
+
+    /// Puts the bound layers of the rid track whose first bound layer is
+    /// `key` in the order the endpoint declared its rids (ascending
+    /// quality, as browsers list them), whatever order they bound in.
+    fn order_rid_layers(&mut self, slot: u32, key: u32) {
+        let Some(Some(ep)) = self.endpoints.get(slot as usize) else {
+            return;
+        };
+        let Some(w) = ep.transport.webrtc.as_deref() else {
+            return;
+        };
+        let Some(g) = self.producers.get_mut(&key) else {
+            return;
+        };
+        let rank = |ssrc: u32| {
+            w.rid_tracks
+                .iter()
+                .position(|r| r.ssrc == Some(ssrc))
+                .unwrap_or(usize::MAX)
+        };
+        g.layers.sort_by_key(|&l| rank(l));
     }
 
     /// Makes `track` of the endpoint in `slot` a producer (no consumers
@@ -934,6 +964,9 @@ impl Router {
                 reception: ReceptionStats::new(track.kind.clock_rate(), now),
             },
         );
+        if track.kind == MediaKind::Audio && group == track.ssrc {
+            self.speaker_added(slot, now);
+        }
     }
 
     /// New producers `tracks` of the endpoint in `publisher`: each other
@@ -987,6 +1020,7 @@ impl Router {
                 self.offer_producers(slot, tracks, now);
             }
         }
+        self.refresh_slots(room, now);
     }
 
     /// Attaches what the subscriber in `slot` wants of `tracks` (new
@@ -1150,6 +1184,9 @@ impl Router {
         let twcc_send = transport
             .as_ref()
             .map_or(cfg.twcc_send_extension, |t| t.twcc_send_extension);
+        let audio_level_extension = cfg
+            .audio_level_extension
+            .or(transport.as_ref().and_then(|t| t.audio_level_extension));
         let webrtc = match transport {
             Some(t) => {
                 let cert = self
@@ -1188,6 +1225,8 @@ impl Router {
             tracks: cfg.tracks,
             rtcp_ssrc: cfg.rtcp_ssrc,
             rtx_payload_types: cfg.rtx_payload_types,
+            participant: cfg.participant,
+            audio_level_extension,
             rtt: None,
             subscription: cfg.subscription,
             consumers: Vec::new(),
@@ -1312,6 +1351,7 @@ impl Router {
             room.endpoints.retain(|&s| s != slot);
         }
         self.free.push(slot);
+        self.speaker_left(&ep);
         Ok(())
     }
 
@@ -1333,7 +1373,7 @@ impl Router {
                 return Err(RouterError::TooMany("slots per kind"));
             }
         }
-        Ok(())
+        self.check_slots(sub)
     }
 
     /// Brings an endpoint's consumers in line with its subscription and the
@@ -1385,6 +1425,10 @@ impl Router {
                     }
                 }
             }
+            Subscription::Slots { .. } => {
+                let ranking = self.ranking(ep.room, std::slice::from_ref(&slot));
+                wanted = self.slots_wanted(slot, &ranking);
+            }
         }
         if wanted.len() > self.config.max_consumers_per_endpoint {
             // Only `All` can get here (explicit lists are checked): the
@@ -1401,7 +1445,12 @@ impl Router {
     /// room, gets the same answer as one not published yet: an unattached
     /// slot (nothing tells the two apart), which attaches if a producer with
     /// that SSRC appears in the endpoint's own room.
-    fn apply_consumers(&mut self, slot: u32, wanted: &[(MediaKind, Option<u32>)], now: Instant) {
+    pub(super) fn apply_consumers(
+        &mut self,
+        slot: u32,
+        wanted: &[(MediaKind, Option<u32>)],
+        now: Instant,
+    ) {
         let Self {
             endpoints,
             producers,

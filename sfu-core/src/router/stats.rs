@@ -101,6 +101,24 @@ counter_table! {
         /// Events lost because the control plane did not take them in time
         /// (the router's event queue is bounded).
         EventsDropped => "router_events_dropped", "Router events (connected, removed, ...) lost because the event queue was full.";
+        /// Audio levels (RFC 6464) fed to rooms' speaker detection.
+        AudioLevels => "audio_levels", "Audio levels (RFC 6464) the worker fed to dominant speaker detection.";
+        /// Audio packets of an endpoint that declared the audio-level
+        /// extension without a readable level (absent, empty), or with a
+        /// level older than the speaker's last: forwarded, not scored.
+        AudioLevelsMissing => "audio_levels_missing", "Audio packets whose audio level was absent, malformed or late (forwarded, not scored).";
+        /// Audio publishers left out of speaker detection (the room's
+        /// detector was full).
+        SpeakersOverCapacity => "speakers_over_capacity", "Audio publishers left out of dominant speaker detection because the room's detector was full.";
+        /// Dominant speaker decisions taken.
+        SpeakerDecisions => "speaker_decisions", "Dominant speaker decisions the worker took.";
+        /// Changes of a room's dominant speaker.
+        DominantSpeakerChanges => "dominant_speaker_changes", "Changes of a room's dominant speaker.";
+        /// Changes of the set of participants talking in a room.
+        ActiveSpeakerChanges => "active_speaker_changes", "Changes of the set of participants talking in a room.";
+        /// Last-N slots re-pointed to another source by a speaker change
+        /// or a publisher's join or leave.
+        SlotSwitches => "slot_switches", "Last-N slots the worker re-pointed to another source (speaker change, join, leave).";
         /// Generic NACK packets received from subscribers.
         NackIn => "nack_in", "Generic NACK packets the worker received from subscribers.";
         /// Sequence numbers subscribers NACKed.
@@ -274,6 +292,7 @@ pub struct RouterStats {
 }
 
 impl Default for RouterStats {
+    // By hand: `Default` is derived for arrays of at most 32 elements.
     fn default() -> Self {
         Self {
             counters: [0; Counter::COUNT],

@@ -123,6 +123,8 @@ pub(super) fn endpoint(
         rtcp_ssrc: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
+        participant: None,
+        audio_level_extension: None,
     }))
 }
 

@@ -54,6 +54,8 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
                 audio: None,
             },
             twcc_send_extension: twcc,
+            participant: None,
+            audio_level_extension: None,
         };
     router
         .handle_command(

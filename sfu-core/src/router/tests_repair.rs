@@ -75,6 +75,8 @@ fn setup() -> Setup {
                 rtcp_ssrc: None,
                 rtx_payload_types: RtxPayloadTypes::default(),
                 twcc_send_extension: None,
+                participant: None,
+                audio_level_extension: None,
             })),
         )
         .unwrap();
@@ -99,6 +101,8 @@ fn setup() -> Setup {
                         audio: None,
                     },
                     twcc_send_extension: None,
+                    participant: None,
+                    audio_level_extension: None,
                 })),
             )
             .unwrap(),

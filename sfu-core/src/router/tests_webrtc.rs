@@ -68,6 +68,8 @@ fn simulcast_endpoint(
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
+            participant: None,
+            audio_level_extension: None,
         }),
         Box::new(WebrtcTransport {
             ice: IceCredentials {
@@ -83,6 +85,7 @@ fn simulcast_endpoint(
             rid_tracks,
             rid_extension,
             twcc_extension: None,
+            audio_level_extension: None,
             repaired_rid_extension: None,
             twcc_send_extension: None,
         }),
@@ -1000,6 +1003,8 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
             rtcp_ssrc: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
+            participant: None,
+            audio_level_extension: None,
         }))
     };
     let all = f

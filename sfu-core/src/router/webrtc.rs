@@ -117,6 +117,10 @@ pub struct WebrtcTransport {
     /// answer negotiated it: the router then records each authentic
     /// packet's arrival and sends transport-cc feedback.
     pub twcc_extension: Option<u8>,
+    /// The peer's extension id for `urn:ietf:params:rtp-hdrext:ssrc-audio-level`
+    /// (RFC 6464) in its audio, when the answer negotiated it: the levels
+    /// feed the room's dominant speaker detection.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// A simulcast layer announced by `a=rid` without an SSRC.
