@@ -7,7 +7,7 @@
 //
 //   node browser-test/run.mjs --base http://127.0.0.1:7880 --room demo \
 //        --publish-token "$PUB" --subscribe-token "$SUB" [--duration 10] \
-//        [--allow-freeze]
+//        [--allow-freeze] [--simulcast]
 //
 // Every option may also come from the environment: SFU_BASE, SFU_ROOM,
 // SFU_PUBLISH_TOKEN, SFU_SUBSCRIBE_TOKEN, SFU_DURATION (seconds),
@@ -19,6 +19,15 @@
 //                     (frozenSeconds, firstFrameMs null) but is no error, so
 //                     the run completes with its figures; every other check
 //                     still applies.
+// --simulcast         the publisher sends its camera as three simulcast
+//                     layers (rids q, h, f: 1/4, 1/2 and full resolution, at
+//                     most 150, 500 and 1500 kbit/s); control/tests/
+//                     browser_simulcast.rs runs it.
+//
+// Progress on stderr, one line each, for a caller that acts during the
+// window (browser_simulcast.rs):
+//   run.mjs: subscribed <WHEP resource URL>
+//   run.mjs: first-frame <Date.now() of the viewer's first decoded frame>
 //
 // Other modes:
 //   --dump-offers DIR   write the publisher's (WHIP) and the subscriber's
@@ -50,6 +59,15 @@
 //              keyFramesEncoded, qualityLimitationReason}
 //   whipAnswer, whepAnswer   {feedback: the answer's rtcp-fb values, rtx:
 //                            whether it accepted RTX}
+// Per second of the window (one entry per sample):
+//   sampleAtMs               Date.now() when the sample was taken
+//   frameWidthPerSecond, frameHeightPerSecond
+//                            the viewer's inbound video frame size then
+//   videoKbpsPerSecond       the viewer's inbound video bytesReceived delta,
+//                            in kbit/s
+//   publisherLayersPerSecond {rid: "WxH kbit/s"} of each outbound video
+//                            stream of the publisher (rid "" without
+//                            simulcast); publisher.layers has their totals
 // Exit status: 0 when every check passed, 1 when a check failed, 2 when the
 // harness itself could not run (bad arguments, no Chromium, no playwright-core).
 //
@@ -135,7 +153,7 @@ function iceGatheringComplete(pc, ms) {
 
 // Creates this page's peer connection and offer; returns the offer SDP once
 // ICE gathering is complete (non-trickle; capped at 3 s).
-async function makeOffer(role) {
+async function makeOffer(role, simulcast) {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   window.pc = pc;
   if (role === 'publish') {
@@ -144,7 +162,15 @@ async function makeOffer(role) {
       video: { width: 640, height: 480, frameRate: 30 },
     });
     for (const track of stream.getTracks()) {
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const init = { direction: 'sendonly', streams: [stream] };
+      if (simulcast && track.kind === 'video') {
+        init.sendEncodings = [
+          { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+          { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+          { rid: 'f', maxBitrate: 1500000 },
+        ];
+      }
+      pc.addTransceiver(track, init);
     }
   } else {
     pc.addTransceiver('audio', { direction: 'recvonly' });
@@ -231,13 +257,13 @@ function waitConnected(ms) {
 
 // The figures the harness needs from getStats(), flattened.
 async function sample() {
-  const out = { video: null, audio: null, outVideo: null, outAudio: null, transport: null, pair: null, codecs: {} };
+  const out = { video: null, audio: null, outVideo: null, outVideos: [], outAudio: null, transport: null, pair: null, codecs: {} };
   const report = await window.pc.getStats();
   for (const s of report.values()) {
     if (s.type === 'inbound-rtp' && s.kind === 'video') {
       out.video = { framesDecoded: s.framesDecoded || 0, framesReceived: s.framesReceived || 0,
         packetsReceived: s.packetsReceived || 0, packetsLost: s.packetsLost || 0,
-        frameWidth: s.frameWidth, frameHeight: s.frameHeight, freezeCount: s.freezeCount,
+        bytesReceived: s.bytesReceived || 0, frameWidth: s.frameWidth, frameHeight: s.frameHeight, freezeCount: s.freezeCount,
         keyFramesDecoded: s.keyFramesDecoded, pliCount: s.pliCount, nackCount: s.nackCount,
         firCount: s.firCount, totalFreezesDuration: s.totalFreezesDuration, framesDropped: s.framesDropped,
         retransmittedPacketsReceived: s.retransmittedPacketsReceived,
@@ -254,7 +280,8 @@ async function sample() {
         frameWidth: s.frameWidth, frameHeight: s.frameHeight,
         nackCount: s.nackCount, pliCount: s.pliCount, firCount: s.firCount,
         retransmittedPacketsSent: s.retransmittedPacketsSent, retransmittedBytesSent: s.retransmittedBytesSent,
-        keyFramesEncoded: s.keyFramesEncoded };
+        keyFramesEncoded: s.keyFramesEncoded, rid: s.rid ?? '' };
+      out.outVideos.push(out.outVideo);
     } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
       out.outAudio = { packetsSent: s.packetsSent || 0, codecId: s.codecId };
     } else if (s.type === 'transport') {
@@ -263,6 +290,12 @@ async function sample() {
     } else if (s.type === 'codec') {
       out.codecs[s.id] = s.mimeType;
     }
+  }
+  // With simulcast: the full-resolution layer stands for the publisher's
+  // video, and bytesSent totals all layers.
+  if (out.outVideos.length > 1) {
+    const top = out.outVideos.reduce((a, b) => ((b.frameWidth ?? 0) > (a.frameWidth ?? 0) ? b : a));
+    out.outVideo = { ...top, bytesSent: out.outVideos.reduce((n, v) => n + v.bytesSent, 0) };
   }
   if (out.transport && out.transport.selectedCandidatePairId) {
     const pair = report.get(out.transport.selectedCandidatePairId);
@@ -284,7 +317,7 @@ async function sample() {
 
 function usage(message) {
   process.stderr.write(`run.mjs: ${message}\n`
-    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S] [--allow-freeze]\n'
+    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S] [--allow-freeze] [--simulcast]\n'
     + '       node run.mjs --dump-offers DIR\n'
     + '       node run.mjs --loopback [--duration S]\n');
   process.exit(EXIT_HARNESS);
@@ -303,6 +336,7 @@ function options() {
         'dump-offers': { type: 'string' },
         loopback: { type: 'boolean' },
         'allow-freeze': { type: 'boolean' },
+        simulcast: { type: 'boolean' },
       },
     }).values;
   } catch (e) {
@@ -318,6 +352,7 @@ function options() {
     dumpOffers: parsed['dump-offers'],
     loopback: parsed.loopback ?? false,
     allowFreeze: parsed['allow-freeze'] ?? env.SFU_ALLOW_FREEZE === '1',
+    simulcast: parsed.simulcast ?? false,
     chromium: env.CHROMIUM ?? '/usr/bin/chromium',
   };
   if (!Number.isInteger(o.duration) || o.duration < 1 || o.duration > 600) {
@@ -363,7 +398,13 @@ async function launch(o) {
   } catch (e) {
     throw new HarnessError(`playwright-core is not installed (${e.message}): run \`bash .ci/test\` (it runs npm ci in browser-test/)`);
   }
-  return chromium.launch({ executablePath: o.chromium, args: CHROMIUM_ARGS, timeout: 30_000 });
+  // libwebrtc sends at most two simulcast layers of a 640x480 source (its
+  // legacy layer limit by resolution: the third, `f`, stays at 0 bytes);
+  // this field trial lets it send the three layers asked for.
+  const args = o.simulcast
+    ? [...CHROMIUM_ARGS, '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/']
+    : CHROMIUM_ARGS;
+  return chromium.launch({ executablePath: o.chromium, args, timeout: 30_000 });
 }
 
 class HarnessError extends Error {}
@@ -374,7 +415,13 @@ async function run(o, browser, origin) {
     ok: false,
     mode: o.loopback ? 'loopback' : 'sfu',
     allowFreeze: o.allowFreeze,
+    simulcast: o.simulcast,
     framesDecodedPerSecond: [],
+    sampleAtMs: [],
+    frameWidthPerSecond: [],
+    frameHeightPerSecond: [],
+    videoKbpsPerSecond: [],
+    publisherLayersPerSecond: [],
     framesDecoded: 0,
     audioPacketsReceived: 0,
     audioSamplesReceived: 0,
@@ -407,7 +454,7 @@ async function run(o, browser, origin) {
   let subResource = null;
   let exchanged = false;
   try {
-    const pubOffer = await pub.evaluate(() => makeOffer('publish'));
+    const pubOffer = await pub.evaluate((sc) => makeOffer('publish', sc), o.simulcast);
     if (o.loopback) {
       const answer = await sub.evaluate((s) => answerOffer(s), pubOffer);
       await pub.evaluate((s) => applyAnswer(s), answer);
@@ -421,6 +468,7 @@ async function run(o, browser, origin) {
       const whep = await sub.evaluate(([u, t, s]) => exchange(u, t, s),
         [`${o.base}/whep/${room}`, o.subscribeToken, subOffer]);
       subResource = whep.location;
+      process.stderr.write(`run.mjs: subscribed ${subResource}\n`);
       result.whepAnswer = negotiated(whep.answer);
     }
     exchanged = true;
@@ -463,6 +511,7 @@ async function measure(pub, sub, o, result, t0) {
     if (s.video && s.video.framesDecoded > 0) { first = s; break; }
   }
   result.firstFrameMs = first ? Date.now() - t0 : null;
+  if (first) process.stderr.write(`run.mjs: first-frame ${Date.now()}\n`);
   if (!first) {
     const s = await sub.evaluate(() => sample());
     if (!o.allowFreeze) {
@@ -482,10 +531,21 @@ async function measure(pub, sub, o, result, t0) {
   for (let i = 0; i < o.duration; i++) {
     await sleep(1000);
     last = await sub.evaluate(() => sample());
+    result.sampleAtMs.push(Date.now());
     const delta = (last.video?.framesDecoded ?? 0) - (prev.video?.framesDecoded ?? 0);
     result.framesDecodedPerSecond.push(delta);
+    result.frameWidthPerSecond.push(last.video?.frameWidth ?? null);
+    result.frameHeightPerSecond.push(last.video?.frameHeight ?? null);
+    result.videoKbpsPerSecond.push(Math.round(((last.video?.bytesReceived ?? 0) - (prev.video?.bytesReceived ?? 0)) * 8 / 1000));
     prev = last;
     const p = await pub.evaluate(() => sample());
+    const layers = {};
+    for (const v of p.outVideos) {
+      const before = pubPrev.outVideos.find((b) => b.rid === v.rid);
+      const kbps = Math.round((v.bytesSent - (before?.bytesSent ?? 0)) * 8 / 1000);
+      layers[v.rid] = `${v.frameWidth ?? 0}x${v.frameHeight ?? 0} ${kbps}`;
+    }
+    result.publisherLayersPerSecond.push(layers);
     const estimate = p.pair?.availableOutgoingBitrate;
     result.publisherEstimateKbps.push(typeof estimate === 'number' ? Math.round(estimate / 1000) : null);
     result.publisherKbps.push(Math.round(((p.outVideo?.bytesSent ?? 0) - (pubPrev.outVideo?.bytesSent ?? 0)) * 8 / 1000));
@@ -540,6 +600,10 @@ async function measure(pub, sub, o, result, t0) {
     retransmittedPacketsSent: pubLast.outVideo?.retransmittedPacketsSent ?? null,
     retransmittedBytesSent: pubLast.outVideo?.retransmittedBytesSent ?? null,
     keyFramesEncoded: pubLast.outVideo?.keyFramesEncoded ?? null,
+    layers: pubLast.outVideos.map((v) => ({ rid: v.rid,
+      frameSize: v.frameWidth ? `${v.frameWidth}x${v.frameHeight}` : null, bytesSent: v.bytesSent,
+      framesEncoded: v.framesEncoded, targetBitrate: v.targetBitrate,
+      qualityLimitationReason: v.qualityLimitationReason, keyFramesEncoded: v.keyFramesEncoded })),
   };
 
   const stalls = result.framesDecodedPerSecond

@@ -11,6 +11,7 @@
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404  body `"all"`, `{"video": [ssrc...], "audio": [...]}` or last-N `{"slots": {"video": N, "audio": M, "pinned": [identity or endpoint id...]}}` |
+//! | `PUT /v1/rooms/{room}/endpoints/{id}/layers` | admin | 204, or 400/404; body `{"slot": N, "max_layer": L or null}`: caps the simulcast layer of the endpoint's video consumer in `slot` (0: the track's lowest layer by bitrate; `null` lifts the cap) |
 //! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/413/503; body `{"changes": [{"endpoint", "subscribe"}]}`, at most `limits.endpoints_per_room` changes and 64 KiB (about 500 changes) |
 //! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
 //!
@@ -93,6 +94,7 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
             "/v1/rooms/{room}/endpoints/{id}/subscriptions",
             put(set_subscription),
         )
+        .route("/v1/rooms/{room}/endpoints/{id}/layers", put(set_max_layer))
         .route("/v1/rooms/{room}/subscriptions", put(set_subscriptions))
         .merge(crate::whip::routes())
         // After the token check: only valid tokens get a bucket.
@@ -739,6 +741,45 @@ async fn set_subscription(
     Ok(Json(json!({ "consumers": consumers_json(&consumers) })))
 }
 
+/// `PUT /v1/rooms/{room}/endpoints/{id}/layers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaxLayerBody {
+    slot: u16,
+    /// Required: `null` lifts the cap, so a missing field is an error.
+    #[serde(deserialize_with = "required_nullable")]
+    max_layer: Option<u8>,
+}
+
+/// `Option<T>` that must be present (as a value or `null`).
+fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
+/// Caps the simulcast layer one subscriber gets on one video slot (or
+/// lifts the cap): admin for the room, since it is the operator's or the
+/// signaling service's decision, not the viewer's. The bandwidth estimate
+/// still chooses below the cap; the consumer moves at the next keyframe of
+/// its new layer.
+async fn set_max_layer(
+    State(state): State<Arc<AppState>>,
+    token: Token,
+    Params((room, id)): Params<(String, String)>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    token.need(Some(&room), Need::Admin)?;
+    let body = body.json::<MaxLayerBody>()?;
+    blocking(&state, move |s| {
+        s.set_max_layer(&room, &id, body.slot, body.max_layer)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// One change of `PUT /v1/rooms/{room}/subscriptions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -821,4 +862,5 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
     if let Ok(b) = body.json::<SubscriptionsBody>() {
         let _ = b.into_changes();
     }
+    let _ = body.json::<MaxLayerBody>();
 }

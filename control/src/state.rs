@@ -1088,6 +1088,33 @@ impl AppState {
         })
     }
 
+    /// `PUT /v1/rooms/{room}/endpoints/{id}/layers`: caps the simulcast
+    /// layer of the endpoint's video consumer in `slot` (`None` lifts the
+    /// cap). Blocks on the worker.
+    pub fn set_max_layer(
+        &self,
+        room: &str,
+        endpoint: &str,
+        slot: u16,
+        max_layer: Option<u8>,
+    ) -> Result<(), ApiError> {
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        self.request(
+            worker,
+            Command::SetMaxLayer {
+                endpoint: id,
+                slot,
+                max_layer,
+            },
+            None,
+        )
+        .map_err(|e| match e {
+            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
+            e => e,
+        })?;
+        Ok(())
+    }
+
     /// `PUT /v1/rooms/{room}/subscriptions`: replaces the subscriptions of
     /// several endpoints of `room` in one worker round trip (a speaker
     /// switch). Answers each change on its own, in order: the endpoint's

@@ -841,3 +841,54 @@ fn a_room_switches_many_subscriptions_in_one_request() {
     );
     assert_eq!(a.status, 503, "{}", a.text);
 }
+
+/// `PUT /v1/rooms/{room}/endpoints/{id}/layers` caps (or uncaps) the
+/// simulcast layer of one of a subscriber's video slots: 204; an unknown
+/// slot is 400, an unknown endpoint 404, a missing `max_layer` 400, and a
+/// token without the admin grant 403.
+#[test]
+fn an_admin_caps_a_subscribers_layer() {
+    let node = TestNode::start(1);
+    node.create_room("caps");
+    node.create_endpoint("caps", &publisher(7101));
+    let viewer = node.create_endpoint(
+        "caps",
+        &json!({
+            "role": "subscribe",
+            "srtp": { "profile": GCM, "key": gcm_key(20) },
+            "subscribe": { "video": [7101] },
+        }),
+    );
+    let id = viewer["id"].as_str().expect("an id");
+    let slot = viewer["consumers"][0]["slot"].as_u64().expect("a slot");
+    let path = format!("/v1/rooms/caps/endpoints/{id}/layers");
+
+    for cap in [json!(0), json!(2), Value::Null] {
+        let a = node.put(
+            &path,
+            &json!({ "slot": slot, "max_layer": cap }).to_string(),
+        );
+        assert_eq!(a.status, 204, "max_layer {cap}: {}", a.text);
+    }
+    let a = node.put(
+        &path,
+        &json!({ "slot": slot + 5, "max_layer": 0 }).to_string(),
+    );
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.json["code"], "invalid", "{}", a.text);
+    let a = node.put(&path, &json!({ "slot": slot }).to_string());
+    assert_eq!(a.status, 400, "a missing max_layer: {}", a.text);
+    let a = node.put(
+        "/v1/rooms/caps/endpoints/00000000000000ff/layers",
+        &json!({ "slot": slot, "max_layer": 0 }).to_string(),
+    );
+    assert_eq!(a.status, 404, "{}", a.text);
+    let token = node.token("caps", &[Grant::Subscribe]);
+    let a = node.request_as(
+        Some(&format!("Bearer {token}")),
+        "PUT",
+        &path,
+        &json!({ "slot": slot, "max_layer": 0 }).to_string(),
+    );
+    assert_eq!(a.status, 403, "{}", a.text);
+}

@@ -1,9 +1,11 @@
 //! The Chromium harness (`browser-test/run.mjs`) as the browser tests run
 //! it: where it lives, what it needs, one run, and its figures.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -91,21 +93,28 @@ impl Outcome {
 /// Runs `node run.mjs` against the node in `dir`; panics when it prints no
 /// JSON result or outlives `run.timeout`.
 pub fn run_browser(dir: &Path, run: &Run<'_>) -> Outcome {
-    let (status, stdout, stderr) = super::run_with_timeout(
-        Command::new("node")
-            .arg(dir.join("run.mjs"))
-            .args(["--base", run.base, "--room", run.room])
-            .args(["--publish-token", run.publish])
-            .args(["--subscribe-token", run.subscribe])
-            .args(["--duration", &run.duration_secs.to_string()])
-            .args(run.extra_args)
-            .env("CHROMIUM", CHROMIUM)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        run.timeout,
-    );
+    let (status, stdout, stderr) = super::run_with_timeout(&mut command(dir, run), run.timeout);
+    outcome(status, &stdout, stderr)
+}
+
+/// `node run.mjs` for `run`, stdout and stderr piped.
+fn command(dir: &Path, run: &Run<'_>) -> Command {
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("run.mjs"))
+        .args(["--base", run.base, "--room", run.room])
+        .args(["--publish-token", run.publish])
+        .args(["--subscribe-token", run.subscribe])
+        .args(["--duration", &run.duration_secs.to_string()])
+        .args(run.extra_args)
+        .env("CHROMIUM", CHROMIUM)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn outcome(status: i32, stdout: &str, stderr: String) -> Outcome {
     let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!("run.mjs printed no JSON result ({e}); exit {status}\nstdout: {stdout}\nstderr: {stderr}")
     });
@@ -114,6 +123,67 @@ pub fn run_browser(dir: &Path, run: &Run<'_>) -> Outcome {
         result,
         stderr,
     }
+}
+
+/// [`run_browser`] for a caller that acts during the run: `on_event` gets
+/// each line run.mjs writes to stderr (`Some`, e.g. `run.mjs: first-frame
+/// <ms>`) as it comes, and `None` at least every 100 ms in between.
+pub fn run_browser_live(
+    dir: &Path,
+    run: &Run<'_>,
+    mut on_event: impl FnMut(Option<&str>),
+) -> Outcome {
+    let mut cmd = command(dir, run);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
+    let mut stdout_pipe = child.stdout.take().expect("stdout is piped");
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout_pipe.read_to_string(&mut text);
+        text
+    });
+    let (tx, lines) = mpsc::channel();
+    let stderr_pipe = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + run.timeout;
+    let mut stderr = String::new();
+    let status = loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                on_event(Some(&line));
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => on_event(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(status) = child.try_wait().expect("waiting for run.mjs") {
+            // What is left of stderr.
+            while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+                on_event(Some(&line));
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "run.mjs did not finish within {:?}; killed\nstderr: {stderr}",
+                run.timeout
+            );
+        }
+    };
+    let stdout = stdout.join().expect("the stdout reader does not panic");
+    outcome(status, &stdout, stderr)
 }
 
 /// Prints the figures (`cargo test -- --nocapture` shows them).
