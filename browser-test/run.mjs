@@ -464,6 +464,12 @@ async function run(o, browser, origin) {
         [`${o.base}/whip/${room}`, o.publishToken, pubOffer]);
       pubResource = whip.location;
       result.whipAnswer = negotiated(whip.answer);
+      if (o.simulcast) {
+        // The node learns a rid layer's SSRC from its first packet; a WHEP
+        // offer before any layer is bound is answered with the video
+        // section inactive. Give the publisher time to start sending.
+        await sleep(3000);
+      }
       const subOffer = await sub.evaluate(() => makeOffer('subscribe'));
       const whep = await sub.evaluate(([u, t, s]) => exchange(u, t, s),
         [`${o.base}/whep/${room}`, o.subscribeToken, subOffer]);

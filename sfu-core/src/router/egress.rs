@@ -20,8 +20,9 @@
 //! policy), each track's layers ordered by their measured bitrates. A
 //! consumer's layer is then the lower of its cap ([`super::Command::SetMaxLayer`])
 //! and its allocation; a video consumer that does not fit even at its
-//! lowest layer is paused (nothing forwarded) until a later allocation
-//! resumes it at a keyframe. At most [`MAX_STREAMS`] consumers of one
+//! lowest layer keeps that layer while the estimate is at least half of its
+//! bitrate, and below that is paused (nothing forwarded) until a later
+//! allocation resumes it at a keyframe. At most [`MAX_STREAMS`] consumers of one
 //! subscriber take part; the rest keep their caps.
 
 use std::time::{Duration, Instant};
@@ -291,7 +292,18 @@ impl Router {
                 continue;
             }
             let layers = s.layers.get(..s.count).unwrap_or_default();
-            let target = choice.and_then(|at| layers.get(at)).map(|&(_, ssrc)| ssrc);
+            let mut target = choice.and_then(|at| layers.get(at)).map(|&(_, ssrc)| ssrc);
+            // Pause only when the estimate is far below the lowest layer: a
+            // video that freezes while the estimate is near its lowest layer
+            // cannot raise the estimate again (only what is sent is
+            // acknowledged), so it keeps its lowest layer down to half of
+            // that layer's bitrate.
+            if target.is_none()
+                && let Some(&(lowest_bps, lowest)) = layers.first()
+                && estimate.saturating_mul(2) >= lowest_bps
+            {
+                target = Some(lowest);
+            }
             if target == c.target {
                 continue;
             }
