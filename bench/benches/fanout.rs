@@ -62,6 +62,7 @@ fn router_with(consumers: u16) -> Router {
             remote,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: None,
@@ -75,6 +76,7 @@ fn router_with(consumers: u16) -> Router {
         rtx: None,
         codec: sfu_core::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     };
     r.handle_command(
         now,

@@ -448,6 +448,10 @@ struct TrackBody {
     /// earlier in `tracks` (layers in ascending quality).
     #[serde(default)]
     layer_of: Option<u32>,
+    /// For an audio track: the payload type it sends redundant audio (RED,
+    /// RFC 2198) with, around `payload_type`.
+    #[serde(default)]
+    red_payload_type: Option<u8>,
 }
 
 /// A retransmission stream: its SSRC and payload type.
@@ -560,6 +564,10 @@ struct EndpointBody {
     /// Id of the RFC 6464 audio-level extension in its audio packets.
     #[serde(default)]
     audio_level_extension: Option<u8>,
+    /// The payload type it receives RED audio with; without it, RED of a
+    /// publisher reaches it as plain Opus (each packet's primary block).
+    #[serde(default)]
+    red_payload_type: Option<u8>,
 }
 
 impl RoleBody {
@@ -615,6 +623,18 @@ impl EndpointBody {
                             .into(),
                     ));
                 }
+                if let Some(red) = t.red_payload_type
+                    && (kind != MediaKind::Audio
+                        || red > 127
+                        || red == t.payload_type
+                        || rtx.is_some_and(|r| r.payload_type == red))
+                {
+                    return Err(ApiError::BadRequest(
+                        "a red payload type needs an audio track, must be at most 127 and differ \
+                         from the track's other payload types"
+                            .into(),
+                    ));
+                }
                 Ok(TrackConfig {
                     kind,
                     ssrc: t.ssrc,
@@ -622,6 +642,7 @@ impl EndpointBody {
                     rtx,
                     codec: crate::whip::core_codec(sfu_core::sdp::assumed_codec(kind)),
                     layer_of: t.layer_of,
+                    red_payload_type: t.red_payload_type,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -649,6 +670,16 @@ impl EndpointBody {
                 "rtx payload types must be at most 127".into(),
             ));
         }
+        if self.red_payload_type.is_some_and(|pt| pt > 127) {
+            return Err(ApiError::BadRequest(
+                "the red payload type must be at most 127".into(),
+            ));
+        }
+        if role == Role::Publish && self.red_payload_type.is_some() {
+            return Err(ApiError::BadRequest(
+                "a publish-only endpoint receives no RED".into(),
+            ));
+        }
         if role == Role::Publish && rtx_payload_types != RtxPayloadTypes::default() {
             return Err(ApiError::BadRequest(
                 "a publish-only endpoint receives no retransmissions".into(),
@@ -665,6 +696,7 @@ impl EndpointBody {
             rtx_payload_types,
             participant,
             audio_level_extension: self.audio_level_extension,
+            red_payload_type: self.red_payload_type,
         })
     }
 }
@@ -863,4 +895,33 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
         let _ = b.into_changes();
     }
     let _ = body.json::<MaxLayerBody>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(body: Value) -> Result<NewEndpoint, ApiError> {
+        serde_json::from_value::<EndpointBody>(body)
+            .expect("the body parses")
+            .validate(None)
+    }
+
+    #[test]
+    fn red_payload_types_reach_the_router_config() {
+        let key = crate::state::encode_key(&[7; 28]);
+        let new = validate(json!({
+            "role": "both",
+            "srtp": { "profile": "AEAD_AES_128_GCM", "key": key },
+            "tracks": [
+                { "kind": "audio", "ssrc": 1, "payload_type": 111, "red_payload_type": 63 },
+                { "kind": "video", "ssrc": 2, "payload_type": 96 },
+            ],
+            "red_payload_type": 100,
+        }))
+        .expect("valid");
+        assert_eq!(new.tracks[0].red_payload_type, Some(63));
+        assert_eq!(new.tracks[1].red_payload_type, None);
+        assert_eq!(new.red_payload_type, Some(100));
+    }
 }

@@ -184,6 +184,10 @@ pub struct Producer {
     /// Its codec: negotiated for WHIP publishers, assumed (VP8 for video,
     /// Opus for audio) for endpoints of the JSON API.
     pub codec: CodecChoice,
+    /// Whether it sends redundant audio (RED, RFC 2198): negotiated by
+    /// WHIP, declared by `red_payload_type` in the JSON API. WHEP then
+    /// offers RED to viewers that ask for it.
+    pub red: bool,
 }
 
 /// What [`AppState::create_webrtc_endpoint`] tells its planner about the room.
@@ -215,6 +219,8 @@ pub struct NewWebrtcEndpoint {
     pub rtx_payload_types: RtxPayloadTypes,
     /// Its participant ([`crate::auth::participant_id`] of the token's `sub`).
     pub participant: Option<u64>,
+    /// The payload type it receives RED audio with, if it negotiated RED.
+    pub red_payload_type: Option<u8>,
     /// ICE credentials, DTLS role and fingerprint, payload type overrides.
     pub transport: WebrtcTransport,
 }
@@ -283,6 +289,8 @@ pub struct NewEndpoint {
     pub participant: Option<u64>,
     /// Id of the RFC 6464 audio-level extension in its audio packets.
     pub audio_level_extension: Option<u8>,
+    /// Payload type it receives RED audio with (RFC 2198), if any.
+    pub red_payload_type: Option<u8>,
 }
 
 /// What `POST /v1/rooms/{room}/endpoints` answers.
@@ -776,6 +784,7 @@ impl AppState {
                     kind: t.kind,
                     ssrc: t.ssrc,
                     codec: assumed_codec(t.kind),
+                    red: t.red_payload_type.is_some(),
                 })
                 .collect()
         };
@@ -824,6 +833,7 @@ impl AppState {
             twcc_send_extension: None,
             participant: new.participant,
             audio_level_extension: new.audio_level_extension,
+            red_payload_type: new.red_payload_type,
         };
         let outcome = self
             .request(
@@ -989,6 +999,7 @@ impl AppState {
             twcc_send_extension: None,
             participant: new.participant,
             audio_level_extension: None,
+            red_payload_type: new.red_payload_type,
         };
         let outcome = self
             .request(
@@ -1047,6 +1058,7 @@ impl AppState {
                         kind: t.kind,
                         ssrc: t.ssrc,
                         codec: *codec,
+                        red: t.red_payload_type.is_some(),
                     })
                     .collect(),
                 rid_codecs: new.rid_codecs,
@@ -1334,6 +1346,7 @@ impl Model {
                             kind: p.kind,
                             ssrc: p.ssrc,
                             codec,
+                            red: false,
                         })
                     }),
             );
@@ -1547,12 +1560,14 @@ mod tests {
             kind: MediaKind::Audio,
             ssrc: 1,
             codec: CodecChoice::Opus,
+            red: true,
         };
         let video = Producer {
             publisher: EndpointId(10),
             kind: MediaKind::Video,
             ssrc: 2,
             codec: CodecChoice::Vp8,
+            red: false,
         };
         // "b" was created first, "a" second: creation order, not name order.
         model.endpoints.insert(
@@ -1596,6 +1611,7 @@ mod tests {
             kind: MediaKind::Video,
             ssrc,
             codec: CodecChoice::H264,
+            red: false,
         };
         assert_eq!(
             model.producers(&room, &reported),

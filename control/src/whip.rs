@@ -31,7 +31,11 @@
 //! Every section the offer sends in becomes a track of the endpoint: its
 //! first `a=ssrc` (RTX and FEC SSRCs excluded), its kind and the payload
 //! type negotiated for it. The track's codec (VP8, H.264 or Opus) is
-//! recorded so WHEP offers can be matched against it.
+//! recorded so WHEP offers can be matched against it. Where the offer has
+//! RED around Opus (`red/48000/2`, RFC 2198), the answer accepts it (listed
+//! before Opus, so that Chrome sends it) and the track records its payload
+//! type: the worker forwards RED to viewers that negotiated it and the
+//! primary Opus blocks to the others.
 //!
 //! Simulcast offered with `a=rid` but without `a=ssrc` lines (the form
 //! browsers use) is accepted when the section negotiates the
@@ -66,6 +70,13 @@
 //! in sync. A later `PUT .../subscriptions` re-points a slot without a new
 //! offer; its msid stays what the answer said.
 //! If that answer cannot be built, the endpoint is removed again.
+//!
+//! Redundant audio (RED) is answered in a section whose producer sends RED
+//! when the offer has it; the endpoint then takes RED with the offer's
+//! payload type, but only if every audio section that receives media
+//! negotiated RED with one number (a slot may later be re-pointed to
+//! another producer): otherwise it gets each RED packet's primary Opus
+//! block.
 //!
 //! Tracks of endpoints created through the JSON API declare no codec;
 //! WHEP assumes VP8 for their video and Opus for their audio.
@@ -573,6 +584,7 @@ fn plan_publish(
             rtx,
             codec: core_codec(n.codec),
             layer_of: None,
+            red_payload_type: n.red_payload_type,
         };
         tracks.push((track, n.codec));
     }
@@ -605,6 +617,7 @@ fn plan_publish(
         subscription: Subscription::default(),
         rtx_payload_types: RtxPayloadTypes::default(),
         participant: None,
+        red_payload_type: None,
         transport,
     };
     Ok((new, answer.sdp))
@@ -786,9 +799,26 @@ fn assign_slots(offer: &Offer) -> Vec<Option<Producer>> {
                 kind,
                 ssrc: 0,
                 codec,
+                // A slot shows whichever producer speaks: RED only unwrapped.
+                red: false,
             })
         })
         .collect()
+}
+
+/// The subscriber's RED payload type in a (provisional) answer: the one
+/// every audio section that receives media negotiated, or `None` when one
+/// of them did not (or they differ). The router sends RED with one number
+/// per subscriber, and a slot may be re-pointed to a RED producer later,
+/// so a section without RED must never get it.
+fn red_payload_type(answer: &sdp::Answer) -> Option<u8> {
+    let mut pts = answer
+        .sections
+        .iter()
+        .filter(|n| n.accepted && n.kind == MediaKind::Audio)
+        .map(|n| n.red_payload_type);
+    let first = pts.next().flatten()?;
+    pts.all(|pt| pt == Some(first)).then_some(first)
 }
 
 /// The stream slot `slot` of a subscriber sends for producer `p`: CNAME
@@ -808,6 +838,7 @@ fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32, rtx_ssrc: Option<u
             track_id: format!("{}{slot}", p.kind.as_str()),
             codec: p.codec,
             rtx_ssrc,
+            red: p.red,
         };
     }
     let publisher = format!("{:016x}", p.publisher.0);
@@ -818,6 +849,7 @@ fn out_stream(room: &str, p: &Producer, slot: u16, ssrc: u32, rtx_ssrc: Option<u
         track_id: format!("{}{slot}", p.kind.as_str()),
         codec: p.codec,
         rtx_ssrc,
+        red: p.red,
     }
 }
 
@@ -886,6 +918,7 @@ fn plan_subscribe(
         .flat_map(|n| &n.extmap)
         .find(|(_, uri)| uri == sdp::TRANSPORT_WIDE_CC_URI)
         .map(|&(id, _)| id);
+    let red_payload_type = red_payload_type(&answer);
     let new = NewWebrtcEndpoint {
         session: Session::Whep,
         role: Role::Subscribe,
@@ -905,6 +938,7 @@ fn plan_subscribe(
         },
         rtx_payload_types,
         participant: None,
+        red_payload_type,
         transport,
     };
     let plan = SubscribePlan {
@@ -1018,6 +1052,7 @@ mod tests {
             kind,
             ssrc,
             codec,
+            red: false,
         }
     }
 

@@ -236,6 +236,42 @@ fn bad_input_is_refused_and_changes_nothing() {
             400,
             "bad_request",
         ),
+        // RED: audio tracks only, a number of its own, at most 127; a
+        // publish-only endpoint receives none.
+        (
+            "POST",
+            "/v1/rooms/r1/endpoints".into(),
+            with(
+                json!({ "tracks": [{ "kind": "video", "ssrc": 9, "payload_type": 96, "red_payload_type": 63 }] }),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/rooms/r1/endpoints".into(),
+            with(
+                json!({ "tracks": [{ "kind": "audio", "ssrc": 9, "payload_type": 111, "red_payload_type": 111 }] }),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/rooms/r1/endpoints".into(),
+            with(
+                json!({ "tracks": [{ "kind": "audio", "ssrc": 9, "payload_type": 111, "red_payload_type": 128 }] }),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/rooms/r1/endpoints".into(),
+            with(json!({ "red_payload_type": 100 })),
+            400,
+            "bad_request",
+        ),
         (
             "POST",
             "/v1/rooms/r1/endpoints".into(),

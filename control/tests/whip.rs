@@ -511,6 +511,119 @@ fn whip_to_whep_media_flows_over_ice_and_dtls() {
     node.shutdown();
 }
 
+#[test]
+fn red_audio_reaches_red_viewers_as_sent_and_others_as_opus() {
+    let node = TestNode::start(1);
+    node.create_room("red");
+    let pub_token = node.token("red", &[Grant::Publish]);
+    let sub_token = node.token("red", &[Grant::Subscribe]);
+
+    // WHIP: Chrome offers RED 63 around Opus 111; the answer keeps it,
+    // listed first so that Chrome sends it.
+    let pub_cert = DtlsCert::generate().expect("a certificate");
+    let r = post_offer(
+        &node,
+        "/whip/red",
+        &pub_token,
+        &with_fingerprint(WHIP_OFFER, &pub_cert),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let audio = &sections(&r.text)[0];
+    for line in [
+        "m=audio 9 UDP/TLS/RTP/SAVPF 63 111",
+        "a=rtpmap:63 red/48000/2",
+        "a=fmtp:63 111/111",
+    ] {
+        assert!(audio.contains(line), "{line} missing:\n{audio}");
+    }
+    let whip = read_answer(&r.text);
+
+    // A viewer that offers RED (as 100 around its Opus 110), and one that
+    // does not.
+    let red_offer = swap_pt(&swap_pt(WHEP_OFFER, 111, 110), 63, 100)
+        .replace("a=fmtp:100 111/111", "a=fmtp:100 110/110");
+    let plain_offer: String = WHEP_OFFER
+        .lines()
+        .filter(|l| !l.starts_with("a=rtpmap:63 ") && !l.starts_with("a=fmtp:63 "))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let mut viewers = Vec::new();
+    for (offer, red) in [(red_offer, true), (plain_offer, false)] {
+        let cert = DtlsCert::generate().expect("a certificate");
+        let r = post_offer(
+            &node,
+            "/whep/red",
+            &sub_token,
+            &with_fingerprint(&offer, &cert),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        let audio = sections(&r.text)[0].clone();
+        assert_eq!(audio.contains("a=rtpmap:100 red/48000/2"), red, "{audio}");
+        assert_eq!(audio.contains("a=fmtp:100 110/110"), red, "{audio}");
+        assert_eq!(audio.contains("red/"), red, "{audio}");
+        let ssrc = section_ssrc(&audio).expect("an audio SSRC");
+        viewers.push((read_answer(&r.text), cert, ssrc));
+    }
+
+    let mut publisher = connect(&whip, WHIP_UFRAG, &pub_cert);
+    let mut peers: Vec<(Peer, u32)> = viewers
+        .iter()
+        .map(|(a, cert, ssrc)| (connect(a, WHEP_UFRAG, cert), *ssrc))
+        .collect();
+
+    // One redundant block (2 bytes) and the primary (3 bytes), Opus 111.
+    let red_payload = [
+        0x80 | 111,
+        0x0f,
+        0x00,
+        0x02,
+        111,
+        0xa1,
+        0xa2,
+        0xb1,
+        0xb2,
+        0xb3,
+    ];
+    let mut got = [false, false];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 1u16;
+    while got != [true, true] {
+        assert!(Instant::now() < deadline, "RED did not arrive: {got:?}");
+        publisher.send_rtp(seq, PUB_AUDIO_SSRC, 63, &red_payload);
+        seq += 1;
+        for (k, (peer, ssrc)) in peers.iter_mut().enumerate() {
+            while let Some((pt, from, payload)) = peer.recv_rtp() {
+                if from != *ssrc {
+                    continue;
+                }
+                let want: (u8, &[u8]) = match k {
+                    // Its own numbers, in the header and in the blocks.
+                    0 => (
+                        100,
+                        &[
+                            0x80 | 110,
+                            0x0f,
+                            0x00,
+                            0x02,
+                            110,
+                            0xa1,
+                            0xa2,
+                            0xb1,
+                            0xb2,
+                            0xb3,
+                        ],
+                    ),
+                    _ => (111, &[0xb1, 0xb2, 0xb3]),
+                };
+                assert_eq!((pt, payload.as_slice()), want, "viewer {k}");
+                got[k] = true;
+            }
+        }
+    }
+    assert_eq!(drops(&node, "red_malformed"), 0);
+    node.shutdown();
+}
+
 /// The WHEP fixture with its video section repeated as mids 2 and 3.
 fn four_section_offer() -> String {
     let secs = sections(WHEP_OFFER);

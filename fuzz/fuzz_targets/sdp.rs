@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 },
                 // Every other stream offers an RTX SSRC.
                 rtx_ssrc: (i % 2 == 0).then_some(5000 + i as u32),
+                red: i % 4 < 2,
             })
         })
         .collect();

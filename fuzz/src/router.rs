@@ -113,6 +113,7 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         rtx: None,
         codec: sfu_core::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     }
 }
 
@@ -152,11 +153,13 @@ impl Harness {
                         rtx: None,
                         codec: sfu_core::codec::Codec::Vp8,
                         layer_of: None,
+                        red_payload_type: None,
                     },
                 ],
                 remote: None,
                 subscription: Subscription::All,
                 rtcp_ssrc: None,
+                red_payload_type: None,
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
                 participant: None,
@@ -173,6 +176,7 @@ impl Harness {
                 remote: Some(addr(5002)),
                 subscription: Subscription::All,
                 rtcp_ssrc: Some(SUB_ALL_RTCP_SSRC),
+                red_payload_type: None,
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
                 participant: None,
@@ -192,6 +196,7 @@ impl Harness {
                     audio: vec![PUB_AUDIO_SSRC],
                 },
                 rtcp_ssrc: None,
+                red_payload_type: None,
                 rtx_payload_types: Default::default(),
                 twcc_send_extension: None,
                 participant: None,

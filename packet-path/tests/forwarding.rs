@@ -48,6 +48,7 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
             rtx: None,
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
+            red_payload_type: None,
         }],
         _ => Vec::new(),
     };
@@ -62,6 +63,7 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        red_payload_type: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
         participant: None,

@@ -229,6 +229,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             rtx: None,
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
+            red_payload_type: None,
         }]
     } else {
         Vec::new()
@@ -245,6 +246,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             remote: None,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: None,

@@ -87,6 +87,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
             }),
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
+            red_payload_type: None,
         };
         (vec![track], RtxPayloadTypes::default())
     } else {
@@ -107,6 +108,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        red_payload_type: None,
         // Subscribers get numbered copies (the egress estimate's send
         // history runs on every copy).
         twcc_send_extension: (role != Role::Publish).then_some(5),

@@ -49,6 +49,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
             rtx: None,
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
+            red_payload_type: None,
         }]
     } else {
         Vec::new()
@@ -64,6 +65,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         remote: Some(remote),
         subscription: Subscription::All,
         rtcp_ssrc: None,
+        red_payload_type: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
         participant: None,

@@ -11,7 +11,10 @@
 //!   rewriting of its PictureID and TL0PICIDX ([`vp8::rewrite_vp8`]) and the
 //!   per-consumer state that keeps both continuous across switches
 //!   ([`vp8::Vp8Rewriter`]);
-//! * [`h264`] and [`vp9`] — keyframe detection for those payload formats.
+//! * [`h264`] and [`vp9`] — keyframe detection for those payload formats;
+//! * [`red`] — redundant audio (RFC 2198): the block parser and the
+//!   in-place rewrites a router needs to pass RED on or unwrap its primary
+//!   block.
 //!
 //! Everything here works on `&[u8]` / `&mut [u8]` the caller owns, never
 //! allocates and never panics: a malformed or truncated payload is "not a
@@ -40,6 +43,7 @@
 //!   so [`is_keyframe`] returns `false`; a router must not wait for one.
 
 pub mod h264;
+pub mod red;
 pub mod vp8;
 pub mod vp9;
 

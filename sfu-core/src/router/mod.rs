@@ -34,6 +34,8 @@
 //! * [`seq`] — sequence number and timestamp rewriting.
 //! * [`cache`] — the packet cache of each producer stream (about 2 s of
 //!   video, 1 s of audio), shared by its consumers.
+//! * `red` — redundant audio (RFC 2198) per consumer: passed on, or
+//!   unwrapped to its primary block.
 //! * [`repair`] — loss repair: subscribers' NACKs answered with RTX from
 //!   the cache, gaps in publishers' streams NACKed, publishers' RTX
 //!   unwrapped into the stream it repairs.
@@ -113,6 +115,7 @@
 pub mod cache;
 pub mod egress;
 pub mod event;
+mod red;
 pub mod repair;
 pub mod reports;
 mod routing;
@@ -223,6 +226,11 @@ pub struct TrackConfig {
     /// declared earlier by the same endpoint (layers in ascending quality).
     /// `None` for a track's first (or only) layer.
     pub layer_of: Option<u32>,
+    /// For an audio track: the payload type the endpoint sends redundant
+    /// audio (RED, RFC 2198) with, around `payload_type`; packets with
+    /// `payload_type` itself stay plain. Each consumer gets RED as sent or
+    /// unwrapped to its primary block ([`crate::codec::red`]).
+    pub red_payload_type: Option<u8>,
 }
 
 /// A publisher's retransmission stream (RFC 4588 §4, SSRC multiplexing).
@@ -331,6 +339,11 @@ pub struct EndpointConfig {
     /// packets, for dominant speaker detection. WebRTC endpoints take it
     /// from [`WebrtcTransport::audio_level_extension`] when this is `None`.
     pub audio_level_extension: Option<u8>,
+    /// The payload type it receives redundant audio (RED, RFC 2198) with,
+    /// if it negotiated RED (subscribe and both roles): RED of a producer
+    /// that sends it is forwarded as is; without it, only each packet's
+    /// primary block ([`crate::codec::red`]).
+    pub red_payload_type: Option<u8>,
 }
 
 /// A consumer as the control plane reports it.
@@ -565,6 +578,7 @@ struct Endpoint {
     participant: Option<u64>,
     /// Its audio-level extension id.
     audio_level_extension: Option<u8>,
+    red_payload_type: Option<u8>,
     /// Round-trip time from the endpoint's receiver reports.
     rtt: Option<Duration>,
     subscription: Subscription,
@@ -849,6 +863,8 @@ mod tests;
 mod tests_egress;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_red;
 #[cfg(test)]
 mod tests_repair;
 #[cfg(test)]

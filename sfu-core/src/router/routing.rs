@@ -11,6 +11,9 @@
 //! hash-map reads and the fan-out lists are built by commands, off the hot
 //! path (and once per simulcast layer bound by `rid`).
 //!
+//! Redundant audio (RED, RFC 2198) is passed on with the subscriber's
+//! numbers, or cut to its primary block, in each consumer's copy (`red`).
+//!
 //! # Joins
 //! A new endpoint's consumers are computed from its subscription (`All`:
 //! the room's producers, O(P log P)); its new producers are then offered to
@@ -32,6 +35,7 @@ use std::time::Instant;
 use super::cache::{self, PacketCache};
 use super::egress;
 use super::event::Event;
+use super::red::RedMode;
 use super::repair::{self, ConsumerRtx, NACK_BATCH, NackTracker, ResendCtx};
 use super::reports::{self, ConsumerReports, ReceptionStats, SenderInfo};
 use super::seq::StreamRewriter;
@@ -87,6 +91,10 @@ pub(super) struct Consumer {
     vp8: Vp8Rewriter,
     /// The next VP8 packet is the first after a switch.
     vp8_switch: bool,
+    /// The subscriber's RED payload type for this consumer's kind (audio).
+    red_payload_type: Option<u8>,
+    /// What it does with its producer's RED packets (set at attach).
+    red: RedMode,
 }
 
 impl Consumer {
@@ -152,6 +160,8 @@ pub(super) struct Producer {
     kind: MediaKind,
     payload_type: u8,
     codec: Codec,
+    /// The payload type of its RED packets (RFC 2198), if it sends RED.
+    red_payload_type: Option<u8>,
     /// The track it is a layer of: the SSRC of the track's first layer,
     /// which holds the track's layers and fan-out (its own SSRC for a
     /// track's first or only layer).
@@ -371,6 +381,12 @@ impl Router {
                     consumer.vp8.rewrite(payload, switched);
                 }
             }
+            let red = consumer.red;
+            let Ok(out_len) = red.apply(out, out_len, payload_at, &packet, consumer.payload_type)
+            else {
+                self.stats.drop(DropReason::RedMalformed);
+                continue;
+            };
             match keys.tx.protect_rtp_stream(stream, out, out_len) {
                 Ok(n) => {
                     tx.send(n, dst);
@@ -878,6 +894,7 @@ impl Router {
             layer_of,
             // Its RTX stream binds by `repaired-rid` later.
             rtx: None,
+            red_payload_type: None,
         };
         ep.tracks.push(track);
         let room = ep.room;
@@ -948,6 +965,7 @@ impl Router {
                 kind: track.kind,
                 payload_type: track.payload_type,
                 codec: track.codec,
+                red_payload_type: track.red_payload_type,
                 group,
                 layers: if group == track.ssrc {
                     vec![track.ssrc]
@@ -1127,10 +1145,31 @@ impl Router {
         let payload_types = cfg
             .tracks
             .iter()
-            .flat_map(|t| [Some(t.payload_type), t.rtx.map(|r| r.payload_type)])
-            .chain([cfg.rtx_payload_types.video, cfg.rtx_payload_types.audio]);
+            .flat_map(|t| {
+                [
+                    Some(t.payload_type),
+                    t.rtx.map(|r| r.payload_type),
+                    t.red_payload_type,
+                ]
+            })
+            .chain([
+                cfg.rtx_payload_types.video,
+                cfg.rtx_payload_types.audio,
+                cfg.red_payload_type,
+            ]);
         if payload_types.flatten().any(|pt| pt > 127) {
             return Err(RouterError::Invalid("payload type above 127"));
+        }
+        if cfg.tracks.iter().any(|t| {
+            t.red_payload_type.is_some_and(|red| {
+                t.kind != MediaKind::Audio
+                    || red == t.payload_type
+                    || t.rtx.is_some_and(|r| r.payload_type == red)
+            })
+        }) {
+            return Err(RouterError::Invalid(
+                "a RED payload type needs an audio track and a number of its own",
+            ));
         }
         // Every SSRC the endpoint sends from (media, RTX, RTCP) is its own
         // and new on the worker.
@@ -1227,6 +1266,7 @@ impl Router {
             rtx_payload_types: cfg.rtx_payload_types,
             participant: cfg.participant,
             audio_level_extension,
+            red_payload_type: cfg.red_payload_type,
             rtt: None,
             subscription: cfg.subscription,
             consumers: Vec::new(),
@@ -1600,6 +1640,11 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
         max_layer: None,
         vp8: Vp8Rewriter::new(),
         vp8_switch: false,
+        red_payload_type: match kind {
+            MediaKind::Audio => ep.red_payload_type,
+            MediaKind::Video => None,
+        },
+        red: RedMode::Plain,
         tx_stream: ep
             .transport
             .keys
@@ -1611,8 +1656,9 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
 
 /// Attaches consumer `c` (slot `index` of the endpoint in `slot`) to the
 /// producer `ssrc`, if it exists: joins its fan-out, takes its payload
-/// type (or the subscriber's number for the kind, `pts` = video, audio),
-/// resynchronises the rewriter and asks for a keyframe for video.
+/// type (or the subscriber's number for the kind, `pts` = video, audio)
+/// and what to do with its RED packets, resynchronises the rewriter and
+/// asks for a keyframe for video.
 fn attach(
     producers: &mut HashMap<u32, Producer>,
     slot: u32,
@@ -1654,6 +1700,7 @@ fn attach(
         MediaKind::Audio => pts.1,
     }
     .unwrap_or(p.payload_type);
+    c.red = RedMode::new(p.payload_type, p.red_payload_type, c.red_payload_type);
     c.rewriter.set_clock_rate(p.kind.clock_rate());
     c.rewriter.resync();
 }

@@ -229,6 +229,10 @@ counter_table! {
         /// An RTX packet repairing a packet the node was not missing (a
         /// duplicate, or a publisher's RTX probe).
         RtxDuplicate => "rtx_duplicate", "RTX packet for a packet the node was not missing.";
+        /// A RED packet (RFC 2198) whose payload is malformed, or whose
+        /// primary block is not the producer's codec: not forwarded to a
+        /// consumer that gets RED renumbered or unwrapped.
+        RedMalformed => "red_malformed", "RED audio packet with a malformed payload, not forwarded to a consumer.";
     }
 }
 
@@ -357,7 +361,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::COUNT);
-        assert_eq!(DropReason::COUNT, 21);
+        assert_eq!(DropReason::COUNT, 22);
         assert_eq!(RemovalReason::ConsentLost.as_str(), "consent_lost");
     }
 }

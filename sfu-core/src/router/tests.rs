@@ -121,6 +121,7 @@ pub(super) fn endpoint(
         remote,
         subscription,
         rtcp_ssrc: None,
+        red_payload_type: None,
         rtx_payload_types: Default::default(),
         twcc_send_extension: None,
         participant: None,
@@ -136,6 +137,7 @@ pub(super) fn video(ssrc: u32) -> Vec<TrackConfig> {
         rtx: None,
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     }]
 }
 

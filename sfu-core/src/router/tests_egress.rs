@@ -34,6 +34,7 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
             codec: crate::codec::Codec::Vp8,
             rtx: None,
             layer_of: (ssrc != LAYERS[0]).then_some(LAYERS[0]),
+            red_payload_type: None,
         })
         .collect();
     let config =
@@ -49,6 +50,7 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
             subscription: Subscription::All,
             rtcp_ssrc: None,
             // The subscriber takes RTX: probes are padding on its RTX stream.
+            red_payload_type: None,
             rtx_payload_types: RtxPayloadTypes {
                 video: twcc.map(|_| 97),
                 audio: None,

@@ -491,6 +491,7 @@ fn every_consumer_has_an_outbound_stream() {
                 rtx: None,
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
+                red_payload_type: None,
             },
             TrackConfig {
                 kind: MediaKind::Audio,
@@ -499,6 +500,7 @@ fn every_consumer_has_an_outbound_stream() {
                 rtx: None,
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
+                red_payload_type: None,
             },
         ];
         let cmd = endpoint(
@@ -630,6 +632,7 @@ fn client_created_state_is_bounded() {
         rtx: None,
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     };
     let three = vec![
         track(1, MediaKind::Video),

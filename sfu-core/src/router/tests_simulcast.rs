@@ -78,6 +78,7 @@ fn room(subscribers: u16) -> Room {
             codec: crate::codec::Codec::Vp8,
             rtx: None,
             layer_of: (ssrc != LAYERS[0]).then_some(LAYERS[0]),
+            red_payload_type: None,
         })
         .collect();
     router

@@ -136,6 +136,7 @@ impl Sim {
             codec,
             rtx: None,
             layer_of: None,
+            red_payload_type: None,
         };
         let addr = addr(5000 + id as u16);
         let cfg = EndpointConfig {
@@ -152,6 +153,7 @@ impl Sim {
             remote: Some(addr),
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: Some(10 + id),
@@ -186,6 +188,7 @@ impl Sim {
             remote: Some(addr),
             subscription: sub,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: Some(participant),

@@ -66,6 +66,7 @@ fn simulcast_endpoint(
             remote: None,
             subscription: Subscription::All,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: None,
@@ -260,6 +261,7 @@ fn dtls_keys_forward_media_between_browsers() {
         rtx: None,
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     };
     f.router
         .handle_command(
@@ -621,6 +623,7 @@ fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, 
         rtx: None,
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     };
     let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
     if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
@@ -798,6 +801,7 @@ fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
             rtx: None,
             codec: crate::codec::Codec::Vp8,
             layer_of: None,
+            red_payload_type: None,
         }]
     };
     f.router
@@ -988,6 +992,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
         rtx: None,
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
+        red_payload_type: None,
     };
     let sdes = |id: u64, role, tracks: Vec<TrackConfig>, subscription| {
         Command::AddEndpoint(Box::new(EndpointConfig {
@@ -1001,6 +1006,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
             remote: Some(addr(6000 + id as u16)),
             subscription,
             rtcp_ssrc: None,
+            red_payload_type: None,
             rtx_payload_types: Default::default(),
             twcc_send_extension: None,
             participant: None,

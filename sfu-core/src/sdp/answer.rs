@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::codecs::{SUPPORTED_FEEDBACK, preferences};
+use super::codecs::{SUPPORTED_FEEDBACK, preferences, red_for};
 use super::{
     Answer, AnswerParams, Codec, CodecChoice, Direction, Intent, MediaSection, Negotiated, Offer,
     OutStream, RidDirection, SdpError, Setup, SimulcastRid, WEBRTC_PROTOCOL, valid_fingerprint,
@@ -56,6 +56,13 @@ pub const TRANSPORT_WIDE_CC_URI: &str =
 /// leaves generic `nack` out (the node never resends on the original SSRC,
 /// which would reuse an SRTP packet index), so the subscriber asks for a
 /// keyframe instead of waiting for a repair that cannot come.
+///
+/// Redundancy (RED, RFC 2198, [`super::SUPPORTED_REDUNDANCY`]): where the
+/// offer has a RED codec whose blocks are all the chosen codec, a publish
+/// answer keeps it (`a=rtpmap` and the offer's `a=fmtp`, with the offer's
+/// numbers) and a subscribe answer keeps it when the stream's producer
+/// sends RED ([`OutStream::red`]). It is listed first on the `m=` line:
+/// libwebrtc sends RED only when it precedes the codec it wraps.
 ///
 /// Fails when a section has no supported codec, a subscribe section lacks
 /// the stream's codec, a publish offer sends nothing, the offer is ICE-lite,
@@ -118,6 +125,7 @@ struct Plan<'o> {
     section: &'o MediaSection,
     codec: &'o Codec,
     rtx: Option<&'o Codec>,
+    red: Option<&'o Codec>,
     feedback: Vec<&'o str>,
     stream: Option<&'o OutStream>,
     simulcast: Vec<Vec<&'o SimulcastRid>>,
@@ -181,6 +189,9 @@ fn plan<'o>(
     let rtx = section
         .rtx_for(codec.payload_type)
         .filter(|_| offers_nack && (publish || stream.is_some_and(|s| s.rtx_ssrc.is_some())));
+    // A subscriber gets RED only from a producer that sends it.
+    let red = red_for(&section.codecs, choice, codec.payload_type)
+        .filter(|_| publish || stream.is_some_and(|s| s.red));
     let feedback: Vec<&str> = codec
         .rtcp_fb
         .iter()
@@ -225,6 +236,7 @@ fn plan<'o>(
         section,
         codec,
         rtx,
+        red,
         feedback,
         stream,
         simulcast,
@@ -240,6 +252,7 @@ fn plan<'o>(
             rids,
             rtx_payload_type: rtx.map(|c| c.payload_type),
             rtx_ssrcs,
+            red_payload_type: red.map(|c| c.payload_type),
         },
     })
 }
@@ -332,23 +345,12 @@ fn render(offer: &Offer, params: &AnswerParams<'_>, plans: &[Option<Plan<'_>>]) 
         };
         let codec = plan.codec;
         let pt = codec.payload_type;
-        match plan.rtx {
-            Some(rtx) => sdp_line!(
-                out,
-                "m={} 9 {} {} {}",
-                section.kind.as_str(),
-                WEBRTC_PROTOCOL,
-                pt,
-                rtx.payload_type
-            ),
-            None => sdp_line!(
-                out,
-                "m={} 9 {} {}",
-                section.kind.as_str(),
-                WEBRTC_PROTOCOL,
-                pt
-            ),
+        let _ = write!(out, "m={} 9 {}", section.kind.as_str(), WEBRTC_PROTOCOL);
+        // RED before the codec it wraps (see `answer`), RTX last.
+        for format in [plan.red, Some(codec), plan.rtx].into_iter().flatten() {
+            let _ = write!(out, " {}", format.payload_type);
         }
+        out.push_str("\r\n");
         sdp_line!(out, "c=IN IP4 0.0.0.0");
         sdp_line!(out, "a=mid:{}", section.mid);
         sdp_line!(out, "a=ice-ufrag:{}", params.ice_ufrag);
@@ -381,6 +383,15 @@ fn render(offer: &Offer, params: &AnswerParams<'_>, plans: &[Option<Plan<'_>>]) 
             let rtx_pt = rtx.payload_type;
             sdp_line!(out, "a=rtpmap:{rtx_pt} rtx/{}", rtx.clock_rate);
             sdp_line!(out, "a=fmtp:{rtx_pt} apt={pt}");
+        }
+        if let Some(red) = plan.red {
+            let red_pt = red.payload_type;
+            let blocks = red.fmtp.as_deref().unwrap_or_default().trim();
+            match red.channels {
+                Some(n) => sdp_line!(out, "a=rtpmap:{red_pt} {}/{}/{n}", red.name, red.clock_rate),
+                None => sdp_line!(out, "a=rtpmap:{red_pt} {}/{}", red.name, red.clock_rate),
+            }
+            sdp_line!(out, "a=fmtp:{red_pt} {blocks}");
         }
         for (id, uri) in &plan.negotiated.extmap {
             sdp_line!(out, "a=extmap:{id} {uri}");

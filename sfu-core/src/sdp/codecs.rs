@@ -7,10 +7,17 @@
 //! | [`CodecChoice::Opus`] | audio | `opus/48000/2` | none | the offer's |
 //! | [`CodecChoice::Vp8`] | video | `VP8/90000` | none | none |
 //! | [`CodecChoice::H264`] | video | `H264/90000` | `packetization-mode=1`, baseline or constrained-baseline `profile-level-id` | the offer's |
+//! | RED around Opus ([`SUPPORTED_REDUNDANCY`]) | audio | `red/48000/2` | `<opus pt>/<opus pt>` (every block Opus) | the offer's |
 //!
 //! Per kind the first codec of [`SUPPORTED_CODECS`] the offer has wins
 //! (VP8 before H.264). The payload type is always the offer's: the node
-//! has no numbers of its own. RTCP feedback is answered from
+//! has no numbers of its own.
+//!
+//! RED (RFC 2198) is no codec of its own but a wrapper around the chosen
+//! one: a publish answer keeps it wherever the offer has it for the chosen
+//! codec, a subscribe answer only where the stream's producer sends it
+//! ([`super::OutStream::red`]). The answer lists it before the codec it
+//! wraps, since libwebrtc sends RED only when it is negotiated first. RTCP feedback is answered from
 //! [`SUPPORTED_FEEDBACK`] (see [`super::answer()`] for which the
 //! subscribe answers leave out).
 
@@ -74,6 +81,45 @@ pub const SUPPORTED_CODECS: [CodecSpec; 3] = [
         answer_fmtp: true,
     },
 ];
+
+/// A redundancy format the node forwards around a codec (RFC 2198).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedundancySpec {
+    /// The codec it wraps: the one its fmtp must name for every block.
+    pub primary: CodecChoice,
+    /// The encoding name, compared ignoring ASCII case.
+    pub name: &'static str,
+    /// The RTP clock rate in Hz.
+    pub clock_rate: u32,
+    /// The channel count the rtpmap must give; `None`: not checked.
+    pub channels: Option<u8>,
+}
+
+/// The redundancy formats the node forwards: RED around Opus, as Chrome
+/// offers it (`a=rtpmap:63 red/48000/2`, `a=fmtp:63 111/111`).
+pub const SUPPORTED_REDUNDANCY: [RedundancySpec; 1] = [RedundancySpec {
+    primary: CodecChoice::Opus,
+    name: "red",
+    clock_rate: 48_000,
+    channels: Some(2),
+}];
+
+/// The offer's RED codec for the chosen `primary` codec (offered with
+/// payload type `primary_pt`): a row of [`SUPPORTED_REDUNDANCY`] for it,
+/// whose fmtp names `primary_pt` for every block (`111/111`), with a
+/// payload type of its own.
+pub(super) fn red_for(codecs: &[Codec], primary: CodecChoice, primary_pt: u8) -> Option<&Codec> {
+    let spec = SUPPORTED_REDUNDANCY.iter().find(|s| s.primary == primary)?;
+    codecs.iter().find(|c| {
+        c.name.eq_ignore_ascii_case(spec.name)
+            && c.clock_rate == spec.clock_rate
+            && spec.channels.is_none_or(|n| c.channels == Some(n))
+            && c.payload_type != primary_pt
+            && c.fmtp.as_deref().is_some_and(|f| {
+                !f.trim().is_empty() && f.split('/').all(|b| b.trim().parse() == Ok(primary_pt))
+            })
+    })
+}
 
 /// RTCP feedback an answer keeps when the offer has it. `transport-cc` is
 /// kept only where the answer also keeps the transport-wide-cc extension
@@ -198,5 +244,43 @@ mod tests {
             assert_eq!(preferences(kind).next(), Some(assumed_codec(kind)));
             assert!(preferences(kind).all(|c| c.kind() == kind));
         }
+        for red in SUPPORTED_REDUNDANCY {
+            assert_eq!(red.primary.kind(), MediaKind::Audio);
+            assert_eq!(Some(red.clock_rate), Some(red.primary.spec().clock_rate));
+        }
+    }
+
+    #[test]
+    fn red_needs_its_primary_in_every_block() {
+        let codec = |pt, name: &str, channels, fmtp: Option<&str>| Codec {
+            payload_type: pt,
+            name: name.to_owned(),
+            clock_rate: 48_000,
+            channels,
+            fmtp: fmtp.map(str::to_owned),
+            rtcp_fb: Vec::new(),
+        };
+        let opus = codec(111, "opus", Some(2), None);
+        for (red, found) in [
+            (codec(63, "red", Some(2), Some("111/111")), true),
+            (codec(63, "RED", Some(2), Some("111")), true),
+            (codec(63, "red", Some(2), Some(" 111 / 111 ")), true),
+            (codec(63, "red", Some(2), Some("111/109")), false),
+            (codec(63, "red", Some(2), Some("")), false),
+            (codec(63, "red", Some(2), None), false),
+            (codec(63, "red", Some(1), Some("111/111")), false),
+            (codec(63, "red", None, Some("111/111")), false),
+            (codec(111, "red", Some(2), Some("111/111")), false),
+            (codec(63, "rtx", Some(2), Some("111/111")), false),
+        ] {
+            let codecs = [opus.clone(), red.clone()];
+            let got = red_for(&codecs, CodecChoice::Opus, 111).map(|c| c.payload_type);
+            assert_eq!(got.is_some(), found, "{red:?}");
+        }
+        let video = [codec(116, "red", Some(2), Some("96/96"))];
+        assert!(
+            red_for(&video, CodecChoice::Vp8, 96).is_none(),
+            "audio only"
+        );
     }
 }

@@ -16,7 +16,9 @@
 //!   line endings; ICE and DTLS attributes at session or media level (media
 //!   level wins; within the BUNDLE group the values of the first bundled
 //!   section are used and no other section may contradict them).
-//! * Audio: Opus 48000/2. Video: VP8 (preferred), then H.264 with
+//! * Audio: Opus 48000/2, with redundancy (RED, RFC 2198, `red/48000/2`
+//!   whose fmtp names Opus for every block) where the offer has it (see
+//!   [`SUPPORTED_REDUNDANCY`]). Video: VP8 (preferred), then H.264 with
 //!   `packetization-mode=1` and a constrained-baseline or baseline
 //!   `profile-level-id` (profile byte `42`, constraint byte `e0` or `00`, any
 //!   level; an absent `profile-level-id` means RFC 6184's default baseline).
@@ -52,9 +54,10 @@
 //! * An ICE-lite offer: two ICE-lite agents never connect.
 //!
 //! Data channels (`m=application`) and other media types are answered with
-//! port 0 (rejected) and left out of the answer's BUNDLE group. RTX, RED and
-//! ULPFEC are never answered, so peers send neither retransmission nor FEC
-//! streams. Trickle candidates of the peer are ignored (the node is ICE-lite
+//! port 0 (rejected) and left out of the answer's BUNDLE group. ULPFEC and
+//! video RED are never answered, so peers send no FEC streams; RTX is
+//! answered where the offer pairs it with the chosen codec and NACK, and
+//! audio RED as above. Trickle candidates of the peer are ignored (the node is ICE-lite
 //! and learns the peer's address from its checks).
 //!
 //! # Limitations
@@ -78,7 +81,10 @@ use std::net::SocketAddr;
 use crate::router::MediaKind;
 
 pub use answer::{TRANSPORT_WIDE_CC_URI, answer};
-pub use codecs::{CodecChoice, CodecSpec, SUPPORTED_CODECS, SUPPORTED_FEEDBACK, assumed_codec};
+pub use codecs::{
+    CodecChoice, CodecSpec, RedundancySpec, SUPPORTED_CODECS, SUPPORTED_FEEDBACK,
+    SUPPORTED_REDUNDANCY, assumed_codec,
+};
 pub use parse::parse_offer;
 
 /// Largest SDP text accepted, in bytes.
@@ -454,6 +460,11 @@ pub struct OutStream {
     /// when the offer has an `rtx` codec for the stream's codec; the answer
     /// then announces it in an `a=ssrc-group:FID` with `ssrc`.
     pub rtx_ssrc: Option<u32>,
+    /// Whether the stream's producer sends RED (RFC 2198) around its
+    /// codec: the answer then keeps the offer's RED codec for it, if any
+    /// ([`Negotiated::red_payload_type`]), and the node forwards RED
+    /// unchanged; otherwise the node sends the primary blocks only.
+    pub red: bool,
 }
 
 /// A rendered answer and what it agreed to.
@@ -497,6 +508,11 @@ pub struct Negotiated {
     /// The publisher's (media SSRC, RTX SSRC) pairs from
     /// `a=ssrc-group:FID` (publish only, when RTX was accepted).
     pub rtx_ssrcs: Vec<(u32, u32)>,
+    /// The offer's RED payload type (RFC 2198) around the chosen codec,
+    /// when the answer kept it ([`SUPPORTED_REDUNDANCY`]): a publisher
+    /// may send RED with it, and the node forwards RED to a subscriber
+    /// with it ([`OutStream::red`]).
+    pub red_payload_type: Option<u8>,
 }
 
 /// Why an offer was refused or an answer could not be built.

@@ -63,6 +63,7 @@ fn stream(ssrc: u32, codec: CodecChoice) -> OutStream {
         track_id: format!("track-{ssrc}"),
         codec,
         rtx_ssrc: None,
+        red: false,
     }
 }
 
@@ -189,6 +190,9 @@ fn publish_answer_to_chrome() {
     assert_eq!(video.rtx_payload_type, Some(97));
     assert_eq!(video.rtx_ssrcs, [(2_233_445_566, 3_344_556_677)]);
     assert_eq!(audio.rtx_payload_type, None);
+    // Chrome's RED around Opus (63, fmtp 111/111) is kept; video RED not.
+    assert_eq!(audio.red_payload_type, Some(63));
+    assert_eq!(video.red_payload_type, None);
     let ids: Vec<u8> = video.extmap.iter().map(|e| e.0).collect();
     assert_eq!(ids, [2, 3, 4, 10, 11]);
 
@@ -198,7 +202,7 @@ fn publish_answer_to_chrome() {
     assert!(!sdp.replace("\r\n", "").contains(['\r', '\n']), "CRLF only");
     assert!(sdp.contains("\r\na=group:BUNDLE 0 1\r\n"));
     for unwanted in [
-        "red/",
+        "red/90000",
         "ulpfec",
         "VP9",
         "AV1",
@@ -212,7 +216,8 @@ fn publish_answer_to_chrome() {
 
     let audio_lines = section(sdp, "0");
     for expected in [
-        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        // RED first: libwebrtc sends RED only when it precedes Opus.
+        "m=audio 9 UDP/TLS/RTP/SAVPF 63 111",
         "c=IN IP4 0.0.0.0",
         "a=ice-ufrag:sfuU",
         "a=ice-pwd:abcdefghijklmnopqrstuvwx",
@@ -223,6 +228,8 @@ fn publish_answer_to_chrome() {
         "a=recvonly",
         "a=rtpmap:111 opus/48000/2",
         "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=rtpmap:63 red/48000/2",
+        "a=fmtp:63 111/111",
         "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
         "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
         "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
@@ -480,6 +487,88 @@ fn subscribe_answer_with_rtx() {
     let parsed = parse_offer(sdp).expect("answer parses");
     assert_eq!(parsed.media[1].media_ssrcs(), [2222]);
     assert_eq!(parsed.media[1].rtx_ssrcs(), [(2222, 2223)]);
+}
+
+#[test]
+fn publish_answer_without_usable_red() {
+    // RED whose blocks are not the chosen Opus, or no RED at all: Opus only.
+    for text in [
+        CHROME.replace("a=fmtp:63 111/111", "a=fmtp:63 111/0"),
+        without(CHROME, "a=fmtp:63"),
+        without(CHROME, "a=rtpmap:63"),
+    ] {
+        let offer = parse_offer(&crlf(&text)).expect("parses");
+        let answer = answer(&offer, &params(), &Intent::Publish).expect("answer");
+        assert_eq!(answer.sections[0].red_payload_type, None);
+        let audio = section(&answer.sdp, "0");
+        assert!(
+            audio.contains(&"m=audio 9 UDP/TLS/RTP/SAVPF 111"),
+            "{audio:?}"
+        );
+        assert!(!answer.sdp.contains("red/"), "{}", answer.sdp);
+    }
+}
+
+#[test]
+fn subscribe_answer_keeps_red_only_when_the_producer_sends_it() {
+    // The viewer numbers RED 100 around its Opus 109.
+    let text = chrome_whep()
+        .replace("SAVPF 111 63 ", "SAVPF 109 100 ")
+        .replace("a=rtpmap:111 ", "a=rtpmap:109 ")
+        .replace("a=rtcp-fb:111 ", "a=rtcp-fb:109 ")
+        .replace("a=fmtp:111 ", "a=fmtp:109 ")
+        .replace("a=rtpmap:63 ", "a=rtpmap:100 ")
+        .replace("a=fmtp:63 111/111", "a=fmtp:100 109/109");
+    let offer = parse_offer(&text).expect("parses");
+    let red = |red| {
+        let intent = Intent::Subscribe(vec![
+            Some(OutStream {
+                red,
+                ..stream(1111, CodecChoice::Opus)
+            }),
+            Some(OutStream {
+                red,
+                ..stream(2222, CodecChoice::Vp8)
+            }),
+        ]);
+        answer(&offer, &params(), &intent).expect("answer")
+    };
+
+    let with = red(true);
+    assert_eq!(with.sections[0].payload_type, 109);
+    assert_eq!(with.sections[0].red_payload_type, Some(100));
+    assert_eq!(with.sections[1].red_payload_type, None, "no video RED");
+    let audio = section(&with.sdp, "0");
+    for expected in [
+        "m=audio 9 UDP/TLS/RTP/SAVPF 100 109",
+        "a=rtpmap:109 opus/48000/2",
+        "a=rtpmap:100 red/48000/2",
+        "a=fmtp:100 109/109",
+        "a=sendonly",
+    ] {
+        assert!(audio.contains(&expected), "{expected} missing in {audio:?}");
+    }
+    assert!(!with.sdp.contains("red/90000"));
+    let parsed = parse_offer(&with.sdp).expect("answer parses");
+    assert_eq!(parsed.media[0].codecs.len(), 2);
+
+    let plain = red(false);
+    assert_eq!(plain.sections[0].red_payload_type, None);
+    assert!(section(&plain.sdp, "0").contains(&"m=audio 9 UDP/TLS/RTP/SAVPF 109"));
+    assert!(!plain.sdp.contains("red/"), "{}", plain.sdp);
+
+    // A viewer that did not offer RED gets none, whatever the producer.
+    let offer = parse_offer(&without(&chrome_whep(), "a=rtpmap:63")).expect("parses");
+    let intent = Intent::Subscribe(vec![
+        Some(OutStream {
+            red: true,
+            ..stream(1111, CodecChoice::Opus)
+        }),
+        None,
+    ]);
+    let answer = answer(&offer, &params(), &intent).expect("answer");
+    assert_eq!(answer.sections[0].red_payload_type, None);
+    assert!(!answer.sdp.contains("red/"), "{}", answer.sdp);
 }
 
 #[test]
