@@ -570,6 +570,9 @@ fn load_and_metrics_have_their_shape() {
         }
     }
 
+    // Workers publish their gauges after their own loop turn: the room's
+    // worker may answer the command a moment before its gauge shows it.
+    node.wait_worker_metric("sfu_rooms", 0, 1);
     let a = node.get("/metrics");
     assert_eq!(a.status, 200);
     assert!(
