@@ -22,7 +22,7 @@
 //! and its allocation; a video consumer that does not fit even at its
 //! lowest layer keeps that layer while the estimate is at least half of its
 //! bitrate, and below that is paused (nothing forwarded) until a later
-//! allocation resumes it at a keyframe. At most [`MAX_STREAMS`] consumers of one
+//! allocation resumes it at a keyframe; a track of one layer is never paused. At most [`MAX_STREAMS`] consumers of one
 //! subscriber take part; the rest keep their caps.
 
 use std::time::{Duration, Instant};
@@ -298,9 +298,12 @@ impl Router {
             // cannot raise the estimate again (only what is sent is
             // acknowledged), so it keeps its lowest layer down to half of
             // that layer's bitrate.
+            // A track of one layer is never paused: random loss (not
+            // congestion) can drive the loss-based estimate far down, and
+            // a paused single-layer video has no cheaper layer to resume at.
             if target.is_none()
                 && let Some(&(lowest_bps, lowest)) = layers.first()
-                && estimate.saturating_mul(2) >= lowest_bps
+                && (s.count == 1 || estimate.saturating_mul(2) >= lowest_bps)
             {
                 target = Some(lowest);
             }
