@@ -25,18 +25,7 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
         .handle_command(t0, Command::CreateRoom(RoomId(1)))
         .unwrap();
     let (publisher, pm, pl) = Peer::new(1);
-    let tracks = LAYERS
-        .iter()
-        .map(|&ssrc| TrackConfig {
-            kind: MediaKind::Video,
-            ssrc,
-            payload_type: 96,
-            codec: crate::codec::Codec::Vp8,
-            rtx: None,
-            layer_of: (ssrc != LAYERS[0]).then_some(LAYERS[0]),
-            red_payload_type: None,
-        })
-        .collect();
+    let tracks = super::tests_simulcast::vp8_layers(&LAYERS);
     let config =
         |id, role, remote_master, local_master, tracks, remote, twcc: Option<u8>| EndpointConfig {
             id: EndpointId(id),

@@ -62,14 +62,10 @@ struct Room {
     subs: Vec<(Peer, ConsumerInfo)>,
 }
 
-fn room(subscribers: u16) -> Room {
-    let t0 = Instant::now();
-    let mut router = Router::new(RouterConfig::default());
-    router
-        .handle_command(t0, Command::CreateRoom(RoomId(1)))
-        .unwrap();
-    let (peer, pm, pl) = Peer::new(1);
-    let tracks = LAYERS
+/// One VP8 track (payload type 96) of the given layers, ascending quality:
+/// every layer after the first is `layer_of` the first.
+pub(super) fn vp8_layers(ssrcs: &[u32]) -> Vec<TrackConfig> {
+    ssrcs
         .iter()
         .map(|&ssrc| TrackConfig {
             kind: MediaKind::Video,
@@ -77,10 +73,20 @@ fn room(subscribers: u16) -> Room {
             payload_type: 96,
             codec: crate::codec::Codec::Vp8,
             rtx: None,
-            layer_of: (ssrc != LAYERS[0]).then_some(LAYERS[0]),
+            layer_of: ssrcs.first().copied().filter(|&first| first != ssrc),
             red_payload_type: None,
         })
-        .collect();
+        .collect()
+}
+
+fn room(subscribers: u16) -> Room {
+    let t0 = Instant::now();
+    let mut router = Router::new(RouterConfig::default());
+    router
+        .handle_command(t0, Command::CreateRoom(RoomId(1)))
+        .unwrap();
+    let (peer, pm, pl) = Peer::new(1);
+    let tracks = vp8_layers(&LAYERS);
     router
         .handle_command(
             t0,
