@@ -2,10 +2,8 @@
 //! and allocation: after construction, the estimator, the transport-cc
 //! round trip and the allocator allocate nothing.
 
-#![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sfu_core::bwe::allocate::{MediaKind, Priority, StreamRequest, allocate};
@@ -13,30 +11,8 @@ use sfu_core::bwe::{Config, Estimator};
 use sfu_core::twcc::{MAX_STATUSES, TwccReceiver};
 use sfu_core::wire::rtcp::TransportCc;
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 #[test]
 fn estimator_feedback_and_allocation_do_not_allocate() {
@@ -64,7 +40,7 @@ fn estimator_feedback_and_allocation_do_not_allocate() {
         },
     ];
     let mut out = [None; 2];
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     let mut seq = 65_000u16;
     let mut used = 0;
     // One packet per ms; every 7th lost; 40 ms one way; feedback every 50 ms.
@@ -83,6 +59,6 @@ fn estimator_feedback_and_allocation_do_not_allocate() {
             used += allocate(est.target_bps(), &streams, &mut out).used_bps;
         }
     }
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed) - before, 0);
+    assert_eq!(counting::allocations() - before, 0);
     assert!(used > 0);
 }

@@ -2,39 +2,15 @@
 //! in a room of eight speakers: once the speakers are added, recording,
 //! deciding and ordering allocate nothing.
 
-#![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use sfu_core::speaker::{FRAME, LastN, SpeakerDetector};
 use sfu_core::wire::rtp::AudioLevel;
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const SPEAKERS: u64 = 8;
 const RECORDS: u64 = 100_000;
@@ -51,7 +27,7 @@ fn record_and_poll_allocate_nothing() {
     let mut audio = LastN::new(3);
     let mut out = [0u64; 8];
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     let mut now = t0;
     let (mut polls, mut changes) = (0, 0);
     for i in 0..RECORDS {
@@ -87,7 +63,7 @@ fn record_and_poll_allocate_nothing() {
             detector.active(&mut out);
         }
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = counting::allocations() - before;
     assert_eq!(polls, POLLS);
     assert!(changes >= 7, "the talkers took over: {changes}");
     assert_eq!(allocations, 0, "allocations on the speaker path");

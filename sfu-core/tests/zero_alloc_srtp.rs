@@ -1,39 +1,14 @@
 //! A counting global allocator over a million protect + unprotect round trips
 //! per profile: after the contexts exist, the SRTP hot path allocates nothing.
 
-#![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod counting;
 
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtp::{ExtensionMap, RtpHeader, RtpPacket, RtpPacketMut, write_header};
 use sfu_core::wire::{DatagramKind, classify};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const ROUND_TRIPS: u32 = 1_000_000;
 
@@ -60,7 +35,7 @@ fn round_trips(profile: Profile) -> u64 {
     let n = tx.protect_rtp(&mut buf, len).unwrap();
     rx.unprotect_rtp(&mut buf[..n]).unwrap();
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     let mut seq = 1u16;
     for i in 0..ROUND_TRIPS {
         // What a forwarder does per egress copy: rewrite, protect, and on
@@ -76,16 +51,16 @@ fn round_trips(profile: Profile) -> u64 {
         assert_eq!(p.transport_cc_seq(&map), Some(seq));
         seq = seq.wrapping_add(1);
     }
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    counting::allocations() - before
 }
 
 #[test]
 fn zero_alloc_srtp_round_trips() {
     // One test function so no other test thread allocates meanwhile.
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     drop(std::hint::black_box(vec![1u8; 16]));
     assert!(
-        ALLOCATIONS.load(Ordering::Relaxed) > before,
+        counting::allocations() > before,
         "the counting allocator must see allocations"
     );
     for profile in [Profile::AeadAes128Gcm, Profile::Aes128CmHmacSha1_80] {
