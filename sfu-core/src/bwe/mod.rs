@@ -27,7 +27,8 @@
 //!   1.5 × acked + 10 kbit/s.
 //! * [`rate::LossBasedBound`] — the classic loss-based part of
 //!   `SendSideBandwidthEstimation`: under 2 % loss may grow, 2–10 % holds,
-//!   over 10 % multiplies by `1 − 0.5 × loss`. The target is the minimum of
+//!   over 10 % multiplies by `1 − 0.5 × loss`, down to half the acked
+//!   bitrate; a probe result lifts it. The target is the minimum of
 //!   the delay-based estimate, this bound and the latest REMB.
 //! * [`rate::AckedBitrate`] — the acknowledged (received) bitrate over a
 //!   500 ms window of arrival time.
@@ -195,7 +196,10 @@ impl Estimator {
                     self.aimd.update(usage, acked, self.rtt, now);
                 }
             }
-            (_, Some(bps)) => self.aimd.set_estimate(bps, now),
+            (_, Some(bps)) => {
+                self.aimd.set_estimate(bps, now);
+                self.loss.on_probe(bps);
+            }
             (_, None) => {
                 self.aimd.update(usage, acked, self.rtt, now);
             }
@@ -206,6 +210,7 @@ impl Estimator {
             summary.lost,
             self.target.min(delay_bps),
             delay_bps,
+            acked,
             self.rtt,
             now,
         );

@@ -224,6 +224,14 @@ impl AimdRateControl {
 /// 2 % the bound grows 8 %/s and is lifted once it exceeds the delay-based
 /// estimate; from 2 to 10 % it holds at the current target; above 10 % it
 /// becomes `target × (1 − 0.5 × loss)`, at most once per 300 ms + RTT.
+///
+/// Two departures from the classic rule, both from libwebrtc's later
+/// behaviour: a decrease stops at half the acknowledged bitrate (what got
+/// through, [`LOSS_FLOOR_OF_ACKED`]), so a burst of loss while a too-high
+/// layer drains through a shaper does not compound down to nothing; and a
+/// successful probe lifts the bound to the probed rate
+/// ([`LossBasedBound::on_probe`], libwebrtc's `SetSendBitrate` on a probe
+/// result), so recovery after a cap is not held to 8 %/s.
 #[derive(Debug, Clone)]
 pub struct LossBasedBound {
     expected: u32,
@@ -264,14 +272,17 @@ impl LossBasedBound {
     }
 
     /// Counts a feedback's received and lost packets; once 20 are counted,
-    /// updates the bound from `target_bps` (the current combined target)
-    /// and `delay_bps` (the delay-based estimate).
+    /// updates the bound from `target_bps` (the current combined target),
+    /// `delay_bps` (the delay-based estimate) and `acked_bps` (the
+    /// acknowledged bitrate, once measured).
+    #[allow(clippy::too_many_arguments)] // One call site, all distinct inputs.
     pub fn on_feedback(
         &mut self,
         received: u32,
         lost: u32,
         target_bps: u64,
         delay_bps: u64,
+        acked_bps: Option<u64>,
         rtt: Duration,
         now: Instant,
     ) {
@@ -300,11 +311,25 @@ impl LossBasedBound {
         {
             self.bound = Some(self.bound.map_or(target, |b| b.min(target)));
         } else {
-            self.bound = Some(target * (1.0 - 0.5 * self.fraction));
+            let floor = acked_bps.map_or(0.0, |a| a as f64 * LOSS_FLOOR_OF_ACKED);
+            let decreased = (target * (1.0 - 0.5 * self.fraction)).max(floor);
+            self.bound = Some(decreased.min(target));
             self.last_decrease = Some(now);
         }
     }
+
+    /// A probe measured `bps` on the path: the bound (if any) is raised to
+    /// it, and lifted at the next low-loss update.
+    pub fn on_probe(&mut self, bps: u64) {
+        if let Some(b) = self.bound.as_mut() {
+            *b = b.max(bps as f64);
+        }
+    }
 }
+
+/// Lowest a loss-based decrease goes, as a fraction of the acknowledged
+/// bitrate.
+pub const LOSS_FLOOR_OF_ACKED: f64 = 0.5;
 
 /// The receive rate of acknowledged packets over a sliding window of
 /// arrival time, in a fixed ring.
@@ -420,13 +445,14 @@ mod tests {
         let t0 = Instant::now();
         let rtt = Duration::from_millis(100);
         let mut l = LossBasedBound::new();
-        l.on_feedback(95, 5, 1_000_000, 1_500_000, rtt, t0);
+        l.on_feedback(95, 5, 1_000_000, 1_500_000, None, rtt, t0);
         assert_eq!(l.bound_bps(), Some(1_000_000));
         l.on_feedback(
             80,
             20,
             1_000_000,
             1_500_000,
+            None,
             rtt,
             t0 + Duration::from_secs(1),
         );
@@ -437,6 +463,7 @@ mod tests {
             20,
             900_000,
             1_500_000,
+            None,
             rtt,
             t0 + Duration::from_millis(1100),
         );
@@ -445,10 +472,51 @@ mod tests {
         let mut t = t0 + Duration::from_secs(2);
         for _ in 0..20 {
             t += Duration::from_secs(1);
-            l.on_feedback(100, 0, 900_000, 1_500_000, rtt, t);
+            l.on_feedback(100, 0, 900_000, 1_500_000, None, rtt, t);
         }
         assert_eq!(l.bound_bps(), None);
         assert_eq!(l.fraction(), 0.0);
+    }
+
+    #[test]
+    fn loss_bound_stops_at_half_the_acked_rate_and_a_probe_lifts_it() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(50);
+        let mut l = LossBasedBound::new();
+        // 50 % loss, again and again, 400 ms apart: 1 M, 750 k, 562 k, ...
+        // but never under half of the 400 kbit/s that got through.
+        let mut target = 1_000_000;
+        for i in 0..20 {
+            let now = t0 + Duration::from_millis(400 * i);
+            l.on_feedback(50, 50, target, 2_000_000, Some(400_000), rtt, now);
+            target = l.bound_bps().unwrap();
+        }
+        assert_eq!(target, 200_000);
+        // Without an acked rate the classic rule goes on down.
+        l.on_feedback(
+            50,
+            50,
+            target,
+            2_000_000,
+            None,
+            rtt,
+            t0 + Duration::from_secs(9),
+        );
+        assert_eq!(l.bound_bps(), Some(150_000));
+        // A probe that measured 1.2 Mbit/s raises it; the next clean
+        // interval lifts it (the delay-based estimate is the probe's).
+        l.on_probe(1_200_000);
+        assert_eq!(l.bound_bps(), Some(1_200_000));
+        l.on_feedback(
+            100,
+            0,
+            1_200_000,
+            1_200_000,
+            Some(1_000_000),
+            rtt,
+            t0 + Duration::from_secs(10),
+        );
+        assert_eq!(l.bound_bps(), None);
     }
 
     #[test]

@@ -49,10 +49,11 @@ const PROBE_PADDING: usize = 255;
 /// Shortest time from the end of one probe to the start of the next; it
 /// doubles (up to [`PROBE_GAP_MAX`]) after each probe that did not raise
 /// the estimate to what it probed for, so a bottleneck is not probed
-/// into congestion every second.
+/// into congestion every second, except while one of the subscriber's
+/// videos is paused.
 pub const PROBE_GAP: Duration = Duration::from_millis(1000);
 /// Longest time between two probes while an upgrade waits.
-pub const PROBE_GAP_MAX: Duration = Duration::from_secs(8);
+pub const PROBE_GAP_MAX: Duration = Duration::from_secs(4);
 /// Step between two rounds of a probe's packets.
 const PROBE_STEP: Duration = Duration::from_millis(1);
 
@@ -267,7 +268,12 @@ impl Router {
             // The next upgrade needs more than the estimate: probe for it.
             egress.probes = egress.probes.wrapping_add(1);
             let bps = (estimate + result.wants_probe_bps).min(estimate * 2);
-            if egress.last_probe.is_some() {
+            // A paused video is probed for at the shortest gap: it is
+            // frozen until a probe finds room for its lowest layer.
+            let paused = ep.consumers.iter().any(|c| {
+                c.attached && c.kind == MediaKind::Video && c.source.is_some() && c.target.is_none()
+            });
+            if egress.last_probe.is_some() && !paused {
                 egress.probe_gap = (egress.probe_gap * 2).min(PROBE_GAP_MAX);
             }
             egress.probed_bps = bps;

@@ -14,8 +14,6 @@ use crate::wire::rtp::{RtpHeader, RtpPacket, write_header};
 
 const PUB: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
 const LAYERS: [u32; 3] = [0x100, 0x200, 0x300];
-/// Bytes of one packet per layer; 100 packets/s each: 160, 480, 1,200 kbit/s.
-const SIZES: [usize; 3] = [200, 600, 1500 - 200];
 const TWCC_ID: u8 = 5;
 
 fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
@@ -82,68 +80,147 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
     (router, t0, publisher, sub, c[0])
 }
 
-/// The publisher's packet of layer `l`, a keyframe every second.
-fn packet(p: &mut Peer, l: usize, n: u32) -> Vec<u8> {
-    let mut buf = [0u8; 1500];
-    let h = write_header(
-        &mut buf,
-        &RtpHeader {
-            marker: true,
-            payload_type: 96,
-            sequence_number: n as u16,
-            timestamp: n.wrapping_mul(900),
-            ssrc: LAYERS[l],
-        },
-        // A publisher's own extension, which the copy must not carry.
-        &[(3, &[9, 9])],
-    )
-    .unwrap();
-    let size = SIZES[l] - h - 16;
-    buf[h..h + 4].copy_from_slice(&[0x90, 0x80, 0x80 | (n >> 8) as u8 & 0x7f, n as u8]);
-    buf[h + 4] = u8::from(!n.is_multiple_of(100));
-    buf[h + 5..h + size].fill(l as u8);
-    let len = p.tx.protect_rtp(&mut buf, h + size).unwrap();
-    buf[..len].to_vec()
+/// The publisher's simulcast camera: 20 frames/s per layer, frames of
+/// [`FRAME_BYTES`] cut into packets of at most 1,000 bytes, a keyframe (4
+/// times the size) at the start and then only when the router asks for one
+/// with a PLI, as browsers do.
+struct Camera {
+    frame_bytes: [usize; 3],
+    seq: [u16; 3],
+    picture_id: u16,
+    key_wanted: [bool; 3],
 }
 
-/// Runs `secs` seconds with the subscriber's link at `kbps`; returns the
-/// share of media bytes the subscriber got per layer in the last second.
+/// Bytes of one delta frame per layer: 160, 480 and 1,200 kbit/s at 20
+/// frames/s.
+const FRAME_BYTES: [usize; 3] = [1_000, 3_000, 7_500];
+/// What Chromium 156 sends of its fake camera (browser-test/SIMULCAST.md):
+/// about 135, 250 and 500 kbit/s.
+const CHROMIUM_FRAME_BYTES: [usize; 3] = [850, 1_600, 3_100];
+
+impl Camera {
+    fn new(frame_bytes: [usize; 3]) -> Self {
+        Self {
+            frame_bytes,
+            seq: [0; 3],
+            picture_id: 0,
+            key_wanted: [true; 3],
+        }
+    }
+
+    /// Takes the router's PLIs to the publisher out of `sent`.
+    fn read_plis(&mut self, peer: &mut Peer, sent: &[(Vec<u8>, SocketAddr)]) {
+        for (d, dst) in sent {
+            if *dst != PUB || wire::classify(d) != DatagramKind::Rtcp {
+                continue;
+            }
+            let mut b = d.clone();
+            let Ok(n) = peer.rx.unprotect_rtcp(&mut b) else {
+                continue;
+            };
+            for item in wire::rtcp::RtcpIter::new(&b[..n]) {
+                if let Ok(wire::rtcp::RtcpPacket::Pli(p)) = item
+                    && let Some(l) = LAYERS.iter().position(|&s| s == p.media_ssrc())
+                {
+                    self.key_wanted[l] = true;
+                }
+            }
+        }
+    }
+
+    /// The packets of frame `frame` of every layer.
+    fn frame(&mut self, peer: &mut Peer, frame: u32) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.picture_id = (self.picture_id + 1) & 0x7fff;
+        for l in 0..3 {
+            let key = std::mem::take(&mut self.key_wanted[l]);
+            let mut left = self.frame_bytes[l] * if key { 8 } else { 1 };
+            let mut first = true;
+            while left > 0 {
+                let size = left.min(1_000);
+                left -= size;
+                let mut buf = [0u8; 1500];
+                let h = write_header(
+                    &mut buf,
+                    &RtpHeader {
+                        marker: left == 0,
+                        payload_type: 96,
+                        sequence_number: self.seq[l],
+                        timestamp: frame.wrapping_mul(4500),
+                        ssrc: LAYERS[l],
+                    },
+                    // A publisher's own extension, which the copy must not carry.
+                    &[(3, &[9, 9])],
+                )
+                .unwrap();
+                self.seq[l] = self.seq[l].wrapping_add(1);
+                let [hi, lo] = self.picture_id.to_be_bytes();
+                buf[h..h + 4].copy_from_slice(&[
+                    if first { 0x90 } else { 0x80 },
+                    0x80,
+                    0x80 | hi,
+                    lo,
+                ]);
+                buf[h + 4] = u8::from(!key);
+                buf[h + 5..h + size].fill(l as u8);
+                first = false;
+                let len = peer.tx.protect_rtp(&mut buf, h + size).unwrap();
+                out.push(buf[..len].to_vec());
+            }
+        }
+        out
+    }
+}
+
+/// The subscriber's bottleneck: a rate and a droptail queue of
+/// (departure, transport seq, layer or 3 for a probe, size).
 struct Link {
     kbps: u64,
     /// (departure time, transport seq) of queued packets.
-    queue: VecDeque<(Instant, u16, usize)>,
+    queue: VecDeque<(Instant, u16, usize, usize)>,
     free_at: Instant,
     queued_bytes: usize,
 }
 
-#[test]
-fn a_subscribers_layer_follows_its_bottleneck() {
+/// What one simulated run saw: per second, the layer the subscriber got
+/// most media packets of in its second half (9: under 10 media packets in
+/// the whole second, a frozen second), and the router at the end.
+struct Run {
+    layer_at: Vec<(u64, usize)>,
+    router: Router,
+}
+
+/// Runs `steps` 10 ms steps of three-layer simulcast ([`Camera`]) through the router to
+/// one subscriber whose link carries `kbps(step)` kbit/s behind a droptail
+/// queue of `queue_ms` worth of bytes, fed back as real transport-cc.
+fn run_link(frame_bytes: [usize; 3], steps: u32, queue_ms: u64, kbps: impl Fn(u32) -> u64) -> Run {
     let (mut router, t0, mut publisher, mut sub, consumer) = setup();
     let mut sink = Sink::new();
     let mut receiver = TwccReceiver::new(t0);
     let mut scratch = Vec::with_capacity(MAX_STATUSES);
     let mut link = Link {
-        kbps: 400,
+        kbps: kbps(0),
         queue: VecDeque::new(),
         free_at: t0,
         queued_bytes: 0,
     };
+    let mut camera = Camera::new(frame_bytes);
     let mut got = [0usize; 3];
+    let mut media_in_second = 0;
     let mut last_fb = t0;
     let mut layer_at: Vec<(u64, usize)> = Vec::new();
-    for step in 0..3000u32 {
+    for step in 0..steps {
         // 10 ms steps: one packet per layer.
         let now = t0 + Duration::from_millis(u64::from(step) * 10);
-        if step == 1500 {
-            link.kbps = 5000;
-        }
-        for l in 0..3 {
-            let mut p = packet(&mut publisher, l, step);
-            router.handle_input(now, PUB, &mut p, &mut sink);
+        link.kbps = kbps(step);
+        if step.is_multiple_of(5) {
+            for mut p in camera.frame(&mut publisher, step / 5) {
+                router.handle_input(now, PUB, &mut p, &mut sink);
+            }
         }
         router.handle_timeout(now, &mut sink);
-        // The node's egress to the subscriber enters the bottleneck
-        // (droptail at 100 ms worth of bytes).
+        camera.read_plis(&mut publisher, &sink.sent);
+        // The node's egress to the subscriber enters the bottleneck.
         for (d, dst) in sink.sent.drain(..) {
             if dst != addr(6000) || wire::classify(&d) != DatagramKind::Rtp {
                 continue;
@@ -158,7 +235,7 @@ fn a_subscribers_layer_follows_its_bottleneck() {
                 .extension(TWCC_ID)
                 .and_then(wire::rtp::parse_transport_cc)
                 .unwrap();
-            let limit = (link.kbps as usize) * 1000 / 8 / 10;
+            let limit = (link.kbps * queue_ms) as usize / 8;
             if link.queued_bytes + d.len() > limit {
                 continue;
             }
@@ -171,15 +248,17 @@ fn a_subscribers_layer_follows_its_bottleneck() {
             } else {
                 p.payload().last().copied().unwrap_or(0) as usize
             };
-            link.queue.push_back((done, seq, layer));
+            link.queue.push_back((done, seq, layer, d.len()));
         }
-        while link.queue.front().is_some_and(|&(at, _, _)| at <= now) {
-            let (at, seq, layer) = link.queue.pop_front().unwrap();
-            let size = SIZES.get(layer).copied().unwrap_or(291);
+        while link.queue.front().is_some_and(|&(at, ..)| at <= now) {
+            let (at, seq, layer, size) = link.queue.pop_front().unwrap();
             link.queued_bytes = link.queued_bytes.saturating_sub(size);
             receiver.record(seq, consumer.ssrc, at + Duration::from_millis(20));
-            if step % 100 >= 90 && layer < 3 {
-                got[layer] += 1;
+            if layer < 3 {
+                media_in_second += 1;
+                if step % 100 >= 50 {
+                    got[layer] += 1;
+                }
             }
         }
         if now.saturating_duration_since(last_fb) >= Duration::from_millis(50) {
@@ -196,16 +275,29 @@ fn a_subscribers_layer_follows_its_bottleneck() {
             let top = (0..3).max_by_key(|&l| got[l]).unwrap();
             layer_at.push((
                 u64::from(step + 1) / 100,
-                if got.iter().sum::<usize>() == 0 {
+                if got.iter().sum::<usize>() == 0 || media_in_second < 10 {
                     9
                 } else {
                     top
                 },
             ));
             got = [0; 3];
+            media_in_second = 0;
         }
     }
     eprintln!("layer by second: {layer_at:?}");
+    Run { layer_at, router }
+}
+
+#[test]
+fn a_subscribers_layer_follows_its_bottleneck() {
+    let Run { layer_at, router } =
+        run_link(
+            FRAME_BYTES,
+            3000,
+            100,
+            |step| if step < 1500 { 400 } else { 5000 },
+        );
     let st = router.stats();
     assert!(st.get(Counter::TwccFeedbackIn) > 100);
     assert!(st.get(Counter::Allocations) > 10);
@@ -221,4 +313,39 @@ fn a_subscribers_layer_follows_its_bottleneck() {
         .map(|&(s, _)| s);
     assert!(up.is_some_and(|s| s <= 25), "{layer_at:?}");
     assert!(layer_at[25..].iter().all(|&(_, l)| l == 2), "{layer_at:?}");
+}
+
+/// The Chromium case (browser-test/SIMULCAST.md): a viewer already on the
+/// top layer is capped below the middle one by a shaper with a 200 ms
+/// queue, then the cap is lifted. It must move to the low layer without
+/// a long freeze (the estimate collapsing under the burst of loss and the
+/// video being paused), and be back on the top layer within 10 s.
+#[test]
+fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
+    // 0-8 s free, 8-33 s at 250 kbit/s (only the low layer, 160 kbit/s,
+    // fits), then free again.
+    let Run { layer_at, .. } = run_link(CHROMIUM_FRAME_BYTES, 4800, 200, |step| match step {
+        0..800 => 20_000,
+        800..3300 => 250,
+        _ => 20_000,
+    });
+    assert!(
+        layer_at[3..8].iter().all(|&(_, l)| l == 2),
+        "top layer before the cap: {layer_at:?}"
+    );
+    // After the cap: at most 2 seconds without media, and from 5 s after
+    // it the low layer, every second.
+    let frozen = layer_at[8..33].iter().filter(|&&(_, l)| l == 9).count();
+    assert!(frozen <= 2, "{frozen} s without media: {layer_at:?}");
+    for &(s, l) in &layer_at[13..33] {
+        assert_eq!(l, 0, "second {s}: {layer_at:?}");
+    }
+    let up = layer_at[33..]
+        .iter()
+        .find(|&&(_, l)| l == 2)
+        .map(|&(s, _)| s);
+    assert!(
+        up.is_some_and(|s| s <= 43),
+        "top layer within 10 s: {layer_at:?}"
+    );
 }
