@@ -58,7 +58,16 @@ pub fn rerun_in_network_namespace(in_netns_var: &str, test_name: &str, setup: &s
             &format!("{setup} && exec \"$0\" \"$@\""),
         ])
         .arg(&exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        // `--include-ignored`: the outer run only gets here for a test it
+        // runs, ignored ones included when asked; the inner run must not
+        // report an ignored test as passed.
+        .args([
+            "--exact",
+            test_name,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(in_netns_var, "1")
         .status()
         .unwrap_or_else(|e| {

@@ -17,7 +17,7 @@
 //! At most every [`ALLOCATE_INTERVAL`], when feedback arrives, the
 //! subscriber's estimate is divided: audio first, then each video track's
 //! lowest layer, then upgrades one layer at a time (the allocator's
-//! policy), each track's layers ordered by their measured bitrates. A
+//! policy), each track's layers in declaration order, costed by measured bitrate. A
 //! consumer's layer is then the lower of its cap ([`super::Command::SetMaxLayer`])
 //! and its allocation; a video consumer that does not fit even at its
 //! lowest layer keeps that layer while the estimate is at least half of its
@@ -35,6 +35,12 @@ use crate::wire::rtp::RtpPacket;
 
 /// Shortest time between two allocations of one subscriber's estimate.
 pub const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A subscriber's estimate before its first feedback: libwebrtc's default
+/// start bitrate. Its first layers are chosen within it, and probes raise
+/// it within seconds on a good path; starting at the top layer flooded
+/// slow paths with a top-layer keyframe first.
+pub const START_BPS: u64 = 300_000;
 
 /// Most consumers of one subscriber the allocator weighs.
 pub const MAX_STREAMS: usize = 128;
@@ -102,7 +108,13 @@ impl Egress {
         Self {
             ext,
             seq: 0,
-            estimator: Estimator::new(bwe::Config::default(), now),
+            estimator: Estimator::new(
+                bwe::Config {
+                    start_bps: START_BPS,
+                    ..bwe::Config::default()
+                },
+                now,
+            ),
             next_allocation: now,
             probe: None,
             probes: 0,
@@ -163,8 +175,9 @@ pub(super) fn copy_numbered(
     Some((len, header))
 }
 
-/// The active layers of track `key` by ascending bitrate (declaration
-/// order until all are measured), as (bps, SSRC); returns how many.
+/// The active layers of track `key` in declaration order (ascending
+/// quality), as (cost in bps, at least 1, SSRC); returns how many. See
+/// [`super::routing::active_layers`] for the costs.
 pub(super) fn ordered_layers(
     producers: &std::collections::HashMap<u32, Producer>,
     key: u32,
@@ -242,7 +255,13 @@ impl Router {
                 },
                 priority: Priority::Normal,
                 layers_bps: s.bps.get(..s.count).unwrap_or_default(),
-                max_layer: c.max_layer.map(usize::from),
+                // Until its layers' bitrates are measured (costs of 1), a
+                // track gets its lowest layer: nothing says what fits.
+                max_layer: if s.bps.iter().take(s.count).all(|&b| b <= 1) {
+                    Some(0)
+                } else {
+                    c.max_layer.map(usize::from)
+                },
                 current: c
                     .layer
                     .and_then(|l| layers.iter().position(|&(_, ssrc)| ssrc == l)),

@@ -457,14 +457,17 @@ impl Router {
             else {
                 continue;
             };
-            if sub.transport.egress.as_ref().is_some_and(|e| e.allocated) {
+            let budget = match sub.transport.egress.as_deref() {
                 // Its estimate chooses its layers ([`super::egress`]).
-                continue;
-            }
+                Some(e) if e.allocated => continue,
+                // Until its first allocation, what fits its start estimate.
+                Some(e) => Some(e.estimator.target_bps()),
+                None => None,
+            };
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
                 continue;
             };
-            let target = target_layer(producers, key, consumer.max_layer, now);
+            let target = target_layer(producers, key, consumer.max_layer, budget, now);
             if target == consumer.target {
                 continue;
             }
@@ -1094,8 +1097,9 @@ impl Router {
                     }
                 }
             };
+            let budget = layer_budget(ep);
             if let Some(c) = ep.consumers.get_mut(index) {
-                attach(producers, slot, index as u16, c, t.ssrc, pts, now);
+                attach(producers, slot, index as u16, c, t.ssrc, pts, budget, now);
             }
         }
     }
@@ -1551,6 +1555,7 @@ impl Router {
                     None => ep.consumers.push(c),
                 }
             }
+            let budget = layer_budget(ep);
             let Some(c) = ep.consumers.get_mut(i) else {
                 continue;
             };
@@ -1566,7 +1571,16 @@ impl Router {
             }
             c.source = source;
             if let Some(s) = available {
-                attach(producers, slot, index, c, s, (video_pt, audio_pt), now);
+                attach(
+                    producers,
+                    slot,
+                    index,
+                    c,
+                    s,
+                    (video_pt, audio_pt),
+                    budget,
+                    now,
+                );
             }
         }
     }
@@ -1654,11 +1668,22 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
     }
 }
 
+/// The bitrate a new consumer of the endpoint `ep` chooses its first layer
+/// within: its current estimate when its bandwidth is estimated (the next
+/// allocation re-targets it), no limit otherwise.
+fn layer_budget(ep: &Endpoint) -> Option<u64> {
+    ep.transport
+        .egress
+        .as_deref()
+        .map(|e| e.estimator.target_bps())
+}
+
 /// Attaches consumer `c` (slot `index` of the endpoint in `slot`) to the
 /// producer `ssrc`, if it exists: joins its fan-out, takes its payload
 /// type (or the subscriber's number for the kind, `pts` = video, audio)
 /// and what to do with its RED packets, resynchronises the rewriter and
-/// asks for a keyframe for video.
+/// asks for a keyframe for video. `budget`: see [`layer_budget`].
+#[allow(clippy::too_many_arguments)] // Disjoint borrows of the router.
 fn attach(
     producers: &mut HashMap<u32, Producer>,
     slot: u32,
@@ -1666,13 +1691,14 @@ fn attach(
     c: &mut Consumer,
     ssrc: u32,
     pts: (Option<u8>, Option<u8>),
+    budget: Option<u64>,
     now: Instant,
 ) {
     // A subscription may name any layer: the consumer gets the track.
     let Some(key) = producers.get(&ssrc).map(|p| p.group) else {
         return;
     };
-    let target = target_layer(producers, key, c.max_layer, now);
+    let target = target_layer(producers, key, c.max_layer, budget, now);
     let Some(p) = producers.get_mut(&key) else {
         return;
     };
@@ -1706,13 +1732,16 @@ fn attach(
 }
 
 /// The layer a consumer of track `key` should forward: of the track's
-/// active layers ordered by bitrate (ties in declaration order, which is
-/// ascending quality), the highest at or below `max_layer`; the track's
-/// first layer when none is active.
+/// active layers in declaration order (ascending quality), the highest at
+/// or below `max_layer` and, for a subscriber whose bandwidth is estimated
+/// but not yet allocated, within `budget` bps (the lowest layer while the
+/// layers' bitrates are not measured); the track's first layer when none
+/// is active.
 pub(super) fn target_layer(
     producers: &HashMap<u32, Producer>,
     key: u32,
     max_layer: Option<u8>,
+    budget: Option<u64>,
     now: Instant,
 ) -> Option<u32> {
     let mut active = [(0u64, 0usize, 0u32); 16];
@@ -1721,13 +1750,29 @@ pub(super) fn target_layer(
         return producers.contains_key(&key).then_some(key);
     }
     let top = n - 1;
-    let at = max_layer.map_or(top, |m| usize::from(m).min(top));
+    let mut at = max_layer.map_or(top, |m| usize::from(m).min(top));
+    if let Some(budget) = budget {
+        let fits = active
+            .iter()
+            .take(at + 1)
+            .rposition(|&(bps, _, _)| bps > 0 && bps <= budget);
+        at = fits.unwrap_or(0);
+    }
     active.get(at).map(|&(_, _, l)| l)
 }
 
-/// The active layers of track `key` into `out` as (bps, declaration index,
-/// SSRC), ascending by measured bitrate (in declaration order until every
-/// active layer has a measured rate); returns how many.
+/// The active layers of track `key` into `out` as (cost in bps, declaration
+/// index, SSRC), in declaration order (ascending quality: rids as the
+/// endpoint lists them, API layers as `layer_of` lists them); returns how
+/// many.
+///
+/// A layer's cost is its measured bitrate. A layer that sends less than
+/// the active layer under it is left out: the publisher has just started it
+/// (Chromium ramps its top layer up over several seconds), and it is
+/// neither better nor cheaper to forward. Ordering by measured bitrate
+/// instead moved a capped viewer onto a top layer that had just appeared
+/// at 140 kbit/s, which then ramped up to 500 kbit/s and froze the viewer.
+/// Until every active layer has a measured rate, every cost is 0.
 pub(super) fn active_layers(
     producers: &HashMap<u32, Producer>,
     key: u32,
@@ -1739,26 +1784,33 @@ pub(super) fn active_layers(
     };
     let mut n = 0;
     let mut measured = true;
+    let mut below = 0;
     for (i, &l) in g.layers.iter().enumerate() {
-        if let Some(p) = producers.get(&l)
-            && p.rate.active(now)
-            && let Some(at) = out.get_mut(n)
-        {
-            *at = (p.rate.bps, i, l);
-            measured &= p.rate.measured;
-            n += 1;
+        let Some(p) = producers.get(&l).filter(|p| p.rate.active(now)) else {
+            continue;
+        };
+        if p.rate.measured && p.rate.bps < below {
+            // Sends less than the layer under it: not ready (starting).
+            continue;
         }
+        let Some(at) = out.get_mut(n) else {
+            break;
+        };
+        *at = (p.rate.bps, i, l);
+        if p.rate.measured {
+            below = p.rate.bps;
+        }
+        measured &= p.rate.measured;
+        n += 1;
     }
     let Some(active) = out.get_mut(..n) else {
         return 0;
     };
     if !measured {
-        // Until every active layer has a measured rate, declaration order.
         for a in active.iter_mut() {
             a.0 = 0;
         }
     }
-    active.sort_unstable();
     n
 }
 

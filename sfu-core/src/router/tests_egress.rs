@@ -81,11 +81,15 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
 }
 
 /// The publisher's simulcast camera: 20 frames/s per layer, frames of
-/// [`FRAME_BYTES`] cut into packets of at most 1,000 bytes, a keyframe (4
+/// `frame_bytes` cut into packets of at most 1,000 bytes, a keyframe (8
 /// times the size) at the start and then only when the router asks for one
 /// with a PLI, as browsers do.
 struct Camera {
     frame_bytes: [usize; 3],
+    /// The frame the top layer starts at, ramping up from a quarter of its
+    /// size over 15 s as Chromium's encoder does; `None`: all layers at
+    /// full size from the start.
+    top_from: Option<u32>,
     seq: [u16; 3],
     picture_id: u16,
     key_wanted: [bool; 3],
@@ -102,6 +106,7 @@ impl Camera {
     fn new(frame_bytes: [usize; 3]) -> Self {
         Self {
             frame_bytes,
+            top_from: None,
             seq: [0; 3],
             picture_id: 0,
             key_wanted: [true; 3],
@@ -133,8 +138,17 @@ impl Camera {
         let mut out = Vec::new();
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         for l in 0..3 {
+            let mut bytes = self.frame_bytes[l];
+            if l == 2
+                && let Some(from) = self.top_from
+            {
+                let Some(since) = frame.checked_sub(from) else {
+                    continue;
+                };
+                bytes = bytes * (25 + since.min(300) as usize / 4) / 100;
+            }
             let key = std::mem::take(&mut self.key_wanted[l]);
-            let mut left = self.frame_bytes[l] * if key { 8 } else { 1 };
+            let mut left = bytes * if key { 8 } else { 1 };
             let mut first = true;
             while left > 0 {
                 let size = left.min(1_000);
@@ -193,7 +207,7 @@ struct Run {
 /// Runs `steps` 10 ms steps of three-layer simulcast ([`Camera`]) through the router to
 /// one subscriber whose link carries `kbps(step)` kbit/s behind a droptail
 /// queue of `queue_ms` worth of bytes, fed back as real transport-cc.
-fn run_link(frame_bytes: [usize; 3], steps: u32, queue_ms: u64, kbps: impl Fn(u32) -> u64) -> Run {
+fn run_link(mut camera: Camera, steps: u32, queue_ms: u64, kbps: impl Fn(u32) -> u64) -> Run {
     let (mut router, t0, mut publisher, mut sub, consumer) = setup();
     let mut sink = Sink::new();
     let mut receiver = TwccReceiver::new(t0);
@@ -204,7 +218,7 @@ fn run_link(frame_bytes: [usize; 3], steps: u32, queue_ms: u64, kbps: impl Fn(u3
         free_at: t0,
         queued_bytes: 0,
     };
-    let mut camera = Camera::new(frame_bytes);
+
     let mut got = [0usize; 3];
     let mut media_in_second = 0;
     let mut last_fb = t0;
@@ -291,13 +305,9 @@ fn run_link(frame_bytes: [usize; 3], steps: u32, queue_ms: u64, kbps: impl Fn(u3
 
 #[test]
 fn a_subscribers_layer_follows_its_bottleneck() {
-    let Run { layer_at, router } =
-        run_link(
-            FRAME_BYTES,
-            3000,
-            100,
-            |step| if step < 1500 { 400 } else { 5000 },
-        );
+    let Run { layer_at, router } = run_link(Camera::new(FRAME_BYTES), 3000, 100, |step| {
+        if step < 1500 { 400 } else { 5000 }
+    });
     let st = router.stats();
     assert!(st.get(Counter::TwccFeedbackIn) > 100);
     assert!(st.get(Counter::Allocations) > 10);
@@ -324,11 +334,17 @@ fn a_subscribers_layer_follows_its_bottleneck() {
 fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
     // 0-8 s free, 8-33 s at 250 kbit/s (only the low layer, 160 kbit/s,
     // fits), then free again.
-    let Run { layer_at, .. } = run_link(CHROMIUM_FRAME_BYTES, 4800, 200, |step| match step {
-        0..800 => 20_000,
-        800..3300 => 250,
-        _ => 20_000,
-    });
+    let Run { layer_at, .. } =
+        run_link(
+            Camera::new(CHROMIUM_FRAME_BYTES),
+            4800,
+            200,
+            |step| match step {
+                0..800 => 20_000,
+                800..3300 => 250,
+                _ => 20_000,
+            },
+        );
     assert!(
         layer_at[3..8].iter().all(|&(_, l)| l == 2),
         "top layer before the cap: {layer_at:?}"
@@ -348,4 +364,20 @@ fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
         up.is_some_and(|s| s <= 43),
         "top layer within 10 s: {layer_at:?}"
     );
+}
+
+/// The other Chromium case: capped from the start, on the low layer, when
+/// the publisher starts its top layer at 10 s and ramps it up from a
+/// quarter of its rate. The new layer, measured below the middle one for
+/// seconds, must not be taken for a cheap one (it was, when layers were
+/// ordered by measured bitrate: the viewer went to 640x480 under a
+/// 250 kbit/s cap and froze).
+#[test]
+fn a_top_layer_that_starts_late_is_not_taken_for_a_cheap_one() {
+    let mut camera = Camera::new(CHROMIUM_FRAME_BYTES);
+    camera.top_from = Some(200);
+    let Run { layer_at, .. } = run_link(camera, 3000, 200, |_| 200);
+    for &(s, l) in &layer_at[4..] {
+        assert_eq!(l, 0, "second {s}: {layer_at:?}");
+    }
 }
