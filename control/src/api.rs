@@ -304,6 +304,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     render_auth_failures(&mut text, &api.auth);
     metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
     crate::events::render(&mut text, api.node.events());
+    crate::whep_events::render(&mut text, api.node.whep_events());
     Ok((
         [(
             header::CONTENT_TYPE,
