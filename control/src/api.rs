@@ -896,6 +896,8 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
         let _ = b.into_changes();
     }
     let _ = body.json::<MaxLayerBody>();
+    let _ = crate::whep_events::parse_event_list(data);
+    let _ = crate::whep_events::parse_layer_request(data);
 }
 
 #[cfg(test)]

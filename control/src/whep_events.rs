@@ -1013,7 +1013,7 @@ pub(crate) fn select_layer(
         request.max_spatial_layer_id,
     ) {
         (Some(encoding), _, _) => {
-            let track = carried(&section).ok_or_else(|| {
+            let track = carried(section).ok_or_else(|| {
                 unprocessable(
                     "unknown_layer",
                     format!("m-line {} carries no track now", section.mline),

@@ -313,8 +313,9 @@ fn producers_report_rates_and_ranks_and_consumers_read_without_change() {
         other => panic!("{other:?}"),
     };
     // Before a packet: no measured rate, ranked in declaration order.
+    let t0 = r.t0;
     assert_eq!(
-        list(&mut r, r.t0),
+        list(&mut r, t0),
         [
             (LAYERS[0], false, Some(0)),
             (LAYERS[1], false, Some(1)),
