@@ -94,7 +94,7 @@
 //! the same URL starts again from the current state) and counted in
 //! `sfu_whep_event_streams_dropped_total`. A newer `GET` on a stream ends
 //! the older one. A `: keepalive` comment every
-//! [`KEEPALIVE`](crate::events::KEEPALIVE) keeps proxies from timing out.
+//! [`KEEPALIVE`] (15 s) keeps proxies from timing out.
 //! A session's streams end when it ends (deleted, removed by its worker,
 //! its room deleted) and when the node shuts down.
 //!
