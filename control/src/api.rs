@@ -304,6 +304,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     render_auth_failures(&mut text, &api.auth);
     metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
     crate::events::render(&mut text, api.node.events());
+    crate::whep_events::render(&mut text, api.node.whep_events());
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -895,6 +896,8 @@ pub fn parse_bodies_for_fuzzing(data: &[u8]) {
         let _ = b.into_changes();
     }
     let _ = body.json::<MaxLayerBody>();
+    let _ = crate::whep_events::parse_event_list(data);
+    let _ = crate::whep_events::parse_layer_request(data);
 }
 
 #[cfg(test)]

@@ -184,6 +184,9 @@ pub enum AuthError {
     /// The token lacks a grant the request needs (403).
     #[error("token lacks the grant this request needs")]
     MissingGrant,
+    /// The WHEP session belongs to another token identity (`sub`) (403).
+    #[error("the session belongs to another identity")]
+    WrongIdentity,
 }
 
 impl AuthError {
@@ -199,11 +202,12 @@ impl AuthError {
             Self::NotYetValid => "not_yet_valid",
             Self::WrongRoom => "wrong_room",
             Self::MissingGrant => "missing_grant",
+            Self::WrongIdentity => "wrong_identity",
         }
     }
 
     /// Every reason, in label order of the metric.
-    pub const ALL: [AuthError; 8] = [
+    pub const ALL: [AuthError; 9] = [
         Self::Missing,
         Self::Malformed,
         Self::Algorithm,
@@ -212,11 +216,15 @@ impl AuthError {
         Self::NotYetValid,
         Self::WrongRoom,
         Self::MissingGrant,
+        Self::WrongIdentity,
     ];
 
     /// True for 403 (authenticated but not allowed), false for 401.
     pub fn is_forbidden(self) -> bool {
-        matches!(self, Self::WrongRoom | Self::MissingGrant)
+        matches!(
+            self,
+            Self::WrongRoom | Self::MissingGrant | Self::WrongIdentity
+        )
     }
 }
 

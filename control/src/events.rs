@@ -457,6 +457,12 @@ impl Events {
         self.subscribers.load(Ordering::Relaxed)
     }
 
+    /// A receiver of every event published from now on (for the WHEP
+    /// sessions' streams, [`crate::whep_events::run`]).
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.stream.subscribe()
+    }
+
     /// A new subscriber's response body: the frames of the events published
     /// from now on (of room `room` and node-wide ones only, if given),
     /// keepalive comments and lag notices, until the client goes away or

@@ -38,6 +38,10 @@
 //!   see (connected, producer bound, keyframe requested, consent lost,
 //!   removed). A live event stream keeps its connection busy
 //!   ([`http::Streaming`]) until the client leaves or the node shuts down.
+//! * [`whep_events`] gives each WHEP session the draft's extensions:
+//!   its own server-sent event streams (tracks active and inactive, video
+//!   layers, viewer count, speakers and slots, found by asking the room's
+//!   worker after node events and once a second) and layer selection.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
@@ -109,6 +113,7 @@ pub mod pump;
 pub mod ratelimit;
 pub mod state;
 pub mod supervise;
+pub mod whep_events;
 pub mod whip;
 
 use std::net::SocketAddr;
@@ -187,6 +192,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
     supervisor: JoinHandle<()>,
+    /// Keeps the WHEP sessions' event streams current.
+    whep_events: JoinHandle<()>,
     failed: oneshot::Receiver<supervise::WorkerFailure>,
     node: Option<Node>,
 }
@@ -196,6 +203,7 @@ impl Drop for Running {
         self.server.abort();
         self.sampler.abort();
         self.supervisor.abort();
+        self.whep_events.abort();
     }
 }
 
@@ -335,6 +343,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     pump::spawn(Arc::clone(&state), node.events()).map_err(StartError::Media)?;
     let (failure, failed) = oneshot::channel();
     let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
+    let whep_events = tokio::spawn(whep_events::run(Arc::clone(&state)));
     Ok(Running {
         http_addr,
         state,
@@ -342,6 +351,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server,
         sampler,
         supervisor,
+        whep_events,
         failed,
         node: Some(node),
     })
@@ -437,6 +447,7 @@ impl Running {
         self.state.set_draining();
         // Event streams would otherwise hold their connections open.
         self.state.events().close();
+        self.state.whep_events().close_all();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -454,6 +465,8 @@ impl Running {
 
     async fn stop_rest(mut self) {
         self.state.events().close();
+        self.state.whep_events().close_all();
+        self.whep_events.abort();
         self.sampler.abort();
         self.supervisor.abort();
         if let Some(node) = self.node.take() {

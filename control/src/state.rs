@@ -51,6 +51,7 @@ use sfu_core::srtp::Profile;
 use crate::error::ApiError;
 use crate::events::{Events, NodeEvent, RoomEndReason};
 use crate::limits::Limits;
+use crate::whep_events::WhepEvents;
 use packet_path::{RequestError, WorkerHandle, WorkerStats};
 
 /// The answer to one subscription change of a batch
@@ -91,6 +92,8 @@ pub struct AppState {
     draining: AtomicBool,
     /// Node events for `GET /v1/events` and webhooks.
     events: Events,
+    /// The WHEP sessions' event streams ([`crate::whep_events`]).
+    whep_events: WhepEvents,
 }
 
 /// How rooms are created and closed besides `POST`/`DELETE /v1/rooms`.
@@ -242,6 +245,8 @@ struct EndpointEntry {
     /// Creation order within the node.
     seq: u64,
     session: Session,
+    /// Its participant (the hashed token identity), if any.
+    participant: Option<u64>,
     /// Published tracks with their codecs.
     tracks: Vec<Producer>,
     /// Codecs of the simulcast layers it announced by `a=rid` only, by rid;
@@ -351,6 +356,7 @@ impl AppState {
         };
         Self {
             events: Events::new(node_id.clone(), None),
+            whep_events: WhepEvents::default(),
             node_id,
             started: Instant::now(),
             advertised_ip,
@@ -385,6 +391,22 @@ impl AppState {
     /// The node's event hub.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// The WHEP sessions' event streams.
+    pub fn whep_events(&self) -> &WhepEvents {
+        &self.whep_events
+    }
+
+    /// Publishes `participant_left` and ends the endpoint's WHEP event
+    /// streams, if it had any.
+    fn left(&self, room: &str, endpoint: &str, reason: &str) {
+        self.whep_events.end_session(endpoint);
+        self.events.publish(NodeEvent::ParticipantLeft {
+            room: room.to_owned(),
+            endpoint: endpoint.to_owned(),
+            reason: reason.into(),
+        });
     }
 
     /// Publishes a node event ([`Events::publish`]): for events the control
@@ -564,7 +586,7 @@ impl AppState {
     /// Sends `cmd` to worker `worker` and waits for its answer (blocking, up
     /// to the worker's 2 s timeout). On a timeout the worker may still apply
     /// the command later, so `undo` is queued behind it without waiting.
-    fn request(
+    pub(crate) fn request(
         &self,
         worker: usize,
         cmd: Command,
@@ -745,11 +767,7 @@ impl AppState {
         }
         drop(model);
         for endpoint in room.endpoints {
-            self.events.publish(NodeEvent::ParticipantLeft {
-                room: name.to_owned(),
-                endpoint,
-                reason: "room_deleted".into(),
-            });
+            self.left(name, &endpoint, "room_deleted");
         }
         self.events.publish(NodeEvent::RoomEnded {
             room: name.to_owned(),
@@ -869,6 +887,7 @@ impl AppState {
                 remote: new.remote,
                 seq,
                 session: Session::Api,
+                participant: new.participant,
                 tracks: producers(id),
                 rid_codecs: Vec::new(),
                 connected: true,
@@ -1050,6 +1069,7 @@ impl AppState {
                 remote: None,
                 seq,
                 session: new.session,
+                participant: new.participant,
                 tracks: new
                     .tracks
                     .iter()
@@ -1246,11 +1266,7 @@ impl AppState {
             reason = reason.as_str(),
             "the worker removed an endpoint"
         );
-        self.events.publish(NodeEvent::ParticipantLeft {
-            room: room.clone(),
-            endpoint: name.clone(),
-            reason: reason.as_str().into(),
-        });
+        self.left(&room, &name, reason.as_str());
         Some((name, room))
     }
 
@@ -1298,12 +1314,81 @@ impl AppState {
         }
         model.forget_endpoint(endpoint);
         drop(model);
-        self.events.publish(NodeEvent::ParticipantLeft {
-            room: room.to_owned(),
-            endpoint: endpoint.to_owned(),
-            reason: "deleted".into(),
-        });
+        self.left(room, endpoint, "deleted");
         Ok(())
+    }
+}
+
+/// A room as the WHEP event streams see it ([`AppState::room_snapshot`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RoomSnapshot {
+    /// The room on its worker.
+    pub(crate) id: RoomId,
+    /// Its worker.
+    pub(crate) worker: usize,
+    /// Its WHEP sessions.
+    pub(crate) viewers: usize,
+    /// Its endpoints by router id.
+    pub(crate) endpoints: HashMap<EndpointId, EndpointName>,
+}
+
+/// How events name an endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointName {
+    /// Its id string.
+    pub(crate) name: String,
+    /// Its participant, if any.
+    pub(crate) participant: Option<u64>,
+    /// The rids it announced, in its offer's order (ascending quality).
+    pub(crate) rids: Vec<String>,
+}
+
+impl AppState {
+    /// `room`'s worker, WHEP session count and endpoint names, if the
+    /// model knows the room.
+    pub(crate) fn room_snapshot(&self, room: &str) -> Option<RoomSnapshot> {
+        let model = self.model();
+        let entry = model.rooms.get(room)?;
+        let mut viewers = 0;
+        let mut endpoints = HashMap::new();
+        for name in &entry.endpoints {
+            let Some(e) = model.endpoints.get(name) else {
+                continue;
+            };
+            if e.session == Session::Whep {
+                viewers += 1;
+            }
+            endpoints.insert(
+                e.id,
+                EndpointName {
+                    name: name.clone(),
+                    participant: e.participant,
+                    rids: e.rid_codecs.iter().map(|(r, _)| r.clone()).collect(),
+                },
+            );
+        }
+        Some(RoomSnapshot {
+            id: entry.id,
+            worker: entry.worker,
+            viewers,
+            endpoints,
+        })
+    }
+
+    /// The WHEP session `endpoint` of `room`: its router id, worker and
+    /// participant (404 for an unknown room, an unknown endpoint, one of
+    /// another room, or one that is not a WHEP session).
+    pub(crate) fn whep_session(
+        &self,
+        room: &str,
+        endpoint: &str,
+    ) -> Result<(EndpointId, usize, Option<u64>), ApiError> {
+        let model = self.model();
+        let (id, worker) = model.find_endpoint(room, endpoint)?;
+        match model.endpoints.get(endpoint) {
+            Some(e) if e.session == Session::Whep => Ok((id, worker, e.participant)),
+            _ => Err(ApiError::UnknownEndpoint(endpoint.to_owned())),
+        }
     }
 }
 
@@ -1550,6 +1635,7 @@ mod tests {
                 remote: None,
                 seq,
                 session: Session::Whip,
+                participant: None,
                 tracks,
                 rid_codecs: rids.iter().map(|&(r, c)| (r.to_owned(), c)).collect(),
                 connected: false,
@@ -1594,6 +1680,8 @@ mod tests {
             payload_type: 96,
             rid: rid.map(str::to_owned),
             group: ssrc,
+            bitrate: None,
+            layer_rank: None,
         };
         let reported = [
             info(20, MediaKind::Video, 2, None),

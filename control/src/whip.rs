@@ -6,6 +6,9 @@
 //! | `DELETE /whip/{room}/{id}` | publish | 200 |
 //! | `POST /whep/{room}` | subscribe | 201 SDP answer, `Location: /whep/{room}/{id}` |
 //! | `DELETE /whep/{room}/{id}` | subscribe | 200 |
+//! | `POST /whep/{room}/{id}/sse` | subscribe, the session's identity | 201, `Location` of a new event stream ([`crate::whep_events`]) |
+//! | `GET`, `DELETE /whep/{room}/{id}/sse/{stream}` | subscribe, the session's identity | 200 `text/event-stream`; 200 |
+//! | `POST /whep/{room}/{id}/layer` | subscribe, the session's identity | 200: layer selection |
 //! | `OPTIONS /whip/{room}`, `OPTIONS /whep/{room}` | no token | 204, `Accept-Post: application/sdp` |
 //!
 //! (`admin` covers every grant, room `*` every room; see [`crate::api`].)
@@ -107,10 +110,12 @@
 //! and `{"slots": {"video": N, "audio": M, "pinned": [...]}}`; a slot's
 //! layer is capped with the router's `SetMaxLayer` per video slot.
 //!
-//! The WHEP extensions draft's per-session server-sent events (`Link:
-//! rel="urn:ietf:params:whep:ext:core:server-sent-events"`, events
-//! `active`/`layers`) are **not** offered yet: speaker changes are on the
-//! node's `GET /v1/events` stream (`dominant_speaker`, `active_speakers`).
+//! # WHEP extensions
+//! Every WHEP answer carries the draft's two `Link` headers: per-session
+//! server-sent events (`active`, `inactive`, `layers`, `viewercount`, and
+//! the node's `dominantspeaker`, `activespeakers`, `slots`) and video
+//! layer selection, mapped onto the slot's `SetMaxLayer` cap; see
+//! [`crate::whep_events`].
 //!
 //! WHIP publishers' `ssrc-audio-level` extension (RFC 6464), when
 //! negotiated, feeds the room's dominant speaker detection.
@@ -151,7 +156,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use rand::Rng as _;
 use rand::distr::{Alphanumeric, SampleString as _};
 use sfu_core::dtls::{DtlsRole, Fingerprint};
@@ -169,6 +174,7 @@ use crate::handler::{ApiState, blocking};
 use crate::state::{
     AppState, NewWebrtcEndpoint, Producer, RoomContext, Session, validate_room_name,
 };
+use crate::whep_events;
 
 /// The media type of offers and answers.
 pub const SDP_CONTENT_TYPE: &str = "application/sdp";
@@ -204,6 +210,12 @@ pub fn routes() -> Router<ApiState> {
         .route("/whip/{room}/{id}", delete(whip_delete))
         .route("/whep/{room}", post(whep_post))
         .route("/whep/{room}/{id}", delete(whep_delete))
+        .route("/whep/{room}/{id}/sse", post(sse_create))
+        .route(
+            "/whep/{room}/{id}/sse/{stream}",
+            get(sse_get).delete(sse_delete),
+        )
+        .route("/whep/{room}/{id}/layer", post(layer_post))
 }
 
 /// Whether `path` is a WHIP/WHEP endpoint URL (`/whip/{room}`, `/whep/{room}`).
@@ -648,7 +660,7 @@ async fn whep_post(
     let remote = remote_fingerprint(&offer)?;
     let local = Local::new(&offer, &state);
     let name = room.clone();
-    let (id, sdp) = blocking(&state, move |s| {
+    let (id, (sdp, sections)) = blocking(&state, move |s| {
         s.create_webrtc_endpoint(
             &room,
             |ctx| {
@@ -661,8 +673,27 @@ async fn whep_post(
         )
     })
     .await?;
+    state.whep_events().register(&id, &name, sections);
     tracing::info!(room = %name, endpoint = %id, "WHEP session created");
-    Ok(created("whep", &name, &id, sdp))
+    let mut response = created("whep", &name, &id, sdp);
+    let links = [
+        format!(
+            "</whep/{name}/{id}/sse>; rel=\"{}\"; events=\"{}\"",
+            whep_events::SSE_REL,
+            whep_events::event_names()
+        ),
+        format!(
+            "</whep/{name}/{id}/layer>; rel=\"{}\"",
+            whep_events::LAYER_REL
+        ),
+    ];
+    for link in links {
+        // Room names and ids are URL-safe ASCII, so this cannot fail.
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().append(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 /// What a WHEP session prepared before its endpoint exists.
@@ -953,8 +984,12 @@ fn plan_subscribe(
     Ok((new, plan))
 }
 
-/// The final WHEP answer, with the consumers' SSRCs.
-fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<String, WhipError> {
+/// The final WHEP answer, with the consumers' SSRCs, and what each m-line
+/// carries (for the session's events and layer selection).
+fn finish_subscribe(
+    plan: SubscribePlan,
+    consumers: &[ConsumerInfo],
+) -> Result<(String, Vec<whep_events::Section>), WhipError> {
     let mut streams = Vec::with_capacity(plan.slots.len());
     for slot in &plan.slots {
         let Some((p, slot)) = *slot else {
@@ -990,7 +1025,25 @@ fn finish_subscribe(plan: SubscribePlan, consumers: &[ConsumerInfo]) -> Result<S
     {
         return Err(ApiError::Internal("the answer's payload types changed".into()).into());
     }
-    Ok(answer.sdp)
+    // `plan.slots` has one entry per audio/video m-line, in order.
+    let mlines = plan
+        .offer
+        .media
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.kind.media_kind().is_some())
+        .map(|(i, _)| i);
+    let sections = mlines
+        .zip(&plan.slots)
+        .filter_map(|(mline, slot)| {
+            slot.map(|(p, slot)| whep_events::Section {
+                mline,
+                kind: p.kind,
+                slot,
+            })
+        })
+        .collect();
+    Ok((answer.sdp, sections))
 }
 
 /// `DELETE /whep/{room}/{id}`.
@@ -1002,6 +1055,110 @@ async fn whep_delete(
     let (room, id) = path(params)?;
     authorize(&req, &room, Need::All(&[Grant::Subscribe]))?;
     blocking(&state, move |s| s.delete_session(&room, &id, Session::Whep)).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Checks that the request may use WHEP session `id` of `room`: the
+/// session's grant for the room, the session exists there, and a session
+/// of a token identity is used by that identity (or an admin).
+fn authorize_session(
+    req: &Request,
+    state: &AppState,
+    room: &str,
+    id: &str,
+) -> Result<(), WhipError> {
+    authorize(req, room, Need::All(&[Grant::Subscribe]))?;
+    let (_, _, owner) = state.whep_session(room, id)?;
+    let claims = req
+        .extensions()
+        .get::<Claims>()
+        .ok_or(ApiError::Auth(AuthError::Missing))?;
+    if owner.is_some()
+        && claims.participant() != owner
+        && claims.authorize(Some(room), Need::Admin).is_err()
+    {
+        return Err(ApiError::Auth(AuthError::WrongIdentity).into());
+    }
+    Ok(())
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`](crate::error::MAX_BODY_BYTES).
+async fn read_body(req: Request) -> Result<Bytes, WhipError> {
+    Bytes::from_request(req, &()).await.map_err(|e| {
+        WhipError::Api(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(e.body_text())
+        })
+    })
+}
+
+/// `POST /whep/{room}/{id}/sse`: creates an event stream of the session.
+async fn sse_create(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> Result<Response, WhipError> {
+    let (room, id) = path(params)?;
+    authorize_session(&req, &state, &room, &id)?;
+    let mask = whep_events::parse_event_list(&read_body(req).await?)?;
+    let stream = state.whep_events().create_stream(&id, mask)?;
+    let location = format!("/whep/{room}/{id}/sse/{stream}");
+    let mut response = StatusCode::CREATED.into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /whep/{room}/{id}/sse/{stream}`: the stream's events.
+async fn sse_get(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+    req: Request,
+) -> Result<Response, WhipError> {
+    let (room, id, stream) = path(params)?;
+    authorize_session(&req, &state, &room, &id)?;
+    let body = blocking(&state, move |s| whep_events::open(s, &room, &id, &stream)).await?;
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Reverse proxies (nginx) would otherwise buffer the stream.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response();
+    response.extensions_mut().insert(crate::http::Streaming);
+    Ok(response)
+}
+
+/// `DELETE /whep/{room}/{id}/sse/{stream}`.
+async fn sse_delete(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+    req: Request,
+) -> Result<StatusCode, WhipError> {
+    let (room, id, stream) = path(params)?;
+    authorize_session(&req, &state, &room, &id)?;
+    state.whep_events().delete_stream(&id, &stream)?;
+    Ok(StatusCode::OK)
+}
+
+/// `POST /whep/{room}/{id}/layer`: the draft's video layer selection.
+async fn layer_post(
+    State(state): State<Arc<AppState>>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> Result<StatusCode, WhipError> {
+    let (room, id) = path(params)?;
+    authorize_session(&req, &state, &room, &id)?;
+    let request = whep_events::parse_layer_request(&read_body(req).await?)?;
+    blocking(&state, move |s| {
+        whep_events::select_layer(s, &room, &id, &request)
+    })
+    .await?;
     Ok(StatusCode::OK)
 }
 

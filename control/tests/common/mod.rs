@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod events;
+pub mod webrtc;
 
 use std::io::Read;
 use std::net::SocketAddr;

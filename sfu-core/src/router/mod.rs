@@ -400,6 +400,9 @@ pub enum Command {
     },
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
+    /// An endpoint's consumers as they are now (a last-N slot's producer
+    /// changes with the room's speakers); changes nothing.
+    Consumers(EndpointId),
     /// Hand over the endpoints the router removed by itself since the last
     /// such command, with the reason ([`RemovalReason`]).
     TakeRemoved,
@@ -440,6 +443,14 @@ pub struct ProducerInfo {
     /// (its own SSRC for a track's first or only layer). Subscriptions
     /// name tracks by this SSRC; the router picks the layer per consumer.
     pub group: u32,
+    /// Its bitrate in bits per second over the last measured second;
+    /// `None` before a full second of packets.
+    pub bitrate: Option<u64>,
+    /// Its rank among its track's active layers as
+    /// [`Command::SetMaxLayer`] counts them (0: the lowest by bitrate;
+    /// 0 for a track's only layer); `None` while it is inactive (no packet
+    /// for two seconds: paused by its publisher).
+    pub layer_rank: Option<u8>,
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -743,6 +754,10 @@ impl Router {
                 }
                 Ok(Outcome::Done)
             }
+            Command::Consumers(id) => {
+                let at = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+                Ok(Outcome::Consumers(self.consumer_infos(at)))
+            }
             Command::Producers(room) => {
                 let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
                 let list = r
@@ -762,6 +777,8 @@ impl Router {
                                 .and_then(|w| w.rid_of(t.ssrc))
                                 .map(str::to_owned),
                             group: self.producers.get(&t.ssrc).map_or(t.ssrc, |p| p.group),
+                            bitrate: self.layer_bitrate(t.ssrc),
+                            layer_rank: self.layer_rank(t.ssrc, now),
                         })
                     })
                     .collect();

@@ -151,6 +151,11 @@ impl LayerRate {
     fn active(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last) < LAYER_IDLE
     }
+
+    /// The measured rate, once a full window has passed.
+    pub(super) fn measured_bps(&self) -> Option<u64> {
+        self.measured.then_some(self.bps)
+    }
 }
 
 /// One published stream and its fan-out list.
@@ -434,6 +439,22 @@ impl Router {
         }
         self.send_nacks(ssrc, src, now, tx);
         Ok(())
+    }
+
+    /// The rank of producer `ssrc` among its track's active layers, as
+    /// [`target_layer`] orders them (the `max_layer` that selects it);
+    /// `None` while it is inactive or unknown.
+    pub(super) fn layer_rank(&self, ssrc: u32, now: Instant) -> Option<u8> {
+        let key = self.producers.get(&ssrc)?.group;
+        let mut active = [(0u64, 0usize, 0u32); 16];
+        let n = active_layers(&self.producers, key, now, &mut active);
+        let at = active.get(..n)?.iter().position(|&(_, _, l)| l == ssrc)?;
+        u8::try_from(at).ok()
+    }
+
+    /// Producer `ssrc`'s measured bitrate, once a full second was measured.
+    pub(super) fn layer_bitrate(&self, ssrc: u32) -> Option<u64> {
+        self.producers.get(&ssrc)?.rate.measured_bps()
     }
 
     /// Re-chooses the target layer of every consumer of track `key` (a

@@ -297,3 +297,71 @@ fn the_layer_follows_bitrate_and_a_paused_layer_is_left() {
     assert_eq!(got.last().map(|p| p.0), Some(1), "on the middle layer");
     assert!(got.iter().skip_while(|p| p.0 == 2).all(|p| p.0 == 1));
 }
+
+#[test]
+fn producers_report_rates_and_ranks_and_consumers_read_without_change() {
+    let mut r = room(1);
+    let list = |r: &mut Room, at: Instant| match r
+        .router
+        .handle_command(at, Command::Producers(RoomId(1)))
+        .unwrap()
+    {
+        Outcome::Producers(p) => p
+            .into_iter()
+            .map(|p| (p.ssrc, p.bitrate.is_some(), p.layer_rank))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    // Before a packet: no measured rate, ranked in declaration order.
+    let t0 = r.t0;
+    assert_eq!(
+        list(&mut r, t0),
+        [
+            (LAYERS[0], false, Some(0)),
+            (LAYERS[1], false, Some(1)),
+            (LAYERS[2], false, Some(2))
+        ]
+    );
+    let mut sink = Sink::new();
+    run(&mut r, &mut sink, 0..40, |_, f| f % 20 == 0);
+    // The top layer pauses: after two idle seconds it has no rank.
+    for f in 40..90u32 {
+        let now = r.t0 + Duration::from_millis(u64::from(f) * 50);
+        for l in 0..2 {
+            let mut pkt = r.publisher.frame(l, f, false, [200, 500][l]);
+            r.router.handle_input(now, PUB, &mut pkt, &mut sink);
+        }
+    }
+    let at = r.t0 + Duration::from_millis(90 * 50);
+    assert_eq!(
+        list(&mut r, at),
+        [
+            (LAYERS[0], true, Some(0)),
+            (LAYERS[1], true, Some(1)),
+            (LAYERS[2], true, None)
+        ]
+    );
+    let Outcome::Producers(p) = r
+        .router
+        .handle_command(at, Command::Producers(RoomId(1)))
+        .unwrap()
+    else {
+        panic!("a producer list");
+    };
+    // 500-byte frames every 50 ms, and their headers: about 80 kbit/s.
+    let mid = p[1].bitrate.expect("measured");
+    assert!((80_000..90_000).contains(&mid), "{mid}");
+
+    // The consumers' query answers what the subscription made, and
+    // refuses an unknown endpoint.
+    let got = r
+        .router
+        .handle_command(at, Command::Consumers(EndpointId(100)))
+        .unwrap();
+    assert_eq!(got, Outcome::Consumers(vec![r.subs[0].1]));
+    assert_eq!(
+        r.router
+            .handle_command(at, Command::Consumers(EndpointId(999))),
+        Err(RouterError::UnknownEndpoint)
+    );
+}
