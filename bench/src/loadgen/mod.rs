@@ -119,10 +119,10 @@
 //! id 1, the endpoint's `audio_level_extension`), and receiving
 //! `{"slots": {"video": --video-slots, "audio": --audio-slots}}` (9 and 3).
 //! Speakers rotate every `--switch-secs` ([`plan::TalkPlan`]): for the
-//! first period everyone is silent (-127 dBov, the node learns the noise
-//! floors); from then on, in each period a different `--talkers` peers
-//! send speech levels (-22 to -34 dBov with the voice bit) and everyone else
-//! silence. Every packet is decrypted and attributed by its marker; a
+//! first period everyone sends room noise (-70 dBov, from which the node
+//! learns the noise floors); from then on, in each period a different
+//! `--talkers` peers send speech levels (-22 to -34 dBov with the voice
+//! bit) and everyone else room noise. Every packet is decrypted and attributed by its marker; a
 //! packet from the viewer itself counts as `self_received` (and
 //! misrouted). **Slot switch latency**: for each viewer, measured period
 //! and talker that is not the viewer, the time from the period's start
@@ -2146,6 +2146,99 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn simulcast_and_last_n_flags() {
+        let o = Options::try_parse_from([
+            "sfu-loadgen",
+            "--simulcast",
+            "--keyframe-secs",
+            "2",
+            "--layer-cap-secs",
+            "1.5",
+            "--video-kbps",
+            "1500",
+        ])
+        .expect("valid flags");
+        assert!(o.simulcast && o.polls_publishers() && !o.repair());
+        assert_eq!((o.keyframe_secs, o.layer_cap_secs), (2.0, 1.5));
+        assert_eq!(o.video_kbps(), 1500);
+        assert!(validate(&o).is_ok());
+        // Simulcast is a rooms option; caps need simulcast.
+        for bad in [
+            Options {
+                scenario: Scenario::SeedMeeting,
+                ..o.clone()
+            },
+            Options {
+                simulcast: false,
+                ..o.clone()
+            },
+            Options {
+                keyframe_secs: -1.0,
+                ..o.clone()
+            },
+            Options {
+                layer_cap_secs: f64::NAN,
+                ..o.clone()
+            },
+        ] {
+            assert!(validate(&bad).is_err(), "{bad:?}");
+        }
+
+        let d = Options::default();
+        assert_eq!((d.video_slots, d.audio_slots, d.talkers), (9, 3, 3));
+        assert_eq!(d.video_kbps(), 2000);
+        assert_eq!(d.keyframe_secs, 3.0);
+        let l = Options::try_parse_from(["sfu-loadgen", "--scenario", "last-n"]).expect("valid");
+        assert_eq!(l.scenario, Scenario::LastN);
+        assert_eq!(l.scenario.name(), "last-n");
+        assert_eq!((l.participants, l.video_kbps()), (500, 100));
+        assert!(validate(&l).is_ok());
+        for bad in [
+            Options {
+                talkers: 0,
+                ..l.clone()
+            },
+            Options {
+                talkers: 251,
+                ..l.clone()
+            },
+            Options {
+                video_slots: 0,
+                ..l.clone()
+            },
+            Options {
+                video_slots: 1000,
+                audio_slots: 25,
+                ..l.clone()
+            },
+            Options {
+                switch_secs: 0.5,
+                ..l.clone()
+            },
+            Options {
+                loss_percent: 1.0,
+                ..l.clone()
+            },
+        ] {
+            assert!(validate(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slot_latency_quantiles() {
+        let l = SlotLatency::new(vec![5_000_000, 1_000_000, 3_000_000, 2_000_000], 6, 1, 1);
+        assert_eq!(
+            (l.expected, l.measured, l.already_shown, l.missed),
+            (6, 4, 1, 1)
+        );
+        assert_eq!(l.p50_ms, Some(3.0));
+        assert_eq!(l.p99_ms, Some(5.0));
+        assert_eq!(l.max_ms, Some(5.0));
+        let empty = SlotLatency::new(Vec::new(), 0, 0, 0);
+        assert_eq!((empty.p50_ms, empty.max_ms), (None, None));
     }
 
     #[test]

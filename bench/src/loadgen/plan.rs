@@ -624,12 +624,12 @@ impl SwitchPlan {
 }
 
 /// The talkers of a last-N run. Period `k` covers `[k × period, (k + 1) ×
-/// period)` since the run's origin. In period 0 everybody is silent (the
-/// node's speaker detection learns each participant's noise floor from
-/// it: a participant loud from its first packet would set its floor at
-/// its speech); in period `k ≥ 1` the `talkers` peers
+/// period)` since the run's origin. In period 0 everybody sends room noise
+/// (the node's speaker detection learns each participant's noise floor
+/// from it: a participant loud from its first packet would set its floor
+/// at its speech); in period `k ≥ 1` the `talkers` peers
 /// `P − 1 − ((k − 1) × talkers + j) mod P` (`j < talkers`) send speech
-/// levels and everybody else silence. Talkers are counted from the end of
+/// levels and everybody else room noise ([`TalkPlan::level_byte`]). Talkers are counted from the end of
 /// the join order, so a new talker is never one of the slots the node
 /// fills by join order before anyone spoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -694,12 +694,15 @@ impl TalkPlan {
     }
 
     /// The RFC 6464 byte of audio packet `unit` of a peer: speech at −22 to
-    /// −34 dBov with the voice bit when `talking`, else silence (−127 dBov).
+    /// −34 dBov with the voice bit when `talking`, else room noise at −70
+    /// dBov. Not digital silence (−127 dBov): the node's detector learns a
+    /// noise floor only from levels above it, and would take a talker's
+    /// first speech for its floor.
     pub fn level_byte(talking: bool, unit: u64) -> u8 {
         if talking {
             0x80 | (22 + (unit * 7 % 13) as u8)
         } else {
-            127
+            70
         }
     }
 }
@@ -994,7 +997,7 @@ mod tests {
         }
         assert!(talk.talking(4, 3 * SEC) && !talk.talking(4, 3 * SEC - 1));
         assert!(!talk.talking(2, 5 * SEC) && talk.talking(2, 6 * SEC));
-        assert_eq!(TalkPlan::level_byte(false, 9), 127);
+        assert_eq!(TalkPlan::level_byte(false, 9), 70);
         for unit in 0..50 {
             let b = TalkPlan::level_byte(true, unit);
             assert!(b & 0x80 != 0 && (22..=34).contains(&(b & 0x7f)), "{b:#x}");

@@ -852,3 +852,106 @@ fn track_layers(
         consumer.last_picture_id = Some(prefix.picture_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn marker(publisher: u32, kind: Kind, layer: u8, sent_ns: u64) -> Marker {
+        Marker {
+            publisher,
+            kind,
+            layer,
+            seq: 0,
+            sent_ns,
+        }
+    }
+
+    /// 6 participants, 2 talkers, 1 s periods over 4 s: periods 1..=3
+    /// measured, talkers 5, 4 then 3, 2 then 1, 0.
+    fn talk() -> TalkPlan {
+        TalkPlan {
+            period_ns: 1000 * MS,
+            talkers: 2,
+            participants: 6,
+            duration_ns: 4000 * MS,
+        }
+    }
+
+    #[test]
+    fn talkers_first_arrivals_become_switch_latencies() {
+        let t = talk();
+        let mut s = TalkState::new(&t);
+        // Viewer 0. Talker 5's video arrives 400 ms into period 1, its
+        // audio 150 ms in; later packets do not count again.
+        s.on_packet(&t, &marker(5, Kind::Audio, 0, 1100 * MS), 1150 * MS);
+        s.on_packet(&t, &marker(5, Kind::Video, 0, 1390 * MS), 1400 * MS);
+        s.on_packet(&t, &marker(5, Kind::Video, 0, 1420 * MS), 1430 * MS);
+        // Talker 4's video was flowing before period 1: already shown.
+        s.on_packet(&t, &marker(4, Kind::Video, 0, 900 * MS), 950 * MS);
+        s.on_packet(&t, &marker(4, Kind::Video, 0, 1010 * MS), 1020 * MS);
+        // A packet of a non-talker, and one sent before the period, count
+        // for nothing.
+        s.on_packet(&t, &marker(3, Kind::Video, 0, 1500 * MS), 1510 * MS);
+        s.on_packet(&t, &marker(2, Kind::Video, 0, 1990 * MS), 2005 * MS);
+        // Hostile publisher index: ignored.
+        s.on_packet(&t, &marker(1 << 28, Kind::Video, 0, 1500 * MS), 1510 * MS);
+        // Period 3: talker 1's video; viewer 0 is the other talker.
+        s.on_packet(&t, &marker(1, Kind::Video, 0, 3200 * MS), 3210 * MS);
+        let got = s.finish(&t, 0);
+        assert_eq!(got.latency_ns[1], vec![400 * MS, 210 * MS]);
+        assert_eq!(got.latency_ns[0], vec![150 * MS]);
+        assert_eq!(got.already_shown, [0, 1]);
+        // Periods 1..=3 × 2 talkers, less viewer 0 itself in period 3.
+        assert_eq!(got.expected, [5, 5]);
+        // Audio seen of 5 only; video of 5, 4, 1.
+        assert_eq!(got.missed, [4, 2]);
+    }
+
+    #[test]
+    fn layer_switches_gaps_and_picture_ids() {
+        let mut c = RxConsumer::new(1, Some(Kind::Video), None, false);
+        let mut n = Counts::default();
+        let prefix = |picture_id, start, keyframe| vp8::Prefix {
+            picture_id,
+            start,
+            keyframe,
+            len: 4,
+        };
+        let low = marker(0, Kind::Video, 0, 0);
+        let high = marker(0, Kind::Video, 2, 0);
+        track_layers(&mut c, &low, prefix(10, true, true), 1, &mut n);
+        track_layers(&mut c, &low, prefix(10, false, false), 1, &mut n);
+        track_layers(&mut c, &low, prefix(11, true, false), 1, &mut n);
+        // A clean switch to layer 2 on a keyframe, next number, next id.
+        track_layers(&mut c, &high, prefix(12, true, true), 1, &mut n);
+        assert_eq!(
+            (n.layer_switches, n.switch_seq_gaps, n.switch_not_keyframe),
+            (1, 0, 0)
+        );
+        assert_eq!(n.picture_id_jumps, 0);
+        // A bad switch back: two numbers skipped, no keyframe, id jump.
+        track_layers(&mut c, &low, prefix(20, true, false), 3, &mut n);
+        assert_eq!(
+            (n.layer_switches, n.switch_seq_gaps, n.switch_not_keyframe),
+            (2, 2, 1)
+        );
+        assert_eq!(n.picture_id_jumps, 1);
+        // PictureIDs wrap at 2^15.
+        track_layers(&mut c, &low, prefix(0x7fff, true, false), 1, &mut n);
+        track_layers(&mut c, &low, prefix(0, true, false), 1, &mut n);
+        assert_eq!(n.picture_id_jumps, 2);
+        assert_eq!(n.layer_packets, [5, 0, 2]);
+        // Audio and out-of-range layers are not counted per layer.
+        track_layers(
+            &mut c,
+            &marker(0, Kind::Audio, 0, 0),
+            prefix(1, true, false),
+            1,
+            &mut n,
+        );
+        assert_eq!(n.layer_packets, [5, 0, 2]);
+    }
+}
