@@ -14,7 +14,8 @@
 //!   (a video frame or an audio packet) is due at
 //!   `offset_n + u * 1e9 / rate` ns after the run's origin, computed from `u`
 //!   so there is no drift ([`media::Cadence`]); the first units of the
-//!   streams of one kind are spread evenly over one period. A video frame is
+//!   streams of one kind are spread evenly over one period. Video runs at
+//!   `--video-fps` (30) frames per second. A video frame is
 //!   `ceil(bytes / 1200)` packets with consecutive sequence numbers, one
 //!   timestamp and the marker bit on the last; its full-size packets leave in
 //!   one GSO train (equal segments), a shorter last packet in the same
@@ -58,6 +59,11 @@
 //!   the window). Video from anyone else outside the windows is
 //!   `misrouted_packets`. The method is stated in the report's
 //!   `expected_method`.
+//! * Simulcast video and last-N slots: the node's choice (a layer, a
+//!   speaker) decides what a consumer carries, so each such consumer is
+//!   expected to deliver every output sequence number from its first
+//!   packet to its last ([`plan::Plan::span_counted`]); the node keeps one
+//!   numbering per consumer across switches, so a gap is a lost packet.
 //!
 //! # Loss and repair
 //! Off by default. `--loss-percent P` makes each receive thread drop P % of
@@ -341,6 +347,11 @@ pub struct Options {
     /// Seed of the simulated loss.
     #[arg(long, default_value_t = 1)]
     pub loss_seed: u64,
+    /// Video frames per second of every video stream (1 to 60; bitrates
+    /// stay as given, frames grow): fewer packets where the load
+    /// generator's own core is the limit.
+    #[arg(long, default_value_t = media::VIDEO_FPS)]
+    pub video_fps: u64,
     /// Simulcast publishers (scenario rooms): each video is a track of
     /// three VP8 layers at a tenth, a third and all of `--video-kbps`
     /// (separate SSRCs, `layer_of`); subscribers get the layer the node
@@ -461,6 +472,8 @@ pub struct Report {
     pub endpoints: usize,
     /// Streams published.
     pub streams: usize,
+    /// Video frames per second of every video stream.
+    pub video_fps: u64,
     /// Seconds of sending (measured).
     pub duration_s: f64,
     /// Packets sent.
@@ -750,8 +763,14 @@ impl std::fmt::Display for Report {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         writeln!(
             f,
-            "{} ({}), {} rooms, {} endpoints, {} streams, {:.1} s",
-            self.scenario, self.profile, self.rooms, self.endpoints, self.streams, self.duration_s
+            "{} ({}), {} rooms, {} endpoints, {} streams (video at {} fps), {:.1} s",
+            self.scenario,
+            self.profile,
+            self.rooms,
+            self.endpoints,
+            self.streams,
+            self.video_fps,
+            self.duration_s
         )?;
         writeln!(
             f,
@@ -1024,6 +1043,10 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             duration_ns,
         ),
     };
+    let mut plan = plan;
+    if opts.video_fps != media::VIDEO_FPS {
+        plan.set_video_fps(opts.video_fps);
+    }
     let receivers: Vec<usize> = (0..plan.peers.len())
         .filter(|&p| plan.is_receiver(p))
         .collect();
@@ -1287,6 +1310,9 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.video_kbps() == 0 || opts.video_kbps() > 100_000 {
         bail!("--video-kbps must be in 1..=100000");
+    }
+    if !(1..=60).contains(&opts.video_fps) {
+        bail!("--video-fps must be in 1..=60");
     }
     if !(0.0..=3600.0).contains(&opts.keyframe_secs) {
         bail!("--keyframe-secs must be in [0, 3600]");
@@ -1627,8 +1653,9 @@ fn build_report(
         .map(|s| match s.kind {
             Kind::Audio => media::AUDIO_PPS as f64,
             Kind::Video => {
-                let bytes_per_frame = f64::from(s.kbps) * 1000.0 / 8.0 / media::VIDEO_FPS as f64;
-                (bytes_per_frame / media::VIDEO_PAYLOAD as f64).ceil() * media::VIDEO_FPS as f64
+                let fps = s.cadence.per_second as f64;
+                let bytes_per_frame = f64::from(s.kbps) * 1000.0 / 8.0 / fps;
+                (bytes_per_frame / media::VIDEO_PAYLOAD as f64).ceil() * fps
             }
         })
         .sum();
@@ -1725,6 +1752,7 @@ fn build_report(
         rooms: plan.rooms,
         endpoints: plan.peers.len(),
         streams: plan.streams.len(),
+        video_fps: opts.video_fps,
         duration_s,
         tx_packets: tx.packets,
         tx_video_packets: video,

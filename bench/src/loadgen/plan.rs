@@ -392,6 +392,20 @@ impl Plan {
         }
     }
 
+    /// Re-times every video stream to `fps` frames per second (its stagger
+    /// scaled to the new frame period; bitrates unchanged).
+    pub fn set_video_fps(&mut self, fps: u64) {
+        let fps = fps.max(1);
+        for s in self.streams.iter_mut().filter(|s| s.kind == Kind::Video) {
+            let c = s.cadence;
+            s.cadence = Cadence {
+                offset_ns: (u128::from(c.offset_ns) * u128::from(c.per_second) / u128::from(fps))
+                    as u64,
+                per_second: fps,
+            };
+        }
+    }
+
     /// The stream of `kind` that `peer` publishes, if any.
     pub fn stream_of(&self, peer: usize, kind: Kind) -> Option<usize> {
         self.peers
@@ -741,6 +755,28 @@ mod tests {
             .map(|&s| plan.streams[s].cadence.offset_ns)
             .collect();
         assert_eq!(offsets, vec![0, 8_333_333, 16_666_666, 24_999_999]);
+        let mut slow = plan.clone();
+        slow.set_video_fps(10);
+        let offsets: Vec<(u64, u64)> = [0, 2, 4, 6, 1]
+            .iter()
+            .map(|&s| {
+                (
+                    slow.streams[s].cadence.offset_ns,
+                    slow.streams[s].cadence.per_second,
+                )
+            })
+            .collect();
+        assert_eq!(
+            offsets,
+            vec![
+                (0, 10),
+                (24_999_999, 10),
+                (49_999_998, 10),
+                (74_999_997, 10),
+                (0, 50)
+            ],
+            "video staggered over the new frame period, audio untouched"
+        );
         assert_eq!(plan.subscription(2, 0), None);
     }
 

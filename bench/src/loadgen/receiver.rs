@@ -943,7 +943,7 @@ mod tests {
         track_layers(&mut c, &low, prefix(0x7fff, true, false), 1, &mut n);
         track_layers(&mut c, &low, prefix(0, true, false), 1, &mut n);
         assert_eq!(n.picture_id_jumps, 2);
-        assert_eq!(n.layer_packets, [5, 0, 2]);
+        assert_eq!(n.layer_packets, [6, 0, 1]);
         // Audio and out-of-range layers are not counted per layer.
         track_layers(
             &mut c,
@@ -952,6 +952,6 @@ mod tests {
             1,
             &mut n,
         );
-        assert_eq!(n.layer_packets, [5, 0, 2]);
+        assert_eq!(n.layer_packets, [6, 0, 1]);
     }
 }

@@ -24,9 +24,7 @@ use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtcp::{RtcpIter, RtcpPacket};
 use sfu_core::wire::rtp::{FIXED_HEADER_LEN, RtpHeader, write_header};
 
-use super::media::{
-    self, AUDIO_CLOCK, AUDIO_PAYLOAD, AUDIO_PPS, FrameLayout, VIDEO_CLOCK, VIDEO_FPS,
-};
+use super::media::{self, AUDIO_CLOCK, AUDIO_PAYLOAD, AUDIO_PPS, FrameLayout, VIDEO_CLOCK};
 use super::payload::{self, MARKER_LEN, Marker};
 use super::plan::{AUDIO_LEVEL_EXTENSION, Plan, Sent, TalkPlan};
 use super::repair::{PUBLISHER_RTX_PT, PacketRing, SimLoss, publisher_rtx_ssrc, write_rtx};
@@ -296,7 +294,9 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         .iter()
         .map(|s| match s.kind {
             Kind::Audio => 1,
-            Kind::Video => FrameLayout::new(media::frame_bytes(s.kbps, 0) + 1).packets,
+            Kind::Video => {
+                FrameLayout::new(media::frame_bytes_at(s.kbps, s.cadence.per_second, 0) + 1).packets
+            }
         })
         .max()
         .unwrap_or(1);
@@ -604,9 +604,10 @@ fn send_unit(
 ) -> anyhow::Result<UnitSent> {
     let (layout, timestamp) = match s.kind {
         Kind::Video => (
-            FrameLayout::new(media::frame_bytes(s.kbps, s.unit)),
-            s.ts_base
-                .wrapping_add((s.unit as u32).wrapping_mul(VIDEO_CLOCK / VIDEO_FPS as u32)),
+            FrameLayout::new(media::frame_bytes_at(s.kbps, s.cadence.per_second, s.unit)),
+            s.ts_base.wrapping_add((s.unit as u32).wrapping_mul(
+                VIDEO_CLOCK / s.cadence.per_second.clamp(1, u64::from(VIDEO_CLOCK)) as u32,
+            )),
         ),
         Kind::Audio => (
             FrameLayout {
