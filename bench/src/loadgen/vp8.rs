@@ -26,7 +26,7 @@ pub const DESCRIPTOR_LEN: usize = 4;
 pub const KEY_HEADER_LEN: usize = 10;
 /// Length of an interframe's VP8 payload header.
 pub const INTER_HEADER_LEN: usize = 3;
-/// Most bytes [`write`] puts before the marker.
+/// Most bytes [`write()`] puts before the marker.
 pub const MAX_PREFIX: usize = DESCRIPTOR_LEN + KEY_HEADER_LEN;
 
 /// What one packet's VP8 prefix says.
@@ -42,7 +42,7 @@ pub struct Prefix {
     pub len: usize,
 }
 
-/// Bytes [`write`] puts before the marker of a packet.
+/// Bytes [`write()`] puts before the marker of a packet.
 pub fn prefix_len(start: bool, keyframe: bool) -> usize {
     DESCRIPTOR_LEN
         + match (start, keyframe) {
@@ -82,7 +82,7 @@ pub fn write(
     Some(len)
 }
 
-/// Reads the prefix at the start of `payload` (as [`write`] lays it out and
+/// Reads the prefix at the start of `payload` (as [`write()`] lays it out and
 /// the node may have rewritten it): `None` if the descriptor is malformed,
 /// carries no PictureID, or the payload ends inside the prefix.
 pub fn parse(payload: &[u8]) -> Option<Prefix> {
