@@ -613,7 +613,9 @@ pub struct SimulcastReport {
     pub switch_seq_gaps: u64,
     /// Layer changes whose first packet was not a keyframe start.
     pub switches_not_on_keyframe: u64,
-    /// Frame starts whose PictureID was not the previous one plus one.
+    /// Frame starts whose PictureID was not the previous one plus one
+    /// (with simulated loss also every lost frame start: a repair by RTX
+    /// does not feed this check).
     pub picture_id_jumps: u64,
     /// Cap steps done (`--layer-cap-secs`).
     pub cap_steps: u64,
