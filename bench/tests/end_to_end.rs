@@ -17,7 +17,7 @@ fn options(node: &Node) -> Options {
         rooms: 2,
         publishers: 2,
         subscribers: 3,
-        video_kbps: 600,
+        video_kbps: Some(600),
         audio: true,
         duration: 3.0,
         verify_all: true,

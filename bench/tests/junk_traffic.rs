@@ -187,6 +187,7 @@ impl ReplayVictim {
             ssrc: REPLAY_SSRC,
             payload_type: 96,
             rtx: None,
+            layer_of: None,
         }];
         let endpoint = client
             .create_endpoint(
@@ -199,6 +200,8 @@ impl ReplayVictim {
                     remote: None,
                     subscribe: Subscribe::Omit,
                     rtx_payload_types: None,
+                    identity: None,
+                    audio_level_extension: None,
                 },
             )
             .expect("replay publisher is created");

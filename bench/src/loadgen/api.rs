@@ -1,8 +1,10 @@
 //! A blocking client of the node's control API (`ureq`), for the calls the
-//! load generator makes: rooms, endpoints, subscriptions and `/v1/load`.
-//! Every request carries a bearer token the client mints itself from the
-//! API secret (`--api-secret`), for room `*` with every grant
-//! ([`control::auth`]).
+//! load generator makes: rooms, endpoints, subscriptions, simulcast layer
+//! caps and `/v1/load`. Every request carries a bearer token the client
+//! mints itself from the API secret (`--api-secret`), for room `*` with
+//! every grant ([`control::auth`]); an endpoint created for a named
+//! participant gets a token whose `sub` is that identity (the node's
+//! participant id, which keeps a participant out of its own last-N slots).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +28,10 @@ pub struct ControlClient {
     base: String,
     /// `Bearer <token>`.
     authorization: String,
+    /// The API secret, for tokens naming a participant.
+    secret: std::sync::Arc<[u8]>,
+    /// Lifetime of every token.
+    valid_for: Duration,
 }
 
 impl std::fmt::Debug for ControlClient {
@@ -48,6 +54,9 @@ pub struct Track {
     /// Its retransmission stream (RFC 4588), if the publisher answers
     /// NACKs: (RTX SSRC, RTX payload type).
     pub rtx: Option<(u32, u8)>,
+    /// For a simulcast track's upper layer: the SSRC of the track's first
+    /// layer, declared earlier (`layer_of`).
+    pub layer_of: Option<u32>,
 }
 
 /// What the load generator asks for when creating an endpoint.
@@ -68,6 +77,13 @@ pub struct EndpointRequest<'a> {
     /// The RTX payload types it receives retransmissions with, (video,
     /// audio); `None` = it negotiated no RTX (field left out).
     pub rtx_payload_types: Option<(u8, u8)>,
+    /// The participant's identity: the request's token carries it as
+    /// `sub`. `None` = the client's own token (each endpoint its own
+    /// participant).
+    pub identity: Option<&'a str>,
+    /// Id of the RFC 6464 audio-level extension in its audio
+    /// (`audio_level_extension`); `None` = left out.
+    pub audio_level_extension: Option<u8>,
 }
 
 /// The `subscribe` field of an endpoint creation.
@@ -79,6 +95,8 @@ pub enum Subscribe<'a> {
     All,
     /// Explicit (video, audio) producer SSRCs.
     Explicit(&'a [u32], &'a [u32]),
+    /// Last-N: `{"slots": {"video": N, "audio": M}}`.
+    Slots(u16, u16),
 }
 
 /// A consumer the node created for an endpoint.
@@ -166,7 +184,16 @@ impl ControlClient {
             agent: config.into(),
             base: base.trim_end_matches('/').to_owned(),
             authorization: format!("Bearer {token}"),
+            secret: secret.into(),
+            valid_for,
         }
+    }
+
+    /// `Bearer <token>` for `identity`: the client's claims with `sub` set.
+    fn authorization_for(&self, identity: &str) -> String {
+        let mut claims = token_claims(auth::unix_now(), self.valid_for);
+        claims.sub = Some(identity.to_owned());
+        format!("Bearer {}", auth::mint(&self.secret, &claims))
     }
 
     /// `GET /v1/load`.
@@ -237,6 +264,9 @@ impl ControlClient {
                 if let Some((ssrc, payload_type)) = t.rtx {
                     track["rtx"] = json!({ "ssrc": ssrc, "payload_type": payload_type });
                 }
+                if let Some(first) = t.layer_of {
+                    track["layer_of"] = json!(first);
+                }
                 track
             })
             .collect();
@@ -251,6 +281,12 @@ impl ControlClient {
             Subscribe::Explicit(video, audio) => {
                 body["subscribe"] = subscribe_body(Some((video, audio)));
             }
+            Subscribe::Slots(video, audio) => {
+                body["subscribe"] = json!({ "slots": { "video": video, "audio": audio } });
+            }
+        }
+        if let Some(id) = req.audio_level_extension {
+            body["audio_level_extension"] = json!(id);
         }
         if let Some(remote) = req.remote {
             body["remote"] = Value::String(remote.to_string());
@@ -258,10 +294,14 @@ impl ControlClient {
         if let Some((video, audio)) = req.rtx_payload_types {
             body["rtx_payload_types"] = json!({ "video": video, "audio": audio });
         }
+        let authorization = match req.identity {
+            Some(identity) => self.authorization_for(identity),
+            None => self.authorization.clone(),
+        };
         let resp = self
             .agent
             .post(format!("{}/v1/rooms/{room}/endpoints", self.base))
-            .header("authorization", &self.authorization)
+            .header("authorization", &authorization)
             .send_json(&body)?;
         let v = expect_json(resp, 201, "POST /v1/rooms/{room}/endpoints")?;
         let answer: EndpointAnswer =
@@ -306,6 +346,27 @@ impl ControlClient {
         let answer: ConsumersAnswer =
             serde_json::from_value(v).context("subscriptions answer does not parse")?;
         Ok(answer.consumers)
+    }
+
+    /// `PUT /v1/rooms/{room}/endpoints/{id}/layers`: caps the simulcast
+    /// layer of the endpoint's video consumer in `slot` (`None` lifts the
+    /// cap).
+    pub fn set_max_layer(
+        &self,
+        room: &str,
+        id: &str,
+        slot: u16,
+        max_layer: Option<u8>,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .agent
+            .put(format!(
+                "{}/v1/rooms/{room}/endpoints/{id}/layers",
+                self.base
+            ))
+            .header("authorization", &self.authorization)
+            .send_json(json!({ "slot": slot, "max_layer": max_layer }))?;
+        expect_status(resp, 204, "PUT layers")
     }
 
     /// `PUT /v1/rooms/{room}/subscriptions`: several endpoints' (id, video,
@@ -406,6 +467,24 @@ mod tests {
             assert_eq!(verified.authorize(None, need), Ok(()));
             assert_eq!(verified.authorize(Some("lg-room-0"), need), Ok(()));
         }
+    }
+
+    #[test]
+    fn identity_tokens_name_the_participant() {
+        let client = ControlClient::new(
+            "http://127.0.0.1:1/",
+            auth::DEV_API_SECRET.as_bytes(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(client.base, "http://127.0.0.1:1");
+        let header = client.authorization_for("lg-7");
+        let token = header.strip_prefix("Bearer ").expect("a bearer token");
+        let claims = auth::Verifier::new(auth::DEV_API_SECRET.as_bytes())
+            .verify(token, auth::unix_now())
+            .expect("valid");
+        assert_eq!(claims.sub.as_deref(), Some("lg-7"));
+        assert_eq!(claims.participant(), Some(auth::participant_id("lg-7")));
+        assert!(!format!("{client:?}").contains("secret"));
     }
 
     #[test]

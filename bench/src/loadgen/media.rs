@@ -6,7 +6,7 @@ use super::payload::MARKER_LEN;
 
 /// Video payload bytes per packet (all but possibly the last of a frame).
 pub const VIDEO_PAYLOAD: usize = 1200;
-/// Video frames per second.
+/// Video frames per second (the default of `--video-fps`).
 pub const VIDEO_FPS: u64 = 30;
 /// RTP clock of video.
 pub const VIDEO_CLOCK: u32 = 90_000;
@@ -23,12 +23,20 @@ pub const AUDIO_PT: u8 = 111;
 
 const NANOS: u64 = 1_000_000_000;
 
-/// Payload bytes of video frame `n` of a stream at `kbps`: the difference of
-/// the cumulative byte counts, each rounded down, so frames differ by at most
-/// one byte and `n` frames carry `floor(n * kbps * 1000 / 8 / 30)` bytes.
+/// Payload bytes of video frame `n` of a stream at `kbps` and 30 frames
+/// per second ([`frame_bytes_at`]).
 pub fn frame_bytes(kbps: u32, n: u64) -> usize {
-    // kbps * 1000 / 8 / 30 bytes per frame = kbps * 25 / 6.
-    let cumulative = |n: u64| u128::from(n) * u128::from(kbps) * 25 / 6;
+    frame_bytes_at(kbps, VIDEO_FPS, n)
+}
+
+/// Payload bytes of video frame `n` of a stream at `kbps` and `fps` frames
+/// per second: the difference of the cumulative byte counts, each rounded
+/// down, so frames differ by at most one byte and `n` frames carry
+/// `floor(n * kbps * 1000 / 8 / fps)` bytes.
+pub fn frame_bytes_at(kbps: u32, fps: u64, n: u64) -> usize {
+    let fps = u128::from(fps.max(1));
+    // kbps * 1000 / 8 / fps bytes per frame = kbps * 125 / fps.
+    let cumulative = |n: u64| u128::from(n) * u128::from(kbps) * 125 / fps;
     (cumulative(n + 1) - cumulative(n)) as usize
 }
 
@@ -124,7 +132,16 @@ mod tests {
             let total: usize = (0..30 * 60).map(|n| frame_bytes(kbps, n)).sum();
             // 60 seconds exactly.
             assert_eq!(total as u64, u64::from(kbps) * 1000 / 8 * 60, "{kbps} kbps");
+            for fps in [1, 10, 15, 24] {
+                let total: usize = (0..fps * 60).map(|n| frame_bytes_at(kbps, fps, n)).sum();
+                assert_eq!(
+                    total as u64,
+                    u64::from(kbps) * 1000 / 8 * 60,
+                    "{kbps} kbps {fps} fps"
+                );
+            }
         }
+        assert_eq!(frame_bytes_at(100, 10, 0), 1250);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   (a video frame or an audio packet) is due at
 //!   `offset_n + u * 1e9 / rate` ns after the run's origin, computed from `u`
 //!   so there is no drift ([`media::Cadence`]); the first units of the
-//!   streams of one kind are spread evenly over one period. A video frame is
+//!   streams of one kind are spread evenly over one period. Video runs at
+//!   `--video-fps` (30) frames per second. A video frame is
 //!   `ceil(bytes / 1200)` packets with consecutive sequence numbers, one
 //!   timestamp and the marker bit on the last; its full-size packets leave in
 //!   one GSO train (equal segments), a shorter last packet in the same
@@ -58,6 +59,11 @@
 //!   the window). Video from anyone else outside the windows is
 //!   `misrouted_packets`. The method is stated in the report's
 //!   `expected_method`.
+//! * Simulcast video and last-N slots: the node's choice (a layer, a
+//!   speaker) decides what a consumer carries, so each such consumer is
+//!   expected to deliver every output sequence number from its first
+//!   packet to its last ([`plan::Plan::span_counted`]); the node keeps one
+//!   numbering per consumer across switches, so a gap is a lost packet.
 //!
 //! # Loss and repair
 //! Off by default. `--loss-percent P` makes each receive thread drop P % of
@@ -90,6 +96,51 @@
 //! node's repair counters over the run from `/metrics` (summed over its
 //! workers). Loss options need scenario `rooms`.
 //!
+//! # Simulcast
+//! `--simulcast` (scenario `rooms`) makes each publisher's video one track
+//! of three layers (the API's `layer_of`), SSRCs `v`, `v ^ 2^29`,
+//! `v ^ 2^30` at a tenth, a third and all of `--video-kbps` (150/500/1500
+//! kbit/s for 1500), each with VP8 payload descriptors ([`vp8`]: a 15-bit
+//! PictureID per frame, a VP8 payload header whose P bit the node's
+//! keyframe detection reads) and the layer in the payload marker. Each
+//! layer starts with a keyframe, sends one every `--keyframe-secs` and at
+//! its next frame after the node's PLI or FIR (the sender polls the
+//! publishers' sockets). The node forwards one layer per subscriber's
+//! consumer; every video packet is decrypted, so the report gives the
+//! packets received per layer, the layer switches seen (the marker's layer
+//! changed on a consumer), the sequence numbers skipped at those switches
+//! (0 when the output numbering is continuous), switches that did not
+//! start on a keyframe, and PictureID discontinuities. `--layer-cap-secs S`
+//! steps every subscriber's video caps through layer 0, layer 1 and no cap
+//! every S seconds (`PUT /v1/rooms/{room}/endpoints/{id}/layers`), which
+//! makes the node switch. A subscriber's video is expected by the span of
+//! its output sequence numbers (first to last packet of each consumer),
+//! its audio by what was sent.
+//!
+//! # Last-N
+//! Scenario `last-n`: one room of `--participants` (500) peers with role
+//! `both`, each created with its own token identity (`sub` = `lg-N`, the
+//! node's participant id), publishing VP8 video at `--video-kbps` (default
+//! 100 here) and 64 kbit/s audio with the RFC 6464 audio level (extension
+//! id 1, the endpoint's `audio_level_extension`), and receiving
+//! `{"slots": {"video": --video-slots, "audio": --audio-slots}}` (9 and 3).
+//! Speakers rotate every `--switch-secs` ([`plan::TalkPlan`]): for the
+//! first period everyone sends room noise (-70 dBov, from which the node
+//! learns the noise floors); from then on, in each period a different
+//! `--talkers` peers send speech levels (-22 to -34 dBov with the voice
+//! bit) and everyone else room noise. Every packet is decrypted and attributed by its marker; a
+//! packet from the viewer itself counts as `self_received` (and
+//! misrouted). **Slot switch latency**: for each viewer, measured period
+//! and talker that is not the viewer, the time from the period's start
+//! (when the talker starts speaking, on the load generator's clock) to the
+//! arrival of the first packet of the talker's video (and, separately, audio)
+//! in any of the viewer's slots; a talker whose media already arrived in the
+//! 200 ms before its start is counted as `already_shown`, one that never
+//! arrived in the period as `missed`. Measured periods are those with
+//! talkers that end within the run. Every consumer is expected by its
+//! sequence number span. The `both` peers' sockets are read by the
+//! receive threads, which also pass the node's keyframe requests on.
+//!
 //! # Panics
 //! No network input can make the receive path panic: headers are parsed with
 //! checked views, SRTP failures, malformed or unexpected datagrams are
@@ -105,6 +156,7 @@ pub mod procstat;
 mod receiver;
 pub mod repair;
 mod sender;
+pub mod vp8;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
@@ -140,6 +192,22 @@ pub enum Scenario {
     /// `--speakers` (50) publish 2 Mbit/s video, all publish audio; each
     /// receives the rotating speaker's video and three others' audio.
     SeedMeeting,
+    /// One room of `--participants` (500) peers with role `both`, each
+    /// publishing VP8 video and audio with RFC 6464 levels and receiving
+    /// `--video-slots` and `--audio-slots` last-N slots; `--talkers` new
+    /// speakers every `--switch-secs`; reports the slot switch latency.
+    LastN,
+}
+
+impl Scenario {
+    /// The name the report and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rooms => "rooms",
+            Self::SeedMeeting => "seed-meeting",
+            Self::LastN => "last-n",
+        }
+    }
 }
 
 /// Command-line options of `sfu-loadgen`, also the library's input.
@@ -173,9 +241,10 @@ pub struct Options {
     /// Subscribers per room (scenario `rooms`).
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
-    /// Video bitrate per publisher, kbit/s.
-    #[arg(long, default_value_t = 2000)]
-    pub video_kbps: u32,
+    /// Video bitrate per publisher, kbit/s (with `--simulcast`, of the top
+    /// layer) [default: 2000; 100 in scenario last-n].
+    #[arg(long)]
+    pub video_kbps: Option<u32>,
     /// Publishers also send 64 kbit/s audio (scenario `rooms`).
     #[arg(long)]
     pub audio: bool,
@@ -191,13 +260,14 @@ pub struct Options {
     /// Topology.
     #[arg(long, value_enum, default_value = "rooms")]
     pub scenario: Scenario,
-    /// Participants of the seed meeting.
+    /// Participants of the seed meeting or the last-N meeting.
     #[arg(long, default_value_t = 500)]
     pub participants: usize,
     /// Video publishers (rotating speakers) of the seed meeting.
     #[arg(long, default_value_t = 50)]
     pub speakers: usize,
-    /// Seconds between speaker switches (seed meeting).
+    /// Seconds between speaker switches (seed meeting), or between two
+    /// rotations of the talkers (last-N; at least 1).
     #[arg(long, default_value_t = 5.0)]
     pub switch_secs: f64,
     /// Time all subscription changes of one switch must finish in, ms.
@@ -277,6 +347,38 @@ pub struct Options {
     /// Seed of the simulated loss.
     #[arg(long, default_value_t = 1)]
     pub loss_seed: u64,
+    /// Video frames per second of every video stream (1 to 60; bitrates
+    /// stay as given, frames grow): fewer packets where the load
+    /// generator's own core is the limit.
+    #[arg(long, default_value_t = media::VIDEO_FPS)]
+    pub video_fps: u64,
+    /// Simulcast publishers (scenario rooms): each video is a track of
+    /// three VP8 layers at a tenth, a third and all of `--video-kbps`
+    /// (separate SSRCs, `layer_of`); subscribers get the layer the node
+    /// chooses and the report counts packets per layer and layer switches.
+    #[arg(long)]
+    pub simulcast: bool,
+    /// Seconds between two periodic keyframes of a VP8 stream (simulcast,
+    /// last-n); 0: only the first one and those the node asks for with PLI
+    /// or FIR (always answered).
+    #[arg(long, default_value_t = 3.0)]
+    pub keyframe_secs: f64,
+    /// With `--simulcast`: every this many seconds, cap every subscriber's
+    /// video consumers at layer 0, then 1, then lift the cap, and so on
+    /// (`PUT /v1/rooms/{room}/endpoints/{id}/layers`); 0: never.
+    #[arg(long, default_value_t = 0.0)]
+    pub layer_cap_secs: f64,
+    /// Last-N video slots per participant (scenario last-n).
+    #[arg(long, default_value_t = 9)]
+    pub video_slots: u16,
+    /// Last-N audio slots per participant (scenario last-n).
+    #[arg(long, default_value_t = 3)]
+    pub audio_slots: u16,
+    /// Participants speaking at once in each rotation (scenario last-n);
+    /// at most half the participants. Every talker gets a slot of a viewer
+    /// only if it is at most the viewer's slots of that kind.
+    #[arg(long, default_value_t = 3)]
+    pub talkers: usize,
 }
 
 impl Options {
@@ -285,6 +387,21 @@ impl Options {
     pub fn repair(&self) -> bool {
         self.nack
             .unwrap_or(self.loss_percent > 0.0 || self.publisher_loss_percent > 0.0)
+    }
+
+    /// Video bitrate per publisher: `--video-kbps`, or the scenario's
+    /// default.
+    pub fn video_kbps(&self) -> u32 {
+        self.video_kbps.unwrap_or(match self.scenario {
+            Scenario::LastN => 100,
+            Scenario::Rooms | Scenario::SeedMeeting => 2000,
+        })
+    }
+
+    /// Whether the sender polls the publish-only peers' sockets for the
+    /// node's RTCP (NACKs, keyframe requests).
+    fn polls_publishers(&self) -> bool {
+        self.repair() || self.simulcast
     }
 }
 
@@ -355,6 +472,8 @@ pub struct Report {
     pub endpoints: usize,
     /// Streams published.
     pub streams: usize,
+    /// Video frames per second of every video stream.
+    pub video_fps: u64,
     /// Seconds of sending (measured).
     pub duration_s: f64,
     /// Packets sent.
@@ -463,7 +582,134 @@ pub struct Report {
     /// Loss and repair (`--loss-percent`, `--publisher-loss-percent`,
     /// `--nack`); all zero when off.
     pub repair: RepairReport,
+    /// Simulcast layers and switches (`--simulcast`), else `null`.
+    pub simulcast: Option<SimulcastReport>,
+    /// Last-N slots and their switch latency (scenario `last-n`), else
+    /// `null`.
+    pub last_n: Option<LastNReport>,
 }
+
+/// What the simulcast subscribers saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimulcastReport {
+    /// Bitrates of the layers, low to high, kbit/s.
+    pub layer_kbps: [u32; 3],
+    /// `--keyframe-secs`.
+    pub keyframe_secs: f64,
+    /// Keyframes the publishers sent (all layers).
+    pub tx_keyframes: u64,
+    /// Of those, sent at the node's request before they were due.
+    pub tx_keyframes_requested: u64,
+    /// PLI/FIR entries from the node that named a layer.
+    pub keyframe_requests_in: u64,
+    /// Video packets received per layer (by marker), low to high.
+    pub rx_layer_packets: [u64; 3],
+    /// Keyframe starts received.
+    pub rx_keyframes: u64,
+    /// Layer changes seen on the subscribers' consumers.
+    pub layer_switches: u64,
+    /// Sequence numbers skipped at those changes (0: one continuous
+    /// numbering across every switch).
+    pub switch_seq_gaps: u64,
+    /// Layer changes whose first packet was not a keyframe start.
+    pub switches_not_on_keyframe: u64,
+    /// Frame starts whose PictureID was not the previous one plus one
+    /// (with simulated loss also every lost frame start: a repair by RTX
+    /// does not feed this check).
+    pub picture_id_jumps: u64,
+    /// Cap steps done (`--layer-cap-secs`).
+    pub cap_steps: u64,
+    /// `PUT .../layers` requests sent.
+    pub cap_requests: u64,
+    /// Of those, failed.
+    pub cap_errors: u64,
+    /// The node's counters over the run (`layer_switches`, `pli_sent`).
+    pub node: std::collections::BTreeMap<String, u64>,
+}
+
+/// Slot switch latency of one kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotLatency {
+    /// (viewer, period, talker) cases, the talker not being the viewer.
+    pub expected: u64,
+    /// Cases measured: the talker's media first reached the viewer after
+    /// the talker started.
+    pub measured: u64,
+    /// Cases where the talker's media was already reaching the viewer.
+    pub already_shown: u64,
+    /// Cases where it never reached the viewer within the period.
+    pub missed: u64,
+    /// Median latency from the talker's start to the first packet, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// Largest, ms.
+    pub max_ms: Option<f64>,
+}
+
+impl SlotLatency {
+    fn new(mut latency_ns: Vec<u64>, expected: u64, already_shown: u64, missed: u64) -> Self {
+        latency_ns.sort_unstable();
+        let q = |q: f64| {
+            (!latency_ns.is_empty()).then(|| {
+                let i = ((latency_ns.len() as f64 * q) as usize).min(latency_ns.len() - 1);
+                latency_ns[i] as f64 / 1e6
+            })
+        };
+        Self {
+            expected,
+            measured: latency_ns.len() as u64,
+            already_shown,
+            missed,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            max_ms: q(1.0),
+        }
+    }
+}
+
+/// What the last-N viewers saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastNReport {
+    /// Participants.
+    pub participants: usize,
+    /// Video slots per participant.
+    pub video_slots: u16,
+    /// Audio slots per participant.
+    pub audio_slots: u16,
+    /// Talkers per period.
+    pub talkers: usize,
+    /// Length of a period, s.
+    pub period_s: f64,
+    /// Periods measured (with talkers, ending within the run).
+    pub periods_measured: usize,
+    /// First video of a new talker in a viewer's video slot.
+    pub video: SlotLatency,
+    /// First audio of a new talker in a viewer's audio slot.
+    pub audio: SlotLatency,
+    /// Packets a participant received of its own media.
+    pub self_received: u64,
+    /// Keyframes the participants sent.
+    pub tx_keyframes: u64,
+    /// PLI/FIR entries from the node that named a participant's video.
+    pub keyframe_requests_in: u64,
+    /// The node's counters over the run (`slot_switches`,
+    /// `speaker_decisions`, `active_speaker_changes`, `pli_sent`, ...).
+    pub node: std::collections::BTreeMap<String, u64>,
+}
+
+/// Node counters the simulcast report carries.
+const SIMULCAST_COUNTERS: &[&str] = &["layer_switches", "pli_sent"];
+/// Node counters the last-N report carries.
+const LAST_N_COUNTERS: &[&str] = &[
+    "slot_switches",
+    "speaker_decisions",
+    "active_speaker_changes",
+    "dominant_speaker_changes",
+    "audio_levels",
+    "audio_levels_missing",
+    "pli_sent",
+];
 
 /// What loss was simulated and how much of it was repaired.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -519,8 +765,14 @@ impl std::fmt::Display for Report {
         let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         writeln!(
             f,
-            "{} ({}), {} rooms, {} endpoints, {} streams, {:.1} s",
-            self.scenario, self.profile, self.rooms, self.endpoints, self.streams, self.duration_s
+            "{} ({}), {} rooms, {} endpoints, {} streams (video at {} fps), {:.1} s",
+            self.scenario,
+            self.profile,
+            self.rooms,
+            self.endpoints,
+            self.streams,
+            self.video_fps,
+            self.duration_s
         )?;
         writeln!(
             f,
@@ -578,6 +830,55 @@ impl std::fmt::Display for Report {
                 self.switch_overruns,
                 self.switch_request_ms_p50,
                 self.switch_request_ms_p99
+            )?;
+        }
+        if let Some(sc) = &self.simulcast {
+            writeln!(
+                f,
+                "simulcast {:?} kbit/s: rx per layer {:?}, {} layer switches ({} numbers skipped at them, {} not on a keyframe), {} PictureID jumps; \
+                 {} keyframes sent ({} on request, {} requests in), {} received; caps {} steps, {} requests, {} errors",
+                sc.layer_kbps,
+                sc.rx_layer_packets,
+                sc.layer_switches,
+                sc.switch_seq_gaps,
+                sc.switches_not_on_keyframe,
+                sc.picture_id_jumps,
+                sc.tx_keyframes,
+                sc.tx_keyframes_requested,
+                sc.keyframe_requests_in,
+                sc.rx_keyframes,
+                sc.cap_steps,
+                sc.cap_requests,
+                sc.cap_errors,
+            )?;
+        }
+        if let Some(ln) = &self.last_n {
+            let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+            for (what, l) in [("video", &ln.video), ("audio", &ln.audio)] {
+                writeln!(
+                    f,
+                    "last-N {what} slot switch ms: p50 {} p99 {} max {} ({} measured of {} expected, {} already shown, {} missed)",
+                    ms(l.p50_ms),
+                    ms(l.p99_ms),
+                    ms(l.max_ms),
+                    l.measured,
+                    l.expected,
+                    l.already_shown,
+                    l.missed,
+                )?;
+            }
+            writeln!(
+                f,
+                "last-N {} participants, {} video + {} audio slots, {} talkers every {} s ({} periods measured); \
+                 {} packets of a participant's own media; node slot switches {}",
+                ln.participants,
+                ln.video_slots,
+                ln.audio_slots,
+                ln.talkers,
+                ln.period_s,
+                ln.periods_measured,
+                ln.self_received,
+                ln.node.get("slot_switches").copied().unwrap_or(0),
             )?;
         }
         let cpu: Vec<String> = self
@@ -697,8 +998,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         .load()
         .with_context(|| format!("control API at {} does not answer", opts.control))?;
     let repair_on = opts.repair();
-    let metrics_before = if repair_on {
-        Some(repair::scrape(&client.metrics().context("GET /metrics")?))
+    let counters = NodeCounters::for_options(opts);
+    let metrics_before = if repair_on || !counters.names.is_empty() {
+        Some(client.metrics().context("GET /metrics")?)
     } else {
         None
     };
@@ -712,14 +1014,28 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             opts.rooms,
             opts.publishers,
             opts.subscribers,
-            opts.video_kbps,
+            opts.video_kbps(),
             opts.audio,
+            opts.simulcast,
             ssrc_base,
+        ),
+        Scenario::LastN => Plan::last_n(
+            opts.participants,
+            opts.video_kbps(),
+            opts.video_slots,
+            opts.audio_slots,
+            ssrc_base,
+            plan::TalkPlan {
+                period_ns: (opts.switch_secs * 1e9) as u64,
+                talkers: opts.talkers,
+                participants: opts.participants,
+                duration_ns,
+            },
         ),
         Scenario::SeedMeeting => Plan::seed_meeting(
             opts.participants,
             opts.speakers,
-            opts.video_kbps,
+            opts.video_kbps(),
             ssrc_base,
             SwitchTiming {
                 period_ns: (opts.switch_secs * 1e9) as u64,
@@ -729,6 +1045,10 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             duration_ns,
         ),
     };
+    let mut plan = plan;
+    if opts.video_fps != media::VIDEO_FPS {
+        plan.set_video_fps(opts.video_fps);
+    }
     let receivers: Vec<usize> = (0..plan.peers.len())
         .filter(|&p| plan.is_receiver(p))
         .collect();
@@ -752,12 +1072,15 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     let (setups, joins) = set_up(opts, &plan, &client, &sockets, &mut guard, &mut rng)?;
 
     let shared = Shared::new(&plan, recv_threads);
+    let requests = sender::KeyframeRequests::new(&plan);
     let stop_receivers = AtomicBool::new(false);
     let stop_all = AtomicBool::new(false);
     let cpu_before = procstat::cpu_seconds();
     let origin = Instant::now();
     let end_ns = duration_ns;
 
+    // Seed meeting and last-N count by the decrypted marker.
+    let attribute_all = plan.switch.is_some() || plan.talk.is_some();
     let outcome = std::thread::scope(|s| -> anyhow::Result<Outcome> {
         let sender = {
             let cfg = sender::Config {
@@ -773,6 +1096,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 repair: repair_on,
                 withhold_percent: opts.publisher_loss_percent,
                 loss_seed: opts.loss_seed,
+                poll_publishers: opts.polls_publishers(),
+                keyframe_interval_ns: (opts.keyframe_secs * 1e9) as u64,
+                requests: &requests,
             };
             std::thread::Builder::new()
                 .name("lg-send".into())
@@ -794,12 +1120,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 peers: mine.clone(),
                 profile: opts.profile,
                 origin,
-                sample_every: if opts.verify_all || plan.switch.is_some() {
+                sample_every: if opts.verify_all || attribute_all || opts.simulcast {
                     1
                 } else {
                     opts.sample_every
                 },
-                attribute_all: plan.switch.is_some(),
+                attribute_all,
                 blocking: blocking_receivers,
                 idle_sleep: Duration::from_micros(opts.idle_sleep_us),
                 sweep_interval: Duration::from_micros(
@@ -816,6 +1142,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                     .wrapping_add((t as u64 + 1).wrapping_mul(0x9e37_79b9)),
                 nack: repair_on,
                 nack_retry_ns: opts.nack_retry_ms.max(1) * 1_000_000,
+                requests: &requests,
             };
             recv_handles.push(
                 std::thread::Builder::new()
@@ -844,6 +1171,23 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                     .context("spawning the switch thread")
             })
             .transpose()?;
+        let capper = (opts.simulcast && opts.layer_cap_secs > 0.0)
+            .then(|| {
+                let cfg = CapConfig {
+                    plan: &plan,
+                    setups: &setups,
+                    client: &client,
+                    origin,
+                    period: Duration::from_secs_f64(opts.layer_cap_secs),
+                    end: Duration::from_nanos(end_ns),
+                    stop: &stop_all,
+                };
+                std::thread::Builder::new()
+                    .name("lg-caps".into())
+                    .spawn_scoped(s, move || run_layer_caps(cfg))
+                    .context("spawning the layer cap thread")
+            })
+            .transpose()?;
 
         // Progress once a second until the sender is done.
         let mut last = (0u64, 0u64, Instant::now());
@@ -859,7 +1203,11 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             let dt = last.2.elapsed().as_secs_f64().max(1e-9);
             let hist = shared.latency();
             let sent = shared.tx.sent(&plan);
-            let expected: u64 = receivers.iter().map(|&v| plan.expected(v, &sent)).sum();
+            let expected: u64 = receivers
+                .iter()
+                .map(|&v| plan.expected(v, &sent))
+                .sum::<u64>()
+                + shared.rx_span();
             progress(&Progress {
                 elapsed_s: elapsed.as_secs_f64(),
                 tx_pps: (tx - last.0) as f64 / dt,
@@ -880,19 +1228,29 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 .map_err(|_| anyhow::anyhow!("the switch thread panicked"))?,
             None => SwitchStats::default(),
         };
+        let caps = match capper {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the layer cap thread panicked"))?,
+            None => CapStats::default(),
+        };
         std::thread::sleep(Duration::from_millis(opts.drain_ms));
         stop_receivers.store(true, Ordering::Relaxed);
         let mut per_viewer = Vec::new();
+        let mut slot_switches = receiver::SwitchSamples::default();
         for h in recv_handles {
-            let counted = h
+            let done = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("a receive thread panicked"))??;
-            per_viewer.extend(counted);
+            per_viewer.extend(done.viewers);
+            slot_switches.merge(done.switches);
         }
         Ok(Outcome {
             sent_for,
             switches,
+            caps,
             per_viewer,
+            slot_switches,
         })
     });
     // Tell the threads to stop if the scope failed half way (they have
@@ -908,7 +1266,8 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         opts,
         &plan,
         &shared,
-        &outcome,
+        &requests,
+        outcome,
         &sockets,
         Cpu {
             node_before: &load_before,
@@ -918,10 +1277,20 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     );
     if let Some(before) = metrics_before {
         match client.metrics() {
-            Ok(text) => {
-                report.repair.node = repair::deltas(&before, &repair::scrape(&text))
-                    .into_iter()
-                    .collect();
+            Ok(after) => {
+                if repair_on {
+                    report.repair.node =
+                        repair::deltas(&repair::scrape(&before), &repair::scrape(&after))
+                            .into_iter()
+                            .collect();
+                }
+                let node = counters.deltas(&before, &after);
+                if let Some(sc) = report.simulcast.as_mut() {
+                    sc.node = node.clone();
+                }
+                if let Some(ln) = report.last_n.as_mut() {
+                    ln.node = node;
+                }
             }
             Err(e) => eprintln!("sfu-loadgen: GET /metrics at the end failed: {e:#}"),
         }
@@ -941,8 +1310,23 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
     if opts.sample_every == 0 {
         bail!("--sample-every must be at least 1");
     }
-    if opts.video_kbps == 0 || opts.video_kbps > 100_000 {
+    if opts.video_kbps() == 0 || opts.video_kbps() > 100_000 {
         bail!("--video-kbps must be in 1..=100000");
+    }
+    if !(1..=60).contains(&opts.video_fps) {
+        bail!("--video-fps must be in 1..=60");
+    }
+    if !(0.0..=3600.0).contains(&opts.keyframe_secs) {
+        bail!("--keyframe-secs must be in [0, 3600]");
+    }
+    if !(0.0..=86_400.0).contains(&opts.layer_cap_secs) {
+        bail!("--layer-cap-secs must be in [0, 86400]");
+    }
+    if opts.simulcast && opts.scenario != Scenario::Rooms {
+        bail!("--simulcast needs scenario rooms");
+    }
+    if opts.layer_cap_secs > 0.0 && !opts.simulcast {
+        bail!("--layer-cap-secs needs --simulcast");
     }
     for (flag, p) in [
         ("--loss-percent", opts.loss_percent),
@@ -964,6 +1348,23 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
             }
             if opts.rooms * (opts.publishers + opts.subscribers) > 20_000 {
                 bail!("more than 20000 endpoints");
+            }
+        }
+        Scenario::LastN => {
+            if opts.participants < 2 || opts.participants > 20_000 {
+                bail!("--participants must be in 2..=20000");
+            }
+            if opts.talkers == 0 || opts.talkers * 2 > opts.participants {
+                bail!("--talkers must be in 1..=participants/2");
+            }
+            if opts.video_slots == 0 || opts.audio_slots == 0 {
+                bail!("--video-slots and --audio-slots must be at least 1");
+            }
+            if usize::from(opts.video_slots) + usize::from(opts.audio_slots) > 1024 {
+                bail!("more than 1024 slots per participant");
+            }
+            if !(opts.switch_secs >= 1.0 && opts.switch_secs <= 3600.0) {
+                bail!("--switch-secs must be in [1, 3600] in scenario last-n");
             }
         }
         Scenario::SeedMeeting => {
@@ -993,8 +1394,9 @@ fn bind_sockets(
         .map(|peer| {
             let receives = peer.receives != Receives::Nothing;
             let read_timeout = match (receives, peer.publishes.is_empty()) {
-                // Publisher answering NACKs: polled by the sender.
-                (false, false) if opts.repair() => Some(Duration::ZERO),
+                // Publisher answering NACKs or keyframe requests: polled
+                // by the sender.
+                (false, false) if opts.polls_publishers() => Some(Duration::ZERO),
                 // Publisher only: recv is never called; blocking sends.
                 (false, _) => Some(Duration::from_millis(100)),
                 (true, true) if blocking_receivers => Some(Duration::from_millis(20)),
@@ -1032,7 +1434,7 @@ fn set_up(
     for r in 0..plan.rooms {
         let name = match opts.scenario {
             Scenario::Rooms => format!("lg-{pid}-{nonce:04x}-{r}"),
-            Scenario::SeedMeeting => format!("lg-{pid}-{nonce:04x}-meeting"),
+            Scenario::SeedMeeting | Scenario::LastN => format!("lg-{pid}-{nonce:04x}-meeting"),
         };
         client.create_room(&name)?;
         guard.rooms.push(name.clone());
@@ -1064,15 +1466,25 @@ fn set_up(
                             repair::PUBLISHER_RTX_PT,
                         )
                     }),
+                    layer_of: stream.layer_of,
                 }
             })
             .collect();
         let explicit = plan.subscription(p, 0);
         let subscribe = match (&peer.receives, &explicit) {
             (Receives::Nothing, _) => Subscribe::Omit,
+            (Receives::Slots { video, audio }, _) => Subscribe::Slots(*video, *audio),
             (_, Some((video, audio))) => Subscribe::Explicit(video, audio),
             (_, None) => Subscribe::All,
         };
+        // Last-N participants are named (their own media never fills
+        // their slots by identity, not by endpoint).
+        let identity = matches!(peer.receives, Receives::Slots { .. }).then(|| format!("lg-{p}"));
+        let audio_level_extension = peer
+            .publishes
+            .iter()
+            .any(|&s| plan.streams[s].audio_level)
+            .then_some(plan::AUDIO_LEVEL_EXTENSION);
         let room = &room_names[peer.room];
         let join = Instant::now();
         let endpoint = client
@@ -1088,6 +1500,8 @@ fn set_up(
                     subscribe,
                     rtx_payload_types: (opts.repair() && peer.role != Role::Publish)
                         .then_some(repair::SUBSCRIBER_RTX_PTS),
+                    identity: identity.as_deref(),
+                    audio_level_extension,
                 },
             )
             .with_context(|| format!("creating endpoint {p} in room {room}"))?;
@@ -1145,6 +1559,11 @@ impl Shared {
         self.rx.iter().map(|r| r.load(&r.counted)).sum()
     }
 
+    /// Expected packets of span-counted consumers so far.
+    fn rx_span(&self) -> u64 {
+        self.rx.iter().map(|r| r.load(&r.span)).sum()
+    }
+
     fn latency(&self) -> Snapshot {
         let mut s = Snapshot::default();
         for r in &self.rx {
@@ -1157,8 +1576,37 @@ impl Shared {
 struct Outcome {
     sent_for: sender::Summary,
     switches: SwitchStats,
-    /// (viewer, counted packets) per receiving peer.
-    per_viewer: Vec<(usize, u64)>,
+    caps: CapStats,
+    /// (viewer, counted packets, span-counted expectation) per receiving
+    /// peer.
+    per_viewer: Vec<(usize, u64, u64)>,
+    /// Last-N slot switches of every viewer.
+    slot_switches: receiver::SwitchSamples,
+}
+
+/// The node counters a run reports besides repair's.
+struct NodeCounters {
+    names: &'static [&'static str],
+}
+
+impl NodeCounters {
+    fn for_options(opts: &Options) -> Self {
+        Self {
+            names: match opts.scenario {
+                Scenario::LastN => LAST_N_COUNTERS,
+                _ if opts.simulcast => SIMULCAST_COUNTERS,
+                _ => &[],
+            },
+        }
+    }
+
+    /// Their changes between two `/metrics` texts.
+    fn deltas(&self, before: &str, after: &str) -> std::collections::BTreeMap<String, u64> {
+        let scrape = |t| repair::scrape_named(t, self.names, &[]);
+        repair::deltas(&scrape(before), &scrape(after))
+            .into_iter()
+            .collect()
+    }
 }
 
 struct Cpu<'a> {
@@ -1171,7 +1619,8 @@ fn build_report(
     opts: &Options,
     plan: &Plan,
     shared: &Shared,
-    outcome: &Outcome,
+    requests: &sender::KeyframeRequests,
+    mut outcome: Outcome,
     sockets: &[PeerSocket],
     cpu: Cpu<'_>,
 ) -> Report {
@@ -1179,8 +1628,8 @@ fn build_report(
     let duration_s = outcome.sent_for.duration_s.max(1e-9);
     let mut expected_total = 0;
     let mut worst: f64 = 0.0;
-    for &(viewer, counted) in &outcome.per_viewer {
-        let expected = plan.expected(viewer, &sent);
+    for &(viewer, counted, span) in &outcome.per_viewer {
+        let expected = plan.expected(viewer, &sent) + span;
         expected_total += expected;
         worst = worst.max(loss_ratio(counted, expected));
     }
@@ -1206,12 +1655,22 @@ fn build_report(
         .map(|s| match s.kind {
             Kind::Audio => media::AUDIO_PPS as f64,
             Kind::Video => {
-                let bytes_per_frame = f64::from(s.kbps) * 1000.0 / 8.0 / media::VIDEO_FPS as f64;
-                (bytes_per_frame / media::VIDEO_PAYLOAD as f64).ceil() * media::VIDEO_FPS as f64
+                let fps = s.cadence.per_second as f64;
+                let bytes_per_frame = f64::from(s.kbps) * 1000.0 / 8.0 / fps;
+                (bytes_per_frame / media::VIDEO_PAYLOAD as f64).ceil() * fps
             }
         })
         .sum();
     let expected_method = match &plan.switch {
+        None if plan.talk.is_some() => "per viewer and consumer (last-N slot): every output \
+             sequence number from its first to its last packet, summed; received = decrypted \
+             packets attributed by their payload marker to another participant"
+            .to_owned(),
+        None if opts.simulcast => "per subscriber: every audio packet sent by every publisher \
+             of its room, plus per video consumer (the layer the node chose) every output \
+             sequence number from its first to its last packet, summed; received = RTP datagrams \
+             from its consumer SSRCs"
+            .to_owned(),
         None => "per subscriber: every packet sent by every publisher of its room \
                  (subscribe \"all\"), summed; received = RTP datagrams from its consumer SSRCs"
             .to_owned(),
@@ -1250,15 +1709,52 @@ fn build_report(
         publisher_rtx_not_cached: tx.rtx_not_cached,
         node: Default::default(),
     };
+    let simulcast = opts.simulcast.then(|| SimulcastReport {
+        layer_kbps: plan::layer_kbps(opts.video_kbps()),
+        keyframe_secs: opts.keyframe_secs,
+        tx_keyframes: tx.keyframes,
+        tx_keyframes_requested: tx.keyframes_requested,
+        keyframe_requests_in: requests.received.load(Ordering::Relaxed),
+        rx_layer_packets: [
+            sum(|r| &r.layer_packets[0]),
+            sum(|r| &r.layer_packets[1]),
+            sum(|r| &r.layer_packets[2]),
+        ],
+        rx_keyframes: sum(|r| &r.keyframes),
+        layer_switches: sum(|r| &r.layer_switches),
+        switch_seq_gaps: sum(|r| &r.switch_seq_gaps),
+        switches_not_on_keyframe: sum(|r| &r.switch_not_keyframe),
+        picture_id_jumps: sum(|r| &r.picture_id_jumps),
+        cap_steps: outcome.caps.steps,
+        cap_requests: outcome.caps.requests,
+        cap_errors: outcome.caps.errors,
+        node: Default::default(),
+    });
+    let last_n = plan.talk.as_ref().map(|talk| {
+        let [audio_ns, video_ns] = std::mem::take(&mut outcome.slot_switches.latency_ns);
+        let sw = &outcome.slot_switches;
+        LastNReport {
+            participants: talk.participants,
+            video_slots: opts.video_slots,
+            audio_slots: opts.audio_slots,
+            talkers: talk.talkers,
+            period_s: talk.period_ns as f64 / 1e9,
+            periods_measured: (0..talk.periods()).filter(|&k| talk.measured(k)).count(),
+            video: SlotLatency::new(video_ns, sw.expected[1], sw.already_shown[1], sw.missed[1]),
+            audio: SlotLatency::new(audio_ns, sw.expected[0], sw.already_shown[0], sw.missed[0]),
+            self_received: sum(|r| &r.self_received),
+            tx_keyframes: tx.keyframes,
+            keyframe_requests_in: requests.received.load(Ordering::Relaxed),
+            node: Default::default(),
+        }
+    });
     Report {
-        scenario: match opts.scenario {
-            Scenario::Rooms => "rooms",
-            Scenario::SeedMeeting => "seed-meeting",
-        },
+        scenario: opts.scenario.name(),
         profile: opts.profile.name(),
         rooms: plan.rooms,
         endpoints: plan.peers.len(),
         streams: plan.streams.len(),
+        video_fps: opts.video_fps,
         duration_s,
         tx_packets: tx.packets,
         tx_video_packets: video,
@@ -1321,6 +1817,8 @@ fn build_report(
             .filter(|(p, _)| p.receives != Receives::Nothing)
             .all(|(_, s)| lock(&s.socket).gro_enabled()),
         repair,
+        simulcast,
+        last_n,
     }
 }
 
@@ -1508,6 +2006,69 @@ fn run_switches(cfg: SwitchConfig<'_>) -> SwitchStats {
     stats
 }
 
+struct CapConfig<'a> {
+    plan: &'a Plan,
+    setups: &'a [PeerSetup],
+    client: &'a ControlClient,
+    origin: Instant,
+    period: Duration,
+    end: Duration,
+    stop: &'a AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct CapStats {
+    steps: u64,
+    requests: u64,
+    errors: u64,
+}
+
+/// The caps of `--layer-cap-secs`, in turn: layer 0, layer 1, none.
+const CAP_CYCLE: [Option<u8>; 3] = [Some(0), Some(1), None];
+
+/// Every `period` until the end of sending, caps every subscriber's video
+/// consumers at the next step of [`CAP_CYCLE`].
+fn run_layer_caps(cfg: CapConfig<'_>) -> CapStats {
+    let mut stats = CapStats::default();
+    let subscribers: Vec<usize> = (0..cfg.plan.peers.len())
+        .filter(|&v| cfg.plan.is_receiver(v))
+        .collect();
+    for step in 1u32.. {
+        let at = cfg.period.saturating_mul(step);
+        if at >= cfg.end {
+            break;
+        }
+        loop {
+            if cfg.stop.load(Ordering::Relaxed) {
+                return stats;
+            }
+            let now = cfg.origin.elapsed();
+            if now >= at {
+                break;
+            }
+            std::thread::sleep((at - now).min(Duration::from_millis(50)));
+        }
+        let cap = CAP_CYCLE[(step as usize - 1) % CAP_CYCLE.len()];
+        for &v in &subscribers {
+            let setup = &cfg.setups[v];
+            for c in setup.consumers.iter().filter(|c| c.kind == Kind::Video) {
+                stats.requests += 1;
+                if let Err(e) = cfg
+                    .client
+                    .set_max_layer(&setup.room, &setup.id, c.slot, cap)
+                {
+                    if stats.errors == 0 {
+                        eprintln!("sfu-loadgen: layer cap step {step}, viewer {v}: {e:#}");
+                    }
+                    stats.errors += 1;
+                }
+            }
+        }
+        stats.steps += 1;
+    }
+    stats
+}
+
 /// Pins the calling thread to `cpu`, if given (best effort).
 fn pin(cpu: Option<usize>) {
     if let Some(id) = cpu
@@ -1615,6 +2176,99 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn simulcast_and_last_n_flags() {
+        let o = Options::try_parse_from([
+            "sfu-loadgen",
+            "--simulcast",
+            "--keyframe-secs",
+            "2",
+            "--layer-cap-secs",
+            "1.5",
+            "--video-kbps",
+            "1500",
+        ])
+        .expect("valid flags");
+        assert!(o.simulcast && o.polls_publishers() && !o.repair());
+        assert_eq!((o.keyframe_secs, o.layer_cap_secs), (2.0, 1.5));
+        assert_eq!(o.video_kbps(), 1500);
+        assert!(validate(&o).is_ok());
+        // Simulcast is a rooms option; caps need simulcast.
+        for bad in [
+            Options {
+                scenario: Scenario::SeedMeeting,
+                ..o.clone()
+            },
+            Options {
+                simulcast: false,
+                ..o.clone()
+            },
+            Options {
+                keyframe_secs: -1.0,
+                ..o.clone()
+            },
+            Options {
+                layer_cap_secs: f64::NAN,
+                ..o.clone()
+            },
+        ] {
+            assert!(validate(&bad).is_err(), "{bad:?}");
+        }
+
+        let d = Options::default();
+        assert_eq!((d.video_slots, d.audio_slots, d.talkers), (9, 3, 3));
+        assert_eq!(d.video_kbps(), 2000);
+        assert_eq!(d.keyframe_secs, 3.0);
+        let l = Options::try_parse_from(["sfu-loadgen", "--scenario", "last-n"]).expect("valid");
+        assert_eq!(l.scenario, Scenario::LastN);
+        assert_eq!(l.scenario.name(), "last-n");
+        assert_eq!((l.participants, l.video_kbps()), (500, 100));
+        assert!(validate(&l).is_ok());
+        for bad in [
+            Options {
+                talkers: 0,
+                ..l.clone()
+            },
+            Options {
+                talkers: 251,
+                ..l.clone()
+            },
+            Options {
+                video_slots: 0,
+                ..l.clone()
+            },
+            Options {
+                video_slots: 1000,
+                audio_slots: 25,
+                ..l.clone()
+            },
+            Options {
+                switch_secs: 0.5,
+                ..l.clone()
+            },
+            Options {
+                loss_percent: 1.0,
+                ..l.clone()
+            },
+        ] {
+            assert!(validate(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn slot_latency_quantiles() {
+        let l = SlotLatency::new(vec![5_000_000, 1_000_000, 3_000_000, 2_000_000], 6, 1, 1);
+        assert_eq!(
+            (l.expected, l.measured, l.already_shown, l.missed),
+            (6, 4, 1, 1)
+        );
+        assert_eq!(l.p50_ms, Some(3.0));
+        assert_eq!(l.p99_ms, Some(5.0));
+        assert_eq!(l.max_ms, Some(5.0));
+        let empty = SlotLatency::new(Vec::new(), 0, 0, 0);
+        assert_eq!((empty.p50_ms, empty.max_ms), (None, None));
     }
 
     #[test]

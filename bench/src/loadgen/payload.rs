@@ -6,7 +6,7 @@
 //!
 //! | bytes  | field                                                        |
 //! |--------|--------------------------------------------------------------|
-//! | 0..4   | publisher index (bits 0..=30) and the audio flag (bit 31)    |
+//! | 0..4   | publisher index (bits 0..=28), simulcast layer (bits 29..=30, 0 = lowest or the only layer) and the audio flag (bit 31) |
 //! | 4..8   | stream sequence number: per stream, from 0, never wrapping   |
 //! | 8..16  | send time, nanoseconds since the run's shared `Instant` origin |
 //!
@@ -29,6 +29,10 @@ pub const MAX_PAYLOAD: usize = 1500;
 const PERIOD: usize = 251;
 
 const AUDIO_FLAG: u32 = 1 << 31;
+/// Bits of the publisher index in the marker's first word.
+const PUBLISHER_MASK: u32 = (1 << 29) - 1;
+/// Shift of the two-bit simulcast layer in the marker's first word.
+const LAYER_SHIFT: u32 = 29;
 
 /// The pattern table: `PERIOD` distinct-looking bytes, repeated so that any
 /// window of up to [`MAX_PAYLOAD`] bytes starting below `PERIOD` is a slice.
@@ -49,10 +53,13 @@ const fn pattern_table() -> [u8; PERIOD + MAX_PAYLOAD] {
 /// The decoded marker of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marker {
-    /// Index of the publishing peer (`< 2^31`).
+    /// Index of the publishing peer (`< 2^29`; higher bits are dropped).
     pub publisher: u32,
     /// Audio or video stream of that publisher.
     pub kind: Kind,
+    /// Simulcast layer of a video stream (0 = lowest, at most 3; 0 for a
+    /// stream of one layer and for audio).
+    pub layer: u8,
     /// The stream's own sequence number (not the RTP one).
     pub seq: u32,
     /// Send time in nanoseconds since the run's origin.
@@ -65,7 +72,8 @@ impl Marker {
     /// # Panics
     /// If `out` is shorter than [`MARKER_LEN`] (the caller sizes payloads).
     pub fn write(&self, out: &mut [u8]) {
-        let tag = (self.publisher & !AUDIO_FLAG)
+        let tag = (self.publisher & PUBLISHER_MASK)
+            | (u32::from(self.layer & 3) << LAYER_SHIFT)
             | match self.kind {
                 Kind::Audio => AUDIO_FLAG,
                 Kind::Video => 0,
@@ -83,7 +91,8 @@ impl Marker {
         let mut ns = [0u8; 8];
         ns.copy_from_slice(&m[8..16]);
         Some(Self {
-            publisher: tag & !AUDIO_FLAG,
+            publisher: tag & PUBLISHER_MASK,
+            layer: ((tag >> LAYER_SHIFT) & 3) as u8,
             kind: if tag & AUDIO_FLAG != 0 {
                 Kind::Audio
             } else {
@@ -95,7 +104,8 @@ impl Marker {
     }
 
     fn pattern_offset(&self) -> usize {
-        let tag = u64::from(self.publisher) * 2 + u64::from(self.kind == Kind::Audio);
+        let tag = (u64::from(self.publisher) * 4 + u64::from(self.layer)) * 2
+            + u64::from(self.kind == Kind::Audio);
         ((tag * 31 + u64::from(self.seq) * 7) % PERIOD as u64) as usize
     }
 }
@@ -147,6 +157,7 @@ mod tests {
         Marker {
             publisher: 0x1234_5678,
             kind: Kind::Audio,
+            layer: 0,
             seq: 0xdead_beef,
             sent_ns: 0x0102_0304_0506_0708,
         }
@@ -172,6 +183,10 @@ mod tests {
         assert_eq!(buf[0], 0x12);
         assert_eq!(Marker::read(&buf), Some(video));
         assert_eq!(Marker::read(&buf[..15]), None);
+        let layered = Marker { layer: 2, ..video };
+        layered.write(&mut buf);
+        assert_eq!(buf[0], 0x52, "layer 2 in bits 29..=30");
+        assert_eq!(Marker::read(&buf), Some(layered));
     }
 
     #[test]
@@ -211,6 +226,10 @@ mod tests {
         }
         .write(&mut swapped);
         assert_eq!(check(&swapped), Err(PayloadError::Pattern));
+        // Another layer of the same publisher and stream position.
+        let mut other_layer = buf.clone();
+        Marker { layer: 1, ..m }.write(&mut other_layer);
+        assert_eq!(check(&other_layer), Err(PayloadError::Pattern));
         assert_eq!(check(&buf[..15]), Err(PayloadError::Length));
         assert_eq!(
             check(&vec![0u8; MAX_PAYLOAD + 1]),

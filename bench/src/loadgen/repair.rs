@@ -11,7 +11,8 @@
 //! * [`PacketRing`]: a publisher's last packets in clear, to answer the
 //!   node's NACKs with RTX.
 //! * [`write_rtx`]: an RTX packet (RFC 4588 §4) from an original packet.
-//! * [`scrape`]: the node's counters from its `/metrics` text.
+//! * [`scrape`], [`scrape_named`]: the node's counters from its `/metrics`
+//!   text.
 //!
 //! Everything is sized when created; nothing allocates per packet.
 
@@ -302,10 +303,17 @@ pub const NODE_DROPS: &[&str] = &["rtx_duplicate", "rtx_padding"];
 /// `drops_{reason}`), summed over the workers' labels; a family missing
 /// from `text` is 0.
 pub fn scrape(text: &str) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = NODE_COUNTERS
+    scrape_named(text, NODE_COUNTERS, NODE_DROPS)
+}
+
+/// The values of `sfu_{name}_total` for each of `counters` and of
+/// `sfu_drops_total{reason=...}` for each of `drops` (as `drops_{reason}`),
+/// summed over the workers' labels; a family missing from `text` is 0.
+pub fn scrape_named(text: &str, counters: &[&str], drops: &[&str]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = counters
         .iter()
         .map(|n| ((*n).to_owned(), 0))
-        .chain(NODE_DROPS.iter().map(|r| (format!("drops_{r}"), 0)))
+        .chain(drops.iter().map(|r| (format!("drops_{r}"), 0)))
         .collect();
     for line in text.lines() {
         if line.starts_with('#') {
@@ -319,14 +327,14 @@ pub fn scrape(text: &str) -> Vec<(String, u64)> {
         };
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
         let key = if name == "sfu_drops_total" {
-            NODE_DROPS
+            drops
                 .iter()
                 .find(|r| labels.contains(&format!("reason=\"{r}\"")))
                 .map(|r| format!("drops_{r}"))
         } else {
             name.strip_prefix("sfu_")
                 .and_then(|n| n.strip_suffix("_total"))
-                .filter(|n| NODE_COUNTERS.contains(n))
+                .filter(|n| counters.contains(n))
                 .map(str::to_owned)
         };
         if let Some(key) = key
@@ -491,6 +499,15 @@ mod tests {
         assert_eq!(get("rtx_sent"), Some(12));
         assert_eq!(get("nack_in"), Some(0));
         assert_eq!(get("drops_rtx_duplicate"), Some(3));
+        let named = scrape_named(text, &["rtx_sent", "slot_switches"], &["malformed"]);
+        assert_eq!(
+            named,
+            vec![
+                ("rtx_sent".to_owned(), 12),
+                ("slot_switches".to_owned(), 0),
+                ("drops_malformed".to_owned(), 9)
+            ]
+        );
         let d = deltas(&scrape(""), &s);
         assert_eq!(
             d.iter().find(|(n, _)| n == "rtx_sent").map(|x| x.1),

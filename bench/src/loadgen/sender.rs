@@ -3,6 +3,13 @@
 //! sees them as lost on the way in), keeps every packet in clear, and
 //! answers the node's NACKs with RTX on the stream's declared RTX SSRC,
 //! polling the publishers' sockets between units.
+//!
+//! VP8 streams ([`super::vp8`]) start with a keyframe, send one every
+//! `--keyframe-secs` and at their next frame after the node asked for one
+//! (PLI or FIR, [`KeyframeRequests`]): publish-only peers' requests are read
+//! by this thread's socket poll, `both` peers' by the receive thread that
+//! owns their socket. Last-N audio carries the RFC 6464 level of the
+//! [`super::plan::TalkPlan`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,12 +24,11 @@ use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtcp::{RtcpIter, RtcpPacket};
 use sfu_core::wire::rtp::{FIXED_HEADER_LEN, RtpHeader, write_header};
 
-use super::media::{
-    self, AUDIO_CLOCK, AUDIO_PAYLOAD, AUDIO_PPS, FrameLayout, VIDEO_CLOCK, VIDEO_FPS,
-};
-use super::payload::{self, Marker};
-use super::plan::{Plan, Sent};
+use super::media::{self, AUDIO_CLOCK, AUDIO_PAYLOAD, AUDIO_PPS, FrameLayout, VIDEO_CLOCK};
+use super::payload::{self, MARKER_LEN, Marker};
+use super::plan::{AUDIO_LEVEL_EXTENSION, Plan, Sent, TalkPlan};
 use super::repair::{PUBLISHER_RTX_PT, PacketRing, SimLoss, publisher_rtx_ssrc, write_rtx};
+use super::vp8;
 use super::{Kind, PeerSetup, PeerSocket, lock, pin};
 
 /// Longest single sleep, so a stop request is seen promptly.
@@ -48,6 +54,69 @@ pub(super) struct Config<'a> {
     /// Video packets withheld at first (node-side receive loss), percent.
     pub withhold_percent: f64,
     pub loss_seed: u64,
+    /// Poll the publish-only peers' sockets for the node's RTCP (NACKs
+    /// when `repair`, keyframe requests for VP8 streams).
+    pub poll_publishers: bool,
+    /// Time between two periodic keyframes of a VP8 stream, ns (0: only
+    /// the first one and those the node asks for).
+    pub keyframe_interval_ns: u64,
+    /// The node's keyframe requests, per stream.
+    pub requests: &'a KeyframeRequests,
+}
+
+/// Keyframe requests from the node (PLI, FIR) per stream: set by whoever
+/// reads the publisher's socket, taken by the sender at the stream's next
+/// frame.
+pub(super) struct KeyframeRequests {
+    wanted: Box<[AtomicBool]>,
+    /// PLI and FIR entries that named one of the load generator's VP8
+    /// streams.
+    pub received: AtomicU64,
+}
+
+impl KeyframeRequests {
+    pub(super) fn new(plan: &Plan) -> Self {
+        Self {
+            wanted: plan
+                .streams
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads the clear SRTCP compound packet `rtcp` the node sent to `peer`
+    /// and flags the VP8 streams of `peer` it asks a keyframe of. Never
+    /// panics on its content.
+    pub(super) fn read(&self, plan: &Plan, peer: usize, rtcp: &[u8]) {
+        let Some(publishes) = plan.peers.get(peer).map(|p| &p.publishes) else {
+            return;
+        };
+        let flag = |ssrc: u32| {
+            if let Some(&s) = publishes
+                .iter()
+                .find(|&&s| plan.streams[s].ssrc == ssrc && plan.streams[s].vp8)
+            {
+                self.received.fetch_add(1, Relaxed);
+                self.wanted[s].store(true, Relaxed);
+            }
+        };
+        for item in RtcpIter::new(rtcp) {
+            match item {
+                Ok(RtcpPacket::Pli(pli)) => flag(pli.media_ssrc()),
+                Ok(RtcpPacket::Fir(fir)) => fir.entries().for_each(|(ssrc, _)| flag(ssrc)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether stream `s` was asked for a keyframe since the last call.
+    fn take(&self, s: usize) -> bool {
+        self.wanted
+            .get(s)
+            .is_some_and(|w| w.load(Relaxed) && w.swap(false, Relaxed))
+    }
 }
 
 /// Counters the sender publishes as it goes.
@@ -116,6 +185,10 @@ pub(super) struct Summary {
     pub rtx_not_cached: u64,
     /// SRTCP from the node the publishers could not read.
     pub rtcp_errors: u64,
+    /// Keyframes sent (VP8 streams).
+    pub keyframes: u64,
+    /// Of those, sent because the node asked.
+    pub keyframes_requested: u64,
 }
 
 struct TxStream {
@@ -132,6 +205,21 @@ struct TxStream {
     stream_seq: u32,
     /// Its RTX stream and packet ring, when publishers repair.
     rtx: Option<TxRtx>,
+    /// Simulcast layer (marker).
+    layer: u8,
+    /// VP8 framing state of a VP8 stream.
+    vp8: Option<TxVp8>,
+    /// Audio with the talk plan's RFC 6464 level.
+    audio_level: bool,
+}
+
+/// A VP8 stream's picture numbering and keyframe schedule.
+struct TxVp8 {
+    picture_id: u16,
+    /// When the next periodic keyframe is due (0: the first frame).
+    next_key_ns: u64,
+    width: u16,
+    height: u16,
 }
 
 /// A publisher stream's retransmission side.
@@ -183,11 +271,20 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
                 seq: rand::random(),
                 ring: PacketRing::new(),
             }),
+            layer: s.layer,
+            vp8: (s.vp8 && s.kind == Kind::Video).then(|| TxVp8 {
+                picture_id: rand::random::<u16>() & 0x7fff,
+                next_key_ns: 0,
+                // 320x180, 640x360, 1280x720 by layer.
+                width: 320 << s.layer.min(2),
+                height: 180 << s.layer.min(2),
+            }),
+            audio_level: s.audio_level && s.kind == Kind::Audio,
         })
         .collect();
     let mut withhold = SimLoss::new(cfg.withhold_percent, cfg.loss_seed);
-    let mut nacks = if cfg.repair {
-        Some(NackPoll::new(&cfg)?)
+    let mut nacks = if cfg.poll_publishers {
+        Some(RtcpPoll::new(&cfg)?)
     } else {
         None
     };
@@ -197,7 +294,9 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         .iter()
         .map(|s| match s.kind {
             Kind::Audio => 1,
-            Kind::Video => FrameLayout::new(media::frame_bytes(s.kbps, 0) + 1).packets,
+            Kind::Video => {
+                FrameLayout::new(media::frame_bytes_at(s.kbps, s.cadence.per_second, 0) + 1).packets
+            }
         })
         .max()
         .unwrap_or(1);
@@ -235,6 +334,29 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         // would reveal the gap to the node.
         let last_unit = stream.cadence.due(stream.unit + 1) >= cfg.end_ns;
         let withhold = withhold.as_mut().filter(|_| !last_unit);
+        let keyframe = match stream.vp8.as_mut() {
+            Some(v) => {
+                let asked = cfg.requests.take(i);
+                let due = now >= v.next_key_ns;
+                if due || asked {
+                    sum.keyframes += 1;
+                    sum.keyframes_requested += u64::from(asked && !due);
+                    v.next_key_ns = match cfg.keyframe_interval_ns {
+                        0 => u64::MAX,
+                        n => now.saturating_add(n),
+                    };
+                }
+                due || asked
+            }
+            None => false,
+        };
+        let level = match (&plan.talk, stream.audio_level) {
+            (Some(talk), true) => Some(TalkPlan::level_byte(
+                talk.talking(stream.peer, now),
+                stream.unit,
+            )),
+            _ => None,
+        };
         let out = send_unit(
             stream,
             ctx,
@@ -244,6 +366,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
             &cfg.sockets[stream.peer],
             &cfg.setups[stream.peer],
             withhold,
+            Framing { keyframe, level },
         )?;
         sum.packets += out.sent;
         sum.bytes += out.bytes;
@@ -264,7 +387,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         heap.push(Reverse((stream.cadence.due(stream.unit), i)));
     }
     sum.duration_s = (cfg.origin.elapsed().as_nanos() as u64).min(cfg.end_ns) as f64 / 1e9;
-    if let Some(poll) = nacks.as_mut() {
+    if let Some(poll) = nacks.as_mut().filter(|_| cfg.repair) {
         // The node NACKs what it missed last a little after it: answer for
         // a while longer.
         let until = cfg.origin.elapsed().as_nanos() as u64 + TAIL_NS;
@@ -280,8 +403,9 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
     Ok(sum)
 }
 
-/// Reads the node's SRTCP on the publishers' sockets and answers NACKs.
-struct NackPoll {
+/// Reads the node's SRTCP on the publish-only peers' sockets: answers
+/// NACKs (repair on) and flags keyframe requests.
+struct RtcpPoll {
     /// The node's key towards each peer (publishers only).
     node_ctx: Vec<Option<SrtpContext>>,
     storage: Vec<u8>,
@@ -294,12 +418,15 @@ const POLL_BATCH: usize = 8;
 /// Bytes per receive buffer (no GRO on publishers' sockets).
 const POLL_BUF: usize = 2048;
 
-impl NackPoll {
+impl RtcpPoll {
     fn new(cfg: &Config<'_>) -> anyhow::Result<Self> {
         let key_len = cfg.profile.key_len();
         let mut node_ctx = Vec::with_capacity(cfg.plan.peers.len());
         for (p, peer) in cfg.plan.peers.iter().enumerate() {
-            node_ctx.push(if peer.publishes.is_empty() {
+            // A peer that also receives has its socket read by a receive
+            // thread.
+            let receives = peer.receives != super::plan::Receives::Nothing;
+            node_ctx.push(if peer.publishes.is_empty() || receives {
                 None
             } else {
                 let m = &cfg.setups[p].node_master;
@@ -372,6 +499,10 @@ impl NackPoll {
                         sum.rtcp_errors += 1;
                         continue;
                     };
+                    cfg.requests.read(cfg.plan, p, &buf[..clear]);
+                    if !cfg.repair {
+                        continue;
+                    }
                     for item in RtcpIter::new(&buf[..clear]) {
                         let Ok(RtcpPacket::Nack(nack)) = item else {
                             continue;
@@ -445,9 +576,20 @@ struct UnitSent {
     withheld: u64,
 }
 
+/// How a unit is framed beyond the marker and pattern.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    /// A VP8 stream's frame is a keyframe.
+    keyframe: bool,
+    /// The RFC 6464 byte of an audio packet, if it carries one.
+    level: Option<u8>,
+}
+
 /// Builds, protects and sends the stream's next unit (a video frame or an
 /// audio packet). With `withhold`, each video packet may be kept back (in
-/// the stream's ring, like every packet) instead of sent.
+/// the stream's ring, like every packet) instead of sent. A VP8 stream's
+/// packets start with the VP8 prefix (the marker after it), and its
+/// PictureID advances by one per frame.
 #[allow(clippy::too_many_arguments)]
 fn send_unit(
     s: &mut TxStream,
@@ -458,12 +600,14 @@ fn send_unit(
     socket: &PeerSocket,
     setup: &PeerSetup,
     mut withhold: Option<&mut SimLoss>,
+    framing: Framing,
 ) -> anyhow::Result<UnitSent> {
     let (layout, timestamp) = match s.kind {
         Kind::Video => (
-            FrameLayout::new(media::frame_bytes(s.kbps, s.unit)),
-            s.ts_base
-                .wrapping_add((s.unit as u32).wrapping_mul(VIDEO_CLOCK / VIDEO_FPS as u32)),
+            FrameLayout::new(media::frame_bytes_at(s.kbps, s.cadence.per_second, s.unit)),
+            s.ts_base.wrapping_add((s.unit as u32).wrapping_mul(
+                VIDEO_CLOCK / s.cadence.per_second.clamp(1, u64::from(VIDEO_CLOCK)) as u32,
+            )),
         ),
         Kind::Audio => (
             FrameLayout {
@@ -488,13 +632,34 @@ fn send_unit(
             timestamp,
             ssrc: s.ssrc,
         };
-        let h = write_header(pkt, &header, &[]).context("RTP header")?;
-        let len = layout.len(i);
+        let level = framing.level.map(|b| [b]);
+        let extensions: &[(u8, &[u8])] = match &level {
+            Some(b) => &[(AUDIO_LEVEL_EXTENSION, b)],
+            None => &[],
+        };
+        let h = write_header(pkt, &header, extensions).context("RTP header")?;
+        let mut len = layout.len(i);
+        let mut at = h;
+        if let Some(v) = &s.vp8 {
+            let start = i == 0;
+            // A short last packet still holds the prefix and the marker.
+            len = len.max(vp8::prefix_len(start, framing.keyframe) + MARKER_LEN);
+            at += vp8::write(
+                &mut pkt[h..h + len],
+                v.picture_id,
+                start,
+                framing.keyframe,
+                v.width,
+                v.height,
+            )
+            .context("VP8 prefix")?;
+        }
         payload::fill(
-            &mut pkt[h..h + len],
+            &mut pkt[at..h + len],
             &Marker {
                 publisher: s.peer as u32,
                 kind: s.kind,
+                layer: s.layer,
                 seq: s.stream_seq,
                 sent_ns: now_ns,
             },
@@ -556,6 +721,9 @@ fn send_unit(
     };
     let sent: u64 = packets_in[..done].iter().sum();
     let bytes: u64 = bytes_in[..done].iter().sum();
+    if let Some(v) = s.vp8.as_mut() {
+        v.picture_id = v.picture_id.wrapping_add(1) & 0x7fff;
+    }
     Ok(UnitSent {
         sent,
         bytes,
