@@ -137,7 +137,7 @@ impl Camera {
     fn frame(&mut self, peer: &mut Peer, frame: u32) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         self.picture_id = (self.picture_id + 1) & 0x7fff;
-        for l in 0..3 {
+        for (l, &ssrc) in LAYERS.iter().enumerate() {
             let mut bytes = self.frame_bytes[l];
             if l == 2
                 && let Some(from) = self.top_from
@@ -161,7 +161,7 @@ impl Camera {
                         payload_type: 96,
                         sequence_number: self.seq[l],
                         timestamp: frame.wrapping_mul(4500),
-                        ssrc: LAYERS[l],
+                        ssrc,
                     },
                     // A publisher's own extension, which the copy must not carry.
                     &[(3, &[9, 9])],
