@@ -864,6 +864,8 @@ mod tests_egress;
 #[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]
+mod tests_padding;
+#[cfg(test)]
 mod tests_red;
 #[cfg(test)]
 mod tests_repair;

@@ -14,6 +14,14 @@
 //! Redundant audio (RED, RFC 2198) is passed on with the subscriber's
 //! numbers, or cut to its primary block, in each consumer's copy (`red`).
 //!
+//! A packet without payload (padding only: Chrome's bandwidth probes on the
+//! media SSRC when it has no RTX, or a keep-alive) is not forwarded
+//! ([`DropReason::PaddingOnly`]). It still counts as received (NACK
+//! tracking, receiver reports) and is kept in the packet cache, but not in
+//! the layer's measured bitrate; each consumer forwarding its layer drops
+//! its number ([`StreamRewriter::drop_input`]), so the subscriber's
+//! numbering stays gap-free, and its NACKs still map to the right packets.
+//!
 //! # Joins
 //! A new endpoint's consumers are computed from its subscription (`All`:
 //! the room's producers, O(P log P)); its new producers are then offered to
@@ -292,9 +300,13 @@ impl Router {
             // Loss and jitter of the publisher's path, for its RRs.
             producer.reception.on_packet(in_seq, in_ts, now);
         }
-        let rolled = producer.rate.on_packet(len, now);
-        let (group_key, codec) = (producer.group, producer.codec);
         let payload_len = packet.payload().len() as u32;
+        // Padding only (a publisher's bandwidth probe on its media SSRC):
+        // kept in the cache and seen by the NACK tracker like any packet of
+        // the stream, but neither measured as the layer's media nor sent.
+        let padding_only = payload_len == 0;
+        let rolled = !padding_only && producer.rate.on_packet(len, now);
+        let (group_key, codec) = (producer.group, producer.codec);
         let Some(group) = self.producers.get(&group_key) else {
             return Ok(());
         };
@@ -305,9 +317,27 @@ impl Router {
         let Some(group) = self.producers.get(&group_key) else {
             return Ok(());
         };
+        if padding_only {
+            // Each consumer forwarding this layer numbers on without it.
+            for &(sub_slot, c) in &group.fanout {
+                if let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize)
+                    && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+                    && consumer.layer == Some(ssrc)
+                {
+                    consumer.rewriter.drop_input(in_seq);
+                }
+            }
+            self.stats.drop(DropReason::PaddingOnly);
+        }
         // A layer switch waits for the target layer's keyframe.
         let keyframe = layered && crate::codec::is_keyframe(codec, packet.payload());
-        for &(sub_slot, c) in &group.fanout {
+        // Padding goes to nobody.
+        let fanout = if padding_only {
+            &[][..]
+        } else {
+            &group.fanout[..]
+        };
+        for &(sub_slot, c) in fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
             };
