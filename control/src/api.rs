@@ -643,6 +643,7 @@ impl EndpointBody {
                     codec: crate::whip::core_codec(sfu_core::sdp::assumed_codec(kind)),
                     layer_of: t.layer_of,
                     red_payload_type: t.red_payload_type,
+                    source: sfu_core::router::TrackSource::Camera,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

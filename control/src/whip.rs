@@ -563,6 +563,7 @@ fn plan_publish(
                 rtx_payload_type,
                 codec: core_codec(n.codec),
                 group,
+                source: sfu_core::router::TrackSource::Camera,
             }));
             rid_codecs.extend(n.rids.iter().map(|rid| (rid.clone(), n.codec)));
             continue;
@@ -585,6 +586,7 @@ fn plan_publish(
             codec: core_codec(n.codec),
             layer_of: None,
             red_payload_type: n.red_payload_type,
+            source: sfu_core::router::TrackSource::Camera,
         };
         tracks.push((track, n.codec));
     }

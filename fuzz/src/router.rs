@@ -114,7 +114,9 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         codec: sfu_core::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: sfu_core::router::TrackSource::Camera,
     }
+    source: sfu_core::router::TrackSource::Camera,
 }
 
 impl Harness {
@@ -154,6 +156,7 @@ impl Harness {
                         codec: sfu_core::codec::Codec::Vp8,
                         layer_of: None,
                         red_payload_type: None,
+                        source: sfu_core::router::TrackSource::Camera,
                     },
                 ],
                 remote: None,

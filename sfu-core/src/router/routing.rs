@@ -53,7 +53,7 @@ use super::webrtc::{WebrtcState, WebrtcTransport};
 use super::{
     ConsumerInfo, Endpoint, EndpointConfig, EndpointId, KEYFRAME_REQUEST_INTERVAL, MediaKind,
     Outcome, Role, RoomId, Router, RouterError, SRTCP_TRAILER_MAX, Subscription, TrackConfig,
-    Transmit, ssrc_base,
+    TrackSource, Transmit, ssrc_base,
 };
 use crate::codec::Codec;
 use crate::codec::vp8::Vp8Rewriter;
@@ -103,6 +103,10 @@ pub(super) struct Consumer {
     red_payload_type: Option<u8>,
     /// What it does with its producer's RED packets (set at attach).
     red: RedMode,
+    /// Pinned by its subscriber ([`super::Command::SetPinned`], or a
+    /// pinned participant of its `Slots` subscription): allocated before
+    /// other cameras.
+    pub(super) pinned: bool,
 }
 
 impl Consumer {
@@ -192,6 +196,8 @@ pub(super) struct Producer {
     pub(super) rtx_ssrc: Option<u32>,
     /// What its receiver reports say.
     pub(super) reception: ReceptionStats,
+    /// What it shows (a screen share is allocated first).
+    pub(super) source: TrackSource,
 }
 
 impl Router {
@@ -910,6 +916,7 @@ impl Router {
         let codec = layer.track.codec;
         let (kind, payload_type) = (layer.track.kind, layer.track.payload_type);
         let rid_name: Box<str> = layer.track.rid.as_str().into();
+        let source = layer.track.source;
         // The track's first bound layer holds the track.
         let layer_of = w
             .rid_tracks
@@ -925,6 +932,7 @@ impl Router {
             // Its RTX stream binds by `repaired-rid` later.
             rtx: None,
             red_payload_type: None,
+            source,
         };
         ep.tracks.push(track);
         let room = ep.room;
@@ -1010,6 +1018,7 @@ impl Router {
                 nack: NackTracker::new(),
                 rtx_ssrc: track.rtx.map(|r| r.ssrc),
                 reception: ReceptionStats::new(track.kind.clock_rate(), now),
+                source: track.source,
             },
         );
         if track.kind == MediaKind::Audio && group == track.ssrc {
@@ -1594,11 +1603,15 @@ impl Router {
                 }
                 c.attached = false;
             }
+            if c.source != source {
+                c.pinned = false;
+            }
             c.source = source;
             if let Some(s) = available {
                 attach(producers, slot, index, c, s, (video_pt, audio_pt), now);
             }
         }
+        self.mark_pins(slot);
     }
 
     pub(super) fn consumer_infos(&self, slot: u32) -> Vec<ConsumerInfo> {
@@ -1675,6 +1688,7 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
             MediaKind::Video => None,
         },
         red: RedMode::Plain,
+        pinned: false,
         tx_stream: ep
             .transport
             .keys
@@ -1707,6 +1721,11 @@ fn attach(
         return;
     };
     p.fanout.push((slot, index));
+    if c.source != Some(key) {
+        // A pin is for a producer (a `Slots` subscriber's pins are set
+        // again after its slots are applied).
+        c.pinned = false;
+    }
     c.source = Some(key);
     c.attached = true;
     c.target = target;

@@ -502,6 +502,7 @@ fn every_consumer_has_an_outbound_stream() {
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
                 red_payload_type: None,
+                source: TrackSource::Camera,
             },
             TrackConfig {
                 kind: MediaKind::Audio,
@@ -511,6 +512,7 @@ fn every_consumer_has_an_outbound_stream() {
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
                 red_payload_type: None,
+                source: TrackSource::Camera,
             },
         ];
         let cmd = endpoint(
@@ -643,6 +645,7 @@ fn client_created_state_is_bounded() {
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     };
     let three = vec![
         track(1, MediaKind::Video),

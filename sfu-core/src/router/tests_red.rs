@@ -62,6 +62,7 @@ fn red_room_numbered(twcc: Option<u8>) -> RedRoom {
         codec: crate::codec::Codec::Opus,
         layer_of: None,
         red_payload_type: Some(RED),
+        source: TrackSource::Camera,
     };
     let publish = endpoint(
         1,
@@ -241,6 +242,7 @@ fn red_payload_types_are_checked() {
         codec: crate::codec::Codec::Opus,
         layer_of: None,
         red_payload_type: red,
+        source: TrackSource::Camera,
     };
     for (t, sub_red) in [
         (track(MediaKind::Video, Some(RED)), None),

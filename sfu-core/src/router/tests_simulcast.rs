@@ -75,6 +75,7 @@ pub(super) fn vp8_layers(ssrcs: &[u32]) -> Vec<TrackConfig> {
             rtx: None,
             layer_of: ssrcs.first().copied().filter(|&first| first != ssrc),
             red_payload_type: None,
+            source: TrackSource::Camera,
         })
         .collect()
 }
