@@ -116,7 +116,6 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         red_payload_type: None,
         source: sfu_core::router::TrackSource::Camera,
     }
-    source: sfu_core::router::TrackSource::Camera,
 }
 
 impl Harness {
