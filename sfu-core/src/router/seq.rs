@@ -22,8 +22,9 @@
 //! numbers down from the newest. A dropped packet that arrives after later
 //! input was already numbered changes nothing: its number stays unused.
 //! Late input from before a drop that has left the window is refused, as is
-//! input from before a re-base. Nothing allocates; without drops the
-//! bitmap is never read.
+//! input from before a re-base; a NACK for such an old number is
+//! [forgotten](StreamRewriter::forgotten), older than any packet cache
+//! holds. Nothing allocates; without drops the bitmap is never read.
 
 use std::time::Instant;
 
@@ -61,7 +62,16 @@ pub struct StreamRewriter {
     drops: u16,
     /// The newest dropped number that has left the window: how many drops
     /// follow older input is no longer known, so such input is refused.
-    forgotten: Option<u16>,
+    forgotten_drop: Option<u16>,
+}
+
+/// Why an output number does not map back to input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmapped {
+    /// Not sent since the last re-base.
+    Unknown,
+    /// Sent, but before a drop the rewriter no longer remembers.
+    Forgotten,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +96,7 @@ impl StreamRewriter {
             max_ts_at: None,
             dropped: [0; DROP_WORDS],
             drops: 0,
-            forgotten: None,
+            forgotten_drop: None,
         }
     }
 
@@ -183,7 +193,7 @@ impl StreamRewriter {
     /// offset plus the drops after it; `None` for a dropped number or one
     /// before a forgotten drop.
     fn late_output(&self, seq: u16) -> Option<u16> {
-        if self.drops == 0 && self.forgotten.is_none() {
+        if self.drops == 0 && self.forgotten_drop.is_none() {
             return Some(seq.wrapping_add(self.seq_offset));
         }
         let behind = self.max_in.wrapping_sub(seq);
@@ -193,7 +203,7 @@ impl StreamRewriter {
                 return None;
             }
         } else if self
-            .forgotten
+            .forgotten_drop
             .is_some_and(|f| (f.wrapping_sub(seq) as i16) >= 0)
         {
             return None;
@@ -236,11 +246,11 @@ impl StreamRewriter {
     fn advance(&mut self, seq: u16) {
         let from = self.max_in;
         self.max_in = seq;
-        if let Some(f) = self.forgotten
+        if let Some(f) = self.forgotten_drop
             && seq.wrapping_sub(f) > RESTART_JUMP
         {
             // Anything that old is taken as a restart, never mapped.
-            self.forgotten = None;
+            self.forgotten_drop = None;
         }
         if self.drops == 0 {
             return;
@@ -250,7 +260,7 @@ impl StreamRewriter {
             // Every recorded drop leaves (the newest is at most `from`).
             self.dropped = [0; DROP_WORDS];
             self.drops = 0;
-            self.forgotten = Some(from);
+            self.forgotten_drop = Some(from);
             return;
         }
         for i in 1..=d {
@@ -262,7 +272,7 @@ impl StreamRewriter {
             {
                 *w &= !bit;
                 self.drops = self.drops.saturating_sub(1);
-                self.forgotten = Some(at.wrapping_sub(DROP_WINDOW));
+                self.forgotten_drop = Some(at.wrapping_sub(DROP_WINDOW));
                 if self.drops == 0 {
                     return;
                 }
@@ -305,27 +315,43 @@ impl StreamRewriter {
     /// The input sequence number that was (or would be) sent as `out_seq`
     /// since the last re-base, if any: what a NACK for `out_seq` asks the
     /// source to repeat. `None` for numbers of an earlier source, not yet
-    /// sent, or before the first packet.
+    /// sent, before the first packet, or [forgotten](Self::forgotten).
     pub fn input_seq(&self, out_seq: u16) -> Option<u16> {
+        self.map_back(out_seq).ok()
+    }
+
+    /// Whether `out_seq` was sent since the last re-base but lies before a
+    /// dropped number that has left the window ([`DROP_WINDOW`] input
+    /// numbers), so it no longer maps back: older than any packet cache
+    /// holds (the caches keep at most [`DROP_WINDOW`] packets).
+    pub fn forgotten(&self, out_seq: u16) -> bool {
+        self.map_back(out_seq) == Err(Unmapped::Forgotten)
+    }
+
+    fn map_back(&self, out_seq: u16) -> Result<u16, Unmapped> {
         if self.state != State::Synced
             || (out_seq.wrapping_sub(self.base_out) as i16) < 0
             || (self.max_out.wrapping_sub(out_seq) as i16) < 0
         {
-            return None;
+            return Err(Unmapped::Unknown);
         }
-        if self.drops == 0 && self.forgotten.is_none() {
-            return Some(out_seq.wrapping_sub(self.seq_offset));
+        if self.drops == 0 && self.forgotten_drop.is_none() {
+            return Ok(out_seq.wrapping_sub(self.seq_offset));
         }
         // The newest input's number, then one less per kept input below it.
         let head = self.max_in.wrapping_add(self.seq_offset);
         let k = head.wrapping_sub(out_seq);
         if (k as i16) < 0 {
-            return None;
+            return Err(Unmapped::Unknown);
         }
         let seq = self.kept_below(k);
         // Checked the other way: a number before a forgotten drop is not
         // known.
-        (self.late_output(seq) == Some(out_seq)).then_some(seq)
+        match self.late_output(seq) {
+            Some(out) if out == out_seq => Ok(seq),
+            Some(_) => Err(Unmapped::Unknown),
+            None => Err(Unmapped::Forgotten),
+        }
     }
 
     /// Whether a packet was sent since the last re-base, so the offsets
@@ -365,10 +391,10 @@ impl StreamRewriter {
         self.ts_offset = out_ts.wrapping_sub(ts);
         self.max_in = seq;
         self.base_out = out_seq;
-        if self.drops > 0 || self.forgotten.is_some() {
+        if self.drops > 0 || self.forgotten_drop.is_some() {
             self.dropped = [0; DROP_WORDS];
             self.drops = 0;
-            self.forgotten = None;
+            self.forgotten_drop = None;
         }
     }
 }
@@ -680,6 +706,9 @@ mod tests {
         // 1 is more than the window behind and before the forgotten drop.
         assert_eq!(r.rewrite(1, 0, t0), None);
         assert_eq!(r.output_seq(1), None);
+        assert_eq!(r.input_seq(1), None);
+        assert!(r.forgotten(1), "sent long ago");
+        assert!(!r.forgotten(2) && !r.forgotten(1499), "mapped, not sent");
         // After it but beyond the window: only the drop of 1100 follows.
         assert_eq!(r.input_seq(2), Some(3));
         assert_eq!(r.output_seq(400), Some(400 - 2 + 1));
