@@ -77,6 +77,7 @@ fn router_with(consumers: u16) -> Router {
         codec: sfu_core::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: sfu_core::router::TrackSource::Camera,
     };
     r.handle_command(
         now,

@@ -11,7 +11,7 @@
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404  body `"all"`, `{"video": [ssrc...], "audio": [...]}` or last-N `{"slots": {"video": N, "audio": M, "pinned": [identity or endpoint id...]}}` |
-//! | `PUT /v1/rooms/{room}/endpoints/{id}/layers` | admin | 204, or 400/404; body `{"slot": N, "max_layer": L or null}`: caps the simulcast layer of the endpoint's video consumer in `slot` (0: the track's lowest layer by bitrate; `null` lifts the cap) |
+//! | `PUT /v1/rooms/{room}/endpoints/{id}/layers` | admin | 204, or 400/404; body `{"slot": N, "max_layer": L or null, "pinned": true or false}` (at least one of the two): `max_layer` caps the simulcast layer of the endpoint's video consumer in `slot` (0: the track's lowest layer by bitrate; `null` lifts the cap); `pinned` pins it, so its bandwidth allocation comes before other cameras' (after screen shares), while it keeps its producer (400 for a last-N subscriber, which pins in its subscription) |
 //! | `PUT /v1/rooms/{room}/subscriptions` | admin | 200 `{"results": [...]}` (one per change, in order: `consumers` or `error` + `code`), or 400/404/413/503; body `{"changes": [{"endpoint", "subscribe"}]}`, at most `limits.endpoints_per_room` changes and 64 KiB (about 500 changes) |
 //! | `DELETE /v1/rooms/{room}/endpoints/{id}` | any grant | 204, or 404 |
 //!
@@ -60,6 +60,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sfu_core::router::{
     ConsumerInfo, MediaKind, Role, RtxPayloadTypes, RtxStream, Subscription, TrackConfig,
+    TrackSource,
 };
 use tower_http::cors::{self, CorsLayer};
 
@@ -428,6 +429,15 @@ enum KindBody {
     Video,
 }
 
+/// What a track shows: `"camera"` (the default) or `"screen"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceBody {
+    #[default]
+    Camera,
+    Screen,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SrtpBody {
@@ -453,6 +463,10 @@ struct TrackBody {
     /// RFC 2198) with, around `payload_type`.
     #[serde(default)]
     red_payload_type: Option<u8>,
+    /// `"screen"` for a screen share, whose layers subscribers' bandwidth
+    /// allocations serve before any camera's; `"camera"` by default.
+    #[serde(default)]
+    source: SourceBody,
 }
 
 /// A retransmission stream: its SSRC and payload type.
@@ -644,6 +658,10 @@ impl EndpointBody {
                     codec: crate::whip::core_codec(sfu_core::sdp::assumed_codec(kind)),
                     layer_of: t.layer_of,
                     red_payload_type: t.red_payload_type,
+                    source: match t.source {
+                        SourceBody::Camera => TrackSource::Camera,
+                        SourceBody::Screen => TrackSource::Screen,
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -774,23 +792,28 @@ async fn set_subscription(
     Ok(Json(json!({ "consumers": consumers_json(&consumers) })))
 }
 
-/// `PUT /v1/rooms/{room}/endpoints/{id}/layers`.
+/// `PUT /v1/rooms/{room}/endpoints/{id}/layers`: at least one of
+/// `max_layer` and `pinned`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MaxLayerBody {
     slot: u16,
-    /// Required: `null` lifts the cap, so a missing field is an error.
-    #[serde(deserialize_with = "required_nullable")]
-    max_layer: Option<u8>,
+    /// Absent: the cap is left as it is; `null` lifts it.
+    #[serde(default, deserialize_with = "present_nullable")]
+    max_layer: Option<Option<u8>>,
+    /// Pins (or unpins) the video consumer: its layers are allocated
+    /// before other cameras' (after screen shares). Absent: unchanged.
+    #[serde(default)]
+    pinned: Option<bool>,
 }
 
-/// `Option<T>` that must be present (as a value or `null`).
-fn required_nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present_nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Option::<T>::deserialize(d)
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Caps the simulcast layer one subscriber gets on one video slot (or
@@ -806,8 +829,19 @@ async fn set_max_layer(
 ) -> Result<StatusCode, ApiError> {
     token.need(Some(&room), Need::Admin)?;
     let body = body.json::<MaxLayerBody>()?;
+    if body.max_layer.is_none() && body.pinned.is_none() {
+        return Err(ApiError::BadRequest(
+            "the body needs max_layer (a layer or null) or pinned".into(),
+        ));
+    }
     blocking(&state, move |s| {
-        s.set_max_layer(&room, &id, body.slot, body.max_layer)
+        if let Some(max_layer) = body.max_layer {
+            s.set_max_layer(&room, &id, body.slot, max_layer)?;
+        }
+        if let Some(pinned) = body.pinned {
+            s.set_pinned(&room, &id, body.slot, pinned)?;
+        }
+        Ok::<_, ApiError>(())
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -926,5 +960,55 @@ mod tests {
         assert_eq!(new.tracks[0].red_payload_type, Some(63));
         assert_eq!(new.tracks[1].red_payload_type, None);
         assert_eq!(new.red_payload_type, Some(100));
+    }
+
+    #[test]
+    fn a_tracks_source_is_camera_or_screen() {
+        let key = crate::state::encode_key(&[7; 28]);
+        let body = |source: Option<&str>| {
+            let mut track = json!({ "kind": "video", "ssrc": 2, "payload_type": 96 });
+            if let Some(s) = source {
+                track["source"] = json!(s);
+            }
+            json!({
+                "role": "publish",
+                "srtp": { "profile": "AEAD_AES_128_GCM", "key": key },
+                "tracks": [track],
+            })
+        };
+        for (source, want) in [
+            (None, TrackSource::Camera),
+            (Some("camera"), TrackSource::Camera),
+            (Some("screen"), TrackSource::Screen),
+        ] {
+            let new = validate(body(source)).expect("valid");
+            assert_eq!(new.tracks[0].source, want, "{source:?}");
+        }
+        for bad in ["Screen", "projector", ""] {
+            assert!(
+                serde_json::from_value::<EndpointBody>(body(Some(bad))).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_layers_body_takes_a_cap_a_pin_or_both() {
+        let parse =
+            |v: Value| serde_json::from_value::<MaxLayerBody>(v).map(|b| (b.max_layer, b.pinned));
+        assert_eq!(
+            parse(json!({ "slot": 0, "max_layer": 1 })).expect("valid"),
+            (Some(Some(1)), None)
+        );
+        assert_eq!(
+            parse(json!({ "slot": 0, "max_layer": null })).expect("valid"),
+            (Some(None), None)
+        );
+        assert_eq!(
+            parse(json!({ "slot": 0, "pinned": true })).expect("valid"),
+            (None, Some(true))
+        );
+        assert_eq!(parse(json!({ "slot": 0 })).expect("valid"), (None, None));
+        assert!(parse(json!({ "slot": 0, "pinned": 1 })).is_err());
     }
 }

@@ -1147,6 +1147,33 @@ impl AppState {
         Ok(())
     }
 
+    /// `PUT .../layers` with `pinned`: pins or unpins the endpoint's video
+    /// consumer in `slot` ([`Command::SetPinned`]). Blocks on the worker.
+    pub fn set_pinned(
+        &self,
+        room: &str,
+        endpoint: &str,
+        slot: u16,
+        pinned: bool,
+    ) -> Result<(), ApiError> {
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        self.request(
+            worker,
+            Command::SetPinned {
+                endpoint: id,
+                kind: MediaKind::Video,
+                slot,
+                pinned,
+            },
+            None,
+        )
+        .map_err(|e| match e {
+            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
+            e => e,
+        })?;
+        Ok(())
+    }
+
     /// `PUT /v1/rooms/{room}/subscriptions`: replaces the subscriptions of
     /// several endpoints of `room` in one worker round trip (a speaker
     /// switch). Answers each change on its own, in order: the endpoint's

@@ -40,6 +40,15 @@
 //! type: the worker forwards RED to viewers that negotiated it and the
 //! primary Opus blocks to the others.
 //!
+//! A section marked `a=content:slides` (RFC 4796) is a screen share: its
+//! track (every layer, for simulcast) is allocated a subscriber's bandwidth
+//! before any camera ([`sfu_core::router::TrackSource`]). Browsers do not
+//! write the attribute themselves; a page that publishes a screen
+//! (`getDisplayMedia`) adds the line after the video section's `a=mid` in
+//! the offer text it POSTs (the local description can stay as the browser
+//! wrote it, since the answer does not mention the attribute):
+//! `offer.sdp.replace(/(a=mid:1\r\n)/, "$1a=content:slides\r\n")`.
+//!
 //! Simulcast offered with `a=rid` but without `a=ssrc` lines (the form
 //! browsers use) is accepted when the section negotiates the
 //! `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id` header extension
@@ -162,7 +171,7 @@ use rand::distr::{Alphanumeric, SampleString as _};
 use sfu_core::dtls::{DtlsRole, Fingerprint};
 use sfu_core::router::{
     ConsumerInfo, EndpointId, IceCredentials, MediaKind, RidTrack, Role, RtxPayloadTypes,
-    RtxStream, Subscription, TrackConfig, WebrtcTransport,
+    RtxStream, Subscription, TrackConfig, TrackSource, WebrtcTransport,
 };
 use sfu_core::sdp::{
     self, AnswerParams, CodecChoice, Intent, MediaSection, Offer, OutStream, SdpError, Setup,
@@ -508,6 +517,17 @@ async fn whip_post(
     Ok(created("whip", &name, &id, sdp))
 }
 
+/// What a publisher's section shows: a screen share when the offer marks
+/// it `a=content:slides` (RFC 4796), a camera otherwise. The bandwidth
+/// allocator serves screen shares first.
+fn track_source(n: &sdp::Negotiated) -> TrackSource {
+    if n.slides {
+        TrackSource::Screen
+    } else {
+        TrackSource::Camera
+    }
+}
+
 /// The answer and the endpoint of a WHIP publisher.
 fn plan_publish(
     offer: &Offer,
@@ -575,6 +595,7 @@ fn plan_publish(
                 rtx_payload_type,
                 codec: core_codec(n.codec),
                 group,
+                source: track_source(n),
             }));
             rid_codecs.extend(n.rids.iter().map(|rid| (rid.clone(), n.codec)));
             continue;
@@ -597,6 +618,7 @@ fn plan_publish(
             codec: core_codec(n.codec),
             layer_of: None,
             red_payload_type: n.red_payload_type,
+            source: track_source(n),
         };
         tracks.push((track, n.codec));
     }
@@ -1236,6 +1258,83 @@ mod tests {
             .retain(|c| !c.name.eq_ignore_ascii_case("VP8"));
         let got = assign(&no_vp8, &producers);
         assert_eq!(got, vec![Some(producers[1]), None]);
+    }
+
+    const WHIP_OFFER: &str = include_str!("../tests/fixtures/chrome-whip-offer.sdp");
+    const SIMULCAST_OFFER: &str =
+        include_str!("../../sfu-core/src/sdp/fixtures/chrome_simulcast.sdp");
+
+    /// `text` with `a=content:<value>` after the video section's `a=mid:1`.
+    fn with_content(text: &str, value: &str) -> String {
+        let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        let mid = format!("a=mid:1{eol}");
+        assert!(text.contains(&mid));
+        text.replace(&mid, &format!("{mid}a=content:{value}{eol}"))
+    }
+
+    /// The endpoint a WHIP offer plans.
+    fn publish_plan(text: &str) -> NewWebrtcEndpoint {
+        let offer = sdp::parse_offer(text).expect("the offer parses");
+        let local = Local {
+            ufrag: "u".repeat(ICE_UFRAG_LEN),
+            pwd: "p".repeat(ICE_PWD_LEN),
+            setup: Setup::answer_for(offer.setup),
+            fingerprint: format!("sha-256 {}", ["AB"; 32].join(":")),
+            session_id: 1,
+        };
+        let remote = remote_fingerprint(&offer).expect("a fingerprint");
+        let ctx = RoomContext {
+            media: "127.0.0.1:40000".parse().expect("literal address"),
+            producers: Vec::new(),
+        };
+        plan_publish(&offer, &local, remote, &ctx)
+            .expect("the offer is planned")
+            .0
+    }
+
+    /// `a=content:slides` (RFC 4796) on a WHIP section makes its track a
+    /// screen share, simulcast layers included; other content values and
+    /// no attribute leave it a camera.
+    #[test]
+    fn content_slides_marks_a_screen_share() {
+        let sources = |n: &NewWebrtcEndpoint| -> Vec<(MediaKind, TrackSource)> {
+            n.tracks.iter().map(|(t, _)| (t.kind, t.source)).collect()
+        };
+        let camera = [
+            (MediaKind::Audio, TrackSource::Camera),
+            (MediaKind::Video, TrackSource::Camera),
+        ];
+        assert_eq!(sources(&publish_plan(WHIP_OFFER)), camera);
+        assert_eq!(
+            sources(&publish_plan(&with_content(WHIP_OFFER, "main"))),
+            camera
+        );
+        assert_eq!(
+            sources(&publish_plan(&with_content(WHIP_OFFER, "slides"))),
+            [
+                (MediaKind::Audio, TrackSource::Camera),
+                (MediaKind::Video, TrackSource::Screen),
+            ]
+        );
+        // Simulcast by rid: every layer of the section.
+        let plain = publish_plan(SIMULCAST_OFFER);
+        assert_eq!(plain.transport.rid_tracks.len(), 3);
+        assert!(
+            plain
+                .transport
+                .rid_tracks
+                .iter()
+                .all(|r| r.source == TrackSource::Camera)
+        );
+        let screen = publish_plan(&with_content(SIMULCAST_OFFER, "slides"));
+        assert_eq!(screen.transport.rid_tracks.len(), 3);
+        assert!(
+            screen
+                .transport
+                .rid_tracks
+                .iter()
+                .all(|r| r.source == TrackSource::Screen)
+        );
     }
 
     #[test]

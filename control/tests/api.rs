@@ -882,9 +882,12 @@ fn a_room_switches_many_subscriptions_in_one_request() {
 }
 
 /// `PUT /v1/rooms/{room}/endpoints/{id}/layers` caps (or uncaps) the
-/// simulcast layer of one of a subscriber's video slots: 204; an unknown
-/// slot is 400, an unknown endpoint 404, a missing `max_layer` 400, and a
-/// token without the admin grant 403.
+/// simulcast layer of one of a subscriber's video slots and pins (or
+/// unpins) it: 204; an unknown slot is 400, an unknown endpoint 404, a body
+/// with neither `max_layer` nor `pinned` 400, a pin of a last-N
+/// subscriber's slot 400 (it pins in its subscription), and a token
+/// without the admin grant 403. A track's `source` is `camera` or
+/// `screen`.
 #[test]
 fn an_admin_caps_a_subscribers_layer() {
     let node = TestNode::start(1);
@@ -916,7 +919,45 @@ fn an_admin_caps_a_subscribers_layer() {
     assert_eq!(a.status, 400, "{}", a.text);
     assert_eq!(a.json["code"], "invalid", "{}", a.text);
     let a = node.put(&path, &json!({ "slot": slot }).to_string());
-    assert_eq!(a.status, 400, "a missing max_layer: {}", a.text);
+    assert_eq!(a.status, 400, "neither max_layer nor pinned: {}", a.text);
+    for body in [
+        json!({ "slot": slot, "pinned": true }),
+        json!({ "slot": slot, "pinned": false }),
+        json!({ "slot": slot, "max_layer": 1, "pinned": true }),
+    ] {
+        let a = node.put(&path, &body.to_string());
+        assert_eq!(a.status, 204, "{body}: {}", a.text);
+    }
+    let a = node.put(
+        &path,
+        &json!({ "slot": slot + 5, "pinned": true }).to_string(),
+    );
+    assert_eq!(a.status, 400, "{}", a.text);
+    let a = node.put(&path, &json!({ "slot": slot, "pinned": "yes" }).to_string());
+    assert_eq!(a.status, 400, "{}", a.text);
+    let last_n = node.create_endpoint(
+        "caps",
+        &json!({
+            "role": "subscribe",
+            "srtp": { "profile": GCM, "key": gcm_key(21) },
+            "subscribe": { "slots": { "video": 1, "audio": 0 } },
+        }),
+    );
+    let last_n = last_n["id"].as_str().expect("an id");
+    let a = node.put(
+        &format!("/v1/rooms/caps/endpoints/{last_n}/layers"),
+        &json!({ "slot": 0, "pinned": true }).to_string(),
+    );
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.json["code"], "invalid", "{}", a.text);
+    // A screen share, and a source that is neither.
+    let mut screen = publisher(7102);
+    screen["tracks"][0]["source"] = json!("screen");
+    node.create_endpoint("caps", &screen);
+    let mut bad = publisher(7103);
+    bad["tracks"][0]["source"] = json!("projector");
+    let a = node.post("/v1/rooms/caps/endpoints", &bad.to_string());
+    assert_eq!(a.status, 400, "{}", a.text);
     let a = node.put(
         "/v1/rooms/caps/endpoints/00000000000000ff/layers",
         &json!({ "slot": slot, "max_layer": 0 }).to_string(),

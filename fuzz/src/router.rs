@@ -114,6 +114,7 @@ fn video(ssrc: u32, payload_type: u8) -> TrackConfig {
         codec: sfu_core::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: sfu_core::router::TrackSource::Camera,
     }
 }
 
@@ -154,6 +155,7 @@ impl Harness {
                         codec: sfu_core::codec::Codec::Vp8,
                         layer_of: None,
                         red_payload_type: None,
+                        source: sfu_core::router::TrackSource::Camera,
                     },
                 ],
                 remote: None,

@@ -49,6 +49,7 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
             red_payload_type: None,
+            source: sfu_core::router::TrackSource::Camera,
         }],
         _ => Vec::new(),
     };

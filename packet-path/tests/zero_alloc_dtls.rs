@@ -230,6 +230,7 @@ fn endpoint(id: u64, role: Role, fingerprint: &Fingerprint) -> Command {
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
             red_payload_type: None,
+            source: sfu_core::router::TrackSource::Camera,
         }]
     } else {
         Vec::new()

@@ -50,6 +50,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
             codec: sfu_core::codec::Codec::Vp8,
             layer_of: None,
             red_payload_type: None,
+            source: sfu_core::router::TrackSource::Camera,
         }]
     } else {
         Vec::new()

@@ -30,6 +30,11 @@ pub const VIDEO_PACKETS: usize = 512;
 /// Slots of an audio producer's cache: about 1.3 s of 20 ms Opus frames.
 pub const AUDIO_PACKETS: usize = 64;
 
+// A NACK for a number the consumer's rewriter can no longer map back (see
+// `seq::StreamRewriter::forgotten`) is older than any cache holds.
+const _: () = assert!(VIDEO_PACKETS <= super::seq::DROP_WINDOW as usize);
+const _: () = assert!(AUDIO_PACKETS <= super::seq::DROP_WINDOW as usize);
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     seq: u16,

@@ -24,11 +24,21 @@
 //! bitrate, and below that is paused (nothing forwarded) until a later
 //! allocation resumes it at a keyframe; a track of one layer is never paused. At most [`MAX_STREAMS`] consumers of one
 //! subscriber take part; the rest keep their caps.
+//!
+//! # Priorities
+//! Each consumer goes to the allocator with a priority
+//! ([`crate::bwe::allocate::Priority`]): a screen share's
+//! ([`super::TrackSource::Screen`]) first, then a pinned one's (a
+//! participant the subscriber pinned in its [`super::Subscription::Slots`],
+//! or a consumer pinned by [`super::Command::SetPinned`]), then the others.
+//! Within one priority, consumers go in slot order. So on a short estimate
+//! a screen share keeps its higher layers while cameras step down, and
+//! cameras pause before it does.
 
 use std::time::{Duration, Instant};
 
 use super::routing::Producer;
-use super::{MediaKind, Router};
+use super::{MediaKind, Router, TrackSource};
 use crate::bwe::allocate::{self as alloc, MediaKind as AllocKind, Priority, StreamRequest};
 use crate::bwe::{self, Estimator};
 use crate::wire::rtp::RtpPacket;
@@ -248,12 +258,22 @@ impl Router {
                 continue;
             };
             let layers = s.layers.get(..s.count).unwrap_or_default();
+            let screen = c
+                .source
+                .and_then(|key| producers.get(&key))
+                .is_some_and(|p| p.source == TrackSource::Screen);
             *r = StreamRequest {
                 kind: match c.kind {
                     MediaKind::Audio => AllocKind::Audio,
                     MediaKind::Video => AllocKind::Video,
                 },
-                priority: Priority::Normal,
+                priority: if screen {
+                    Priority::Screen
+                } else if c.pinned {
+                    Priority::Pinned
+                } else {
+                    Priority::Normal
+                },
                 layers_bps: s.bps.get(..s.count).unwrap_or_default(),
                 // Until its layers' bitrates are measured (costs of 1), a
                 // track gets its lowest layer: nothing says what fits.

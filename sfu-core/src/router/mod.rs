@@ -231,6 +231,21 @@ pub struct TrackConfig {
     /// `payload_type` itself stay plain. Each consumer gets RED as sent or
     /// unwrapped to its primary block ([`crate::codec::red`]).
     pub red_payload_type: Option<u8>,
+    /// What it shows: a screen share's layers are allocated before any
+    /// camera's when a subscriber's bandwidth is short (see "Bandwidth
+    /// priorities" in the module doc).
+    pub source: TrackSource,
+}
+
+/// What a track shows, for the bandwidth allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TrackSource {
+    /// A camera, or anything not marked otherwise.
+    #[default]
+    Camera,
+    /// A screen share (the API's `"source": "screen"`, or `a=content:slides`
+    /// (RFC 4796) on a WHIP publisher's media section).
+    Screen,
 }
 
 /// A publisher's retransmission stream (RFC 4588 §4, SSRC multiplexing).
@@ -386,6 +401,21 @@ pub enum Command {
     /// [`Command::SetSubscription`] would, in order, and answers on its own
     /// ([`Outcome::Subscriptions`]).
     SetSubscriptions(Vec<(EndpointId, Subscription)>),
+    /// Pins or unpins one of an endpoint's consumers (by kind and slot):
+    /// a pinned consumer's layers are allocated before other cameras'
+    /// (after screen shares). A pin lasts while the consumer keeps its
+    /// producer. Refused for a [`Subscription::Slots`] subscriber, whose
+    /// pins are the participants its subscription names.
+    SetPinned {
+        /// The subscriber.
+        endpoint: EndpointId,
+        /// The consumer's kind.
+        kind: MediaKind,
+        /// Its slot within the kind.
+        slot: u16,
+        /// Pinned or not.
+        pinned: bool,
+    },
     /// Caps the simulcast layer of one of an endpoint's video consumers
     /// (by slot): `Some(0)` is the track's lowest layer by bitrate, `None`
     /// lifts the cap (the highest layer). The consumer moves at the next
@@ -758,6 +788,35 @@ impl Router {
                 let at = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
                 Ok(Outcome::Consumers(self.consumer_infos(at)))
             }
+            Command::SetPinned {
+                endpoint,
+                kind,
+                slot,
+                pinned,
+            } => {
+                let at = *self
+                    .by_id
+                    .get(&endpoint)
+                    .ok_or(RouterError::UnknownEndpoint)?;
+                let ep = self.endpoint_mut(at).ok_or(RouterError::UnknownEndpoint)?;
+                if matches!(ep.subscription, Subscription::Slots { .. }) {
+                    return Err(RouterError::Invalid(
+                        "a slots subscriber pins participants in its subscription",
+                    ));
+                }
+                let c = ep
+                    .consumers
+                    .iter_mut()
+                    .find(|c| c.kind == kind && c.slot() == slot)
+                    .ok_or(RouterError::Invalid("no such slot"))?;
+                c.pinned = pinned;
+                if ep.transport.egress.as_ref().is_some_and(|e| e.allocated) {
+                    // Its estimate is shared out anew at once.
+                    self.allocate(at, now);
+                    self.schedule(at, now);
+                }
+                Ok(Outcome::Done)
+            }
             Command::Producers(room) => {
                 let r = self.rooms.get(&room).ok_or(RouterError::UnknownRoom)?;
                 let list = r
@@ -880,6 +939,8 @@ mod tests;
 mod tests_egress;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_padding;
 #[cfg(test)]
 mod tests_red;
 #[cfg(test)]

@@ -170,7 +170,12 @@ pub(super) fn resend<T: Transmit>(
     for out_seq in lost {
         stats.inc(Counter::NackedPackets);
         let Some(in_seq) = rewriter.input_seq(out_seq) else {
-            stats.inc(Counter::RtxUnanswerable);
+            if rewriter.forgotten(out_seq) {
+                // Older than the cache holds.
+                stats.inc(Counter::RtxNotCached);
+            } else {
+                stats.inc(Counter::RtxUnanswerable);
+            }
             continue;
         };
         let Some(original) = cache

@@ -14,6 +14,14 @@
 //! Redundant audio (RED, RFC 2198) is passed on with the subscriber's
 //! numbers, or cut to its primary block, in each consumer's copy (`red`).
 //!
+//! A packet without payload (padding only: Chrome's bandwidth probes on the
+//! media SSRC when it has no RTX, or a keep-alive) is not forwarded
+//! ([`DropReason::PaddingOnly`]). It still counts as received (NACK
+//! tracking, receiver reports) and is kept in the packet cache, but not in
+//! the layer's measured bitrate; each consumer forwarding its layer drops
+//! its number ([`StreamRewriter::drop_input`]), so the subscriber's
+//! numbering stays gap-free, and its NACKs still map to the right packets.
+//!
 //! # Joins
 //! A new endpoint's consumers are computed from its subscription (`All`:
 //! the room's producers, O(P log P)); its new producers are then offered to
@@ -45,7 +53,7 @@ use super::webrtc::{WebrtcState, WebrtcTransport};
 use super::{
     ConsumerInfo, Endpoint, EndpointConfig, EndpointId, KEYFRAME_REQUEST_INTERVAL, MediaKind,
     Outcome, Role, RoomId, Router, RouterError, SRTCP_TRAILER_MAX, Subscription, TrackConfig,
-    Transmit, ssrc_base,
+    TrackSource, Transmit, ssrc_base,
 };
 use crate::codec::Codec;
 use crate::codec::vp8::Vp8Rewriter;
@@ -95,6 +103,10 @@ pub(super) struct Consumer {
     red_payload_type: Option<u8>,
     /// What it does with its producer's RED packets (set at attach).
     red: RedMode,
+    /// Pinned by its subscriber ([`super::Command::SetPinned`], or a
+    /// pinned participant of its `Slots` subscription): allocated before
+    /// other cameras.
+    pub(super) pinned: bool,
 }
 
 impl Consumer {
@@ -189,6 +201,8 @@ pub(super) struct Producer {
     pub(super) rtx_ssrc: Option<u32>,
     /// What its receiver reports say.
     pub(super) reception: ReceptionStats,
+    /// What it shows (a screen share is allocated first).
+    pub(super) source: TrackSource,
 }
 
 impl Router {
@@ -297,9 +311,13 @@ impl Router {
             // Loss and jitter of the publisher's path, for its RRs.
             producer.reception.on_packet(in_seq, in_ts, now);
         }
-        let rolled = producer.rate.on_packet(len, now);
-        let (group_key, codec) = (producer.group, producer.codec);
         let payload_len = packet.payload().len() as u32;
+        // Padding only (a publisher's bandwidth probe on its media SSRC):
+        // kept in the cache and seen by the NACK tracker like any packet of
+        // the stream, but neither measured as the layer's media nor sent.
+        let padding_only = payload_len == 0;
+        let rolled = !padding_only && producer.rate.on_packet(len, now);
+        let (group_key, codec) = (producer.group, producer.codec);
         let Some(group) = self.producers.get(&group_key) else {
             return Ok(());
         };
@@ -310,9 +328,27 @@ impl Router {
         let Some(group) = self.producers.get(&group_key) else {
             return Ok(());
         };
+        if padding_only {
+            // Each consumer forwarding this layer numbers on without it.
+            for &(sub_slot, c) in &group.fanout {
+                if let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize)
+                    && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+                    && consumer.layer == Some(ssrc)
+                {
+                    consumer.rewriter.drop_input(in_seq);
+                }
+            }
+            self.stats.drop(DropReason::PaddingOnly);
+        }
         // A layer switch waits for the target layer's keyframe.
         let keyframe = layered && crate::codec::is_keyframe(codec, packet.payload());
-        for &(sub_slot, c) in &group.fanout {
+        // Padding goes to nobody.
+        let fanout = if padding_only {
+            &[][..]
+        } else {
+            &group.fanout[..]
+        };
+        for &(sub_slot, c) in fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
             };
@@ -904,6 +940,7 @@ impl Router {
         let codec = layer.track.codec;
         let (kind, payload_type) = (layer.track.kind, layer.track.payload_type);
         let rid_name: Box<str> = layer.track.rid.as_str().into();
+        let source = layer.track.source;
         // The track's first bound layer holds the track.
         let layer_of = w
             .rid_tracks
@@ -919,6 +956,7 @@ impl Router {
             // Its RTX stream binds by `repaired-rid` later.
             rtx: None,
             red_payload_type: None,
+            source,
         };
         ep.tracks.push(track);
         let room = ep.room;
@@ -1004,6 +1042,7 @@ impl Router {
                 nack: NackTracker::new(),
                 rtx_ssrc: track.rtx.map(|r| r.ssrc),
                 reception: ReceptionStats::new(track.kind.clock_rate(), now),
+                source: track.source,
             },
         );
         if track.kind == MediaKind::Audio && group == track.ssrc {
@@ -1590,6 +1629,9 @@ impl Router {
                 }
                 c.attached = false;
             }
+            if c.source != source {
+                c.pinned = false;
+            }
             c.source = source;
             if let Some(s) = available {
                 attach(
@@ -1604,6 +1646,7 @@ impl Router {
                 );
             }
         }
+        self.mark_pins(slot);
     }
 
     pub(super) fn consumer_infos(&self, slot: u32) -> Vec<ConsumerInfo> {
@@ -1680,6 +1723,7 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
             MediaKind::Video => None,
         },
         red: RedMode::Plain,
+        pinned: false,
         tx_stream: ep
             .transport
             .keys
@@ -1724,6 +1768,11 @@ fn attach(
         return;
     };
     p.fanout.push((slot, index));
+    if c.source != Some(key) {
+        // A pin is for a producer (a `Slots` subscriber's pins are set
+        // again after its slots are applied).
+        c.pinned = false;
+    }
     c.source = Some(key);
     c.attached = true;
     c.target = target;

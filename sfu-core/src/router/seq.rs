@@ -8,12 +8,35 @@
 //! each field and re-bases it on such a change so that the next output
 //! sequence number is one past the highest already sent and the next output
 //! timestamp advances by the wall-clock time since the last packet.
+//!
+//! # Dropped input
+//! A packet the router does not forward (a publisher's padding-only
+//! packet) is handed to [`StreamRewriter::drop_input`]: later input is
+//! numbered as if it had never existed, so the subscriber sees no gap,
+//! while input older than it (reordered, or a publisher's retransmission)
+//! keeps the number it had before. The rewriter remembers which input
+//! numbers it dropped in a fixed bitmap of the last [`DROP_WINDOW`] input
+//! numbers (mediasoup's `SeqManager::Drop` keeps such a set): a late packet
+//! is numbered by counting the drops after it, and a NACKed output number
+//! is mapped back ([`StreamRewriter::input_seq`]) by counting kept input
+//! numbers down from the newest. A dropped packet that arrives after later
+//! input was already numbered changes nothing: its number stays unused.
+//! Late input from before a drop that has left the window is refused, as is
+//! input from before a re-base; a NACK for such an old number is
+//! [forgotten](StreamRewriter::forgotten), older than any packet cache
+//! holds. Nothing allocates; without drops the bitmap is never read.
 
 use std::time::Instant;
 
 /// A sequence jump larger than this, either way, is taken as a restart of the
 /// source's numbering rather than loss or reordering.
 pub const RESTART_JUMP: u16 = 0x2000;
+
+/// Input sequence numbers (the newest ones) whose drops a rewriter
+/// remembers; a power of two that divides 2^16.
+pub const DROP_WINDOW: u16 = 1024;
+/// Words of the drop bitmap.
+const DROP_WORDS: usize = DROP_WINDOW as usize / 64;
 
 /// Rewrites one consumer's sequence numbers and timestamps.
 #[derive(Debug, Clone)]
@@ -32,6 +55,23 @@ pub struct StreamRewriter {
     /// Highest output timestamp ever sent, and when.
     max_ts_out: u32,
     max_ts_at: Option<Instant>,
+    /// Input numbers dropped since the last re-base within [`DROP_WINDOW`]
+    /// of `max_in`, one bit per number modulo the window.
+    dropped: [u64; DROP_WORDS],
+    /// Bits set in `dropped` (0: the bitmap is not consulted).
+    drops: u16,
+    /// The newest dropped number that has left the window: how many drops
+    /// follow older input is no longer known, so such input is refused.
+    forgotten_drop: Option<u16>,
+}
+
+/// Why an output number does not map back to input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmapped {
+    /// Not sent since the last re-base.
+    Unknown,
+    /// Sent, but before a drop the rewriter no longer remembers.
+    Forgotten,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +94,9 @@ impl StreamRewriter {
             base_out: first_seq,
             max_ts_out: first_ts,
             max_ts_at: None,
+            dropped: [0; DROP_WORDS],
+            drops: 0,
+            forgotten_drop: None,
         }
     }
 
@@ -86,19 +129,49 @@ impl StreamRewriter {
                 if d.unsigned_abs() > RESTART_JUMP {
                     self.rebase_after_gap(seq, ts, now);
                 } else if d > 0 {
-                    self.max_in = seq;
+                    self.advance(seq);
                 } else {
-                    // Reordered or duplicate: keep the offset; refuse it when
-                    // it predates the re-base point.
-                    let out = seq.wrapping_add(self.seq_offset);
+                    // Reordered or duplicate: numbered as it would have been
+                    // before the drops that followed it; refused when it
+                    // predates the re-base point (or a forgotten drop), or
+                    // is itself a dropped number (its number is taken).
+                    let out = self.late_output(seq)?;
                     if (out.wrapping_sub(self.base_out) as i16) < 0 {
                         return None;
                     }
+                    return Some(self.sent(out, ts.wrapping_add(self.ts_offset), now));
                 }
             }
         }
         let out_seq = seq.wrapping_add(self.seq_offset);
         let out_ts = ts.wrapping_add(self.ts_offset);
+        Some(self.sent(out_seq, out_ts, now))
+    }
+
+    /// Input `seq` is not forwarded (a padding-only packet): later input is
+    /// numbered as if it did not exist. Only the newest input shifts the
+    /// numbering; a dropped packet older than input already numbered, one
+    /// before the first packet since a re-base, or a jump that the next
+    /// forwarded packet will take as a restart changes nothing.
+    pub fn drop_input(&mut self, seq: u16) {
+        if self.state != State::Synced {
+            return;
+        }
+        let d = seq.wrapping_sub(self.max_in) as i16;
+        if d <= 0 || d.unsigned_abs() > RESTART_JUMP {
+            return;
+        }
+        self.advance(seq);
+        let (word, bit) = drop_bit(seq);
+        if let Some(w) = self.dropped.get_mut(word) {
+            *w |= bit;
+            self.drops += 1;
+        }
+        self.seq_offset = self.seq_offset.wrapping_sub(1);
+    }
+
+    /// Records output `out_seq`/`out_ts` as sent at `now`.
+    fn sent(&mut self, out_seq: u16, out_ts: u32, now: Instant) -> (u16, u32) {
         if (out_seq.wrapping_sub(self.max_out) as i16) > 0 {
             self.max_out = out_seq;
             // Keep the re-base point within RESTART_JUMP of the newest
@@ -113,21 +186,172 @@ impl StreamRewriter {
             self.max_ts_out = out_ts;
             self.max_ts_at = Some(now);
         }
-        Some((out_seq, out_ts))
+        (out_seq, out_ts)
+    }
+
+    /// The output number of late input `seq` (at or before `max_in`): its
+    /// offset plus the drops after it; `None` for a dropped number or one
+    /// before a forgotten drop.
+    fn late_output(&self, seq: u16) -> Option<u16> {
+        if self.drops == 0 && self.forgotten_drop.is_none() {
+            return Some(seq.wrapping_add(self.seq_offset));
+        }
+        let behind = self.max_in.wrapping_sub(seq);
+        if behind < DROP_WINDOW {
+            let (word, bit) = drop_bit(seq);
+            if self.dropped.get(word).is_some_and(|w| w & bit != 0) {
+                return None;
+            }
+        } else if self
+            .forgotten_drop
+            .is_some_and(|f| (f.wrapping_sub(seq) as i16) >= 0)
+        {
+            return None;
+        }
+        let after = self.drops_after(seq);
+        Some(seq.wrapping_add(self.seq_offset).wrapping_add(after))
+    }
+
+    /// Drops recorded after input `seq` up to `max_in` (all of them when
+    /// `seq` is older than the window).
+    fn drops_after(&self, seq: u16) -> u16 {
+        let behind = self.max_in.wrapping_sub(seq);
+        if self.drops == 0 || behind == 0 {
+            return 0;
+        }
+        if behind >= DROP_WINDOW {
+            return self.drops;
+        }
+        // Positions seq+1 ..= max_in, word by word.
+        let mut at = seq.wrapping_add(1);
+        let mut left = behind;
+        let mut count = 0u32;
+        while left > 0 {
+            let bit = at % 64;
+            let n = (64 - bit).min(left);
+            let mask = low_bits(n) << bit;
+            let (word, _) = drop_bit(at);
+            count += self
+                .dropped
+                .get(word)
+                .map_or(0, |w| (w & mask).count_ones());
+            at = at.wrapping_add(n);
+            left -= n;
+        }
+        count as u16
+    }
+
+    /// `max_in` moves forward to `seq`: the numbers it passes leave the
+    /// window (a drop among them is forgotten).
+    fn advance(&mut self, seq: u16) {
+        let from = self.max_in;
+        self.max_in = seq;
+        if let Some(f) = self.forgotten_drop
+            && seq.wrapping_sub(f) > RESTART_JUMP
+        {
+            // Anything that old is taken as a restart, never mapped.
+            self.forgotten_drop = None;
+        }
+        if self.drops == 0 {
+            return;
+        }
+        let d = seq.wrapping_sub(from);
+        if d >= DROP_WINDOW {
+            // Every recorded drop leaves (the newest is at most `from`).
+            self.dropped = [0; DROP_WORDS];
+            self.drops = 0;
+            self.forgotten_drop = Some(from);
+            return;
+        }
+        for i in 1..=d {
+            // Number `from + i` takes the bit of `from + i - DROP_WINDOW`.
+            let at = from.wrapping_add(i);
+            let (word, bit) = drop_bit(at);
+            if let Some(w) = self.dropped.get_mut(word)
+                && *w & bit != 0
+            {
+                *w &= !bit;
+                self.drops = self.drops.saturating_sub(1);
+                self.forgotten_drop = Some(at.wrapping_sub(DROP_WINDOW));
+                if self.drops == 0 {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The input number `k` kept (not dropped) numbers below the newest
+    /// input (`k` = 0: the newest kept one).
+    fn kept_below(&self, k: u16) -> u16 {
+        let mut k = u32::from(k);
+        let mut at = self.max_in;
+        let mut left = DROP_WINDOW;
+        while left > 0 {
+            // Positions at, at-1, ..., at-n+1: the rest of this word.
+            let bit = at % 64;
+            let n = (bit + 1).min(left);
+            let (word, _) = drop_bit(at);
+            let w = self.dropped.get(word).copied().unwrap_or(0);
+            let mask = low_bits(n) << (bit + 1 - n);
+            let kept = u32::from(n) - (w & mask).count_ones();
+            if k < kept {
+                for i in 0..n {
+                    if w & (1u64 << (bit - i)) == 0 {
+                        if k == 0 {
+                            return at.wrapping_sub(i);
+                        }
+                        k -= 1;
+                    }
+                }
+            }
+            k = k.saturating_sub(kept);
+            at = at.wrapping_sub(n);
+            left -= n;
+        }
+        // Below the window no drop is recorded.
+        at.wrapping_sub(k as u16)
     }
 
     /// The input sequence number that was (or would be) sent as `out_seq`
     /// since the last re-base, if any: what a NACK for `out_seq` asks the
     /// source to repeat. `None` for numbers of an earlier source, not yet
-    /// sent, or before the first packet.
+    /// sent, before the first packet, or [forgotten](Self::forgotten).
     pub fn input_seq(&self, out_seq: u16) -> Option<u16> {
+        self.map_back(out_seq).ok()
+    }
+
+    /// Whether `out_seq` was sent since the last re-base but lies before a
+    /// dropped number that has left the window ([`DROP_WINDOW`] input
+    /// numbers), so it no longer maps back: older than any packet cache
+    /// holds (the caches keep at most [`DROP_WINDOW`] packets).
+    pub fn forgotten(&self, out_seq: u16) -> bool {
+        self.map_back(out_seq) == Err(Unmapped::Forgotten)
+    }
+
+    fn map_back(&self, out_seq: u16) -> Result<u16, Unmapped> {
         if self.state != State::Synced
             || (out_seq.wrapping_sub(self.base_out) as i16) < 0
             || (self.max_out.wrapping_sub(out_seq) as i16) < 0
         {
-            return None;
+            return Err(Unmapped::Unknown);
         }
-        Some(out_seq.wrapping_sub(self.seq_offset))
+        if self.drops == 0 && self.forgotten_drop.is_none() {
+            return Ok(out_seq.wrapping_sub(self.seq_offset));
+        }
+        // The newest input's number, then one less per kept input below it.
+        let head = self.max_in.wrapping_add(self.seq_offset);
+        let k = head.wrapping_sub(out_seq);
+        if (k as i16) < 0 {
+            return Err(Unmapped::Unknown);
+        }
+        let seq = self.kept_below(k);
+        // Checked the other way: a number before a forgotten drop is not
+        // known.
+        match self.late_output(seq) {
+            Some(out) if out == out_seq => Ok(seq),
+            Some(_) => Err(Unmapped::Unknown),
+            None => Err(Unmapped::Forgotten),
+        }
     }
 
     /// Whether a packet was sent since the last re-base, so the offsets
@@ -142,9 +366,14 @@ impl StreamRewriter {
         ts.wrapping_add(self.ts_offset)
     }
 
-    /// The output sequence number of input `seq` under the current offset.
-    pub fn output_seq(&self, seq: u16) -> u16 {
-        seq.wrapping_add(self.seq_offset)
+    /// The output sequence number of input `seq` under the current offset
+    /// (and the drops after it, for input at or before the newest); `None`
+    /// for a dropped number or one whose drops are forgotten.
+    pub fn output_seq(&self, seq: u16) -> Option<u16> {
+        if (seq.wrapping_sub(self.max_in) as i16) > 0 {
+            return Some(seq.wrapping_add(self.seq_offset));
+        }
+        self.late_output(seq)
     }
 
     fn rebase_after_gap(&mut self, seq: u16, ts: u32, now: Instant) {
@@ -162,7 +391,23 @@ impl StreamRewriter {
         self.ts_offset = out_ts.wrapping_sub(ts);
         self.max_in = seq;
         self.base_out = out_seq;
+        if self.drops > 0 || self.forgotten_drop.is_some() {
+            self.dropped = [0; DROP_WORDS];
+            self.drops = 0;
+            self.forgotten_drop = None;
+        }
     }
+}
+
+/// The word and bit of input number `seq` in the drop bitmap.
+fn drop_bit(seq: u16) -> (usize, u64) {
+    let at = seq % DROP_WINDOW;
+    (usize::from(at / 64), 1u64 << (at % 64))
+}
+
+/// A mask of the `n` (1..=64) lowest bits.
+fn low_bits(n: u16) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 #[cfg(test)]
@@ -318,5 +563,217 @@ mod tests {
         assert!(r.rewrite(50_000, 0, t0).is_some());
         assert_eq!(r.rewrite(49_999, 0, t0), None);
         assert_eq!(r.input_seq(out), None);
+    }
+
+    /// (input seq, padding-only, expected output: `None` for not sent).
+    type PadStep = (u16, bool, Option<u16>);
+
+    /// Runs `steps` through one rewriter (padding dropped, media
+    /// rewritten); returns it for NACK checks.
+    fn run_padding(first_seq: u16, steps: &[PadStep]) -> StreamRewriter {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, first_seq, 0);
+        for (i, &(seq, padding, want)) in steps.iter().enumerate() {
+            let got = if padding {
+                r.drop_input(seq);
+                None
+            } else {
+                r.rewrite(seq, u32::from(seq) * 3000, t0).map(|(s, _)| s)
+            };
+            assert_eq!(got, want, "step {i}: in {seq} (padding {padding})");
+        }
+        r
+    }
+
+    #[test]
+    fn dropped_padding_leaves_no_gap() {
+        let r = run_padding(
+            100,
+            &[
+                (10, false, Some(100)),
+                (11, true, None),
+                (12, true, None),
+                (13, false, Some(101)),
+                (14, false, Some(102)),
+                (15, true, None),
+                (16, false, Some(103)),
+            ],
+        );
+        // NACKs map back to the media packets, never to padding.
+        for (out, input) in [(100, 10), (101, 13), (102, 14), (103, 16)] {
+            assert_eq!(r.input_seq(out), Some(input), "out {out}");
+            assert_eq!(r.output_seq(input), Some(out), "in {input}");
+        }
+        assert_eq!(r.input_seq(104), None, "not sent yet");
+        assert_eq!(r.output_seq(11), None, "dropped");
+    }
+
+    #[test]
+    fn reordering_around_dropped_padding() {
+        let r = run_padding(
+            100,
+            &[
+                (10, false, Some(100)),
+                // 11 and 12 are late; 13 is padding.
+                (13, true, None),
+                (14, false, Some(103)),
+                (12, false, Some(102)),
+                (11, false, Some(101)),
+                // Padding after later media was numbered: its number (104)
+                // stays unused, nothing after it moves.
+                (16, false, Some(105)),
+                (15, true, None),
+                (17, false, Some(106)),
+                // A late duplicate keeps its number; media under a dropped
+                // number is refused (its number belongs to another).
+                (14, false, Some(103)),
+                (13, false, None),
+                // Older than the first packet sent: refused, as before.
+                (9, false, None),
+            ],
+        );
+        for (out, input) in [
+            (101, 11),
+            (102, 12),
+            (103, 14),
+            (104, 15),
+            (105, 16),
+            (106, 17),
+        ] {
+            assert_eq!(r.input_seq(out), Some(input), "out {out}");
+        }
+    }
+
+    #[test]
+    fn padding_across_the_sequence_wrap() {
+        let r = run_padding(
+            65_534,
+            &[
+                (65_533, false, Some(65_534)),
+                (65_534, true, None),
+                (65_535, false, Some(65_535)),
+                (0, true, None),
+                (1, true, None),
+                (2, false, Some(0)),
+                (65_534, false, None), // the dropped number, late
+                (3, false, Some(1)),
+            ],
+        );
+        assert_eq!(r.input_seq(65_535), Some(65_535));
+        assert_eq!(r.input_seq(0), Some(2));
+        assert_eq!(r.input_seq(1), Some(3));
+        assert_eq!(r.input_seq(65_534), Some(65_533));
+    }
+
+    #[test]
+    fn padding_before_the_first_packet_or_a_rebase_reserves_nothing() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 50, 0);
+        r.drop_input(7);
+        assert_eq!(r.rewrite(8, 0, t0), Some((50, 0)));
+        r.drop_input(9);
+        // Switched to another source: its numbering continues after 50.
+        r.resync();
+        r.drop_input(10);
+        assert_eq!(r.rewrite(5000, 0, t0).map(|o| o.0), Some(51));
+        r.drop_input(5001);
+        assert_eq!(r.rewrite(5002, 0, t0).map(|o| o.0), Some(52));
+        // The old source's drop is gone; the new one's counts.
+        assert_eq!(r.input_seq(51), Some(5000));
+        assert_eq!(r.input_seq(52), Some(5002));
+        assert_eq!(r.input_seq(50), None, "before the re-base");
+        assert_eq!(r.rewrite(4999, 0, t0), None, "before the re-base");
+    }
+
+    /// A drop that leaves the window makes older input unmappable; input
+    /// after it still maps.
+    #[test]
+    fn drops_older_than_the_window_are_forgotten_safely() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 0, 0);
+        assert_eq!(r.rewrite(0, 0, t0).map(|o| o.0), Some(0));
+        // 1 is late; 2 and 1100 are padding.
+        r.drop_input(2);
+        let mut out = 2u16;
+        for seq in 3..=1500u16 {
+            if seq == 1100 {
+                r.drop_input(seq);
+                continue;
+            }
+            assert_eq!(r.rewrite(seq, 0, t0).map(|o| o.0), Some(out), "seq {seq}");
+            out += 1;
+        }
+        // 1 is more than the window behind and before the forgotten drop.
+        assert_eq!(r.rewrite(1, 0, t0), None);
+        assert_eq!(r.output_seq(1), None);
+        assert_eq!(r.input_seq(1), None);
+        assert!(r.forgotten(1), "sent long ago");
+        assert!(!r.forgotten(2) && !r.forgotten(1499), "mapped, not sent");
+        // After it but beyond the window: only the drop of 1100 follows.
+        assert_eq!(r.input_seq(2), Some(3));
+        assert_eq!(r.output_seq(400), Some(400 - 2 + 1));
+        assert_eq!(r.input_seq(399), Some(400));
+        // Within the window, around the second drop.
+        assert_eq!(r.input_seq(1098), Some(1099));
+        assert_eq!(r.input_seq(1099), Some(1101));
+        assert_eq!(r.input_seq(1498), Some(1500));
+    }
+
+    proptest::proptest! {
+        /// Any mix of padding, loss and reordering (within 5 places):
+        /// forwarded packets keep their order, never share a number, and
+        /// every number maps back to its packet; in order and without
+        /// loss, the numbers are consecutive.
+        #[test]
+        fn padding_loss_and_reordering_keep_numbers_unique_and_mapped(
+            start in proptest::prelude::any::<u16>(),
+            kinds in proptest::collection::vec(0u8..10, 1..3000),
+            swaps in proptest::collection::vec((0usize..3000, 1usize..5), 0..200),
+        ) {
+            let t0 = Instant::now();
+            let mut r = StreamRewriter::new(90_000, 7, 0);
+            // 0: padding, 1: lost, else media.
+            let mut order: Vec<usize> = (0..kinds.len()).collect();
+            for &(at, by) in &swaps {
+                if at + by < order.len() {
+                    order.swap(at, at + by);
+                }
+            }
+            let mut sent: Vec<(u16, u16)> = Vec::new();
+            for &i in &order {
+                let seq = start.wrapping_add(i as u16);
+                match kinds[i] {
+                    0 => r.drop_input(seq),
+                    1 => {}
+                    _ => {
+                        if let Some((out, _)) = r.rewrite(seq, 0, t0) {
+                            sent.push((i as u16, out));
+                        }
+                    }
+                }
+            }
+            // Unique and in input order (relative to the first output).
+            let first = sent.first().map_or(0, |s| s.1);
+            let mut by_input: Vec<(u16, u16)> = sent
+                .iter()
+                .map(|&(i, o)| (i, o.wrapping_sub(first).wrapping_add(0x8000)))
+                .collect();
+            by_input.sort_unstable();
+            by_input.dedup();
+            for w in by_input.windows(2) {
+                proptest::prop_assert!(w[0].1 < w[1].1, "{:?}", w);
+            }
+            // The newest sent numbers map back (older ones may have left
+            // the window after a drop).
+            for &(i, out) in by_input.iter().rev().take(500) {
+                let out = out.wrapping_sub(0x8000).wrapping_add(first);
+                proptest::prop_assert_eq!(r.input_seq(out), Some(start.wrapping_add(i)));
+            }
+            if swaps.is_empty() && !kinds.contains(&1) {
+                for w in by_input.windows(2) {
+                    proptest::prop_assert_eq!(w[1].1 - w[0].1, 1);
+                }
+            }
+        }
     }
 }

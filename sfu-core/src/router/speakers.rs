@@ -136,6 +136,35 @@ impl Router {
         Ok(())
     }
 
+    /// Marks the consumers of the `Slots` subscriber in `slot` that show a
+    /// participant its subscription pins as pinned (for the bandwidth
+    /// allocator), the others as not; other subscribers' pins are their
+    /// own ([`super::Command::SetPinned`]).
+    pub(super) fn mark_pins(&mut self, slot: u32) {
+        let Some(ep) = self.endpoint(slot) else {
+            return;
+        };
+        let Subscription::Slots { pinned, .. } = &ep.subscription else {
+            return;
+        };
+        let pins: Vec<bool> = ep
+            .consumers
+            .iter()
+            .map(|c| {
+                c.attached
+                    && c.source
+                        .and_then(|s| self.producers.get(&s))
+                        .and_then(|p| self.endpoint(p.endpoint))
+                        .is_some_and(|e| pinned.contains(&speaker_key(e)))
+            })
+            .collect();
+        if let Some(ep) = self.endpoint_mut(slot) {
+            for (c, pin) in ep.consumers.iter_mut().zip(pins) {
+                c.pinned = pin;
+            }
+        }
+    }
+
     /// The endpoint in `slot` got an audio producer: its participant joins
     /// the room's speakers (once, however many of its endpoints publish
     /// audio).

@@ -221,11 +221,17 @@ counter_table! {
         SubscriberUnreachable => "subscriber_unreachable", "The subscriber has no known address.";
         /// An egress copy could not be protected (too large for a buffer).
         ProtectFailed => "protect_failed", "An egress copy could not be protected.";
-        /// A late packet from before a consumer's source switch.
-        StaleAfterSwitch => "stale_after_switch", "A late packet from before a source switch.";
+        /// A late packet from before a consumer's source switch, or one
+        /// its consumer can no longer number (under a dropped padding
+        /// packet's number, or older than a forgotten one).
+        StaleAfterSwitch => "stale_after_switch", "A late packet from before a source switch (or that can no longer be numbered).";
         /// An RTX packet without an original sequence number: padding only
         /// (a bandwidth probe), nothing to forward.
         RtxPadding => "rtx_padding", "RTX packet without payload (a probe): nothing to forward.";
+        /// A publisher's media packet without payload (padding only: a
+        /// bandwidth probe, or a keep-alive): not forwarded, and its
+        /// consumers number on without it (see [`crate::router::seq`]).
+        PaddingOnly => "padding_only", "Media packet without payload (padding only): not forwarded, numbering kept gap-free.";
         /// An RTX packet repairing a packet the node was not missing (a
         /// duplicate, or a publisher's RTX probe).
         RtxDuplicate => "rtx_duplicate", "RTX packet for a packet the node was not missing.";
@@ -361,7 +367,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::COUNT);
-        assert_eq!(DropReason::COUNT, 22);
+        assert_eq!(DropReason::COUNT, 23);
         assert_eq!(RemovalReason::ConsentLost.as_str(), "consent_lost");
     }
 }

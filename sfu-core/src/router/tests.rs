@@ -138,6 +138,7 @@ pub(super) fn video(ssrc: u32) -> Vec<TrackConfig> {
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     }]
 }
 

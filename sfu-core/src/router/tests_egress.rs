@@ -381,3 +381,274 @@ fn a_top_layer_that_starts_late_is_not_taken_for_a_cheap_one() {
         assert_eq!(l, 0, "second {s}: {layer_at:?}");
     }
 }
+
+/// Priorities on a virtual clock: two three-layer tracks (160, 480 and
+/// 1,040 kbit/s) from two publishers and one subscriber whose estimate
+/// (REMB) fits both middle layers and one top layer: the top layer goes
+/// to the higher priority, whatever the consumers' order.
+mod priorities {
+    use super::*;
+    use crate::wire::rtcp;
+
+    /// Bytes of one packet per layer; 100 packets/s each: 160, 480 and
+    /// 1,040 kbit/s.
+    const SIZES: [usize; 3] = [200, 600, 1500 - 200];
+
+    /// The tracks' layers; the first publisher's consumer is slot 0.
+    const FIRST: [u32; 3] = [0x100, 0x200, 0x300];
+    const SECOND: [u32; 3] = [0x400, 0x500, 0x600];
+    /// Fits 2 × 480 + 1,040 × 110 % but not a second top layer.
+    const ESTIMATE: u64 = 1_800_000;
+    const SUB: u64 = 10;
+
+    struct Room {
+        router: Router,
+        t0: Instant,
+        pubs: Vec<(Peer, [u32; 3], SocketAddr)>,
+        sub: Peer,
+    }
+
+    fn publisher_config(id: u64, m: Vec<u8>, l: Vec<u8>, tracks: Vec<TrackConfig>) -> Command {
+        Command::AddEndpoint(Box::new(EndpointConfig {
+            id: EndpointId(id),
+            room: RoomId(1),
+            role: Role::Publish,
+            profile: super::super::tests::PROFILE,
+            remote_master: m,
+            local_master: l,
+            tracks,
+            remote: Some(addr(5000 + id as u16)),
+            subscription: Subscription::All,
+            rtcp_ssrc: None,
+            red_payload_type: None,
+            rtx_payload_types: RtxPayloadTypes::default(),
+            twcc_send_extension: None,
+            participant: Some(1000 + id),
+            audio_level_extension: None,
+        }))
+    }
+
+    /// Publishers 1 (`FIRST`) and 2 (`SECOND`, a screen share if
+    /// `screen`), and subscriber `SUB` with `subscription`.
+    fn room(screen: bool, subscription: Subscription) -> Room {
+        let t0 = Instant::now();
+        let mut router = Router::new(RouterConfig::default());
+        router
+            .handle_command(t0, Command::CreateRoom(RoomId(1)))
+            .unwrap();
+        let mut pubs = Vec::new();
+        for (id, layers) in [(1u64, FIRST), (2, SECOND)] {
+            let (peer, m, l) = Peer::new(id as u8);
+            let mut tracks = super::super::tests_simulcast::vp8_layers(&layers);
+            if id == 2 && screen {
+                for t in &mut tracks {
+                    t.source = TrackSource::Screen;
+                }
+            }
+            router
+                .handle_command(t0, publisher_config(id, m, l, tracks))
+                .unwrap();
+            pubs.push((peer, layers, addr(5000 + id as u16)));
+        }
+        let (sub, m, l) = Peer::new(SUB as u8);
+        let c = consumers(
+            router
+                .handle_command(
+                    t0,
+                    Command::AddEndpoint(Box::new(EndpointConfig {
+                        id: EndpointId(SUB),
+                        room: RoomId(1),
+                        role: Role::Subscribe,
+                        profile: super::super::tests::PROFILE,
+                        remote_master: m,
+                        local_master: l,
+                        tracks: vec![],
+                        remote: Some(addr(6000)),
+                        subscription,
+                        rtcp_ssrc: None,
+                        red_payload_type: None,
+                        rtx_payload_types: RtxPayloadTypes::default(),
+                        twcc_send_extension: Some(TWCC_ID),
+                        participant: None,
+                        audio_level_extension: None,
+                    })),
+                )
+                .unwrap(),
+        );
+        assert_eq!(c.len(), 2);
+        Room {
+            router,
+            t0,
+            pubs,
+            sub,
+        }
+    }
+
+    /// Layer `l` packet `n` of a track with `layers` (a keyframe every
+    /// second).
+    fn packet(p: &mut Peer, layers: [u32; 3], l: usize, n: u32) -> Vec<u8> {
+        let mut buf = [0u8; 1500];
+        let h = write_header(
+            &mut buf,
+            &RtpHeader {
+                marker: true,
+                payload_type: 96,
+                sequence_number: n as u16,
+                timestamp: n.wrapping_mul(900),
+                ssrc: layers[l],
+            },
+            &[],
+        )
+        .unwrap();
+        let size = SIZES[l] - h - 16;
+        buf[h..h + 4].copy_from_slice(&[0x90, 0x80, 0x80 | (n >> 8) as u8 & 0x7f, n as u8]);
+        buf[h + 4] = u8::from(!n.is_multiple_of(100));
+        let len = p.tx.protect_rtp(&mut buf, h + size).unwrap();
+        buf[..len].to_vec()
+    }
+
+    /// Runs steps `steps` (10 ms each): one packet per layer of each
+    /// track, and a REMB of [`ESTIMATE`] from the subscriber every 100 ms.
+    fn run(r: &mut Room, steps: std::ops::Range<u32>) {
+        let mut sink = Sink::new();
+        for step in steps {
+            let now = r.t0 + Duration::from_millis(u64::from(step) * 10);
+            for (peer, layers, from) in &mut r.pubs {
+                for l in 0..3 {
+                    let mut p = packet(peer, *layers, l, step);
+                    r.router.handle_input(now, *from, &mut p, &mut sink);
+                }
+            }
+            if step % 10 == 0 {
+                let mut out = [0u8; 1500];
+                let n = rtcp::write_remb(&mut out, 0x5050, ESTIMATE, &[]).unwrap();
+                let n = r.sub.tx.protect_rtcp(&mut out, n).unwrap();
+                let mut d = out[..n].to_vec();
+                r.router.handle_input(now, addr(6000), &mut d, &mut sink);
+            }
+            r.router.handle_timeout(now, &mut sink);
+            sink.sent.clear();
+        }
+    }
+
+    /// The layer index (in the track) each of the subscriber's consumers
+    /// forwards, in slot order.
+    fn forwarded(r: &Room) -> Vec<Option<usize>> {
+        let slot = r.router.by_id[&EndpointId(SUB)];
+        let ep = r.router.endpoint(slot).unwrap();
+        ep.consumers
+            .iter()
+            .map(|c| {
+                let layers = if c.source == Some(FIRST[0]) {
+                    FIRST
+                } else {
+                    SECOND
+                };
+                c.layer.and_then(|l| layers.iter().position(|&x| x == l))
+            })
+            .collect()
+    }
+
+    fn sources(r: &Room) -> Vec<Option<u32>> {
+        let slot = r.router.by_id[&EndpointId(SUB)];
+        let ep = r.router.endpoint(slot).unwrap();
+        ep.consumers.iter().map(|c| c.source).collect()
+    }
+
+    #[test]
+    fn the_screen_share_gets_the_top_layer_before_a_camera() {
+        // Control: two cameras, equal priority: slot order decides.
+        let mut r = room(false, Subscription::All);
+        assert_eq!(sources(&r), [Some(FIRST[0]), Some(SECOND[0])]);
+        run(&mut r, 0..400);
+        assert_eq!(forwarded(&r), [Some(2), Some(1)]);
+        // The second track is a screen share: it takes the top layer.
+        let mut r = room(true, Subscription::All);
+        assert_eq!(sources(&r), [Some(FIRST[0]), Some(SECOND[0])]);
+        run(&mut r, 0..400);
+        assert_eq!(forwarded(&r), [Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn a_pinned_camera_gets_the_top_layer_before_another() {
+        let mut r = room(false, Subscription::All);
+        run(&mut r, 0..300);
+        assert_eq!(forwarded(&r), [Some(2), Some(1)]);
+        // The subscriber pins the second camera: the next allocation (at
+        // once) moves the top layer to it, at its keyframes.
+        r.router
+            .handle_command(
+                r.t0 + Duration::from_millis(3000),
+                Command::SetPinned {
+                    endpoint: EndpointId(SUB),
+                    kind: MediaKind::Video,
+                    slot: 1,
+                    pinned: true,
+                },
+            )
+            .unwrap();
+        run(&mut r, 300..600);
+        assert_eq!(forwarded(&r), [Some(1), Some(2)]);
+        // A screen share still comes before a pinned camera.
+        let mut r = room(true, Subscription::All);
+        r.router
+            .handle_command(
+                r.t0,
+                Command::SetPinned {
+                    endpoint: EndpointId(SUB),
+                    kind: MediaKind::Video,
+                    slot: 0,
+                    pinned: true,
+                },
+            )
+            .unwrap();
+        run(&mut r, 0..400);
+        assert_eq!(forwarded(&r), [Some(1), Some(2)]);
+    }
+
+    /// A `Slots` subscriber's consumers showing a participant it pins are
+    /// pinned, and follow the pin list; it cannot pin by command.
+    #[test]
+    fn a_slots_subscribers_pins_follow_its_subscription() {
+        let slots = |pinned: Vec<u64>| Subscription::Slots {
+            video: 2,
+            audio: 0,
+            pinned,
+            exclude: None,
+        };
+        let mut r = room(false, slots(vec![1002]));
+        let pins = |r: &Room| -> Vec<(Option<u32>, bool)> {
+            let slot = r.router.by_id[&EndpointId(SUB)];
+            let ep = r.router.endpoint(slot).unwrap();
+            ep.consumers.iter().map(|c| (c.source, c.pinned)).collect()
+        };
+        // The pinned participant's track fills the first slot.
+        assert_eq!(pins(&r), [(Some(SECOND[0]), true), (Some(FIRST[0]), false)]);
+        let both = r
+            .router
+            .handle_command(
+                r.t0,
+                Command::SetSubscription(EndpointId(SUB), slots(vec![1001, 1002])),
+            )
+            .unwrap();
+        assert!(matches!(both, Outcome::Consumers(_)));
+        assert!(pins(&r).iter().all(|p| p.1), "{:?}", pins(&r));
+        r.router
+            .handle_command(
+                r.t0,
+                Command::SetSubscription(EndpointId(SUB), slots(vec![])),
+            )
+            .unwrap();
+        assert!(pins(&r).iter().all(|p| !p.1), "{:?}", pins(&r));
+        let refused = r.router.handle_command(
+            r.t0,
+            Command::SetPinned {
+                endpoint: EndpointId(SUB),
+                kind: MediaKind::Video,
+                slot: 0,
+                pinned: true,
+            },
+        );
+        assert!(matches!(refused, Err(RouterError::Invalid(_))));
+    }
+}

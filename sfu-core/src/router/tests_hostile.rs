@@ -132,7 +132,8 @@ fn assert_still_forwarding(r: &mut Room1, bystander: &mut Peer, label: &str) {
 #[test]
 fn authentic_malformed_rtp_is_dropped_and_every_room_keeps_forwarding() {
     let (mut r, mut bystander, _) = with_bystander(2);
-    // (case, plaintext builder args, valid?)
+    // (case, plaintext builder args, valid? — a valid packet without
+    // payload is dropped as padding only, the others are forwarded)
     type Case<'a> = (
         &'a str,
         u8,
@@ -276,7 +277,7 @@ fn authentic_malformed_rtp_is_dropped_and_every_room_keeps_forwarding() {
         ),
         ("padding of 255", 0, None, &[7; 300], Some((255, 255)), true),
     ];
-    let mut malformed = 0;
+    let (mut malformed, mut padding_only) = (0, 0);
     for &(name, csrcs, ext, payload, padding, valid) in cases {
         let seq = r.publisher.seq;
         r.publisher.seq = seq.wrapping_add(1);
@@ -288,7 +289,11 @@ fn authentic_malformed_rtp_is_dropped_and_every_room_keeps_forwarding() {
         let copies = (0..r.subs.len())
             .map(|k| sink.count_to(addr(6000 + k as u16)))
             .sum::<usize>();
-        if valid {
+        if valid && payload.is_empty() {
+            // Valid, but nothing to forward: padding only (or nothing).
+            padding_only += 1;
+            assert_eq!(copies, 0, "{name}: not forwarded");
+        } else if valid {
             assert_eq!(
                 copies,
                 r.subs.len(),
@@ -316,6 +321,11 @@ fn authentic_malformed_rtp_is_dropped_and_every_room_keeps_forwarding() {
             r.router.stats().dropped(DropReason::Malformed),
             malformed,
             "{name}: counted as malformed"
+        );
+        assert_eq!(
+            r.router.stats().dropped(DropReason::PaddingOnly),
+            padding_only,
+            "{name}: counted as padding only"
         );
         assert_still_forwarding(&mut r, &mut bystander, name);
     }
@@ -492,6 +502,7 @@ fn every_consumer_has_an_outbound_stream() {
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
                 red_payload_type: None,
+                source: TrackSource::Camera,
             },
             TrackConfig {
                 kind: MediaKind::Audio,
@@ -501,6 +512,7 @@ fn every_consumer_has_an_outbound_stream() {
                 codec: crate::codec::Codec::Vp8,
                 layer_of: None,
                 red_payload_type: None,
+                source: TrackSource::Camera,
             },
         ];
         let cmd = endpoint(
@@ -633,6 +645,7 @@ fn client_created_state_is_bounded() {
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     };
     let three = vec![
         track(1, MediaKind::Video),

@@ -62,6 +62,7 @@ fn red_room_numbered(twcc: Option<u8>) -> RedRoom {
         codec: crate::codec::Codec::Opus,
         layer_of: None,
         red_payload_type: Some(RED),
+        source: TrackSource::Camera,
     };
     let publish = endpoint(
         1,
@@ -190,15 +191,13 @@ fn plain_opus_of_a_red_publisher_passes_as_plain() {
 #[test]
 fn malformed_red_is_counted_and_not_forwarded() {
     let mut r = red_room();
-    let hostile: [&[u8]; 4] = [
+    let hostile: [&[u8]; 3] = [
         // Truncated redundant header.
         &[0x80 | OPUS, 0x00],
         // Block length past the end.
         &[0x80 | OPUS, 0, 0x03, 0xff, OPUS, 1, 2],
         // No primary header.
         &[0x80 | OPUS, 0, 0, 0],
-        // Empty payload.
-        &[],
     ];
     for (i, payload) in hostile.iter().enumerate() {
         let [red, plain] = r.send(RED, payload);
@@ -209,6 +208,12 @@ fn malformed_red_is_counted_and_not_forwarded() {
             "one drop per consumer"
         );
     }
+    // An empty payload is nothing to forward, RED or not: dropped once, as
+    // padding only.
+    let [red, plain] = r.send(RED, &[]);
+    assert!(red.is_empty() && plain.is_empty());
+    assert_eq!(r.router.stats().dropped(DropReason::RedMalformed), 6);
+    assert_eq!(r.router.stats().dropped(DropReason::PaddingOnly), 1);
     // A primary block that is not Opus is not unwrapped into Opus; the RED
     // subscriber still gets it as sent.
     let cn = [0x80 | OPUS, 0, 0, 1, 13, 0xa1, 0xb1];
@@ -216,7 +221,7 @@ fn malformed_red_is_counted_and_not_forwarded() {
     assert_eq!(red.len(), 1);
     assert_eq!(view(&red[0]).payload(), cn);
     assert!(plain.is_empty());
-    assert_eq!(r.router.stats().dropped(DropReason::RedMalformed), 9);
+    assert_eq!(r.router.stats().dropped(DropReason::RedMalformed), 7);
     // Well-formed RED flows again.
     let [red, plain] = r.send(RED, &RED_PAYLOAD);
     assert_eq!((red.len(), plain.len()), (1, 1));
@@ -237,6 +242,7 @@ fn red_payload_types_are_checked() {
         codec: crate::codec::Codec::Opus,
         layer_of: None,
         red_payload_type: red,
+        source: TrackSource::Camera,
     };
     for (t, sub_red) in [
         (track(MediaKind::Video, Some(RED)), None),

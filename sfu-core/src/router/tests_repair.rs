@@ -70,6 +70,7 @@ fn setup() -> Setup {
                     codec: crate::codec::Codec::Vp8,
                     layer_of: None,
                     red_payload_type: None,
+                    source: TrackSource::Camera,
                 }],
                 remote: Some(PUB),
                 subscription: Subscription::All,

@@ -75,6 +75,7 @@ pub(super) fn vp8_layers(ssrcs: &[u32]) -> Vec<TrackConfig> {
             rtx: None,
             layer_of: ssrcs.first().copied().filter(|&first| first != ssrc),
             red_payload_type: None,
+            source: TrackSource::Camera,
         })
         .collect()
 }
@@ -363,5 +364,91 @@ fn producers_report_rates_and_ranks_and_consumers_read_without_change() {
         r.router
             .handle_command(at, Command::Consumers(EndpointId(999))),
         Err(RouterError::UnknownEndpoint)
+    );
+}
+
+impl Publisher {
+    /// A padding-only packet of layer `l` (a bandwidth probe on the media
+    /// SSRC): no payload, 200 bytes of padding.
+    fn padding(&mut self, l: usize, frame: u32) -> Vec<u8> {
+        let mut buf = [0u8; 1500];
+        let h = write_header(
+            &mut buf,
+            &RtpHeader {
+                marker: false,
+                payload_type: 96,
+                sequence_number: self.seq[l],
+                timestamp: frame.wrapping_mul(4500),
+                ssrc: LAYERS[l],
+            },
+            &[],
+        )
+        .unwrap();
+        self.seq[l] = self.seq[l].wrapping_add(1);
+        buf[0] |= 0x20;
+        buf[h + 199] = 200;
+        let n = self.peer.tx.protect_rtp(&mut buf, h + 200).unwrap();
+        buf[..n].to_vec()
+    }
+}
+
+/// Padding-only packets on every layer, before and after a switch: the
+/// ones of the layer forwarded are dropped from the numbering, the others
+/// never counted; the subscriber's numbering and PictureIDs run on
+/// without a gap and no padding reaches it.
+#[test]
+fn padding_across_a_layer_switch_leaves_no_gap() {
+    let mut r = room(1);
+    let mut sink = Sink::new();
+    // (frame, layer, padding packets after that frame's pictures).
+    let pads = [
+        (2, 2, 3),
+        (2, 1, 1),
+        (4, 0, 2),
+        (8, 1, 2),
+        (10, 2, 4),
+        (11, 1, 3),
+    ];
+    for f in 0..14u32 {
+        if f == 6 {
+            // Capped to the middle layer: switched at its keyframe (9).
+            r.router
+                .handle_command(
+                    r.t0 + Duration::from_millis(300),
+                    Command::SetMaxLayer {
+                        endpoint: EndpointId(100),
+                        slot: 0,
+                        max_layer: Some(1),
+                    },
+                )
+                .unwrap();
+        }
+        let now = r.t0 + Duration::from_millis(u64::from(f) * 50);
+        for l in 0..3 {
+            let key = (l, f) == (2, 0) || (l, f) == (1, 9);
+            let mut pkt = r.publisher.frame(l, f, key, [200, 500, 1100][l]);
+            r.router.handle_input(now, PUB, &mut pkt, &mut sink);
+        }
+        for &(at, l, n) in &pads {
+            if at == f {
+                for _ in 0..n {
+                    let mut pkt = r.publisher.padding(l, f);
+                    r.router.handle_input(now, PUB, &mut pkt, &mut sink);
+                }
+            }
+        }
+    }
+    // Every packet received parses as VP8 (no padding came through).
+    let got = received(&mut r, &mut sink, 0);
+    let tags: Vec<u8> = got.iter().map(|p| p.0).collect();
+    assert_eq!(tags, [2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1], "{got:?}");
+    for w in got.windows(2) {
+        assert_eq!(w[1].1, w[0].1.wrapping_add(1), "sequence continuous");
+        assert_eq!(w[1].2, (w[0].2 + 1) & 0x7fff, "PictureID continuous");
+    }
+    let padding: usize = pads.iter().map(|p| p.2).sum();
+    assert_eq!(
+        r.router.stats().dropped(DropReason::PaddingOnly),
+        padding as u64
     );
 }

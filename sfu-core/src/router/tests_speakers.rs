@@ -137,6 +137,7 @@ impl Sim {
             rtx: None,
             layer_of: None,
             red_payload_type: None,
+            source: TrackSource::Camera,
         };
         let addr = addr(5000 + id as u16);
         let cfg = EndpointConfig {

@@ -262,6 +262,7 @@ fn dtls_keys_forward_media_between_browsers() {
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     };
     f.router
         .handle_command(
@@ -411,6 +412,7 @@ fn simulcast_layers_bind_by_rid_from_authentic_packets() {
         rtx_payload_type: None,
         codec: crate::codec::Codec::Vp8,
         group: 0,
+        source: TrackSource::Camera,
     };
     f.router
         .handle_command(
@@ -562,6 +564,7 @@ fn rid_tracks_are_checked() {
         rtx_payload_type: None,
         codec: crate::codec::Codec::Vp8,
         group: 0,
+        source: TrackSource::Camera,
     };
     for (role, rids) in [
         (Role::Subscribe, vec![layer("h", 96)]),
@@ -624,6 +627,7 @@ fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, 
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     };
     let mut cmd = webrtc_endpoint(1, Role::Publish, vec![track], &pub_cert);
     if let Command::AddWebrtcEndpoint(_, t) = &mut cmd {
@@ -802,6 +806,7 @@ fn lost_consent_removes_the_endpoint_and_it_can_rejoin() {
             codec: crate::codec::Codec::Vp8,
             layer_of: None,
             red_payload_type: None,
+            source: TrackSource::Camera,
         }]
     };
     f.router
@@ -993,6 +998,7 @@ fn joins_attach_new_producers_to_waiting_and_all_subscribers() {
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
+        source: TrackSource::Camera,
     };
     let sdes = |id: u64, role, tracks: Vec<TrackConfig>, subscription| {
         Command::AddEndpoint(Box::new(EndpointConfig {

@@ -145,6 +145,9 @@ pub struct RidTrack {
     /// negotiated: an authentic packet with it whose `repaired-rid` names
     /// the bound layer binds the layer's RTX stream.
     pub rtx_payload_type: Option<u8>,
+    /// What its track shows (`a=content:slides` on its media section: a
+    /// screen share).
+    pub source: super::TrackSource,
 }
 
 /// A [`RidTrack`] and whether its SSRC was learnt.

@@ -253,6 +253,7 @@ fn plan<'o>(
             rtx_payload_type: rtx.map(|c| c.payload_type),
             rtx_ssrcs,
             red_payload_type: red.map(|c| c.payload_type),
+            slides: section.slides,
         },
     })
 }

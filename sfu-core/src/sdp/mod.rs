@@ -225,6 +225,9 @@ pub struct MediaSection {
     pub simulcast: Option<Simulcast>,
     /// `a=msid` value (`<stream id> <track id>`), if present.
     pub msid: Option<String>,
+    /// `a=content` (RFC 4796) names `slides`: the section carries a
+    /// presentation, which a publisher marks its screen share with.
+    pub slides: bool,
 }
 
 impl MediaSection {
@@ -513,6 +516,9 @@ pub struct Negotiated {
     /// may send RED with it, and the node forwards RED to a subscriber
     /// with it ([`OutStream::red`]).
     pub red_payload_type: Option<u8>,
+    /// The offer's section is marked `a=content:slides` (RFC 4796): a
+    /// publisher's screen share ([`MediaSection::slides`]).
+    pub slides: bool,
 }
 
 /// Why an offer was refused or an answer could not be built.

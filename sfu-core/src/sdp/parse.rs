@@ -302,6 +302,7 @@ impl SectionRaw {
                 rids: Vec::new(),
                 simulcast: None,
                 msid: None,
+                slides: false,
             },
             transport: Transport::default(),
             has_mid: false,
@@ -396,6 +397,15 @@ impl SectionRaw {
                     return Err(malformed(no, "a=ssrc-group without SSRCs"));
                 }
                 s.ssrc_groups.push(SsrcGroup { semantics, ssrcs });
+            }
+            "content" => {
+                // RFC 4796: a comma-separated list of tokens (slides,
+                // speaker, sl, main, alt or an extension).
+                let tags = required(v, no, "empty a=content")?;
+                if !tags.split(',').all(is_token) {
+                    return Err(malformed(no, "a=content must list tokens"));
+                }
+                s.slides |= tags.split(',').any(|t| t.eq_ignore_ascii_case("slides"));
             }
             "rid" => s.rids.push(parse_rid(required(v, no, "empty a=rid")?, no)?),
             "simulcast" => {

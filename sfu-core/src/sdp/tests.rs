@@ -1059,3 +1059,35 @@ fn random_mutations_never_panic() {
     assert!(refused > 1000, "refused {refused}");
     assert!(answered > 1000, "answered {answered}");
 }
+
+/// RFC 4796 `a=content`: `slides` (alone or in a list, any case) marks a
+/// section as a presentation (a screen share); other values do not; an
+/// empty or malformed value is refused like any malformed attribute.
+#[test]
+fn content_slides_marks_a_screen_share() {
+    let with = |value: &str| CHROME.replace("a=mid:1\n", &format!("a=mid:1\na=content:{value}\n"));
+    for (value, slides) in [
+        ("slides", true),
+        ("main,SLIDES", true),
+        ("main", false),
+        ("speaker,alt", false),
+    ] {
+        let offer = parse_offer(&crlf(&with(value))).expect("offer");
+        assert!(!offer.media[0].slides, "{value}: the audio section");
+        assert_eq!(offer.media[1].slides, slides, "{value}");
+        let answer = answer(&offer, &params(), &Intent::Publish).expect("answer");
+        assert_eq!(answer.sections[1].slides, slides, "{value}");
+        assert!(!answer.sections[0].slides);
+    }
+    let plain = parse_offer(&crlf(CHROME)).expect("offer");
+    assert!(plain.media.iter().all(|m| !m.slides));
+    for bad in ["", "slides;x", "main,,slides"] {
+        assert!(
+            matches!(
+                parse_offer(&crlf(&with(bad))),
+                Err(SdpError::Malformed { .. })
+            ),
+            "a=content:{bad}"
+        );
+    }
+}
