@@ -90,7 +90,10 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
         .route("/v1/rooms", get(list_rooms).post(create_room))
         .route("/v1/rooms/{room}", delete(delete_room))
         .route("/v1/rooms/{room}/endpoints", post(create_endpoint))
-        .route("/v1/rooms/{room}/endpoints/{id}", delete(delete_endpoint))
+        .route(
+            "/v1/rooms/{room}/endpoints/{id}",
+            get(get_endpoint).delete(delete_endpoint),
+        )
         .route(
             "/v1/rooms/{room}/endpoints/{id}/subscriptions",
             put(set_subscription),
@@ -745,6 +748,38 @@ fn consumers_json(consumers: &[ConsumerInfo]) -> Value {
             })
         })
         .collect()
+}
+
+/// `GET /v1/rooms/{room}/endpoints/{id}` (admin for the room): what the
+/// endpoint receives now and, for a subscriber whose egress is estimated
+/// (WHEP with the transport-wide sequence number), its bandwidth estimate.
+async fn get_endpoint(
+    State(state): State<Arc<AppState>>,
+    token: Token,
+    Params((room, id)): Params<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    token.need(Some(&room), Need::Admin)?;
+    let endpoint = id.clone();
+    let (consumers, bandwidth) =
+        blocking(&state, move |s| s.endpoint_state(&room, &endpoint)).await?;
+    let bandwidth = bandwidth.map(|b| {
+        json!({
+            "target_bps": b.target_bps,
+            "delay_based_bps": b.delay_based_bps,
+            "loss_bound_bps": b.loss_bound_bps,
+            "remb_bps": b.remb_bps,
+            "acked_bps": b.acked_bps,
+            "loss_permille": b.loss_permille,
+            "delay_state": format!("{:?}", b.delay_state).to_lowercase(),
+            "rtt_ms": b.rtt_ms,
+            "paused_videos": b.paused,
+        })
+    });
+    Ok(Json(json!({
+        "id": id,
+        "consumers": consumers_json(&consumers),
+        "bandwidth": bandwidth,
+    })))
 }
 
 async fn create_endpoint(

@@ -41,8 +41,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
-    Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome, ProducerInfo,
-    RemovalReason, Role, RoomId, RtxPayloadTypes, Subscription, TrackConfig, WebrtcTransport,
+    BandwidthInfo, Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome,
+    ProducerInfo, RemovalReason, Role, RoomId, RtxPayloadTypes, Subscription, TrackConfig,
+    WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 pub use sfu_core::sdp::assumed_codec;
@@ -1145,6 +1146,43 @@ impl AppState {
             e => e,
         })?;
         Ok(())
+    }
+
+    /// `GET .../endpoints/{id}`: the endpoint's consumers and bandwidth
+    /// estimate as its worker has them now. Blocks on the worker.
+    pub fn endpoint_state(
+        &self,
+        room: &str,
+        endpoint: &str,
+    ) -> Result<(Vec<ConsumerInfo>, Option<BandwidthInfo>), ApiError> {
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        let unknown = |e| match e {
+            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
+            e => e,
+        };
+        let consumers = match self
+            .request(worker, Command::Consumers(id), None)
+            .map_err(unknown)?
+        {
+            Outcome::Consumers(c) => c,
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "the worker answered a consumer listing with {other:?}"
+                )));
+            }
+        };
+        let bandwidth = match self
+            .request(worker, Command::Bandwidth(id), None)
+            .map_err(unknown)?
+        {
+            Outcome::Bandwidth(b) => b,
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "the worker answered a bandwidth query with {other:?}"
+                )));
+            }
+        };
+        Ok((consumers, bandwidth))
     }
 
     /// `PUT .../layers` with `pinned`: pins or unpins the endpoint's video

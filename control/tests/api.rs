@@ -972,3 +972,36 @@ fn an_admin_caps_a_subscribers_layer() {
     );
     assert_eq!(a.status, 403, "{}", a.text);
 }
+
+#[test]
+fn an_admin_reads_an_endpoints_consumers_and_bandwidth() {
+    let node = TestNode::start(1);
+    node.create_room("state");
+    node.create_endpoint("state", &publisher(7201));
+    let viewer = node.create_endpoint(
+        "state",
+        &json!({
+            "role": "subscribe",
+            "srtp": { "profile": GCM, "key": gcm_key(30) },
+            "subscribe": { "video": [7201] },
+        }),
+    );
+    let id = viewer["id"].as_str().expect("an id");
+    let path = format!("/v1/rooms/state/endpoints/{id}");
+    let a = node.get(&path);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json["id"], id, "{}", a.text);
+    // The same consumers the creation answered.
+    assert_eq!(a.json["consumers"], viewer["consumers"], "{}", a.text);
+    assert_eq!(a.json["consumers"][0]["producer_ssrc"], 7201, "{}", a.text);
+    // An API subscriber negotiated no transport-wide number: no estimate.
+    assert!(a.json["bandwidth"].is_null(), "{}", a.text);
+
+    let a = node.get("/v1/rooms/state/endpoints/00000000000000ff");
+    assert_eq!(a.status, 404, "{}", a.text);
+    let a = node.get(&format!("/v1/rooms/other/endpoints/{id}"));
+    assert_eq!(a.status, 404, "another room's path: {}", a.text);
+    let token = node.token("state", &[Grant::Subscribe]);
+    let a = node.request_as(Some(&format!("Bearer {token}")), "GET", &path, "");
+    assert_eq!(a.status, 403, "{}", a.text);
+}

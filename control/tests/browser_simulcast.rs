@@ -110,6 +110,11 @@ fn a_capped_viewer_gets_the_low_layer_and_moves_up_when_the_cap_is_lifted() {
     let mut cap_at: Option<u64> = None;
     let mut lift_at: Option<u64> = None;
     let mut handle: Option<String> = None;
+    // The viewer's endpoint, from the harness's "subscribed <url>" line, and
+    // its bandwidth estimate polled once a second (`GET .../endpoints/{id}`).
+    let mut viewer: Option<String> = None;
+    let mut bandwidth: Vec<Value> = Vec::new();
+    let mut polled_at = 0;
     let outcome = browser::run_browser_live(
         &dir,
         &Run {
@@ -122,6 +127,16 @@ fn a_capped_viewer_gets_the_low_layer_and_moves_up_when_the_cap_is_lifted() {
             timeout: RUN_TIMEOUT,
         },
         |line| {
+            if let Some(url) = line.and_then(|l| l.strip_prefix("run.mjs: subscribed ")) {
+                viewer = url.trim().rsplit('/').next().map(str::to_owned);
+            }
+            if let Some(id) = viewer.as_deref()
+                && now_ms() >= polled_at + 1000
+            {
+                polled_at = now_ms();
+                let a = node.get(&format!("/v1/rooms/{ROOM}/endpoints/{id}"));
+                bandwidth.push(json!({ "atMs": polled_at, "bandwidth": a.json["bandwidth"] }));
+            }
             if line.is_some_and(|l| l.starts_with("run.mjs: first-frame ")) && cap_at.is_none() {
                 handle = Some(cap(port));
                 cap_at = Some(now_ms());
@@ -147,6 +162,7 @@ fn a_capped_viewer_gets_the_low_layer_and_moves_up_when_the_cap_is_lifted() {
         "liftAtMs": lift_at,
         "seconds": seconds.iter().map(|s| s.json(cap_at, lift_at)).collect::<Vec<_>>(),
         "counters": counters(&node),
+        "viewerBandwidth": bandwidth,
         "shaper": shaper_stats(),
         "publisherLayers": r["publisher"]["layers"],
         "harnessExit": outcome.status,

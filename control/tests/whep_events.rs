@@ -552,6 +552,21 @@ fn layers_are_announced_and_a_layer_selection_switches_the_forwarded_layer() {
         "only q after the switch: {got:x?}"
     );
     assert!(node.worker_metric("sfu_layer_switches_total", 0) > switches);
+    // The admin's view of the session: its consumer on q, and its
+    // bandwidth estimate (it negotiated the transport-wide number), still
+    // at the start rate without feedback.
+    let state = node.get(&format!("/v1/rooms/r/endpoints/{}", s.id));
+    assert_eq!(state.status, 200, "{}", state.text);
+    let bw = &state.json["bandwidth"];
+    assert_eq!(bw["target_bps"], 300_000, "{}", state.text);
+    assert_eq!(bw["loss_bound_bps"], Value::Null, "{}", state.text);
+    assert_eq!(bw["paused_videos"], 0, "{}", state.text);
+    let consumers = state.json["consumers"].as_array().expect("consumers");
+    assert!(
+        consumers.iter().any(|c| c["ssrc"] == slot0),
+        "{}",
+        state.text
+    );
     // An unknown layer is refused; `{}` returns to the node's choice.
     let r = send(
         &node,

@@ -257,6 +257,16 @@ impl Estimator {
         self.aimd.bps()
     }
 
+    /// The loss-based bound, bps, while loss holds the estimate down.
+    pub fn loss_bound_bps(&self) -> Option<u64> {
+        self.loss.bound_bps()
+    }
+
+    /// The latest REMB, bps, if the subscriber sent one.
+    pub fn remb_bps(&self) -> Option<u64> {
+        self.remb
+    }
+
     /// The acknowledged (received) bitrate, bps, once measured.
     pub fn acked_bps(&self) -> Option<u64> {
         self.acked.bps()

@@ -309,9 +309,7 @@ impl Router {
             let bps = (estimate + result.wants_probe_bps).min(estimate * 2);
             // A paused video is probed for at the shortest gap: it is
             // frozen until a probe finds room for its lowest layer.
-            let paused = ep.consumers.iter().any(|c| {
-                c.attached && c.kind == MediaKind::Video && c.source.is_some() && c.target.is_none()
-            });
+            let paused = ep.consumers.iter().any(|c| c.paused());
             if egress.last_probe.is_some() && !paused {
                 egress.probe_gap = (egress.probe_gap * 2).min(PROBE_GAP_MAX);
             }

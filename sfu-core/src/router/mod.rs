@@ -433,6 +433,8 @@ pub enum Command {
     /// An endpoint's consumers as they are now (a last-N slot's producer
     /// changes with the room's speakers); changes nothing.
     Consumers(EndpointId),
+    /// An endpoint's bandwidth estimate as it is now; changes nothing.
+    Bandwidth(EndpointId),
     /// Hand over the endpoints the router removed by itself since the last
     /// such command, with the reason ([`RemovalReason`]).
     TakeRemoved,
@@ -454,6 +456,34 @@ pub enum Outcome {
     /// endpoint's consumers after it, or why it was refused (a refused
     /// change leaves that endpoint as it was).
     Subscriptions(Vec<Result<Vec<ConsumerInfo>, RouterError>>),
+    /// The endpoint's bandwidth estimate ([`Command::Bandwidth`]); `None`
+    /// for an endpoint whose egress is not estimated (no transport-wide
+    /// sequence number negotiated).
+    Bandwidth(Option<BandwidthInfo>),
+}
+
+/// A subscriber's bandwidth estimate as the control plane reports it (see
+/// [`crate::bwe::Estimator`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BandwidthInfo {
+    /// What the node sends it, bps: the lowest of the parts below.
+    pub target_bps: u64,
+    /// The delay-based estimate, bps.
+    pub delay_based_bps: u64,
+    /// The loss-based bound, bps, while loss holds the estimate down.
+    pub loss_bound_bps: Option<u64>,
+    /// The latest REMB, bps.
+    pub remb_bps: Option<u64>,
+    /// What the subscriber acknowledged receiving, bps, once measured.
+    pub acked_bps: Option<u64>,
+    /// Loss over the last interval of at least 20 reported packets, ‰.
+    pub loss_permille: u16,
+    /// What the delay trend says.
+    pub delay_state: crate::bwe::delay::BandwidthUsage,
+    /// The round-trip time in use, ms.
+    pub rtt_ms: u32,
+    /// Video consumers paused because their lowest layer does not fit.
+    pub paused: u16,
 }
 
 /// A producer as the control plane reports it.
@@ -787,6 +817,26 @@ impl Router {
             Command::Consumers(id) => {
                 let at = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
                 Ok(Outcome::Consumers(self.consumer_infos(at)))
+            }
+            Command::Bandwidth(id) => {
+                let at = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+                let ep = self.endpoint(at).ok_or(RouterError::UnknownEndpoint)?;
+                Ok(Outcome::Bandwidth(ep.transport.egress.as_deref().map(
+                    |e| {
+                        let est = &e.estimator;
+                        BandwidthInfo {
+                            target_bps: est.target_bps(),
+                            delay_based_bps: est.delay_based_bps(),
+                            loss_bound_bps: est.loss_bound_bps(),
+                            remb_bps: est.remb_bps(),
+                            acked_bps: est.acked_bps(),
+                            loss_permille: (est.loss_fraction() * 1000.0).round() as u16,
+                            delay_state: est.delay_state(),
+                            rtt_ms: u32::try_from(est.rtt().as_millis()).unwrap_or(u32::MAX),
+                            paused: ep.consumers.iter().filter(|c| c.paused()).count() as u16,
+                        }
+                    },
+                )))
             }
             Command::SetPinned {
                 endpoint,

@@ -114,6 +114,15 @@ impl Consumer {
     pub(super) fn slot(&self) -> u16 {
         self.slot
     }
+
+    /// A video consumer with a producer but no layer to forward: the
+    /// allocation paused it ([`super::egress`]).
+    pub(super) fn paused(&self) -> bool {
+        self.attached
+            && self.kind == MediaKind::Video
+            && self.source.is_some()
+            && self.target.is_none()
+    }
 }
 
 /// A layer's bitrate over the last second, measured from its packets.
@@ -242,6 +251,17 @@ impl Router {
             .as_mut()
             .ok_or(DropReason::NotConnected)?;
         let mut len = keys.rx.unprotect_rtp(buf).map_err(DropReason::from_srtp)?;
+        // Transport-cc acknowledges every authentic arrival, RTX included:
+        // a publisher probes its uplink with padding on its RTX stream,
+        // which is dropped just below, and a probe reported lost holds the
+        // publisher's estimate (and so its simulcast layers) down.
+        let mut twcc = false;
+        if let Some(w) = publisher.transport.webrtc.as_deref_mut() {
+            if let Some(arrived) = buf.get(..len).and_then(|b| RtpPacket::new_checked(b).ok()) {
+                w.record_arrival(&arrived, now);
+            }
+            twcc = w.twcc.is_some();
+        }
         if is_rtx {
             // Authentic: unwrapped into the packet it repairs, which then
             // goes the way of any packet of the stream.
@@ -259,11 +279,6 @@ impl Router {
         let learnt = publisher.transport.authentic_from(src, now)?;
         if learnt {
             self.by_addr.insert(src, ep_slot);
-        }
-        let mut twcc = false;
-        if let Some(w) = publisher.transport.webrtc.as_deref_mut() {
-            w.record_arrival(&packet, now);
-            twcc = w.twcc.is_some();
         }
         // A deadline appeared (learnt address) or may be due sooner than
         // armed (transport-cc feedback): rarely true in a steady stream.

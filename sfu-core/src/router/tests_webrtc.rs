@@ -623,7 +623,10 @@ fn twcc_publisher(f: &mut Fixture, twcc_extension: Option<u8>) -> (SrtpContext, 
         kind: MediaKind::Video,
         ssrc: 4000,
         payload_type: 96,
-        rtx: None,
+        rtx: Some(RtxStream {
+            ssrc: 4001,
+            payload_type: 97,
+        }),
         codec: crate::codec::Codec::Vp8,
         layer_of: None,
         red_payload_type: None,
@@ -727,6 +730,57 @@ fn transport_cc_feedback_reports_authentic_arrivals() {
     };
     assert_eq!((fb.base_seq(), fb.packet_status_count()), (105, 1));
     assert_eq!(fb.fb_pkt_count(), 1);
+}
+
+/// A publisher probes its uplink with padding on its RTX stream: the node
+/// drops the padding but acknowledges its arrival, or the publisher's
+/// estimate (and its simulcast layers) would be held down by "lost" probes.
+#[test]
+fn transport_cc_feedback_acknowledges_rtx_padding_probes() {
+    let mut f = fixture();
+    let (mut pub_tx, mut pub_rx) = twcc_publisher(&mut f, Some(TWCC_EXT));
+    let t0 = f.now;
+    let media = srtp_packet(
+        &mut pub_tx,
+        4000,
+        1,
+        96,
+        &[(TWCC_EXT, &300u16.to_be_bytes())],
+    );
+    f.feed(addr(7000), &media);
+    for (i, tw) in [301u16, 302].into_iter().enumerate() {
+        f.now = t0 + Duration::from_millis(1 + i as u64);
+        let mut buf = vec![0u8; 1500];
+        let n = write_header(
+            &mut buf,
+            &RtpHeader {
+                payload_type: 97,
+                sequence_number: 10 + i as u16,
+                timestamp: 0,
+                ssrc: 4001,
+                marker: false,
+            },
+            &[(TWCC_EXT, &tw.to_be_bytes())],
+        )
+        .unwrap();
+        // Padding only: the P bit, 200 bytes of padding.
+        buf[0] |= 0x20;
+        buf[n + 199] = 200;
+        let len = pub_tx.protect_rtp(&mut buf, n + 200).unwrap();
+        buf.truncate(len);
+        f.feed(addr(7000), &buf);
+    }
+    assert_eq!(f.router.stats().dropped(DropReason::RtxPadding), 2);
+    let mut sink = Sink::default();
+    f.router
+        .handle_timeout(t0 + Duration::from_millis(60), &mut sink);
+    let (mut packet, _) = sink.sent.pop().expect("feedback");
+    let n = pub_rx.unprotect_rtcp(&mut packet).unwrap();
+    let Some(Ok(RtcpPacket::TransportCc(fb))) = RtcpIter::new(&packet[..n]).next() else {
+        panic!("transport-cc expected");
+    };
+    let statuses: Vec<(u16, bool)> = fb.packets().map(|(s, _, d)| (s, d.is_some())).collect();
+    assert_eq!(statuses, [(300, true), (301, true), (302, true)]);
 }
 
 #[test]
