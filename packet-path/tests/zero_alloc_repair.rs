@@ -9,9 +9,10 @@
 //!   translates it per consumer;
 //! * the subscribers negotiated RTX; every 32nd packet each sends a compound
 //!   of a receiver report about its consumer and a generic NACK for two
-//!   recent packets and one it NACKed 32 packets earlier (resent at most
-//!   once per min(100 ms, 2 RTT): throttled): the worker answers from its
-//!   packet cache with RTX;
+//!   recent packets, one it NACKed 32 packets earlier (resent at most
+//!   once per min(100 ms, 2 RTT): throttled) and one 600 packets back,
+//!   older than the cache: the worker answers from its packet cache with
+//!   RTX, and counts the last as not cached;
 //! * the phase lasts at least 3 s, so the worker's 1 s receiver-report
 //!   timer fires for the publisher;
 //! * every 25th packet is padding only (a probe on the media SSRC), sent in
@@ -71,6 +72,10 @@ const PADDING: usize = 255;
 const SR_EVERY: u64 = 5_000;
 /// A subscriber NACKs at every output sequence number divisible by this.
 const NACK_EVERY: u16 = 32;
+/// And, each time, one number this far back: older than the video packet
+/// cache holds (512), so the worker answers it with nothing and counts it as
+/// not cached, whatever the timing.
+const NOT_CACHED_AGO: u16 = 600;
 const TRAIN: usize = 32;
 const TRAINS_PER_SEND: usize = 2;
 /// Most packets sent but not yet seen by every subscriber.
@@ -239,6 +244,7 @@ fn subscribers(mut subs: Vec<Sub>, node: SocketAddr, seen: Arc<Seen>) -> Vec<Sub
                     s.wrapping_sub(NACK_EVERY + 3),
                     s.wrapping_sub(4),
                     s.wrapping_sub(3),
+                    s.wrapping_sub(NOT_CACHED_AGO),
                 ];
                 let nack = write_nack(&mut out[rr..], 0x5eed, sub.ssrc, &lost).expect("room");
                 let len = sub
