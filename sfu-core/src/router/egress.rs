@@ -17,12 +17,14 @@
 //! At most every [`ALLOCATE_INTERVAL`], when feedback arrives, the
 //! subscriber's estimate is divided: audio first, then each video track's
 //! lowest layer, then upgrades one layer at a time (the allocator's
-//! policy), each track's layers in declaration order, costed by measured bitrate. A
-//! consumer's layer is then the lower of its cap ([`super::Command::SetMaxLayer`])
-//! and its allocation; a video consumer that does not fit even at its
-//! lowest layer keeps that layer while the estimate is at least half of its
-//! bitrate, and below that is paused (nothing forwarded) until a later
-//! allocation resumes it at a keyframe; a track of one layer is never paused. At most [`MAX_STREAMS`] consumers of one
+//! policy), each track's layers in declaration order, costed by measured
+//! bitrate. A consumer's layer is then the lower of its cap
+//! ([`super::Command::SetMaxLayer`]) and its allocation; a video consumer
+//! that does not fit even at its lowest layer keeps that layer while the
+//! estimate is at least half of its bitrate (or while the acknowledged
+//! bitrate covers it), and below that is paused (nothing forwarded) until a
+//! later allocation resumes it at a keyframe; a track of one layer is never
+//! paused. At most [`MAX_STREAMS`] consumers of one
 //! subscriber take part; the rest keep their caps.
 //!
 //! # Priorities
@@ -223,6 +225,7 @@ impl Router {
             egress.estimator.set_rtt(rtt);
         }
         let estimate = egress.estimator.target_bps();
+        let acked = egress.estimator.acked_bps().unwrap_or(0);
         // The consumers that take part, with their tracks' layers.
         let mut streams = [Stream::default(); MAX_STREAMS];
         let mut n = 0;
@@ -341,12 +344,17 @@ impl Router {
             // cannot raise the estimate again (only what is sent is
             // acknowledged), so it keeps its lowest layer down to half of
             // that layer's bitrate.
+            // Nor while what the subscriber acknowledged over the last
+            // 500 ms covers it: a burst of loss (a higher layer draining
+            // through a shaper) drives the loss-based estimate below what
+            // the path still carries (Chromium under a 250 kbit/s tbf:
+            // estimate 50 kbit/s, acknowledged 150 kbit/s).
             // A track of one layer is never paused: random loss (not
             // congestion) can drive the loss-based estimate far down, and
             // a paused single-layer video has no cheaper layer to resume at.
             if target.is_none()
                 && let Some(&(lowest_bps, lowest)) = layers.first()
-                && (s.count == 1 || estimate.saturating_mul(2) >= lowest_bps)
+                && (s.count == 1 || estimate.saturating_mul(2) >= lowest_bps || acked >= lowest_bps)
             {
                 target = Some(lowest);
             }

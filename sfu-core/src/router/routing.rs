@@ -705,11 +705,19 @@ impl Router {
                     ) else {
                         continue;
                     };
+                    // Rewritten as forwarding rewrote it: the PictureIDs of
+                    // every layer of a layered VP8 track, the first layer's
+                    // included (a resend with its raw PictureID broke the
+                    // frame it repaired).
+                    let layered = c
+                        .source
+                        .and_then(|k| self.producers.get(&k))
+                        .is_some_and(|g| g.layers.len() > 1);
                     let ctx = ResendCtx {
                         cache: &p.cache,
                         rewriter: &c.rewriter,
                         rtx: c.rtx.as_deref_mut(),
-                        vp8: (p.codec == Codec::Vp8 && c.layer != c.source).then_some(&mut c.vp8),
+                        vp8: (p.codec == Codec::Vp8 && layered).then_some(&mut c.vp8),
                         keys: &mut keys.tx,
                         dst,
                         wait,

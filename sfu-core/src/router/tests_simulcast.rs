@@ -452,3 +452,79 @@ fn padding_across_a_layer_switch_leaves_no_gap() {
         padding as u64
     );
 }
+
+/// A NACK answered after a switch down to the track's first layer: the
+/// RTX copy carries the PictureID the forwarded packet carried (rewritten
+/// for every layer of a layered track; resends of the first layer once
+/// went out with its raw PictureID, which broke the frames they repaired).
+#[test]
+fn a_resend_on_the_first_layer_carries_the_rewritten_picture_id() {
+    let mut r = room(0);
+    let (mut peer, m, l) = Peer::new(30);
+    let mut cmd = endpoint(
+        100,
+        Role::Subscribe,
+        m,
+        l,
+        vec![],
+        Some(addr(6000)),
+        Subscription::All,
+    );
+    if let Command::AddEndpoint(cfg) = &mut cmd {
+        cfg.rtx_payload_types.video = Some(97);
+    }
+    let info = consumers(r.router.handle_command(r.t0, cmd).unwrap())[0];
+    let rtx_ssrc = info.rtx_ssrc.expect("an RTX stream");
+    r.subs.push((Peer::new(31).0, info));
+    let mut sink = Sink::new();
+    run(&mut r, &mut sink, 0..6, |l, f| f == 0 && l == 2);
+    let at = r.t0 + Duration::from_millis(300);
+    r.router
+        .handle_command(
+            at,
+            Command::SetMaxLayer {
+                endpoint: EndpointId(100),
+                slot: 0,
+                max_layer: Some(0),
+            },
+        )
+        .unwrap();
+    run(&mut r, &mut sink, 6..14, |l, f| l == 0 && f == 9);
+    // The last packet forwarded, from the first layer.
+    let mut last = None;
+    for (d, dst) in &sink.sent {
+        if *dst != addr(6000) || wire::classify(d) != DatagramKind::Rtp {
+            continue;
+        }
+        let plain = peer.open(d);
+        let p = RtpPacket::new_checked(&plain).unwrap();
+        let desc = Vp8Descriptor::parse(p.payload()).unwrap();
+        last = Some((
+            p.sequence_number(),
+            desc.picture_id.unwrap().0,
+            *p.payload().last().unwrap(),
+        ));
+    }
+    let (seq, pid, tag) = last.expect("media forwarded");
+    assert_eq!(tag, 0xa0, "on the first layer");
+    sink.sent.clear();
+    let mut plain = [0u8; 200];
+    let n = crate::wire::rtcp::write_nack(&mut plain, 0x5eed, info.ssrc, &[seq]).unwrap();
+    let len = peer.tx.protect_rtcp(&mut plain, n).unwrap();
+    let at = r.t0 + Duration::from_millis(700);
+    r.router
+        .handle_input(at, addr(6000), &mut plain[..len].to_vec(), &mut sink);
+    let rtx: Vec<Vec<u8>> = sink
+        .sent
+        .iter()
+        .filter(|(d, dst)| *dst == addr(6000) && wire::classify(d) == DatagramKind::Rtp)
+        .map(|(d, _)| peer.open(d))
+        .collect();
+    assert_eq!(rtx.len(), 1, "one resend");
+    let p = RtpPacket::new_checked(&rtx[0]).unwrap();
+    assert_eq!(p.ssrc(), rtx_ssrc);
+    let payload = p.payload();
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), seq, "the OSN");
+    let desc = Vp8Descriptor::parse(&payload[2..]).unwrap();
+    assert_eq!(desc.picture_id.unwrap().0, pid, "the forwarded PictureID");
+}
