@@ -226,9 +226,10 @@ impl AimdRateControl {
 /// becomes `target × (1 − 0.5 × loss)`, at most once per 300 ms + RTT.
 ///
 /// Two departures from the classic rule, both from libwebrtc's later
-/// behaviour: a decrease stops at half the acknowledged bitrate (what got
-/// through, [`LOSS_FLOOR_OF_ACKED`]), so a burst of loss while a too-high
-/// layer drains through a shaper does not compound down to nothing; and a
+/// behaviour: the bound never goes below half the acknowledged bitrate (what
+/// got through, [`LOSS_FLOOR_OF_ACKED`]), so a burst of loss while a
+/// too-high layer drains through a shaper does not compound down to
+/// nothing, and a bound already lower is raised to it; and a
 /// successful probe lifts the bound to the probed rate
 /// ([`LossBasedBound::on_probe`], libwebrtc's `SetSendBitrate` on a probe
 /// result), so recovery after a cap is not held to 8 %/s.
@@ -304,17 +305,20 @@ impl LossBasedBound {
                 let grown = b * MULTIPLICATIVE_PER_SECOND.powf(since.min(1.0)) + 1_000.0 * since;
                 self.bound = (grown < delay_bps as f64).then_some(grown);
             }
-        } else if self.fraction <= HIGH_LOSS
-            || self
-                .last_decrease
-                .is_some_and(|t| now.saturating_duration_since(t) < LOSS_DECREASE_INTERVAL + rtt)
-        {
-            self.bound = Some(self.bound.map_or(target, |b| b.min(target)));
         } else {
             let floor = acked_bps.map_or(0.0, |a| a as f64 * LOSS_FLOOR_OF_ACKED);
-            let decreased = (target * (1.0 - 0.5 * self.fraction)).max(floor);
-            self.bound = Some(decreased.min(target));
-            self.last_decrease = Some(now);
+            let held = if self.fraction <= HIGH_LOSS
+                || self.last_decrease.is_some_and(|t| {
+                    now.saturating_duration_since(t) < LOSS_DECREASE_INTERVAL + rtt
+                }) {
+                self.bound.map_or(target, |b| b.min(target))
+            } else {
+                self.last_decrease = Some(now);
+                target * (1.0 - 0.5 * self.fraction)
+            };
+            // Never below half of what got through, even once the target
+            // itself went lower.
+            self.bound = Some(held.max(floor));
         }
     }
 

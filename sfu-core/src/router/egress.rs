@@ -301,7 +301,11 @@ impl Router {
             // The last probe found what it looked for (or none was sent).
             egress.probe_gap = PROBE_GAP;
         }
+        // No probe while more than the estimate already gets through: the
+        // probe would come on top of media that fills the path, and the
+        // loss it causes keeps the estimate down.
         if result.wants_probe_bps > 0
+            && acked <= estimate
             && egress.probe.is_none()
             && egress
                 .last_probe
