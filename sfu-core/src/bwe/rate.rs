@@ -229,7 +229,8 @@ impl AimdRateControl {
 /// behaviour: the bound never goes below half the acknowledged bitrate (what
 /// got through, [`LOSS_FLOOR_OF_ACKED`]), so a burst of loss while a
 /// too-high layer drains through a shaper does not compound down to
-/// nothing, and a bound already lower is raised to it; and a
+/// nothing, and a bound already lower is raised to it (to all of it once
+/// loss is low again); and a
 /// successful probe lifts the bound to the probed rate
 /// ([`LossBasedBound::on_probe`], libwebrtc's `SetSendBitrate` on a probe
 /// result), so recovery after a cap is not held to 8 %/s.
@@ -302,7 +303,9 @@ impl LossBasedBound {
         let target = target_bps as f64;
         if self.fraction < LOW_LOSS {
             if let Some(b) = self.bound {
-                let grown = b * MULTIPLICATIVE_PER_SECOND.powf(since.min(1.0)) + 1_000.0 * since;
+                // At least what got through, now that it all does.
+                let grown = (b * MULTIPLICATIVE_PER_SECOND.powf(since.min(1.0)) + 1_000.0 * since)
+                    .max(acked_bps.unwrap_or(0) as f64);
                 self.bound = (grown < delay_bps as f64).then_some(grown);
             }
         } else {

@@ -141,6 +141,10 @@ pub(super) struct ResendCtx<'a> {
     pub(super) dst: std::net::SocketAddr,
     /// min(100 ms, 2 × RTT).
     pub(super) wait: Duration,
+    /// The subscriber's egress numbering, when it negotiated the
+    /// transport-wide sequence number: a resend carries the node's number
+    /// (and no publisher extension), as every copy does.
+    pub(super) egress: Option<&'a mut super::egress::Egress>,
 }
 
 /// Answers the sequence numbers `lost` a subscriber NACKed on one consumer.
@@ -159,6 +163,7 @@ pub(super) fn resend<T: Transmit>(
         keys,
         dst,
         wait,
+        mut egress,
     } = ctx;
     let Some(rtx) = rtx else {
         for _ in lost {
@@ -197,18 +202,25 @@ pub(super) fn resend<T: Transmit>(
             stats.drop(DropReason::PoolExhausted);
             continue;
         };
-        let Some(len) = write_rtx(
+        // With the node's transport-wide number: the fixed header and
+        // CSRCs, one 8-byte extension block; otherwise the original header.
+        let numbered = egress.as_deref_mut().map(|e| {
+            let size = fixed_and_csrcs(&original) + 8 + 2 + original.payload().len() + 16;
+            (e.ext, e.number(size, now))
+        });
+        let Some((len, header_len)) = write_rtx(
             &original,
             out,
             rtx,
             out_seq,
             rewriter.output_ts(original.timestamp()),
+            numbered,
         ) else {
             stats.drop(DropReason::ProtectFailed);
             continue;
         };
         if let Some(v) = vp8.as_deref_mut()
-            && let Some(payload) = out.get_mut(original.header_len() + 2..len)
+            && let Some(payload) = out.get_mut(header_len + 2..len)
         {
             // An older packet of the current source: mapped, not advanced.
             v.rewrite(payload, false);
@@ -224,28 +236,63 @@ pub(super) fn resend<T: Transmit>(
     }
 }
 
+/// Bytes of `packet`'s fixed header and CSRCs.
+fn fixed_and_csrcs(packet: &RtpPacket<'_>) -> usize {
+    12 + 4 * usize::from(packet.as_bytes().first().map_or(0, |b| b & 0x0f))
+}
+
 /// Writes the RTX packet (RFC 4588 §4) of `original` for a consumer into
-/// `out`: the original header (extensions kept, padding dropped) with the
-/// RTX SSRC, payload type and sequence number and the consumer's
-/// timestamp, then the consumer's sequence number `osn`, then the payload.
+/// `out`: the original header (extensions kept, padding dropped), or with
+/// `numbered` = (id, number) its fixed header and CSRCs and one extension
+/// block with the transport-wide number, with the RTX SSRC, payload type
+/// and sequence number and the consumer's timestamp, then the consumer's
+/// sequence number `osn`, then the payload. Returns the length and the
+/// header's length.
 fn write_rtx(
     original: &RtpPacket<'_>,
     out: &mut [u8],
     rtx: &mut ConsumerRtx,
     osn: u16,
     ts: u32,
-) -> Option<usize> {
-    let header = original.as_bytes().get(..original.header_len())?;
+    numbered: Option<(u8, u16)>,
+) -> Option<(usize, usize)> {
+    let bytes = original.as_bytes();
     let payload = original.payload();
-    let len = header.len() + 2 + payload.len();
+    let header_len = match numbered {
+        Some(_) => fixed_and_csrcs(original) + 8,
+        None => original.header_len(),
+    };
+    let len = header_len + 2 + payload.len();
     // Leave room for the SRTP tag.
     if len + 16 > out.len() {
         return None;
     }
-    out.get_mut(..header.len())?.copy_from_slice(header);
-    out.get_mut(header.len()..header.len() + 2)?
+    match numbered {
+        Some((id, seq)) => {
+            let fixed = fixed_and_csrcs(original);
+            out.get_mut(..fixed)?.copy_from_slice(bytes.get(..fixed)?);
+            if let Some(b) = out.first_mut() {
+                *b |= 0x10;
+            }
+            let [hi, lo] = seq.to_be_bytes();
+            out.get_mut(fixed..header_len)?.copy_from_slice(&[
+                0xbe,
+                0xde,
+                0,
+                1,
+                (id << 4) | 1,
+                hi,
+                lo,
+                0,
+            ]);
+        }
+        None => out
+            .get_mut(..header_len)?
+            .copy_from_slice(bytes.get(..header_len)?),
+    }
+    out.get_mut(header_len..header_len + 2)?
         .copy_from_slice(&osn.to_be_bytes());
-    out.get_mut(header.len() + 2..len)?.copy_from_slice(payload);
+    out.get_mut(header_len + 2..len)?.copy_from_slice(payload);
     // No padding (P bit cleared), the RTX payload type, marker kept.
     if let Some(b) = out.get_mut(0) {
         *b &= !0x20;
@@ -257,7 +304,7 @@ fn write_rtx(
     out.get_mut(4..8)?.copy_from_slice(&ts.to_be_bytes());
     out.get_mut(8..12)?.copy_from_slice(&rtx.ssrc.to_be_bytes());
     rtx.seq = rtx.seq.wrapping_add(1);
-    Some(len)
+    Some((len, header_len))
 }
 
 /// Rewrites the authentic, decrypted RTX packet in `buf[..len]` in place
@@ -585,8 +632,8 @@ mod tests {
         let packet = RtpPacket::new_checked(&original[..100]).unwrap();
         let mut rtx = ConsumerRtx::new(0x2222, 97, 40);
         let mut out = [0u8; 1500];
-        let n = write_rtx(&packet, &mut out, &mut rtx, 700, 12345).unwrap();
-        assert_eq!(n, 102);
+        let (n, header) = write_rtx(&packet, &mut out, &mut rtx, 700, 12345, None).unwrap();
+        assert_eq!((n, header), (102, h));
         let r = RtpPacket::new_checked(&out[..n]).unwrap();
         assert_eq!(
             (
@@ -607,6 +654,16 @@ mod tests {
             (0x3333, 96, 700)
         );
         assert_eq!(b.payload(), packet.payload());
+        // For a subscriber with a transport-wide number: its extension
+        // alone (id 5, number 0x1234) instead of the original's.
+        let (n, header) =
+            write_rtx(&packet, &mut out, &mut rtx, 701, 12345, Some((5, 0x1234))).unwrap();
+        assert_eq!(header, 12 + 8);
+        let r = RtpPacket::new_checked(&out[..n]).unwrap();
+        assert_eq!(r.sequence_number(), 41);
+        assert_eq!(r.extension(5), Some(&[0x12, 0x34][..]));
+        assert_eq!(&r.payload()[..2], &701u16.to_be_bytes());
+        assert_eq!(&r.payload()[2..], packet.payload());
         // Padding only: a probe.
         let mut probe = [0u8; 40];
         let h = write_header(&mut probe, &RtpHeader::default(), &[]).unwrap();

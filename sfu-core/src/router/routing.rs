@@ -721,6 +721,7 @@ impl Router {
                         keys: &mut keys.tx,
                         dst,
                         wait,
+                        egress: ep.transport.egress.as_deref_mut(),
                     };
                     repair::resend(ctx, nack.lost(), now, &mut self.stats, tx);
                     continue;
