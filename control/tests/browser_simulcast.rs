@@ -88,10 +88,6 @@ const COUNTERS: [&str; 5] = [
 const IN_NETNS: &str = "SFU_BROWSER_SIMULCAST_IN_NETNS";
 
 #[test]
-#[ignore = "fails on the node, issue 10 stays open: under a 250 kbit/s shaper the viewer \
-            is on the low layer most of the time but is paused for about 5 s and starves \
-            for 4 s while the low layer flows; the top layer returns within 4 s of the lift \
-            (browser-test/SIMULCAST.md, 2026-11-30); run with --ignored"]
 fn a_capped_viewer_gets_the_low_layer_and_moves_up_when_the_cap_is_lifted() {
     let test_name = "a_capped_viewer_gets_the_low_layer_and_moves_up_when_the_cap_is_lifted";
     if !enter_namespace(test_name) {

@@ -113,7 +113,19 @@ pub(crate) struct Egress {
     /// The current wait between probes, and the rate the last one probed.
     probe_gap: Duration,
     probed_bps: u64,
+    /// Retransmission budget, bytes, and when it was last refilled.
+    rtx_tokens: u64,
+    rtx_refilled: Instant,
 }
+
+/// Share of a subscriber's estimate its retransmissions may take, percent:
+/// unbounded, RTX under a shaper added to media that already filled it, the
+/// loss it caused brought more NACKs, and the viewer starved.
+pub const RTX_SHARE_PERCENT: u64 = 25;
+/// Longest burst of retransmissions, as time at the budget's rate.
+const RTX_BURST: Duration = Duration::from_millis(250);
+/// Smallest burst: a few full packets, whatever the estimate.
+const RTX_MIN_BURST_BYTES: u64 = 4 * 1500;
 
 impl Egress {
     pub(super) fn new(ext: u8, now: Instant) -> Self {
@@ -134,7 +146,27 @@ impl Egress {
             probe_gap: PROBE_GAP,
             probed_bps: 0,
             allocated: false,
+            rtx_tokens: RTX_MIN_BURST_BYTES,
+            rtx_refilled: now,
         }
+    }
+
+    /// Whether a retransmission of `size` bytes fits the budget at `now`
+    /// ([`RTX_SHARE_PERCENT`] of the estimate, in bursts of at most
+    /// [`RTX_BURST`] of it); [`Egress::spend_rtx`] then takes it.
+    pub(super) fn rtx_fits(&mut self, size: usize, now: Instant) -> bool {
+        let rate = self.estimator.target_bps() * RTX_SHARE_PERCENT / 100 / 8;
+        let elapsed = now.saturating_duration_since(self.rtx_refilled);
+        self.rtx_refilled = now;
+        let burst = (rate * RTX_BURST.as_millis() as u64 / 1000).max(RTX_MIN_BURST_BYTES);
+        let refill = rate.saturating_mul(elapsed.as_micros() as u64) / 1_000_000;
+        self.rtx_tokens = self.rtx_tokens.saturating_add(refill).min(burst);
+        self.rtx_tokens >= size as u64
+    }
+
+    /// Takes `size` bytes of retransmission from the budget.
+    pub(super) fn spend_rtx(&mut self, size: usize) {
+        self.rtx_tokens = self.rtx_tokens.saturating_sub(size as u64);
     }
 
     /// The next transport-wide number, recorded as sent with `size` bytes.
@@ -491,4 +523,36 @@ fn write_padding(
         *last = PROBE_PADDING as u8;
     }
     Some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmissions_take_at_most_a_quarter_of_the_estimate() {
+        let t0 = Instant::now();
+        let mut e = Egress::new(5, t0);
+        // 300 kbit/s start: 9,375 bytes/s for RTX, a burst of 6,000 bytes.
+        assert_eq!(e.estimator.target_bps(), START_BPS);
+        for _ in 0..4 {
+            assert!(e.rtx_fits(1500, t0));
+            e.spend_rtx(1500);
+        }
+        assert!(!e.rtx_fits(1500, t0), "the burst is spent");
+        // 1,500 bytes at 9,375 bytes/s: 160 ms.
+        assert!(!e.rtx_fits(1500, t0 + Duration::from_millis(150)));
+        assert!(e.rtx_fits(1500, t0 + Duration::from_millis(161)));
+        e.spend_rtx(1500);
+        // Over ten seconds no more than the rate plus the burst.
+        let mut sent = 0u64;
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(161 + ms);
+            if e.rtx_fits(1200, now) {
+                e.spend_rtx(1200);
+                sent += 1200;
+            }
+        }
+        assert!((90_000..=99_750).contains(&sent), "{sent}");
+    }
 }

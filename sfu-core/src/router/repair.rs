@@ -194,9 +194,19 @@ pub(super) fn resend<T: Transmit>(
             stats.drop(DropReason::NotConnected);
             continue;
         };
+        let size = fixed_and_csrcs(&original) + 8 + 2 + original.payload().len() + 16;
+        if let Some(e) = egress.as_deref_mut()
+            && !e.rtx_fits(size, now)
+        {
+            stats.inc(Counter::RtxOverBudget);
+            continue;
+        }
         if !rtx.may_resend(out_seq, now, wait) {
             stats.inc(Counter::RtxThrottled);
             continue;
+        }
+        if let Some(e) = egress.as_deref_mut() {
+            e.spend_rtx(size);
         }
         let Some(out) = tx.buffer() else {
             stats.drop(DropReason::PoolExhausted);
@@ -204,10 +214,7 @@ pub(super) fn resend<T: Transmit>(
         };
         // With the node's transport-wide number: the fixed header and
         // CSRCs, one 8-byte extension block; otherwise the original header.
-        let numbered = egress.as_deref_mut().map(|e| {
-            let size = fixed_and_csrcs(&original) + 8 + 2 + original.payload().len() + 16;
-            (e.ext, e.number(size, now))
-        });
+        let numbered = egress.as_deref_mut().map(|e| (e.ext, e.number(size, now)));
         let Some((len, header_len)) = write_rtx(
             &original,
             out,

@@ -130,6 +130,9 @@ counter_table! {
         /// NACKed packets not resent: already resent three times, or
         /// resent less than min(100 ms, 2 RTT) ago.
         RtxThrottled => "rtx_throttled", "NACKed packets not resent (three resends, or resent less than min(100 ms, 2 RTT) ago).";
+        /// NACKed packets not resent because the subscriber's retransmission
+        /// budget (a share of its bandwidth estimate) was spent.
+        RtxOverBudget => "rtx_over_budget", "NACKed packets not resent because the subscriber's retransmission budget (a quarter of its estimate) was spent.";
         /// NACKed packets of a subscriber that negotiated no RTX, or from
         /// before the consumer's last source switch.
         RtxUnanswerable => "rtx_unanswerable", "NACKed packets that cannot be resent (no RTX negotiated, or from before a source switch).";
