@@ -7,7 +7,9 @@
 //!   worker unwraps it and forwards it to the four subscribers;
 //! * the publisher sends a sender report every 5,000 packets: the worker
 //!   translates it per consumer;
-//! * the subscribers negotiated RTX; every 32nd packet each sends a compound
+//! * the subscribers negotiated RTX, and two of the four the transport-wide
+//!   number (numbered copies; their resends held to a quarter of their
+//!   estimate); every 32nd packet each sends a compound
 //!   of a receiver report about its consumer and a generic NACK for two
 //!   recent packets, one it NACKed 32 packets earlier (resent at most
 //!   once per min(100 ms, 2 RTT): throttled) and one 600 packets back,
@@ -124,9 +126,11 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         subscription: Subscription::All,
         rtcp_ssrc: None,
         red_payload_type: None,
-        // Subscribers get numbered copies (the egress estimate's send
-        // history runs on every copy).
-        twcc_send_extension: (role != Role::Publish).then_some(5),
+        // Half the subscribers get numbered copies (the egress estimate's
+        // send history runs on every copy, and their retransmissions are
+        // held to a quarter of their estimate, which these subscribers never
+        // raise: `rtx_over_budget`); the other half are answered in full.
+        twcc_send_extension: (role != Role::Publish && id % 2 == 0).then_some(5),
         participant: None,
         audio_level_extension: None,
         rtx_payload_types,
@@ -497,11 +501,12 @@ impl Publisher {
 }
 
 /// Counters that must rise in the measured phase.
-const COUNTERS: [Counter; 11] = [
+const COUNTERS: [Counter; 12] = [
     Counter::NackIn,
     Counter::NackedPackets,
     Counter::RtxSent,
     Counter::RtxThrottled,
+    Counter::RtxOverBudget,
     Counter::RtxNotCached,
     Counter::RtxIn,
     Counter::NackSent,
