@@ -130,7 +130,7 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
         // send history runs on every copy, and their retransmissions are
         // held to a quarter of their estimate, which these subscribers never
         // raise: `rtx_over_budget`); the other half are answered in full.
-        twcc_send_extension: (role != Role::Publish && id % 2 == 0).then_some(5),
+        twcc_send_extension: (role != Role::Publish && id.is_multiple_of(2)).then_some(5),
         participant: None,
         audio_level_extension: None,
         rtx_payload_types,
