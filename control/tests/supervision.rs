@@ -85,6 +85,10 @@ fn the_sfu_binary_exits_non_zero_when_a_worker_dies() {
         .env("SFU_CPUS", "")
         .env("SFU_NODE_ID", "supervision-test")
         .env("RUST_LOG", "info")
+        // The worker's panic is reported at once: symbolising a backtrace
+        // in a debug build under CI load took over 2 s, and the supervisor
+        // then saw a stalled worker before a dead one.
+        .env("RUST_BACKTRACE", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
