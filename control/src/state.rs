@@ -1148,6 +1148,21 @@ impl AppState {
         Ok(())
     }
 
+    /// Endpoint `id`'s consumers as worker `worker` has them now
+    /// ([`Command::Consumers`]). Blocks on the worker.
+    pub fn worker_consumers(
+        &self,
+        worker: usize,
+        id: EndpointId,
+    ) -> Result<Vec<ConsumerInfo>, ApiError> {
+        match self.request(worker, Command::Consumers(id), None)? {
+            Outcome::Consumers(c) => Ok(c),
+            other => Err(ApiError::Internal(format!(
+                "the worker answered a consumer listing with {other:?}"
+            ))),
+        }
+    }
+
     /// `GET .../endpoints/{id}`: the endpoint's consumers and bandwidth
     /// estimate as its worker has them now. Blocks on the worker.
     pub fn endpoint_state(
@@ -1160,17 +1175,7 @@ impl AppState {
             ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
             e => e,
         };
-        let consumers = match self
-            .request(worker, Command::Consumers(id), None)
-            .map_err(unknown)?
-        {
-            Outcome::Consumers(c) => c,
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "the worker answered a consumer listing with {other:?}"
-                )));
-            }
-        };
+        let consumers = self.worker_consumers(worker, id).map_err(unknown)?;
         let bandwidth = match self
             .request(worker, Command::Bandwidth(id), None)
             .map_err(unknown)?

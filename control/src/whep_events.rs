@@ -784,12 +784,7 @@ fn ask_consumers(
     worker: usize,
     id: EndpointId,
 ) -> Result<Vec<ConsumerInfo>, ApiError> {
-    match state.request(worker, Command::Consumers(id), None)? {
-        Outcome::Consumers(c) => Ok(c),
-        other => Err(ApiError::Internal(format!(
-            "the worker answered a consumer listing with {other:?}"
-        ))),
-    }
+    state.worker_consumers(worker, id)
 }
 
 /// The session's view now. Blocks on the worker.
