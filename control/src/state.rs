@@ -1111,10 +1111,7 @@ impl AppState {
         let (id, worker) = self.model().find_endpoint(room, endpoint)?;
         let outcome = self
             .request(worker, Command::SetSubscription(id, subscription), None)
-            .map_err(|e| match e {
-                ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
-                e => e,
-            })?;
+            .map_err(named(endpoint))?;
         Ok(match outcome {
             Outcome::Consumers(c) => c,
             _ => Vec::new(),
@@ -1141,10 +1138,7 @@ impl AppState {
             },
             None,
         )
-        .map_err(|e| match e {
-            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
-            e => e,
-        })?;
+        .map_err(named(endpoint))?;
         Ok(())
     }
 
@@ -1171,14 +1165,10 @@ impl AppState {
         endpoint: &str,
     ) -> Result<(Vec<ConsumerInfo>, Option<BandwidthInfo>), ApiError> {
         let (id, worker) = self.model().find_endpoint(room, endpoint)?;
-        let unknown = |e| match e {
-            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
-            e => e,
-        };
-        let consumers = self.worker_consumers(worker, id).map_err(unknown)?;
+        let consumers = self.worker_consumers(worker, id).map_err(named(endpoint))?;
         let bandwidth = match self
             .request(worker, Command::Bandwidth(id), None)
-            .map_err(unknown)?
+            .map_err(named(endpoint))?
         {
             Outcome::Bandwidth(b) => b,
             other => {
@@ -1210,10 +1200,7 @@ impl AppState {
             },
             None,
         )
-        .map_err(|e| match e {
-            ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
-            e => e,
-        })?;
+        .map_err(named(endpoint))?;
         Ok(())
     }
 
@@ -1653,6 +1640,14 @@ pub fn parse_srtp(profile: &str, key: &str) -> Result<(Profile, Vec<u8>), ApiErr
 /// Encodes key material for an answer (standard alphabet, padded).
 pub fn encode_key(master: &[u8]) -> String {
     BASE64.encode(master)
+}
+
+/// A worker's "unknown endpoint" named as the API request named it.
+fn named(endpoint: &str) -> impl FnOnce(ApiError) -> ApiError + '_ {
+    move |e| match e {
+        ApiError::UnknownEndpoint(_) => ApiError::UnknownEndpoint(endpoint.to_owned()),
+        e => e,
+    }
 }
 
 #[cfg(test)]
