@@ -474,7 +474,7 @@ impl Events {
             frames: tx,
             room,
             closed: self.closed.subscribe(),
-            _subscriber: Subscriber::new(&self.subscribers),
+            _subscriber: OpenStream::new(&self.subscribers),
         };
         tokio::spawn(pump.run());
         axum::body::Body::new(FrameBody(rx))
@@ -488,17 +488,20 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Counts an open stream in `sfu_event_subscribers` while it lives.
-struct Subscriber(Arc<AtomicU64>);
+/// Counts an open stream in a gauge (`sfu_event_subscribers`,
+/// `sfu_whep_event_streams`) while it lives.
+#[derive(Debug)]
+pub(crate) struct OpenStream(Arc<AtomicU64>);
 
-impl Subscriber {
-    fn new(count: &Arc<AtomicU64>) -> Self {
+impl OpenStream {
+    /// Counts one more open stream in `count` until dropped.
+    pub(crate) fn new(count: &Arc<AtomicU64>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Self(Arc::clone(count))
     }
 }
 
-impl Drop for Subscriber {
+impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -510,7 +513,7 @@ struct Pump {
     frames: mpsc::Sender<Bytes>,
     room: Option<String>,
     closed: watch::Receiver<bool>,
-    _subscriber: Subscriber,
+    _subscriber: OpenStream,
 }
 
 impl Pump {

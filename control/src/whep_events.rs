@@ -394,7 +394,7 @@ impl WhepEvents {
         Ok(axum::body::Body::new(StreamBody {
             rx,
             keepalive: keepalive(),
-            _open: OpenGuard::new(&self.open),
+            _open: crate::events::OpenStream::new(&self.open),
         }))
     }
 
@@ -572,28 +572,11 @@ fn keepalive() -> tokio::time::Interval {
     i
 }
 
-/// Counts an open `GET` in `sfu_whep_event_streams` while it lives.
-#[derive(Debug)]
-struct OpenGuard(Arc<AtomicU64>);
-
-impl OpenGuard {
-    fn new(count: &Arc<AtomicU64>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(count))
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// An open `GET`'s body: its frames, and keepalive comments while idle.
 struct StreamBody {
     rx: mpsc::Receiver<Bytes>,
     keepalive: tokio::time::Interval,
-    _open: OpenGuard,
+    _open: crate::events::OpenStream,
 }
 
 impl hyper::body::Body for StreamBody {
