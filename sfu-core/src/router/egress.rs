@@ -188,6 +188,39 @@ impl Egress {
     }
 }
 
+/// Bytes of `packet`'s fixed header and CSRCs.
+pub(super) fn fixed_and_csrcs(packet: &RtpPacket<'_>) -> usize {
+    12 + 4 * usize::from(packet.as_bytes().first().map_or(0, |b| b & 0x0f))
+}
+
+/// The one-element header extension block carrying the transport-wide
+/// sequence number `seq` under id `ext` (1..=14).
+fn twcc_block(ext: u8, seq: u16) -> [u8; 8] {
+    let [hi, lo] = seq.to_be_bytes();
+    [0xbe, 0xde, 0, 1, (ext << 4) | 1, hi, lo, 0]
+}
+
+/// Writes `packet`'s fixed header and CSRCs into `out` with the X bit set,
+/// then the block of [`twcc_block`], in place of the packet's own
+/// extensions. Returns the header's length; `out` must hold it.
+pub(super) fn write_numbered_header(
+    packet: &RtpPacket<'_>,
+    out: &mut [u8],
+    ext: u8,
+    seq: u16,
+) -> Option<usize> {
+    let csrc_end = fixed_and_csrcs(packet);
+    let header = csrc_end + 8;
+    out.get_mut(..csrc_end)?
+        .copy_from_slice(packet.as_bytes().get(..csrc_end)?);
+    if let Some(b) = out.first_mut() {
+        *b |= 0x10;
+    }
+    out.get_mut(csrc_end..header)?
+        .copy_from_slice(&twcc_block(ext, seq));
+    Some(header)
+}
+
 /// Copies `packet` into `out` with one header extension element, the
 /// transport-wide sequence number `seq` under id `ext` (1..=14), in place
 /// of the packet's own extensions. Returns the copy's length and the
@@ -199,22 +232,13 @@ pub(super) fn copy_numbered(
     ext: u8,
     seq: u16,
 ) -> Option<(usize, usize)> {
-    let bytes = packet.as_bytes();
-    let csrc_end = 12 + 4 * usize::from(bytes.first()? & 0x0f);
-    let rest = bytes.get(packet.header_len()..)?;
-    let header = csrc_end + 8;
+    let rest = packet.as_bytes().get(packet.header_len()..)?;
+    let header = fixed_and_csrcs(packet) + 8;
     let len = header + rest.len();
     if len + 16 > out.len() {
         return None;
     }
-    out.get_mut(..csrc_end)?
-        .copy_from_slice(bytes.get(..csrc_end)?);
-    if let Some(b) = out.first_mut() {
-        *b |= 0x10;
-    }
-    let [hi, lo] = seq.to_be_bytes();
-    out.get_mut(csrc_end..header)?
-        .copy_from_slice(&[0xbe, 0xde, 0, 1, (ext << 4) | 1, hi, lo, 0]);
+    write_numbered_header(packet, out, ext, seq)?;
     out.get_mut(header..len)?.copy_from_slice(rest);
     Some((len, header))
 }
@@ -509,14 +533,13 @@ fn write_padding(
         return None;
     }
     let rtx_seq = rtx.next_seq();
-    let [hi, lo] = seq.to_be_bytes();
     let header = out.get_mut(..20)?;
     header[0] = 0x80 | 0x20 | 0x10;
     header[1] = rtx.payload_type & 0x7f;
     header[2..4].copy_from_slice(&rtx_seq.to_be_bytes());
     header[4..8].copy_from_slice(&0u32.to_be_bytes());
     header[8..12].copy_from_slice(&rtx.ssrc.to_be_bytes());
-    header[12..20].copy_from_slice(&[0xbe, 0xde, 0, 1, (ext << 4) | 1, hi, lo, 0]);
+    header[12..20].copy_from_slice(&twcc_block(ext, seq));
     let padding = out.get_mut(20..len)?;
     padding.fill(0);
     if let Some(last) = padding.last_mut() {

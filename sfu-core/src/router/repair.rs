@@ -194,7 +194,8 @@ pub(super) fn resend<T: Transmit>(
             stats.drop(DropReason::NotConnected);
             continue;
         };
-        let size = fixed_and_csrcs(&original) + 8 + 2 + original.payload().len() + 16;
+        let size =
+            super::egress::fixed_and_csrcs(&original) + 8 + 2 + original.payload().len() + 16;
         if let Some(e) = egress.as_deref_mut()
             && !e.rtx_fits(size, now)
         {
@@ -243,11 +244,6 @@ pub(super) fn resend<T: Transmit>(
     }
 }
 
-/// Bytes of `packet`'s fixed header and CSRCs.
-fn fixed_and_csrcs(packet: &RtpPacket<'_>) -> usize {
-    12 + 4 * usize::from(packet.as_bytes().first().map_or(0, |b| b & 0x0f))
-}
-
 /// Writes the RTX packet (RFC 4588 §4) of `original` for a consumer into
 /// `out`: the original header (extensions kept, padding dropped), or with
 /// `numbered` = (id, number) its fixed header and CSRCs and one extension
@@ -266,7 +262,7 @@ fn write_rtx(
     let bytes = original.as_bytes();
     let payload = original.payload();
     let header_len = match numbered {
-        Some(_) => fixed_and_csrcs(original) + 8,
+        Some(_) => super::egress::fixed_and_csrcs(original) + 8,
         None => original.header_len(),
     };
     let len = header_len + 2 + payload.len();
@@ -276,22 +272,7 @@ fn write_rtx(
     }
     match numbered {
         Some((id, seq)) => {
-            let fixed = fixed_and_csrcs(original);
-            out.get_mut(..fixed)?.copy_from_slice(bytes.get(..fixed)?);
-            if let Some(b) = out.first_mut() {
-                *b |= 0x10;
-            }
-            let [hi, lo] = seq.to_be_bytes();
-            out.get_mut(fixed..header_len)?.copy_from_slice(&[
-                0xbe,
-                0xde,
-                0,
-                1,
-                (id << 4) | 1,
-                hi,
-                lo,
-                0,
-            ]);
+            super::egress::write_numbered_header(original, out, id, seq)?;
         }
         None => out
             .get_mut(..header_len)?
