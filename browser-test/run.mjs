@@ -7,7 +7,7 @@
 //
 //   node browser-test/run.mjs --base http://127.0.0.1:7880 --room demo \
 //        --publish-token "$PUB" --subscribe-token "$SUB" [--duration 10] \
-//        [--allow-freeze] [--simulcast]
+//        [--allow-freeze] [--simulcast] [--camera WxH]
 //
 // Every option may also come from the environment: SFU_BASE, SFU_ROOM,
 // SFU_PUBLISH_TOKEN, SFU_SUBSCRIBE_TOKEN, SFU_DURATION (seconds),
@@ -23,6 +23,11 @@
 //                     layers (rids q, h, f: 1/4, 1/2 and full resolution, at
 //                     most 150, 500 and 1500 kbit/s); control/tests/
 //                     browser_simulcast.rs runs it.
+// --camera WxH        the size the publisher asks of its fake camera
+//                     (default 640x480; SFU_CAMERA). Chromium's encoder puts
+//                     few bits into the fake camera's simple picture, so a
+//                     test that needs its middle simulcast layer above a
+//                     given rate asks for a larger camera.
 //
 // Progress on stderr, one line each, for a caller that acts during the
 // window (browser_simulcast.rs):
@@ -153,13 +158,13 @@ function iceGatheringComplete(pc, ms) {
 
 // Creates this page's peer connection and offer; returns the offer SDP once
 // ICE gathering is complete (non-trickle; capped at 3 s).
-async function makeOffer(role, simulcast) {
+async function makeOffer(role, simulcast, camera = { width: 640, height: 480 }) {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   window.pc = pc;
   if (role === 'publish') {
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: true,
-      video: { width: 640, height: 480, frameRate: 30 },
+      video: { width: camera.width, height: camera.height, frameRate: 30 },
     });
     for (const track of stream.getTracks()) {
       const init = { direction: 'sendonly', streams: [stream] };
@@ -317,7 +322,7 @@ async function sample() {
 
 function usage(message) {
   process.stderr.write(`run.mjs: ${message}\n`
-    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S] [--allow-freeze] [--simulcast]\n'
+    + 'usage: node run.mjs --base URL --room NAME --publish-token T --subscribe-token T [--duration S] [--allow-freeze] [--simulcast] [--camera WxH]\n'
     + '       node run.mjs --dump-offers DIR\n'
     + '       node run.mjs --loopback [--duration S]\n');
   process.exit(EXIT_HARNESS);
@@ -337,6 +342,7 @@ function options() {
         loopback: { type: 'boolean' },
         'allow-freeze': { type: 'boolean' },
         simulcast: { type: 'boolean' },
+        camera: { type: 'string' },
       },
     }).values;
   } catch (e) {
@@ -353,11 +359,15 @@ function options() {
     loopback: parsed.loopback ?? false,
     allowFreeze: parsed['allow-freeze'] ?? env.SFU_ALLOW_FREEZE === '1',
     simulcast: parsed.simulcast ?? false,
+    camera: parsed.camera ?? env.SFU_CAMERA ?? '640x480',
     chromium: env.CHROMIUM ?? '/usr/bin/chromium',
   };
   if (!Number.isInteger(o.duration) || o.duration < 1 || o.duration > 600) {
     usage(`--duration must be a whole number of seconds in 1..600, not ${parsed.duration ?? env.SFU_DURATION}`);
   }
+  const size = /^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})$/.exec(o.camera);
+  if (!size) usage(`--camera must be WIDTHxHEIGHT, e.g. 1280x720, not ${o.camera}`);
+  o.camera = { width: Number(size[1]), height: Number(size[2]) };
   if (!o.dumpOffers && !o.loopback) {
     for (const [name, value] of [['--base', o.base], ['--room', o.room],
       ['--publish-token', o.publishToken], ['--subscribe-token', o.subscribeToken]]) {
@@ -454,7 +464,8 @@ async function run(o, browser, origin) {
   let subResource = null;
   let exchanged = false;
   try {
-    const pubOffer = await pub.evaluate((sc) => makeOffer('publish', sc), o.simulcast);
+    const pubOffer = await pub.evaluate(
+      ([sc, camera]) => makeOffer('publish', sc, camera), [o.simulcast, o.camera]);
     if (o.loopback) {
       const answer = await sub.evaluate((s) => answerOffer(s), pubOffer);
       await pub.evaluate((s) => applyAnswer(s), answer);

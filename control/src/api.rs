@@ -773,6 +773,12 @@ async fn get_endpoint(
             "delay_state": format!("{:?}", b.delay_state).to_lowercase(),
             "rtt_ms": b.rtt_ms,
             "paused_videos": b.paused,
+            "trials_passed": b.trials_passed,
+            "trials_failed": b.trials_failed,
+            "last_trial": b.last_trial.map(|(target, acked)| json!({
+                "target_bps": target,
+                "acked_bps": acked,
+            })),
         })
     });
     Ok(Json(json!({

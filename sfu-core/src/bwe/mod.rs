@@ -117,6 +117,8 @@ pub struct Estimator {
     aimd: AimdRateControl,
     loss: LossBasedBound,
     acked: AckedBitrate,
+    /// The acknowledged bitrate of media and retransmissions only.
+    media_acked: AckedBitrate,
     probes: ProbeEstimator,
     remb: Option<u64>,
     remb_only: bool,
@@ -142,6 +144,7 @@ impl Estimator {
             aimd,
             loss: LossBasedBound::new(),
             acked: AckedBitrate::new(ACKED_WINDOW, HISTORY),
+            media_acked: AckedBitrate::new(ACKED_WINDOW, HISTORY),
             probes: ProbeEstimator::default(),
             remb: None,
             remb_only: false,
@@ -183,6 +186,9 @@ impl Estimator {
             };
             self.detector.on_packet(r.send_us, arrival, r.size);
             self.acked.on_packet(arrival, r.size);
+            if matches!(r.kind, SentKind::Media | SentKind::Rtx) {
+                self.media_acked.on_packet(arrival, r.size);
+            }
             if let SentKind::Probe(id) = r.kind {
                 probe = probe.max(self.probes.on_packet(id, r));
             }
@@ -270,6 +276,13 @@ impl Estimator {
     /// The acknowledged (received) bitrate, bps, once measured.
     pub fn acked_bps(&self) -> Option<u64> {
         self.acked.bps()
+    }
+
+    /// The acknowledged bitrate of media and retransmissions (no padding,
+    /// no probes), bps, once measured: what the path carries of what the
+    /// subscriber is meant to get.
+    pub fn media_acked_bps(&self) -> Option<u64> {
+        self.media_acked.bps()
     }
 
     /// The RTT in use.

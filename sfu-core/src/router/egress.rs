@@ -36,6 +36,25 @@
 //! Within one priority, consumers go in slot order. So on a short estimate
 //! a screen share keeps its higher layers while cameras step down, and
 //! cameras pause before it does.
+//!
+//! # Trials before upgrades
+//! A probe cluster is 20 packets (about 6 KB): a shaper with a token bucket
+//! lets it through at line rate, however low its rate (`tc tbf` with an
+//! 8 KB burst; so do many access-network policers). The estimate then jumps
+//! above the path, the viewer is moved up, the path overflows and the
+//! viewer comes back down: under a 400 kbit/s tbf Chromium's viewer flapped
+//! between 320x180 and 640x360 every 3-4 s. So an upgrade that needs more
+//! than the subscriber has acknowledged (or than an earlier trial proved)
+//! is tried first: for [`TRIAL`] the router pads what the subscriber gets
+//! up to what the upgrade needs, on the RTX stream, while the consumers
+//! keep their layers. The upgrade is made only if, at the end, the
+//! subscriber acknowledged at least [`TRIAL_PASS_PERCENT`] % of it with the
+//! estimate still above it; overuse or loss ends the trial at once (the
+//! padding stops before the bucket's queue overflows), and a failed trial
+//! lengthens the wait for the next probe as a failed probe does. A burst
+//! hides a cap for a fraction of a second, not for a second of load. A
+//! subscriber without an RTX stream cannot be padded and is upgraded
+//! without a trial.
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +93,17 @@ pub const PROBE_GAP: Duration = Duration::from_millis(1000);
 pub const PROBE_GAP_MAX: Duration = Duration::from_secs(4);
 /// Step between two rounds of a probe's packets.
 const PROBE_STEP: Duration = Duration::from_millis(1);
+/// How long an upgrade's trial pads (see the module doc).
+pub const TRIAL: Duration = Duration::from_millis(1000);
+/// What the subscriber must acknowledge of the trial's target (the
+/// upgrade's need plus the allocator's upgrade margin,
+/// [`alloc::UPGRADE_MARGIN_PERCENT`]) during its second half, percent: a
+/// path that carries the upgrade with no room to spare (a queue that fills)
+/// fails.
+pub const TRIAL_PASS_PERCENT: u64 = 95;
+/// A passed trial lets its upgrade through for this long (the switch waits
+/// for a keyframe, during which less than the upgrade is acknowledged).
+const TRIAL_VALID: Duration = Duration::from_secs(3);
 
 /// One consumer in an allocation: its index and its track's layers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,6 +125,32 @@ pub(super) struct Probe {
     pub(super) next_at: Instant,
 }
 
+/// An upgrade's trial being sent: padding at `padding_bps` until `ends`,
+/// then judged once the feedback for its end can have come back.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Trial {
+    /// What the upgrade needs, bps (the allocation's total).
+    need_bps: u64,
+    /// What it pads up to: the need plus the upgrade margin.
+    target_bps: u64,
+    /// [`Egress::numbered_bytes`] when it started: the padding tops up what
+    /// is sent besides it (media and RTX, bursty) to the target.
+    numbered_at_start: u64,
+    started: Instant,
+    ends: Instant,
+    bytes: u64,
+    /// The acknowledged bitrates seen from its second half on: their sum
+    /// and count (the mean is what the path carried; the 500 ms window over
+    /// bursty arrivals makes the highest sample optimistic).
+    acked_sum: u64,
+    acked_samples: u32,
+    /// Overuse, or an estimate below its need, was seen: it has failed.
+    congested: bool,
+    /// When its next padding is due; `None` once it has ended (or stopped
+    /// at congestion) and waits to be judged.
+    pub(super) next_at: Option<Instant>,
+}
+
 /// A subscriber's egress numbering and bandwidth estimate.
 #[derive(Debug)]
 pub(crate) struct Egress {
@@ -113,6 +169,17 @@ pub(crate) struct Egress {
     /// The current wait between probes, and the rate the last one probed.
     probe_gap: Duration,
     probed_bps: u64,
+    /// The upgrade being tried, if any.
+    pub(super) trial: Option<Trial>,
+    /// Bytes [`Egress::number`] numbered (media and retransmissions, no
+    /// padding), which a trial's padding tops up.
+    numbered_bytes: u64,
+    /// What the last passed trial proved, bps, and until when it counts.
+    proven: Option<(u64, Instant)>,
+    /// Trials judged, and the last one's target and acknowledged mean.
+    pub(super) trials_passed: u32,
+    pub(super) trials_failed: u32,
+    pub(super) last_trial: Option<(u64, u64)>,
     /// Retransmission budget, bytes, and when it was last refilled.
     rtx_tokens: u64,
     rtx_refilled: Instant,
@@ -145,6 +212,12 @@ impl Egress {
             last_probe: None,
             probe_gap: PROBE_GAP,
             probed_bps: 0,
+            trial: None,
+            proven: None,
+            trials_passed: 0,
+            trials_failed: 0,
+            last_trial: None,
+            numbered_bytes: 0,
             allocated: false,
             rtx_tokens: RTX_MIN_BURST_BYTES,
             rtx_refilled: now,
@@ -169,12 +242,75 @@ impl Egress {
         self.rtx_tokens = self.rtx_tokens.saturating_sub(size as u64);
     }
 
-    /// The next transport-wide number, recorded as sent with `size` bytes.
+    /// The next transport-wide number, recorded as sent with `size` bytes
+    /// (media or a retransmission).
     pub(super) fn number(&mut self, size: usize, now: Instant) -> u16 {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         self.estimator.on_sent(seq, size, now);
+        self.numbered_bytes = self.numbered_bytes.wrapping_add(size as u64);
         seq
+    }
+
+    /// What the path has been seen to carry, bps: the acknowledged bitrate
+    /// of media and retransmissions (padding and probes pass a shaper's
+    /// burst), or what a recent trial proved.
+    fn carried_bps(&self, now: Instant) -> u64 {
+        let acked = self.estimator.media_acked_bps().unwrap_or(0);
+        let proven = self
+            .proven
+            .filter(|&(_, until)| now < until)
+            .map_or(0, |p| p.0);
+        acked.max(proven)
+    }
+
+    /// Follows the running trial after feedback taken at `now`: the
+    /// acknowledged bitrate from its second half on (the first half fills a
+    /// shaper's burst), and congestion, which fails it at once.
+    pub(super) fn watch_trial(&mut self, now: Instant) {
+        let Some(t) = self.trial.as_mut() else {
+            return;
+        };
+        if self.estimator.delay_state() == bwe::delay::BandwidthUsage::Overusing
+            || self.estimator.target_bps() < t.need_bps
+        {
+            t.next_at = None;
+            t.congested = true;
+            return;
+        }
+        // Feedback taken within its second half: the acked window then
+        // holds trial traffic only (later feedback mixes in what follows).
+        if now >= t.started + TRIAL / 2 && now <= t.ends {
+            t.acked_sum += self.estimator.acked_bps().unwrap_or(0);
+            t.acked_samples += 1;
+        }
+    }
+
+    /// Judges the running trial at `now`: `Some(true)` when it passed (its
+    /// target is then proven for [`TRIAL_VALID`]), `Some(false)` when it
+    /// failed, `None` while it runs or when none runs.
+    fn judge_trial(&mut self, now: Instant) -> Option<bool> {
+        let t = self.trial?;
+        if now < t.ends && !t.congested {
+            return None;
+        }
+        self.trial = None;
+        let acked = t.acked_sum / u64::from(t.acked_samples.max(1));
+        let passed = !t.congested
+            && acked.saturating_mul(100) >= t.target_bps.saturating_mul(TRIAL_PASS_PERCENT);
+        self.last_trial = Some((t.target_bps, acked));
+        if passed {
+            self.trials_passed = self.trials_passed.wrapping_add(1);
+        } else {
+            self.trials_failed = self.trials_failed.wrapping_add(1);
+        }
+        if passed {
+            // The target, margin included: the layers' costs move from
+            // one second to the next, and a need that grew a little since
+            // must not take another trial.
+            self.proven = Some((t.target_bps, now + TRIAL_VALID));
+        }
+        Some(passed)
     }
 
     /// Whether an allocation is due at `now` (and if so, the next one is
@@ -350,9 +486,81 @@ impl Router {
         let (Some(reqs), Some(outs)) = (requests.get(..n), out.get_mut(..n)) else {
             return;
         };
+        match egress.judge_trial(now) {
+            Some(true) => {
+                stats.inc(super::Counter::TrialsPassed);
+                // The path had room: look for the next upgrade at once.
+                egress.probe_gap = PROBE_GAP;
+                egress.last_probe = None;
+            }
+            Some(false) => {
+                stats.inc(super::Counter::TrialsFailed);
+                // As a probe that did not find what it looked for.
+                egress.probe_gap = (egress.probe_gap * 2).min(PROBE_GAP_MAX);
+                egress.last_probe = Some(now);
+            }
+            None => {}
+        }
         let result = alloc::allocate(estimate, reqs, outs);
         egress.allocated = true;
         stats.inc(super::Counter::Allocations);
+        // Upgrades: a video above the layer it is heading for, or a paused
+        // one resumed. Beyond what the path has carried, they wait for a
+        // trial (see the module doc).
+        let mut upgrades = [false; MAX_STREAMS];
+        let mut any_upgrade = false;
+        for ((s, &choice), up) in streams.iter().zip(out.iter()).zip(upgrades.iter_mut()) {
+            let Some(c) = ep.consumers.get(s.consumer) else {
+                continue;
+            };
+            if c.kind != MediaKind::Video {
+                continue;
+            }
+            let layers = s.layers.get(..s.count).unwrap_or_default();
+            let heading = c
+                .target
+                .and_then(|t| layers.iter().position(|&(_, ssrc)| ssrc == t));
+            *up = match (heading, choice) {
+                (Some(h), Some(to)) => to > h,
+                (None, Some(_)) => c.paused(),
+                _ => false,
+            };
+            any_upgrade |= *up;
+        }
+        let can_pad = ep.consumers.iter().any(|c| {
+            c.attached
+                && c.kind == MediaKind::Video
+                && c.rtx.as_deref().is_some_and(|r| r.tx_stream.is_some())
+        });
+        if any_upgrade && can_pad && result.used_bps > egress.carried_bps(now) {
+            if egress.trial.is_none() && egress.probe.is_none() {
+                let target = result.used_bps * alloc::UPGRADE_MARGIN_PERCENT / 100;
+                egress.trial = Some(Trial {
+                    need_bps: result.used_bps,
+                    target_bps: target,
+                    numbered_at_start: egress.numbered_bytes,
+                    started: now,
+                    ends: now + TRIAL,
+                    bytes: 0,
+                    acked_sum: 0,
+                    acked_samples: 0,
+                    congested: false,
+                    next_at: Some(now),
+                });
+                stats.inc(super::Counter::TrialsStarted);
+            }
+            // Until it passes, each upgraded video keeps its course.
+            for ((s, o), &up) in streams.iter().zip(out.iter_mut()).zip(upgrades.iter()) {
+                if !up {
+                    continue;
+                }
+                let layers = s.layers.get(..s.count).unwrap_or_default();
+                *o = ep.consumers.get(s.consumer).and_then(|c| {
+                    c.target
+                        .and_then(|t| layers.iter().position(|&(_, ssrc)| ssrc == t))
+                });
+            }
+        }
         if estimate >= egress.probed_bps {
             // The last probe found what it looked for (or none was sent).
             egress.probe_gap = PROBE_GAP;
@@ -363,6 +571,7 @@ impl Router {
         if result.wants_probe_bps > 0
             && acked <= estimate
             && egress.probe.is_none()
+            && egress.trial.is_none()
             && egress
                 .last_probe
                 .is_none_or(|t| now.saturating_duration_since(t) >= egress.probe_gap)
@@ -441,10 +650,11 @@ impl Router {
         }
     }
 
-    /// Sends the due packets of the probe cluster of the subscriber in
-    /// `slot`: padding-only packets on the RTX stream of one of its video
-    /// consumers, numbered as probe `id` for the estimator, paced at the
-    /// probe's rate. A subscriber without RTX is not probed.
+    /// Sends the due padding of the subscriber in `slot`: its probe
+    /// cluster's packets (numbered as probe `id` for the estimator), or else
+    /// its upgrade trial's, each paced at its rate, as padding-only packets
+    /// on the RTX stream of one of its video consumers. A subscriber without
+    /// RTX is not padded (its probe ends at once; it gets no trial).
     pub(super) fn send_probe<T: super::Transmit>(&mut self, slot: u32, now: Instant, tx: &mut T) {
         let Self {
             endpoints, stats, ..
@@ -459,9 +669,13 @@ impl Router {
         ) else {
             return;
         };
-        let Some(mut probe) = egress.probe.filter(|p| p.next_at <= now) else {
+        let probe = egress.probe.filter(|p| p.next_at <= now);
+        let trial = egress
+            .trial
+            .filter(|t| egress.probe.is_none() && t.next_at.is_some_and(|at| at <= now));
+        if probe.is_none() && trial.is_none() {
             return;
-        };
+        }
         let rtx = ep
             .consumers
             .iter_mut()
@@ -469,16 +683,34 @@ impl Router {
             .find_map(|c| c.rtx.as_deref_mut().filter(|r| r.tx_stream.is_some()));
         let Some(rtx) = rtx else {
             egress.probe = None;
+            egress.trial = None;
             egress.last_probe = Some(now);
             return;
         };
-        // Bytes due by now at the probe's rate; the first packet at once.
-        // (Forcing a packet every step instead sent every probe at 2.3
-        // Mbit/s or more, whatever its rate: a shaper's burst let such a
-        // cluster through at line rate and the estimate jumped to it.)
-        let elapsed = now.saturating_duration_since(probe.started).as_micros() as u64;
-        let due = (probe.bps * elapsed / 8 / 1_000_000).max(1);
-        while probe.bytes < due && probe.sent < PROBE_PACKETS {
+        // Bytes due by now at the rate; the first packet at once. (Forcing
+        // a packet every step instead sent every probe at 2.3 Mbit/s or
+        // more, whatever its rate: a shaper's burst let such a cluster
+        // through at line rate and the estimate jumped to it.)
+        let (bps, started, sent_bytes, kind) = match (probe, trial) {
+            (Some(p), _) => (p.bps, p.started, p.bytes, bwe::SentKind::Probe(p.id)),
+            (None, Some(t)) => (t.target_bps, t.started, t.bytes, bwe::SentKind::Padding),
+            (None, None) => return,
+        };
+        let elapsed = now.saturating_duration_since(started).as_micros() as u64;
+        let mut due = (bps * elapsed / 8 / 1_000_000).max(1);
+        if let Some(t) = trial {
+            // What media and RTX sent since the start counts towards it.
+            let others = egress.numbered_bytes.wrapping_sub(t.numbered_at_start);
+            due = due.saturating_sub(others);
+        }
+        let mut bytes = sent_bytes;
+        let mut packets = 0u32;
+        let budget = probe.map_or(u32::MAX, |p| PROBE_PACKETS.saturating_sub(p.sent));
+        // A trial stops padding at the first sign of congestion: it has
+        // failed, and its padding would only fill the bottleneck's queue.
+        let congested = trial.is_some()
+            && egress.estimator.delay_state() == bwe::delay::BandwidthUsage::Overusing;
+        while !congested && bytes < due && packets < budget {
             let Some(out) = tx.buffer() else {
                 stats.drop(super::DropReason::PoolExhausted);
                 break;
@@ -493,14 +725,16 @@ impl Router {
             match keys.tx.protect_rtp_stream(stream, out, len) {
                 Ok(n) => {
                     egress.seq = egress.seq.wrapping_add(1);
-                    egress
-                        .estimator
-                        .on_sent_as(seq, n, bwe::SentKind::Probe(probe.id), now);
+                    egress.estimator.on_sent_as(seq, n, kind, now);
                     tx.send(n, dst);
                     stats.sent(n);
-                    stats.inc(super::Counter::ProbePackets);
-                    probe.bytes += n as u64;
-                    probe.sent += 1;
+                    stats.inc(if probe.is_some() {
+                        super::Counter::ProbePackets
+                    } else {
+                        super::Counter::TrialPackets
+                    });
+                    bytes += n as u64;
+                    packets += 1;
                 }
                 Err(_) => {
                     stats.drop(super::DropReason::ProtectFailed);
@@ -508,12 +742,21 @@ impl Router {
                 }
             }
         }
-        if probe.sent >= PROBE_PACKETS {
-            egress.probe = None;
-            egress.last_probe = Some(now);
-        } else {
-            probe.next_at = now + PROBE_STEP;
-            egress.probe = Some(probe);
+        if let Some(mut p) = probe {
+            p.bytes = bytes;
+            p.sent += packets;
+            if p.sent >= PROBE_PACKETS {
+                egress.probe = None;
+                egress.last_probe = Some(now);
+            } else {
+                p.next_at = now + PROBE_STEP;
+                egress.probe = Some(p);
+            }
+        } else if let Some(mut t) = trial {
+            t.bytes = bytes;
+            // After its end (or congestion) it waits to be judged.
+            t.next_at = (!congested && now + PROBE_STEP < t.ends).then_some(now + PROBE_STEP);
+            egress.trial = Some(t);
         }
     }
 }

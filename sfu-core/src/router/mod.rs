@@ -484,6 +484,14 @@ pub struct BandwidthInfo {
     pub rtt_ms: u32,
     /// Video consumers paused because their lowest layer does not fit.
     pub paused: u16,
+    /// Upgrade trials passed and failed so far ([`egress`]'s "Trials
+    /// before upgrades").
+    pub trials_passed: u32,
+    /// See `trials_passed`.
+    pub trials_failed: u32,
+    /// The last judged trial: what it padded up to and the mean bitrate the
+    /// subscriber acknowledged in its second half, bps.
+    pub last_trial: Option<(u64, u64)>,
 }
 
 /// A producer as the control plane reports it.
@@ -834,6 +842,9 @@ impl Router {
                             delay_state: est.delay_state(),
                             rtt_ms: u32::try_from(est.rtt().as_millis()).unwrap_or(u32::MAX),
                             paused: ep.consumers.iter().filter(|c| c.paused()).count() as u16,
+                            trials_passed: e.trials_passed,
+                            trials_failed: e.trials_failed,
+                            last_trial: e.last_trial,
                         }
                     },
                 )))

@@ -125,13 +125,24 @@ impl Consumer {
     }
 }
 
-/// A layer's bitrate over the last second, measured from its packets.
+/// A layer's bitrate over the last second, measured from its packets, and
+/// the mean of its last [`COST_WINDOWS`] seconds: what allocation costs it
+/// at. An encoder's bitrate follows the picture (Chromium's 640x360 layer
+/// of one camera: 300 to 480 kbit/s from one second to the next) and jumps
+/// in the second of a keyframe; costed at one second, a layer that was just
+/// switched to (on a keyframe) looked a third dearer and was dropped again
+/// at the next allocation. (The highest of the last seconds did the same.)
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LayerRate {
     bytes: u64,
     since: Instant,
     /// Bits per second over the last full window.
     pub(super) bps: u64,
+    /// The last full windows' rates, newest at `recent_at`.
+    recent: [u64; COST_WINDOWS],
+    recent_at: usize,
+    /// Full windows measured so far.
+    windows: u32,
     /// Whether a full window has passed (`bps` is measured).
     measured: bool,
     last: Instant,
@@ -139,6 +150,8 @@ pub(super) struct LayerRate {
 
 /// Window of [`LayerRate`].
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(1000);
+/// Windows [`LayerRate::cost_bps`] averages.
+const COST_WINDOWS: usize = 4;
 /// A layer without a packet for this long is inactive (paused by its
 /// publisher, or gone).
 const LAYER_IDLE: std::time::Duration = std::time::Duration::from_millis(2000);
@@ -149,6 +162,9 @@ impl LayerRate {
             bytes: 0,
             since: now,
             bps: 0,
+            recent: [0; COST_WINDOWS],
+            recent_at: 0,
+            windows: 0,
             measured: false,
             last: now,
         }
@@ -163,6 +179,11 @@ impl LayerRate {
             return false;
         }
         self.bps = self.bytes * 8 * 1_000_000 / (elapsed.as_micros().max(1) as u64);
+        self.recent_at = (self.recent_at + 1) % COST_WINDOWS;
+        self.windows = self.windows.saturating_add(1);
+        if let Some(r) = self.recent.get_mut(self.recent_at) {
+            *r = self.bps;
+        }
         self.measured = true;
         self.bytes = 0;
         self.since = now;
@@ -176,6 +197,20 @@ impl LayerRate {
     /// The measured rate, once a full window has passed.
     pub(super) fn measured_bps(&self) -> Option<u64> {
         self.measured.then_some(self.bps)
+    }
+
+    /// The mean rate of the last [`COST_WINDOWS`] full windows (of those
+    /// measured, while fewer).
+    pub(super) fn cost_bps(&self) -> u64 {
+        let n = (self.windows as usize).clamp(1, COST_WINDOWS);
+        // The newest `n` windows are the `n` ending at `recent_at`.
+        let sum: u64 = (0..n)
+            .filter_map(|k| {
+                self.recent
+                    .get((self.recent_at + COST_WINDOWS - k) % COST_WINDOWS)
+            })
+            .sum();
+        sum / n as u64
     }
 }
 
@@ -532,8 +567,12 @@ impl Router {
             let budget = match sub.transport.egress.as_deref() {
                 // Its estimate chooses its layers ([`super::egress`]).
                 Some(e) if e.allocated => continue,
-                // Until its first allocation, what fits its start estimate.
-                Some(e) => Some(e.estimator.target_bps()),
+                // Until its first allocation, its lowest layer: upgrades
+                // take an allocation and a trial ([`super::egress`]). (What
+                // fitted its start estimate put viewers on Chromium's middle
+                // layer, measured low while it ramped up at its start, and
+                // froze them under a cap.)
+                Some(_) => Some(0),
                 None => None,
             };
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
@@ -676,6 +715,7 @@ impl Router {
                 Ok(RtcpPacket::TransportCc(fb)) => {
                     if let Some(e) = ep.transport.egress.as_deref_mut() {
                         e.estimator.on_feedback(&fb, now);
+                        e.watch_trial(now);
                         self.stats.inc(Counter::TwccFeedbackIn);
                         allocate |= e.allocation_due(now);
                     }
@@ -1827,10 +1867,9 @@ fn attach(
 
 /// The layer a consumer of track `key` should forward: of the track's
 /// active layers in declaration order (ascending quality), the highest at
-/// or below `max_layer` and, for a subscriber whose bandwidth is estimated
-/// but not yet allocated, within `budget` bps (the lowest layer while the
-/// layers' bitrates are not measured); the track's first layer when none
-/// is active.
+/// or below `max_layer` and within `budget` bps when one is given (the
+/// lowest layer when none fits, or while the layers' bitrates are not
+/// measured); the track's first layer when none is active.
 pub(super) fn target_layer(
     producers: &HashMap<u32, Producer>,
     key: u32,
@@ -1860,8 +1899,9 @@ pub(super) fn target_layer(
 /// endpoint lists them, API layers as `layer_of` lists them); returns how
 /// many.
 ///
-/// A layer's cost is its measured bitrate. A layer that sends less than
-/// the active layer under it is left out: the publisher has just started it
+/// A layer's cost is its mean bitrate over the last few seconds
+/// ([`LayerRate::cost_bps`]). A layer that sends less (over the last
+/// second) than the active layer under it is left out: the publisher has just started it
 /// (Chromium ramps its top layer up over several seconds), and it is
 /// neither better nor cheaper to forward. Ordering by measured bitrate
 /// instead moved a capped viewer onto a top layer that had just appeared
@@ -1890,7 +1930,7 @@ pub(super) fn active_layers(
         let Some(at) = out.get_mut(n) else {
             break;
         };
-        *at = (p.rate.bps, i, l);
+        *at = (p.rate.cost_bps(), i, l);
         if p.rate.measured {
             below = p.rate.bps;
         }

@@ -175,6 +175,15 @@ counter_table! {
         ProbesStarted => "bwe_probes", "Bandwidth probe clusters started for subscribers.";
         /// Padding packets sent in bandwidth probes.
         ProbePackets => "bwe_probe_packets", "Padding packets sent in bandwidth probes.";
+        /// Upgrade trials started: padding up to what an upgrade needs,
+        /// before it is made.
+        TrialsStarted => "bwe_trials", "Upgrade trials started (padding up to what a subscriber's upgrade needs, before it is made).";
+        /// Upgrade trials the path carried: the upgrade was let through.
+        TrialsPassed => "bwe_trials_passed", "Upgrade trials the path carried (the upgrade was let through).";
+        /// Upgrade trials ended by congestion or short acknowledgement.
+        TrialsFailed => "bwe_trials_failed", "Upgrade trials ended by overuse, loss or too little acknowledged (the upgrade was not made).";
+        /// Padding packets sent in upgrade trials.
+        TrialPackets => "bwe_trial_packets", "Padding packets sent in upgrade trials.";
         /// RTX streams of publishers bound by `repaired-rid`.
         RtxStreamsBound => "rtx_streams_bound", "Publisher RTX streams bound to their layer by repaired-rid.";
     }

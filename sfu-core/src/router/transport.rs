@@ -525,6 +525,12 @@ impl Transport {
                         .and_then(|e| e.probe)
                         .map(|p| p.next_at),
                 );
+                earliest(
+                    self.egress
+                        .as_ref()
+                        .and_then(|e| e.trial)
+                        .and_then(|t| t.next_at),
+                );
             }
         }
         if let Some(w) = &self.webrtc {
