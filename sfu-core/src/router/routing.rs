@@ -567,12 +567,8 @@ impl Router {
             let budget = match sub.transport.egress.as_deref() {
                 // Its estimate chooses its layers ([`super::egress`]).
                 Some(e) if e.allocated => continue,
-                // Until its first allocation, its lowest layer: upgrades
-                // take an allocation and a trial ([`super::egress`]). (What
-                // fitted its start estimate put viewers on Chromium's middle
-                // layer, measured low while it ramped up at its start, and
-                // froze them under a cap.)
-                Some(_) => Some(0),
+                // Until its first allocation, what fits its start estimate.
+                Some(e) => Some(e.estimator.target_bps()),
                 None => None,
             };
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
