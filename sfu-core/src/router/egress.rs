@@ -46,10 +46,11 @@
 //! between 320x180 and 640x360 every 3-4 s. So an upgrade that needs more
 //! than the subscriber has acknowledged (or than an earlier trial proved)
 //! is tried first: for [`TRIAL`] the router pads what the subscriber gets
-//! up to what the upgrade needs, on the RTX stream, while the consumers
-//! keep their layers. The upgrade is made only if, at the end, the
-//! subscriber acknowledged at least [`TRIAL_PASS_PERCENT`] % of it with the
-//! estimate still above it; overuse or loss ends the trial at once (the
+//! up to what the upgrade needs plus the allocator's upgrade margin, on the
+//! RTX stream, while the consumers keep their layers. The upgrade is made
+//! only if, over the trial's second half, the subscriber acknowledged at
+//! least [`TRIAL_PASS_PERCENT`] % of that with the estimate still above the
+//! need; overuse or an estimate below the need ends the trial at once (the
 //! padding stops before the bucket's queue overflows), and a failed trial
 //! lengthens the wait for the next probe as a failed probe does. A burst
 //! hides a cap for a fraction of a second, not for a second of load. A
@@ -125,8 +126,9 @@ pub(super) struct Probe {
     pub(super) next_at: Instant,
 }
 
-/// An upgrade's trial being sent: padding at `padding_bps` until `ends`,
-/// then judged once the feedback for its end can have come back.
+/// An upgrade's trial being sent: padding that tops what is sent up to
+/// `target_bps` until `ends`, then judged on the feedback taken in its
+/// second half.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Trial {
     /// What the upgrade needs, bps (the allocation's total).
@@ -299,12 +301,10 @@ impl Egress {
         let passed = !t.congested
             && acked.saturating_mul(100) >= t.target_bps.saturating_mul(TRIAL_PASS_PERCENT);
         self.last_trial = Some((t.target_bps, acked));
-        if passed {
-            self.trials_passed = self.trials_passed.wrapping_add(1);
-        } else {
+        if !passed {
             self.trials_failed = self.trials_failed.wrapping_add(1);
-        }
-        if passed {
+        } else {
+            self.trials_passed = self.trials_passed.wrapping_add(1);
             // The target, margin included: the layers' costs move from
             // one second to the next, and a need that grew a little since
             // must not take another trial.
@@ -507,9 +507,11 @@ impl Router {
         // Upgrades: a video above the layer it is heading for, or a paused
         // one resumed. Beyond what the path has carried, they wait for a
         // trial (see the module doc).
-        let mut upgrades = [false; MAX_STREAMS];
+        // Per stream: whether it is upgraded, and the layer it heads for.
+        let mut upgrades = [(false, None); MAX_STREAMS];
         let mut any_upgrade = false;
-        for ((s, &choice), up) in streams.iter().zip(out.iter()).zip(upgrades.iter_mut()) {
+        for ((s, &choice), (up, heading)) in streams.iter().zip(out.iter()).zip(upgrades.iter_mut())
+        {
             let Some(c) = ep.consumers.get(s.consumer) else {
                 continue;
             };
@@ -517,10 +519,10 @@ impl Router {
                 continue;
             }
             let layers = s.layers.get(..s.count).unwrap_or_default();
-            let heading = c
+            *heading = c
                 .target
                 .and_then(|t| layers.iter().position(|&(_, ssrc)| ssrc == t));
-            *up = match (heading, choice) {
+            *up = match (*heading, choice) {
                 (Some(h), Some(to)) => to > h,
                 (None, Some(_)) => c.paused(),
                 _ => false,
@@ -550,15 +552,10 @@ impl Router {
                 stats.inc(super::Counter::TrialsStarted);
             }
             // Until it passes, each upgraded video keeps its course.
-            for ((s, o), &up) in streams.iter().zip(out.iter_mut()).zip(upgrades.iter()) {
-                if !up {
-                    continue;
+            for (o, &(up, heading)) in out.iter_mut().zip(upgrades.iter()) {
+                if up {
+                    *o = heading;
                 }
-                let layers = s.layers.get(..s.count).unwrap_or_default();
-                *o = ep.consumers.get(s.consumer).and_then(|c| {
-                    c.target
-                        .and_then(|t| layers.iter().position(|&(_, ssrc)| ssrc == t))
-                });
             }
         }
         if estimate >= egress.probed_bps {

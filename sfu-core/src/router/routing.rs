@@ -141,10 +141,8 @@ pub(super) struct LayerRate {
     /// The last full windows' rates, newest at `recent_at`.
     recent: [u64; COST_WINDOWS],
     recent_at: usize,
-    /// Full windows measured so far.
+    /// Full windows measured so far (`bps` is measured once there is one).
     windows: u32,
-    /// Whether a full window has passed (`bps` is measured).
-    measured: bool,
     last: Instant,
 }
 
@@ -165,7 +163,6 @@ impl LayerRate {
             recent: [0; COST_WINDOWS],
             recent_at: 0,
             windows: 0,
-            measured: false,
             last: now,
         }
     }
@@ -184,7 +181,6 @@ impl LayerRate {
         if let Some(r) = self.recent.get_mut(self.recent_at) {
             *r = self.bps;
         }
-        self.measured = true;
         self.bytes = 0;
         self.since = now;
         true
@@ -194,9 +190,14 @@ impl LayerRate {
         now.saturating_duration_since(self.last) < LAYER_IDLE
     }
 
+    /// Whether a full window has passed.
+    fn measured(&self) -> bool {
+        self.windows > 0
+    }
+
     /// The measured rate, once a full window has passed.
     pub(super) fn measured_bps(&self) -> Option<u64> {
-        self.measured.then_some(self.bps)
+        self.measured().then_some(self.bps)
     }
 
     /// The mean rate of the last [`COST_WINDOWS`] full windows (of those
@@ -1919,7 +1920,7 @@ pub(super) fn active_layers(
         let Some(p) = producers.get(&l).filter(|p| p.rate.active(now)) else {
             continue;
         };
-        if p.rate.measured && p.rate.bps < below {
+        if p.rate.measured() && p.rate.bps < below {
             // Sends less than the layer under it: not ready (starting).
             continue;
         }
@@ -1927,10 +1928,10 @@ pub(super) fn active_layers(
             break;
         };
         *at = (p.rate.cost_bps(), i, l);
-        if p.rate.measured {
+        if p.rate.measured() {
             below = p.rate.bps;
         }
-        measured &= p.rate.measured;
+        measured &= p.rate.measured();
         n += 1;
     }
     let Some(active) = out.get_mut(..n) else {
