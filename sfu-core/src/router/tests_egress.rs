@@ -332,6 +332,21 @@ fn run_link(
     Run { layer_at, router }
 }
 
+/// Asserts that `layer` was received in every second of `layer_at[at]`.
+fn assert_on(layer_at: &[(u64, usize)], at: std::ops::Range<usize>, layer: usize) {
+    for &(s, l) in &layer_at[at] {
+        assert_eq!(l, layer, "second {s}: {layer_at:?}");
+    }
+}
+
+/// The first second from index `from` on in which `layer` was received.
+fn first_on(layer_at: &[(u64, usize)], from: usize, layer: usize) -> Option<u64> {
+    layer_at[from..]
+        .iter()
+        .find(|&&(_, l)| l == layer)
+        .map(|&(s, _)| s)
+}
+
 #[test]
 fn a_subscribers_layer_follows_its_bottleneck() {
     let Run { layer_at, router } = run_link(Camera::new(FRAME_BYTES), 3000, 100, 0, |step| {
@@ -342,14 +357,9 @@ fn a_subscribers_layer_follows_its_bottleneck() {
     assert!(st.get(Counter::Allocations) > 10);
     // Capped at 400 kbit/s (the issue's `tc tbf` case): from the fifth
     // second on the low layer (160 kbit/s), never paused.
-    for &(s, l) in &layer_at[4..15] {
-        assert_eq!(l, 0, "second {s}: {layer_at:?}");
-    }
+    assert_on(&layer_at, 4..15, 0);
     // Lifted to 5 Mbit/s at 15 s: the top layer within 10 s, and kept.
-    let up = layer_at[15..]
-        .iter()
-        .find(|&&(_, l)| l == 2)
-        .map(|&(s, _)| s);
+    let up = first_on(&layer_at, 15, 2);
     assert!(up.is_some_and(|s| s <= 25), "{layer_at:?}");
     assert!(layer_at[25..].iter().all(|&(_, l)| l == 2), "{layer_at:?}");
 }
@@ -385,13 +395,8 @@ fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
     // it the low layer, every second.
     let frozen = layer_at[8..33].iter().filter(|&&(_, l)| l == 9).count();
     assert!(frozen <= 2, "{frozen} s without media: {layer_at:?}");
-    for &(s, l) in &layer_at[13..33] {
-        assert_eq!(l, 0, "second {s}: {layer_at:?}");
-    }
-    let up = layer_at[33..]
-        .iter()
-        .find(|&&(_, l)| l == 2)
-        .map(|&(s, _)| s);
+    assert_on(&layer_at, 13..33, 0);
+    let up = first_on(&layer_at, 33, 2);
     assert!(
         up.is_some_and(|s| s <= 43),
         "top layer within 10 s: {layer_at:?}"
@@ -415,15 +420,10 @@ fn a_shapers_burst_does_not_lure_a_viewer_above_its_cap() {
         8 * 1024,
         |step| if step < 2500 { 400 } else { 20_000 },
     );
-    for &(s, l) in &layer_at[3..25] {
-        assert_eq!(l, 0, "second {s}: {layer_at:?}");
-    }
+    assert_on(&layer_at, 3..25, 0);
     let st = router.stats();
     assert!(st.get(Counter::TrialsFailed) > 0, "the cap was tried");
-    let up = layer_at[25..]
-        .iter()
-        .find(|&&(_, l)| l == 2)
-        .map(|&(s, _)| s);
+    let up = first_on(&layer_at, 25, 2);
     assert!(
         up.is_some_and(|s| s <= 35),
         "top layer within 10 s: {layer_at:?}"
@@ -441,9 +441,7 @@ fn a_top_layer_that_starts_late_is_not_taken_for_a_cheap_one() {
     let mut camera = Camera::new(CHROMIUM_FRAME_BYTES);
     camera.top_from = Some(200);
     let Run { layer_at, .. } = run_link(camera, 3000, 200, 0, |_| 200);
-    for &(s, l) in &layer_at[4..] {
-        assert_eq!(l, 0, "second {s}: {layer_at:?}");
-    }
+    assert_on(&layer_at, 4..layer_at.len(), 0);
 }
 
 /// Priorities on a virtual clock: two three-layer tracks (160, 480 and
