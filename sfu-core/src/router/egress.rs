@@ -74,6 +74,11 @@ pub const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
 /// slow paths with a top-layer keyframe first.
 pub const START_BPS: u64 = 300_000;
 
+/// How long after the first packet it was sent a subscriber that
+/// negotiated transport-cc stays on its tracks' lowest layers while no
+/// feedback has come (see [`Egress::start_budget`]).
+pub const FEEDBACK_WAIT: Duration = Duration::from_millis(1000);
+
 /// Most consumers of one subscriber the allocator weighs.
 pub const MAX_STREAMS: usize = 128;
 
@@ -185,6 +190,8 @@ pub(crate) struct Egress {
     /// Retransmission budget, bytes, and when it was last refilled.
     rtx_tokens: u64,
     rtx_refilled: Instant,
+    /// When the first packet was numbered for it.
+    first_sent: Option<Instant>,
 }
 
 /// Share of a subscriber's estimate its retransmissions may take, percent:
@@ -223,6 +230,28 @@ impl Egress {
             allocated: false,
             rtx_tokens: RTX_MIN_BURST_BYTES,
             rtx_refilled: now,
+            first_sent: None,
+        }
+    }
+
+    /// What a subscriber's layers are chosen within before its first
+    /// allocation, bps. Until feedback has come, nothing is known of the
+    /// path, and the start estimate guesses from layers that are still
+    /// ramping up: Chromium's middle layer sends about half its rate in its
+    /// first seconds, so it fitted the 300 kbit/s start and a viewer capped
+    /// at 400 kbit/s started on it and froze for 3-4 s before the first
+    /// allocations moved it down. So it starts on the lowest layers (a
+    /// budget of 0), and the first feedback (a browser's comes within a
+    /// few hundred ms) lets the allocator and its trials move it up. A
+    /// subscriber whose feedback does not come [`FEEDBACK_WAIT`] after its
+    /// first packet gets what fits the start estimate, as one without
+    /// transport-cc does.
+    pub(super) fn start_budget(&self, now: Instant) -> u64 {
+        match self.first_sent {
+            Some(t) if now.saturating_duration_since(t) >= FEEDBACK_WAIT => {
+                self.estimator.target_bps()
+            }
+            _ => 0,
         }
     }
 
@@ -251,6 +280,9 @@ impl Egress {
         self.seq = self.seq.wrapping_add(1);
         self.estimator.on_sent(seq, size, now);
         self.numbered_bytes = self.numbered_bytes.wrapping_add(size as u64);
+        if self.first_sent.is_none() {
+            self.first_sent = Some(now);
+        }
         seq
     }
 

@@ -568,8 +568,10 @@ impl Router {
             let budget = match sub.transport.egress.as_deref() {
                 // Its estimate chooses its layers ([`super::egress`]).
                 Some(e) if e.allocated => continue,
-                // Until its first allocation, what fits its start estimate.
-                Some(e) => Some(e.estimator.target_bps()),
+                // Until its first allocation, its lowest layers while its
+                // first feedback is awaited, then what fits its start
+                // estimate ([`super::egress::Egress::start_budget`]).
+                Some(e) => Some(e.start_budget(now)),
                 None => None,
             };
             let Some(consumer) = sub.consumers.get_mut(usize::from(c)) else {
@@ -1218,7 +1220,7 @@ impl Router {
                     }
                 }
             };
-            let budget = layer_budget(ep);
+            let budget = layer_budget(ep, now);
             if let Some(c) = ep.consumers.get_mut(index) {
                 attach(producers, slot, index as u16, c, t.ssrc, pts, budget, now);
             }
@@ -1676,7 +1678,7 @@ impl Router {
                     None => ep.consumers.push(c),
                 }
             }
-            let budget = layer_budget(ep);
+            let budget = layer_budget(ep, now);
             let Some(c) = ep.consumers.get_mut(i) else {
                 continue;
             };
@@ -1795,13 +1797,18 @@ fn new_consumer(ep: &mut Endpoint, kind: MediaKind, per_kind: u16) -> Consumer {
 }
 
 /// The bitrate a new consumer of the endpoint `ep` chooses its first layer
-/// within: its current estimate when its bandwidth is estimated (the next
-/// allocation re-targets it), no limit otherwise.
-fn layer_budget(ep: &Endpoint) -> Option<u64> {
-    ep.transport
-        .egress
-        .as_deref()
-        .map(|e| e.estimator.target_bps())
+/// within at `now`: when its bandwidth is estimated, its current estimate
+/// once allocations run (the next one re-targets it) and before that its
+/// start budget ([`super::egress::Egress::start_budget`]); no limit
+/// otherwise.
+fn layer_budget(ep: &Endpoint, now: Instant) -> Option<u64> {
+    ep.transport.egress.as_deref().map(|e| {
+        if e.allocated {
+            e.estimator.target_bps()
+        } else {
+            e.start_budget(now)
+        }
+    })
 }
 
 /// Attaches consumer `c` (slot `index` of the endpoint in `slot`) to the

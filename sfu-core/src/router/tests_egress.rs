@@ -16,7 +16,39 @@ const PUB: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 const LAYERS: [u32; 3] = [0x100, 0x200, 0x300];
 const TWCC_ID: u8 = 5;
 
-fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
+fn endpoint_config(
+    id: u64,
+    role: Role,
+    (remote_master, local_master): (Vec<u8>, Vec<u8>),
+    tracks: Vec<TrackConfig>,
+    remote: SocketAddr,
+    twcc: Option<u8>,
+) -> EndpointConfig {
+    EndpointConfig {
+        id: EndpointId(id),
+        room: RoomId(1),
+        role,
+        profile: super::tests::PROFILE,
+        remote_master,
+        local_master,
+        tracks,
+        remote: Some(remote),
+        subscription: Subscription::All,
+        rtcp_ssrc: None,
+        // The subscriber takes RTX: probes are padding on its RTX stream.
+        red_payload_type: None,
+        rtx_payload_types: RtxPayloadTypes {
+            video: twcc.map(|_| 97),
+            audio: None,
+        },
+        twcc_send_extension: twcc,
+        participant: None,
+        audio_level_extension: None,
+    }
+}
+
+/// A room with the simulcast publisher ([`LAYERS`]).
+fn setup_publisher() -> (Router, Instant, Peer) {
     let t0 = Instant::now();
     let mut router = Router::new(RouterConfig::default());
     router
@@ -24,60 +56,36 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
         .unwrap();
     let (publisher, pm, pl) = Peer::new(1);
     let tracks = super::tests_simulcast::vp8_layers(&LAYERS);
-    let config =
-        |id, role, remote_master, local_master, tracks, remote, twcc: Option<u8>| EndpointConfig {
-            id: EndpointId(id),
-            room: RoomId(1),
-            role,
-            profile: super::tests::PROFILE,
-            remote_master,
-            local_master,
-            tracks,
-            remote,
-            subscription: Subscription::All,
-            rtcp_ssrc: None,
-            // The subscriber takes RTX: probes are padding on its RTX stream.
-            red_payload_type: None,
-            rtx_payload_types: RtxPayloadTypes {
-                video: twcc.map(|_| 97),
-                audio: None,
-            },
-            twcc_send_extension: twcc,
-            participant: None,
-            audio_level_extension: None,
-        };
+    let config = endpoint_config(1, Role::Publish, (pm, pl), tracks, PUB, None);
     router
-        .handle_command(
-            t0,
-            Command::AddEndpoint(Box::new(config(
-                1,
-                Role::Publish,
-                pm,
-                pl,
-                tracks,
-                Some(PUB),
-                None,
-            ))),
-        )
+        .handle_command(t0, Command::AddEndpoint(Box::new(config)))
         .unwrap();
+    (router, t0, publisher)
+}
+
+/// Adds the subscriber (transport-cc and RTX, at port 6000) at `now`.
+fn add_subscriber(router: &mut Router, now: Instant) -> (Peer, ConsumerInfo) {
     let (sub, m, l) = Peer::new(10);
+    let config = endpoint_config(
+        2,
+        Role::Subscribe,
+        (m, l),
+        vec![],
+        addr(6000),
+        Some(TWCC_ID),
+    );
     let c = consumers(
         router
-            .handle_command(
-                t0,
-                Command::AddEndpoint(Box::new(config(
-                    2,
-                    Role::Subscribe,
-                    m,
-                    l,
-                    vec![],
-                    Some(addr(6000)),
-                    Some(TWCC_ID),
-                ))),
-            )
+            .handle_command(now, Command::AddEndpoint(Box::new(config)))
             .unwrap(),
     );
-    (router, t0, publisher, sub, c[0])
+    (sub, c[0])
+}
+
+fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
+    let (mut router, t0, publisher) = setup_publisher();
+    let (sub, consumer) = add_subscriber(&mut router, t0);
+    (router, t0, publisher, sub, consumer)
 }
 
 /// The publisher's simulcast camera: 20 frames/s per layer, frames of
@@ -86,10 +94,10 @@ fn setup() -> (Router, Instant, Peer, Peer, ConsumerInfo) {
 /// with a PLI, as browsers do.
 struct Camera {
     frame_bytes: [usize; 3],
-    /// The frame the top layer starts at, ramping up from a quarter of its
-    /// size over 15 s as Chromium's encoder does; `None`: all layers at
-    /// full size from the start.
-    top_from: Option<u32>,
+    /// Per layer, the frame it starts at and the share of its size it
+    /// starts with, percent, ramping up to its full size over 15 s as
+    /// Chromium's encoder does; `None`: at full size from the start.
+    ramps: [Option<(u32, usize)>; 3],
     seq: [u16; 3],
     picture_id: u16,
     key_wanted: [bool; 3],
@@ -106,7 +114,7 @@ impl Camera {
     fn new(frame_bytes: [usize; 3]) -> Self {
         Self {
             frame_bytes,
-            top_from: None,
+            ramps: [None; 3],
             seq: [0; 3],
             picture_id: 0,
             key_wanted: [true; 3],
@@ -139,13 +147,11 @@ impl Camera {
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         for (l, &ssrc) in LAYERS.iter().enumerate() {
             let mut bytes = self.frame_bytes[l];
-            if l == 2
-                && let Some(from) = self.top_from
-            {
+            if let Some((from, percent)) = self.ramps[l] {
                 let Some(since) = frame.checked_sub(from) else {
                     continue;
                 };
-                bytes = bytes * (25 + since.min(300) as usize / 4) / 100;
+                bytes = bytes * (percent + (100 - percent) * since.min(300) as usize / 300) / 100;
             }
             let key = std::mem::take(&mut self.key_wanted[l]);
             let mut left = bytes * if key { 8 } else { 1 };
@@ -210,18 +216,21 @@ struct Run {
     router: Router,
 }
 
-/// Runs `steps` 10 ms steps of three-layer simulcast ([`Camera`]) through the router to
-/// one subscriber whose link carries `kbps(step)` kbit/s with a bucket of
+/// Runs `steps` 10 ms steps of three-layer simulcast ([`Camera`]) through
+/// the router to one subscriber, which joins at step `join_step` (a whole
+/// second: [`Run::layer_at`] starts with its first second), whose link carries `kbps(step)` kbit/s with a bucket of
 /// `burst` bytes, behind a droptail queue of `queue_ms` worth of bytes,
 /// fed back as real transport-cc.
 fn run_link(
     mut camera: Camera,
+    join_step: u32,
     steps: u32,
     queue_ms: u64,
     burst: usize,
     kbps: impl Fn(u32) -> u64,
 ) -> Run {
-    let (mut router, t0, mut publisher, mut sub, consumer) = setup();
+    let (mut router, t0, mut publisher) = setup_publisher();
+    let mut subscriber = None;
     let mut sink = Sink::new();
     let mut receiver = TwccReceiver::new(t0);
     let mut scratch = Vec::with_capacity(MAX_STATUSES);
@@ -248,8 +257,15 @@ fn run_link(
                 router.handle_input(now, PUB, &mut p, &mut sink);
             }
         }
+        if step == join_step {
+            subscriber = Some(add_subscriber(&mut router, now));
+        }
         router.handle_timeout(now, &mut sink);
         camera.read_plis(&mut publisher, &sink.sent);
+        let Some((sub, consumer)) = subscriber.as_mut() else {
+            sink.sent.clear();
+            continue;
+        };
         // The node's egress to the subscriber enters the bottleneck.
         for (d, dst) in sink.sent.drain(..) {
             if dst != addr(6000) || wire::classify(&d) != DatagramKind::Rtp {
@@ -349,7 +365,7 @@ fn first_on(layer_at: &[(u64, usize)], from: usize, layer: usize) -> Option<u64>
 
 #[test]
 fn a_subscribers_layer_follows_its_bottleneck() {
-    let Run { layer_at, router } = run_link(Camera::new(FRAME_BYTES), 3000, 100, 0, |step| {
+    let Run { layer_at, router } = run_link(Camera::new(FRAME_BYTES), 0, 3000, 100, 0, |step| {
         if step < 1500 { 400 } else { 5000 }
     });
     let st = router.stats();
@@ -373,18 +389,18 @@ fn a_subscribers_layer_follows_its_bottleneck() {
 fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
     // 0-8 s free, 8-33 s at 250 kbit/s (only the low layer, 160 kbit/s,
     // fits), then free again.
-    let Run { layer_at, .. } =
-        run_link(
-            Camera::new(CHROMIUM_FRAME_BYTES),
-            4800,
-            200,
-            0,
-            |step| match step {
-                0..800 => 20_000,
-                800..3300 => 250,
-                _ => 20_000,
-            },
-        );
+    let Run { layer_at, .. } = run_link(
+        Camera::new(CHROMIUM_FRAME_BYTES),
+        0,
+        4800,
+        200,
+        0,
+        |step| match step {
+            0..800 => 20_000,
+            800..3300 => 250,
+            _ => 20_000,
+        },
+    );
     // Up from the low layer at the start through two trials (the middle
     // layer from the third second, the top one from the sixth).
     assert!(
@@ -415,6 +431,7 @@ fn a_viewer_on_the_top_layer_survives_a_cap_and_recovers() {
 fn a_shapers_burst_does_not_lure_a_viewer_above_its_cap() {
     let Run { layer_at, router } = run_link(
         Camera::new([900, 3_000, 5_600]),
+        0,
         4000,
         200,
         8 * 1024,
@@ -430,6 +447,73 @@ fn a_shapers_burst_does_not_lure_a_viewer_above_its_cap() {
     );
 }
 
+/// A viewer capped from its first packet while the publisher's middle
+/// layer still ramps up (Chromium's 1280x720 camera sends about half of it
+/// in its first seconds): measured that low, the middle layer fitted the
+/// start estimate, and Chromium's viewer under `tc tbf rate 400kbit` started
+/// on it and froze for 3-4 s before the allocations moved it down. Joining
+/// a publisher that has sent for 3 s, it must start on the low layer, with
+/// its feedback coming.
+#[test]
+fn a_viewer_capped_from_the_start_starts_on_the_low_layer() {
+    let mut camera = Camera::new([900, 3_000, 5_600]);
+    camera.ramps[1] = Some((0, 45));
+    camera.ramps[2] = Some((100, 25));
+    let Run { layer_at, .. } = run_link(camera, 300, 1300, 200, 8 * 1024, |_| 400);
+    // Its first second on the low layer (the start estimate took the
+    // middle one), and from then on what its trials prove (the middle and
+    // top layers fit while they ramp up), never a second without media.
+    assert_on(&layer_at, 0..1, 0);
+    assert!(layer_at.iter().all(|&(_, l)| l != 9), "{layer_at:?}");
+}
+
+/// A subscriber that negotiated transport-cc but sends no feedback (a
+/// client that ignores it) starts on the low layer, and after
+/// [`super::egress::FEEDBACK_WAIT`] gets what fits the start estimate: it
+/// is not held on the low layer for ever.
+#[test]
+fn a_subscriber_without_feedback_gets_its_start_estimate() {
+    let (mut router, t0, mut publisher, mut sub, consumer) = setup();
+    let mut camera = Camera::new(CHROMIUM_FRAME_BYTES);
+    let mut sink = Sink::new();
+    // Per second, the packets of each layer the subscriber got.
+    let mut got = vec![[0usize; 3]; 4];
+    for step in 0..400u32 {
+        let now = t0 + Duration::from_millis(u64::from(step) * 10);
+        if step.is_multiple_of(5) {
+            for mut p in camera.frame(&mut publisher, step / 5) {
+                router.handle_input(now, PUB, &mut p, &mut sink);
+            }
+        }
+        router.handle_timeout(now, &mut sink);
+        camera.read_plis(&mut publisher, &sink.sent);
+        for (d, dst) in sink.sent.drain(..) {
+            if dst != addr(6000) || wire::classify(&d) != DatagramKind::Rtp {
+                continue;
+            }
+            let mut b = d.clone();
+            let n = sub.rx.unprotect_rtp(&mut b).unwrap();
+            let p = RtpPacket::new_checked(&b[..n]).unwrap();
+            if p.ssrc() == consumer.ssrc
+                && let Some(&l) = p.payload().last()
+            {
+                got[step as usize / 100][usize::from(l)] += 1;
+            }
+        }
+    }
+    // The low layer first; then the middle one (about 250 kbit/s), the
+    // highest that fits 300 kbit/s, once its cost is measured without the
+    // first keyframes weighing on it (the fourth second), never the top.
+    assert!(got[0][0] > 0 && got[0][1] == 0, "{got:?}");
+    assert!(got[3][1] > got[3][0], "{got:?}");
+    assert!(got.iter().all(|g| g[2] == 0), "{got:?}");
+    assert_eq!(
+        router.stats().get(Counter::Allocations),
+        0,
+        "no feedback, no allocation"
+    );
+}
+
 /// The other Chromium case: capped from the start, on the low layer, when
 /// the publisher starts its top layer at 10 s and ramps it up from a
 /// quarter of its rate. The new layer, measured below the middle one for
@@ -439,8 +523,8 @@ fn a_shapers_burst_does_not_lure_a_viewer_above_its_cap() {
 #[test]
 fn a_top_layer_that_starts_late_is_not_taken_for_a_cheap_one() {
     let mut camera = Camera::new(CHROMIUM_FRAME_BYTES);
-    camera.top_from = Some(200);
-    let Run { layer_at, .. } = run_link(camera, 3000, 200, 0, |_| 200);
+    camera.ramps[2] = Some((200, 25));
+    let Run { layer_at, .. } = run_link(camera, 0, 3000, 200, 0, |_| 200);
     assert_on(&layer_at, 4..layer_at.len(), 0);
 }
 
