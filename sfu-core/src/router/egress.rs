@@ -76,7 +76,9 @@ pub const START_BPS: u64 = 300_000;
 
 /// How long after the first packet it was sent a subscriber that
 /// negotiated transport-cc stays on its tracks' lowest layers while no
-/// feedback has come (see [`Egress::start_budget`]).
+/// feedback has come; after that, until feedback comes, its layers fit the
+/// start estimate ([`START_BPS`]), as those of a subscriber without
+/// transport-cc do.
 pub const FEEDBACK_WAIT: Duration = Duration::from_millis(1000);
 
 /// Most consumers of one subscriber the allocator weighs.
