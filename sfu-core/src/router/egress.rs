@@ -14,6 +14,9 @@
 //! history. Nothing allocates.
 //!
 //! # Allocation
+//! Until its first feedback, a subscriber's videos are on their lowest
+//! layers (for at most [`FEEDBACK_WAIT`] after its first packet; then on
+//! what fits [`START_BPS`]).
 //! At most every [`ALLOCATE_INTERVAL`], when feedback arrives, the
 //! subscriber's estimate is divided: audio first, then each video track's
 //! lowest layer, then upgrades one layer at a time (the allocator's
@@ -76,9 +79,8 @@ pub const START_BPS: u64 = 300_000;
 
 /// How long after the first packet it was sent a subscriber that
 /// negotiated transport-cc stays on its tracks' lowest layers while no
-/// feedback has come; after that, until feedback comes, its layers fit the
-/// start estimate ([`START_BPS`]), as those of a subscriber without
-/// transport-cc do.
+/// feedback has come; after that, until feedback comes, its layers are the
+/// highest that fit the start estimate ([`START_BPS`]).
 pub const FEEDBACK_WAIT: Duration = Duration::from_millis(1000);
 
 /// Most consumers of one subscriber the allocator weighs.
