@@ -72,9 +72,9 @@ use crate::wire::rtp::RtpPacket;
 pub const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A subscriber's estimate before its first feedback: libwebrtc's default
-/// start bitrate. Its first layers are chosen within it, and probes raise
-/// it within seconds on a good path; starting at the top layer flooded
-/// slow paths with a top-layer keyframe first.
+/// start bitrate. Probes raise it within seconds on a good path; its first
+/// layers are the lowest (see [`FEEDBACK_WAIT`]): starting at the top layer
+/// flooded slow paths with a top-layer keyframe first.
 pub const START_BPS: u64 = 300_000;
 
 /// How long after the first packet it was sent a subscriber that
