@@ -54,7 +54,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -76,19 +76,26 @@ pub use crate::handler::{ApiState, Limits};
 
 /// The API's router over `state`, checking tokens with `auth` and limiting
 /// session creation with `limits.sessions`.
-pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Router {
+pub fn app(
+    state: Arc<AppState>,
+    auth: Arc<Authenticator>,
+    limits: Limits,
+    cluster: Arc<crate::cluster::Cluster>,
+) -> Router {
     let sessions = Arc::clone(&limits.sessions);
     let api = ApiState {
         node: state,
         auth,
         limits,
+        cluster,
     };
     Router::new()
         .route("/metrics", get(prometheus))
         .route("/v1/load", get(load))
         .route("/v1/events", get(events))
         .route("/v1/rooms", get(list_rooms).post(create_room))
-        .route("/v1/rooms/{room}", delete(delete_room))
+        .route("/v1/rooms/{room}", get(get_room).delete(delete_room))
+        .route("/v1/drain", post(drain))
         .route("/v1/rooms/{room}/endpoints", post(create_endpoint))
         .route(
             "/v1/rooms/{room}/endpoints/{id}",
@@ -101,6 +108,12 @@ pub fn app(state: Arc<AppState>, auth: Arc<Authenticator>, limits: Limits) -> Ro
         .route("/v1/rooms/{room}/endpoints/{id}/layers", put(set_max_layer))
         .route("/v1/rooms/{room}/subscriptions", put(set_subscriptions))
         .merge(crate::whip::routes())
+        // After the token check and the rate limit: a room owned by
+        // another node is served there.
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            crate::cluster::route_requests,
+        ))
         // After the token check: only valid tokens get a bucket.
         .route_layer(middleware::from_fn_with_state(sessions, limit_sessions))
         // Only the routes above: /healthz is open.
@@ -309,6 +322,7 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
     crate::events::render(&mut text, api.node.events());
     crate::whep_events::render(&mut text, api.node.whep_events());
+    api.cluster.render(&mut text);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -336,9 +350,12 @@ fn render_auth_failures(out: &mut String, auth: &Authenticator) {
     }
 }
 
-async fn load(State(state): State<Arc<AppState>>, token: Token) -> Result<Json<Value>, ApiError> {
+async fn load(State(api): State<ApiState>, token: Token) -> Result<Json<Value>, ApiError> {
     token.need(None, Need::Admin)?;
-    Ok(Json(metrics::load(&state)))
+    let mut load = metrics::load(&api.node);
+    load["draining"] = Value::from(api.node.draining());
+    load["cluster"] = api.cluster.status();
+    Ok(Json(load))
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +422,54 @@ async fn create_room(
     let (worker, media) = blocking(&state, move |s| s.create_room(&body.room, body.worker)).await?;
     let answer = json!({ "room": name, "worker": worker, "media": media.to_string() });
     Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// `GET /v1/rooms/{room}`: the room as this node (its owner: a request
+/// for a room owned elsewhere is passed there) holds it, with the owner's
+/// id, control URL and media addresses for a load balancer or the
+/// signaling service.
+async fn get_room(
+    State(api): State<ApiState>,
+    token: Token,
+    Params(room): Params<String>,
+) -> Result<Json<Value>, ApiError> {
+    token.need(Some(&room), Need::Admin)?;
+    let summary = api
+        .node
+        .rooms()
+        .into_iter()
+        .find(|r| r.room == room)
+        .ok_or_else(|| ApiError::UnknownRoom(room.clone()))?;
+    let entry = api.cluster.entry();
+    Ok(Json(json!({
+        "room": summary.room,
+        "worker": summary.worker,
+        "media": api.node.media_addr(summary.worker).map(|a| a.to_string()),
+        "endpoints": summary.endpoints,
+        "pending": summary.pending,
+        "owner": {
+            "node_id": entry.id,
+            "control_url": entry.control_url,
+            "media": entry.media,
+            "state": entry.state,
+        },
+    })))
+}
+
+/// `POST /v1/drain` (admin): the node takes no new room from now on
+/// (`/healthz` answers 503 `draining`, the registry says `draining`, and
+/// placement skips it) while its rooms keep serving and taking joins.
+async fn drain(State(api): State<ApiState>, token: Token) -> Result<Json<Value>, ApiError> {
+    token.need(None, Need::Admin)?;
+    api.node.set_draining();
+    tracing::info!("draining: no new rooms");
+    // Peers see it at once rather than at the next heartbeat.
+    let cluster = Arc::clone(&api.cluster);
+    tokio::spawn(async move { cluster.tick().await });
+    let (rooms, endpoints) = api.node.totals();
+    Ok(Json(
+        json!({"status": "draining", "rooms": rooms, "endpoints": endpoints}),
+    ))
 }
 
 async fn delete_room(

@@ -369,6 +369,8 @@ settings! {
         http: HttpConfig = HttpConfig::default();
         /// Where node events are POSTed (`[webhook]`); off without a URL.
         webhook: WebhookConfig = WebhookConfig::default();
+        /// The cluster (`[cluster]`): a single node without a Redis URL.
+        cluster: ClusterConfig = ClusterConfig::default();
     }
     /// One configuration layer: every key optional. The TOML file has this shape.
     #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -384,6 +386,8 @@ settings! {
         pub http: Option<HttpLayer>,
         /// See [`Config::webhook`]: the `[webhook]` table.
         pub webhook: Option<WebhookLayer>,
+        /// See [`Config::cluster`]: the `[cluster]` table.
+        pub cluster: Option<ClusterLayer>,
     }
     /// Command-line flags of the `sfu` binary. Every flag overrides the matching
     /// `SFU_*` variable, the config file and the default. Without a subcommand
@@ -412,6 +416,9 @@ settings! {
         /// The `--webhook-*` flags.
         #[command(flatten)]
         pub webhook: WebhookFlags,
+        /// `--redis` and the `--cluster-*` flags.
+        #[command(flatten)]
+        pub cluster: ClusterFlags,
     }
 }
 
@@ -515,6 +522,25 @@ pub enum Command {
     /// API secret (--api-secret, SFU_API_SECRET, the config file, or the
     /// development secret).
     Token(TokenArgs),
+    /// Read the cluster's registry in Redis (cluster.redis, SFU_REDIS,
+    /// --redis) and print it.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+/// `sfu cluster` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClusterAction {
+    /// Print every registered node (live ones with their state, load and
+    /// rooms; dead ones whose rooms are not all taken over yet) as a table.
+    Status {
+        /// Print the registry as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags of `sfu token`.
@@ -577,6 +603,7 @@ impl Cli {
             limits: None,
             http: Some(self.http.flags_layer()),
             webhook: Some(self.webhook.flags_layer()),
+            cluster: Some(self.cluster.flags_layer()),
             ..self.flags_layer()
         }
     }
@@ -625,6 +652,9 @@ impl ConfigLayer {
                 }
                 _ if key.starts_with("SFU_WEBHOOK_") => {
                     layer.webhook.get_or_insert_default().set_env(key, value)?;
+                }
+                _ if key == "SFU_REDIS" || key.starts_with("SFU_CLUSTER_") => {
+                    layer.cluster.get_or_insert_default().set_env(key, value)?;
                 }
                 _ => {
                     if let Some(name) = key.strip_prefix("SFU_LIMITS_") {
@@ -693,6 +723,9 @@ impl Config {
         if let Some(webhook) = layer.webhook.take() {
             self.webhook.apply(webhook);
         }
+        if let Some(cluster) = layer.cluster.take() {
+            self.cluster.apply(cluster);
+        }
         self.apply_settings(&mut layer);
         Ok(())
     }
@@ -742,6 +775,7 @@ impl Config {
         }
         self.http.validate()?;
         self.webhook.validate()?;
+        self.cluster.validate()?;
         let workers = self.workers.unwrap_or(1);
         if self.media_port != 0
             && usize::from(self.media_port) + workers - 1 > usize::from(u16::MAX)
@@ -1002,6 +1036,126 @@ fn webhook_uri(url: &str) -> Result<axum::http::Uri, String> {
         return Err("user info in the URL is not supported".into());
     }
     Ok(uri)
+}
+
+settings! {
+    /// The cluster: nodes sharing rooms through Redis ([`crate::cluster`]).
+    /// The `[cluster]` table of the TOML file; variables `SFU_REDIS` and
+    /// `SFU_CLUSTER_<KEY>`, flags `--redis` and `--cluster-<key>`. Without
+    /// a Redis URL the node is a cluster of one with nothing shared.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+    pub struct ClusterConfig {
+        /// `redis://` (or `rediss://`) URL of the cluster's Redis or Valkey;
+        /// `None`: a single node.
+        redis: Option<String> = None,
+            layer String,
+            env "SFU_REDIS",
+            flag [
+                /// Redis URL of the cluster, e.g. redis://10.0.0.5:6379 [default: none, a single node].
+                #[arg(long = "redis", value_name = "URL")]
+            ];
+        /// The cluster's name: the hash tag of its Redis keys
+        /// (`{NAME}:...`), so several clusters can share one Redis.
+        name: String = "sfu".to_owned(),
+            env "SFU_CLUSTER_NAME",
+            flag [
+                /// Cluster name, the hash tag of its Redis keys [default: sfu].
+                #[arg(long = "cluster-name", value_name = "NAME")]
+            ];
+        /// The URL peers reach this node's control API at; `None`:
+        /// `http://<advertised_ip>:<control port>`.
+        control_url: Option<String> = None,
+            layer String,
+            env "SFU_CLUSTER_CONTROL_URL",
+            flag [
+                /// URL other nodes reach this node's control API at [default: http://<advertised ip>:<control port>].
+                #[arg(long = "cluster-control-url", value_name = "URL")]
+            ];
+        /// Milliseconds between two writes of this node's registry entry.
+        heartbeat_ms: u64 = 500,
+            env "SFU_CLUSTER_HEARTBEAT_MS",
+            flag [
+                /// Milliseconds between registry heartbeats [default: 500].
+                #[arg(long = "cluster-heartbeat-ms", value_name = "MS")]
+            ];
+        /// Milliseconds a registry entry lives without a heartbeat: a node
+        /// whose entry expired is dead and its rooms are taken over.
+        node_ttl_ms: u64 = 2000,
+            env "SFU_CLUSTER_NODE_TTL_MS",
+            flag [
+                /// Milliseconds a node's registry entry lives without a heartbeat [default: 2000].
+                #[arg(long = "cluster-node-ttl-ms", value_name = "MS")]
+            ];
+        /// Load (percent of the node's room or endpoint capacity) above
+        /// which placement avoids a node while others are below it.
+        stress_percent: u32 = 80,
+            env "SFU_CLUSTER_STRESS_PERCENT",
+            flag [
+                /// Load percent above which placement avoids a node [default: 80].
+                #[arg(long = "cluster-stress-percent", value_name = "PERCENT")]
+            ];
+    }
+    extra {}
+    /// The `[cluster]` table of one configuration layer: every key optional.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ClusterLayer {}
+    /// `--redis` and the `--cluster-*` flags (see [`ClusterConfig`] for each).
+    #[derive(Debug, Clone, Default, clap::Args)]
+    pub struct ClusterFlags {} {}
+}
+
+impl ClusterConfig {
+    /// Overrides every key `layer` sets.
+    pub fn apply(&mut self, mut layer: ClusterLayer) {
+        self.apply_settings(&mut layer);
+    }
+
+    /// A `redis://`, `rediss://` or `unix://` URL; a name Redis can tag
+    /// keys with; a heartbeat of at least 50 ms and at most a third of the
+    /// TTL (two missed heartbeats do not kill a node); a control URL of
+    /// scheme `http` or `https`; a stress threshold of 1-100 %.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis
+            && !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.redis {url:?} is not a redis:// or rediss:// URL"
+            )));
+        }
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.name {:?} must be 1-64 of A-Z, a-z, 0-9, - and _",
+                self.name
+            )));
+        }
+        if self.heartbeat_ms < 50 || self.heartbeat_ms.saturating_mul(3) > self.node_ttl_ms {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.heartbeat_ms {} must be at least 50 and at most a third of \
+                 cluster.node_ttl_ms {}",
+                self.heartbeat_ms, self.node_ttl_ms
+            )));
+        }
+        if let Some(url) = &self.control_url {
+            webhook_uri(url).map_err(|why| {
+                ConfigError::Invalid(format!("cluster.control_url {url:?} is not usable: {why}"))
+            })?;
+        }
+        if !(1..=100).contains(&self.stress_percent) {
+            return Err(ConfigError::Invalid(
+                "cluster.stress_percent must be 1-100".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What [`Config::resolve`] fills in.
@@ -1447,6 +1601,102 @@ pool_buffers = 100
     }
 
     #[test]
+    fn example_file_documents_the_cluster_defaults() {
+        let text = include_str!("../../deploy/sfu.toml");
+        let cluster: String = text
+            .lines()
+            .skip_while(|l| *l != "# [cluster]")
+            .take_while(|l| !l.starts_with("# Limits of the HTTP"))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let layer = ConfigLayer::from_toml(&cluster).expect("the [cluster] keys parse");
+        let c = layer.cluster.expect("a [cluster] table");
+        assert!(c.redis.is_some() && c.control_url.is_some());
+        let mut documented = ClusterConfig::default();
+        documented.apply(ClusterLayer {
+            redis: None,
+            control_url: None,
+            ..c
+        });
+        assert_eq!(documented, ClusterConfig::default(), "documented defaults");
+    }
+
+    #[test]
+    fn cluster_keys_come_from_file_env_and_flags_and_are_checked() {
+        let (layer, _) = ConfigLayer::from_env([
+            ("SFU_REDIS", "redis://127.0.0.1:6379"),
+            ("SFU_CLUSTER_NODE_TTL_MS", "3000"),
+        ])
+        .expect("env");
+        let mut config = Config::default();
+        config.apply(layer).expect("apply");
+        assert_eq!(
+            config.cluster.redis.as_deref(),
+            Some("redis://127.0.0.1:6379")
+        );
+        assert_eq!(config.cluster.node_ttl_ms, 3000);
+        let config = Config::load(
+            &cli(&[
+                "--redis",
+                "redis://10.0.0.5:6379",
+                "--cluster-heartbeat-ms",
+                "400",
+            ]),
+            NO_ENV,
+        )
+        .expect("flags");
+        assert_eq!(
+            config.cluster.redis.as_deref(),
+            Some("redis://10.0.0.5:6379")
+        );
+        assert_eq!(config.cluster.heartbeat_ms, 400);
+        let bad = |c: ClusterConfig| c.validate().expect_err("refused").to_string();
+        let base = ClusterConfig::default();
+        assert!(
+            bad(ClusterConfig {
+                redis: Some("http://x".into()),
+                ..base.clone()
+            })
+            .contains("redis")
+        );
+        assert!(
+            bad(ClusterConfig {
+                name: "a b".into(),
+                ..base.clone()
+            })
+            .contains("name")
+        );
+        assert!(
+            bad(ClusterConfig {
+                heartbeat_ms: 1000,
+                ..base.clone()
+            })
+            .contains("heartbeat")
+        );
+        assert!(
+            bad(ClusterConfig {
+                stress_percent: 0,
+                ..base.clone()
+            })
+            .contains("stress")
+        );
+        assert!(
+            bad(ClusterConfig {
+                control_url: Some("ftp://x".into()),
+                ..base
+            })
+            .contains("control_url")
+        );
+    }
+
+    #[test]
     fn webhook_keys_layer_and_urls_are_checked() {
         let dir = temp_dir("webhook-test");
         let path = dir.join("sfu.toml");
@@ -1720,8 +1970,9 @@ pool_buffers = 100
         assert_eq!(
             cli(&["token", "--room", "*", "--grant", "admin"])
                 .command
-                .map(|c| match c {
-                    Command::Token(a) => a.ttl,
+                .and_then(|c| match c {
+                    Command::Token(a) => Some(a.ttl),
+                    Command::Cluster { .. } => None,
                 }),
             Some(3600)
         );

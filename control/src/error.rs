@@ -93,6 +93,27 @@ pub enum ApiError {
         /// Seconds until a session may be created again.
         retry_after: u64,
     },
+    /// The node is draining: it serves its rooms but takes no new one
+    /// (503).
+    #[error("the node is draining and takes no new room")]
+    Draining,
+    /// The room's owner could not be reached (503 with `Retry-After: 1`):
+    /// it may have died; once its registry entry expires another node
+    /// takes the room over.
+    #[error("the node owning room {room} ({owner}) is unreachable: {why}")]
+    OwnerUnreachable {
+        /// The room.
+        room: String,
+        /// The owner's node id.
+        owner: String,
+        /// Why.
+        why: String,
+    },
+    /// A forwarded request reached a node that neither owns the room nor
+    /// may claim it (the owner changed meanwhile; 503 with `Retry-After:
+    /// 1`).
+    #[error("room {0} moved while the request was forwarded; retry")]
+    RoomMoved(String),
     /// A bug or a state the control plane cannot explain (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -117,7 +138,11 @@ impl ApiError {
             Self::RoomExists(_) | Self::DuplicateSsrc(_) | Self::RemoteInUse(_) => {
                 StatusCode::CONFLICT
             }
-            Self::TooMany(_) | Self::WorkerStopped => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooMany(_)
+            | Self::WorkerStopped
+            | Self::Draining
+            | Self::OwnerUnreachable { .. }
+            | Self::RoomMoved(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::WorkerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -147,6 +172,9 @@ impl ApiError {
             Self::WorkerStopped => "worker_stopped",
             Self::RequestTimeout => "request_timeout",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Draining => "draining",
+            Self::OwnerUnreachable { .. } => "owner_unreachable",
+            Self::RoomMoved(_) => "room_moved",
             Self::Internal(_) => "internal",
         }
     }
@@ -176,6 +204,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::OwnerUnreachable { .. } | Self::RoomMoved(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }
             _ => {}
         }

@@ -211,6 +211,19 @@ pub enum NodeEvent {
         /// The endpoint.
         endpoint: String,
     },
+    /// A room changed owner node: its owner died and this node took it over
+    /// (or, after a Redis outage, this node learnt that another node owns
+    /// a room it also placed; `from` is then this node). Its participants
+    /// rejoin through any node, which sends them to `to`
+    /// ([`crate::cluster`]). Also published on the cluster's Redis channel.
+    RoomMoved {
+        /// The room.
+        room: String,
+        /// The node that owned it.
+        from: String,
+        /// The node that owns it now.
+        to: String,
+    },
     /// A worker was found dead or stalled; the node is about to exit
     /// ([`crate::supervise`]). Node-wide: no room.
     WorkerStalled {
@@ -233,7 +246,7 @@ pub enum RoomEndReason {
 
 /// The `type` of each [`NodeEvent`] variant, in declaration order (the
 /// label values of `sfu_events_total`).
-pub const TYPES: [&str; 11] = [
+pub const TYPES: [&str; 12] = [
     "room_started",
     "room_ended",
     "participant_joined",
@@ -245,6 +258,7 @@ pub const TYPES: [&str; 11] = [
     "worker_stalled",
     "dominant_speaker",
     "active_speakers",
+    "room_moved",
 ];
 
 impl NodeEvent {
@@ -262,6 +276,7 @@ impl NodeEvent {
             Self::WorkerStalled { .. } => 8,
             Self::DominantSpeaker { .. } => 9,
             Self::ActiveSpeakers { .. } => 10,
+            Self::RoomMoved { .. } => 11,
         }
     }
 
@@ -282,7 +297,8 @@ impl NodeEvent {
             | Self::KeyframeRequested { room, .. }
             | Self::ConsentLost { room, .. }
             | Self::DominantSpeaker { room, .. }
-            | Self::ActiveSpeakers { room, .. } => Some(room),
+            | Self::ActiveSpeakers { room, .. }
+            | Self::RoomMoved { room, .. } => Some(room),
             Self::WorkerStalled { .. } => None,
         }
     }
@@ -296,6 +312,7 @@ impl NodeEvent {
                 | Self::ParticipantJoined { .. }
                 | Self::ParticipantConnected { .. }
                 | Self::ParticipantLeft { .. }
+                | Self::RoomMoved { .. }
         )
     }
 }
@@ -835,6 +852,14 @@ mod tests {
                 json!({"type": "keyframe_requested", "room": "r", "endpoint": endpoint, "ssrc": 99}),
             ),
             (
+                NodeEvent::RoomMoved {
+                    room: room.clone(),
+                    from: "n1".into(),
+                    to: "n2".into(),
+                },
+                json!({"type": "room_moved", "room": "r", "from": "n1", "to": "n2"}),
+            ),
+            (
                 NodeEvent::ConsentLost {
                     room,
                     endpoint: endpoint.clone(),
@@ -919,7 +944,8 @@ mod tests {
                 "room_ended",
                 "participant_joined",
                 "participant_connected",
-                "participant_left"
+                "participant_left",
+                "room_moved"
             ]
         );
     }

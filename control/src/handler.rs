@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::http::HttpStats;
 use crate::ratelimit::SessionLimiter;
@@ -21,6 +22,8 @@ pub struct ApiState {
     pub(crate) node: Arc<AppState>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) limits: Limits,
+    /// The cluster: where each room is served.
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 /// The HTTP server's counters and the session rate limiter, for the routes

@@ -102,6 +102,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -194,6 +195,9 @@ pub struct Running {
     supervisor: JoinHandle<()>,
     /// Keeps the WHEP sessions' event streams current.
     whep_events: JoinHandle<()>,
+    /// This node's part in the cluster, and its heartbeat task.
+    cluster: Arc<cluster::Cluster>,
+    cluster_task: JoinHandle<()>,
     failed: oneshot::Receiver<supervise::WorkerFailure>,
     node: Option<Node>,
 }
@@ -204,6 +208,7 @@ impl Drop for Running {
         self.sampler.abort();
         self.supervisor.abort();
         self.whep_events.abort();
+        self.cluster_task.abort();
     }
 }
 
@@ -309,7 +314,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: Arc::new(ratelimit::SessionLimiter::new(&config.http)),
     };
     let http_stats = Arc::clone(&limits.http);
-    let app = api::app(Arc::clone(&state), auth, limits);
+    let control_url = config.cluster.control_url.clone().unwrap_or_else(|| {
+        let ip = resolved.advertised_ip;
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        format!("http://{host}:{}", http_addr.port())
+    });
+    let cluster =
+        match cluster::Cluster::new(Arc::clone(&state), config.cluster.clone(), control_url) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                node.shutdown();
+                return Err(StartError::Config(ConfigError::Invalid(format!(
+                    "cluster.redis: {e}"
+                ))));
+            }
+        };
+    if let Some(url) = &config.cluster.redis {
+        tracing::info!(redis = %url, cluster = %config.cluster.name, "cluster on");
+    }
+    let app = api::app(Arc::clone(&state), auth, limits, Arc::clone(&cluster));
     let http_config = config.http;
     // A dropped sender also stops the server.
     let server = tokio::spawn(async move {
@@ -344,7 +371,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (failure, failed) = oneshot::channel();
     let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
     let whep_events = tokio::spawn(whep_events::run(Arc::clone(&state)));
+    let cluster_task = tokio::spawn(Arc::clone(&cluster).run());
     Ok(Running {
+        cluster,
+        cluster_task,
         http_addr,
         state,
         stop: Some(stop),
@@ -464,6 +494,9 @@ impl Running {
     }
 
     async fn stop_rest(mut self) {
+        // Survivors take the rooms over at their next heartbeat.
+        self.cluster_task.abort();
+        self.cluster.leave().await;
         self.state.events().close();
         self.state.whep_events().close_all();
         self.whep_events.abort();

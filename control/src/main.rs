@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use control::config::{Cli, Command, Config, LogFormat};
+use control::config::{Cli, ClusterAction, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -29,6 +29,12 @@ fn main() -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(Command::Cluster {
+        action: ClusterAction::Status { json },
+    }) = &cli.command
+    {
+        return cluster_status(&config, *json);
+    }
     init_logging(config.log_format);
     raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,6 +53,35 @@ fn main() -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// `sfu cluster status`: the registry as a table (or JSON).
+fn cluster_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let url = config
+        .cluster
+        .redis
+        .as_deref()
+        .context("no cluster: set cluster.redis, SFU_REDIS or --redis")?;
+    let store = control::cluster::Store::new(url, &config.cluster.name).context("cluster.redis")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let registry = runtime
+        .block_on(store.registry())
+        .with_context(|| format!("reading the registry at {url}"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"nodes": registry.live, "dead": registry.dead})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!(
+        "{}",
+        control::cluster::status_table(&registry, control::cluster::unix_ms())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs to stderr in the configured format; the filter comes from

@@ -515,6 +515,30 @@ impl AppState {
             .collect()
     }
 
+    /// Whether the room is on this node.
+    pub fn has_room(&self, name: &str) -> bool {
+        self.model().rooms.contains_key(name)
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> Limits {
+        self.model().limits.clone()
+    }
+
+    /// Per worker: rooms, endpoints, and whether it runs.
+    pub fn worker_loads(&self) -> Vec<(usize, usize, bool)> {
+        let load = self.model().load.clone();
+        load.into_iter()
+            .zip(&self.workers)
+            .map(|((rooms, endpoints), w)| (rooms, endpoints, w.health().is_running()))
+            .collect()
+    }
+
+    /// Whether a request for a missing room creates it.
+    pub fn rooms_on_demand(&self) -> bool {
+        self.rooms_policy.on_demand
+    }
+
     /// Total rooms and endpoints known to the control plane.
     pub fn totals(&self) -> (usize, usize) {
         let model = self.model();

@@ -62,7 +62,19 @@ pub fn send(
     content_type: Option<&str>,
     body: &str,
 ) -> Reply {
-    let url = format!("{}{path}", node.base);
+    send_to(&node.base, method, path, token, content_type, body)
+}
+
+/// [`send`] to the node whose API is at `base` (`http://host:port`).
+pub fn send_to(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: &str,
+) -> Reply {
+    let url = format!("{base}{path}");
     let agent = agent();
     let mut builder = match method {
         "POST" => ureq::http::Request::post(url),
@@ -70,6 +82,7 @@ pub fn send(
         "PATCH" => ureq::http::Request::patch(url),
         "OPTIONS" => ureq::http::Request::options(url),
         "GET" => ureq::http::Request::get(url),
+        "PUT" => ureq::http::Request::put(url),
         other => panic!("test uses unknown method {other}"),
     };
     if let Some(token) = token {

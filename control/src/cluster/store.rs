@@ -1,0 +1,391 @@
+//! The cluster's shared state in Redis: the node registry, room owners and
+//! the event channel, each operation one round trip (reads) or one Lua
+//! script (compare-and-set), so two nodes never both own a room.
+//!
+//! # Keys
+//! Every key starts with the cluster's hash tag `{NAME}`, so a Redis
+//! Cluster keeps them in one slot and the scripts may touch several:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{NAME}:nodes` | set | ids of nodes that registered and were not cleaned up |
+//! | `{NAME}:node:ID` | string, TTL | the node's [`NodeEntry`] as JSON, rewritten every heartbeat |
+//! | `{NAME}:room:ROOM` | string | the id of the room's owner |
+//! | `{NAME}:rooms:ID` | set | the rooms node ID owns |
+//! | `{NAME}:events` | channel | `room_moved` events as JSON |
+//!
+//! A node is alive while its entry exists; its rooms set and its member of
+//! `nodes` outlive it until a survivor has taken every room over.
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+/// How long one Redis command may take before it counts as failed: an
+/// outage must not hold an API request (placement falls back to this node).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A node as the registry shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// The node's id (`node_id`).
+    pub id: String,
+    /// `serving` or `draining`.
+    pub state: NodeState,
+    /// Where peers reach its control API.
+    pub control_url: String,
+    /// Its workers' media addresses, as advertised.
+    pub media: Vec<String>,
+    /// Rooms it holds.
+    pub rooms: usize,
+    /// Endpoints it holds.
+    pub endpoints: usize,
+    /// Its room and endpoint capacity (its limits).
+    pub capacity_rooms: usize,
+    /// See `capacity_rooms`.
+    pub capacity_endpoints: usize,
+    /// Per worker: (rooms, endpoints, up).
+    pub workers: Vec<(usize, usize, bool)>,
+    /// The larger of its room and endpoint share of its capacity, 0-1.
+    pub load: f64,
+    /// When the entry was written, ms since the Unix epoch (its clock).
+    pub at_ms: u64,
+}
+
+/// Whether a node takes new rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Takes new rooms.
+    Serving,
+    /// Keeps its rooms, takes no new one.
+    Draining,
+}
+
+impl NodeState {
+    /// `serving` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// What the registry holds: live entries, and ids registered whose entry
+/// expired (dead nodes not yet cleaned up).
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// Live nodes.
+    pub live: Vec<NodeEntry>,
+    /// Dead nodes.
+    pub dead: Vec<String>,
+}
+
+/// Claims a room for ARGV[1] if nobody owns it; returns the owner after.
+/// KEYS: room key, claimer's rooms set. ARGV: node id, room.
+const CLAIM: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return ARGV[1]
+end
+return owner";
+
+/// Takes a room over from a dead owner: only while the room's owner is
+/// ARGV[2] and that owner's entry is gone. Returns the owner after.
+/// KEYS: room key, new owner's rooms set, old owner's entry, old owner's
+/// rooms set. ARGV: new owner, old owner, room.
+const TAKE_OVER: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[2] and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('SREM', KEYS[4], ARGV[3])
+  return ARGV[1]
+end
+if not owner then
+  redis.call('SREM', KEYS[4], ARGV[3])
+  return false
+end
+if owner ~= ARGV[2] then
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
+return owner";
+
+/// Gives a room up: deletes the owner key only if it is still ARGV[1].
+/// KEYS: room key, owner's rooms set. ARGV: node id, room.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1";
+
+/// The connection to the cluster's Redis: one multiplexed connection
+/// (redis-rs's connection manager, which reconnects by itself), opened on
+/// first use so a node starts while Redis is down.
+pub struct Store {
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    tag: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("tag", &self.tag).finish()
+    }
+}
+
+/// A Redis error or a command that took longer than [`COMMAND_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer in time.
+    #[error("redis did not answer within {COMMAND_TIMEOUT:?}")]
+    Timeout,
+    /// An entry that is not a node's JSON.
+    #[error("a registry entry is not valid JSON: {0}")]
+    Entry(#[from] serde_json::Error),
+}
+
+impl Store {
+    /// A store for the cluster `name` at `url`; connects on first use.
+    pub fn new(url: &str, name: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            conn: Mutex::new(None),
+            tag: format!("{{{name}}}"),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.tag)
+    }
+
+    /// The key of node `id`'s entry.
+    fn node_key(&self, id: &str) -> String {
+        self.key(&format!("node:{id}"))
+    }
+
+    /// The key of the room's owner.
+    fn room_key(&self, room: &str) -> String {
+        self.key(&format!("room:{room}"))
+    }
+
+    /// The key of the set of rooms node `id` owns.
+    fn rooms_key(&self, id: &str) -> String {
+        self.key(&format!("rooms:{id}"))
+    }
+
+    /// The event channel.
+    pub fn channel(&self) -> String {
+        self.key("events")
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(COMMAND_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        let c = tokio::time::timeout(
+            COMMAND_TIMEOUT * 2,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)??;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on the connection within [`COMMAND_TIMEOUT`].
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        tokio::time::timeout(COMMAND_TIMEOUT, f(conn))
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(StoreError::from)
+    }
+
+    /// Writes this node's entry with a TTL, and its id into the node set.
+    pub async fn register(&self, entry: &NodeEntry, ttl: Duration) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry)?;
+        let (key, nodes, id) = (
+            self.node_key(&entry.id),
+            self.key("nodes"),
+            entry.id.clone(),
+        );
+        let ttl_ms = ttl.as_millis() as u64;
+        self.run(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(json)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .sadd(&nodes, &id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Removes this node's entry at once (a clean shutdown); its rooms are
+    /// taken over as a dead node's.
+    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.node_key(id);
+        self.run(|mut c| async move { c.del::<_, ()>(&key).await })
+            .await
+    }
+
+    /// The registry: every registered id, its entry if alive.
+    pub async fn registry(&self) -> Result<Registry, StoreError> {
+        let nodes = self.key("nodes");
+        let ids: Vec<String> = self
+            .run(|mut c| async move { c.smembers(&nodes).await })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Registry::default());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.node_key(id)).collect();
+        let values: Vec<Option<String>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await })
+            .await?;
+        let mut registry = Registry::default();
+        for (id, value) in ids.into_iter().zip(values) {
+            match value {
+                Some(json) => registry.live.push(serde_json::from_str(&json)?),
+                None => registry.dead.push(id),
+            }
+        }
+        registry.live.sort_by(|a, b| a.id.cmp(&b.id));
+        registry.dead.sort();
+        Ok(registry)
+    }
+
+    /// Node `id`'s entry, if it is alive.
+    pub async fn node(&self, id: &str) -> Result<Option<NodeEntry>, StoreError> {
+        let key = self.node_key(id);
+        let json: Option<String> = self.run(|mut c| async move { c.get(&key).await }).await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    /// The room's owner, if any.
+    pub async fn owner(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let key = self.room_key(room);
+        self.run(|mut c| async move { c.get(&key).await }).await
+    }
+
+    /// Claims `room` for `me` unless someone owns it; the owner after.
+    pub async fn claim(&self, room: &str, me: &str) -> Result<String, StoreError> {
+        let (key, mine) = (self.room_key(room), self.rooms_key(me));
+        let (me, room) = (me.to_owned(), room.to_owned());
+        self.run(|mut c| async move {
+            redis::Script::new(CLAIM)
+                .key(&key)
+                .key(&mine)
+                .arg(&me)
+                .arg(&room)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Takes `room` over from the dead node `from`; the owner after
+    /// (`None`: nobody owns it any more).
+    pub async fn take_over(
+        &self,
+        room: &str,
+        me: &str,
+        from: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let keys = [
+            self.room_key(room),
+            self.rooms_key(me),
+            self.node_key(from),
+            self.rooms_key(from),
+        ];
+        let args = [me.to_owned(), from.to_owned(), room.to_owned()];
+        self.run(|mut c| async move {
+            let script = redis::Script::new(TAKE_OVER);
+            let mut call = script.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            for a in &args {
+                call.arg(a);
+            }
+            call.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Gives `room` up if `me` owns it.
+    pub async fn release(&self, room: &str, me: &str) -> Result<(), StoreError> {
+        let (key, mine) = (self.room_key(room), self.rooms_key(me));
+        let (me, room) = (me.to_owned(), room.to_owned());
+        self.run(|mut c| async move {
+            redis::Script::new(RELEASE)
+                .key(&key)
+                .key(&mine)
+                .arg(&me)
+                .arg(&room)
+                .invoke_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// The rooms node `id` owns (by its set).
+    pub async fn rooms_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.rooms_key(id);
+        self.run(|mut c| async move { c.smembers(&key).await })
+            .await
+    }
+
+    /// Forgets a dead node whose rooms were all taken over: its set and its
+    /// member of the node set, unless it came back meanwhile.
+    pub async fn forget(&self, id: &str) -> Result<(), StoreError> {
+        let (entry, rooms, nodes, id) = (
+            self.node_key(id),
+            self.rooms_key(id),
+            self.key("nodes"),
+            id.to_owned(),
+        );
+        self.run(|mut c| async move {
+            let alive: bool = c.exists(&entry).await?;
+            let left: usize = c.scard(&rooms).await?;
+            if !alive && left == 0 {
+                c.srem::<_, _, ()>(&nodes, &id).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Publishes `json` on the event channel.
+    pub async fn publish(&self, json: String) -> Result<(), StoreError> {
+        let channel = self.channel();
+        self.run(|mut c| async move { c.publish::<_, _, ()>(&channel, json).await })
+            .await
+    }
+}

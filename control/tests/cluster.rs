@@ -1,0 +1,857 @@
+//! Three `sfu` processes sharing rooms through a real `redis-server`
+//! (Debian's `redis-server`, which the README's test command installs):
+//! placement by load, two nodes racing for one room, WHIP through a node
+//! that does not own the room, `kill -9` of a room's owner with every
+//! participant back on a survivor (the times printed), a 30 s Redis outage
+//! without a lost packet, and drain.
+//!
+//! Each test starts its own Redis on a free loopback port and its own
+//! nodes (`CARGO_BIN_EXE_sfu`, one worker each, control and media on
+//! loopback ports); their logs go to files named in failure messages.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::webrtc::{WHEP_OFFER, connect, read_answer, with_fingerprint};
+use common::{TEST_SECRET, b64, token_with};
+use control::auth::Grant;
+use serde_json::{Value, json};
+use sfu_core::dtls::DtlsCert;
+
+const WHIP_OFFER: &str = include_str!("fixtures/chrome-whip-offer.sdp");
+const WHIP_UFRAG: &str = "g88K";
+
+/// A free TCP port on loopback (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A log file for a child process of this test run.
+fn log_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("sfu-cluster-{}-{name}.log", std::process::id()))
+}
+
+/// A `redis-server` on a loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server does not start ({e}): install Debian's redis-server \
+                     (the README's test command, .ci/test, does)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("+PONG") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (SIGKILL: an outage, not a clean shutdown).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `sfu` process.
+struct Node {
+    id: String,
+    base: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(id: &str, redis: &Redis, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = log_path(id);
+        let file = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sfu"))
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .args([
+                "--control-addr",
+                &format!("127.0.0.1:{port}"),
+                "--media-port",
+                "0",
+                "--workers",
+                "1",
+                "--cpus",
+                "none",
+                "--node-id",
+                id,
+                "--pool-buffers",
+                "512",
+                "--socket-buffer-bytes",
+                "1048576",
+                "--redis",
+                &redis.url(),
+                "--api-secret",
+                TEST_SECRET,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the sfu binary starts");
+        let node = Self {
+            id: id.to_owned(),
+            base: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while try_send(&node.base, "GET", "/healthz", "").is_none_or(|r| r.0 != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not come up; log: {}",
+                node.log.display()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value, String) {
+        send(&self.base, "GET", path, "")
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value, String) {
+        send(&self.base, "POST", path, &body.to_string())
+    }
+
+    /// The rooms this node holds (`GET /v1/rooms` is answered locally).
+    fn local_rooms(&self) -> BTreeSet<String> {
+        let (status, json, text) = self.get("/v1/rooms");
+        assert_eq!(status, 200, "{text}");
+        json["rooms"]
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .map(|r| r["room"].as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (status, _, text) = self.get("/metrics");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn admin() -> String {
+    token_with(TEST_SECRET, "*", &[Grant::Admin])
+}
+
+/// One HTTP exchange with the admin token; `None` if it could not be made
+/// (a node that is down).
+fn try_send(base: &str, method: &str, path: &str, body: &str) -> Option<(u16, String, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let builder = match method {
+        "GET" => ureq::http::Request::get(url),
+        "POST" => ureq::http::Request::post(url),
+        "DELETE" => ureq::http::Request::delete(url),
+        other => panic!("unknown method {other}"),
+    };
+    let request = builder
+        .header("authorization", format!("Bearer {}", admin()))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .expect("a request");
+    let mut response = agent.run(request).ok()?;
+    let served_by = response
+        .headers()
+        .get("x-sfu-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.body_mut().read_to_string().ok()?;
+    Some((response.status().as_u16(), text, served_by))
+}
+
+/// [`try_send`] that must reach the node; the answer parsed as JSON.
+fn send(base: &str, method: &str, path: &str, body: &str) -> (u16, Value, String) {
+    let (status, text, _) = try_send(base, method, path, body)
+        .unwrap_or_else(|| panic!("{method} {base}{path}: no answer"));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+/// Waits until every node's registry view lists `n` live nodes.
+fn wait_for_cluster(nodes: &[&Node], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in nodes {
+        loop {
+            let (_, load, _) = node.get("/v1/load");
+            let live = load["cluster"]["nodes"].as_array().map_or(0, Vec::len);
+            if live == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sees {live} nodes, not {n}: {load}",
+                node.id
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The owner of `room` as `node` reports it (passing the request on).
+fn owner_via(node: &Node, room: &str) -> String {
+    let (status, json, text) = node.get(&format!("/v1/rooms/{room}"));
+    assert_eq!(status, 200, "GET /v1/rooms/{room} via {}: {text}", node.id);
+    json["owner"]["node_id"]
+        .as_str()
+        .expect("an owner")
+        .to_owned()
+}
+
+#[test]
+fn rooms_spread_by_load_and_racing_nodes_agree_on_one_owner() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("n1", &redis, &[]),
+        Node::start("n2", &redis, &[]),
+        Node::start("n3", &redis, &[]),
+    ];
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for_cluster(&all, 3);
+
+    // 30 rooms, asked of the nodes in turn.
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        let (status, _, text) = node.post("/v1/rooms", &json!({ "room": format!("spread-{i}") }));
+        assert_eq!(status, 201, "spread-{i} via {}: {text}", node.id);
+    }
+    let held: Vec<BTreeSet<String>> = nodes.iter().map(Node::local_rooms).collect();
+    let counts: Vec<usize> = held.iter().map(BTreeSet::len).collect();
+    println!("CLUSTER_PLACEMENT rooms per node {counts:?}");
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        30,
+        "each room on one node: {held:?}"
+    );
+    assert!(counts.iter().all(|&n| n >= 5), "spread by load: {counts:?}");
+    // Every node names the same owner, the one holding the room.
+    for i in [0, 1, 2, 17, 29] {
+        let room = format!("spread-{i}");
+        let holder = held
+            .iter()
+            .position(|h| h.contains(&room))
+            .expect("held somewhere");
+        for node in &nodes {
+            assert_eq!(
+                owner_via(node, &room),
+                nodes[holder].id,
+                "{room} via {}",
+                node.id
+            );
+        }
+    }
+
+    // Two nodes asked for one new room at the same instant: one creates
+    // it, the other answers 409, and one node holds it.
+    for i in 0..20 {
+        let room = format!("race-{i}");
+        let barrier = Arc::new(Barrier::new(2));
+        let answers: Vec<(u16, String)> = [&nodes[i % 3].base, &nodes[(i + 1) % 3].base]
+            .into_iter()
+            .map(|base| {
+                let (base, room, barrier) = (base.clone(), room.clone(), Arc::clone(&barrier));
+                thread::spawn(move || {
+                    barrier.wait();
+                    let (status, _, text) = send(
+                        &base,
+                        "POST",
+                        "/v1/rooms",
+                        &json!({ "room": room }).to_string(),
+                    );
+                    (status, text)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("a client thread"))
+            .collect();
+        let mut statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{room}: {answers:?}");
+        let holders: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.local_rooms().contains(&room))
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(holders.len(), 1, "{room} held by {holders:?}");
+        assert_eq!(owner_via(&nodes[(i + 2) % 3], &room), holders[0]);
+    }
+    let placed: f64 = nodes
+        .iter()
+        .map(|n| n.metric("sfu_cluster_placements_total{where=\"peer\"}"))
+        .sum();
+    assert!(placed > 0.0, "some rooms were placed on peers");
+}
+
+#[test]
+fn a_whip_post_to_a_node_that_does_not_own_the_room_connects_to_the_owner() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("w1", &redis, &[]),
+        Node::start("w2", &redis, &[]),
+    ];
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    // A room, wherever it lands; then WHIP through the other node.
+    let (status, _, text) = nodes[0].post("/v1/rooms", &json!({"room": "live"}));
+    assert_eq!(status, 201, "{text}");
+    let owner = owner_via(&nodes[0], "live");
+    let (owner_node, other) = if owner == nodes[0].id {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    let (_, room, _) = owner_node.get("/v1/rooms/live");
+    let owner_media: SocketAddr = room["media"]
+        .as_str()
+        .expect("media")
+        .parse()
+        .expect("addr");
+
+    let cert = DtlsCert::generate().expect("a certificate");
+    let token = token_with(TEST_SECRET, "live", &[Grant::Publish]);
+    let reply = common::webrtc::send_to(
+        &other.base,
+        "POST",
+        "/whip/live",
+        Some(&token),
+        Some("application/sdp"),
+        &with_fingerprint(WHIP_OFFER, &cert),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(
+        reply.header("x-sfu-served-by"),
+        owner,
+        "answered by the owner"
+    );
+    let answer = read_answer(&reply.text);
+    assert_eq!(answer.candidate, owner_media, "the owner's media address");
+    let location = reply.header("location").to_owned();
+    assert!(location.starts_with("/whip/live/"), "{location}");
+    // ICE and DTLS with the owner, as a browser would.
+    let _publisher = connect(&answer, WHIP_UFRAG, &cert);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, room, _) = other.get("/v1/rooms/live");
+        if room["endpoints"] == 1 && room["pending"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not connected: {room}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A WHEP viewer through the other node too, and the session's DELETE.
+    let sub = DtlsCert::generate().expect("a certificate");
+    let viewer = common::webrtc::send_to(
+        &other.base,
+        "POST",
+        "/whep/live",
+        Some(&token_with(TEST_SECRET, "live", &[Grant::Subscribe])),
+        Some("application/sdp"),
+        &with_fingerprint(WHEP_OFFER, &sub),
+    );
+    assert_eq!(viewer.status, 201, "{}", viewer.text);
+    assert_eq!(read_answer(&viewer.text).candidate, owner_media);
+    let deleted = common::webrtc::send_to(&other.base, "DELETE", &location, Some(&token), None, "");
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    let (_, room, _) = owner_node.get("/v1/rooms/live");
+    assert_eq!(
+        room["endpoints"], 1,
+        "the publisher left, the viewer stays: {room}"
+    );
+}
+
+/// A participant of the JSON API: a publisher sends one video packet
+/// every 10 ms; a subscriber counts what it receives. Each watches its
+/// node's `/healthz` and, once it fails, creates its endpoint again
+/// through the other nodes in turn (a load balancer's retries) until one
+/// answers 201.
+struct Participant {
+    received: Arc<AtomicU64>,
+    /// When the first packet after the kill arrived, ms after the kill.
+    back_after: Arc<Mutex<Option<f64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+const PUB_SSRC_BASE: u32 = 0x5000_0000;
+
+/// Creates the endpoint through `bases` (in turn from `first`) until one
+/// answers 201; returns the base that answered and the answer.
+fn join(room: &str, body: &Value, bases: &[String], first: usize) -> (String, Value) {
+    let mut i = first;
+    loop {
+        let base = &bases[i % bases.len()];
+        if let Some((201, text, _)) = try_send(
+            base,
+            "POST",
+            &format!("/v1/rooms/{room}/endpoints"),
+            &body.to_string(),
+        ) {
+            return (base.clone(), serde_json::from_str(&text).expect("JSON"));
+        }
+        i += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Participant {
+    fn spawn(
+        room: &str,
+        publisher: Option<u32>,
+        bases: Vec<String>,
+        killed_at: Arc<Mutex<Option<Instant>>>,
+    ) -> Self {
+        let received = Arc::new(AtomicU64::new(0));
+        let back_after = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .expect("timeout");
+        let key = b64(&[0x42u8; 28]);
+        let body = match publisher {
+            Some(ssrc) => json!({
+                "role": "publish",
+                "srtp": {"profile": "AEAD_AES_128_GCM", "key": key},
+                "tracks": [{"kind": "video", "ssrc": ssrc, "payload_type": 96}],
+            }),
+            None => json!({
+                "role": "subscribe",
+                "srtp": {"profile": "AEAD_AES_128_GCM", "key": key},
+                "remote": socket.local_addr().expect("bound").to_string(),
+            }),
+        };
+        let (mut base, answer) = join(room, &body, &bases, 0);
+        let mut media: SocketAddr = answer["media"]
+            .as_str()
+            .expect("media")
+            .parse()
+            .expect("addr");
+        let (room, r, b, s) = (
+            room.to_owned(),
+            Arc::clone(&received),
+            Arc::clone(&back_after),
+            Arc::clone(&stop),
+        );
+        let thread = thread::spawn(move || {
+            let mut tx = publisher.map(|_| {
+                let master = [0x42u8; 28];
+                let (k, salt) = master.split_at(16);
+                sfu_core::srtp::SrtpContext::new(
+                    sfu_core::srtp::Profile::AeadAes128Gcm,
+                    k,
+                    salt,
+                    sfu_core::srtp::SrtpConfig::default(),
+                )
+                .expect("a context")
+            });
+            let mut seq = 0u16;
+            let mut buf = [0u8; 1500];
+            let mut last_check = Instant::now();
+            let mut rejoined: Option<Instant> = None;
+            while !s.load(Ordering::Relaxed) {
+                if let (Some(tx), Some(ssrc)) = (tx.as_mut(), publisher) {
+                    let mut p = [0u8; 1500];
+                    p[0] = 0x80;
+                    p[1] = 96;
+                    p[2..4].copy_from_slice(&seq.to_be_bytes());
+                    p[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+                    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                    let n = tx.protect_rtp(&mut p, 12 + 200).expect("protect");
+                    let _ = socket.send_to(&p[..n], media);
+                    seq = seq.wrapping_add(1);
+                    thread::sleep(Duration::from_millis(10));
+                } else if let Ok((_, from)) = socket.recv_from(&mut buf)
+                    && from == media
+                {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    // The first packet from a node joined after the kill.
+                    let killed = *killed_at.lock().expect("lock");
+                    if let (Some(k), Some(j)) = (killed, rejoined)
+                        && j >= k
+                    {
+                        let mut back = b.lock().expect("lock");
+                        if back.is_none() {
+                            *back = Some(k.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+                if last_check.elapsed() >= Duration::from_millis(100) {
+                    last_check = Instant::now();
+                    if try_send(&base, "GET", "/healthz", "").is_none() {
+                        let first = bases.iter().position(|b| *b != base).unwrap_or(0);
+                        let (b2, answer) = join(&room, &body, &bases, first);
+                        base = b2;
+                        media = answer["media"]
+                            .as_str()
+                            .expect("media")
+                            .parse()
+                            .expect("addr");
+                        rejoined = Some(Instant::now());
+                    }
+                }
+            }
+        });
+        Self {
+            received,
+            back_after,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[test]
+fn a_killed_nodes_rooms_come_back_on_the_survivors() {
+    let redis = Redis::start();
+    let mut nodes = vec![
+        Node::start("k1", &redis, &[]),
+        Node::start("k2", &redis, &[]),
+        Node::start("k3", &redis, &[]),
+    ];
+    wait_for_cluster(&nodes.iter().collect::<Vec<_>>(), 3);
+    // Six rooms; the victim is the owner of the first.
+    for i in 0..6 {
+        let (status, _, text) = nodes[i % 3].post("/v1/rooms", &json!({"room": format!("fo-{i}")}));
+        assert_eq!(status, 201, "{text}");
+    }
+    let victim_id = owner_via(&nodes[0], "fo-0");
+    let victim = nodes
+        .iter()
+        .position(|n| n.id == victim_id)
+        .expect("a node");
+    let rooms: Vec<String> = nodes[victim].local_rooms().into_iter().collect();
+    let victim_base = nodes[victim].base.clone();
+    // Clients reach the victim first (it owns their rooms either way),
+    // then the survivors.
+    let mut bases = vec![victim_base.clone()];
+    bases.extend(
+        nodes
+            .iter()
+            .filter(|n| n.id != victim_id)
+            .map(|n| n.base.clone()),
+    );
+    let killed_at = Arc::new(Mutex::new(None));
+    let mut participants = Vec::new();
+    let mut subscribers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        participants.push(Participant::spawn(
+            room,
+            Some(PUB_SSRC_BASE + i as u32),
+            bases.clone(),
+            Arc::clone(&killed_at),
+        ));
+        for _ in 0..2 {
+            subscribers.push(Participant::spawn(
+                room,
+                None,
+                bases.clone(),
+                Arc::clone(&killed_at),
+            ));
+        }
+    }
+    // Media flows before the kill.
+    thread::sleep(Duration::from_millis(1000));
+    for s in &subscribers {
+        assert!(
+            s.received.load(Ordering::Relaxed) > 20,
+            "media before the kill"
+        );
+    }
+    *killed_at.lock().expect("lock") = Some(Instant::now());
+    nodes[victim].kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while subscribers
+        .iter()
+        .any(|s| s.back_after.lock().expect("lock").is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every subscriber got media back within 15 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut times: Vec<f64> = subscribers
+        .iter()
+        .map(|s| s.back_after.lock().expect("lock").expect("back"))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+    );
+    println!(
+        "CLUSTER_FAILOVER rooms {} subscribers {} kill-to-first-packet ms p50 {p50:.0} p99 {p99:.0} max {max:.0}",
+        rooms.len(),
+        times.len()
+    );
+    // Every room is owned by a survivor, and was announced as moved.
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != victim_id).collect();
+    for room in &rooms {
+        let owner = owner_via(survivors[0], room);
+        assert_ne!(owner, victim_id, "{room}");
+    }
+    let takeovers: f64 = survivors
+        .iter()
+        .map(|n| n.metric("sfu_cluster_takeovers_total"))
+        .sum();
+    assert!(takeovers >= rooms.len() as f64, "{takeovers} takeovers");
+    assert!(
+        max <= 3000.0,
+        "media back within 3 s of kill -9: max {max:.0} ms"
+    );
+    drop(participants);
+    drop(subscribers);
+}
+
+#[test]
+fn a_redis_outage_loses_no_media_and_rooms_are_reconciled() {
+    let mut redis = Redis::start();
+    let nodes = [
+        Node::start("o1", &redis, &[]),
+        Node::start("o2", &redis, &[]),
+    ];
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let (status, _, text) = nodes[0].post("/v1/rooms", &json!({"room": "steady"}));
+    assert_eq!(status, 201, "{text}");
+    let owner = owner_via(&nodes[1], "steady");
+    let owner_base = nodes
+        .iter()
+        .find(|n| n.id == owner)
+        .expect("owner")
+        .base
+        .clone();
+    let killed_at = Arc::new(Mutex::new(None));
+    let publisher = Participant::spawn(
+        "steady",
+        Some(PUB_SSRC_BASE),
+        vec![owner_base.clone()],
+        Arc::clone(&killed_at),
+    );
+    let subscriber = Participant::spawn(
+        "steady",
+        None,
+        vec![owner_base.clone()],
+        Arc::clone(&killed_at),
+    );
+    thread::sleep(Duration::from_millis(500));
+    let before = subscriber.received.load(Ordering::Relaxed);
+    assert!(before > 10, "media flows");
+
+    redis.stop();
+    let outage = Instant::now();
+    // During the outage: a new room is placed locally, not refused.
+    thread::sleep(Duration::from_millis(1500));
+    let (status, _, text) = nodes[1].post("/v1/rooms", &json!({"room": "during-outage"}));
+    assert_eq!(status, 201, "a room while Redis is down: {text}");
+    assert!(nodes[1].local_rooms().contains("during-outage"));
+    assert_eq!(nodes[0].metric("sfu_cluster_redis_up"), 0.0);
+    while outage.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let during = subscriber.received.load(Ordering::Relaxed);
+    redis.spawn();
+    // Both nodes come back, and claim their rooms again (Redis restarted
+    // empty).
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = try_send(&nodes[0].base, "GET", "/v1/rooms/during-outage", "");
+        let b = try_send(&nodes[1].base, "GET", "/v1/rooms/steady", "");
+        if a.as_ref().is_some_and(|a| a.0 == 200 && a.2 == nodes[1].id)
+            && b.as_ref().is_some_and(|b| b.0 == 200)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reconciled: {a:?} {b:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(owner_via(&nodes[0], "steady"), owner);
+    assert_eq!(nodes[0].metric("sfu_cluster_redis_up"), 1.0);
+    assert!(nodes[0].metric("sfu_cluster_redis_outages_total") >= 1.0);
+    drop(publisher);
+    thread::sleep(Duration::from_millis(200));
+    let total = subscriber.received.load(Ordering::Relaxed);
+    drop(subscriber);
+    // 100 packets/s: 30 s of outage carried about 3,000 of them.
+    let in_outage = during - before;
+    println!("CLUSTER_OUTAGE packets during 30 s without Redis: {in_outage}, total {total}");
+    assert!(in_outage >= 2500, "{in_outage} packets during the outage");
+    let seqs_ok = total >= during;
+    assert!(seqs_ok);
+}
+
+#[test]
+fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
+    let redis = Redis::start();
+    let nodes = [
+        Node::start("d1", &redis, &[]),
+        Node::start("d2", &redis, &[]),
+    ];
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    // A room on d1 before it drains (a forwarded request claims locally).
+    let mut placed_on_d1 = None;
+    for i in 0..20 {
+        let room = format!("before-{i}");
+        let (status, _, _) = nodes[0].post("/v1/rooms", &json!({"room": room}));
+        assert_eq!(status, 201);
+        if nodes[0].local_rooms().contains(&room) {
+            placed_on_d1 = Some(room);
+            break;
+        }
+    }
+    let kept = placed_on_d1.expect("some room on d1 in 20 tries");
+    let (status, json, _) = nodes[0].post("/v1/drain", &json!({}));
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(nodes[0].get("/healthz").0, 503);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, load, _) = nodes[1].get("/v1/load");
+        let d1 = load["cluster"]["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|e| e["id"] == "d1").cloned());
+        if d1.is_some_and(|e| e["state"] == "draining") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "d1 not draining in the registry: {load}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before: BTreeMap<&str, usize> = nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.local_rooms().len()))
+        .collect();
+    for i in 0..8 {
+        let (status, _, text) =
+            nodes[i % 2].post("/v1/rooms", &json!({"room": format!("after-{i}")}));
+        assert_eq!(status, 201, "{text}");
+    }
+    assert_eq!(
+        nodes[0].local_rooms().len(),
+        before["d1"],
+        "no new room on d1"
+    );
+    assert_eq!(nodes[1].local_rooms().len(), before["d2"] + 8);
+    // Its own room still takes joins, through either node.
+    let (status, _, text) = nodes[1].post(
+        &format!("/v1/rooms/{kept}/endpoints"),
+        &json!({
+            "role": "publish",
+            "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&[7u8; 28])},
+            "tracks": [{"kind": "audio", "ssrc": 77, "payload_type": 111}],
+        }),
+    );
+    assert_eq!(status, 201, "{text}");
+}
