@@ -8,7 +8,9 @@
 //! | `GET /v1/events` | admin, room `*`; with `?room=NAME`, admin for that room | 200 `text/event-stream` of node events ([`crate::events`]), or 400 |
 //! | `GET /v1/rooms` | admin, room `*` | 200 `{"rooms": [{"room", "worker", "endpoints", "pending"}]}` (`pending`: WHIP/WHEP sessions not connected yet) |
 //! | `POST /v1/rooms` | admin, the body's room | 201, or 400/409 |
+//! | `GET /v1/rooms/{room}` | admin | 200 `{"room", "worker", "media", "endpoints", "pending", "owner": {"node_id", "control_url", "media", "state"}}`, or 404 |
 //! | `DELETE /v1/rooms/{room}` | admin | 204, or 404 |
+//! | `POST /v1/drain` | admin, room `*` | 200 `{"status": "draining", "rooms", "endpoints"}`: no new rooms from now on ([`crate::cluster`]) |
 //! | `POST /v1/rooms/{room}/endpoints` | publish, subscribe or both, after the body's `role` | 201, or 400/404/409 |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions` | subscribe | 200, or 400/404  body `"all"`, `{"video": [ssrc...], "audio": [...]}` or last-N `{"slots": {"video": N, "audio": M, "pinned": [identity or endpoint id...]}}` |
 //! | `PUT /v1/rooms/{room}/endpoints/{id}/layers` | admin | 204, or 400/404; body `{"slot": N, "max_layer": L or null, "pinned": true or false}` (at least one of the two): `max_layer` caps the simulcast layer of the endpoint's video consumer in `slot` (0: the track's lowest layer by bitrate; `null` lifts the cap); `pinned` pins it, so its bandwidth allocation comes before other cameras' (after screen shares), while it keeps its producer (400 for a last-N subscriber, which pins in its subscription) |
@@ -28,6 +30,11 @@
 //! (any origin; `Authorization`, `Content-Type`, `If-Match` allowed;
 //! `Location`, `ETag`, `Link`, `Accept-Patch` exposed). Refusals are counted in
 //! `sfu_auth_failures_total{reason}`.
+//!
+//! In a cluster ([`crate::cluster`]) every route naming a room (and `POST
+//! /v1/rooms` by its body) is served by the room's owner: a request that
+//! reaches another node is passed on after the token check, and the
+//! owner's answer returned with `X-Sfu-Served-By`.
 //!
 //! Every error is `{"error": "...", "code": "..."}` ([`ApiError`]); bodies
 //! over [`MAX_BODY_BYTES`] are refused with 413 (a `Content-Length` over it

@@ -1068,7 +1068,7 @@ settings! {
             layer String,
             env "SFU_CLUSTER_CONTROL_URL",
             flag [
-                /// URL other nodes reach this node's control API at [default: http://<advertised ip>:<control port>].
+                /// URL other nodes reach this node's control API at [default: http://ADVERTISED_IP:CONTROL_PORT].
                 #[arg(long = "cluster-control-url", value_name = "URL")]
             ];
         /// Milliseconds between two writes of this node's registry entry.

@@ -522,7 +522,7 @@ impl AppState {
 
     /// The node's limits.
     pub fn limits(&self) -> Limits {
-        self.model().limits.clone()
+        self.model().limits
     }
 
     /// Per worker: rooms, endpoints, and whether it runs.

@@ -98,6 +98,9 @@ const MAX_HOPS: usize = 2;
 /// request that claimed it is still creating the room.
 const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
+/// A counter family for `/metrics`: name, help, (labels, value) samples.
+type CounterFamily<'a> = (&'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
+
 /// Where a request for a room is served.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -537,11 +540,12 @@ impl Cluster {
                     let owned = lock(&self.owned).clone();
                     for r in rooms {
                         let fresh = owned.get(&r).is_some_and(|t| t.elapsed() < CLAIM_GRACE);
-                        if !local.contains(&r) && !fresh {
-                            if let Err(e) = store.release(&r, &self.me).await {
-                                self.failed("release", &e);
-                                return;
-                            }
+                        if !local.contains(&r)
+                            && !fresh
+                            && let Err(e) = store.release(&r, &self.me).await
+                        {
+                            self.failed("release", &e);
+                            return;
                         }
                     }
                 }
@@ -689,21 +693,9 @@ impl Cluster {
         let mut chain = via.to_vec();
         chain.push(self.me.clone());
         let (parts, _) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
         match self
             .proxy
-            .forward(
-                &peer.control_url,
-                &chain.join(","),
-                &peer.id,
-                parts.method,
-                &path,
-                parts.headers,
-                body,
-            )
+            .forward(&peer.control_url, &chain.join(","), &peer.id, parts, body)
             .await
         {
             Ok(answer) => {
@@ -795,7 +787,7 @@ impl Cluster {
         for (state, n) in by_state {
             let _ = writeln!(out, "sfu_cluster_nodes{{state=\"{state}\"}} {n}");
         }
-        let counters: [(&str, &str, &[(&str, &AtomicU64)]); 6] = [
+        let counters: [CounterFamily<'_>; 6] = [
             (
                 "sfu_cluster_redis_errors_total",
                 "Redis commands that failed or timed out.",

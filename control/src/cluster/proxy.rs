@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Request, Response, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -70,24 +70,26 @@ impl Default for Proxy {
 }
 
 impl Proxy {
-    /// Sends `method path_and_query` with `headers` and `body` to the node
-    /// at `base` (`http://host:port`), marked as forwarded by `me` (the
-    /// nodes it passed, comma separated); returns
-    /// its answer with hop-by-hop headers removed and [`SERVED_BY`] set to
-    /// `owner`.
+    /// Sends the request `parts` with `body` to the node at `base`
+    /// (`http://host:port`), marked as forwarded by `via` (the nodes it
+    /// passed, comma separated); returns its answer with hop-by-hop
+    /// headers removed and [`SERVED_BY`] set to `owner`.
     pub async fn forward(
         &self,
         base: &str,
-        me: &str,
+        via: &str,
         owner: &str,
-        method: Method,
-        path_and_query: &str,
-        mut headers: HeaderMap,
+        parts: axum::http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Body>, ForwardError> {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |p| p.as_str());
         let uri: Uri = format!("{}{path_and_query}", base.trim_end_matches('/'))
             .parse()
             .map_err(|e| ForwardError::Url(format!("{e}")))?;
+        let (method, mut headers) = (parts.method, parts.headers);
         for h in HOP_BY_HOP {
             headers.remove(h);
         }
@@ -95,7 +97,7 @@ impl Proxy {
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(
             FORWARDED,
-            HeaderValue::from_str(me).map_err(|e| ForwardError::Url(e.to_string()))?,
+            HeaderValue::from_str(via).map_err(|e| ForwardError::Url(e.to_string()))?,
         );
         let mut request = Request::builder()
             .method(method)
