@@ -323,16 +323,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         };
         format!("http://{host}:{}", http_addr.port())
     });
-    let cluster =
-        match cluster::Cluster::new(Arc::clone(&state), config.cluster.clone(), control_url) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                node.shutdown();
-                return Err(StartError::Config(ConfigError::Invalid(format!(
-                    "cluster.redis: {e}"
-                ))));
-            }
-        };
+    let cluster = match cluster::Cluster::new(
+        Arc::clone(&state),
+        config.cluster.clone(),
+        control_url,
+        config.api_secret.as_bytes(),
+    ) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            node.shutdown();
+            return Err(StartError::Config(ConfigError::Invalid(format!(
+                "cluster.redis: {e}"
+            ))));
+        }
+    };
     if let Some(url) = &config.cluster.redis {
         tracing::info!(redis = %url, cluster = %config.cluster.name, "cluster on");
     }

@@ -855,12 +855,39 @@ fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
             nodes[i % 2].post("/v1/rooms", &json!({"room": format!("after-{i}")}));
         assert_eq!(status, 201, "{text}");
     }
+    // A client's own forwarding header (unsigned, or signed with another
+    // secret) does not make the draining node claim a room.
+    for (i, forged) in [
+        "lb".to_owned(),
+        format!("lb;{};{}", control::auth::unix_now(), "0".repeat(64)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let request = ureq::http::Request::post(format!("{}/v1/rooms", nodes[0].base))
+            .header("authorization", format!("Bearer {}", admin()))
+            .header("content-type", "application/json")
+            .header("x-sfu-forwarded", forged.as_str())
+            .body(json!({"room": format!("forged-{i}")}).to_string())
+            .expect("a request");
+        let status = agent.run(request).expect("an answer").status().as_u16();
+        assert_eq!(status, 201, "{forged}");
+    }
     assert_eq!(
         nodes[0].local_rooms().len(),
         before["d1"],
         "no new room on d1"
     );
-    assert_eq!(nodes[1].local_rooms().len(), before["d2"] + 8);
+    assert_eq!(
+        nodes[1].local_rooms().len(),
+        before["d2"] + 10,
+        "{:?}",
+        nodes[1].local_rooms()
+    );
     // Its own room still takes joins, through either node.
     let (status, _, text) = nodes[1].post(
         &format!("/v1/rooms/{kept}/endpoints"),

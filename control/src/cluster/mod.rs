@@ -119,6 +119,7 @@ pub struct Cluster {
     config: ClusterConfig,
     store: Option<Store>,
     proxy: proxy::Proxy,
+    signer: proxy::Signer,
     /// The last registry read, and when.
     view: RwLock<(Registry, Option<Instant>)>,
     /// Rooms this node placed on each node lately (not yet in its entry).
@@ -169,6 +170,7 @@ impl Cluster {
         state: Arc<AppState>,
         config: ClusterConfig,
         control_url: String,
+        secret: &[u8],
     ) -> Result<Self, store::StoreError> {
         let store = match &config.redis {
             Some(url) => Some(Store::new(url, &config.name)?),
@@ -181,6 +183,7 @@ impl Cluster {
             config,
             store,
             proxy: proxy::Proxy::default(),
+            signer: proxy::Signer::new(secret),
             view: RwLock::new((Registry::default(), None)),
             recent: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashMap::new()),
@@ -693,9 +696,16 @@ impl Cluster {
         let mut chain = via.to_vec();
         chain.push(self.me.clone());
         let (parts, _) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+        let forwarded = self.signer.sign(
+            &chain.join(","),
+            crate::auth::unix_now(),
+            &parts.method,
+            path,
+        );
         match self
             .proxy
-            .forward(&peer.control_url, &chain.join(","), &peer.id, parts, body)
+            .forward(&peer.control_url, &forwarded, &peer.id, parts, body)
             .await
         {
             Ok(answer) => {
@@ -935,11 +945,18 @@ fn percent_decode(s: &str) -> Option<String> {
 /// doc). `POST /v1/rooms` is routed by the `room` of its JSON body.
 pub async fn route_requests(State(api): State<ApiState>, request: Request, next: Next) -> Response {
     let cluster = Arc::clone(&api.cluster);
+    // Only a header signed by a node counts: a client cannot choose where
+    // its room goes.
     let via: Vec<String> = request
         .headers()
         .get(proxy::FORWARDED)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .and_then(|v| {
+            let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+            cluster
+                .signer
+                .verify(v, crate::auth::unix_now(), request.method(), path)
+        })
         .unwrap_or_default();
     let path = request.uri().path().to_owned();
     let (request, body, room, create) = if path == "/v1/rooms" && request.method() == Method::POST {

@@ -6,15 +6,75 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderName, HeaderValue, Request, Response, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// Marks a request passed on by nodes, with their ids in order (comma
-/// separated): the receiver claims a new room for itself (it was placed
-/// there), and a request is passed on at most twice in all.
+/// Marks a request passed on by nodes: `VIA;TS;SIG`, with `VIA` their ids
+/// in order (comma separated), `TS` the Unix time in seconds and `SIG` the
+/// hex HMAC-SHA256 under the API secret of `VIA;TS;METHOD;PATH` (see
+/// [`Signer`]). The receiver claims a new room for itself (it was placed
+/// there), and a request is passed on at most twice in all. A header that
+/// does not verify is ignored: a client cannot pick where its room goes.
 pub const FORWARDED: HeaderName = HeaderName::from_static("x-sfu-forwarded");
+
+/// How far a [`FORWARDED`] header's time may be from the receiver's clock.
+const FORWARDED_SKEW_SECS: u64 = 30;
+
+/// Signs and checks [`FORWARDED`] headers with the cluster's API secret.
+#[derive(Debug)]
+pub struct Signer {
+    key: ring::hmac::Key,
+}
+
+impl Signer {
+    /// A signer with `secret` (every node of a cluster has the same).
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    fn signed(via: &str, ts: u64, method: &Method, path: &str) -> String {
+        format!("{via};{ts};{method};{path}")
+    }
+
+    /// The header value for `via` passing `method path` at `now` (Unix
+    /// seconds).
+    pub fn sign(&self, via: &str, now: u64, method: &Method, path: &str) -> String {
+        let tag = ring::hmac::sign(&self.key, Self::signed(via, now, method, path).as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{via};{now};{hex}")
+    }
+
+    /// The nodes a request passed, if its header verifies for `method
+    /// path` at `now`; `None` otherwise.
+    pub fn verify(
+        &self,
+        value: &str,
+        now: u64,
+        method: &Method,
+        path: &str,
+    ) -> Option<Vec<String>> {
+        let mut parts = value.rsplitn(3, ';');
+        let (hex, ts, via) = (parts.next()?, parts.next()?, parts.next()?);
+        let ts: u64 = ts.parse().ok()?;
+        if now.abs_diff(ts) > FORWARDED_SKEW_SECS || hex.len() != 64 {
+            return None;
+        }
+        let tag: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        ring::hmac::verify(
+            &self.key,
+            Self::signed(via, ts, method, path).as_bytes(),
+            &tag,
+        )
+        .ok()?;
+        Some(via.split(',').map(str::to_owned).collect())
+    }
+}
 
 /// Set on an answer that came from another node, with that node's id.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-sfu-served-by");
@@ -71,13 +131,13 @@ impl Default for Proxy {
 
 impl Proxy {
     /// Sends the request `parts` with `body` to the node at `base`
-    /// (`http://host:port`), marked as forwarded by `via` (the nodes it
-    /// passed, comma separated); returns its answer with hop-by-hop
-    /// headers removed and [`SERVED_BY`] set to `owner`.
+    /// (`http://host:port`), marked with `forwarded` (a [`FORWARDED`]
+    /// value); returns its answer with hop-by-hop headers removed and
+    /// [`SERVED_BY`] set to `owner`.
     pub async fn forward(
         &self,
         base: &str,
-        via: &str,
+        forwarded: &str,
         owner: &str,
         parts: axum::http::request::Parts,
         body: Bytes,
@@ -97,7 +157,7 @@ impl Proxy {
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(
             FORWARDED,
-            HeaderValue::from_str(via).map_err(|e| ForwardError::Url(e.to_string()))?,
+            HeaderValue::from_str(forwarded).map_err(|e| ForwardError::Url(e.to_string()))?,
         );
         let mut request = Request::builder()
             .method(method)
@@ -127,5 +187,41 @@ impl Proxy {
             parts.headers.insert(SERVED_BY, v);
         }
         Ok(Response::from_parts(parts, Body::new(incoming)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_verify_only_as_signed() {
+        let signer = Signer::new(b"a cluster secret of 32 bytes or more");
+        let post = Method::POST;
+        let v = signer.sign("n1,n2", 1000, &post, "/whip/r");
+        assert_eq!(
+            signer.verify(&v, 1010, &post, "/whip/r"),
+            Some(vec!["n1".to_owned(), "n2".to_owned()])
+        );
+        assert_eq!(
+            signer.verify(&v, 1010, &Method::GET, "/whip/r"),
+            None,
+            "method"
+        );
+        assert_eq!(signer.verify(&v, 1010, &post, "/whip/s"), None, "path");
+        assert_eq!(signer.verify(&v, 1031, &post, "/whip/r"), None, "too old");
+        assert_eq!(
+            signer.verify(&v.replace("n1", "n3"), 1000, &post, "/whip/r"),
+            None
+        );
+        let other = Signer::new(b"another secret of 32 bytes or more");
+        assert_eq!(other.verify(&v, 1000, &post, "/whip/r"), None, "secret");
+        for junk in ["", "n1", "n1;1000", ";;", "n1;x;00", "n1;1000;zz"] {
+            assert_eq!(
+                signer.verify(junk, 1000, &post, "/whip/r"),
+                None,
+                "{junk:?}"
+            );
+        }
     }
 }
