@@ -123,6 +123,12 @@ pub fn app(
         ))
         // After the token check: only valid tokens get a bucket.
         .route_layer(middleware::from_fn_with_state(sessions, limit_sessions))
+        // Before the rate limit: a request another node passed on was
+        // limited there.
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            crate::cluster::verify_forwarded,
+        ))
         // Only the routes above: /healthz is open.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route("/healthz", get(healthz))

@@ -269,7 +269,9 @@ impl<K: Copy + Eq + Hash> Buckets<K> {
 /// Middleware on the authenticated routes: limits the `POST`s of
 /// [`SESSION_ROUTES`] by client address ([`ConnectInfo`], set by
 /// [`crate::http`]) and bearer token. Tokens with an operator grant
-/// (`admin`, `trunk`) are not limited.
+/// (`admin`, `trunk`) are not limited, nor are requests another node of the
+/// cluster passed on ([`crate::cluster::ForwardedVia`]: that node limited
+/// them by the client's address).
 pub async fn limit_sessions(
     State(limiter): State<Arc<SessionLimiter>>,
     req: Request,
@@ -288,7 +290,11 @@ pub async fn limit_sessions(
             .iter()
             .any(|g| matches!(g, Grant::Admin | Grant::Trunk))
     });
-    if !creates || operator {
+    let forwarded = req
+        .extensions()
+        .get::<crate::cluster::ForwardedVia>()
+        .is_some();
+    if !creates || operator || forwarded {
         return next.run(req).await;
     }
     let ip = req

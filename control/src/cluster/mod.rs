@@ -641,8 +641,10 @@ impl Cluster {
                 if !late && rendezvous(&room, &serving) != Some(self.me.as_str()) {
                     continue;
                 }
+                let mine = lock(&self.owned).contains_key(&room);
                 match store.take_over(&room, &self.me, dead).await {
-                    Ok(Some(owner)) if owner == self.me => {
+                    // A client's request may have taken it over first.
+                    Ok(Some(owner)) if owner == self.me && !mine => {
                         self.own(&room);
                         self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
                         self.recreate(&room).await;
@@ -940,23 +942,47 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Middleware (after the token check): serves a request for a room here,
-/// or passes it to the room's owner, or places a new room (see the module
-/// doc). `POST /v1/rooms` is routed by the `room` of its JSON body.
-pub async fn route_requests(State(api): State<ApiState>, request: Request, next: Next) -> Response {
-    let cluster = Arc::clone(&api.cluster);
-    // Only a header signed by a node counts: a client cannot choose where
-    // its room goes.
-    let via: Vec<String> = request
+/// The nodes that passed a request here, from a verified
+/// [`proxy::FORWARDED`] header ([`verify_forwarded`]).
+#[derive(Debug, Clone)]
+pub struct ForwardedVia(pub Vec<String>);
+
+/// Middleware (after the token check, before the session rate limit):
+/// marks a request whose [`proxy::FORWARDED`] header verifies with
+/// [`ForwardedVia`]. Only a header signed by a node counts, so a client
+/// cannot choose where its room goes; a forwarded request was rate limited
+/// by the node it reached, and is not limited again here (where it would
+/// count against that node's address).
+pub async fn verify_forwarded(
+    State(api): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let via = request
         .headers()
         .get(proxy::FORWARDED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let path = request.uri().path_and_query().map_or("", |p| p.as_str());
-            cluster
+            api.cluster
                 .signer
                 .verify(v, crate::auth::unix_now(), request.method(), path)
-        })
+        });
+    if let Some(via) = via {
+        request.extensions_mut().insert(ForwardedVia(via));
+    }
+    next.run(request).await
+}
+
+/// Middleware (after the token check): serves a request for a room here,
+/// or passes it to the room's owner, or places a new room (see the module
+/// doc). `POST /v1/rooms` is routed by the `room` of its JSON body.
+pub async fn route_requests(State(api): State<ApiState>, request: Request, next: Next) -> Response {
+    let cluster = Arc::clone(&api.cluster);
+    let via = request
+        .extensions()
+        .get::<ForwardedVia>()
+        .map(|v| v.0.clone())
         .unwrap_or_default();
     let path = request.uri().path().to_owned();
     let (request, body, room, create) = if path == "/v1/rooms" && request.method() == Method::POST {
@@ -968,13 +994,15 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
             .ok()
             .and_then(|v| v.get("room").and_then(Value::as_str).map(str::to_owned));
         let request = Request::from_parts(parts, Body::from(bytes.clone()));
-        match room {
+        match room.filter(|r| crate::state::validate_room_name(r).is_ok()) {
             Some(room) => (request, Some(bytes), room, true),
             // The handler answers what is wrong with the body.
             None => return next.run(request).await,
         }
     } else {
-        match room_of(request.method(), &path) {
+        match room_of(request.method(), &path)
+            .filter(|(room, _)| crate::state::validate_room_name(room).is_ok())
+        {
             Some((room, create)) => {
                 let create = create && api.node.rooms_on_demand();
                 (request, None, room, create)
