@@ -1052,7 +1052,7 @@ settings! {
             env "SFU_REDIS",
             flag [
                 /// Redis URL of the cluster, e.g. redis://10.0.0.5:6379 [default: none, a single node].
-                #[arg(long = "redis", value_name = "URL")]
+                #[arg(long = "redis", value_name = "URL", global = true)]
             ];
         /// The cluster's name: the hash tag of its Redis keys
         /// (`{NAME}:...`), so several clusters can share one Redis.

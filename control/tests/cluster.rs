@@ -372,6 +372,25 @@ fn rooms_spread_by_load_and_racing_nodes_agree_on_one_owner() {
         assert_eq!(holders.len(), 1, "{room} held by {holders:?}");
         assert_eq!(owner_via(&nodes[(i + 2) % 3], &room), holders[0]);
     }
+    // `sfu cluster status` prints the registry.
+    let status = Command::new(env!("CARGO_BIN_EXE_sfu"))
+        .env_clear()
+        .args(["cluster", "status", "--redis", &redis.url()])
+        .output()
+        .expect("sfu cluster status runs");
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    println!("{table}");
+    for node in &nodes {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&node.id))
+            .unwrap_or_else(|| panic!("{} in {table}", node.id));
+        assert!(
+            line.contains("serving") && line.contains(&node.base),
+            "{line}"
+        );
+    }
     let placed: f64 = nodes
         .iter()
         .map(|n| n.metric("sfu_cluster_placements_total{where=\"peer\"}"))

@@ -979,6 +979,11 @@ pub async fn verify_forwarded(
 /// doc). `POST /v1/rooms` is routed by the `room` of its JSON body.
 pub async fn route_requests(State(api): State<ApiState>, request: Request, next: Next) -> Response {
     let cluster = Arc::clone(&api.cluster);
+    // A cluster of one serves everything here; only a draining node looks
+    // closer (it refuses new rooms).
+    if !cluster.enabled() && !api.node.draining() {
+        return next.run(request).await;
+    }
     let via = request
         .extensions()
         .get::<ForwardedVia>()
