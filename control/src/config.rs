@@ -1045,7 +1045,8 @@ settings! {
     /// a Redis URL the node is a cluster of one with nothing shared.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
     pub struct ClusterConfig {
-        /// `redis://` (or `rediss://`) URL of the cluster's Redis or Valkey;
+        /// `redis://` (or `rediss://`) URL of the cluster's Redis or Valkey,
+        /// or several, comma separated: the seed nodes of a Redis Cluster;
         /// `None`: a single node.
         redis: Option<String> = None,
             layer String,
@@ -1111,19 +1112,22 @@ impl ClusterConfig {
         self.apply_settings(&mut layer);
     }
 
-    /// A `redis://`, `rediss://` or `unix://` URL; a name Redis can tag
+    /// `redis://`, `rediss://` or `unix://` URLs; a name Redis can tag
     /// keys with; a heartbeat of at least 50 ms and at most a third of the
     /// TTL (two missed heartbeats do not kill a node); a control URL of
     /// scheme `http` or `https`; a stress threshold of 1-100 %.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.redis
-            && !["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|p| url.starts_with(p))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "cluster.redis {url:?} is not a redis:// or rediss:// URL"
-            )));
+        if let Some(urls) = &self.redis {
+            for url in urls.split(',').map(str::trim) {
+                if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster.redis {url:?} is not a redis:// or rediss:// URL"
+                    )));
+                }
+            }
         }
         if self.name.is_empty()
             || self.name.len() > 64

@@ -117,6 +117,100 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas) on loopback ports, made
+/// with `redis-cli --cluster create`.
+struct RedisCluster {
+    servers: Vec<Redis>,
+    _dir: PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sfu-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let servers: Vec<Redis> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let child = Command::new("redis-server")
+                    .current_dir(&dir)
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts (Debian's redis-server)");
+                Redis {
+                    port,
+                    child: Some(child),
+                }
+            })
+            .collect();
+        for r in &servers {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", r.port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server {} is not up",
+                    r.port
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs (Debian's redis-tools)");
+        assert!(out.status.success(), "cluster create: {out:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &servers[0].port.to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli runs");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster is not ok: {info:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        Self { servers, _dir: dir }
+    }
+
+    /// The seed URLs, comma separated.
+    fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// One `sfu` process.
 struct Node {
     id: String,
@@ -127,6 +221,10 @@ struct Node {
 
 impl Node {
     fn start(id: &str, redis: &Redis, extra: &[&str]) -> Self {
+        Self::start_with(id, &redis.url(), extra)
+    }
+
+    fn start_with(id: &str, redis_url: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let log = log_path(id);
         let file = std::fs::File::create(&log).expect("a log file");
@@ -149,7 +247,7 @@ impl Node {
                 "--socket-buffer-bytes",
                 "1048576",
                 "--redis",
-                &redis.url(),
+                redis_url,
                 "--api-secret",
                 TEST_SECRET,
             ])
@@ -917,4 +1015,38 @@ fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
         }),
     );
     assert_eq!(status, 201, "{text}");
+}
+
+#[test]
+fn a_redis_cluster_holds_the_registry_and_the_owners() {
+    let redis = RedisCluster::start();
+    let mut nodes = [
+        Node::start_with("c1", &redis.url(), &[]),
+        Node::start_with("c2", &redis.url(), &[]),
+    ];
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    for i in 0..10 {
+        let (status, _, text) = nodes[i % 2].post("/v1/rooms", &json!({"room": format!("rc-{i}")}));
+        assert_eq!(status, 201, "{text}");
+    }
+    let held: Vec<usize> = nodes.iter().map(|n| n.local_rooms().len()).collect();
+    assert_eq!(held.iter().sum::<usize>(), 10, "{held:?}");
+    assert!(held.iter().all(|&n| n >= 2), "spread: {held:?}");
+    let victim = owner_via(&nodes[0], "rc-0");
+    let (dead, alive) = if victim == "c1" { (0, 1) } else { (1, 0) };
+    nodes[dead].kill();
+    // The survivor takes the room over once the victim's entry expires.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json, _) = nodes[alive].get("/v1/rooms/rc-0");
+        if status == 200 && json["owner"]["node_id"] == nodes[alive].id.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rc-0 not taken over: {status} {json}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(nodes[alive].metric("sfu_cluster_takeovers_total") >= 1.0);
 }

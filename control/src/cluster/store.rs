@@ -16,11 +16,21 @@
 //!
 //! A node is alive while its entry exists; its rooms set and its member of
 //! `nodes` outlive it until a survivor has taken every room over.
+//!
+//! # Redis Cluster
+//! `cluster.redis` with several URLs, comma separated (the seed nodes of a
+//! Redis Cluster), connects with redis-rs's cluster client, which follows
+//! the slot map and `MOVED` redirects; one URL connects to one server (or
+//! Valkey) with its connection manager. Every command and script touches
+//! keys of one hash tag, so both work the same.
 
 use std::time::Duration;
 
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -85,6 +95,13 @@ pub struct Registry {
     pub dead: Vec<String>,
 }
 
+/// Writes a node's entry with its TTL and adds it to the node set.
+/// KEYS: entry, node set. ARGV: JSON, TTL ms, node id.
+const REGISTER: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1";
+
 /// Claims a room for ARGV[1] if nobody owns it; returns the owner after.
 /// KEYS: room key, claimer's rooms set. ARGV: node id, room.
 const CLAIM: &str = r"
@@ -126,18 +143,66 @@ end
 redis.call('SREM', KEYS[2], ARGV[2])
 return 1";
 
+/// A connection to one Redis server, or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where to connect.
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
 /// The connection to the cluster's Redis: one multiplexed connection
-/// (redis-rs's connection manager, which reconnects by itself), opened on
-/// first use so a node starts while Redis is down.
+/// (redis-rs's connection manager or cluster connection, which reconnect by
+/// themselves), opened on first use so a node starts while Redis is down.
 pub struct Store {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    client: Client,
+    conn: Mutex<Option<Conn>>,
     tag: String,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("tag", &self.tag).finish()
+        let kind = match self.client {
+            Client::Single(_) => "single",
+            Client::Cluster(_) => "cluster",
+        };
+        f.debug_struct("Store")
+            .field("tag", &self.tag)
+            .field("redis", &kind)
+            .finish()
     }
 }
 
@@ -156,10 +221,23 @@ pub enum StoreError {
 }
 
 impl Store {
-    /// A store for the cluster `name` at `url`; connects on first use.
+    /// A store for the cluster `name` at `url` (several, comma separated:
+    /// a Redis Cluster's seeds); connects on first use.
     pub fn new(url: &str, name: &str) -> Result<Self, StoreError> {
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let client = if urls.len() > 1 {
+            Client::Cluster(
+                ClusterClientBuilder::new(urls)
+                    .connection_timeout(COMMAND_TIMEOUT)
+                    .response_timeout(COMMAND_TIMEOUT)
+                    .retries(1)
+                    .build()?,
+            )
+        } else {
+            Client::Single(redis::Client::open(url)?)
+        };
         Ok(Self {
-            client: redis::Client::open(url)?,
+            client,
             conn: Mutex::new(None),
             tag: format!("{{{name}}}"),
         })
@@ -189,22 +267,33 @@ impl Store {
         self.key("events")
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_max_delay(200);
-        let c = tokio::time::timeout(
-            COMMAND_TIMEOUT * 2,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout)??;
+        let c = match &self.client {
+            Client::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(COMMAND_TIMEOUT)
+                    .set_response_timeout(COMMAND_TIMEOUT)
+                    .set_number_of_retries(1)
+                    .set_max_delay(200);
+                let c = tokio::time::timeout(
+                    COMMAND_TIMEOUT * 2,
+                    client.get_connection_manager_with_config(config),
+                )
+                .await
+                .map_err(|_| StoreError::Timeout)??;
+                Conn::Single(c)
+            }
+            Client::Cluster(client) => {
+                let c = tokio::time::timeout(COMMAND_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Timeout)??;
+                Conn::Cluster(c)
+            }
+        };
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -212,7 +301,7 @@ impl Store {
     /// Runs `f` on the connection within [`COMMAND_TIMEOUT`].
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let conn = self.conn().await?;
@@ -232,17 +321,13 @@ impl Store {
         );
         let ttl_ms = ttl.as_millis() as u64;
         self.run(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(&key)
+            redis::Script::new(REGISTER)
+                .key(&key)
+                .key(&nodes)
                 .arg(json)
-                .arg("PX")
                 .arg(ttl_ms)
-                .ignore()
-                .sadd(&nodes, &id)
-                .ignore()
-                .query_async::<()>(&mut c)
+                .arg(&id)
+                .invoke_async::<()>(&mut c)
                 .await
         })
         .await
