@@ -95,7 +95,7 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 }
 
 /// Escapes a label value (backslash, double quote, newline).
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -489,6 +489,17 @@ fn rooms_spread_by_load_and_racing_nodes_agree_on_one_owner() {
             "{line}"
         );
     }
+    // Every node's registry entry, as any node's /metrics shows it.
+    // (The view is at most two heartbeats old.)
+    thread::sleep(Duration::from_millis(1200));
+    for node in &nodes {
+        let rooms = nodes[0].metric(&format!(
+            "sfu_cluster_node_rooms{{node=\"{}\",state=\"serving\"}}",
+            node.id
+        ));
+        let held = node.local_rooms().len() as f64;
+        assert_eq!(rooms, held, "{}'s rooms in the registry", node.id);
+    }
     let placed: f64 = nodes
         .iter()
         .map(|n| n.metric("sfu_cluster_placements_total{where=\"peer\"}"))

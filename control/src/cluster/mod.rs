@@ -101,6 +101,9 @@ const CLAIM_GRACE: Duration = Duration::from_secs(5);
 /// A counter family for `/metrics`: name, help, (labels, value) samples.
 type CounterFamily<'a> = (&'a str, &'a str, &'a [(&'a str, &'a AtomicU64)]);
 
+/// A per-node gauge for `/metrics`: name, help, value of an entry.
+type NodeFamily = (&'static str, &'static str, fn(&NodeEntry) -> String);
+
 /// Where a request for a room is served.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -798,6 +801,37 @@ impl Cluster {
         }
         for (state, n) in by_state {
             let _ = writeln!(out, "sfu_cluster_nodes{{state=\"{state}\"}} {n}");
+        }
+        // Per node of the registry (a handful: node ids are the label).
+        let per_node: [NodeFamily; 3] = [
+            (
+                "sfu_cluster_node_rooms",
+                "Rooms of each live node, as its registry entry says.",
+                |e| e.rooms.to_string(),
+            ),
+            (
+                "sfu_cluster_node_endpoints",
+                "Endpoints of each live node, as its registry entry says.",
+                |e| e.endpoints.to_string(),
+            ),
+            (
+                "sfu_cluster_node_load_ratio",
+                "Load of each live node (the larger of its room and endpoint share of its capacity), as placement sees it.",
+                |e| format!("{:.4}", e.load),
+            ),
+        ];
+        for (name, help, value) in per_node {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for e in &registry.live {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{}\",state=\"{}\"}} {}",
+                    crate::metrics::escape(&e.id),
+                    e.state.as_str(),
+                    value(e)
+                );
+            }
         }
         let counters: [CounterFamily<'_>; 6] = [
             (
