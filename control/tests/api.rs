@@ -367,7 +367,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             "method_not_allowed",
         ),
         (
-            "GET",
+            "PUT",
             "/v1/rooms/r1".into(),
             String::new(),
             405,
@@ -1004,4 +1004,47 @@ fn an_admin_reads_an_endpoints_consumers_and_bandwidth() {
     let token = node.token("state", &[Grant::Subscribe]);
     let a = node.request_as(Some(&format!("Bearer {token}")), "GET", &path, "");
     assert_eq!(a.status, 403, "{}", a.text);
+}
+
+/// A single node names itself as a room's owner, and once drained refuses
+/// new rooms (503 `draining`) while its rooms keep taking endpoints.
+#[test]
+fn a_single_node_owns_its_rooms_and_drains() {
+    let node = TestNode::start(1);
+    node.create_room("kept");
+    let r = node.get("/v1/rooms/kept");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["owner"]["node_id"], "test-node", "{}", r.text);
+    assert_eq!(r.json["endpoints"], 0);
+    assert_eq!(node.get("/v1/rooms/none").status, 404);
+    assert_eq!(node.get("/healthz").status, 200);
+
+    let d = node.post("/v1/drain", "{}");
+    assert_eq!(d.status, 200, "{}", d.text);
+    assert_eq!(d.json["status"], "draining");
+    assert_eq!(node.get("/healthz").status, 503);
+    assert_eq!(node.get("/v1/load").json["draining"], true);
+    let refused = node.post("/v1/rooms", r#"{"room": "new"}"#);
+    assert_eq!(
+        (refused.status, refused.json["code"].as_str()),
+        (503, Some("draining")),
+        "{}",
+        refused.text
+    );
+    let ep = node.post(
+        "/v1/rooms/kept/endpoints",
+        &json!({
+            "role": "publish",
+            "srtp": { "profile": GCM, "key": gcm_key(1) },
+            "tracks": [{ "kind": "audio", "ssrc": 5, "payload_type": 111 }],
+        })
+        .to_string(),
+    );
+    assert_eq!(ep.status, 201, "{}", ep.text);
+    // A token for one room cannot drain the node.
+    let token = node.token("kept", &[Grant::Admin]);
+    let bearer = format!("Bearer {token}");
+    let a = node.request_as(Some(&bearer), "POST", "/v1/drain", "{}");
+    assert_eq!(a.status, 403, "{}", a.text);
+    node.shutdown();
 }
