@@ -42,6 +42,12 @@
 //!   its own server-sent event streams (tracks active and inactive, video
 //!   layers, viewer count, speakers and slots, found by asking the room's
 //!   worker after node events and once a second) and layer selection.
+//! * [`cluster`] makes the node one of many sharing rooms through Redis
+//!   (with no Redis URL, a cluster of one): its registry entry every
+//!   heartbeat, room owners set by compare-and-set, a middleware that
+//!   passes a request for a room owned elsewhere to the owner and places
+//!   new rooms, failover of dead nodes' rooms, drain, and serving alone
+//!   through a Redis outage.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
@@ -52,6 +58,9 @@
 //!   (timers, eviction), the handlers, the sampler task, the supervisor
 //!   task and one task per event stream; the blocking pool runs the
 //!   mutations (see below).
+//! * With a Redis URL, one task runs the cluster's heartbeat, registry
+//!   read, reconciliation and failover ([`cluster::Cluster::run`]);
+//!   forwarded requests run on their connection's task (hyper client).
 //! * With webhooks on, the `sfu-webhook` thread delivers them (blocking
 //!   HTTP, one request at a time).
 //! * The `sfu-events` thread ([`pump`]) blocks on the workers' event
