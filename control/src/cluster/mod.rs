@@ -381,65 +381,54 @@ impl Cluster {
                     return self.alone(create);
                 }
             };
-            match owner {
-                Some(o) if o == self.me => {
+            if let Some(o) = &owner {
+                if *o == self.me {
                     self.own(room);
                     return Ok(Route::Local);
                 }
-                Some(o) => {
-                    match store.node(&o).await {
-                        Ok(Some(entry)) => {
-                            self.answered();
-                            if via.len() >= MAX_HOPS {
-                                return Err(ApiError::RoomMoved(room.to_owned()));
-                            }
-                            return Ok(Route::Peer(Box::new(entry)));
+                match store.node(o).await {
+                    Ok(Some(entry)) => {
+                        self.answered();
+                        if via.len() >= MAX_HOPS {
+                            return Err(ApiError::RoomMoved(room.to_owned()));
                         }
-                        Ok(None) => {}
-                        Err(e) => {
-                            self.failed("node", &e);
-                            return self.alone(create);
-                        }
+                        return Ok(Route::Peer(Box::new(entry)));
                     }
                     // Its owner is dead.
-                    if !create {
-                        return Ok(Route::Local);
-                    }
-                    match self.place(room, forwarded).await? {
-                        Some(peer) => return Ok(Route::Peer(Box::new(peer))),
-                        None => match store.take_over(room, &self.me, &o).await {
-                            Ok(Some(now)) if now == self.me => {
-                                self.own(room);
-                                self.moved(room, &o).await;
-                                self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
-                                return Ok(Route::Local);
-                            }
-                            Ok(_) => continue,
-                            Err(e) => {
-                                self.failed("take over", &e);
-                                return self.alone(create);
-                            }
-                        },
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failed("node", &e);
+                        return self.alone(create);
                     }
                 }
-                None => {
-                    if !create {
-                        return Ok(Route::Local);
+            }
+            // Nobody alive owns it: a request that creates it places it,
+            // here by a claim (or a takeover from the dead owner), or on
+            // the peer chosen.
+            if !create {
+                return Ok(Route::Local);
+            }
+            if let Some(peer) = self.place(room, forwarded).await? {
+                return Ok(Route::Peer(Box::new(peer)));
+            }
+            let result = match &owner {
+                Some(dead) => store.take_over(room, &self.me, dead).await,
+                None => store.claim(room, &self.me).await.map(Some),
+            };
+            match result {
+                Ok(Some(now)) if now == self.me => {
+                    self.own(room);
+                    if let Some(dead) = &owner {
+                        self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                        self.moved(room, dead).await;
                     }
-                    match self.place(room, forwarded).await? {
-                        Some(peer) => return Ok(Route::Peer(Box::new(peer))),
-                        None => match store.claim(room, &self.me).await {
-                            Ok(now) if now == self.me => {
-                                self.own(room);
-                                return Ok(Route::Local);
-                            }
-                            Ok(_) => continue,
-                            Err(e) => {
-                                self.failed("claim", &e);
-                                return self.alone(create);
-                            }
-                        },
-                    }
+                    return Ok(Route::Local);
+                }
+                // Another node was faster: look again.
+                Ok(_) => {}
+                Err(e) => {
+                    self.failed("claim", &e);
+                    return self.alone(create);
                 }
             }
         }
