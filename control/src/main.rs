@@ -73,7 +73,11 @@ fn cluster_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"nodes": registry.live, "dead": registry.dead})
+            serde_json::json!({
+                "nodes": registry.live,
+                "dead": registry.dead,
+                "unreadable_entries": registry.unreadable,
+            })
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -944,6 +944,22 @@ fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
         Node::start("d2", &redis, &[]),
     ];
     wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    // An entry that is not a node's (another version, junk) is skipped,
+    // not taken for an outage.
+    for args in [
+        &["SET", "{sfu}:node:junk", "not json", "PX", "60000"][..],
+        &["SADD", "{sfu}:nodes", "junk"],
+    ] {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "{out:?}");
+    }
+    thread::sleep(Duration::from_millis(1200));
+    assert_eq!(nodes[0].metric("sfu_cluster_redis_up"), 1.0);
+    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
     // A room on d1 before it drains (a forwarded request claims locally).
     let mut placed_on_d1 = None;
     for i in 0..20 {

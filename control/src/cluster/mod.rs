@@ -741,6 +741,7 @@ impl Cluster {
             "registry_age_ms": read.map(|t| t.elapsed().as_millis() as u64),
             "nodes": registry.live,
             "dead": registry.dead,
+            "unreadable_entries": registry.unreadable,
             "owned_rooms": owned,
         })
     }
@@ -910,6 +911,9 @@ pub fn status_table(registry: &Registry, now_ms: u64) -> String {
     }
     for id in &registry.dead {
         let _ = writeln!(out, "{id:<20} {:<9}", "dead");
+    }
+    if registry.unreadable > 0 {
+        let _ = writeln!(out, "({} unreadable entries skipped)", registry.unreadable);
     }
     out
 }

@@ -93,6 +93,8 @@ pub struct Registry {
     pub live: Vec<NodeEntry>,
     /// Dead nodes.
     pub dead: Vec<String>,
+    /// Entries that are not a [`NodeEntry`] (skipped).
+    pub unreadable: usize,
 }
 
 /// Writes a node's entry with its TTL and adds it to the node set.
@@ -356,8 +358,15 @@ impl Store {
             .await?;
         let mut registry = Registry::default();
         for (id, value) in ids.into_iter().zip(values) {
-            match value {
-                Some(json) => registry.live.push(serde_json::from_str(&json)?),
+            match value.map(|json| serde_json::from_str::<NodeEntry>(&json)) {
+                Some(Ok(entry)) => registry.live.push(entry),
+                // A node of another version, or junk: not one to place
+                // rooms on or take rooms from, and no reason to stop
+                // reading the others.
+                Some(Err(e)) => {
+                    tracing::warn!(node = %id, error = %e, "unreadable registry entry skipped");
+                    registry.unreadable += 1;
+                }
                 None => registry.dead.push(id),
             }
         }
