@@ -811,6 +811,21 @@ fn a_killed_nodes_rooms_come_back_on_the_survivors() {
             "media before the kill"
         );
     }
+    // The cluster's event channel, as the signaling service would follow it.
+    let events_log = log_path("events");
+    let mut listener = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--csv",
+            "SUBSCRIBE",
+            "{sfu}:events",
+        ])
+        .stdout(std::fs::File::create(&events_log).expect("a log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-cli runs");
+    thread::sleep(Duration::from_millis(200));
     *killed_at.lock().expect("lock") = Some(Instant::now());
     nodes[victim].kill();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -850,6 +865,26 @@ fn a_killed_nodes_rooms_come_back_on_the_survivors() {
         .map(|n| n.metric("sfu_cluster_takeovers_total"))
         .sum();
     assert!(takeovers >= rooms.len() as f64, "{takeovers} takeovers");
+    // Each move was published on the channel.
+    thread::sleep(Duration::from_millis(200));
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let published = std::fs::read_to_string(&events_log).expect("the channel's log");
+    for room in &rooms {
+        let moved: Vec<&str> = published
+            .lines()
+            .filter(|l| {
+                l.contains("room_moved") && l.contains(&format!("\\\"room\\\":\\\"{room}\\\""))
+            })
+            .collect();
+        assert_eq!(moved.len(), 1, "one room_moved for {room}: {published}");
+        assert!(
+            published.lines().any(|l| l.contains("room_moved")
+                && l.contains(&format!("\\\"room\\\":\\\"{room}\\\""))
+                && l.contains(&format!("\\\"from\\\":\\\"{victim_id}\\\""))),
+            "room_moved for {room} on the channel: {published}"
+        );
+    }
     assert!(
         max <= 3000.0,
         "media back within 3 s of kill -9: max {max:.0} ms"

@@ -351,9 +351,13 @@ impl Cluster {
         Some(pick.0.clone())
     }
 
-    /// Records a room this node owns now.
-    fn own(&self, room: &str) {
-        lock(&self.owned).insert(room.to_owned(), Instant::now());
+    /// Records a room this node owns now; whether it was not recorded yet
+    /// (a takeover script answers "yours" to every caller once the room is
+    /// this node's: only the first announces the move).
+    fn own(&self, room: &str) -> bool {
+        lock(&self.owned)
+            .insert(room.to_owned(), Instant::now())
+            .is_none()
     }
 
     /// Where a request for `room` is served; `create`: the request creates
@@ -417,8 +421,9 @@ impl Cluster {
             };
             match result {
                 Ok(Some(now)) if now == self.me => {
-                    self.own(room);
-                    if let Some(dead) = &owner {
+                    if self.own(room)
+                        && let Some(dead) = &owner
+                    {
                         self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
                         self.moved(room, dead).await;
                     }
@@ -569,7 +574,9 @@ impl Cluster {
         };
         for room in unclaimed {
             match store.claim(&room, &self.me).await {
-                Ok(owner) if owner == self.me => self.own(&room),
+                Ok(owner) if owner == self.me => {
+                    self.own(&room);
+                }
                 Ok(owner) => {
                     // Placed here during an outage while another node
                     // placed it too: the older claim wins.
@@ -633,11 +640,9 @@ impl Cluster {
                 if !late && rendezvous(&room, &serving) != Some(self.me.as_str()) {
                     continue;
                 }
-                let mine = lock(&self.owned).contains_key(&room);
                 match store.take_over(&room, &self.me, dead).await {
                     // A client's request may have taken it over first.
-                    Ok(Some(owner)) if owner == self.me && !mine => {
-                        self.own(&room);
+                    Ok(Some(owner)) if owner == self.me && self.own(&room) => {
                         self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
                         self.recreate(&room).await;
                         self.moved(&room, dead).await;
