@@ -138,6 +138,10 @@ pub struct Endpoint {
     pub node_master: Vec<u8>,
     /// Its consumers.
     pub consumers: Vec<Consumer>,
+    /// The node that served the request when another node passed it on
+    /// (`X-Sfu-Served-By`, the room's owner in a cluster); `None` when
+    /// the node asked answered itself.
+    pub served_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +228,37 @@ impl ControlClient {
         Ok(body)
     }
 
+    /// The base URL this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /healthz` through `agent` (one with short timeouts):
+    /// `Ok(status)` when the node answered, `Err` when it could not be
+    /// reached (a node that is down).
+    pub fn healthz(&self, agent: &ureq::Agent) -> Result<u16, ureq::Error> {
+        let resp = agent.get(format!("{}/healthz", self.base)).call()?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// `POST /v1/rooms`, where a room of that name may exist already:
+    /// `Ok(true)` if this call created it, `Ok(false)` if the node
+    /// answered 409 `room_exists`.
+    pub fn create_room_if_absent(&self, room: &str) -> anyhow::Result<bool> {
+        let mut resp = self
+            .agent
+            .post(format!("{}/v1/rooms", self.base))
+            .header("authorization", &self.authorization)
+            .send_json(json!({ "room": room }))?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        match status {
+            201 => Ok(true),
+            409 if body.contains("room_exists") => Ok(false),
+            _ => bail!("POST /v1/rooms: HTTP {status} (want 201, or 409 room_exists): {body}"),
+        }
+    }
+
     /// `POST /v1/rooms`; returns the room's media address.
     pub fn create_room(&self, room: &str) -> anyhow::Result<SocketAddr> {
         let resp = self
@@ -303,6 +338,11 @@ impl ControlClient {
             .post(format!("{}/v1/rooms/{room}/endpoints", self.base))
             .header("authorization", &authorization)
             .send_json(&body)?;
+        let served_by = resp
+            .headers()
+            .get("x-sfu-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let v = expect_json(resp, 201, "POST /v1/rooms/{room}/endpoints")?;
         let answer: EndpointAnswer =
             serde_json::from_value(v).context("endpoint answer does not parse")?;
@@ -322,6 +362,7 @@ impl ControlClient {
             media: answer.media.parse().context("endpoint media address")?,
             node_master,
             consumers: answer.consumers,
+            served_by,
         })
     }
 

@@ -41,6 +41,8 @@
 //! * **a switch thread** (`lg-switch`, seed meeting only) changes every
 //!   viewer's video subscription at each speaker switch with
 //!   `PUT .../subscriptions`, from `--switch-workers` parallel clients.
+//! * **failover threads** (`--rejoin`, `--kill-pid`): a health monitor,
+//!   rejoin threads and the kill, see "Cluster and failover".
 //! * **the calling thread** prints a [`Progress`] line each second, then
 //!   waits for the sender to finish, lets the receivers drain for
 //!   `--drain-ms`, stops them and assembles the [`Report`]. The rooms are
@@ -64,6 +66,22 @@
 //!   expected to deliver every output sequence number from its first
 //!   packet to its last ([`plan::Plan::span_counted`]); the node keeps one
 //!   numbering per consumer across switches, so a gap is a lost packet.
+//! * A subscriber whose node went down (`--rejoin`, below) is expected by
+//!   the sequence number span of every consumer it had, those of the
+//!   endpoint before the failure and those of the endpoint after its
+//!   rejoin, summed: a gap inside a span is protocol loss and counts in
+//!   `loss_ratio` like any other. What its room's publishers sent that no
+//!   span covers (sent to the dead node, in flight in it, or sent on the
+//!   new node before this subscriber's endpoint existed there) was missed
+//!   in the failover: `failover.missed_packets`, left out of both
+//!   `expected_rx_packets` and `loss_ratio` (which is then
+//!   `failover.loss_ratio_outside` for those subscribers). Losses at the
+//!   very edges of a span (before a consumer's first packet, after its
+//!   last) cannot be told from the failover and count as missed in it.
+//!   Unaffected subscribers are counted by what was sent as above. The
+//!   progress lines count an affected subscriber by what was sent until a
+//!   receive thread has taken its rejoin in, so their loss rises during
+//!   the outage and falls back after it.
 //!
 //! # Loss and repair
 //! Off by default. `--loss-percent P` makes each receive thread drop P % of
@@ -141,6 +159,52 @@
 //! sequence number span. The `both` peers' sockets are read by the
 //! receive threads, which also pass the node's keyframe requests on.
 //!
+//! # Cluster and failover
+//! `--nodes URL,URL,...` names the control APIs of several nodes of one
+//! cluster (a load balancer's stand-in): the rooms are created through
+//! them in turn (the cluster places each room), and so are the endpoints; each endpoint's node is the one its answer's
+//! `X-Sfu-Served-By` names (the room's owner), else the one asked.
+//! `/v1/load` and `/metrics` are read from every node: `node_cpu_seconds`
+//! lists the workers of the nodes that answered at the end, in `--nodes`
+//! order, `node_load` is an object by URL, and node counters are summed.
+//! Without `--nodes`, `--control` alone is used as before.
+//! `--room-prefix P` names the rooms `P-0`, `P-1`, ... and joins any that
+//! exist already, so a run can use rooms placed beforehand (to know which
+//! node owns them).
+//!
+//! `--rejoin` ([`rejoin`]): a monitor thread asks every node's `/healthz`
+//! every 100 ms; a node that does not connect (300 ms) or answer (1 s) is
+//! down. Every publisher and subscriber whose endpoint it held then
+//! creates its endpoint again, with the same request (role, tracks and
+//! SSRCs, keys, remote address, subscription), through the other nodes in
+//! turn (nodes known down skipped), one attempt per peer every 100 ms,
+//! from `--rejoin-threads` (8) threads, until a 201: while the dead node's
+//! registry entry lives, the survivors answer 503 `owner_unreachable`;
+//! then a POST places the room on a survivor. The answer is swapped into
+//! the peer's link (a generation counter and a mutex); the sender picks it
+//! up before the peer's next unit (new media address, a fresh SRTP
+//! context of the same key: the new node starts the rollover counter at
+//! 0; sequence numbers carry on), a receive thread before its next read of
+//! the peer's socket (the node's new key, the new consumer SSRCs with a
+//! fresh numbering, the new node's address). The per-packet paths check
+//! one atomic and allocate nothing; the swap itself may. Consumers that
+//! appear after a rejoin (a publisher that rejoined later) are
+//! `failover.late_consumers`, not `unannounced_ssrcs`; datagrams still
+//! coming from the node a subscriber left are `failover.stale_packets`,
+//! not counted. A packet the new node sends before the load generator has
+//! its 201 is read with the old key (an SRTP error). `--rejoin` needs
+//! scenario rooms, at least two nodes and no `--layer-cap-secs`.
+//!
+//! `--kill-pid PID --kill-at S` runs `kill -9 PID` S seconds after sending
+//! starts and times the failover from that instant (the start of the
+//! command; `failover.kill_command_ms` says how long it ran). The report's
+//! `failover` object (also with `--rejoin` alone, timed from when the
+//! monitor saw each node down) gives the nodes seen down, the rejoins and
+//! attempts, per rejoined subscriber the time from the kill to its 201 and
+//! to its first media packet from the new node, their p50/p99/max, how
+//! many never got media back, and the packets missed in the failover; the
+//! progress lines and the text report have a `failover` part.
+//!
 //! # Panics
 //! No network input can make the receive path panic: headers are parsed with
 //! checked views, SRTP failures, malformed or unexpected datagrams are
@@ -154,13 +218,14 @@ pub mod payload;
 pub mod plan;
 pub mod procstat;
 mod receiver;
+pub mod rejoin;
 pub mod repair;
 mod sender;
 pub mod vp8;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -169,9 +234,10 @@ use rand::Rng;
 use serde::Serialize;
 use sfu_core::srtp::Profile;
 
-use api::{ControlClient, EndpointRequest, Subscribe, Track};
+use api::{ControlClient, Track};
 use histogram::Snapshot;
 use plan::{Plan, Receives, Role, SwitchTiming};
+use rejoin::{FailoverReport, JoinSpec, Joined, Links, Nodes, Percentiles, SubscribeSpec};
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,6 +286,35 @@ pub struct Options {
     /// Base URL of the node's control API.
     #[arg(long, default_value = "http://127.0.0.1:7880")]
     pub control: String,
+    /// Control API base URLs of several nodes of one cluster,
+    /// comma-separated (a load balancer's stand-in): rooms and endpoints
+    /// are created through them in turn, and `--control` is not used.
+    #[arg(long, value_parser = parse_node_list)]
+    pub nodes: Option<NodeList>,
+    /// When a node stops answering `/healthz` (checked every 100 ms), every
+    /// publisher and subscriber whose endpoint it held creates it again
+    /// (same request) through the other nodes in turn, every 100 ms until
+    /// a 201, and carries on with the new endpoint. Needs `--nodes` with
+    /// at least two nodes and scenario rooms.
+    #[arg(long)]
+    pub rejoin: bool,
+    /// Threads that create endpoints again (`--rejoin`), each for a share
+    /// of the peers.
+    #[arg(long, default_value_t = 8)]
+    pub rejoin_threads: usize,
+    /// Send SIGKILL to this process (a node) at `--kill-at`; the report
+    /// gets a `failover` object timed from that instant.
+    #[arg(long, requires = "kill_at")]
+    pub kill_pid: Option<u32>,
+    /// Seconds after the start of sending to kill `--kill-pid`.
+    #[arg(long, requires = "kill_pid")]
+    pub kill_at: Option<f64>,
+    /// Names of the rooms: `PREFIX-0`, `PREFIX-1`, ... (scenario rooms) or
+    /// `PREFIX-meeting`; a room of that name that exists already is joined
+    /// as it is (and deleted at the end like the others) [default:
+    /// `lg-PID-NONCE`].
+    #[arg(long)]
+    pub room_prefix: Option<String>,
     /// Secret of the node's API tokens; the load generator mints its own
     /// token (room `*`, every grant, valid for the run plus an hour) [env
     /// SFU_API_SECRET; default: the development secret of the embedded
@@ -398,6 +493,20 @@ impl Options {
         })
     }
 
+    /// The control API base URLs: `--nodes`, else `--control`.
+    pub fn node_urls(&self) -> Vec<String> {
+        match &self.nodes {
+            Some(NodeList(nodes)) => nodes.clone(),
+            None => vec![self.control.trim_end_matches('/').to_owned()],
+        }
+    }
+
+    /// Whether the run watches the nodes' health (`--rejoin`,
+    /// `--kill-pid`) and reports a failover.
+    pub fn watches_failover(&self) -> bool {
+        self.rejoin || self.kill_pid.is_some()
+    }
+
     /// Whether the sender polls the publish-only peers' sockets for the
     /// node's RTCP (NACKs, keyframe requests).
     fn polls_publishers(&self) -> bool {
@@ -409,6 +518,14 @@ impl Default for Options {
     fn default() -> Self {
         <Self as clap::Parser>::parse_from(["sfu-loadgen"])
     }
+}
+
+/// The nodes of `--nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeList(pub Vec<String>);
+
+fn parse_node_list(s: &str) -> Result<NodeList, String> {
+    rejoin::parse_nodes(s).map(NodeList)
 }
 
 /// A `u32` in decimal or with a `0x` prefix in hexadecimal.
@@ -441,6 +558,23 @@ pub struct Progress {
     pub latency_us_p50: Option<f64>,
     /// 99th percentile latency of the sampled packets so far, µs.
     pub latency_us_p99: Option<f64>,
+    /// Failover so far (`--rejoin`, `--kill-pid`), once a node is down.
+    pub failover: Option<FailoverTick>,
+}
+
+/// A progress line's failover figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailoverTick {
+    /// Peers whose node went down.
+    pub flagged: usize,
+    /// Of those, rejoined.
+    pub rejoined: usize,
+    /// Subscribers rejoined.
+    pub subscribers: usize,
+    /// Of those, with media back.
+    pub back: usize,
+    /// Median time from the kill (or the node down) to media back, ms.
+    pub back_p50_ms: Option<f64>,
 }
 
 impl std::fmt::Display for Progress {
@@ -455,7 +589,19 @@ impl std::fmt::Display for Progress {
             self.loss * 100.0,
             us(self.latency_us_p50),
             us(self.latency_us_p99),
-        )
+        )?;
+        if let Some(t) = &self.failover {
+            write!(
+                f,
+                "  failover: rejoined {}/{}, media back at {}/{} subscribers (p50 {} ms)",
+                t.rejoined,
+                t.flagged,
+                t.back,
+                t.subscribers,
+                t.back_p50_ms.map_or("-".to_owned(), |v| format!("{v:.0}")),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -587,6 +733,8 @@ pub struct Report {
     /// Last-N slots and their switch latency (scenario `last-n`), else
     /// `null`.
     pub last_n: Option<LastNReport>,
+    /// Failover (`--rejoin`, `--kill-pid`), else `null`.
+    pub failover: Option<FailoverReport>,
 }
 
 /// What the simulcast subscribers saw.
@@ -881,6 +1029,9 @@ impl std::fmt::Display for Report {
                 ln.node.get("slot_switches").copied().unwrap_or(0),
             )?;
         }
+        if let Some(fo) = &self.failover {
+            writeln!(f, "{fo}")?;
+        }
         let cpu: Vec<String> = self
             .node_cpu_utilisation
             .iter()
@@ -971,19 +1122,40 @@ struct PeerSetup {
     consumers: Vec<api::Consumer>,
 }
 
-/// Deletes the run's rooms when dropped (best effort).
+/// Deletes the run's rooms when dropped (best effort), through the first
+/// node that manages to.
 struct RoomsGuard {
-    client: ControlClient,
+    clients: Vec<ControlClient>,
     rooms: Vec<String>,
 }
 
 impl Drop for RoomsGuard {
     fn drop(&mut self) {
         for room in &self.rooms {
-            if let Err(e) = self.client.delete_room(room) {
+            let mut last = None;
+            for client in &self.clients {
+                match client.delete_room(room) {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(e) = last {
                 eprintln!("sfu-loadgen: could not delete room {room}: {e:#}");
             }
         }
+    }
+}
+
+/// Sets the flag when dropped: the threads of a run's scope stop when it
+/// ends, on an error too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -993,14 +1165,37 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     validate(opts)?;
     // validate() bounds the duration to (0, 86400] s.
     let token_life = Duration::from_secs_f64(opts.duration) + Duration::from_secs(3600);
-    let client = ControlClient::new(&opts.control, opts.api_secret.as_bytes(), token_life);
-    let load_before = client
-        .load()
-        .with_context(|| format!("control API at {} does not answer", opts.control))?;
+    let clients: Vec<ControlClient> = opts
+        .node_urls()
+        .iter()
+        .map(|url| ControlClient::new(url, opts.api_secret.as_bytes(), token_life))
+        .collect();
+    let mut loads_before = Vec::with_capacity(clients.len());
+    for c in &clients {
+        loads_before.push(
+            c.load()
+                .with_context(|| format!("control API at {} does not answer", c.base()))?,
+        );
+    }
+    let nodes = Nodes::new(
+        clients,
+        loads_before
+            .iter()
+            .map(|l| l["node_id"].as_str().unwrap_or_default().to_owned())
+            .collect(),
+    );
+    let client = nodes.clients[0].clone();
     let repair_on = opts.repair();
     let counters = NodeCounters::for_options(opts);
     let metrics_before = if repair_on || !counters.names.is_empty() {
-        Some(client.metrics().context("GET /metrics")?)
+        let mut texts = Vec::with_capacity(nodes.clients.len());
+        for c in &nodes.clients {
+            texts.push(
+                c.metrics()
+                    .with_context(|| format!("GET {}/metrics", c.base()))?,
+            );
+        }
+        Some(texts)
     } else {
         None
     };
@@ -1066,10 +1261,23 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     let sockets = bind_sockets(opts, &plan, blocking_receivers)?;
 
     let mut guard = RoomsGuard {
-        client: client.clone(),
+        clients: nodes.clients.clone(),
         rooms: Vec::new(),
     };
-    let (setups, joins) = set_up(opts, &plan, &client, &sockets, &mut guard, &mut rng)?;
+    let SetUp {
+        setups,
+        specs,
+        joined,
+        joins,
+    } = set_up(opts, &plan, &nodes, &sockets, &mut guard, &mut rng)?;
+    let links = opts.rejoin.then(|| Links::new(joined));
+    let links = links.as_ref();
+    let fo_stats = rejoin::Stats::new(nodes.clients.len());
+    let node_down: Vec<AtomicBool> = nodes
+        .clients
+        .iter()
+        .map(|_| AtomicBool::new(false))
+        .collect();
 
     let shared = Shared::new(&plan, recv_threads);
     let requests = sender::KeyframeRequests::new(&plan);
@@ -1082,6 +1290,57 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     // Seed meeting and last-N count by the decrypted marker.
     let attribute_all = plan.switch.is_some() || plan.talk.is_some();
     let outcome = std::thread::scope(|s| -> anyhow::Result<Outcome> {
+        let _stop = StopOnDrop(&stop_all);
+        let mut side = Vec::new();
+        if opts.watches_failover() {
+            let cfg = rejoin::MonitorConfig {
+                nodes: &nodes,
+                links,
+                stats: &fo_stats,
+                down: &node_down,
+                origin,
+                stop: &stop_all,
+            };
+            side.push(
+                std::thread::Builder::new()
+                    .name("lg-health".into())
+                    .spawn_scoped(s, move || rejoin::run_monitor(cfg))
+                    .context("spawning the health monitor")?,
+            );
+        }
+        if let Some(links) = links {
+            let threads = opts.rejoin_threads.min(links.len()).max(1);
+            for t in 0..threads {
+                let cfg = rejoin::RejoinConfig {
+                    nodes: &nodes,
+                    links,
+                    specs: &specs,
+                    profile: opts.profile,
+                    stats: &fo_stats,
+                    down: &node_down,
+                    origin,
+                    stop: &stop_all,
+                    peers: (t..links.len()).step_by(threads).collect(),
+                };
+                side.push(
+                    std::thread::Builder::new()
+                        .name(format!("lg-rejoin-{t}"))
+                        .spawn_scoped(s, move || rejoin::run_rejoiner(cfg))
+                        .context("spawning a rejoin thread")?,
+                );
+            }
+        }
+        if let (Some(pid), Some(at)) = (opts.kill_pid, opts.kill_at) {
+            let (stop, stats) = (&stop_all, &fo_stats);
+            side.push(
+                std::thread::Builder::new()
+                    .name("lg-kill".into())
+                    .spawn_scoped(s, move || {
+                        rejoin::run_killer(pid, Duration::from_secs_f64(at), origin, stop, stats);
+                    })
+                    .context("spawning the kill thread")?,
+            );
+        }
         let sender = {
             let cfg = sender::Config {
                 plan: &plan,
@@ -1099,6 +1358,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 poll_publishers: opts.polls_publishers(),
                 keyframe_interval_ns: (opts.keyframe_secs * 1e9) as u64,
                 requests: &requests,
+                links,
             };
             std::thread::Builder::new()
                 .name("lg-send".into())
@@ -1143,6 +1403,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 nack: repair_on,
                 nack_retry_ns: opts.nack_retry_ms.max(1) * 1_000_000,
                 requests: &requests,
+                links,
             };
             recv_handles.push(
                 std::thread::Builder::new()
@@ -1203,11 +1464,16 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
             let dt = last.2.elapsed().as_secs_f64().max(1e-9);
             let hist = shared.latency();
             let sent = shared.tx.sent(&plan);
-            let expected: u64 = receivers
+            // A rejoined subscriber is expected by its consumers' spans
+            // (the failover gap is reported apart).
+            let expected: u64 = (receivers
                 .iter()
+                .filter(|&&v| !links.is_some_and(|l| l.picked_up(v)))
                 .map(|&v| plan.expected(v, &sent))
                 .sum::<u64>()
-                + shared.rx_span();
+                + shared.rx_span()
+                + shared.sum(|r| &r.rejoined_all_span))
+            .saturating_sub(shared.sum(|r| &r.rejoined_span));
             progress(&Progress {
                 elapsed_s: elapsed.as_secs_f64(),
                 tx_pps: (tx - last.0) as f64 / dt,
@@ -1215,6 +1481,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 loss: loss_ratio(shared.rx_counted(), expected),
                 latency_us_p50: hist.quantile(0.5).map(ns_to_us),
                 latency_us_p99: hist.quantile(0.99).map(ns_to_us),
+                failover: links.and_then(|l| failover_tick(&plan, l, &fo_stats)),
             });
             last = (tx, rx, Instant::now());
         }
@@ -1234,6 +1501,10 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
                 .map_err(|_| anyhow::anyhow!("the layer cap thread panicked"))?,
             None => CapStats::default(),
         };
+        for h in side {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a failover thread panicked"))?;
+        }
         std::thread::sleep(Duration::from_millis(opts.drain_ms));
         stop_receivers.store(true, Ordering::Relaxed);
         let mut per_viewer = Vec::new();
@@ -1258,10 +1529,19 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
     stop_all.store(true, Ordering::Relaxed);
     let outcome = outcome?;
     let cpu_after = procstat::cpu_seconds();
-    let load_after = client.load().unwrap_or_else(|e| {
-        eprintln!("sfu-loadgen: GET /v1/load at the end failed: {e:#}");
-        serde_json::Value::Null
-    });
+    let loads_after: Vec<serde_json::Value> = nodes
+        .clients
+        .iter()
+        .map(|c| {
+            c.load().unwrap_or_else(|e| {
+                eprintln!(
+                    "sfu-loadgen: GET {}/v1/load at the end failed: {e:#}",
+                    c.base()
+                );
+                serde_json::Value::Null
+            })
+        })
+        .collect();
     let mut report = build_report(
         opts,
         &plan,
@@ -1270,29 +1550,51 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Progress)) -> anyhow::Resul
         outcome,
         &sockets,
         Cpu {
-            node_before: &load_before,
-            node_after: load_after,
+            urls: nodes.clients.iter().map(|c| c.base().to_owned()).collect(),
+            node_before: &loads_before,
+            node_after: loads_after,
             loadgen: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
         },
+        opts.watches_failover().then_some(FailoverInputs {
+            nodes: &nodes,
+            links,
+            stats: &fo_stats,
+        }),
     );
     if let Some(before) = metrics_before {
-        match client.metrics() {
-            Ok(after) => {
-                if repair_on {
-                    report.repair.node =
-                        repair::deltas(&repair::scrape(&before), &repair::scrape(&after))
-                            .into_iter()
-                            .collect();
+        // Summed over the nodes that answered both times.
+        let mut repair_node = std::collections::BTreeMap::new();
+        let mut node = std::collections::BTreeMap::new();
+        let mut answered = 0;
+        for (c, before) in nodes.clients.iter().zip(&before) {
+            match c.metrics() {
+                Ok(after) => {
+                    answered += 1;
+                    if repair_on {
+                        for (k, v) in
+                            repair::deltas(&repair::scrape(before), &repair::scrape(&after))
+                        {
+                            *repair_node.entry(k).or_insert(0) += v;
+                        }
+                    }
+                    for (k, v) in counters.deltas(before, &after) {
+                        *node.entry(k).or_insert(0) += v;
+                    }
                 }
-                let node = counters.deltas(&before, &after);
-                if let Some(sc) = report.simulcast.as_mut() {
-                    sc.node = node.clone();
-                }
-                if let Some(ln) = report.last_n.as_mut() {
-                    ln.node = node;
-                }
+                Err(e) => eprintln!(
+                    "sfu-loadgen: GET {}/metrics at the end failed: {e:#}",
+                    c.base()
+                ),
             }
-            Err(e) => eprintln!("sfu-loadgen: GET /metrics at the end failed: {e:#}"),
+        }
+        if answered > 0 {
+            report.repair.node = repair_node;
+            if let Some(sc) = report.simulcast.as_mut() {
+                sc.node = node.clone();
+            }
+            if let Some(ln) = report.last_n.as_mut() {
+                ln.node = node;
+            }
         }
     }
     report.joins = joins.times_ns.len();
@@ -1335,6 +1637,39 @@ fn validate(opts: &Options) -> anyhow::Result<()> {
         if !(0.0..=50.0).contains(&p) {
             bail!("{flag} must be in [0, 50]");
         }
+    }
+    if opts.rejoin {
+        if opts.nodes.as_ref().is_none_or(|n| n.0.len() < 2) {
+            bail!("--rejoin needs --nodes with at least two nodes");
+        }
+        if opts.scenario != Scenario::Rooms {
+            // Switches and slots address endpoints by their first id.
+            bail!("--rejoin needs scenario rooms");
+        }
+        if opts.layer_cap_secs > 0.0 {
+            bail!("--rejoin does not go with --layer-cap-secs");
+        }
+        if opts.rejoin_threads == 0 {
+            bail!("--rejoin-threads must be at least 1");
+        }
+    }
+    if let Some(at) = opts.kill_at
+        && !(at >= 0.0 && at < opts.duration)
+    {
+        bail!("--kill-at must be in [0, --duration)");
+    }
+    if let Some(pid) = opts.kill_pid
+        && (pid == 0 || pid == std::process::id() || i32::try_from(pid).is_err())
+    {
+        bail!("--kill-pid must name another process");
+    }
+    if let Some(prefix) = &opts.room_prefix
+        && (prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        bail!("--room-prefix must be letters, digits, '-', '_' or '.'");
     }
     if opts.repair() && opts.scenario != Scenario::Rooms {
         // A `both` peer's socket is read by a receive thread, not by the
@@ -1420,28 +1755,47 @@ fn bind_sockets(
         .collect()
 }
 
+/// What setup made.
+struct SetUp {
+    setups: Vec<PeerSetup>,
+    /// Each peer's request, to ask again (`--rejoin`).
+    specs: Vec<JoinSpec>,
+    /// Each peer's endpoint and the node that holds it.
+    joined: Vec<Joined>,
+    joins: JoinTimes,
+}
+
 fn set_up(
     opts: &Options,
     plan: &Plan,
-    client: &ControlClient,
+    nodes: &Nodes,
     sockets: &[PeerSocket],
     guard: &mut RoomsGuard,
     rng: &mut impl Rng,
-) -> anyhow::Result<(Vec<PeerSetup>, JoinTimes)> {
+) -> anyhow::Result<SetUp> {
     let nonce: u16 = rng.random();
     let pid = std::process::id();
+    let prefix = opts
+        .room_prefix
+        .clone()
+        .unwrap_or_else(|| format!("lg-{pid}-{nonce:04x}"));
     let mut room_names = Vec::with_capacity(plan.rooms);
     for r in 0..plan.rooms {
         let name = match opts.scenario {
-            Scenario::Rooms => format!("lg-{pid}-{nonce:04x}-{r}"),
-            Scenario::SeedMeeting | Scenario::LastN => format!("lg-{pid}-{nonce:04x}-meeting"),
+            Scenario::Rooms => format!("{prefix}-{r}"),
+            Scenario::SeedMeeting | Scenario::LastN => format!("{prefix}-meeting"),
         };
-        client.create_room(&name)?;
+        let via = &nodes.clients[r % nodes.clients.len()];
+        if !via.create_room_if_absent(&name)? {
+            eprintln!("sfu-loadgen: room {name} exists; joining it");
+        }
         guard.rooms.push(name.clone());
         room_names.push(name);
     }
     let master_len = opts.profile.key_len() + opts.profile.salt_len();
     let mut setups = Vec::with_capacity(plan.peers.len());
+    let mut specs = Vec::with_capacity(plan.peers.len());
+    let mut joined = Vec::with_capacity(plan.peers.len());
     let mut joins = JoinTimes {
         times_ns: Vec::with_capacity(plan.peers.len()),
         total_ns: 0,
@@ -1471,11 +1825,11 @@ fn set_up(
             })
             .collect();
         let explicit = plan.subscription(p, 0);
-        let subscribe = match (&peer.receives, &explicit) {
-            (Receives::Nothing, _) => Subscribe::Omit,
-            (Receives::Slots { video, audio }, _) => Subscribe::Slots(*video, *audio),
-            (_, Some((video, audio))) => Subscribe::Explicit(video, audio),
-            (_, None) => Subscribe::All,
+        let subscribe = match (&peer.receives, explicit) {
+            (Receives::Nothing, _) => SubscribeSpec::Omit,
+            (Receives::Slots { video, audio }, _) => SubscribeSpec::Slots(*video, *audio),
+            (_, Some((video, audio))) => SubscribeSpec::Explicit(video, audio),
+            (_, None) => SubscribeSpec::All,
         };
         // Last-N participants are named (their own media never fills
         // their slots by identity, not by endpoint).
@@ -1486,37 +1840,54 @@ fn set_up(
             .any(|&s| plan.streams[s].audio_level)
             .then_some(plan::AUDIO_LEVEL_EXTENSION);
         let room = &room_names[peer.room];
+        let spec = JoinSpec {
+            room: room.clone(),
+            role: peer.role,
+            master,
+            tracks,
+            // Publishers are learnt by comedia; receivers are told.
+            remote: (peer.role != Role::Publish).then_some(sockets[p].local),
+            subscribe,
+            rtx_payload_types: (opts.repair() && peer.role != Role::Publish)
+                .then_some(repair::SUBSCRIBER_RTX_PTS),
+            identity,
+            audio_level_extension,
+        };
+        let n = nodes.next();
         let join = Instant::now();
-        let endpoint = client
-            .create_endpoint(
-                room,
-                &EndpointRequest {
-                    role: peer.role,
-                    profile: opts.profile,
-                    master: &master,
-                    tracks: &tracks,
-                    // Publishers are learnt by comedia; receivers are told.
-                    remote: (peer.role != Role::Publish).then_some(sockets[p].local),
-                    subscribe,
-                    rtx_payload_types: (opts.repair() && peer.role != Role::Publish)
-                        .then_some(repair::SUBSCRIBER_RTX_PTS),
-                    identity: identity.as_deref(),
-                    audio_level_extension,
-                },
-            )
-            .with_context(|| format!("creating endpoint {p} in room {room}"))?;
+        let endpoint = nodes.clients[n]
+            .create_endpoint(room, &spec.request(opts.profile))
+            .with_context(|| {
+                format!("creating endpoint {p} in room {room} via {}", nodes.url(n))
+            })?;
         joins.times_ns.push(join.elapsed().as_nanos() as u64);
+        let holder = nodes.holder(n, endpoint.served_by.as_deref());
+        if nodes.clients.len() > 1 && (p == 0 || plan.peers[p - 1].room != peer.room) {
+            eprintln!(
+                "sfu-loadgen: room {room} is on node {} ({}, media {})",
+                nodes.url(holder),
+                nodes.ids.get(holder).map_or("?", String::as_str),
+                endpoint.media
+            );
+        }
         setups.push(PeerSetup {
             room: room.clone(),
-            id: endpoint.id,
+            id: endpoint.id.clone(),
             media: endpoint.media,
-            master,
-            node_master: endpoint.node_master,
-            consumers: endpoint.consumers,
+            master: spec.master.clone(),
+            node_master: endpoint.node_master.clone(),
+            consumers: endpoint.consumers.clone(),
         });
+        joined.push(Joined::new(holder, endpoint));
+        specs.push(spec);
     }
     joins.total_ns = all_joins.elapsed().as_nanos() as u64;
-    Ok((setups, joins))
+    Ok(SetUp {
+        setups,
+        specs,
+        joined,
+        joins,
+    })
 }
 
 /// The `q` quantile of `ns`, in ms (0 when empty).
@@ -1559,6 +1930,11 @@ impl Shared {
         self.rx.iter().map(|r| r.load(&r.counted)).sum()
     }
 
+    /// One receive counter summed over the threads.
+    fn sum(&self, f: impl Fn(&receiver::Shared) -> &AtomicU64) -> u64 {
+        self.rx.iter().map(|r| r.load(f(r))).sum()
+    }
+
     /// Expected packets of span-counted consumers so far.
     fn rx_span(&self) -> u64 {
         self.rx.iter().map(|r| r.load(&r.span)).sum()
@@ -1577,9 +1953,8 @@ struct Outcome {
     sent_for: sender::Summary,
     switches: SwitchStats,
     caps: CapStats,
-    /// (viewer, counted packets, span-counted expectation) per receiving
-    /// peer.
-    per_viewer: Vec<(usize, u64, u64)>,
+    /// What each receiving peer counted.
+    per_viewer: Vec<receiver::Viewer>,
     /// Last-N slot switches of every viewer.
     slot_switches: receiver::SwitchSamples,
 }
@@ -1610,11 +1985,179 @@ impl NodeCounters {
 }
 
 struct Cpu<'a> {
-    node_before: &'a serde_json::Value,
-    node_after: serde_json::Value,
+    /// The nodes' URLs.
+    urls: Vec<String>,
+    /// Each node's `/v1/load` at the start and at the end (`null` if it
+    /// did not answer).
+    node_before: &'a [serde_json::Value],
+    node_after: Vec<serde_json::Value>,
     loadgen: Option<f64>,
 }
 
+impl Cpu<'_> {
+    /// Per worker CPU seconds over the run and the `node_load` of the
+    /// report: one node's as they are; with several, the workers of each
+    /// node that answered at the end in `--nodes` order, and an object of
+    /// each node's load by URL.
+    fn node(mut self) -> (Vec<f64>, serde_json::Value) {
+        if self.node_after.len() == 1 {
+            let after = self.node_after.pop().unwrap_or_default();
+            return (node_cpu_deltas(&self.node_before[0], &after), after);
+        }
+        let mut cpu = Vec::new();
+        let mut load = serde_json::Map::new();
+        for ((url, before), after) in self
+            .urls
+            .into_iter()
+            .zip(self.node_before)
+            .zip(self.node_after)
+        {
+            cpu.extend(node_cpu_deltas(before, &after));
+            load.insert(url, after);
+        }
+        (cpu, serde_json::Value::Object(load))
+    }
+}
+
+/// What the failover report is made of.
+struct FailoverInputs<'a> {
+    nodes: &'a Nodes,
+    links: Option<&'a Links>,
+    stats: &'a rejoin::Stats,
+}
+
+/// A progress line's failover figures, once some peer's node went down.
+fn failover_tick(plan: &Plan, links: &Links, stats: &rejoin::Stats) -> Option<FailoverTick> {
+    let kill_ns = stats.kill_ns.load(Ordering::Relaxed);
+    let mut tick = FailoverTick {
+        flagged: 0,
+        rejoined: 0,
+        subscribers: 0,
+        back: 0,
+        back_p50_ms: None,
+    };
+    let mut back = Vec::new();
+    for p in 0..links.len() {
+        let (failed, _, back_ns, rejoins) = links.times(p);
+        if failed == 0 {
+            continue;
+        }
+        tick.flagged += 1;
+        if rejoins == 0 {
+            continue;
+        }
+        tick.rejoined += 1;
+        if plan.is_receiver(p) {
+            tick.subscribers += 1;
+            if back_ns > 0 {
+                tick.back += 1;
+                let reference = if kill_ns > 0 { kill_ns } else { failed };
+                back.push(back_ns.saturating_sub(reference));
+            }
+        }
+    }
+    tick.back_p50_ms = Percentiles::of(back).p50_ms;
+    (tick.flagged > 0).then_some(tick)
+}
+
+/// The failover report: kill, nodes down, rejoins and when media came
+/// back, from the links; `counts` = (missed, expected outside, counted
+/// outside) of the affected subscribers.
+fn failover_report(
+    plan: &Plan,
+    inputs: &FailoverInputs<'_>,
+    counts: (u64, u64, u64),
+    stale_packets: u64,
+    late_consumers: u64,
+    kill_pid: Option<u32>,
+) -> FailoverReport {
+    let stats = inputs.stats;
+    let kill_ns = stats.kill_ns.load(Ordering::Relaxed);
+    let kill = (kill_ns > 0).then_some(kill_ns);
+    let kill_error = stats
+        .kill_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut report = FailoverReport {
+        nodes: (0..inputs.nodes.clients.len())
+            .map(|n| inputs.nodes.url(n).to_owned())
+            .collect(),
+        kill_pid,
+        kill_s: kill.map(|k| k as f64 / 1e9),
+        kill_command_ms: kill.map(|_| stats.kill_took_ns.load(Ordering::Relaxed) as f64 / 1e6),
+        kill_error,
+        reference: if kill.is_some() { "kill" } else { "down" },
+        down: stats
+            .down_ns
+            .iter()
+            .enumerate()
+            .filter_map(|(n, d)| {
+                let d = d.load(Ordering::Relaxed);
+                (d > 0).then(|| rejoin::NodeDown {
+                    node: inputs.nodes.url(n).to_owned(),
+                    down_s: d as f64 / 1e9,
+                    after_kill_ms: kill.map(|k| (d as f64 - k as f64) / 1e6),
+                })
+            })
+            .collect(),
+        rejoin_attempts: stats.attempts.load(Ordering::Relaxed),
+        rejoin_failures: stats.failures.load(Ordering::Relaxed),
+        missed_packets: counts.0,
+        expected_outside: counts.1,
+        counted_outside: counts.2,
+        loss_ratio_outside: loss_ratio(counts.2, counts.1),
+        stale_packets,
+        late_consumers,
+        ..FailoverReport::default()
+    };
+    let Some(links) = inputs.links else {
+        return report;
+    };
+    let (mut rejoin_ns, mut back_ns) = (Vec::new(), Vec::new());
+    for p in 0..links.len() {
+        let (failed, rejoined, back, rejoins) = links.times(p);
+        if failed == 0 && rejoins == 0 {
+            continue;
+        }
+        let reference = kill.unwrap_or(failed);
+        report.rejoins += u64::from(rejoins);
+        if rejoins > 0 {
+            rejoin_ns.push(rejoined.saturating_sub(reference));
+            if plan.is_receiver(p) {
+                report.subscribers_rejoined += 1;
+            } else {
+                report.publishers_rejoined += 1;
+            }
+        } else {
+            report.never_rejoined += 1;
+        }
+        if !plan.is_receiver(p) {
+            continue;
+        }
+        let back_ms = (rejoins > 0 && back > 0).then(|| {
+            let ns = back.saturating_sub(reference);
+            back_ns.push(ns);
+            ns as f64 / 1e6
+        });
+        if back_ms.is_some() {
+            report.subscribers_back += 1;
+        } else {
+            report.subscribers_never_back += 1;
+        }
+        report.subscribers.push(rejoin::SubscriberFailover {
+            peer: p,
+            rejoins,
+            rejoined_ms: rejoined.saturating_sub(reference) as f64 / 1e6,
+            back_ms,
+        });
+    }
+    report.rejoin = Percentiles::of(rejoin_ns);
+    report.back = Percentiles::of(back_ns);
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_report(
     opts: &Options,
     plan: &Plan,
@@ -1623,15 +2166,32 @@ fn build_report(
     mut outcome: Outcome,
     sockets: &[PeerSocket],
     cpu: Cpu<'_>,
+    failover: Option<FailoverInputs<'_>>,
 ) -> Report {
     let sent = shared.tx.sent(plan);
     let duration_s = outcome.sent_for.duration_s.max(1e-9);
     let mut expected_total = 0;
     let mut worst: f64 = 0.0;
-    for &(viewer, counted, span) in &outcome.per_viewer {
-        let expected = plan.expected(viewer, &sent) + span;
+    // (missed in the failover, expected and counted outside it) of the
+    // subscribers whose node went down.
+    let mut fo = (0u64, 0u64, 0u64);
+    let links = failover.as_ref().and_then(|f| f.links);
+    for v in &outcome.per_viewer {
+        let by_sent = plan.expected(v.viewer, &sent) + v.span;
+        let affected = v.rejoined || links.is_some_and(|l| l.times(v.viewer).0 > 0);
+        let expected = if affected {
+            // Every consumer by its sequence number span, before the kill
+            // and after the rejoin; what was sent outside the spans was
+            // missed in the failover.
+            fo.0 += by_sent.saturating_sub(v.all_span);
+            fo.1 += v.all_span;
+            fo.2 += v.counted;
+            v.all_span
+        } else {
+            by_sent
+        };
         expected_total += expected;
-        worst = worst.max(loss_ratio(counted, expected));
+        worst = worst.max(loss_ratio(v.counted, expected));
     }
     let sum = |f: fn(&receiver::Shared) -> &std::sync::atomic::AtomicU64| -> u64 {
         shared.rx.iter().map(|r| r.load(f(r))).sum()
@@ -1641,7 +2201,8 @@ fn build_report(
     let rx_counted = sum(|r| &r.counted);
     let srtp_errors = sum(|r| &r.srtp_errors);
     let hist = shared.latency();
-    let node_cpu_seconds = node_cpu_deltas(cpu.node_before, &cpu.node_after);
+    let loadgen_cpu_seconds = cpu.loadgen.unwrap_or(f64::NAN);
+    let (node_cpu_seconds, node_load) = cpu.node();
     let (mut video, mut audio) = (0, 0);
     for (s, n) in sent.total.iter().enumerate() {
         match plan.streams[s].kind {
@@ -1802,8 +2363,8 @@ fn build_report(
         join_ms_max: 0.0,
         node_cpu_utilisation: node_cpu_seconds.iter().map(|c| c / duration_s).collect(),
         node_cpu_seconds,
-        node_load: cpu.node_after,
-        loadgen_cpu_seconds: cpu.loadgen.unwrap_or(f64::NAN),
+        node_load,
+        loadgen_cpu_seconds,
         gso: plan
             .peers
             .iter()
@@ -1819,6 +2380,16 @@ fn build_report(
         repair,
         simulcast,
         last_n,
+        failover: failover.map(|inputs| {
+            failover_report(
+                plan,
+                &inputs,
+                fo,
+                sum(|r| &r.stale),
+                sum(|r| &r.late_consumers),
+                opts.kill_pid,
+            )
+        }),
     }
 }
 
@@ -2293,6 +2864,211 @@ mod tests {
         assert!(parse_u32("0x1_0000_0000").is_err());
         assert!(parse_u32("-1").is_err());
         assert_eq!(Options::default().ssrc_base, None);
+    }
+
+    #[test]
+    fn cluster_flags_parse_and_validate() {
+        let o = Options::try_parse_from([
+            "sfu-loadgen",
+            "--nodes",
+            "http://127.0.0.1:7883,http://127.0.0.1:7881/",
+            "--rejoin",
+            "--kill-pid",
+            "4242",
+            "--kill-at",
+            "5",
+            "--duration",
+            "15",
+            "--room-prefix",
+            "fo-4",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            o.node_urls(),
+            vec!["http://127.0.0.1:7883", "http://127.0.0.1:7881"]
+        );
+        assert!(o.rejoin && o.watches_failover());
+        assert_eq!((o.kill_pid, o.kill_at), (Some(4242), Some(5.0)));
+        assert_eq!(o.rejoin_threads, 8);
+        assert!(validate(&o).is_ok());
+        let d = Options::default();
+        assert_eq!(d.node_urls(), vec!["http://127.0.0.1:7880"]);
+        assert!(!d.watches_failover() && d.room_prefix.is_none());
+        // --kill-pid and --kill-at go together.
+        assert!(Options::try_parse_from(["sfu-loadgen", "--kill-pid", "1"]).is_err());
+        assert!(Options::try_parse_from(["sfu-loadgen", "--kill-at", "1"]).is_err());
+        assert!(Options::try_parse_from(["sfu-loadgen", "--nodes", "127.0.0.1:1"]).is_err());
+        for bad in [
+            // One node has no other to rejoin through.
+            Options {
+                nodes: Some(NodeList(vec!["http://a".into()])),
+                ..o.clone()
+            },
+            Options {
+                nodes: None,
+                ..o.clone()
+            },
+            Options {
+                scenario: Scenario::SeedMeeting,
+                ..o.clone()
+            },
+            Options {
+                kill_at: Some(15.0),
+                ..o.clone()
+            },
+            Options {
+                kill_pid: Some(std::process::id()),
+                ..o.clone()
+            },
+            Options {
+                rejoin_threads: 0,
+                ..o.clone()
+            },
+            Options {
+                room_prefix: Some("a/b".into()),
+                ..o.clone()
+            },
+        ] {
+            assert!(validate(&bad).is_err(), "{bad:?}");
+        }
+        // A kill without rejoin is allowed (the outage is measured alone).
+        assert!(
+            validate(&Options {
+                rejoin: false,
+                nodes: None,
+                ..o
+            })
+            .is_ok()
+        );
+    }
+
+    fn three_nodes() -> Nodes {
+        Nodes::new(
+            (1..=3)
+                .map(|i| {
+                    ControlClient::new(
+                        &format!("http://127.0.0.1:{i}"),
+                        b"s",
+                        Duration::from_secs(60),
+                    )
+                })
+                .collect(),
+            vec!["n1".into(), "n2".into(), "n3".into()],
+        )
+    }
+
+    fn on_node(node: usize) -> Joined {
+        Joined {
+            node,
+            media: SocketAddr::from(([127, 0, 0, 1], 7910 + 10 * node as u16)),
+            node_master: vec![0; 28],
+            consumers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failover_is_timed_from_the_kill() {
+        const MS: u64 = 1_000_000;
+        // Peer 0 publishes, peers 1..=3 subscribe; all on node 0, which
+        // is killed at 5 s and seen down 100 ms later.
+        let plan = Plan::rooms(1, 1, 3, 500, false, false, 0x1000);
+        let links = Links::new((0..4).map(|_| on_node(0)).collect());
+        let stats = rejoin::Stats::new(3);
+        stats.kill_ns.store(5000 * MS, Ordering::Relaxed);
+        stats.kill_took_ns.store(2 * MS, Ordering::Relaxed);
+        stats.down_ns[0].store(5100 * MS, Ordering::Relaxed);
+        stats.attempts.store(9, Ordering::Relaxed);
+        stats.failures.store(6, Ordering::Relaxed);
+        assert!(
+            failover_tick(&plan, &links, &stats).is_none(),
+            "no one down yet"
+        );
+        assert_eq!(links.node_down(0, 5100 * MS), 4);
+        links.swap(0, on_node(1), 6900 * MS);
+        links.swap(1, on_node(1), 7000 * MS);
+        links.swap(2, on_node(2), 7100 * MS);
+        links.back(1, 7050 * MS);
+        links.back(2, 7300 * MS);
+        // Peer 3 never rejoins.
+        let tick = failover_tick(&plan, &links, &stats).expect("a node is down");
+        assert_eq!(
+            (tick.flagged, tick.rejoined, tick.subscribers, tick.back),
+            (4, 3, 2, 2)
+        );
+        assert_eq!(tick.back_p50_ms, Some(2300.0));
+        let nodes = three_nodes();
+        let inputs = FailoverInputs {
+            nodes: &nodes,
+            links: Some(&links),
+            stats: &stats,
+        };
+        let r = failover_report(&plan, &inputs, (100, 1000, 990), 3, 1, Some(4242));
+        assert_eq!((r.kill_s, r.kill_command_ms), (Some(5.0), Some(2.0)));
+        assert_eq!(r.reference, "kill");
+        assert_eq!(r.down.len(), 1);
+        assert_eq!(r.down[0].node, "http://127.0.0.1:1");
+        assert_eq!(r.down[0].after_kill_ms, Some(100.0));
+        assert_eq!((r.publishers_rejoined, r.subscribers_rejoined), (1, 2));
+        assert_eq!((r.rejoins, r.never_rejoined), (3, 1));
+        assert_eq!((r.rejoin_attempts, r.rejoin_failures), (9, 6));
+        assert_eq!((r.subscribers_back, r.subscribers_never_back), (2, 1));
+        assert_eq!(
+            (r.back.p50_ms, r.back.p99_ms, r.back.max_ms),
+            (Some(2300.0), Some(2300.0), Some(2300.0))
+        );
+        assert_eq!(r.back_ms_of(1), Some(2050.0));
+        assert_eq!(
+            (r.rejoin.p50_ms, r.rejoin.max_ms),
+            (Some(2000.0), Some(2100.0))
+        );
+        assert_eq!(r.subscribers.len(), 3);
+        assert_eq!(r.subscribers[2].back_ms, None);
+        assert_eq!((r.missed_packets, r.expected_outside), (100, 1000));
+        assert!((r.loss_ratio_outside - 0.01).abs() < 1e-12);
+        assert_eq!((r.stale_packets, r.late_consumers), (3, 1));
+        let text = r.to_string();
+        assert!(text.contains("kill -9 4242 at 5.000 s"), "{text}");
+        assert!(
+            text.contains("p50 2300 p99 2300 max 2300 ms (1 never)"),
+            "{text}"
+        );
+        // Without a kill, from when the node was seen down.
+        stats.kill_ns.store(0, Ordering::Relaxed);
+        let r = failover_report(&plan, &inputs, (0, 0, 0), 0, 0, None);
+        assert_eq!(r.reference, "down");
+        assert_eq!(r.back_ms_of(1), Some(1950.0));
+        assert_eq!(r.down[0].after_kill_ms, None);
+    }
+
+    #[test]
+    fn node_cpu_of_several_nodes() {
+        let before = [
+            json!({"workers": [{"worker": 0, "cpu_seconds": 1.0}]}),
+            json!({"workers": [{"worker": 0, "cpu_seconds": 2.0}]}),
+        ];
+        let cpu = Cpu {
+            urls: vec!["http://a".into(), "http://b".into()],
+            node_before: &before,
+            node_after: vec![
+                json!(null),
+                json!({"workers": [{"worker": 0, "cpu_seconds": 2.5}]}),
+            ],
+            loadgen: None,
+        };
+        let (seconds, load) = cpu.node();
+        assert_eq!(seconds, vec![0.5]);
+        assert_eq!(load["http://a"], json!(null));
+        assert_eq!(load["http://b"]["workers"][0]["cpu_seconds"], json!(2.5));
+        let one = [json!({"workers": [{"worker": 0, "cpu_seconds": 1.0}]})];
+        let cpu = Cpu {
+            urls: vec!["http://a".into()],
+            node_before: &one,
+            node_after: vec![json!({"workers": [{"worker": 0, "cpu_seconds": 3.0}]})],
+            loadgen: None,
+        };
+        let (seconds, load) = cpu.node();
+        assert_eq!(seconds, vec![2.0]);
+        assert_eq!(load["workers"][0]["cpu_seconds"], json!(3.0));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! records, per viewer, when each talker's audio and video first arrived
 //! after the talker started ([`SwitchSamples`]), and it reads the node's
 //! SRTCP to its `both` peers for keyframe requests (PLI, FIR).
+//!
+//! With `--rejoin`, it takes in a subscriber's new endpoint when its link's
+//! generation changes ([`super::rejoin`]): the node's new key, new
+//! consumers, the new node's address; datagrams still coming from the node
+//! it left are `stale` and not counted, and the first media packet after
+//! the rejoin is recorded as the subscriber's media being back.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -24,6 +30,7 @@ use sfu_core::wire::rtp::{self, RtpPacket};
 use super::histogram::AtomicHistogram;
 use super::payload::{self, Marker};
 use super::plan::{Attribution, Plan, Receives, TalkPlan};
+use super::rejoin::{Joined, Links, Seen};
 use super::repair::{Gaps, NACK_BATCH, NACK_INTERVAL_NS, SimLoss, unwrap_rtx};
 use super::sender::KeyframeRequests;
 use super::{Kind, PeerSetup, PeerSocket, lock, pin, vp8};
@@ -71,6 +78,8 @@ pub(super) struct Config<'a> {
     pub nack_retry_ns: u64,
     /// Where keyframe requests to `both` peers go.
     pub requests: &'a KeyframeRequests,
+    /// The peers' current endpoints (`--rejoin`).
+    pub links: Option<&'a Links>,
 }
 
 /// Counters a receive thread publishes after every sweep.
@@ -108,6 +117,15 @@ pub(super) struct Shared {
     pub keyframes: AtomicU64,
     pub self_received: AtomicU64,
     pub rtcp_errors: AtomicU64,
+    /// Span steps of span-counted consumers of subscribers that rejoined
+    /// (their whole run).
+    pub rejoined_span: AtomicU64,
+    /// Span steps of every consumer of subscribers that rejoined.
+    pub rejoined_all_span: AtomicU64,
+    /// Datagrams from a node the subscriber left.
+    pub stale: AtomicU64,
+    /// Consumers seen after a rejoin beyond those its answer listed.
+    pub late_consumers: AtomicU64,
     pub latency: AtomicHistogram,
 }
 
@@ -152,6 +170,10 @@ struct Counts {
     keyframes: u64,
     self_received: u64,
     rtcp_errors: u64,
+    rejoined_span: u64,
+    rejoined_all_span: u64,
+    stale: u64,
+    late_consumers: u64,
 }
 
 impl Counts {
@@ -169,6 +191,10 @@ impl Counts {
             (&mut self.keyframes, &s.keyframes),
             (&mut self.self_received, &s.self_received),
             (&mut self.rtcp_errors, &s.rtcp_errors),
+            (&mut self.rejoined_span, &s.rejoined_span),
+            (&mut self.rejoined_all_span, &s.rejoined_all_span),
+            (&mut self.stale, &s.stale),
+            (&mut self.late_consumers, &s.late_consumers),
             (&mut self.packets, &s.packets),
             (&mut self.bytes, &s.bytes),
             (&mut self.counted, &s.counted),
@@ -340,11 +366,26 @@ impl TalkState {
     }
 }
 
+/// What one receiving peer counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Viewer {
+    pub viewer: usize,
+    /// Packets counted against its expectation.
+    pub counted: u64,
+    /// Output sequence numbers spanned by its span-counted consumers.
+    pub span: u64,
+    /// Output sequence numbers spanned by all its consumers (every
+    /// endpoint it had).
+    pub all_span: u64,
+    /// It took in a rejoin.
+    pub rejoined: bool,
+}
+
 /// What one receive thread hands back.
 #[derive(Debug, Default)]
 pub(super) struct Finished {
-    /// (viewer, counted packets, span-counted expectation) per peer.
-    pub viewers: Vec<(usize, u64, u64)>,
+    /// What each of its peers counted.
+    pub viewers: Vec<Viewer>,
     /// Slot switches of its last-N viewers, merged.
     pub switches: SwitchSamples,
 }
@@ -368,6 +409,16 @@ struct RxPeer<'a> {
     rtcp_in: Option<SrtpContext>,
     /// Last-N talker bookkeeping.
     talk: Option<TalkState>,
+    /// Output sequence numbers spanned by all its consumers.
+    all_span: u64,
+    /// The generation of its link taken in.
+    seen: Seen,
+    /// It took in a rejoin.
+    rejoined: bool,
+    /// No media packet came since the last rejoin.
+    awaiting_back: bool,
+    /// The address of the node it left.
+    prev_node: Option<std::net::SocketAddr>,
 }
 
 /// Per-thread settings the datagram handler needs.
@@ -381,6 +432,7 @@ struct Handler<'a> {
     /// Video is simulcast: layers, switches and PictureIDs are tracked.
     simulcast: bool,
     requests: &'a KeyframeRequests,
+    links: Option<&'a Links>,
 }
 
 /// SSRC of a subscriber's RTCP (its NACKs): "LG" and its peer index.
@@ -457,6 +509,11 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Finished> {
             span: 0,
             rtcp_in,
             talk,
+            all_span: 0,
+            seen: Seen::default(),
+            rejoined: false,
+            awaiting_back: false,
+            prev_node: None,
         });
     }
     let mut loss = SimLoss::new(cfg.loss_percent, cfg.loss_seed);
@@ -470,6 +527,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Finished> {
         vp8_video: cfg.plan.streams.iter().any(|s| s.vp8),
         simulcast: cfg.plan.streams.iter().any(|s| s.simulcast),
         requests: cfg.requests,
+        links: cfg.links,
     };
     let mut storage = vec![0u8; BATCH * GRO_BUFFER_BYTES];
     let mut chunks = storage.chunks_mut(GRO_BUFFER_BYTES);
@@ -484,6 +542,9 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Finished> {
         let sweep_start = Instant::now();
         let mut got = 0;
         for peer in &mut peers {
+            if let Some(joined) = peer.seen.changed(cfg.links, peer.viewer) {
+                take_in(&cfg, peer, &joined, &mut counts)?;
+            }
             for _ in 0..MAX_CALLS_PER_VISIT {
                 let n = match lock(&peer.socket.socket).recv(&mut bufs, &mut meta) {
                     Ok(n) => n,
@@ -513,7 +574,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Finished> {
                             counts.sim_lost += 1;
                             continue;
                         }
-                        handler.handle(peer, datagram, now_ns, &mut counts);
+                        handler.handle(peer, datagram, m.addr, now_ns, &mut counts);
                     }
                 }
                 got += n;
@@ -547,12 +608,80 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Finished> {
     }
     let mut done = Finished::default();
     for p in peers {
-        done.viewers.push((p.viewer, p.counted, p.span));
+        done.viewers.push(Viewer {
+            viewer: p.viewer,
+            counted: p.counted,
+            span: p.span,
+            all_span: p.all_span,
+            rejoined: p.rejoined,
+        });
         if let (Some(state), Some(talk)) = (p.talk, &cfg.plan.talk) {
             done.switches.merge(state.finish(talk, p.viewer));
         }
     }
     Ok(done)
+}
+
+/// Takes in `peer`'s new endpoint: the node's new key and address, its
+/// consumers (fresh numbering) and, for NACKs, a fresh context of its own
+/// key. The first time, moves its counts so far to the rejoined side.
+fn take_in(
+    cfg: &Config<'_>,
+    peer: &mut RxPeer<'_>,
+    joined: &Joined,
+    c: &mut Counts,
+) -> anyhow::Result<()> {
+    let key_len = cfg.profile.key_len();
+    let capacity = joined.consumers.len() + SPARE_SSRCS;
+    let node_key = |max_ssrcs| {
+        SrtpContext::new(
+            cfg.profile,
+            &joined.node_master[..key_len],
+            &joined.node_master[key_len..],
+            SrtpConfig {
+                max_ssrcs,
+                ..SrtpConfig::default()
+            },
+        )
+        .context("the new node's SRTP key for a subscriber")
+    };
+    peer.ctx = node_key(2 * capacity)?;
+    if peer.rtcp_in.is_some() {
+        peer.rtcp_in = Some(node_key(SrtpConfig::default().max_ssrcs)?);
+    }
+    if peer.rtcp_ctx.is_some() {
+        let master = &cfg.setups[peer.viewer].master;
+        peer.rtcp_ctx = Some(
+            SrtpContext::new(
+                cfg.profile,
+                &master[..key_len],
+                &master[key_len..],
+                SrtpConfig::default(),
+            )
+            .context("a subscriber's own SRTP key")?,
+        );
+    }
+    if peer.node != joined.media {
+        peer.prev_node = Some(peer.node);
+    }
+    peer.node = joined.media;
+    peer.consumers.clear();
+    peer.consumers.reserve(capacity);
+    peer.consumers
+        .extend(joined.consumers.iter().map(|x| RxConsumer {
+            span_counted: cfg.plan.span_counted(peer.viewer, x.kind),
+            ..RxConsumer::new(x.ssrc, Some(x.kind), x.rtx_ssrc, cfg.nack)
+        }));
+    peer.awaiting_back = true;
+    if !peer.rejoined {
+        peer.rejoined = true;
+        c.rejoined_span += peer.span;
+        c.rejoined_all_span += peer.all_span;
+        if let Some(links) = cfg.links {
+            links.set_picked_up(peer.viewer);
+        }
+    }
+    Ok(())
 }
 
 /// An RTP datagram (not RTCP, RFC 5761 demultiplexing).
@@ -599,10 +728,23 @@ fn send_nacks(peer: &mut RxPeer<'_>, now_ns: u64, retry_ns: u64, buf: &mut [u8],
 }
 
 impl Handler<'_> {
-    /// One datagram the node sent to `peer`. Never panics on its content.
-    fn handle(&self, peer: &mut RxPeer<'_>, d: &mut [u8], now_ns: u64, c: &mut Counts) {
+    /// One datagram the node sent to `peer` from `from`. Never panics on
+    /// its content.
+    fn handle(
+        &self,
+        peer: &mut RxPeer<'_>,
+        d: &mut [u8],
+        from: std::net::SocketAddr,
+        now_ns: u64,
+        c: &mut Counts,
+    ) {
         c.packets += 1;
         c.bytes += d.len() as u64;
+        if peer.prev_node == Some(from) && from != peer.node {
+            // From the node this subscriber left (it was not dead).
+            c.stale += 1;
+            return;
+        }
         if d.len() < rtp::FIXED_HEADER_LEN || d[0] >> 6 != 2 {
             c.unexpected += 1;
             return;
@@ -639,7 +781,12 @@ impl Handler<'_> {
                     let repair = peer.rtcp_ctx.is_some();
                     peer.consumers
                         .push(RxConsumer::new(ssrc, None, None, repair));
-                    c.unannounced += 1;
+                    if peer.rejoined {
+                        // A publisher that rejoined after this subscriber.
+                        c.late_consumers += 1;
+                    } else {
+                        c.unannounced += 1;
+                    }
                     peer.consumers.len() - 1
                 } else {
                     c.unexpected += 1;
@@ -647,6 +794,12 @@ impl Handler<'_> {
                 }
             }
         };
+        if peer.awaiting_back {
+            peer.awaiting_back = false;
+            if let Some(links) = self.links {
+                links.back(peer.viewer, now_ns);
+            }
+        }
         let consumer = &mut peer.consumers[at];
         // Forward step from the newest number seen (1 = in order, 1 for the
         // first packet too); `None` for a duplicate or an older packet.
@@ -672,11 +825,19 @@ impl Handler<'_> {
                 }
             }
         };
-        if consumer.span_counted
-            && let Some(step) = step
-        {
-            c.span += u64::from(step);
-            peer.span += u64::from(step);
+        if let Some(step) = step {
+            let step = u64::from(step);
+            peer.all_span += step;
+            if peer.rejoined {
+                c.rejoined_all_span += step;
+            }
+            if consumer.span_counted {
+                c.span += step;
+                peer.span += step;
+                if peer.rejoined {
+                    c.rejoined_span += step;
+                }
+            }
         }
         let vp8 = self.vp8_video && consumer.kind == Some(Kind::Video);
         let decrypt = consumer.until_sample == 0;

@@ -10,6 +10,13 @@
 //! by this thread's socket poll, `both` peers' by the receive thread that
 //! owns their socket. Last-N audio carries the RFC 6464 level of the
 //! [`super::plan::TalkPlan`].
+//!
+//! With `--rejoin`, before each unit it compares the publisher's link
+//! generation ([`super::rejoin`]) with the one it took in; after a rejoin
+//! it sends to the new endpoint's media address with a fresh SRTP context
+//! of the same key (the new node starts the rollover counter at 0) and
+//! reads the node's RTCP with the new node's key. Sequence numbers carry
+//! on.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,6 +34,7 @@ use sfu_core::wire::rtp::{FIXED_HEADER_LEN, RtpHeader, write_header};
 use super::media::{self, AUDIO_CLOCK, AUDIO_PAYLOAD, AUDIO_PPS, FrameLayout, VIDEO_CLOCK};
 use super::payload::{self, MARKER_LEN, Marker};
 use super::plan::{AUDIO_LEVEL_EXTENSION, Plan, Sent, TalkPlan};
+use super::rejoin::{Links, Seen};
 use super::repair::{PUBLISHER_RTX_PT, PacketRing, SimLoss, publisher_rtx_ssrc, write_rtx};
 use super::vp8;
 use super::{Kind, PeerSetup, PeerSocket, lock, pin};
@@ -62,6 +70,8 @@ pub(super) struct Config<'a> {
     pub keyframe_interval_ns: u64,
     /// The node's keyframe requests, per stream.
     pub requests: &'a KeyframeRequests,
+    /// The peers' current endpoints (`--rejoin`).
+    pub links: Option<&'a Links>,
 }
 
 /// Keyframe requests from the node (PLI, FIR) per stream: set by whoever
@@ -234,22 +244,26 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
     let plan = cfg.plan;
     let overhead = cfg.profile.rtp_overhead();
     let key_len = cfg.profile.key_len();
+    let publisher_ctx = |p: usize| {
+        let master = &cfg.setups[p].master;
+        let srtp = SrtpConfig {
+            max_ssrcs: 4,
+            ..SrtpConfig::default()
+        };
+        SrtpContext::new(cfg.profile, &master[..key_len], &master[key_len..], srtp)
+            .context("publisher SRTP key")
+    };
     let mut contexts: Vec<Option<SrtpContext>> = Vec::with_capacity(plan.peers.len());
     for (p, peer) in plan.peers.iter().enumerate() {
         contexts.push(if peer.publishes.is_empty() {
             None
         } else {
-            let master = &cfg.setups[p].master;
-            let srtp = SrtpConfig {
-                max_ssrcs: 4,
-                ..SrtpConfig::default()
-            };
-            Some(
-                SrtpContext::new(cfg.profile, &master[..key_len], &master[key_len..], srtp)
-                    .context("publisher SRTP key")?,
-            )
+            Some(publisher_ctx(p)?)
         });
     }
+    // Where each peer sends, and the link generation taken in.
+    let mut dst: Vec<std::net::SocketAddr> = cfg.setups.iter().map(|s| s.media).collect();
+    let mut seen = vec![Seen::default(); plan.peers.len()];
     let mut streams: Vec<TxStream> = plan
         .streams
         .iter()
@@ -318,7 +332,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         }
         let now = cfg.origin.elapsed().as_nanos() as u64;
         if let Some(poll) = nacks.as_mut() {
-            poll.maybe_poll(&cfg, &mut streams, &mut contexts, now, &mut sum);
+            poll.maybe_poll(&cfg, &mut streams, &mut contexts, &dst, now, &mut sum);
         }
         if due > now {
             std::thread::sleep(Duration::from_nanos(due - now).min(max_sleep));
@@ -326,6 +340,14 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
         }
         heap.pop();
         sum.late_ns_max = sum.late_ns_max.max(now - due);
+        let peer = streams[i].peer;
+        if let Some(joined) = seen[peer].changed(cfg.links, peer) {
+            dst[peer] = joined.media;
+            contexts[peer] = Some(publisher_ctx(peer)?);
+            if let Some(poll) = nacks.as_mut() {
+                poll.rekey(&cfg, peer, &joined.node_master)?;
+            }
+        }
         let stream = &mut streams[i];
         let ctx = contexts[stream.peer]
             .as_mut()
@@ -364,7 +386,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
             stride,
             now,
             &cfg.sockets[stream.peer],
-            &cfg.setups[stream.peer],
+            dst[stream.peer],
             withhold,
             Framing { keyframe, level },
         )?;
@@ -396,7 +418,7 @@ pub(super) fn run(cfg: Config<'_>) -> anyhow::Result<Summary> {
             if now >= until || cfg.stop.load(Relaxed) {
                 break;
             }
-            poll.maybe_poll(&cfg, &mut streams, &mut contexts, now, &mut sum);
+            poll.maybe_poll(&cfg, &mut streams, &mut contexts, &dst, now, &mut sum);
             std::thread::sleep(POLL_INTERVAL);
         }
     }
@@ -449,12 +471,28 @@ impl RtcpPoll {
         })
     }
 
+    /// Reads peer `p`'s RTCP with a new node's key (after a rejoin).
+    fn rekey(&mut self, cfg: &Config<'_>, p: usize, node_master: &[u8]) -> anyhow::Result<()> {
+        let key_len = cfg.profile.key_len();
+        if let Some(ctx) = self.node_ctx.get_mut(p).and_then(Option::as_mut) {
+            *ctx = SrtpContext::new(
+                cfg.profile,
+                &node_master[..key_len],
+                &node_master[key_len..],
+                SrtpConfig::default(),
+            )
+            .context("the new node's SRTP key for a publisher")?;
+        }
+        Ok(())
+    }
+
     /// Polls every publisher's socket if [`POLL_INTERVAL`] has passed.
     fn maybe_poll(
         &mut self,
         cfg: &Config<'_>,
         streams: &mut [TxStream],
         contexts: &mut [Option<SrtpContext>],
+        dst: &[std::net::SocketAddr],
         now: u64,
         sum: &mut Summary,
     ) {
@@ -516,7 +554,7 @@ impl RtcpPoll {
                         };
                         for seq in nack.lost() {
                             sum.nacked_seqs += 1;
-                            resend(stream, seq, ctx, &mut self.out, cfg, sum);
+                            resend(stream, seq, ctx, &mut self.out, cfg, dst[p], sum);
                         }
                     }
                 }
@@ -535,6 +573,7 @@ fn resend(
     ctx: &mut SrtpContext,
     out: &mut [u8],
     cfg: &Config<'_>,
+    dst: std::net::SocketAddr,
     sum: &mut Summary,
 ) {
     let Some(rtx) = stream.rtx.as_mut() else {
@@ -555,7 +594,7 @@ fn resend(
     };
     let sent = lock(&cfg.sockets[stream.peer].socket)
         .send(&[Transmit {
-            dst: cfg.setups[stream.peer].media,
+            dst,
             contents: &out[..n],
             segment_size: None,
         }])
@@ -598,7 +637,7 @@ fn send_unit(
     stride: usize,
     now_ns: u64,
     socket: &PeerSocket,
-    setup: &PeerSetup,
+    dst: std::net::SocketAddr,
     mut withhold: Option<&mut SimLoss>,
     framing: Framing,
 ) -> anyhow::Result<UnitSent> {
@@ -684,7 +723,7 @@ fn send_unit(
         }
     }
     let empty = Transmit {
-        dst: setup.media,
+        dst,
         contents: &[],
         segment_size: None,
     };
