@@ -30,8 +30,10 @@
 //!   rooms this node placed recently counted on top of what the registry
 //!   shows (a burst does not pile onto one node); this node claims it for
 //!   itself, or passes the request to the chosen node, which claims it. A
-//!   passed request carries [`proxy::FORWARDED`] and is never passed on
-//!   again.
+//!   passed request carries [`proxy::FORWARDED`], signed with the API
+//!   secret ([`verify_forwarded`] checks it before the session rate limit);
+//!   it is passed on at most once more, to the owner when another node
+//!   claimed the room meanwhile.
 //! * **Failover.** Each heartbeat the node reads the registry. For each
 //!   dead node it reads the rooms that node owned; the survivor that
 //!   rendezvous hashing picks for a room (or any survivor, once the room
@@ -58,7 +60,9 @@
 //! the reconciliation of owned rooms and failover; the middleware runs on
 //! the request's task. Room creation for a takeover runs on the blocking
 //! pool, like every mutation. Nothing here panics on what Redis or a peer
-//! answers: a malformed entry is an error, counted and logged.
+//! answers: an unreadable registry entry is skipped, counted and logged; a
+//! failed command is an outage; a peer that does not answer is a 503
+//! `owner_unreachable` with `Retry-After: 1`.
 
 pub mod proxy;
 pub mod store;
