@@ -88,7 +88,8 @@ const WORKER_FAMILIES: &[Family] = &[Family {
     value: |s| s.cpu_seconds.to_string(),
 }];
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+/// The `# HELP` and `# TYPE` lines of one family.
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     // Writing to a String cannot fail.
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

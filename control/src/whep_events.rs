@@ -1040,17 +1040,19 @@ pub(crate) fn select_layer(
 /// Appends the WHEP event stream metrics to `/metrics`.
 pub fn render(out: &mut String, hub: &WhepEvents) {
     // Writing to a String cannot fail.
-    let _ = writeln!(
+    crate::metrics::header(
         out,
-        "# HELP sfu_whep_event_streams Open GETs of WHEP sessions' event streams."
+        "sfu_whep_event_streams",
+        "Open GETs of WHEP sessions' event streams.",
+        "gauge",
     );
-    let _ = writeln!(out, "# TYPE sfu_whep_event_streams gauge");
     let _ = writeln!(out, "sfu_whep_event_streams {}", hub.open_streams());
-    let _ = writeln!(
+    crate::metrics::header(
         out,
-        "# HELP sfu_whep_event_streams_dropped_total WHEP event stream readers dropped for falling {STREAM_BUFFER} frames behind."
+        "sfu_whep_event_streams_dropped_total",
+        &format!("WHEP event stream readers dropped for falling {STREAM_BUFFER} frames behind."),
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE sfu_whep_event_streams_dropped_total counter");
     let _ = writeln!(
         out,
         "sfu_whep_event_streams_dropped_total {}",

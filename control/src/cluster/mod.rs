@@ -85,6 +85,7 @@ use crate::config::ClusterConfig;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::events::NodeEvent;
 use crate::handler::ApiState;
+use crate::metrics::header;
 use crate::state::AppState;
 pub use store::{NodeEntry, NodeState, Registry, Store};
 
@@ -765,8 +766,7 @@ impl Cluster {
         let c = &self.counters;
         let up = u64::from(self.enabled() && self.redis_up.load(Ordering::Relaxed));
         let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
+            header(out, name, help, "gauge");
             let _ = writeln!(out, "{name} {value}");
         };
         gauge(
@@ -784,11 +784,12 @@ impl Cluster {
             "Rooms this node owns in the cluster.",
             lock(&self.owned).len().to_string(),
         );
-        let _ = writeln!(
+        header(
             out,
-            "# HELP sfu_cluster_nodes Nodes in the registry, by state (dead: expired, rooms not all taken over)."
+            "sfu_cluster_nodes",
+            "Nodes in the registry, by state (dead: expired, rooms not all taken over).",
+            "gauge",
         );
-        let _ = writeln!(out, "# TYPE sfu_cluster_nodes gauge");
         let mut by_state: BTreeMap<&str, usize> = [
             ("serving", 0),
             ("draining", 0),
@@ -820,8 +821,7 @@ impl Cluster {
             ),
         ];
         for (name, help, value) in per_node {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
+            header(out, name, help, "gauge");
             for e in &registry.live {
                 let _ = writeln!(
                     out,
@@ -832,7 +832,7 @@ impl Cluster {
                 );
             }
         }
-        let counters: [CounterFamily<'_>; 6] = [
+        let counters: [CounterFamily<'_>; 7] = [
             (
                 "sfu_cluster_redis_errors_total",
                 "Redis commands that failed or timed out.",
@@ -869,10 +869,14 @@ impl Cluster {
                 "Rooms placed here during a Redis outage that another node owned.",
                 &[("", &c.conflicts)],
             ),
+            (
+                "sfu_cluster_heartbeats_total",
+                "Registry entries written.",
+                &[("", &c.heartbeats)],
+            ),
         ];
         for (name, help, samples) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
+            header(out, name, help, "counter");
             for (labels, v) in samples {
                 let v = v.load(Ordering::Relaxed);
                 if labels.is_empty() {
@@ -882,16 +886,6 @@ impl Cluster {
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP sfu_cluster_heartbeats_total Registry entries written."
-        );
-        let _ = writeln!(out, "# TYPE sfu_cluster_heartbeats_total counter");
-        let _ = writeln!(
-            out,
-            "sfu_cluster_heartbeats_total {}",
-            c.heartbeats.load(Ordering::Relaxed)
-        );
     }
 }
 
