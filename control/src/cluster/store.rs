@@ -313,26 +313,38 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Runs the Lua script `src` (one of this module's constants) with
+    /// `keys` and `args`.
+    async fn script<T>(
+        &self,
+        src: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send,
+    {
+        self.run(|mut c| async move {
+            let script = redis::Script::new(src);
+            let mut call = script.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            for a in &args {
+                call.arg(a);
+            }
+            call.invoke_async(&mut c).await
+        })
+        .await
+    }
+
     /// Writes this node's entry with a TTL, and its id into the node set.
     pub async fn register(&self, entry: &NodeEntry, ttl: Duration) -> Result<(), StoreError> {
         let json = serde_json::to_string(entry)?;
-        let (key, nodes, id) = (
-            self.node_key(&entry.id),
-            self.key("nodes"),
-            entry.id.clone(),
-        );
-        let ttl_ms = ttl.as_millis() as u64;
-        self.run(|mut c| async move {
-            redis::Script::new(REGISTER)
-                .key(&key)
-                .key(&nodes)
-                .arg(json)
-                .arg(ttl_ms)
-                .arg(&id)
-                .invoke_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let keys = vec![self.node_key(&entry.id), self.key("nodes")];
+        let ttl_ms = ttl.as_millis().to_string();
+        self.script(REGISTER, keys, vec![json, ttl_ms, entry.id.clone()])
+            .await
     }
 
     /// Removes this node's entry at once (a clean shutdown); its rooms are
@@ -390,18 +402,9 @@ impl Store {
 
     /// Claims `room` for `me` unless someone owns it; the owner after.
     pub async fn claim(&self, room: &str, me: &str) -> Result<String, StoreError> {
-        let (key, mine) = (self.room_key(room), self.rooms_key(me));
-        let (me, room) = (me.to_owned(), room.to_owned());
-        self.run(|mut c| async move {
-            redis::Script::new(CLAIM)
-                .key(&key)
-                .key(&mine)
-                .arg(&me)
-                .arg(&room)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await
+        let keys = vec![self.room_key(room), self.rooms_key(me)];
+        self.script(CLAIM, keys, vec![me.to_owned(), room.to_owned()])
+            .await
     }
 
     /// Takes `room` over from the dead node `from`; the owner after
@@ -412,41 +415,21 @@ impl Store {
         me: &str,
         from: &str,
     ) -> Result<Option<String>, StoreError> {
-        let keys = [
+        let keys = vec![
             self.room_key(room),
             self.rooms_key(me),
             self.node_key(from),
             self.rooms_key(from),
         ];
-        let args = [me.to_owned(), from.to_owned(), room.to_owned()];
-        self.run(|mut c| async move {
-            let script = redis::Script::new(TAKE_OVER);
-            let mut call = script.prepare_invoke();
-            for k in &keys {
-                call.key(k);
-            }
-            for a in &args {
-                call.arg(a);
-            }
-            call.invoke_async(&mut c).await
-        })
-        .await
+        let args = vec![me.to_owned(), from.to_owned(), room.to_owned()];
+        self.script(TAKE_OVER, keys, args).await
     }
 
     /// Gives `room` up if `me` owns it.
     pub async fn release(&self, room: &str, me: &str) -> Result<(), StoreError> {
-        let (key, mine) = (self.room_key(room), self.rooms_key(me));
-        let (me, room) = (me.to_owned(), room.to_owned());
-        self.run(|mut c| async move {
-            redis::Script::new(RELEASE)
-                .key(&key)
-                .key(&mine)
-                .arg(&me)
-                .arg(&room)
-                .invoke_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let keys = vec![self.room_key(room), self.rooms_key(me)];
+        self.script(RELEASE, keys, vec![me.to_owned(), room.to_owned()])
+            .await
     }
 
     /// The rooms node `id` owns (by its set).
