@@ -43,17 +43,24 @@ fn log_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("sfu-cluster-{}-{name}.log", std::process::id()))
 }
 
-/// A `redis-server` on a loopback port, without persistence.
+/// A `redis-server` on a loopback port, without persistence; with a
+/// directory, a Redis Cluster member keeping its cluster config there.
 struct Redis {
     port: u16,
     child: Option<Child>,
+    cluster_dir: Option<PathBuf>,
 }
 
 impl Redis {
     fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    fn start_in(cluster_dir: Option<PathBuf>) -> Self {
         let mut r = Self {
             port: free_port(),
             child: None,
+            cluster_dir,
         };
         r.spawn();
         r
@@ -64,17 +71,26 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(dir) = &self.cluster_dir {
+            command.current_dir(dir).args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{}.conf", self.port),
+            ]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,46 +148,7 @@ impl RedisCluster {
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("a directory");
-        let servers: Vec<Redis> = (0..3)
-            .map(|_| {
-                let port = free_port();
-                let child = Command::new("redis-server")
-                    .current_dir(&dir)
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &format!("nodes-{port}.conf"),
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts (Debian's redis-server)");
-                Redis {
-                    port,
-                    child: Some(child),
-                }
-            })
-            .collect();
-        for r in &servers {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect(("127.0.0.1", r.port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server {} is not up",
-                    r.port
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let servers: Vec<Redis> = (0..3).map(|_| Redis::start_in(Some(dir.clone()))).collect();
         let addrs: Vec<String> = servers
             .iter()
             .map(|r| format!("127.0.0.1:{}", r.port))
@@ -220,11 +197,8 @@ struct Node {
 }
 
 impl Node {
-    fn start(id: &str, redis: &Redis, extra: &[&str]) -> Self {
-        Self::start_with(id, &redis.url(), extra)
-    }
-
-    fn start_with(id: &str, redis_url: &str, extra: &[&str]) -> Self {
+    /// Starts node `id` of the cluster whose Redis is at `redis_url`.
+    fn start(id: &str, redis_url: &str) -> Self {
         let port = free_port();
         let log = log_path(id);
         let file = std::fs::File::create(&log).expect("a log file");
@@ -251,7 +225,6 @@ impl Node {
                 "--api-secret",
                 TEST_SECRET,
             ])
-            .args(extra)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -382,6 +355,14 @@ fn wait_for_cluster(nodes: &[&Node], n: usize) {
     }
 }
 
+/// Starts the nodes `ids` on the cluster whose Redis is at `redis_url`
+/// and waits until each sees all of them.
+fn start_nodes(redis_url: &str, ids: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(id, redis_url)).collect();
+    wait_for_cluster(&nodes.iter().collect::<Vec<_>>(), nodes.len());
+    nodes
+}
+
 /// The owner of `room` as `node` reports it (passing the request on).
 fn owner_via(node: &Node, room: &str) -> String {
     let (status, json, text) = node.get(&format!("/v1/rooms/{room}"));
@@ -395,13 +376,7 @@ fn owner_via(node: &Node, room: &str) -> String {
 #[test]
 fn rooms_spread_by_load_and_racing_nodes_agree_on_one_owner() {
     let redis = Redis::start();
-    let nodes = [
-        Node::start("n1", &redis, &[]),
-        Node::start("n2", &redis, &[]),
-        Node::start("n3", &redis, &[]),
-    ];
-    let all: Vec<&Node> = nodes.iter().collect();
-    wait_for_cluster(&all, 3);
+    let nodes = start_nodes(&redis.url(), &["n1", "n2", "n3"]);
 
     // 30 rooms, asked of the nodes in turn.
     for i in 0..30 {
@@ -510,11 +485,7 @@ fn rooms_spread_by_load_and_racing_nodes_agree_on_one_owner() {
 #[test]
 fn a_whip_post_to_a_node_that_does_not_own_the_room_connects_to_the_owner() {
     let redis = Redis::start();
-    let nodes = [
-        Node::start("w1", &redis, &[]),
-        Node::start("w2", &redis, &[]),
-    ];
-    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let nodes = start_nodes(&redis.url(), &["w1", "w2"]);
     // A room, wherever it lands; then WHIP through the other node.
     let (status, _, text) = nodes[0].post("/v1/rooms", &json!({"room": "live"}));
     assert_eq!(status, 201, "{text}");
@@ -757,12 +728,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[test]
 fn a_killed_nodes_rooms_come_back_on_the_survivors() {
     let redis = Redis::start();
-    let mut nodes = [
-        Node::start("k1", &redis, &[]),
-        Node::start("k2", &redis, &[]),
-        Node::start("k3", &redis, &[]),
-    ];
-    wait_for_cluster(&nodes.iter().collect::<Vec<_>>(), 3);
+    let mut nodes = start_nodes(&redis.url(), &["k1", "k2", "k3"]);
     // Six rooms; the victim is the owner of the first.
     for i in 0..6 {
         let (status, _, text) = nodes[i % 3].post("/v1/rooms", &json!({"room": format!("fo-{i}")}));
@@ -896,11 +862,7 @@ fn a_killed_nodes_rooms_come_back_on_the_survivors() {
 #[test]
 fn a_redis_outage_loses_no_media_and_rooms_are_reconciled() {
     let mut redis = Redis::start();
-    let nodes = [
-        Node::start("o1", &redis, &[]),
-        Node::start("o2", &redis, &[]),
-    ];
-    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let nodes = start_nodes(&redis.url(), &["o1", "o2"]);
     let (status, _, text) = nodes[0].post("/v1/rooms", &json!({"room": "steady"}));
     assert_eq!(status, 201, "{text}");
     let owner = owner_via(&nodes[1], "steady");
@@ -974,11 +936,7 @@ fn a_redis_outage_loses_no_media_and_rooms_are_reconciled() {
 #[test]
 fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
     let redis = Redis::start();
-    let nodes = [
-        Node::start("d1", &redis, &[]),
-        Node::start("d2", &redis, &[]),
-    ];
-    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let nodes = start_nodes(&redis.url(), &["d1", "d2"]);
     // An entry that is not a node's (another version, junk) is skipped,
     // not taken for an outage.
     for args in [
@@ -1082,11 +1040,7 @@ fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
 #[test]
 fn a_redis_cluster_holds_the_registry_and_the_owners() {
     let redis = RedisCluster::start();
-    let mut nodes = [
-        Node::start_with("c1", &redis.url(), &[]),
-        Node::start_with("c2", &redis.url(), &[]),
-    ];
-    wait_for_cluster(&[&nodes[0], &nodes[1]], 2);
+    let mut nodes = start_nodes(&redis.url(), &["c1", "c2"]);
     for i in 0..10 {
         let (status, _, text) = nodes[i % 2].post("/v1/rooms", &json!({"room": format!("rc-{i}")}));
         assert_eq!(status, 201, "{text}");
