@@ -141,6 +141,30 @@ impl Camera {
         }
     }
 
+    /// Step `step` (10 ms each) at `now`: a frame of every layer into the
+    /// router every fifth step.
+    fn feed(
+        &mut self,
+        router: &mut Router,
+        publisher: &mut Peer,
+        sink: &mut Sink,
+        step: u32,
+        now: Instant,
+    ) {
+        if step.is_multiple_of(5) {
+            for mut p in self.frame(publisher, step / 5) {
+                router.handle_input(now, PUB, &mut p, sink);
+            }
+        }
+    }
+
+    /// The router's timers at `now`, and the PLIs it sent taken (what it
+    /// sent stays in `sink`).
+    fn tick(&mut self, router: &mut Router, publisher: &mut Peer, sink: &mut Sink, now: Instant) {
+        router.handle_timeout(now, sink);
+        self.read_plis(publisher, &sink.sent);
+    }
+
     /// The packets of frame `frame` of every layer.
     fn frame(&mut self, peer: &mut Peer, frame: u32) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -252,16 +276,11 @@ fn run_link(
         // 10 ms steps: one packet per layer.
         let now = t0 + Duration::from_millis(u64::from(step) * 10);
         link.kbps = kbps(step);
-        if step.is_multiple_of(5) {
-            for mut p in camera.frame(&mut publisher, step / 5) {
-                router.handle_input(now, PUB, &mut p, &mut sink);
-            }
-        }
+        camera.feed(&mut router, &mut publisher, &mut sink, step, now);
         if step == join_step {
             subscriber = Some(add_subscriber(&mut router, now));
         }
-        router.handle_timeout(now, &mut sink);
-        camera.read_plis(&mut publisher, &sink.sent);
+        camera.tick(&mut router, &mut publisher, &mut sink, now);
         let Some((sub, consumer)) = subscriber.as_mut() else {
             sink.sent.clear();
             continue;
@@ -480,13 +499,8 @@ fn a_subscriber_without_feedback_gets_its_start_estimate() {
     let mut got = vec![[0usize; 3]; 4];
     for step in 0..400u32 {
         let now = t0 + Duration::from_millis(u64::from(step) * 10);
-        if step.is_multiple_of(5) {
-            for mut p in camera.frame(&mut publisher, step / 5) {
-                router.handle_input(now, PUB, &mut p, &mut sink);
-            }
-        }
-        router.handle_timeout(now, &mut sink);
-        camera.read_plis(&mut publisher, &sink.sent);
+        camera.feed(&mut router, &mut publisher, &mut sink, step, now);
+        camera.tick(&mut router, &mut publisher, &mut sink, now);
         for (d, dst) in sink.sent.drain(..) {
             if dst != addr(6000) || wire::classify(&d) != DatagramKind::Rtp {
                 continue;
