@@ -688,18 +688,17 @@ impl Cluster {
         }
     }
 
-    /// Passes `request` (its body already read) to `peer`.
+    /// Passes the request `parts` with `body` to `peer`.
     async fn forward(
         &self,
         peer: &NodeEntry,
-        request: Request,
+        parts: axum::http::request::Parts,
         body: axum::body::Bytes,
         room: &str,
         via: &[String],
     ) -> Response {
         let mut chain = via.to_vec();
         chain.push(self.me.clone());
-        let (parts, _) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
         let forwarded = self.signer.sign(
             &chain.join(","),
@@ -1048,20 +1047,16 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
     match cluster.route(&room, create, &via).await {
         Ok(Route::Local) => next.run(request).await,
         Ok(Route::Peer(peer)) => {
+            let (parts, rest) = request.into_parts();
+            // `POST /v1/rooms` was read already, to find its room.
             let body = match body {
                 Some(b) => b,
-                None => {
-                    let (parts, body) = request.into_parts();
-                    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-                        return ApiError::PayloadTooLarge.into_response();
-                    };
-                    let request = Request::from_parts(parts, Body::empty());
-                    return cluster.forward(&peer, request, bytes, &room, &via).await;
-                }
+                None => match axum::body::to_bytes(rest, MAX_BODY_BYTES).await {
+                    Ok(b) => b,
+                    Err(_) => return ApiError::PayloadTooLarge.into_response(),
+                },
             };
-            let (parts, _) = request.into_parts();
-            let request = Request::from_parts(parts, Body::empty());
-            cluster.forward(&peer, request, body, &room, &via).await
+            cluster.forward(&peer, parts, body, &room, &via).await
         }
         Err(e) => e.into_response(),
     }
