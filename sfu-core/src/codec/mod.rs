@@ -82,6 +82,19 @@ impl Codec {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map_or(Codec::Other, |&(_, codec)| codec)
     }
+
+    /// Its SDP encoding name ("VP8", "VP9", "H264", "AV1", "opus"; "other"
+    /// for [`Codec::Other`]), which [`Codec::from_name`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Vp8 => "VP8",
+            Codec::Vp9 => "VP9",
+            Codec::H264 => "H264",
+            Codec::Av1 => "AV1",
+            Codec::Opus => "opus",
+            Codec::Other => "other",
+        }
+    }
 }
 
 /// Whether `payload` (an RTP payload, after the RTP header and without

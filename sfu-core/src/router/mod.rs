@@ -370,6 +370,8 @@ pub struct ConsumerInfo {
     pub slot: u16,
     /// The SSRC the subscriber receives it with.
     pub ssrc: u32,
+    /// The codec of the producer feeding it, if any.
+    pub codec: Option<Codec>,
     /// The producer currently feeding it, if any.
     pub producer_ssrc: Option<u32>,
     /// Payload type it is sent with.
@@ -427,6 +429,27 @@ pub enum Command {
         slot: u16,
         /// The highest layer it may get.
         max_layer: Option<u8>,
+    },
+    /// Adds tracks to a publishing endpoint already in its room (a
+    /// cascade trunk, whose tracks are the origin's consumers as they
+    /// appear): each becomes a producer that the room's subscribers attach
+    /// as they would a new publisher's. Whole tracks only (no `layer_of`);
+    /// their SSRCs must be new on the worker, and the endpoint's tracks stay
+    /// within [`RouterConfig::max_tracks_per_endpoint`].
+    AddTracks {
+        /// The publisher.
+        endpoint: EndpointId,
+        /// Its new tracks.
+        tracks: Vec<TrackConfig>,
+    },
+    /// Removes tracks (by SSRC) that a publishing endpoint added alone
+    /// (no simulcast layers): their consumers detach as when a publisher
+    /// leaves. Every SSRC must be one of the endpoint's single-layer tracks.
+    RemoveTracks {
+        /// The publisher.
+        endpoint: EndpointId,
+        /// Its tracks' SSRCs.
+        ssrcs: Vec<u32>,
     },
     /// List a room's producers, including simulcast layers bound by `rid`.
     Producers(RoomId),
@@ -791,6 +814,14 @@ impl Router {
                 self.remove_endpoint(id)?;
                 Ok(Outcome::Done)
             }
+            Command::AddTracks { endpoint, tracks } => {
+                self.add_tracks(endpoint, tracks, now)?;
+                Ok(Outcome::Done)
+            }
+            Command::RemoveTracks { endpoint, ssrcs } => {
+                self.remove_tracks(endpoint, &ssrcs, now)?;
+                Ok(Outcome::Done)
+            }
             Command::SetSubscriptions(changes) => Ok(Outcome::Subscriptions(
                 changes
                     .into_iter()
@@ -1010,5 +1041,7 @@ mod tests_repair;
 mod tests_simulcast;
 #[cfg(test)]
 mod tests_speakers;
+#[cfg(test)]
+mod tests_trunk;
 #[cfg(test)]
 mod tests_webrtc;

@@ -1469,6 +1469,124 @@ impl Router {
         Ok(Outcome::Consumers(self.consumer_infos(slot)))
     }
 
+    /// [`super::Command::AddTracks`]: checks everything first, so a
+    /// refused command changes nothing.
+    pub(super) fn add_tracks(
+        &mut self,
+        id: EndpointId,
+        tracks: Vec<TrackConfig>,
+        now: Instant,
+    ) -> Result<(), RouterError> {
+        let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+        let ep = self.endpoint(slot).ok_or(RouterError::UnknownEndpoint)?;
+        if !ep.role.publishes() {
+            return Err(RouterError::Invalid(
+                "a subscribe-only endpoint publishes no tracks",
+            ));
+        }
+        if ep.tracks.len() + tracks.len() > self.config.max_tracks_per_endpoint {
+            return Err(RouterError::TooMany("tracks per endpoint"));
+        }
+        let room = ep.room;
+        for t in &tracks {
+            if t.layer_of.is_some() {
+                return Err(RouterError::Invalid(
+                    "tracks are added whole, without layers",
+                ));
+            }
+            if [
+                Some(t.payload_type),
+                t.rtx.map(|r| r.payload_type),
+                t.red_payload_type,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|pt| pt > 127)
+            {
+                return Err(RouterError::Invalid("payload type above 127"));
+            }
+            if t.red_payload_type.is_some_and(|red| {
+                t.kind != MediaKind::Audio
+                    || red == t.payload_type
+                    || t.rtx.is_some_and(|r| r.payload_type == red)
+            }) {
+                return Err(RouterError::Invalid(
+                    "a RED payload type needs an audio track and a number of its own",
+                ));
+            }
+        }
+        let own: Vec<u32> = tracks
+            .iter()
+            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
+            .flatten()
+            .collect();
+        for (i, &ssrc) in own.iter().enumerate() {
+            if own[..i].contains(&ssrc) || self.ssrc_taken(ssrc) {
+                return Err(RouterError::DuplicateSsrc(ssrc));
+            }
+        }
+        if let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) {
+            ep.tracks.extend(tracks.iter().copied());
+        }
+        for &t in &tracks {
+            self.add_producer(slot, t, now);
+        }
+        // `producers_added` takes at most 32 new tracks at a time.
+        for chunk in tracks.chunks(32) {
+            self.producers_added(slot, room, chunk, now);
+        }
+        Ok(())
+    }
+
+    /// [`super::Command::RemoveTracks`]: checks every SSRC first, so a
+    /// refused command changes nothing. The endpoint stays a speaker of
+    /// its room until it leaves (a trunk keeps its audio tracks' slot).
+    pub(super) fn remove_tracks(
+        &mut self,
+        id: EndpointId,
+        ssrcs: &[u32],
+        now: Instant,
+    ) -> Result<(), RouterError> {
+        let slot = *self.by_id.get(&id).ok_or(RouterError::UnknownEndpoint)?;
+        let ep = self.endpoint(slot).ok_or(RouterError::UnknownEndpoint)?;
+        let room = ep.room;
+        for &ssrc in ssrcs {
+            let single = ep
+                .tracks
+                .iter()
+                .any(|t| t.ssrc == ssrc && t.layer_of.is_none())
+                && !ep.tracks.iter().any(|t| t.layer_of == Some(ssrc))
+                && self
+                    .producers
+                    .get(&ssrc)
+                    .is_some_and(|p| p.layers.len() <= 1);
+            if !single {
+                return Err(RouterError::Invalid(
+                    "not a single-layer track of this endpoint",
+                ));
+            }
+        }
+        for &ssrc in ssrcs {
+            if let Some(p) = self.producers.remove(&ssrc) {
+                if let Some(rtx) = p.rtx_ssrc {
+                    self.rtx_ssrcs.remove(&rtx);
+                }
+                for (s, c) in p.fanout {
+                    if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
+                        && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+                    {
+                        consumer.attached = false;
+                    }
+                }
+            }
+        }
+        if let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) {
+            ep.tracks.retain(|t| !ssrcs.contains(&t.ssrc));
+        }
+        self.refresh_slots(room, now);
+        Ok(())
+    }
+
     pub(super) fn remove_endpoint(&mut self, id: EndpointId) -> Result<(), RouterError> {
         let slot = self.by_id.remove(&id).ok_or(RouterError::UnknownEndpoint)?;
         let ep = self
@@ -1722,6 +1840,11 @@ impl Router {
                         slot: c.slot,
                         ssrc: c.ssrc,
                         producer_ssrc: if c.attached { c.source } else { None },
+                        codec: c
+                            .source
+                            .filter(|_| c.attached)
+                            .and_then(|p| self.producers.get(&p))
+                            .map(|p| p.codec),
                         payload_type: c.payload_type,
                         rtx_ssrc: c.rtx.as_ref().map(|r| r.ssrc),
                     })
