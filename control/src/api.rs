@@ -797,6 +797,7 @@ impl EndpointBody {
             participant,
             audio_level_extension: self.audio_level_extension,
             red_payload_type: self.red_payload_type,
+            local_master: None,
         })
     }
 }
@@ -823,6 +824,7 @@ fn consumers_json(consumers: &[ConsumerInfo]) -> Value {
                 "producer_ssrc": c.producer_ssrc,
                 "payload_type": c.payload_type,
                 "rtx_ssrc": c.rtx_ssrc,
+                "codec": c.codec.map(|c| c.name()),
             })
         })
         .collect()

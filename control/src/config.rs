@@ -1095,6 +1095,15 @@ settings! {
                 /// Load percent above which placement avoids a node [default: 80].
                 #[arg(long = "cluster-stress-percent", value_name = "PERCENT")]
             ];
+        /// Endpoints a room has on its origin before its new subscribers
+        /// are placed on relays (other nodes that the origin feeds over a
+        /// cascade trunk); 0: never.
+        relay_after: u32 = 250,
+            env "SFU_CLUSTER_RELAY_AFTER",
+            flag [
+                /// Endpoints of a room on its origin before new subscribers go to relay nodes; 0: never [default: 250].
+                #[arg(long = "cluster-relay-after", value_name = "N")]
+            ];
     }
     extra {}
     /// The `[cluster]` table of one configuration layer: every key optional.

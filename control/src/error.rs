@@ -114,6 +114,11 @@ pub enum ApiError {
     /// 1`).
     #[error("room {0} moved while the request was forwarded; retry")]
     RoomMoved(String),
+    /// This node cannot relay the room (a relay's replica cannot be
+    /// made or its origin refused the trunk; 503): the origin that passed
+    /// the request serves it itself.
+    #[error("cannot relay the room here: {0}")]
+    RelayUnavailable(String),
     /// A bug or a state the control plane cannot explain (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -142,6 +147,7 @@ impl ApiError {
             | Self::WorkerStopped
             | Self::Draining
             | Self::OwnerUnreachable { .. }
+            | Self::RelayUnavailable(_)
             | Self::RoomMoved(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::WorkerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -175,6 +181,7 @@ impl ApiError {
             Self::Draining => "draining",
             Self::OwnerUnreachable { .. } => "owner_unreachable",
             Self::RoomMoved(_) => "room_moved",
+            Self::RelayUnavailable(_) => "relay_unavailable",
             Self::Internal(_) => "internal",
         }
     }

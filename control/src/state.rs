@@ -297,6 +297,9 @@ pub struct NewEndpoint {
     pub audio_level_extension: Option<u8>,
     /// Payload type it receives RED audio with (RFC 2198), if any.
     pub red_payload_type: Option<u8>,
+    /// The node's key || salt towards it, when the node chose it already
+    /// (a cascade trunk's, sent to the origin first); `None`: generated.
+    pub local_master: Option<Vec<u8>>,
 }
 
 /// What `POST /v1/rooms/{room}/endpoints` answers.
@@ -859,8 +862,21 @@ impl AppState {
             release();
             return Err(ApiError::Internal(format!("no worker {worker}")));
         };
-        let mut local_master = vec![0u8; new.profile.key_len() + new.profile.salt_len()];
-        rand::rng().fill_bytes(&mut local_master);
+        let key_len = new.profile.key_len() + new.profile.salt_len();
+        let local_master = match new.local_master {
+            Some(m) if m.len() == key_len => m,
+            Some(_) => {
+                release();
+                return Err(ApiError::BadKey(
+                    "the node's key has the wrong length".into(),
+                ));
+            }
+            None => {
+                let mut m = vec![0u8; key_len];
+                rand::rng().fill_bytes(&mut m);
+                m
+            }
+        };
         let config = EndpointConfig {
             id,
             room: room_id,
@@ -1119,6 +1135,117 @@ impl AppState {
             role: role_str(new.role).into(),
         });
         Ok((id_str, done))
+    }
+
+    /// Adds whole tracks to a publishing endpoint ([`Command::AddTracks`]):
+    /// a cascade trunk's, as the origin's consumers appear. Their SSRCs are
+    /// reserved on the node like a new endpoint's; WHEP offers them with
+    /// their codec (VP8, H.264, Opus; others are forwarded but not offered).
+    /// Blocks on the worker.
+    pub fn add_tracks(
+        &self,
+        room: &str,
+        endpoint: &str,
+        tracks: Vec<TrackConfig>,
+    ) -> Result<(), ApiError> {
+        let _serial = self.serial(room);
+        let ssrcs: Vec<u32> = tracks
+            .iter()
+            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
+            .flatten()
+            .collect();
+        let (id, worker) = {
+            let mut model = self.model_mut();
+            let (id, worker) = model.find_endpoint(room, endpoint)?;
+            for (i, s) in ssrcs.iter().enumerate() {
+                if ssrcs[..i].contains(s) || model.ssrcs.contains(s) {
+                    return Err(ApiError::DuplicateSsrc(*s));
+                }
+            }
+            model.ssrcs.extend(ssrcs.iter().copied());
+            (id, worker)
+        };
+        let producers: Vec<Producer> = tracks
+            .iter()
+            .filter_map(|t| {
+                let codec = match t.codec {
+                    sfu_core::codec::Codec::Opus => CodecChoice::Opus,
+                    sfu_core::codec::Codec::Vp8 => CodecChoice::Vp8,
+                    sfu_core::codec::Codec::H264 => CodecChoice::H264,
+                    _ => return None,
+                };
+                Some(Producer {
+                    publisher: id,
+                    kind: t.kind,
+                    ssrc: t.ssrc,
+                    codec,
+                    red: t.red_payload_type.is_some(),
+                })
+            })
+            .collect();
+        if let Err(e) = self.request(
+            worker,
+            Command::AddTracks {
+                endpoint: id,
+                tracks,
+            },
+            None,
+        ) {
+            self.model_mut().release(worker, &ssrcs, None);
+            return Err(named(endpoint)(e));
+        }
+        let mut model = self.model_mut();
+        if let Some(e) = model.endpoints.get_mut(endpoint) {
+            e.ssrcs.extend(ssrcs.iter().copied());
+            e.tracks.extend(producers);
+        }
+        Ok(())
+    }
+
+    /// Removes tracks a publishing endpoint added whole
+    /// ([`Command::RemoveTracks`]) and frees their SSRCs and those of their
+    /// RTX streams (`rtx`). Blocks on the worker.
+    pub fn remove_tracks(
+        &self,
+        room: &str,
+        endpoint: &str,
+        ssrcs: &[u32],
+        rtx: &[u32],
+    ) -> Result<(), ApiError> {
+        let _serial = self.serial(room);
+        let (id, worker) = self.model().find_endpoint(room, endpoint)?;
+        self.request(
+            worker,
+            Command::RemoveTracks {
+                endpoint: id,
+                ssrcs: ssrcs.to_vec(),
+            },
+            None,
+        )
+        .map_err(named(endpoint))?;
+        let mut model = self.model_mut();
+        let mut freed: Vec<u32> = Vec::new();
+        if let Some(e) = model.endpoints.get_mut(endpoint) {
+            e.tracks.retain(|p| !ssrcs.contains(&p.ssrc));
+            let gone = |s: &u32| ssrcs.contains(s) || rtx.contains(s);
+            freed.extend(e.ssrcs.iter().copied().filter(gone));
+            e.ssrcs.retain(|s| !gone(s));
+        }
+        model.release(worker, &freed, None);
+        Ok(())
+    }
+
+    /// Whether `room` has endpoint `endpoint` here.
+    pub fn has_endpoint(&self, room: &str, endpoint: &str) -> bool {
+        self.model().find_endpoint(room, endpoint).is_ok()
+    }
+
+    /// The worker a room lives on, and its endpoints' count.
+    pub fn room_worker(&self, room: &str) -> Option<(usize, usize)> {
+        self.model()
+            .rooms
+            .get(room)
+            .map(|r| (r.worker, r.endpoints.len()))
     }
 
     /// `PUT /v1/rooms/{room}/endpoints/{id}/subscriptions`. Blocks on the worker.

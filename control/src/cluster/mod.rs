@@ -65,6 +65,7 @@
 //! `owner_unreachable` with `Retry-After: 1`.
 
 pub mod proxy;
+pub mod relay;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -140,6 +141,10 @@ pub struct Cluster {
     /// When each dead node was first seen dead.
     dead_since: Mutex<HashMap<String, Instant>>,
     redis_up: AtomicBool,
+    /// Rooms relayed here, and as an origin the relays of its rooms.
+    relays: relay::Relays,
+    /// The API secret: tokens for requests to peers (trunks).
+    secret: Vec<u8>,
     /// Whether the owned rooms must be claimed again (start, after an
     /// outage).
     resync: AtomicBool,
@@ -158,6 +163,10 @@ struct Counters {
     takeovers: AtomicU64,
     conflicts: AtomicU64,
     heartbeats: AtomicU64,
+    trunks_opened: AtomicU64,
+    trunks_closed: AtomicU64,
+    relayed: AtomicU64,
+    relay_fallbacks: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +207,8 @@ impl Cluster {
             conflicts: Mutex::new(HashSet::new()),
             dead_since: Mutex::new(HashMap::new()),
             redis_up: AtomicBool::new(false),
+            relays: relay::Relays::default(),
+            secret: secret.to_vec(),
             resync: AtomicBool::new(true),
             counters: Counters::default(),
         })
@@ -373,7 +384,8 @@ impl Cluster {
     /// that passed it here).
     pub async fn route(&self, room: &str, create: bool, via: &[String]) -> Result<Route, ApiError> {
         let forwarded = !via.is_empty();
-        if self.state.has_room(room) {
+        // A relay's replica is not the room: its owner serves requests.
+        if self.state.has_room(room) && !self.is_relay(room) {
             return Ok(Route::Local);
         }
         let Some(store) = &self.store else {
@@ -426,6 +438,7 @@ impl Cluster {
             };
             match result {
                 Ok(Some(now)) if now == self.me => {
+                    self.adopt_relay(room).await;
                     if self.own(room)
                         && let Some(dead) = &owner
                     {
@@ -536,7 +549,14 @@ impl Cluster {
     /// Claims the local rooms not known to be owned, releases owned rooms
     /// no longer here; after an outage (or at start) checks every one.
     async fn reconcile(&self, store: &Store) {
-        let local: HashSet<String> = self.state.rooms().into_iter().map(|r| r.room).collect();
+        let local: HashSet<String> = self
+            .state
+            .rooms()
+            .into_iter()
+            .map(|r| r.room)
+            .filter(|r| !self.is_relay(r))
+            .collect();
+        self.forget_relays(&local);
         if self.resync.swap(false, Ordering::Relaxed) {
             // Rooms an earlier run of this node (same id) owned, or rooms
             // claimed during the outage by requests that failed.
@@ -666,8 +686,12 @@ impl Cluster {
         }
     }
 
-    /// Creates a room taken over (empty: its participants rejoin).
+    /// Creates a room taken over (empty: its participants rejoin); a
+    /// room relayed here becomes this node's with its subscribers.
     async fn recreate(&self, room: &str) {
+        if self.adopt_relay(room).await {
+            return;
+        }
         let state = Arc::clone(&self.state);
         let name = room.to_owned();
         let created = tokio::task::spawn_blocking(move || state.create_room(&name, None)).await;
@@ -752,6 +776,7 @@ impl Cluster {
             "dead": registry.dead,
             "unreadable_entries": registry.unreadable,
             "owned_rooms": owned,
+            "relayed_rooms": self.relayed_rooms(),
         })
     }
 
@@ -782,6 +807,11 @@ impl Cluster {
             "sfu_cluster_owned_rooms",
             "Rooms this node owns in the cluster.",
             lock(&self.owned).len().to_string(),
+        );
+        gauge(
+            "sfu_cluster_relayed_rooms",
+            "Rooms this node relays for their origin (a replica fed by a cascade trunk).",
+            self.relayed_rooms().len().to_string(),
         );
         header(
             out,
@@ -831,7 +861,7 @@ impl Cluster {
                 );
             }
         }
-        let counters: [CounterFamily<'_>; 7] = [
+        let counters: [CounterFamily<'_>; 10] = [
             (
                 "sfu_cluster_redis_errors_total",
                 "Redis commands that failed or timed out.",
@@ -872,6 +902,24 @@ impl Cluster {
                 "sfu_cluster_heartbeats_total",
                 "Registry entries written.",
                 &[("", &c.heartbeats)],
+            ),
+            (
+                "sfu_cluster_relay_trunks_total",
+                "Cascade trunks this node opened and closed as a relay.",
+                &[
+                    ("event=\"opened\"", &c.trunks_opened),
+                    ("event=\"closed\"", &c.trunks_closed),
+                ],
+            ),
+            (
+                "sfu_cluster_relayed_subscribers_total",
+                "New subscribers this node, as a room's origin, passed to relay nodes.",
+                &[("", &c.relayed)],
+            ),
+            (
+                "sfu_cluster_relay_fallbacks_total",
+                "New subscribers a relay node refused, served by this node (the origin) instead.",
+                &[("", &c.relay_fallbacks)],
             ),
         ];
         for (name, help, samples) in counters {
@@ -1005,7 +1053,10 @@ pub async fn verify_forwarded(
 
 /// Middleware (after the token check): serves a request for a room here,
 /// or passes it to the room's owner, or places a new room (see the module
-/// doc). `POST /v1/rooms` is routed by the `room` of its JSON body.
+/// doc). `POST /v1/rooms` is routed by the `room` of its JSON body. A
+/// request for an endpoint a relay serves is passed to that relay; a new
+/// subscriber of a room with [`ClusterConfig::relay_after`] endpoints here
+/// is passed to a relay node ([`relay`]).
 pub async fn route_requests(State(api): State<ApiState>, request: Request, next: Next) -> Response {
     let cluster = Arc::clone(&api.cluster);
     // A cluster of one serves everything here; only a draining node looks
@@ -1019,6 +1070,10 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
         .map(|v| v.0.clone())
         .unwrap_or_default();
     let path = request.uri().path().to_owned();
+    // Marks only a node can set: its signature covers the query.
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let flag = |f: &str| !via.is_empty() && query.split('&').any(|q| q == f);
+    let (trunk, relay_here) = (flag("trunk=1"), flag("relay=1"));
     let (request, body, room, create) = if path == "/v1/rooms" && request.method() == Method::POST {
         let (parts, body) = request.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
@@ -1044,7 +1099,68 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
             None => return next.run(request).await,
         }
     };
+    let subscriber_post = *request.method() == Method::POST && subscriber_create(&path);
+    if relay_here && subscriber_post {
+        // The origin passed a new subscriber here.
+        if let Err(e) = cluster.ensure_relay(&room).await {
+            tracing::info!(room, error = %e, "cannot relay");
+            return e.into_response();
+        }
+        let answer = next.run(request).await;
+        return cluster.record_relayed(&room, answer).await;
+    }
+    // An endpoint here is served here (a relay's too); one served by a
+    // relay is passed there, wherever the request arrived.
+    let endpoint = endpoint_of(&path);
+    if let Some(e) = &endpoint
+        && api.node.has_endpoint(&room, e)
+    {
+        return next.run(request).await;
+    }
+    if let Some(endpoint) = endpoint
+        && let Some(peer) = cluster.relay_of(&room, &endpoint).await
+    {
+        let (parts, rest) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(rest, MAX_BODY_BYTES).await else {
+            return ApiError::PayloadTooLarge.into_response();
+        };
+        return cluster.forward(&peer, parts, body, &room, &via).await;
+    }
     match cluster.route(&room, create, &via).await {
+        Ok(Route::Local) if subscriber_post && !trunk => {
+            let Some(peer) = cluster.relay_target(&room).await else {
+                return next.run(request).await;
+            };
+            let (parts, rest) = request.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(rest, MAX_BODY_BYTES).await else {
+                return ApiError::PayloadTooLarge.into_response();
+            };
+            if !is_subscriber_body(&path, &bytes) {
+                return next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+            }
+            let Some(relayed) = with_relay_mark(&parts) else {
+                return next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+            };
+            let answer = cluster
+                .forward(&peer, relayed, bytes.clone(), &room, &via)
+                .await;
+            if answer.status().is_success() {
+                cluster.relayed_to(&room, &peer.id);
+                return answer;
+            }
+            // The relay could not take it: served here after all.
+            cluster
+                .counters
+                .relay_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(room, node = %peer.id, status = %answer.status(), "relay refused a subscriber; served here");
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Ok(Route::Local) => next.run(request).await,
         Ok(Route::Peer(peer)) => {
             let (parts, rest) = request.into_parts();
@@ -1060,6 +1176,59 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether `path` creates a subscriber when POSTed: WHEP, or an endpoint
+/// of the JSON API (whose body says its role, [`is_subscriber_body`]).
+fn subscriber_create(path: &str) -> bool {
+    let tail = |p: &str| p.split_once('/').map(|(_, t)| t.to_owned());
+    match path.strip_prefix("/v1/rooms/").and_then(tail) {
+        Some(t) => t == "endpoints",
+        None => path
+            .strip_prefix("/whep/")
+            .is_some_and(|r| !r.is_empty() && !r.contains('/')),
+    }
+}
+
+/// Whether a subscriber-creating request's body asks for a subscriber
+/// only (WHEP always does).
+fn is_subscriber_body(path: &str, body: &[u8]) -> bool {
+    if path.starts_with("/whep/") {
+        return true;
+    }
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("role").and_then(Value::as_str) == Some("subscribe"))
+}
+
+/// The endpoint a path names: `/v1/rooms/{room}/endpoints/{id}...` or
+/// `/whep/{room}/{id}...`.
+fn endpoint_of(path: &str) -> Option<String> {
+    let id = if let Some(rest) = path.strip_prefix("/v1/rooms/") {
+        let (_, rest) = rest.split_once('/')?;
+        rest.strip_prefix("endpoints/")?.split('/').next()?
+    } else {
+        let rest = path.strip_prefix("/whep/")?;
+        rest.split_once('/')?.1.split('/').next()?
+    };
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// `parts` for a relay: their path with `relay=1` in the query.
+fn with_relay_mark(parts: &axum::http::request::Parts) -> Option<axum::http::request::Parts> {
+    let path = parts.uri.path();
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}&relay=1"),
+        None => format!("{path}?relay=1"),
+    };
+    let mut request = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .version(parts.version)
+        .body(())
+        .ok()?;
+    *request.headers_mut() = parts.headers.clone();
+    Some(request.into_parts().0)
 }
 
 #[cfg(test)]

@@ -133,7 +133,8 @@ impl Proxy {
     /// Sends the request `parts` with `body` to the node at `base`
     /// (`http://host:port`), marked with `forwarded` (a [`FORWARDED`]
     /// value); returns its answer with hop-by-hop headers removed and
-    /// [`SERVED_BY`] set to `owner`.
+    /// [`SERVED_BY`] set to `owner` (unless the peer set it: it passed the
+    /// request on).
     pub async fn forward(
         &self,
         base: &str,
@@ -183,7 +184,11 @@ impl Proxy {
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
         }
-        if let Ok(v) = HeaderValue::from_str(owner) {
+        // The node that served it, when the peer passed it on again (to a
+        // relay).
+        if !parts.headers.contains_key(SERVED_BY)
+            && let Ok(v) = HeaderValue::from_str(owner)
+        {
             parts.headers.insert(SERVED_BY, v);
         }
         Ok(Response::from_parts(parts, Body::new(incoming)))

@@ -441,6 +441,66 @@ impl Store {
 
     /// Forgets a dead node whose rooms were all taken over: its set and its
     /// member of the node set, unless it came back meanwhile.
+    /// Records that relay node `node` serves endpoint `endpoint` of `room`
+    /// (`{NAME}:relayed:ROOM`, endpoint → node), so a request for it
+    /// reaching any node is passed there.
+    pub async fn relayed_set(
+        &self,
+        room: &str,
+        endpoint: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        let (key, endpoint, node) = (
+            self.key(&format!("relayed:{room}")),
+            endpoint.to_owned(),
+            node.to_owned(),
+        );
+        self.run(|mut c| async move { c.hset(&key, &endpoint, &node).await })
+            .await
+    }
+
+    /// The relay node serving endpoint `endpoint` of `room`, if any.
+    pub async fn relayed_get(
+        &self,
+        room: &str,
+        endpoint: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (key, endpoint) = (self.key(&format!("relayed:{room}")), endpoint.to_owned());
+        self.run(|mut c| async move { c.hget(&key, &endpoint).await })
+            .await
+    }
+
+    /// Forgets relayed endpoints of `room`: those named, or all of the
+    /// node `node`'s when `endpoints` is empty (its relay closed).
+    pub async fn relayed_forget(
+        &self,
+        room: &str,
+        node: &str,
+        endpoints: &[String],
+    ) -> Result<(), StoreError> {
+        let (key, node, endpoints) = (
+            self.key(&format!("relayed:{room}")),
+            node.to_owned(),
+            endpoints.to_vec(),
+        );
+        self.run(|mut c| async move {
+            let gone: Vec<String> = if endpoints.is_empty() {
+                let all: std::collections::HashMap<String, String> = c.hgetall(&key).await?;
+                all.into_iter()
+                    .filter(|(_, n)| *n == node)
+                    .map(|(e, _)| e)
+                    .collect()
+            } else {
+                endpoints
+            };
+            if !gone.is_empty() {
+                c.hdel::<_, _, ()>(&key, &gone).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn forget(&self, id: &str) -> Result<(), StoreError> {
         let (entry, rooms, nodes, id) = (
             self.node_key(id),
