@@ -1298,7 +1298,9 @@ impl Drop for Viewer {
 
 #[test]
 fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
-    const VIEWERS: usize = 24;
+    // The origin keeps 6 (8 endpoints with the publishers), the first
+    // relay takes 8, the second 6 (and then a WHEP viewer).
+    const VIEWERS: usize = 20;
     let redis = Redis::start();
     let flags = ["--cluster-relay-after", "8"];
     let nodes: Vec<Node> = ["c1", "c2", "c3"]
@@ -1324,13 +1326,14 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
         *by_node.entry(v.served_by.clone()).or_default() += 1;
     }
     println!("CASCADE viewers by serving node (origin {owner}): {by_node:?}");
-    // The origin keeps 6 (8 endpoints with the publishers), then each
-    // relay takes up to 8, then the origin again.
+    let mut shares: Vec<usize> = by_node.values().copied().collect();
+    shares.sort_unstable();
     assert_eq!(
-        by_node.len(),
-        3,
+        shares,
+        [6, 6, 8],
         "the room spans the three nodes: {by_node:?}"
     );
+    assert_eq!(by_node[&owner], 6, "the origin's share: {by_node:?}");
     for n in &nodes {
         if n.id != owner {
             assert_eq!(
@@ -1341,7 +1344,7 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
             );
         }
     }
-    assert!(origin.metric("sfu_cluster_relayed_subscribers_total") >= 16.0);
+    assert_eq!(origin.metric("sfu_cluster_relayed_subscribers_total"), 14.0);
     // Steady media, then every relay viewer asks for keyframes: the PLIs
     // reach the publishers on the origin through the trunks.
     thread::sleep(Duration::from_secs(3));
@@ -1362,6 +1365,45 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
             "a relay viewer's PLI did not reach the publishers: {plis_before:?}"
         );
         thread::sleep(Duration::from_millis(20));
+    }
+    // A WHEP viewer through the origin lands on the relay with room left,
+    // and gets the publishers' video from it.
+    let (_, room, _) = origin.get("/v1/rooms/big");
+    let origin_media: SocketAddr = room["media"]
+        .as_str()
+        .expect("media")
+        .parse()
+        .expect("addr");
+    let cert = DtlsCert::generate().expect("a certificate");
+    let reply = common::webrtc::send_to(
+        &origin.base,
+        "POST",
+        "/whep/big",
+        Some(&token_with(TEST_SECRET, "big", &[Grant::Subscribe])),
+        Some("application/sdp"),
+        &with_fingerprint(WHEP_OFFER, &cert),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let relay_id = reply.header("x-sfu-served-by").to_owned();
+    assert!(
+        relay_id != owner && by_node.get(&relay_id) == Some(&6),
+        "WHEP served by {relay_id}: {by_node:?}"
+    );
+    let answer = read_answer(&reply.text);
+    assert_ne!(answer.candidate, origin_media, "the relay's media address");
+    let mut whep = connect(&answer, "1GiB", &cert);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut video = 0;
+    while video < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the WHEP viewer on relay {relay_id} got {video} video packets"
+        );
+        if let Some((pt, _, _)) = whep.recv_rtp()
+            && pt == 96
+        {
+            video += 1;
+        }
     }
     // A relay viewer leaves through a node that does not serve it.
     let leaving = relayed[1];

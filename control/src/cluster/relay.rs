@@ -53,6 +53,8 @@
 //!   the new trunk's tracks as new producers.
 //! * A relay with no subscriber for [`IDLE_CLOSE`] closes: its trunk is
 //!   deleted on the origin and its replica removed.
+//! * A room deleted on its origin (nobody owns it any more) closes its
+//!   relays, with the subscribers they had.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -424,11 +426,13 @@ impl Cluster {
             .and_then(Value::as_array)
             .map(|cs| cs.iter().filter_map(track_of).collect())
             .unwrap_or_default();
+        // Its tracks are added once it exists: a trunk may carry more
+        // than a client may declare at creation.
         let new = NewEndpoint {
             role: Role::Publish,
             profile: TRUNK_PROFILE,
             remote_master: theirs,
-            tracks: tracks.clone(),
+            tracks: Vec::new(),
             // Learnt from the origin's first packet.
             remote: None,
             subscription: Subscription::All,
@@ -441,10 +445,20 @@ impl Cluster {
         };
         let state = Arc::clone(&self.state);
         let name = room.to_owned();
-        let created = tokio::task::spawn_blocking(move || state.create_endpoint(&name, new))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let initial = tracks.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            let created = state.create_endpoint(&name, new)?;
+            if !initial.is_empty()
+                && let Err(e) = state.add_tracks(&name, &created.id, initial)
+            {
+                let _ = state.delete_endpoint(&name, &created.id);
+                return Err(e);
+            }
+            Ok(created)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e: ApiError| e.to_string()));
         match created {
             Ok(c) => Ok(Trunk {
                 origin,
@@ -482,6 +496,18 @@ impl Cluster {
         self.counters.trunks_closed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Deletes the replica of a closed relay and forgets its endpoints.
+    async fn close_replica(&self, room: &str) {
+        let state = Arc::clone(&self.state);
+        let name = room.to_owned();
+        let _ = tokio::task::spawn_blocking(move || state.delete_room(&name)).await;
+        if let Some(store) = &self.store
+            && let Err(e) = store.relayed_forget(room, &self.me, &[]).await
+        {
+            self.failed("relayed", &e);
+        }
+    }
+
     /// Keeps the relay of `room` in step with its origin until it closes.
     async fn run_relay(self: Arc<Self>, room: String) {
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
@@ -504,14 +530,7 @@ impl Cluster {
                     }
                     lock(&self.relays.rooms).remove(&room);
                     drop(guard);
-                    let state = Arc::clone(&self.state);
-                    let name = room.clone();
-                    let _ = tokio::task::spawn_blocking(move || state.delete_room(&name)).await;
-                    if let Some(store) = &self.store
-                        && let Err(e) = store.relayed_forget(&room, &self.me, &[]).await
-                    {
-                        self.failed("relayed", &e);
-                    }
+                    self.close_replica(&room).await;
                     tracing::info!(room, "relay closed: no subscriber left");
                     return;
                 }
@@ -519,8 +538,18 @@ impl Cluster {
                 idle_since = None;
             }
             let Some(trunk) = guard.as_mut() else {
-                // The origin went away: open a trunk to the room's owner now.
                 drop(guard);
+                // The room was closed (nobody owns it): so is its relay,
+                // with the subscribers it had here.
+                if let Some(store) = &self.store
+                    && let Ok(None) = store.owner(&room).await
+                {
+                    lock(&self.relays.rooms).remove(&room);
+                    self.close_replica(&room).await;
+                    tracing::info!(room, "relay closed: the room is gone");
+                    return;
+                }
+                // The origin went away: open a trunk to the room's owner now.
                 let _one = self.relays.opening.lock().await;
                 if subscribers > 0
                     && let Err(e) = self.attach_trunk(&room, &relay).await

@@ -435,7 +435,10 @@ pub enum Command {
     /// appear): each becomes a producer that the room's subscribers attach
     /// as they would a new publisher's. Whole tracks only (no `layer_of`);
     /// their SSRCs must be new on the worker, and the endpoint's tracks stay
-    /// within [`RouterConfig::max_tracks_per_endpoint`].
+    /// within [`RouterConfig::max_consumers_per_endpoint`] (a trunk
+    /// publishes what one subscriber of the origin receives; only the
+    /// control plane adds tracks, clients declare theirs at creation within
+    /// [`RouterConfig::max_tracks_per_endpoint`]).
     AddTracks {
         /// The publisher.
         endpoint: EndpointId,

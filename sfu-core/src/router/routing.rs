@@ -1484,7 +1484,8 @@ impl Router {
                 "a subscribe-only endpoint publishes no tracks",
             ));
         }
-        if ep.tracks.len() + tracks.len() > self.config.max_tracks_per_endpoint {
+        // A trunk publishes what one subscriber of the origin receives.
+        if ep.tracks.len() + tracks.len() > self.config.max_consumers_per_endpoint {
             return Err(RouterError::TooMany("tracks per endpoint"));
         }
         let room = ep.room;

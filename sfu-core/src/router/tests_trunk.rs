@@ -156,7 +156,7 @@ fn refused_track_changes_change_nothing() {
     bad.payload_type = 200;
     assert!(add(&mut router, now, vec![audio(9), bad]).is_err());
     // Over the track limit.
-    let many: Vec<TrackConfig> = (0..RouterConfig::default().max_tracks_per_endpoint as u32)
+    let many: Vec<TrackConfig> = (0..RouterConfig::default().max_consumers_per_endpoint as u32)
         .map(|i| audio(1000 + i))
         .collect();
     assert_eq!(
