@@ -798,6 +798,7 @@ impl EndpointBody {
             audio_level_extension: self.audio_level_extension,
             red_payload_type: self.red_payload_type,
             local_master: None,
+            main_worker: false,
         })
     }
 }
@@ -871,6 +872,7 @@ async fn get_endpoint(
 async fn create_endpoint(
     State(state): State<Arc<AppState>>,
     token: Token,
+    trunk: Option<axum::Extension<crate::cluster::TrunkRequest>>,
     Params(room): Params<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -882,7 +884,8 @@ async fn create_endpoint(
         // wants the media: operators only (see the README's security model).
         token.need(Some(&room), Need::OneOf(&[Grant::Admin, Grant::Trunk]))?;
     }
-    let new = body.validate(token.0.participant())?;
+    let mut new = body.validate(token.0.participant())?;
+    new.main_worker = trunk.is_some();
     let name = room.clone();
     let created = blocking(&state, move |s| s.create_endpoint(&room, new)).await?;
     let answer = json!({

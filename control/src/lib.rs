@@ -201,6 +201,7 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
+    shard_sync: JoinHandle<()>,
     supervisor: JoinHandle<()>,
     /// Keeps the WHEP sessions' event streams current.
     whep_events: JoinHandle<()>,
@@ -215,6 +216,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.server.abort();
         self.sampler.abort();
+        self.shard_sync.abort();
         self.supervisor.abort();
         self.whep_events.abort();
         self.cluster_task.abort();
@@ -363,6 +365,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )
         .await
     });
+    // Big rooms spread over the workers: shards follow their rooms'
+    // producers.
+    state.set_spread_after(config.cluster.relay_after as usize);
+    let shard_state = Arc::clone(&state);
+    let shard_sync = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state::shard::SHARD_SYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let state = Arc::clone(&shard_state);
+            let _ = tokio::task::spawn_blocking(move || state.sync_shards()).await;
+        }
+    });
     let sampler_state = Arc::clone(&state);
     let sampler = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RATE_INTERVAL);
@@ -393,6 +408,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop: Some(stop),
         server,
         sampler,
+        shard_sync,
         supervisor,
         whep_events,
         failed,
@@ -514,6 +530,7 @@ impl Running {
         self.state.whep_events().close_all();
         self.whep_events.abort();
         self.sampler.abort();
+        self.shard_sync.abort();
         self.supervisor.abort();
         if let Some(node) = self.node.take() {
             let joined = tokio::task::spawn_blocking(move || node.shutdown()).await;

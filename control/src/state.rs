@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ use sfu_core::router::{
 use sfu_core::sdp::CodecChoice;
 pub use sfu_core::sdp::assumed_codec;
 use sfu_core::srtp::Profile;
+
+pub mod shard;
 
 use crate::error::ApiError;
 use crate::events::{Events, NodeEvent, RoomEndReason};
@@ -91,6 +93,9 @@ pub struct AppState {
     /// last saw them ([`AppState::close_empty_rooms`]).
     empty_since: Mutex<HashMap<String, Instant>>,
     draining: AtomicBool,
+    /// A room's endpoints on its main worker before new subscribers go to
+    /// shards on other workers ([`shard`]); 0: never.
+    spread_after: AtomicUsize,
     /// Node events for `GET /v1/events` and webhooks.
     events: Events,
     /// The WHEP sessions' event streams ([`crate::whep_events`]).
@@ -234,6 +239,8 @@ struct RoomEntry {
     id: RoomId,
     worker: usize,
     endpoints: BTreeSet<String>,
+    /// Its replicas on other workers ([`shard`]).
+    shards: Vec<shard::Shard>,
 }
 
 #[derive(Debug)]
@@ -300,6 +307,9 @@ pub struct NewEndpoint {
     /// The node's key || salt towards it, when the node chose it already
     /// (a cascade trunk's, sent to the origin first); `None`: generated.
     pub local_master: Option<Vec<u8>>,
+    /// Whether it must join the room's main worker, never a shard (a
+    /// relay node's trunk).
+    pub main_worker: bool,
 }
 
 /// What `POST /v1/rooms/{room}/endpoints` answers.
@@ -375,6 +385,7 @@ impl AppState {
             rooms_policy,
             empty_since: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            spread_after: AtomicUsize::new(0),
         }
     }
 
@@ -690,6 +701,7 @@ impl AppState {
                 id,
                 worker,
                 endpoints: BTreeSet::new(),
+                shards: Vec::new(),
             },
         );
         model.load[worker].0 += 1;
@@ -785,11 +797,25 @@ impl AppState {
             Ok(_) | Err(ApiError::UnknownRoom(_)) => {}
             Err(e) => return Err(e),
         }
+        let shards = self
+            .model()
+            .rooms
+            .get(name)
+            .map(Self::shards_of)
+            .unwrap_or_default();
+        for &(w, shard) in &shards {
+            if let Err(e) = self.request(w, Command::DeleteRoom(shard), None) {
+                tracing::warn!(room = name, worker = w, error = %e, "cannot delete a shard");
+            }
+        }
         let mut model = self.model_mut();
         let Some(room) = model.rooms.remove(name) else {
             return Ok(());
         };
         model.load[worker].0 -= 1;
+        for (w, _) in shards {
+            model.load[w].0 = model.load[w].0.saturating_sub(1);
+        }
         for ep in &room.endpoints {
             model.forget_endpoint(ep);
         }
@@ -834,6 +860,12 @@ impl AppState {
                 })
                 .collect()
         };
+        // A subscriber may go to a shard of a big room.
+        let home = if new.role == Role::Subscribe && !new.main_worker {
+            Some(self.subscriber_home(room)?)
+        } else {
+            None
+        };
         // Check and reserve what other rooms share, atomically.
         let (room_id, worker, id, id_str) = {
             let mut model = self.model_mut();
@@ -841,7 +873,7 @@ impl AppState {
                 .rooms
                 .get(room)
                 .ok_or_else(|| ApiError::UnknownRoom(room.to_owned()))?;
-            let (room_id, worker) = (entry.id, entry.worker);
+            let (room_id, worker) = home.unwrap_or((entry.id, entry.worker));
             if let Some(&taken) = ssrcs.iter().find(|s| model.ssrcs.contains(s)) {
                 return Err(ApiError::DuplicateSsrc(taken));
             }
@@ -1888,6 +1920,7 @@ mod tests {
             id: RoomId(1),
             worker: 0,
             endpoints: ["a".to_owned(), "b".to_owned()].into(),
+            shards: Vec::new(),
         };
         let info = |endpoint: u64, kind: MediaKind, ssrc: u32, rid: Option<&str>| ProducerInfo {
             endpoint: EndpointId(endpoint),

@@ -21,6 +21,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::plain::{Publisher, Viewer};
 use common::webrtc::{WHEP_OFFER, connect, read_answer, with_fingerprint};
 use common::{TEST_SECRET, b64, token_with};
 use control::auth::Grant;
@@ -1073,229 +1074,6 @@ fn a_redis_cluster_holds_the_registry_and_the_owners() {
     assert!(nodes[alive].metric("sfu_cluster_takeovers_total") >= 1.0);
 }
 
-/// An SRTP context of `profile` AES-128-GCM from a 28-byte master.
-fn gcm(master: &[u8]) -> sfu_core::srtp::SrtpContext {
-    let (k, salt) = master.split_at(16);
-    sfu_core::srtp::SrtpContext::new(
-        sfu_core::srtp::Profile::AeadAes128Gcm,
-        k,
-        salt,
-        sfu_core::srtp::SrtpConfig::default(),
-    )
-    .expect("a context")
-}
-
-/// A publisher of one video track (100 packets/s) that counts the PLIs
-/// the node sends it.
-struct Publisher {
-    plis: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Publisher {
-    fn start(base: &str, room: &str, ssrc: u32) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .expect("timeout");
-        let master = [0x42u8; 28];
-        let body = json!({
-            "role": "publish",
-            "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&master)},
-            "tracks": [{"kind": "video", "ssrc": ssrc, "payload_type": 96}],
-        });
-        let (status, answer, text) = send(
-            base,
-            "POST",
-            &format!("/v1/rooms/{room}/endpoints"),
-            &body.to_string(),
-        );
-        assert_eq!(status, 201, "publisher: {text}");
-        let media: SocketAddr = answer["media"]
-            .as_str()
-            .expect("media")
-            .parse()
-            .expect("addr");
-        let node_key = {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(answer["srtp"]["key"].as_str().expect("key"))
-                .expect("base64")
-        };
-        let (plis, sent, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (p, n, s) = (Arc::clone(&plis), Arc::clone(&sent), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            let mut tx = gcm(&master);
-            let mut rx = gcm(&node_key);
-            let mut seq = 0u16;
-            let mut next = Instant::now();
-            let mut buf = [0u8; 1500];
-            while !s.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
-                    next += Duration::from_millis(10);
-                    let mut pkt = [0u8; 1500];
-                    pkt[0] = 0x80;
-                    pkt[1] = 96;
-                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                    pkt[4..8].copy_from_slice(&(u32::from(seq) * 900).to_be_bytes());
-                    pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
-                    let len = tx.protect_rtp(&mut pkt, 12 + 300).expect("protect");
-                    let _ = socket.send_to(&pkt[..len], media);
-                    seq = seq.wrapping_add(1);
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Ok((len, from)) = socket.recv_from(&mut buf)
-                    && from == media
-                    && let Ok(plain) = rx.unprotect_rtcp(&mut buf[..len])
-                {
-                    let mut o = 0;
-                    while o + 4 <= plain {
-                        let (fmt, pt) = (buf[o] & 0x1f, buf[o + 1]);
-                        if pt == 206 && fmt == 1 {
-                            p.fetch_add(1, Ordering::Relaxed);
-                        }
-                        o += (usize::from(u16::from_be_bytes([buf[o + 2], buf[o + 3]])) + 1) * 4;
-                    }
-                }
-            }
-        });
-        Self {
-            plis,
-            sent,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Per SSRC: (packets, lost, last sequence number).
-type Streams = BTreeMap<u32, (u64, u64, u16)>;
-
-/// A subscriber of everything in a room: packets and sequence gaps per
-/// SSRC, from the node that answered its POST.
-struct Viewer {
-    id: String,
-    served_by: String,
-    media: SocketAddr,
-    socket: Arc<UdpSocket>,
-    seen: Arc<Mutex<Streams>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Viewer {
-    /// Joins `room` through `node`.
-    fn join(node: &Node, room: &str) -> Self {
-        let base = node.base.as_str();
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind"));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("timeout");
-        let body = json!({
-            "role": "subscribe",
-            "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&[0x43u8; 28])},
-            "remote": socket.local_addr().expect("bound").to_string(),
-        });
-        let (status, text, served_by) = try_send(
-            base,
-            "POST",
-            &format!("/v1/rooms/{room}/endpoints"),
-            &body.to_string(),
-        )
-        .expect("an answer");
-        assert_eq!(status, 201, "viewer via {base}: {text}");
-        let answer: Value = serde_json::from_str(&text).expect("JSON");
-        let media: SocketAddr = answer["media"]
-            .as_str()
-            .expect("media")
-            .parse()
-            .expect("addr");
-        let seen = Arc::new(Mutex::new(BTreeMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sock, map, s) = (Arc::clone(&socket), Arc::clone(&seen), Arc::clone(&stop));
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                // RTP only (RTCP payload types 200-207 after the marker).
-                if from != media || n < 12 || (192..=207).contains(&buf[1]) {
-                    continue;
-                }
-                let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-                let seq = u16::from_be_bytes([buf[2], buf[3]]);
-                let mut map = map.lock().expect("lock");
-                let e = map.entry(ssrc).or_insert((0, 0, seq.wrapping_sub(1)));
-                let gap = seq.wrapping_sub(e.2);
-                if (2..0x8000).contains(&gap) {
-                    e.1 += u64::from(gap - 1);
-                }
-                if gap < 0x8000 {
-                    e.2 = seq;
-                }
-                e.0 += 1;
-            }
-        });
-        Self {
-            id: answer["id"].as_str().expect("id").to_owned(),
-            // Empty: served by the node asked.
-            served_by: if served_by.is_empty() {
-                node.id.clone()
-            } else {
-                served_by
-            },
-            media,
-            socket,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Asks for a keyframe of every stream it receives (SRTCP PLIs).
-    fn request_keyframes(&self) {
-        let mut ctx = gcm(&[0x43u8; 28]);
-        let ssrcs: Vec<u32> = self.seen.lock().expect("lock").keys().copied().collect();
-        for media_ssrc in ssrcs {
-            let mut pkt = [0u8; 64];
-            pkt[..4].copy_from_slice(&[0x81, 206, 0, 2]);
-            pkt[4..8].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
-            pkt[8..12].copy_from_slice(&media_ssrc.to_be_bytes());
-            let n = ctx.protect_rtcp(&mut pkt, 12).expect("protect");
-            self.socket.send_to(&pkt[..n], self.media).expect("send");
-        }
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
     // The origin keeps 6 (8 endpoints with the publishers), the first
@@ -1314,12 +1092,15 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
     let origin = nodes.iter().find(|n| n.id == owner).expect("the owner");
     let mut publishers: Vec<Publisher> = [0x7000_0001u32, 0x7000_0002]
         .iter()
-        .map(|&ssrc| Publisher::start(&origin.base, "big", ssrc))
+        .map(|&ssrc| Publisher::start(&origin.base, &admin(), "big", ssrc))
         .collect();
     thread::sleep(Duration::from_millis(300));
     // Viewers join through the three nodes in turn (a load balancer).
     let viewers: Vec<Viewer> = (0..VIEWERS)
-        .map(|i| Viewer::join(&nodes[i % nodes.len()], "big"))
+        .map(|i| {
+            let node = &nodes[i % nodes.len()];
+            Viewer::join(&node.base, &node.id, &admin(), "big")
+        })
         .collect();
     let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
     for v in &viewers {

@@ -1074,6 +1074,10 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
     let query = request.uri().query().unwrap_or("").to_owned();
     let flag = |f: &str| !via.is_empty() && query.split('&').any(|q| q == f);
     let (trunk, relay_here) = (flag("trunk=1"), flag("relay=1"));
+    let mut request = request;
+    if trunk {
+        request.extensions_mut().insert(TrunkRequest);
+    }
     let (request, body, room, create) = if path == "/v1/rooms" && request.method() == Method::POST {
         let (parts, body) = request.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
@@ -1177,6 +1181,11 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
         Err(e) => e.into_response(),
     }
 }
+
+/// Marks a request of a relay node for its trunk (`?trunk=1` in a path a
+/// node signed): the trunk joins the room's main worker.
+#[derive(Debug, Clone, Copy)]
+pub struct TrunkRequest;
 
 /// Whether `path` creates a subscriber when POSTed: WHEP, or an endpoint
 /// of the JSON API (whose body says its role, [`is_subscriber_body`]).

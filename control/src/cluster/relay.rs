@@ -68,12 +68,13 @@ use axum::response::{IntoResponse as _, Response};
 use rand::RngCore as _;
 use serde_json::{Value, json};
 use sfu_core::codec::Codec;
-use sfu_core::router::{MediaKind, Role, RtxPayloadTypes, RtxStream, Subscription, TrackConfig};
+use sfu_core::router::{MediaKind, Role, RtxPayloadTypes, Subscription, TrackConfig};
 use sfu_core::srtp::Profile;
 
 use super::{Cluster, NodeEntry, lock};
 use crate::auth::{Claims, Grant};
 use crate::error::ApiError;
+use crate::state::shard::{TRUNK_RTX_PT, trunk_diff, trunk_track};
 use crate::state::{NewEndpoint, encode_key, parse_srtp};
 
 /// Relays one room may have.
@@ -84,9 +85,6 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A relay without subscribers this long closes.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
-
-/// The payload type of RTX on a trunk (video; audio has none).
-pub const TRUNK_RTX_PT: u8 = 127;
 
 /// The SRTP profile of trunks.
 const TRUNK_PROFILE: Profile = Profile::AeadAes128Gcm;
@@ -136,53 +134,18 @@ fn track_of(c: &Value) -> Option<TrackConfig> {
         "video" => MediaKind::Video,
         _ => return None,
     };
-    let codec = Codec::from_name(c.get("codec")?.as_str()?);
-    let ssrc = u32::try_from(c.get("ssrc")?.as_u64()?).ok()?;
-    let payload_type = u8::try_from(c.get("payload_type")?.as_u64()?)
-        .ok()
-        .filter(|&pt| pt <= 127 && pt != TRUNK_RTX_PT)?;
-    let rtx = c
-        .get("rtx_ssrc")
-        .and_then(Value::as_u64)
-        .and_then(|s| u32::try_from(s).ok())
-        .filter(|_| kind == MediaKind::Video)
-        .map(|ssrc| RtxStream {
-            ssrc,
-            payload_type: TRUNK_RTX_PT,
-        });
-    Some(TrackConfig {
+    let u32_of = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    trunk_track(
         kind,
-        ssrc,
-        payload_type,
-        codec,
-        rtx,
-        layer_of: None,
-        red_payload_type: None,
-        source: sfu_core::router::TrackSource::Camera,
-    })
-}
-
-/// What changes a trunk's tracks: SSRCs to remove (with their RTX SSRCs),
-/// then tracks to add.
-fn diff(
-    have: &HashMap<u32, TrackConfig>,
-    want: &[TrackConfig],
-) -> (Vec<u32>, Vec<u32>, Vec<TrackConfig>) {
-    let mut remove = Vec::new();
-    let mut rtx = Vec::new();
-    let mut add = Vec::new();
-    for t in want {
-        match have.get(&t.ssrc) {
-            Some(h) if h == t => {}
-            Some(h) => {
-                remove.push(h.ssrc);
-                rtx.extend(h.rtx.map(|r| r.ssrc));
-                add.push(*t);
-            }
-            None => add.push(*t),
-        }
-    }
-    (remove, rtx, add)
+        u32_of("ssrc")?,
+        u8::try_from(c.get("payload_type")?.as_u64()?).ok()?,
+        c.get("codec").and_then(Value::as_str).map(Codec::from_name),
+        u32_of("rtx_ssrc"),
+    )
 }
 
 impl Cluster {
@@ -442,6 +405,7 @@ impl Cluster {
             audio_level_extension: None,
             red_payload_type: None,
             local_master: Some(ours),
+            main_worker: true,
         };
         let state = Arc::clone(&self.state);
         let name = room.to_owned();
@@ -587,7 +551,7 @@ impl Cluster {
                 .and_then(Value::as_array)
                 .map(|cs| cs.iter().filter_map(track_of).collect())
                 .unwrap_or_default();
-            let (remove, rtx, add) = diff(&trunk.tracks, &want);
+            let (remove, rtx, add) = trunk_diff(&trunk.tracks, &want);
             if remove.is_empty() && add.is_empty() {
                 continue;
             }
@@ -628,8 +592,8 @@ impl Cluster {
         if after == 0 || !self.enabled() || self.is_relay(room) {
             return None;
         }
-        let (_, endpoints) = self.state.room_worker(room)?;
-        if endpoints < after {
+        // The node's own workers first (shards), then relay nodes.
+        if !self.state.has_room(room) || self.state.room_has_space(room) {
             return None;
         }
         let registry = self.registry().await?;
@@ -796,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trunks_tracks_follow_the_origins_consumers() {
+    fn a_trunks_tracks_are_the_origins_attached_consumers() {
         let v = track_of(&consumer(10, Some(1), "video", "VP8", 96)).unwrap();
         assert_eq!((v.ssrc, v.payload_type, v.codec), (10, 96, Codec::Vp8));
         assert_eq!(
@@ -809,13 +773,6 @@ mod tests {
         assert!(track_of(&consumer(30, None, "video", "VP8", 96)).is_none());
         assert!(track_of(&consumer(30, Some(3), "data", "VP8", 96)).is_none());
         assert!(track_of(&consumer(30, Some(3), "video", "VP8", TRUNK_RTX_PT)).is_none());
-
-        let have: HashMap<u32, TrackConfig> = [(10, v)].into();
-        // Same: nothing; a new codec behind SSRC 10: replaced; 20: added.
-        assert_eq!(diff(&have, &[v]), (vec![], vec![], vec![]));
-        let mut h264 = v;
-        h264.codec = Codec::H264;
-        assert_eq!(diff(&have, &[h264, a]), (vec![10], vec![11], vec![h264, a]));
     }
 
     #[test]

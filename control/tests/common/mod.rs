@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod events;
+pub mod plain;
 pub mod webrtc;
 
 use std::io::Read;
