@@ -1095,13 +1095,14 @@ settings! {
                 /// Load percent above which placement avoids a node [default: 80].
                 #[arg(long = "cluster-stress-percent", value_name = "PERCENT")]
             ];
-        /// Endpoints a room has on its origin before its new subscribers
-        /// are placed on relays (other nodes that the origin feeds over a
-        /// cascade trunk); 0: never.
+        /// Endpoints a room has on one worker before its new subscribers
+        /// go elsewhere: to a shard on another worker of the node, then to
+        /// relay nodes that the origin feeds over a cascade trunk; 0:
+        /// never (a room stays on its worker).
         relay_after: u32 = 250,
             env "SFU_CLUSTER_RELAY_AFTER",
             flag [
-                /// Endpoints of a room on its origin before new subscribers go to relay nodes; 0: never [default: 250].
+                /// Endpoints of a room on one worker before new subscribers go to other workers, then relay nodes; 0: never [default: 250].
                 #[arg(long = "cluster-relay-after", value_name = "N")]
             ];
     }

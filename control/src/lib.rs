@@ -46,8 +46,10 @@
 //!   (with no Redis URL, a cluster of one): its registry entry every
 //!   heartbeat, room owners set by compare-and-set, a middleware that
 //!   passes a request for a room owned elsewhere to the owner and places
-//!   new rooms, failover of dead nodes' rooms, drain, and serving alone
-//!   through a Redis outage.
+//!   new rooms, failover of dead nodes' rooms, drain, serving alone
+//!   through a Redis outage, and relay nodes for rooms larger than a node
+//!   ([`cluster::relay`]); [`state::shard`] spreads a big room over the
+//!   node's own workers first.
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
@@ -60,7 +62,11 @@
 //!   mutations (see below).
 //! * With a Redis URL, one task runs the cluster's heartbeat, registry
 //!   read, reconciliation and failover ([`cluster::Cluster::run`]);
-//!   forwarded requests run on their connection's task (hyper client).
+//!   forwarded requests run on their connection's task (hyper client);
+//!   each room relayed here has a task keeping its trunk in step with the
+//!   origin.
+//! * The shard task follows the producers of rooms spread over workers
+//!   every 250 ms ([`state::AppState::sync_shards`], on the blocking pool).
 //! * With webhooks on, the `sfu-webhook` thread delivers them (blocking
 //!   HTTP, one request at a time).
 //! * The `sfu-events` thread ([`pump`]) blocks on the workers' event

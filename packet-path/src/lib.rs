@@ -65,14 +65,16 @@
 //! Workers share nothing but their counters ([`WorkerHandle::stats`] reads
 //! relaxed atomics) and their command channel.
 //!
-//! # Rooms larger than one core (plan, not built yet)
-//! A room lives on one worker. When one room's egress exceeds what a core can
-//! send, its subscribers will be split across workers: the room gets a
-//! "shard" on a second worker that holds only subscribers, and the owning
-//! worker relays each publisher packet once (decrypted, or re-protected with
-//! a relay key) to the shard over the same relay mechanism that will later
-//! link nodes, which fans it out to its own subscribers. Each worker still
-//! owns its state alone; only the relay hop is added.
+//! # Rooms larger than one core
+//! A room lives on one worker. When it has `cluster.relay_after` endpoints
+//! there, the control plane (`control::state::shard`) gives it a shard on
+//! another worker that holds only subscribers, fed by a trunk: the room's
+//! worker sends each publisher packet once, re-protected with the trunk's
+//! key, from its socket to the shard worker's socket, as it would to a
+//! subscriber, and the shard fans it out to its own subscribers. The same
+//! trunks link nodes (`control::cluster::relay`). Nothing here changes:
+//! each worker still owns its state alone, and a trunk is an endpoint to
+//! both routers.
 //!
 //! # Panics
 //! Nothing received from the network can make this crate panic: datagrams go

@@ -42,6 +42,12 @@
 //!   channel `{NAME}:events`). Participants that lost media re-POST to any
 //!   node and land on the new owner; a re-POST that arrives before the
 //!   survivors moved places the room itself.
+//! * **Relays** ([`relay`]). A room whose origin can take no more
+//!   subscribers on its own workers ([`crate::state::shard`]) continues on
+//!   relay nodes: the origin passes a new subscriber's request to a relay
+//!   node, which keeps a replica of the room fed over an SRTP trunk from
+//!   the origin. A request for an endpoint a relay serves is passed to the
+//!   relay from any node.
 //! * **Drain.** A draining node ([`AppState::draining`]) registers as
 //!   `draining`; placement skips it and a request creating a room there is
 //!   passed to another node (503 `draining` when none is left). Its rooms

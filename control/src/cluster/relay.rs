@@ -2,10 +2,11 @@
 //! nodes, each fed by the origin over one SRTP trunk.
 //!
 //! # How a subscriber lands on a relay
-//! When a room has [`ClusterConfig::relay_after`] endpoints on its origin,
-//! the origin passes each new subscriber's request (`POST
-//! /v1/rooms/{room}/endpoints` with role `subscribe`, `POST /whep/{room}`)
-//! to a relay node with `?relay=1` in its signed path: a node already
+//! When a room's origin can take no more subscribers on its own workers
+//! (each holds [`crate::config::ClusterConfig::relay_after`] of the room's
+//! endpoints, see [`crate::state::shard`]), the origin passes each new
+//! subscriber's request (`POST /v1/rooms/{room}/endpoints` with role
+//! `subscribe`, `POST /whep/{room}`) to a relay node with `?relay=1` in its signed path: a node already
 //! relaying the room while the origin sent it fewer than `relay_after`
 //! subscribers, else the less loaded of two random serving nodes below the
 //! stress threshold. The relay node opens its relay of the room if it has
@@ -584,9 +585,10 @@ impl Cluster {
         }
     }
 
-    /// As the origin: a relay node for a new subscriber of `room`, if the
-    /// room has [`ClusterConfig::relay_after`] endpoints here and a peer
-    /// can take it.
+    /// As the origin: a relay node for a new subscriber of `room`, if no
+    /// worker here can take it (each holds
+    /// [`crate::config::ClusterConfig::relay_after`] of the room's
+    /// endpoints) and a peer can.
     pub async fn relay_target(&self, room: &str) -> Option<NodeEntry> {
         let after = self.config.relay_after as usize;
         if after == 0 || !self.enabled() || self.is_relay(room) {
