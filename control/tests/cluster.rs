@@ -1186,8 +1186,17 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
             video += 1;
         }
     }
-    // A relay viewer leaves through a node that does not serve it.
-    let leaving = relayed[1];
+    // A viewer of the full relay leaves through a node that does not
+    // serve it; the two relays have 7 viewers each now.
+    let full = by_node
+        .iter()
+        .find(|(n, c)| **n != owner && **c == 8)
+        .map(|(n, _)| n.clone())
+        .expect("a full relay");
+    let leaving = *relayed
+        .iter()
+        .find(|v| v.served_by == full)
+        .expect("a viewer of the full relay");
     let other = nodes
         .iter()
         .find(|n| n.id != leaving.served_by)
@@ -1198,7 +1207,25 @@ fn a_room_past_relay_after_spans_nodes_over_trunks_without_loss() {
         "DELETE of a relayed endpoint via {}: {text}",
         other.id
     );
+    // Two more viewers: the relays count who is there, not who came, so
+    // both land on relays (one each), not on the origin.
+    let late: Vec<Viewer> = (0..2)
+        .map(|_| Viewer::join(&origin.base, &origin.id, &admin(), "big"))
+        .collect();
+    let mut late_nodes: Vec<&str> = late.iter().map(|v| v.served_by.as_str()).collect();
+    late_nodes.sort_unstable();
+    assert!(
+        !late_nodes.contains(&owner.as_str()) && late_nodes[0] != late_nodes[1],
+        "late viewers on {late_nodes:?} (origin {owner})"
+    );
     thread::sleep(Duration::from_secs(1));
+    for v in &late {
+        assert_eq!(
+            v.seen.lock().expect("lock").len(),
+            2,
+            "a late viewer gets both"
+        );
+    }
     for p in &mut publishers {
         p.stop();
     }

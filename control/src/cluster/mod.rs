@@ -562,7 +562,6 @@ impl Cluster {
             .map(|r| r.room)
             .filter(|r| !self.is_relay(r))
             .collect();
-        self.forget_relays(&local);
         if self.resync.swap(false, Ordering::Relaxed) {
             // Rooms an earlier run of this node (same id) owned, or rooms
             // claimed during the outage by requests that failed.
@@ -1125,7 +1124,12 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
     if let Some(e) = &endpoint
         && api.node.has_endpoint(&room, e)
     {
-        return next.run(request).await;
+        let leaving = *request.method() == Method::DELETE && cluster.is_relay(&room);
+        let answer = next.run(request).await;
+        if leaving && answer.status().is_success() && !api.node.has_endpoint(&room, e) {
+            cluster.relayed_left(&room, e).await;
+        }
+        return answer;
     }
     if let Some(endpoint) = endpoint
         && let Some(peer) = cluster.relay_of(&room, &endpoint).await
@@ -1159,7 +1163,7 @@ pub async fn route_requests(State(api): State<ApiState>, request: Request, next:
                 .forward(&peer, relayed, bytes.clone(), &room, &via)
                 .await;
             if answer.status().is_success() {
-                cluster.relayed_to(&room, &peer.id);
+                cluster.relayed_to();
                 return answer;
             }
             // The relay could not take it: served here after all.

@@ -7,8 +7,8 @@
 //! endpoints, see [`crate::state::shard`]), the origin passes each new
 //! subscriber's request (`POST /v1/rooms/{room}/endpoints` with role
 //! `subscribe`, `POST /whep/{room}`) to a relay node with `?relay=1` in its signed path: a node already
-//! relaying the room while the origin sent it fewer than `relay_after`
-//! subscribers, else the less loaded of two random serving nodes below the
+//! relaying the room that serves fewer than `relay_after` of its
+//! subscribers (as recorded in Redis), else the less loaded of two random serving nodes below the
 //! stress threshold. The relay node opens its relay of the room if it has
 //! none ([`Cluster::ensure_relay`]), creates the endpoint in it and records
 //! it in Redis (`{NAME}:relayed:ROOM`), so a later request for that
@@ -84,6 +84,10 @@ pub const MAX_RELAYS_PER_ROOM: usize = 16;
 /// How often a relay reads its trunk's consumers from the origin.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Every this many syncs a relay forgets the recorded endpoints it no
+/// longer has (10 s).
+const RECONCILE_TICKS: u32 = 40;
+
 /// A relay without subscribers this long closes.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(10);
 
@@ -102,9 +106,6 @@ pub struct Relays {
     opening: tokio::sync::Mutex<()>,
     /// (origin media address, local worker) pairs with a trunk.
     pairs: std::sync::Mutex<HashSet<(SocketAddr, usize)>>,
-    /// As an origin: per room, the relay nodes and how many subscribers
-    /// this node passed to each.
-    sent: std::sync::Mutex<HashMap<String, HashMap<String, usize>>>,
 }
 
 /// A room relayed here.
@@ -478,8 +479,13 @@ impl Cluster {
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since: Option<Instant> = None;
+        let mut ticks = 0u32;
         loop {
             tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(RECONCILE_TICKS) {
+                self.relayed_reconcile(&room).await;
+            }
             let Some(relay) = self.relay(&room) else {
                 return;
             };
@@ -605,10 +611,15 @@ impl Cluster {
             .iter()
             .filter(|e| e.id != self.me && e.state == super::NodeState::Serving)
             .collect();
-        let sent = lock(&self.relays.sent)
-            .get(room)
-            .cloned()
-            .unwrap_or_default();
+        // The subscribers each relay serves now (Redis: what relays
+        // recorded, less what left).
+        let sent = match self.store.as_ref()?.relayed_counts(room).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed("relayed", &e);
+                return None;
+            }
+        };
         // A relay of the room with room left, the fullest first.
         let existing = peers
             .iter()
@@ -647,19 +658,43 @@ impl Cluster {
         Some(pick)
     }
 
-    /// As the origin: `node` took a subscriber of `room`.
-    pub fn relayed_to(&self, room: &str, node: &str) {
-        *lock(&self.relays.sent)
-            .entry(room.to_owned())
-            .or_default()
-            .entry(node.to_owned())
-            .or_default() += 1;
+    /// As the origin: a relay took a subscriber.
+    pub fn relayed_to(&self) {
         self.counters.relayed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// As the origin: forgets the relays of rooms no longer here.
-    pub(super) fn forget_relays(&self, local: &HashSet<String>) {
-        lock(&self.relays.sent).retain(|r, _| local.contains(r));
+    /// As a relay: forgets endpoint `endpoint` of `room` (it left).
+    pub(super) async fn relayed_left(&self, room: &str, endpoint: &str) {
+        if let Some(store) = &self.store
+            && let Err(e) = store
+                .relayed_forget(room, &self.me, &[endpoint.to_owned()])
+                .await
+        {
+            self.failed("relayed", &e);
+        }
+    }
+
+    /// As a relay: forgets the recorded endpoints of `room` that are no
+    /// longer here (sessions the router ended by itself).
+    async fn relayed_reconcile(&self, room: &str) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let gone: Vec<String> = match store.relayed_of(room, &self.me).await {
+            Ok(eps) => eps
+                .into_iter()
+                .filter(|e| !self.state.has_endpoint(room, e))
+                .collect(),
+            Err(e) => {
+                self.failed("relayed", &e);
+                return;
+            }
+        };
+        if !gone.is_empty()
+            && let Err(e) = store.relayed_forget(room, &self.me, &gone).await
+        {
+            self.failed("relayed", &e);
+        }
     }
 
     /// Makes the replica of `room` (relayed here) this node's room, with

@@ -470,6 +470,37 @@ impl Store {
             .await
     }
 
+    /// How many endpoints of `room` each relay node serves.
+    pub async fn relayed_counts(
+        &self,
+        room: &str,
+    ) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let key = self.key(&format!("relayed:{room}"));
+        self.run(|mut c| async move {
+            let all: std::collections::HashMap<String, String> = c.hgetall(&key).await?;
+            let mut counts = std::collections::HashMap::new();
+            for node in all.into_values() {
+                *counts.entry(node).or_insert(0) += 1;
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    /// The endpoints of `room` that relay node `node` serves.
+    pub async fn relayed_of(&self, room: &str, node: &str) -> Result<Vec<String>, StoreError> {
+        let (key, node) = (self.key(&format!("relayed:{room}")), node.to_owned());
+        self.run(|mut c| async move {
+            let all: std::collections::HashMap<String, String> = c.hgetall(&key).await?;
+            Ok(all
+                .into_iter()
+                .filter(|(_, n)| *n == node)
+                .map(|(e, _)| e)
+                .collect())
+        })
+        .await
+    }
+
     /// Forgets relayed endpoints of `room`: those named, or all of the
     /// node `node`'s when `endpoints` is empty (its relay closed).
     pub async fn relayed_forget(
