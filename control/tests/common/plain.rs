@@ -26,6 +26,38 @@ pub fn gcm(master: &[u8]) -> sfu_core::srtp::SrtpContext {
     .expect("a context")
 }
 
+/// `POST /v1/rooms/{room}/endpoints` of `body` to the node at `base`.
+fn create(base: &str, token: &str, room: &str, body: &serde_json::Value) -> super::webrtc::Reply {
+    send_to(
+        base,
+        "POST",
+        &format!("/v1/rooms/{room}/endpoints"),
+        Some(token),
+        Some("application/json"),
+        &body.to_string(),
+    )
+}
+
+/// Sends video packet `seq` of `ssrc` (payload type 96, `payload` zero
+/// bytes, timestamp 3000 per packet) protected with `tx` to `media`.
+pub fn send_video(
+    tx: &mut sfu_core::srtp::SrtpContext,
+    socket: &UdpSocket,
+    media: SocketAddr,
+    seq: u16,
+    ssrc: u32,
+    payload: usize,
+) {
+    let mut pkt = [0u8; 1500];
+    pkt[0] = 0x80;
+    pkt[1] = 96;
+    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+    pkt[4..8].copy_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+    pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let len = tx.protect_rtp(&mut pkt, 12 + payload).expect("protect");
+    let _ = socket.send_to(&pkt[..len], media);
+}
+
 /// A publisher of one video track (100 packets/s) that counts the PLIs
 /// the node sends it.
 pub struct Publisher {
@@ -48,14 +80,7 @@ impl Publisher {
             "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&master)},
             "tracks": [{"kind": "video", "ssrc": ssrc, "payload_type": 96}],
         });
-        let reply = send_to(
-            base,
-            "POST",
-            &format!("/v1/rooms/{room}/endpoints"),
-            Some(token),
-            Some("application/json"),
-            &body.to_string(),
-        );
+        let reply = create(base, token, room, &body);
         assert_eq!(reply.status, 201, "publisher: {}", reply.text);
         let answer = reply.json();
         let media: SocketAddr = answer["media"]
@@ -84,14 +109,7 @@ impl Publisher {
             while !s.load(Ordering::Relaxed) {
                 if Instant::now() >= next {
                     next += Duration::from_millis(10);
-                    let mut pkt = [0u8; 1500];
-                    pkt[0] = 0x80;
-                    pkt[1] = 96;
-                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-                    pkt[4..8].copy_from_slice(&(u32::from(seq) * 900).to_be_bytes());
-                    pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
-                    let len = tx.protect_rtp(&mut pkt, 12 + 300).expect("protect");
-                    let _ = socket.send_to(&pkt[..len], media);
+                    send_video(&mut tx, &socket, media, seq, ssrc, 300);
                     seq = seq.wrapping_add(1);
                     n.fetch_add(1, Ordering::Relaxed);
                 }
@@ -160,14 +178,7 @@ impl Viewer {
             "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&[0x43u8; 28])},
             "remote": socket.local_addr().expect("bound").to_string(),
         });
-        let reply = send_to(
-            base,
-            "POST",
-            &format!("/v1/rooms/{room}/endpoints"),
-            Some(token),
-            Some("application/json"),
-            &body.to_string(),
-        );
+        let reply = create(base, token, room, &body);
         assert_eq!(reply.status, 201, "viewer via {base}: {}", reply.text);
         let served_by = reply.header("x-sfu-served-by").to_owned();
         let answer = reply.json();

@@ -1269,49 +1269,18 @@ impl Router {
                 "a subscribe-only endpoint publishes no tracks",
             ));
         }
-        let payload_types = cfg
-            .tracks
-            .iter()
-            .flat_map(|t| {
-                [
-                    Some(t.payload_type),
-                    t.rtx.map(|r| r.payload_type),
-                    t.red_payload_type,
-                ]
-            })
-            .chain([
-                cfg.rtx_payload_types.video,
-                cfg.rtx_payload_types.audio,
-                cfg.red_payload_type,
-            ]);
-        if payload_types.flatten().any(|pt| pt > 127) {
+        let received = [
+            cfg.rtx_payload_types.video,
+            cfg.rtx_payload_types.audio,
+            cfg.red_payload_type,
+        ];
+        if received.into_iter().flatten().any(|pt| pt > 127) {
             return Err(RouterError::Invalid("payload type above 127"));
         }
-        if cfg.tracks.iter().any(|t| {
-            t.red_payload_type.is_some_and(|red| {
-                t.kind != MediaKind::Audio
-                    || red == t.payload_type
-                    || t.rtx.is_some_and(|r| r.payload_type == red)
-            })
-        }) {
-            return Err(RouterError::Invalid(
-                "a RED payload type needs an audio track and a number of its own",
-            ));
-        }
+        check_track_payloads(&cfg.tracks)?;
         // Every SSRC the endpoint sends from (media, RTX, RTCP) is its own
         // and new on the worker.
-        let own: Vec<u32> = cfg
-            .tracks
-            .iter()
-            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
-            .chain([cfg.rtcp_ssrc])
-            .flatten()
-            .collect();
-        for (i, &ssrc) in own.iter().enumerate() {
-            if own[..i].contains(&ssrc) || self.ssrc_taken(ssrc) {
-                return Err(RouterError::DuplicateSsrc(ssrc));
-            }
-        }
+        self.check_new_ssrcs(&cfg.tracks, cfg.rtcp_ssrc)?;
         if cfg.role.subscribes() {
             self.check_subscription(cfg.role, &cfg.subscription)?;
         }
@@ -1489,43 +1458,13 @@ impl Router {
             return Err(RouterError::TooMany("tracks per endpoint"));
         }
         let room = ep.room;
-        for t in &tracks {
-            if t.layer_of.is_some() {
-                return Err(RouterError::Invalid(
-                    "tracks are added whole, without layers",
-                ));
-            }
-            if [
-                Some(t.payload_type),
-                t.rtx.map(|r| r.payload_type),
-                t.red_payload_type,
-            ]
-            .into_iter()
-            .flatten()
-            .any(|pt| pt > 127)
-            {
-                return Err(RouterError::Invalid("payload type above 127"));
-            }
-            if t.red_payload_type.is_some_and(|red| {
-                t.kind != MediaKind::Audio
-                    || red == t.payload_type
-                    || t.rtx.is_some_and(|r| r.payload_type == red)
-            }) {
-                return Err(RouterError::Invalid(
-                    "a RED payload type needs an audio track and a number of its own",
-                ));
-            }
+        if tracks.iter().any(|t| t.layer_of.is_some()) {
+            return Err(RouterError::Invalid(
+                "tracks are added whole, without layers",
+            ));
         }
-        let own: Vec<u32> = tracks
-            .iter()
-            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
-            .flatten()
-            .collect();
-        for (i, &ssrc) in own.iter().enumerate() {
-            if own[..i].contains(&ssrc) || self.ssrc_taken(ssrc) {
-                return Err(RouterError::DuplicateSsrc(ssrc));
-            }
-        }
+        check_track_payloads(&tracks)?;
+        self.check_new_ssrcs(&tracks, None)?;
         if let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) {
             ep.tracks.extend(tracks.iter().copied());
         }
@@ -1854,11 +1793,57 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// Checks that every SSRC `tracks` (media and RTX) and `rtcp_ssrc`
+    /// send from appears once and is new on the worker.
+    fn check_new_ssrcs(
+        &self,
+        tracks: &[TrackConfig],
+        rtcp_ssrc: Option<u32>,
+    ) -> Result<(), RouterError> {
+        let own: Vec<u32> = tracks
+            .iter()
+            .flat_map(|t| [Some(t.ssrc), t.rtx.map(|r| r.ssrc)])
+            .chain([rtcp_ssrc])
+            .flatten()
+            .collect();
+        for (i, &ssrc) in own.iter().enumerate() {
+            if own[..i].contains(&ssrc) || self.ssrc_taken(ssrc) {
+                return Err(RouterError::DuplicateSsrc(ssrc));
+            }
+        }
+        Ok(())
+    }
+
     fn ssrc_taken(&self, ssrc: u32) -> bool {
         self.producers.contains_key(&ssrc)
             || self.rtcp_ssrcs.contains_key(&ssrc)
             || self.rtx_ssrcs.contains_key(&ssrc)
     }
+}
+
+/// Checks the payload types of `tracks`: at most 127, and a RED payload
+/// type only on audio, differing from the track's other payload types.
+fn check_track_payloads(tracks: &[TrackConfig]) -> Result<(), RouterError> {
+    for t in tracks {
+        let pts = [
+            Some(t.payload_type),
+            t.rtx.map(|r| r.payload_type),
+            t.red_payload_type,
+        ];
+        if pts.into_iter().flatten().any(|pt| pt > 127) {
+            return Err(RouterError::Invalid("payload type above 127"));
+        }
+        if t.red_payload_type.is_some_and(|red| {
+            t.kind != MediaKind::Audio
+                || red == t.payload_type
+                || t.rtx.is_some_and(|r| r.payload_type == red)
+        }) {
+            return Err(RouterError::Invalid(
+                "a RED payload type needs an audio track and a number of its own",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A new, unattached consumer slot `per_kind` of `kind` for `ep`: its SSRC
