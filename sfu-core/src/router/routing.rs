@@ -1507,24 +1507,31 @@ impl Router {
             }
         }
         for &ssrc in ssrcs {
-            if let Some(p) = self.producers.remove(&ssrc) {
-                if let Some(rtx) = p.rtx_ssrc {
-                    self.rtx_ssrcs.remove(&rtx);
-                }
-                for (s, c) in p.fanout {
-                    if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
-                        && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
-                    {
-                        consumer.attached = false;
-                    }
-                }
-            }
+            self.drop_producer(ssrc);
         }
         if let Some(Some(ep)) = self.endpoints.get_mut(slot as usize) {
             ep.tracks.retain(|t| !ssrcs.contains(&t.ssrc));
         }
         self.refresh_slots(room, now);
         Ok(())
+    }
+
+    /// Removes producer `ssrc` and its RTX index; the consumers it fed
+    /// detach and wait for their next producer.
+    fn drop_producer(&mut self, ssrc: u32) {
+        let Some(p) = self.producers.remove(&ssrc) else {
+            return;
+        };
+        if let Some(rtx) = p.rtx_ssrc {
+            self.rtx_ssrcs.remove(&rtx);
+        }
+        for (s, c) in p.fanout {
+            if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
+                && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
+            {
+                consumer.attached = false;
+            }
+        }
     }
 
     pub(super) fn remove_endpoint(&mut self, id: EndpointId) -> Result<(), RouterError> {
@@ -1545,18 +1552,7 @@ impl Router {
         }
         // Its producers go; consumers fed by them detach and wait.
         for t in &ep.tracks {
-            if let Some(p) = self.producers.remove(&t.ssrc) {
-                if let Some(rtx) = p.rtx_ssrc {
-                    self.rtx_ssrcs.remove(&rtx);
-                }
-                for (s, c) in p.fanout {
-                    if let Some(Some(sub)) = self.endpoints.get_mut(s as usize)
-                        && let Some(consumer) = sub.consumers.get_mut(usize::from(c))
-                    {
-                        consumer.attached = false;
-                    }
-                }
-            }
+            self.drop_producer(t.ssrc);
         }
         if let Some(a) = ep.transport.remote
             && self.by_addr.get(&a) == Some(&slot)
