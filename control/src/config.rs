@@ -329,6 +329,14 @@ settings! {
                 /// Log format [default: text].
                 #[arg(long, value_enum, value_name = "FORMAT")]
             ];
+        /// Seconds a drain (the first SIGTERM, or `POST /v1/drain`) waits
+        /// for the last endpoint to leave before the node stops anyway.
+        drain_timeout_secs: u64 = 3600,
+            env "SFU_DRAIN_TIMEOUT_SECS",
+            flag [
+                /// Seconds a drain waits for the last endpoint to leave before stopping [default: 3600].
+                #[arg(long, value_name = "SECS")]
+            ];
         /// Send buffers per worker, allocated at start.
         pool_buffers: usize = DEFAULT_POOL_BUFFERS,
             env "SFU_POOL_BUFFERS",

@@ -119,12 +119,14 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod events;
 mod handler;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod pump;
 pub mod ratelimit;
 pub mod state;
@@ -208,6 +210,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
     shard_sync: JoinHandle<()>,
+    /// The systemd watchdog task, when systemd asked for one.
+    watchdog: Option<JoinHandle<()>>,
     supervisor: JoinHandle<()>,
     /// Keeps the WHEP sessions' event streams current.
     whep_events: JoinHandle<()>,
@@ -223,6 +227,9 @@ impl Drop for Running {
         self.server.abort();
         self.sampler.abort();
         self.shard_sync.abort();
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
         self.supervisor.abort();
         self.whep_events.abort();
         self.cluster_task.abort();
@@ -406,7 +413,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
     let whep_events = tokio::spawn(whep_events::run(Arc::clone(&state)));
     let cluster_task = tokio::spawn(Arc::clone(&cluster).run());
+    // systemd (Type=notify): ready now; the watchdog pings while every
+    // worker runs.
+    let watchdog = notify::watchdog_interval()
+        .map(|interval| tokio::spawn(notify::watchdog(Arc::clone(&state), interval)));
+    notify::ready(&state);
     Ok(Running {
+        watchdog,
         cluster,
         cluster_task,
         http_addr,
@@ -537,6 +550,9 @@ impl Running {
         self.whep_events.abort();
         self.sampler.abort();
         self.shard_sync.abort();
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
         self.supervisor.abort();
         if let Some(node) = self.node.take() {
             let joined = tokio::task::spawn_blocking(move || node.shutdown()).await;

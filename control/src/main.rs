@@ -1,5 +1,7 @@
 //! The `sfu` binary: loads the configuration, sets up logging, starts the
-//! node and serves until SIGTERM or SIGINT. It exits with status 70 when a
+//! node and serves until drained (`control::drain`: the first SIGTERM or
+//! SIGINT drains, the node stops when its last endpoint leaves, after the
+//! drain timeout or at a second signal). It exits with status 70 when a
 //! worker dies or stalls (see `control::supervise`), so that the service
 //! manager restarts it. `sfu token ...` instead prints a bearer token for
 //! the control API. See the `control` crate docs.
@@ -43,9 +45,23 @@ fn main() -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let drain_timeout = std::time::Duration::from_secs(config.drain_timeout_secs);
     runtime.block_on(async {
         let running = control::start(config).await.context("starting the node")?;
-        match running.run_until(shutdown_signal()).await {
+        let (requests, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(forward_signals(requests));
+        let drained = control::drain::until_drained(
+            std::sync::Arc::clone(running.state()),
+            drain_timeout,
+            received,
+        );
+        match running
+            .run_until(async move {
+                let how = drained.await;
+                tracing::info!(?how, "shutting down");
+            })
+            .await
+        {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
                 tracing::error!(error = %e, "the node stopped on a failure");
@@ -115,19 +131,24 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Passes every SIGTERM and SIGINT on to `requests` (the drain: the
+/// first starts it, the next stops the node at once).
+async fn forward_signals(requests: tokio::sync::mpsc::UnboundedSender<&'static str>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
-        return std::future::pending().await;
+        return;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if requests.send(name).is_err() {
+            return;
+        }
+    }
 }

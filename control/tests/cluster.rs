@@ -955,6 +955,16 @@ fn a_draining_node_takes_no_new_room_but_keeps_its_own() {
         }
     }
     let kept = placed_on_d1.expect("some room on d1 in 20 tries");
+    // A participant in it: a drained node without endpoints would stop.
+    let (status, _, text) = nodes[0].post(
+        &format!("/v1/rooms/{kept}/endpoints"),
+        &json!({
+            "role": "publish",
+            "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&[6u8; 28])},
+            "tracks": [{"kind": "audio", "ssrc": 76, "payload_type": 111}],
+        }),
+    );
+    assert_eq!(status, 201, "{text}");
     let (status, json, _) = nodes[0].post("/v1/drain", &json!({}));
     assert_eq!(status, 200, "{json}");
     assert_eq!(nodes[0].get("/healthz").0, 503);
