@@ -50,6 +50,11 @@
 //!   through a Redis outage, and relay nodes for rooms larger than a node
 //!   ([`cluster::relay`]); [`state::shard`] spreads a big room over the
 //!   node's own workers first.
+//! * [`drain`] is how the node leaves service: the first stop request or
+//!   `POST /v1/drain` drains, and the node stops when its last endpoint
+//!   leaves, after the drain timeout, or at a second request; [`notify`]
+//!   speaks systemd's notify protocol (READY, STATUS, STOPPING, and the
+//!   watchdog, pinged only while every worker runs).
 //! * [`auth`] mints and verifies the HS256 bearer tokens every API route
 //!   but `/healthz` needs; [`api`] decides what each route needs. The
 //!   secret is [`Config::api_secret`]; the public development default only
