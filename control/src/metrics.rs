@@ -221,6 +221,13 @@ pub fn render(state: &AppState) -> String {
         "gauge",
     );
     let _ = writeln!(out, "sfu_uptime_seconds {}", state.uptime().as_secs_f64());
+    header(
+        &mut out,
+        "sfu_draining",
+        "1 while the node drains (no new rooms; it stops when its last endpoint leaves).",
+        "gauge",
+    );
+    let _ = writeln!(out, "sfu_draining {}", u8::from(state.draining()));
 
     header(
         &mut out,
