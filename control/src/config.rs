@@ -285,6 +285,16 @@ settings! {
                 /// CPUs to pin workers to, e.g. `0,2-5`, or `none` [default: the CPUs this process may run on].
                 #[arg(long, value_name = "LIST")]
             ];
+        /// Address of the load balancer agent (HAProxy's `agent-check`:
+        /// each connection gets one line, `up N%` from the node's load or
+        /// `drain` while draining); `None`: no agent.
+        agent_addr: Option<SocketAddr> = None,
+            layer SocketAddr,
+            env "SFU_AGENT_ADDR",
+            flag [
+                /// Load balancer agent address (HAProxy agent-check) [default: none].
+                #[arg(long, value_name = "ADDR")]
+            ];
         /// Address the HTTP control API listens on.
         control_addr: SocketAddr = DEFAULT_CONTROL_ADDR,
             env "SFU_CONTROL_ADDR",

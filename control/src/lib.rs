@@ -120,6 +120,7 @@
 //! restart the node (see [`supervise`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod cluster;
@@ -217,6 +218,9 @@ pub struct Running {
     shard_sync: JoinHandle<()>,
     /// The systemd watchdog task, when systemd asked for one.
     watchdog: Option<JoinHandle<()>>,
+    /// The load balancer agent's task and address, when configured.
+    agent: Option<JoinHandle<()>>,
+    agent_addr: Option<SocketAddr>,
     supervisor: JoinHandle<()>,
     /// Keeps the WHEP sessions' event streams current.
     whep_events: JoinHandle<()>,
@@ -234,6 +238,9 @@ impl Drop for Running {
         self.shard_sync.abort();
         if let Some(w) = &self.watchdog {
             w.abort();
+        }
+        if let Some(a) = &self.agent {
+            a.abort();
         }
         self.supervisor.abort();
         self.whep_events.abort();
@@ -274,6 +281,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.control_addr,
         source,
     })?;
+    let agent_listener = match config.agent_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(source) => {
+                node.shutdown();
+                return Err(StartError::Http { addr, source });
+            }
+        },
+        None => None,
+    };
+    let agent_addr = agent_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let webhook = config.webhook.url.clone().map(|url| events::WebhookTarget {
         url,
@@ -418,6 +436,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let supervisor = tokio::spawn(supervise::supervise(Arc::clone(&state), failure));
     let whep_events = tokio::spawn(whep_events::run(Arc::clone(&state)));
     let cluster_task = tokio::spawn(Arc::clone(&cluster).run());
+    let agent = agent_listener
+        .map(|l| tokio::spawn(agent::serve(l, Arc::clone(&state), Arc::clone(&cluster))));
     // systemd (Type=notify): ready now; the watchdog pings while every
     // worker runs.
     let watchdog = notify::watchdog_interval()
@@ -425,6 +445,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     notify::ready(&state);
     Ok(Running {
         watchdog,
+        agent,
+        agent_addr,
         cluster,
         cluster_task,
         http_addr,
@@ -475,6 +497,11 @@ impl Running {
             .flat_map(|n| n.workers())
             .map(|w| w.local_addr())
             .collect()
+    }
+
+    /// The load balancer agent's address (the bound port), if configured.
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent_addr
     }
 
     /// The API's shared state.
@@ -557,6 +584,9 @@ impl Running {
         self.shard_sync.abort();
         if let Some(w) = &self.watchdog {
             w.abort();
+        }
+        if let Some(a) = &self.agent {
+            a.abort();
         }
         self.supervisor.abort();
         if let Some(node) = self.node.take() {

@@ -1261,3 +1261,175 @@ fn other_delete(node: &Node, room: &str, id: &str) -> (u16, Value, String) {
         "",
     )
 }
+
+/// A real `haproxy` (Debian's package, which the README's test command
+/// installs) with `deploy/haproxy.cfg`, its frontend and servers set to
+/// this test's ports; killed on drop.
+struct Haproxy {
+    child: Child,
+    base: String,
+}
+
+impl Haproxy {
+    fn start(servers: &[(&Node, u16)]) -> Self {
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy.cfg"),
+        )
+        .expect("deploy/haproxy.cfg");
+        let port = free_port();
+        let mut config = String::new();
+        for line in example.lines() {
+            let t = line.trim_start();
+            if t.starts_with("bind ") {
+                config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            } else if t.starts_with("maxconn ") {
+                // Its descriptors must fit this process's limit.
+                config.push_str("    maxconn 2000\n");
+            } else if t.starts_with("server ") {
+                continue;
+            } else {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        for (node, agent) in servers {
+            let addr = node.base.trim_start_matches("http://");
+            config.push_str(&format!(
+                "    server {} {addr} check agent-addr 127.0.0.1 agent-port {agent}\n",
+                node.id
+            ));
+        }
+        let path = log_path("haproxy.cfg");
+        std::fs::write(&path, config).expect("write the config");
+        let check = Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(&path)
+            .output()
+            .expect("haproxy must be installed (apt-get install haproxy; the README's test command does)");
+        assert!(check.status.success(), "haproxy -c: {check:?}");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts");
+        let lb = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while try_send(&lb.base, "GET", "/healthz", "").is_none_or(|r| r.0 != 200) {
+            assert!(Instant::now() < deadline, "haproxy does not answer");
+            thread::sleep(Duration::from_millis(50));
+        }
+        lb
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line from a node's load balancer agent.
+fn agent_line(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the agent listens");
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut s, &mut line).expect("a line");
+    line
+}
+
+#[test]
+fn haproxy_sends_no_new_rooms_to_a_draining_node_while_its_rooms_go_on() {
+    let redis = Redis::start();
+    let agents = [free_port(), free_port()];
+    let nodes: Vec<Node> = ["h1", "h2"]
+        .iter()
+        .zip(agents)
+        .map(|(id, a)| {
+            Node::start_with(
+                id,
+                &redis.url(),
+                &["--agent-addr", &format!("127.0.0.1:{a}")],
+            )
+        })
+        .collect();
+    wait_for_cluster(&nodes.iter().collect::<Vec<_>>(), 2);
+    let line = agent_line(agents[0]);
+    assert!(line.starts_with("up ") && line.ends_with("%\n"), "{line:?}");
+    let lb = Haproxy::start(&[(&nodes[0], agents[0]), (&nodes[1], agents[1])]);
+
+    // Rooms created through the load balancer land on both nodes.
+    for i in 0..8 {
+        let (status, _, text) = send(
+            &lb.base,
+            "POST",
+            "/v1/rooms",
+            &json!({"room": format!("lb-{i}")}).to_string(),
+        );
+        assert_eq!(status, 201, "{text}");
+    }
+    let before: Vec<usize> = nodes.iter().map(|n| n.local_rooms().len()).collect();
+    assert!(before.iter().all(|&n| n >= 1), "rooms by node: {before:?}");
+    // A participant in one of h1's rooms.
+    let kept = nodes[0]
+        .local_rooms()
+        .into_iter()
+        .next()
+        .expect("a room on h1");
+    let join = |ssrc: u32| {
+        try_send(
+            &lb.base,
+            "POST",
+            &format!("/v1/rooms/{kept}/endpoints"),
+            &json!({
+                "role": "publish",
+                "srtp": {"profile": "AEAD_AES_128_GCM", "key": b64(&[5u8; 28])},
+                "tracks": [{"kind": "audio", "ssrc": ssrc, "payload_type": 111}],
+            })
+            .to_string(),
+        )
+        .expect("an answer")
+    };
+    assert_eq!(join(501).0, 201);
+
+    // h1 drains: its agent says so and haproxy stops sending it requests.
+    let (status, _, _) = nodes[0].post("/v1/drain", &json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(agent_line(agents[0]), "drain\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut healthy_in_a_row = 0;
+    while healthy_in_a_row < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy still sends to the draining node"
+        );
+        if try_send(&lb.base, "GET", "/healthz", "").is_some_and(|r| r.0 == 200) {
+            healthy_in_a_row += 1;
+        } else {
+            healthy_in_a_row = 0;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..6 {
+        let (status, _, text) = send(
+            &lb.base,
+            "POST",
+            "/v1/rooms",
+            &json!({"room": format!("lb-after-{i}")}).to_string(),
+        );
+        assert_eq!(status, 201, "{text}");
+    }
+    let after: Vec<usize> = nodes.iter().map(|n| n.local_rooms().len()).collect();
+    println!("HAPROXY rooms by node before the drain {before:?}, after 6 more {after:?}");
+    assert_eq!(after[0], before[0], "no new room on the draining node");
+    assert_eq!(after[1], before[1] + 6);
+    // Its room still takes joins through the load balancer (h2 passes
+    // them to h1).
+    let (status, text, served_by) = join(502);
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(served_by, "h1");
+}
