@@ -366,6 +366,13 @@ fn enter_namespace(test_name: &str) -> bool {
     if std::env::var_os(IN_NETNS).is_some() {
         return true;
     }
+    // One browser run at a time: two Chromiums, publishers and nodes at
+    // once on a 2-core machine starve each other, and the capped viewer's
+    // bandwidth estimate then sees bursts no network made (a CI run saw it
+    // move to the middle layer under the 400 kbit/s cap for 4 s).
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     common::rerun_in_network_namespace(
         IN_NETNS,
         test_name,
@@ -374,6 +381,9 @@ fn enter_namespace(test_name: &str) -> bool {
     );
     false
 }
+
+/// Serialises the tests' browser runs (see [`enter_namespace`]).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `program args`; panics unless it succeeds; returns its stdout.
 fn run(program: &str, args: &[&str]) -> String {
