@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bench::loadgen::{self, NodeList, Options};
-use control::config::{ApiSecret, Config, CpuList};
+use common::Node;
 
 /// A `redis-server` on a free loopback port, killed on drop.
 struct Redis {
@@ -52,53 +52,12 @@ impl Drop for Redis {
     }
 }
 
-/// A cluster node in this process, with its own runtime.
-struct ClusterNode {
-    rt: tokio::runtime::Runtime,
-    running: Option<control::Running>,
-}
-
-impl ClusterNode {
-    fn start(id: &str, redis: &Redis, relay_after: u32) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let mut config = Config {
-            control_addr: "127.0.0.1:0".parse().expect("literal address"),
-            media_port: 0,
-            workers: Some(1),
-            cpus: Some(CpuList(Vec::new())),
-            node_id: Some(id.into()),
-            api_secret: ApiSecret::default(),
-            ..Config::default()
-        };
-        config.cluster.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
-        config.cluster.relay_after = relay_after;
-        let running = rt
-            .block_on(control::start(config))
-            .expect("the node starts");
-        Self {
-            rt,
-            running: Some(running),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "http://{}",
-            self.running.as_ref().expect("running").http_addr()
-        )
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            self.rt.block_on(r.shutdown());
-        }
-    }
+/// Cluster node `id` in this process, with its own runtime.
+fn cluster_node(id: &str, redis: &Redis, relay_after: u32) -> Node {
+    let mut config = common::config(1, id);
+    config.cluster.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.cluster.relay_after = relay_after;
+    Node::start_config(config)
 }
 
 #[test]
@@ -106,11 +65,11 @@ fn a_thousand_subscribers_span_three_nodes_without_loss() {
     const SUBSCRIBERS: usize = 1000;
     const RELAY_AFTER: u32 = 340;
     let redis = Redis::start();
-    let nodes: Vec<ClusterNode> = ["k1", "k2", "k3"]
+    let nodes: Vec<Node> = ["k1", "k2", "k3"]
         .iter()
-        .map(|id| ClusterNode::start(id, &redis, RELAY_AFTER))
+        .map(|id| cluster_node(id, &redis, RELAY_AFTER))
         .collect();
-    let urls: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
+    let urls: Vec<String> = nodes.iter().map(Node::control_url).collect();
     // Every node sees the three (heartbeats every 500 ms).
     thread::sleep(Duration::from_millis(1500));
     let opts = Options {

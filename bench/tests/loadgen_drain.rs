@@ -4,30 +4,19 @@
 //! every packet of the rooms it has, and stops by itself once the load
 //! generator has deleted its rooms (no endpoint left).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bench::loadgen::{self, Options};
-use control::config::{ApiSecret, Config, CpuList};
 use control::drain::{Drained, until_drained};
 
 #[test]
 fn sfu_loadgen_runs_through_a_drain_and_the_node_then_stops_by_itself() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let config = Config {
-        control_addr: "127.0.0.1:0".parse().expect("literal address"),
-        media_port: 0,
-        workers: Some(1),
-        cpus: Some(CpuList(Vec::new())),
-        node_id: Some("drain-test".into()),
-        api_secret: ApiSecret::default(),
-        ..Config::default()
-    };
+    let rt = common::runtime();
+    let config = common::config(1, "drain-test");
     let running = rt
         .block_on(control::start(config))
         .expect("the node starts");

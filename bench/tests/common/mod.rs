@@ -19,20 +19,15 @@ impl Node {
 
     /// A node with `workers` unpinned workers and `api_secret`.
     pub fn start_with(workers: usize, api_secret: ApiSecret) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime can be built");
-        let config = Config {
-            control_addr: "127.0.0.1:0".parse().expect("literal address"),
-            media_port: 0,
-            workers: Some(workers),
-            cpus: Some(CpuList(Vec::new())),
-            node_id: Some("bench-test".into()),
+        Self::start_config(Config {
             api_secret,
-            ..Config::default()
-        };
+            ..config(workers, "bench-test")
+        })
+    }
+
+    /// A node with `config` (from [`config`], changed as a test needs).
+    pub fn start_config(config: Config) -> Self {
+        let rt = runtime();
         let running = rt
             .block_on(control::start(config))
             .expect("the node starts on ephemeral loopback ports");
@@ -59,4 +54,27 @@ impl Drop for Node {
             self.rt.block_on(running.shutdown());
         }
     }
+}
+
+/// The tests' node configuration: `workers` unpinned workers, control and
+/// media on ephemeral loopback ports, the development API secret.
+pub fn config(workers: usize, node_id: &str) -> Config {
+    Config {
+        control_addr: "127.0.0.1:0".parse().expect("literal address"),
+        media_port: 0,
+        workers: Some(workers),
+        cpus: Some(CpuList(Vec::new())),
+        node_id: Some(node_id.into()),
+        api_secret: ApiSecret::default(),
+        ..Config::default()
+    }
+}
+
+/// The runtime a test node's control plane runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime can be built")
 }
