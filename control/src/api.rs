@@ -333,6 +333,8 @@ async fn prometheus(State(api): State<ApiState>, token: Token) -> Result<Respons
     let mut text = metrics::render(&api.node);
     render_auth_failures(&mut text, &api.auth);
     metrics::render_http(&mut text, &api.limits.http, &api.limits.sessions);
+    metrics::render_tls(&mut text, api.limits.tls.as_deref());
+    metrics::render_top_rooms(&mut text, &api.node);
     crate::events::render(&mut text, api.node.events());
     crate::whep_events::render(&mut text, api.node.whep_events());
     api.cluster.render(&mut text);

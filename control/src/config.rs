@@ -377,6 +377,33 @@ settings! {
                 /// Seconds an empty room lives before it is closed; 0 = never [default: 300].
                 #[arg(long, value_name = "SECS")]
             ];
+        /// PEM certificate chain of the control API; with `tls_key` the API
+        /// speaks only HTTPS (HTTP/1.1 and HTTP/2). Reloaded on SIGHUP.
+        tls_cert: Option<PathBuf> = None,
+            layer PathBuf,
+            env "SFU_TLS_CERT",
+            flag [
+                /// PEM certificate chain of the control API (HTTPS; reloaded on SIGHUP).
+                #[arg(long, value_name = "FILE")]
+            ];
+        /// PEM private key of `tls_cert`.
+        tls_key: Option<PathBuf> = None,
+            layer PathBuf,
+            env "SFU_TLS_KEY",
+            flag [
+                /// PEM private key of --tls-cert.
+                #[arg(long, value_name = "FILE")]
+            ];
+        /// PEM CA certificates that peer nodes' API certificates are
+        /// verified against (besides the public web roots) when requests
+        /// pass between nodes over HTTPS.
+        tls_ca: Option<PathBuf> = None,
+            layer PathBuf,
+            env "SFU_TLS_CA",
+            flag [
+                /// PEM CA certificates trusted for peer nodes' HTTPS (besides the web roots).
+                #[arg(long, value_name = "FILE")]
+            ];
     }
     extra {
         /// Secret the API's HS256 bearer tokens are signed with.
@@ -753,6 +780,19 @@ impl Config {
     /// [`MIN_SECRET_BYTES`], and the development secret only with loopback
     /// addresses.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)".into(),
+            ));
+        }
+        if self.tls_cert.is_some()
+            && let Some(url) = &self.cluster.control_url
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.control_url {url:?} must be https:// when the API speaks HTTPS (tls_cert)"
+            )));
+        }
         if self.api_secret.as_bytes().len() < MIN_SECRET_BYTES {
             return Err(ConfigError::Invalid(format!(
                 "api_secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 section 3.2)"

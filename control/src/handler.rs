@@ -34,6 +34,8 @@ pub struct Limits {
     pub http: Arc<HttpStats>,
     /// The session-creation limiter.
     pub sessions: Arc<SessionLimiter>,
+    /// The TLS server (its counters), when the API speaks HTTPS.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl FromRef<ApiState> for Arc<AppState> {

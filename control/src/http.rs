@@ -1,6 +1,8 @@
-//! The HTTP/1.1 server of the control API: an accept loop over hyper with
+//! The HTTP server of the control API: an accept loop over hyper with
 //! timeouts, size limits and a connection cap that idle clients cannot use
-//! to lock others out.
+//! to lock others out. Plain HTTP/1.1, or with `tls_cert` HTTPS
+//! ([`crate::tls`]): HTTP/2 or HTTP/1.1 as ALPN agrees, the handshake
+//! bounded by the header timeout.
 //!
 //! * **Connection cap** ([`HttpConfig::max_connections`]). When it is
 //!   reached, a new connection closes the open connection that has been
@@ -62,8 +64,8 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
@@ -72,6 +74,7 @@ use tower::ServiceExt as _;
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::tls::{Negotiated, ServerTls};
 
 /// Descriptors kept free for everything but HTTP connections (media
 /// sockets, the listener, logs, files) when the connection cap is fitted
@@ -193,6 +196,7 @@ pub(crate) async fn serve(
     config: &HttpConfig,
     max_connections: usize,
     stats: Arc<HttpStats>,
+    tls: Option<Arc<ServerTls>>,
     mut stop: oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let limits = Limits::new(config, max_connections);
@@ -254,9 +258,10 @@ pub(crate) async fn serve(
             stats: Arc::clone(&stats),
             shutdown: shutdown_rx.clone(),
         };
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _open = open;
-            connection.run(stream).await;
+            connection.run(stream, tls).await;
         });
     }
     drop(listener);
@@ -494,18 +499,91 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves the connection until hyper closes it, a timer or eviction
-    /// closes it, or shutdown lets its request finish.
-    async fn run(mut self, stream: TcpStream) {
-        let io = TokioIo::new(Watched {
+    /// Serves the connection (after the TLS handshake when `tls` is set,
+    /// in the protocol ALPN agreed) until hyper closes it, a timer or
+    /// eviction closes it, or shutdown lets its request finish.
+    async fn run(self, stream: TcpStream, tls: Option<Arc<ServerTls>>) {
+        let watched = Watched {
             inner: stream,
             conn: Arc::clone(&self.conn),
-        });
+            heads: true,
+        };
+        let Some(tls) = tls else {
+            let served = self
+                .http1()
+                .serve_connection(TokioIo::new(watched), self.service());
+            return self.drive(served).await;
+        };
+        // The handshake is the first part of the request head: it has the
+        // header timeout.
+        let stream =
+            match tokio::time::timeout(self.limits.header, tls.acceptor().accept(watched)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(remote = %self.remote, error = %e, "TLS handshake failed");
+                    return bump(&tls.stats.handshake_failures);
+                }
+                Err(_) => {
+                    bump(&self.stats.header_timeouts);
+                    return bump(&tls.stats.handshake_failures);
+                }
+            };
+        bump(&tls.stats.handshakes);
+        match crate::tls::negotiated(stream.get_ref().1) {
+            Negotiated::Http1 => {
+                let served = self
+                    .http1()
+                    .serve_connection(TokioIo::new(stream), self.service());
+                self.drive(served).await;
+            }
+            Negotiated::Http2 => {
+                let mut stream = stream;
+                // HTTP/2 reads frames between requests (pings, window
+                // updates): they do not start a request head; the idle and
+                // request timeouts bound an HTTP/2 connection.
+                stream.get_mut().0.heads = false;
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(H2_MAX_STREAMS)
+                    .max_header_list_size(
+                        u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
+                    );
+                let served = builder.serve_connection(TokioIo::new(stream), self.service());
+                self.drive(served).await;
+            }
+        }
+    }
+
+    /// The HTTP/1.1 connection builder with the server's limits.
+    fn http1(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_headers(self.limits.max_headers)
+            .max_header_size(self.limits.max_header_bytes);
+        builder
+    }
+
+    /// The service of one connection: the app with the request timeout,
+    /// each request marked in flight while its answer is produced.
+    fn service(
+        &self,
+    ) -> impl hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
         let app = self.app.clone();
         let conn = Arc::clone(&self.conn);
         let stats = Arc::clone(&self.stats);
         let (remote, request_timeout) = (self.remote, self.limits.request);
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let busy = Busy::new(&conn);
             req.extensions_mut().insert(ConnectInfo(remote));
             let app = app.clone();
@@ -528,15 +606,11 @@ impl Connection {
                     }
                 }
             }
-        });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .max_headers(self.limits.max_headers)
-            .max_header_size(self.limits.max_header_bytes);
-        let served = builder.serve_connection(io, service);
+        })
+    }
+
+    /// Runs `served` under the connection's timers, eviction and shutdown.
+    async fn drive<C: Graceful>(mut self, served: C) {
         tokio::pin!(served);
         let mut closing = false;
         loop {
@@ -567,9 +641,44 @@ impl Connection {
             if self.conn.in_flight.load(Ordering::Acquire) == 0 {
                 return;
             }
-            served.as_mut().graceful_shutdown();
+            served.as_mut().shutdown();
             closing = true;
         }
+    }
+}
+
+/// Concurrent requests on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 32;
+
+/// A hyper server connection that can be shut down gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -577,6 +686,8 @@ impl Connection {
 struct Watched {
     inner: TcpStream,
     conn: Arc<ConnState>,
+    /// Whether bytes read while idle start a request head (HTTP/1.1).
+    heads: bool,
 }
 
 impl AsyncRead for Watched {
@@ -587,7 +698,7 @@ impl AsyncRead for Watched {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        if self.heads && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.conn.on_read();
         }
         polled

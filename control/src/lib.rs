@@ -137,10 +137,11 @@ pub mod pump;
 pub mod ratelimit;
 pub mod state;
 pub mod supervise;
+pub mod tls;
 pub mod whep_events;
 pub mod whip;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +173,9 @@ pub enum StartError {
     /// The node's DTLS certificate could not be generated.
     #[error("cannot generate the DTLS certificate: {0}")]
     Certificate(sfu_core::dtls::DtlsError),
+    /// The control API's certificate, key or `tls_ca` could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// The control API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Http {
@@ -221,6 +225,8 @@ pub struct Running {
     /// The load balancer agent's task and address, when configured.
     agent: Option<JoinHandle<()>>,
     agent_addr: Option<SocketAddr>,
+    /// The control API's TLS server, when `tls_cert` is set.
+    tls: Option<Arc<tls::ServerTls>>,
     supervisor: JoinHandle<()>,
     /// Keeps the WHEP sessions' event streams current.
     whep_events: JoinHandle<()>,
@@ -253,6 +259,12 @@ impl Drop for Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     config.validate()?;
     let resolved = config.resolve();
+    // Certificates first: a bad pair must not leave workers started.
+    let server_tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::ServerTls::load(cert, key)?)),
+        _ => None,
+    };
+    let peer_tls = tls::peer_client_config(config.tls_ca.as_deref())?;
     let dtls_cert = sfu_core::dtls::DtlsCert::generate().map_err(StartError::Certificate)?;
     let node = Node::start(NodeConfig {
         workers: resolved.workers,
@@ -352,6 +364,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if resolved.advertised_ip.is_unspecified() {
         tracing::warn!("advertised address is unspecified; set advertised_ip for API answers");
     }
+    log_host_checks(&config, &resolved);
 
     let max_connections = fit_connection_cap(config.http.max_connections);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -359,6 +372,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let limits = api::Limits {
         http: Arc::new(http::HttpStats::default()),
         sessions: Arc::new(ratelimit::SessionLimiter::new(&config.http)),
+        tls: server_tls.clone(),
     };
     let http_stats = Arc::clone(&limits.http);
     let control_url = config.cluster.control_url.clone().unwrap_or_else(|| {
@@ -368,13 +382,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         } else {
             ip.to_string()
         };
-        format!("http://{host}:{}", http_addr.port())
+        let scheme = if server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}:{}", http_addr.port())
     });
     let cluster = match cluster::Cluster::new(
         Arc::clone(&state),
         config.cluster.clone(),
         control_url,
         config.api_secret.as_bytes(),
+        peer_tls,
     ) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -389,6 +409,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let app = api::app(Arc::clone(&state), auth, limits, Arc::clone(&cluster));
     let http_config = config.http;
+    let server_tls_for_serve = server_tls.clone();
+    if let Some(cert) = &config.tls_cert {
+        tracing::info!(cert = %cert.display(), "control API on HTTPS (HTTP/2 and HTTP/1.1; SIGHUP reloads the certificate)");
+    }
     // A dropped sender also stops the server.
     let server = tokio::spawn(async move {
         http::serve(
@@ -397,6 +421,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             &http_config,
             max_connections,
             http_stats,
+            server_tls_for_serve,
             stopped,
         )
         .await
@@ -426,6 +451,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let _ = tokio::task::spawn_blocking(move || {
                 state.reap_removed();
                 state.close_empty_rooms(std::time::Instant::now());
+                state.sample_room_traffic();
             })
             .await;
         }
@@ -447,6 +473,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         watchdog,
         agent,
         agent_addr,
+        tls: server_tls,
         cluster,
         cluster_task,
         http_addr,
@@ -484,6 +511,57 @@ fn fit_connection_cap(wanted: usize) -> usize {
     cap
 }
 
+/// Runs `sfu-tune check` ([`tuning::check`]) against this host and the
+/// node's workers, CPUs and socket buffers, and logs every setting that
+/// fails as a warning (with the reason and the fix) and every one that
+/// warns at info; `sfu-tune apply` (or `sfu-tune.service`) fixes most.
+fn log_host_checks(config: &Config, resolved: &config::Resolved) {
+    let host = tuning::Host::system();
+    let mut target = tuning::Target::for_host(&host);
+    target.workers = resolved.workers;
+    if !resolved.cpus.is_empty() {
+        target.cpus = resolved.cpus.clone();
+    }
+    target.socket_buffer_bytes = config.socket_buffer_bytes;
+    if let IpAddr::V4(ip) = config.media_ip
+        && let Some(iface) = host.route_iface(Some(ip))
+    {
+        target.iface = Some(iface);
+    }
+    let checks = tuning::check(&host, &target);
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == tuning::Status::Fail)
+        .count();
+    for c in &checks {
+        match c.status {
+            tuning::Status::Fail => tracing::warn!(
+                check = c.id,
+                value = %c.value,
+                want = %c.want,
+                fix = %c.fix,
+                "host check failed: {}",
+                c.reason
+            ),
+            tuning::Status::Warn => tracing::info!(
+                check = c.id,
+                value = %c.value,
+                want = %c.want,
+                fix = %c.fix,
+                "host check: {}",
+                c.reason
+            ),
+            tuning::Status::Ok | tuning::Status::Unknown => {}
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(
+            failed,
+            "{failed} host settings fail the node's needs; run `sfu-tune check` for the list, `sfu-tune apply` to fix what can be"
+        );
+    }
+}
+
 impl Running {
     /// The address the HTTP API listens on (the bound port when 0 was asked).
     pub fn http_addr(&self) -> SocketAddr {
@@ -502,6 +580,12 @@ impl Running {
     /// The load balancer agent's address (the bound port), if configured.
     pub fn agent_addr(&self) -> Option<SocketAddr> {
         self.agent_addr
+    }
+
+    /// The control API's TLS server (to [`tls::ServerTls::reload`] its
+    /// certificate), when `tls_cert` is set.
+    pub fn tls(&self) -> Option<&Arc<tls::ServerTls>> {
+        self.tls.as_ref()
     }
 
     /// The API's shared state.

@@ -4,7 +4,8 @@
 //! drain timeout or at a second signal). It exits with status 70 when a
 //! worker dies or stalls (see `control::supervise`), so that the service
 //! manager restarts it. `sfu token ...` instead prints a bearer token for
-//! the control API. See the `control` crate docs.
+//! the control API. SIGHUP reloads the control API's TLS certificate. See
+//! the `control` crate docs.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<ExitCode> {
         let running = control::start(config).await.context("starting the node")?;
         let (requests, received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(forward_signals(requests));
+        tokio::spawn(reload_on_hangup(running.tls().cloned()));
         let drained = control::drain::until_drained(
             std::sync::Arc::clone(running.state()),
             drain_timeout,
@@ -128,6 +130,28 @@ fn raise_nofile_limit() {
             "open-file limit (RLIMIT_NOFILE)"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
+}
+
+/// Reloads the control API's certificate at every SIGHUP (without TLS,
+/// logs that there is nothing to reload: SIGHUP never stops the node).
+async fn reload_on_hangup(tls: Option<std::sync::Arc<control::tls::ServerTls>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; certificates are not reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no tls_cert, nothing to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the TLS certificate did not load; the old one keeps serving"
+                ),
+            },
+        }
     }
 }
 

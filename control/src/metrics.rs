@@ -9,6 +9,7 @@
 //! however often it polls, and they are zero until the second sample.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use serde_json::{Map, Value, json};
 
@@ -70,7 +71,54 @@ pub fn load(state: &AppState) -> Value {
         "rooms": rooms,
         "endpoints": endpoints,
         "workers": workers,
+        "top_rooms": state.top_rooms(TOP_ROOMS),
     })
+}
+
+/// Rooms with per-room series in `/metrics` (and `top_rooms` in
+/// `/v1/load`): the ones with the most egress, so the series stay few
+/// however many rooms the node has.
+pub const TOP_ROOMS: usize = 10;
+
+/// Appends the per-room series of the [`TOP_ROOMS`] rooms with the most
+/// egress over the last second. A room that leaves the top loses its
+/// series (Prometheus marks them stale).
+pub fn render_top_rooms(out: &mut String, state: &AppState) {
+    let top = state.top_rooms(TOP_ROOMS);
+    type Read = fn(&crate::state::RoomRates) -> f64;
+    let families: [(&str, &str, Read); 5] = [
+        (
+            "sfu_room_egress_bits_per_second",
+            "Media bits per second the node sent a room's subscribers (the top rooms by it).",
+            |r| r.tx_bps,
+        ),
+        (
+            "sfu_room_egress_packets_per_second",
+            "Media packets per second the node sent a room's subscribers (the top rooms by egress).",
+            |r| r.tx_pps,
+        ),
+        (
+            "sfu_room_ingress_bits_per_second",
+            "Media bits per second a room's publishers sent the node (the top rooms by egress).",
+            |r| r.rx_bps,
+        ),
+        (
+            "sfu_room_ingress_packets_per_second",
+            "Media packets per second a room's publishers sent the node (the top rooms by egress).",
+            |r| r.rx_pps,
+        ),
+        (
+            "sfu_room_endpoints",
+            "Endpoints of a room on the node (the top rooms by egress).",
+            |r| r.endpoints as f64,
+        ),
+    ];
+    for (name, help, value) in families {
+        header(out, name, help, "gauge");
+        for r in &top {
+            let _ = writeln!(out, "{name}{{room=\"{}\"}} {}", r.room, value(r));
+        }
+    }
 }
 
 /// One metric family: name, help, type and how to read a worker's value.
@@ -273,6 +321,45 @@ pub fn render(state: &AppState) -> String {
         );
     }
     out
+}
+
+/// Appends the TLS server's counters ([`crate::tls`]); `sfu_tls_enabled`
+/// is 0 and the counters absent when the API speaks plain HTTP.
+pub fn render_tls(out: &mut String, tls: Option<&crate::tls::ServerTls>) {
+    header(
+        out,
+        "sfu_tls_enabled",
+        "1 when the control API speaks HTTPS (tls_cert), 0 for plain HTTP.",
+        "gauge",
+    );
+    let _ = writeln!(out, "sfu_tls_enabled {}", u8::from(tls.is_some()));
+    let Some(tls) = tls else { return };
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    header(
+        out,
+        "sfu_tls_handshakes_total",
+        "TLS handshakes of the control API that completed (ok) or failed (failed: not TLS, \
+         no common parameters, or not within the header timeout).",
+        "counter",
+    );
+    for (result, n) in [
+        ("ok", read(&tls.stats.handshakes)),
+        ("failed", read(&tls.stats.handshake_failures)),
+    ] {
+        let _ = writeln!(out, "sfu_tls_handshakes_total{{result=\"{result}\"}} {n}");
+    }
+    header(
+        out,
+        "sfu_tls_reloads_total",
+        "Certificate reloads (SIGHUP): ok swapped the certificate, failed kept the old one.",
+        "counter",
+    );
+    for (result, n) in [
+        ("ok", read(&tls.stats.reloads_ok)),
+        ("failed", read(&tls.stats.reloads_failed)),
+    ] {
+        let _ = writeln!(out, "sfu_tls_reloads_total{{result=\"{result}\"}} {n}");
+    }
 }
 
 /// Appends the HTTP server's counters ([`crate::http`]) and the session

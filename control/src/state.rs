@@ -42,8 +42,8 @@ use rand::RngCore as _;
 use sfu_core::dtls::DtlsCert;
 use sfu_core::router::{
     BandwidthInfo, Command, ConsumerInfo, Counter, EndpointConfig, EndpointId, MediaKind, Outcome,
-    ProducerInfo, RemovalReason, Role, RoomId, RtxPayloadTypes, Subscription, TrackConfig,
-    WebrtcTransport,
+    ProducerInfo, RemovalReason, Role, RoomId, RoomTraffic, RtxPayloadTypes, Subscription,
+    TrackConfig, WebrtcTransport,
 };
 use sfu_core::sdp::CodecChoice;
 pub use sfu_core::sdp::assumed_codec;
@@ -84,6 +84,8 @@ pub struct AppState {
     placement: Mutex<()>,
     model: RwLock<Model>,
     rates: RwLock<Rates>,
+    /// Rooms' media traffic, sampled with the rates.
+    room_traffic: Mutex<RoomTrafficSample>,
     http_requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Requests refused by a limit, by the limit's name.
     limit_refusals: Mutex<BTreeMap<String, u64>>,
@@ -346,6 +348,35 @@ struct Rates {
     rates: Vec<WorkerRates>,
 }
 
+/// A room's media rates over the last sampling interval
+/// ([`AppState::sample_room_traffic`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RoomRates {
+    /// The room.
+    pub room: String,
+    /// Its endpoints on every worker of the node (trunks included).
+    pub endpoints: usize,
+    /// RTP packets per second from its publishers (on its main worker).
+    pub rx_pps: f64,
+    /// Their bits per second.
+    pub rx_bps: f64,
+    /// SRTP media packets per second to its subscribers (every worker).
+    pub tx_pps: f64,
+    /// Their bits per second.
+    pub tx_bps: f64,
+}
+
+/// Each worker's rooms' traffic totals, by (worker, router room id).
+type TrafficTotals = HashMap<(usize, RoomId), RoomTraffic>;
+
+/// The last sample of the routers' room traffic and the rates from it.
+#[derive(Debug, Default)]
+struct RoomTrafficSample {
+    last: Option<(Instant, TrafficTotals)>,
+    /// Every room, by egress bits per second, highest first.
+    rates: Vec<RoomRates>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; if something did, the data is
     // still consistent (every update is a single insert/remove sequence).
@@ -380,6 +411,7 @@ impl AppState {
             placement: Mutex::new(()),
             model: RwLock::new(model),
             rates: RwLock::new(Rates::default()),
+            room_traffic: Mutex::new(RoomTrafficSample::default()),
             http_requests: Mutex::new(BTreeMap::new()),
             limit_refusals: Mutex::new(BTreeMap::new()),
             rooms_policy,
@@ -613,6 +645,89 @@ impl AppState {
             }
         }
         rates.last = Some((now, snapshot));
+    }
+
+    /// Asks every worker for its rooms' traffic ([`Command::Traffic`]) and
+    /// turns the change since the last call into each room's rates
+    /// ([`AppState::top_rooms`]); called once a second by the sampler task.
+    /// Blocks on each worker in turn.
+    pub fn sample_room_traffic(&self) {
+        let now = Instant::now();
+        let mut totals = HashMap::new();
+        let mut endpoints = HashMap::new();
+        for worker in 0..self.workers.len() {
+            if let Ok(Outcome::Traffic(rooms)) = self.request(worker, Command::Traffic, None) {
+                for (id, n, traffic) in rooms {
+                    totals.insert((worker, id), traffic);
+                    endpoints.insert((worker, id), n);
+                }
+            }
+        }
+        // Each room's parts: its main worker's room, then its shards.
+        let parts: Vec<(String, Vec<(usize, RoomId)>)> = {
+            let model = self.model.read().unwrap_or_else(PoisonError::into_inner);
+            model
+                .rooms
+                .iter()
+                .map(|(name, r)| {
+                    let keys = std::iter::once((r.worker, r.id))
+                        .chain(r.shards.iter().map(|s| (s.worker, s.id)))
+                        .collect();
+                    (name.clone(), keys)
+                })
+                .collect()
+        };
+        let mut sample = lock(&self.room_traffic);
+        if let Some((then, previous)) = &sample.last {
+            let secs = now.duration_since(*then).as_secs_f64();
+            if secs > 0.0 {
+                let mut rates: Vec<RoomRates> = parts
+                    .into_iter()
+                    .map(|(room, keys)| {
+                        let mut r = RoomRates {
+                            room,
+                            endpoints: 0,
+                            rx_pps: 0.0,
+                            rx_bps: 0.0,
+                            tx_pps: 0.0,
+                            tx_bps: 0.0,
+                        };
+                        for (i, key) in keys.iter().enumerate() {
+                            r.endpoints += endpoints.get(key).copied().unwrap_or(0);
+                            // A part not in both samples is new (or gone):
+                            // it has no rate yet.
+                            let (Some(new), Some(old)) = (totals.get(key), previous.get(key))
+                            else {
+                                continue;
+                            };
+                            let per_s = |n: u64, o: u64| n.saturating_sub(o) as f64 / secs;
+                            r.tx_pps += per_s(new.tx_packets, old.tx_packets);
+                            r.tx_bps += 8.0 * per_s(new.tx_bytes, old.tx_bytes);
+                            if i == 0 {
+                                // Shards receive the main worker's copies.
+                                r.rx_pps = per_s(new.rx_packets, old.rx_packets);
+                                r.rx_bps = 8.0 * per_s(new.rx_bytes, old.rx_bytes);
+                            }
+                        }
+                        r
+                    })
+                    .collect();
+                rates.sort_by(|a, b| b.tx_bps.total_cmp(&a.tx_bps).then(a.room.cmp(&b.room)));
+                sample.rates = rates;
+            }
+        }
+        sample.last = Some((now, totals));
+    }
+
+    /// The `n` rooms with the most egress over the last sampling interval,
+    /// highest first (empty before the second sample).
+    pub fn top_rooms(&self, n: usize) -> Vec<RoomRates> {
+        lock(&self.room_traffic)
+            .rates
+            .iter()
+            .take(n)
+            .cloned()
+            .collect()
     }
 
     /// The rates of worker `index` over the last sampling interval (zero

@@ -3,7 +3,8 @@
 //! placement by load, two nodes racing for one room, WHIP through a node
 //! that does not own the room, `kill -9` of a room's owner with every
 //! participant back on a survivor (the times printed), a 30 s Redis outage
-//! without a lost packet, and drain.
+//! without a lost packet, drain, cascade relays, HAProxy in front, and
+//! nodes that pass requests to each other over HTTPS.
 //!
 //! Each test starts its own Redis on a free loopback port and its own
 //! nodes (`CARGO_BIN_EXE_sfu`, one worker each, control and media on
@@ -17,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -236,9 +237,14 @@ impl Node {
             .stderr(file)
             .spawn()
             .expect("the sfu binary starts");
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         let node = Self {
             id: id.to_owned(),
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             child: Some(child),
             log,
         };
@@ -303,11 +309,18 @@ fn admin() -> String {
 /// One HTTP exchange with the admin token; `None` if it could not be made
 /// (a node that is down).
 fn try_send(base: &str, method: &str, path: &str, body: &str) -> Option<(u16, String, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+        .timeout_global(Some(Duration::from_secs(10)));
+    if base.starts_with("https://") {
+        let ca = ureq::tls::Certificate::from_pem(test_ca().ca_pem.as_bytes()).expect("the CA");
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let url = format!("{base}{path}");
     let builder = match method {
         "GET" => ureq::http::Request::get(url),
@@ -340,6 +353,46 @@ fn send(base: &str, method: &str, path: &str, body: &str) -> (u16, Value, String
         serde_json::from_str(&text).unwrap_or(Value::Null),
         text,
     )
+}
+
+/// The test CA and a certificate of 127.0.0.1 it signed, as files (in a
+/// directory of the test binary's process, left for the OS to clean).
+struct TestCa {
+    ca_pem: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn test_ca() -> &'static TestCa {
+    static CA: OnceLock<TestCa> = OnceLock::new();
+    CA.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("sfu-cluster-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sfu cluster test CA");
+        let ca_key = KeyPair::generate().expect("a key");
+        let ca = params.self_signed(&ca_key).expect("the CA");
+        let leaf_key = KeyPair::generate().expect("a key");
+        let leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("leaf params")
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("the leaf");
+        let out = TestCa {
+            ca_pem: ca.pem(),
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+        };
+        std::fs::write(&out.ca, &out.ca_pem).expect("write");
+        std::fs::write(&out.cert, leaf.pem()).expect("write");
+        std::fs::write(&out.key, leaf_key.serialize_pem()).expect("write");
+        out
+    })
 }
 
 /// Waits until every node's registry view lists `n` live nodes.
@@ -1432,4 +1485,58 @@ fn haproxy_sends_no_new_rooms_to_a_draining_node_while_its_rooms_go_on() {
     let (status, text, served_by) = join(502);
     assert_eq!(status, 201, "{text}");
     assert_eq!(served_by, "h1");
+}
+
+#[test]
+fn nodes_pass_requests_to_each_other_over_https() {
+    let redis = Redis::start();
+    let ca = test_ca();
+    let tls = [
+        "--tls-cert",
+        ca.cert.to_str().expect("path"),
+        "--tls-key",
+        ca.key.to_str().expect("path"),
+        "--tls-ca",
+        ca.ca.to_str().expect("path"),
+    ];
+    let nodes = [
+        Node::start_with("s1", &redis.url(), &tls),
+        Node::start_with("s2", &redis.url(), &tls),
+    ];
+    wait_for_cluster(&nodes.iter().collect::<Vec<_>>(), 2);
+    let (status, _, text) = nodes[0].post("/v1/rooms", &json!({"room": "tls"}));
+    assert_eq!(status, 201, "{text}");
+    let owner = owner_via(&nodes[0], "tls");
+    let (owner_node, other) = if owner == nodes[0].id {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    // The registry advertises https, and a request to the other node is
+    // passed to the owner over TLS verified against --tls-ca.
+    let (_, room, _) = other.get("/v1/rooms/tls");
+    let url = room["owner"]["control_url"]
+        .as_str()
+        .expect("a control_url");
+    assert!(url.starts_with("https://127.0.0.1:"), "{room}");
+    let cert = DtlsCert::generate().expect("a certificate");
+    let reply = common::webrtc::send_to_with(
+        &other.base,
+        Some(test_ca().ca_pem.as_bytes()),
+        "POST",
+        "/whip/tls",
+        Some(&token_with(TEST_SECRET, "tls", &[Grant::Publish])),
+        Some("application/sdp"),
+        &with_fingerprint(WHIP_OFFER, &cert),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.header("x-sfu-served-by"), owner);
+    let _publisher = connect(&read_answer(&reply.text), WHIP_UFRAG, &cert);
+    let (_, room, _) = owner_node.get("/v1/rooms/tls");
+    assert_eq!(
+        room["endpoints"].as_u64().unwrap_or(0) + room["pending"].as_u64().unwrap_or(0),
+        1,
+        "{room}"
+    );
+    assert_eq!(other.metric("sfu_tls_enabled"), 1.0);
 }

@@ -1,9 +1,11 @@
 //! The systemd files in `deploy/systemd` as systemd itself reads them:
-//! `systemd-analyze verify` on `sfu.service` (with `ExecStart` pointing at
-//! the `sfu` binary just built), its exposure by `systemd-analyze security
-//! --offline=yes` (the hardening), and `systemd-sysusers --dry-run` on the
-//! user it runs as. Needs the `systemd` package (the README's test command
-//! installs it); without it the test fails and says so.
+//! `systemd-analyze verify` on `sfu.service` and `sfu-tune.service` (with
+//! `ExecStart` pointing at binaries that exist: the `sfu` just built, and
+//! `sfu-tune` beside it when it is built, else `sfu` standing in for it),
+//! their exposure by `systemd-analyze security --offline=yes` (the
+//! hardening), and `systemd-sysusers --dry-run` on the user the node runs
+//! as. Needs the `systemd` package (the README's test command installs
+//! it); without it the test fails and says so.
 
 use std::path::Path;
 use std::process::Command;
@@ -56,14 +58,35 @@ fn the_service_unit_verifies_and_is_hardened() {
         unit.replace("/usr/local/bin/sfu", env!("CARGO_BIN_EXE_sfu")),
     )
     .expect("write the copy");
+    // The tuning unit the node's unit wants, beside it (verify loads it
+    // from the same directory). Its binary is another package's: the one
+    // built beside `sfu` if there is one, else `sfu` stands in.
+    let tune_unit = std::fs::read_to_string(deploy("sfu-tune.service"))
+        .expect("deploy/systemd/sfu-tune.service");
+    let tune_bin = Path::new(env!("CARGO_BIN_EXE_sfu")).with_file_name("sfu-tune");
+    let tune_bin = if tune_bin.is_file() {
+        tune_bin
+    } else {
+        Path::new(env!("CARGO_BIN_EXE_sfu")).to_path_buf()
+    };
+    let tune_copy = dir.join("sfu-tune.service");
+    std::fs::write(
+        &tune_copy,
+        tune_unit.replace(
+            "/usr/local/bin/sfu-tune",
+            tune_bin.to_str().expect("a UTF-8 path"),
+        ),
+    )
+    .expect("write the copy");
 
     let (ok, text) = run(Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&copy));
+        .arg(&copy)
+        .arg(&tune_copy));
     assert!(ok, "systemd-analyze verify:\n{text}");
     assert!(
-        !text.contains("sfu.service"),
-        "systemd-analyze verify warns about the unit:\n{text}"
+        !text.contains("sfu.service") && !text.contains("sfu-tune.service"),
+        "systemd-analyze verify warns about the units:\n{text}"
     );
 
     let (_, text) = run(Command::new("systemd-analyze")
@@ -77,6 +100,45 @@ fn the_service_unit_verifies_and_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     println!("DEPLOY sfu.service exposure level {exposure} (0 safest, 10 unprotected)");
     assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
+
+    // The tuning unit: a root oneshot before the node that must keep
+    // /proc/sys and /sys writable, hardened otherwise.
+    for key in [
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecStart=/usr/local/bin/sfu-tune apply --config /etc/sfu/sfu.toml",
+        "Before=sfu.service",
+        "After=network-online.target",
+        "WantedBy=multi-user.target",
+        "NoNewPrivileges=yes",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+    ] {
+        assert!(tune_unit.contains(key), "sfu-tune.service lacks {key:?}");
+    }
+    for key in ["ProtectKernelTunables=", "ProcSubset=", "User="] {
+        assert!(
+            !tune_unit.lines().any(|l| l.starts_with(key)),
+            "sfu-tune.service has {key:?}: it must write /proc/sys and /sys as root"
+        );
+    }
+    for key in ["Wants=sfu-tune.service\n", "After=sfu-tune.service\n"] {
+        assert!(unit.contains(key), "sfu.service lacks {key:?}");
+    }
+    let (_, text) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&tune_copy));
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for sfu-tune.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    println!("DEPLOY sfu-tune.service exposure level {exposure} (0 safest, 10 unprotected)");
+    assert!(exposure <= 2.5, "exposure {exposure}:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

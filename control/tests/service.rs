@@ -4,7 +4,7 @@
 //! drain: the first SIGTERM drains (`/healthz` 503, new rooms refused,
 //! existing rooms keep taking joins) and the node exits 0 when the last
 //! endpoint leaves; a second SIGTERM, or the drain timeout, stops it with
-//! endpoints left.
+//! endpoints left. Also the host checks (`sfu-tune`'s) it logs at start.
 
 mod common;
 
@@ -325,4 +325,61 @@ fn the_watchdog_stops_when_a_worker_dies() {
         last_ping - died
     );
     assert!(exited > last_ping + Duration::from_millis(500));
+}
+
+#[test]
+fn the_node_warns_at_start_about_a_host_check_that_fails() {
+    // Socket buffers above this host's rmem_max: the rmem_max check fails
+    // whatever the host's value.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("/proc/sys/net/core/rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let wanted = (rmem_max * 2).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["--control-addr", "127.0.0.1:0", "--media-port", "0"])
+        .args(["--workers", "1", "--cpus", "none"])
+        .args(["--socket-buffer-bytes", &wanted])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sfu binary starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains("host check failed") && line.contains("rmem_max");
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no rmem_max warning in:\n{}", seen.join("\n"));
+    let line = seen.last().expect("a line");
+    assert!(line.contains(&format!("want=>= {wanted}")), "{line}");
+    assert!(line.contains("sfu-tune apply"), "{line}");
 }

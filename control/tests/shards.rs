@@ -70,6 +70,48 @@ fn a_big_room_spreads_its_subscribers_over_the_nodes_workers() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+    // Per-room series: the big room's egress is summed over both workers
+    // (4 viewers on each, 2 publishers of 100 packets/s, and the trunk),
+    // and it tops a small room of one viewer.
+    node.create_room("small");
+    let mut small = Publisher::start(&base, &admin, "small", 0x6000_0003);
+    let small_viewer = Viewer::join(&base, "n", &admin, "small");
+    thread::sleep(Duration::from_millis(2500));
+    let load = node.get("/v1/load");
+    let top = load.json["top_rooms"]
+        .as_array()
+        .expect("top_rooms")
+        .clone();
+    println!("SHARDS top rooms: {top:?}");
+    assert_eq!(top.len(), 2, "{top:?}");
+    let rate = |i: usize, k: &str| top[i][k].as_f64().expect("a rate");
+    assert_eq!(
+        (top[0]["room"].as_str(), top[1]["room"].as_str()),
+        (Some("big"), Some("small"))
+    );
+    // 2 publishers, 8 viewers, the trunk's two ends; a publisher and a viewer.
+    assert_eq!(
+        (top[0]["endpoints"].as_u64(), top[1]["endpoints"].as_u64()),
+        (Some(12), Some(2))
+    );
+    // 1,800 packets/s out (8 viewers x 200 + 200 over the trunk), 200 in;
+    // 100 and 100 in the small room; wide bounds for a loaded machine.
+    assert!((1_200.0..2_400.0).contains(&rate(0, "tx_pps")), "{top:?}");
+    assert!((130.0..270.0).contains(&rate(0, "rx_pps")), "{top:?}");
+    assert!((60.0..140.0).contains(&rate(1, "tx_pps")), "{top:?}");
+    assert!(rate(0, "tx_bps") > rate(1, "tx_bps") * 8.0, "{top:?}");
+    let metrics = node.get("/metrics").text;
+    for series in [
+        "sfu_room_egress_bits_per_second{room=\"big\"}",
+        "sfu_room_egress_packets_per_second{room=\"small\"}",
+        "sfu_room_ingress_bits_per_second{room=\"big\"}",
+        "sfu_room_endpoints{room=\"big\"} 12",
+    ] {
+        assert!(metrics.contains(series), "{series} not in /metrics");
+    }
+    small.stop();
+    drop(small_viewer);
+    assert_eq!(node.delete("/v1/rooms/small").status, 204);
     thread::sleep(Duration::from_millis(500));
     first.stop();
     second.stop();

@@ -188,12 +188,14 @@ pub fn unix_ms() -> u64 {
 
 impl Cluster {
     /// This node's part in the cluster `config` (a cluster of one without
-    /// a Redis URL); `control_url` is where peers reach its API.
+    /// a Redis URL); `control_url` is where peers reach its API, and
+    /// `peer_tls` verifies peers reached over `https://`.
     pub fn new(
         state: Arc<AppState>,
         config: ClusterConfig,
         control_url: String,
         secret: &[u8],
+        peer_tls: rustls::ClientConfig,
     ) -> Result<Self, store::StoreError> {
         let store = match &config.redis {
             Some(url) => Some(Store::new(url, &config.name)?),
@@ -205,7 +207,7 @@ impl Cluster {
             state,
             config,
             store,
-            proxy: proxy::Proxy::default(),
+            proxy: proxy::Proxy::new(peer_tls),
             signer: proxy::Signer::new(secret),
             view: RwLock::new((Registry::default(), None)),
             recent: Mutex::new(HashMap::new()),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -97,10 +98,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// An HTTP/1.1 client with a pool of kept-alive connections to peers.
+/// An HTTP/1.1 client with a pool of kept-alive connections to peers,
+/// over TLS to peers whose `control_url` is `https://`.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 /// Why a request could not be passed on.
@@ -117,19 +119,25 @@ pub enum ForwardError {
     Timeout,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
+impl Proxy {
+    /// A client that verifies `https://` peers with `tls`
+    /// ([`crate::tls::peer_client_config`]).
+    pub fn new(tls: rustls::ClientConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Self { client }
     }
-}
 
-impl Proxy {
     /// Sends the request `parts` with `body` to the node at `base`
     /// (`http://host:port`), marked with `forwarded` (a [`FORWARDED`]
     /// value); returns its answer with hop-by-hop headers removed and

@@ -74,8 +74,35 @@ pub fn send_to(
     content_type: Option<&str>,
     body: &str,
 ) -> Reply {
+    send_to_with(base, None, method, path, token, content_type, body)
+}
+
+/// [`send_to`] trusting only the CA `ca_pem` for `https://` bases.
+pub fn send_to_with(
+    base: &str,
+    ca_pem: Option<&[u8]>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: &str,
+) -> Reply {
     let url = format!("{base}{path}");
-    let agent = agent();
+    let agent = match ca_pem {
+        None => agent(),
+        Some(pem) => {
+            let ca = ureq::tls::Certificate::from_pem(pem).expect("a PEM CA");
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                        .build(),
+                )
+                .build()
+                .into()
+        }
+    };
     let mut builder = match method {
         "POST" => ureq::http::Request::post(url),
         "DELETE" => ureq::http::Request::delete(url),

@@ -361,6 +361,22 @@ pub struct EndpointConfig {
     pub red_payload_type: Option<u8>,
 }
 
+/// A room's media traffic since it was created: RTP packets its publishers
+/// sent that the worker authenticated and fanned out, and the SRTP copies
+/// it sent the room's subscribers (retransmissions, RTCP, ICE and DTLS not
+/// counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomTraffic {
+    /// RTP packets received from the room's publishers.
+    pub rx_packets: u64,
+    /// Their bytes (decrypted length).
+    pub rx_bytes: u64,
+    /// SRTP packets sent to the room's subscribers.
+    pub tx_packets: u64,
+    /// Their bytes (as sent).
+    pub tx_bytes: u64,
+}
+
 /// A consumer as the control plane reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerInfo {
@@ -464,6 +480,9 @@ pub enum Command {
     /// Hand over the endpoints the router removed by itself since the last
     /// such command, with the reason ([`RemovalReason`]).
     TakeRemoved,
+    /// Every room's endpoint count and media traffic so far
+    /// ([`Outcome::Traffic`]); changes nothing.
+    Traffic,
 }
 
 /// What a command produced.
@@ -478,6 +497,8 @@ pub enum Outcome {
     Producers(Vec<ProducerInfo>),
     /// Endpoints the router removed by itself ([`Command::TakeRemoved`]).
     Removed(Vec<(EndpointId, RemovalReason)>),
+    /// Each room of the worker ([`Command::Traffic`]), in no order.
+    Traffic(Vec<(RoomId, usize, RoomTraffic)>),
     /// Each change of [`Command::SetSubscriptions`], in order: the
     /// endpoint's consumers after it, or why it was refused (a refused
     /// change leaves that endpoint as it was).
@@ -792,12 +813,7 @@ impl Router {
                 if self.rooms.len() >= self.config.max_rooms {
                     return Err(RouterError::TooMany("rooms per worker"));
                 }
-                self.rooms.insert(
-                    room,
-                    Room {
-                        endpoints: Vec::new(),
-                    },
-                );
+                self.rooms.insert(room, Room::default());
                 Ok(Outcome::Done)
             }
             Command::DeleteRoom(room) => {
@@ -835,6 +851,12 @@ impl Router {
                 self.set_subscription(id, subscription, now)?,
             )),
             Command::TakeRemoved => Ok(Outcome::Removed(std::mem::take(&mut self.removed))),
+            Command::Traffic => Ok(Outcome::Traffic(
+                self.rooms
+                    .iter()
+                    .map(|(&id, r)| (id, r.endpoints.len(), r.traffic))
+                    .collect(),
+            )),
             Command::SetMaxLayer {
                 endpoint,
                 slot,

@@ -62,10 +62,12 @@ use crate::wire::rtcp::{self, ReportBlockData, ReportBlocks, RtcpIter, RtcpPacke
 use crate::wire::rtp::{RtpPacket, RtpPacketMut};
 use crate::wire::{self};
 
-/// A room: the slots of its endpoints, in join order.
-#[derive(Debug)]
+/// A room: the slots of its endpoints, in join order, and its media
+/// traffic.
+#[derive(Debug, Default)]
 pub(super) struct Room {
     pub(super) endpoints: Vec<u32>,
+    pub(super) traffic: super::RoomTraffic,
 }
 
 /// One forwarded stream of a subscriber.
@@ -278,6 +280,7 @@ impl Router {
         let Some(Some(publisher)) = self.endpoints.get_mut(ep_slot as usize) else {
             return Err(DropReason::UnknownSource);
         };
+        let room = publisher.room;
         if publisher.transport.remote.is_some_and(|r| r != src) {
             return Err(DropReason::AddressMismatch);
         }
@@ -399,6 +402,7 @@ impl Router {
         } else {
             &group.fanout[..]
         };
+        let (mut copies, mut copy_bytes) = (0u64, 0u64);
         for &(sub_slot, c) in fanout {
             let Some(Some(sub)) = self.endpoints.get_mut(sub_slot as usize) else {
                 continue;
@@ -483,12 +487,21 @@ impl Router {
                 Ok(n) => {
                     tx.send(n, dst);
                     self.stats.sent(n);
+                    copies += 1;
+                    copy_bytes += n as u64;
                     let r = &mut consumer.reports;
                     r.packets = r.packets.wrapping_add(1);
                     r.octets = r.octets.wrapping_add(payload_len);
                 }
                 Err(_) => self.stats.drop(DropReason::ProtectFailed),
             }
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            let t = &mut r.traffic;
+            t.rx_packets += 1;
+            t.rx_bytes += len as u64;
+            t.tx_packets += copies;
+            t.tx_bytes += copy_bytes;
         }
 
         let Some(producer) = self.producers.get_mut(&ssrc) else {

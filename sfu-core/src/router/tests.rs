@@ -250,6 +250,25 @@ fn fans_out_decrypted_once_and_reencrypted_per_subscriber() {
         (50, 151, 1)
     );
     assert_eq!(s.drops.iter().sum::<u64>(), 0);
+    // The room's traffic: 50 in, 150 media copies out (the PLI is not
+    // media), bytes as sent.
+    let copy_bytes: u64 = sink
+        .sent
+        .iter()
+        .filter(|(_, d)| *d != addr(5000))
+        .map(|(p, _)| p.len() as u64)
+        .sum();
+    let Ok(Outcome::Traffic(rooms)) = r.router.handle_command(r.now, Command::Traffic) else {
+        panic!("no traffic");
+    };
+    assert_eq!(rooms.len(), 1);
+    let (_, endpoints, t) = rooms[0];
+    assert_eq!(endpoints, 4);
+    assert_eq!(
+        (t.rx_packets, t.tx_packets, t.tx_bytes),
+        (50, 150, copy_bytes)
+    );
+    assert!(t.rx_bytes >= 50 * 900);
 }
 
 #[test]

@@ -446,6 +446,14 @@ fn a_subscriber_never_receives_another_rooms_producer() {
     assert_eq!(sink.count_to(addr(6000)), 20, "room 1's own subscriber");
     assert_eq!(sink.count_to(addr(7100)), 0, "room 2's subscriber");
     assert_eq!(sink.count_to(addr(7200)), 0, "room 2's new subscriber");
+    // Room 1's traffic is counted in room 1 only.
+    let Ok(Outcome::Traffic(rooms)) = r.router.handle_command(r.now, Command::Traffic) else {
+        panic!("no traffic");
+    };
+    for (room, _, t) in rooms {
+        let want = if room == RoomId(1) { (20, 20) } else { (0, 0) };
+        assert_eq!((t.rx_packets, t.tx_packets), want, "{room:?}");
+    }
     // A PLI from room 2 naming its slot does not reach room 1's publisher.
     let plis_before = r.router.stats().get(Counter::PliSent);
     let mut pli = vec![0x81, 206, 0, 2];

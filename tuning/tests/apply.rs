@@ -1,0 +1,282 @@
+//! `apply` on fixture hosts: it brings the sysctls, IRQs, governors and RPS
+//! masks to what `check` wants, writes the sysctl.d file, never lowers a
+//! value, and `--dry-run` writes nothing.
+
+mod common;
+
+use std::process::Command;
+
+use tuning::{Host, Status, check, plan};
+
+#[test]
+fn apply_then_check_shows_the_applied_items_ok() {
+    let dir = common::host(false);
+    let host = Host::new(dir.path());
+    let target = common::target();
+    let plan = plan(&host, &target);
+    let outcomes = plan.apply(&host);
+    for o in &outcomes {
+        assert_eq!(o.error, None, "{o}");
+    }
+    let lines: Vec<String> = outcomes.iter().map(|o| o.action.clone()).collect();
+    for line in [
+        "write /etc/sysctl.d/90-sfu.conf",
+        "set net.core.rmem_max 212992 -> 33554432",
+        "set net.core.wmem_max 212992 -> 33554432",
+        "set net.core.netdev_max_backlog 1000 -> 16384",
+        "set net.core.busy_poll 0 -> 50",
+        "set net.core.busy_read 0 -> 50",
+        "set net.core.optmem_max 20480 -> 65536",
+        "set net.ipv4.udp_mem 18951 25269 37902 -> 18951 25269 98304",
+        "set /proc/irq/38/smp_affinity_list 0-7 -> 0-1",
+        "set /sys/devices/system/cpu/cpu2/cpufreq/scaling_governor powersave -> performance",
+        "set /sys/class/net/eth0/queues/rx-0/rps_cpus 000000ff -> 00000003",
+    ] {
+        assert!(lines.iter().any(|l| l == line), "no {line:?} in {lines:#?}");
+    }
+
+    let after = common::statuses(&check(&host, &target));
+    for id in [
+        "rmem_max",
+        "wmem_max",
+        "netdev_max_backlog",
+        "udp_mem",
+        "busy_poll",
+        "busy_read",
+        "optmem_max",
+        "irq_affinity",
+        "rps",
+        "cpu_governor",
+    ] {
+        assert_eq!(after[id], Status::Ok, "{id} after apply");
+    }
+    // What needs an operator stays as it was, and the plan says how.
+    assert_eq!(after["smt_siblings"], Status::Warn);
+    assert_eq!(after["nofile"], Status::Fail);
+    assert_eq!(after["clocksource"], Status::Fail);
+    let operator = plan.operator().join("\n");
+    for needle in [
+        "smt_siblings:",
+        "nosmt",
+        "LimitNOFILE=",
+        "LimitMEMLOCK=",
+        "clocksource=tsc",
+        "ethtool -L eth0",
+        "IRQBALANCE_BANNED_CPULIST=2-7",
+    ] {
+        assert!(operator.contains(needle), "no {needle:?} in:\n{operator}");
+    }
+
+    // The files as written.
+    let root = dir.path();
+    for irq in common::NIC_IRQS {
+        assert_eq!(
+            common::read(root, &format!("/proc/irq/{irq}/smp_affinity_list")),
+            "0-1"
+        );
+    }
+    for irq in common::OTHER_IRQS {
+        assert_eq!(
+            common::read(root, &format!("/proc/irq/{irq}/smp_affinity_list")),
+            "0-7\n"
+        );
+    }
+    for cpu in 0..8 {
+        let g = common::read(
+            root,
+            &format!("/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"),
+        );
+        assert_eq!(
+            g.trim(),
+            if cpu < 2 { "powersave" } else { "performance" },
+            "cpu{cpu}"
+        );
+    }
+    assert_eq!(
+        common::read(root, "/sys/class/net/lo/queues/rx-0/rps_cpus"),
+        "ff\n"
+    );
+    assert_eq!(
+        common::read(root, "/proc/sys/net/ipv4/udp_mem"),
+        "18951 25269 98304"
+    );
+
+    let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
+    let settings: Vec<&str> = conf
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            "net.core.rmem_max = 33554432",
+            "net.core.wmem_max = 33554432",
+            "net.core.netdev_max_backlog = 16384",
+            "net.core.busy_poll = 50",
+            "net.core.busy_read = 50",
+            "net.core.optmem_max = 65536",
+            "net.ipv4.udp_mem = 18951 25269 98304",
+        ]
+    );
+    // Each setting follows its reason.
+    let lines: Vec<&str> = conf.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if !l.starts_with('#') && !l.is_empty() {
+            assert!(lines[i - 1].starts_with("# "), "no comment above {l:?}");
+        }
+    }
+    assert!(conf.contains("SO_RCVBUFFORCE"));
+
+    // A second apply has nothing left to set but the file.
+    let again = tuning::plan(&host, &target);
+    let lines: Vec<String> = again.actions().iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["write /etc/sysctl.d/90-sfu.conf"]);
+}
+
+#[test]
+fn apply_never_lowers_a_value_already_higher() {
+    let dir = common::host(false);
+    let root = dir.path();
+    common::write(root, "/proc/sys/net/core/rmem_max", "1073741824\n");
+    common::write(root, "/proc/sys/net/core/netdev_max_backlog", "250000\n");
+    common::write(root, "/proc/sys/net/core/busy_poll", "100\n");
+    common::write(root, "/proc/sys/net/ipv4/udp_mem", "1 2 9999999\n");
+    let host = Host::new(root);
+    let plan = plan(&host, &common::target());
+    for a in plan.actions() {
+        for sysctl in ["rmem_max", "netdev_max_backlog", "busy_poll", "udp_mem"] {
+            assert!(!a.path().ends_with(sysctl), "plans to change {sysctl}: {a}");
+        }
+    }
+    for o in plan.apply(&host) {
+        assert_eq!(o.error, None, "{o}");
+    }
+    assert_eq!(
+        common::read(root, "/proc/sys/net/core/rmem_max"),
+        "1073741824\n"
+    );
+    assert_eq!(
+        common::read(root, "/proc/sys/net/core/netdev_max_backlog"),
+        "250000\n"
+    );
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_poll"), "100\n");
+    assert_eq!(
+        common::read(root, "/proc/sys/net/ipv4/udp_mem"),
+        "1 2 9999999\n"
+    );
+    assert_eq!(
+        common::read(root, "/proc/sys/net/core/wmem_max"),
+        "33554432"
+    );
+    let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
+    for line in [
+        "net.core.rmem_max = 1073741824\n",
+        "net.core.netdev_max_backlog = 250000\n",
+        "net.core.busy_poll = 100\n",
+        "net.ipv4.udp_mem = 1 2 9999999\n",
+        "net.core.wmem_max = 33554432\n",
+    ] {
+        assert!(conf.contains(line), "no {line:?} in:\n{conf}");
+    }
+}
+
+#[test]
+fn dry_run_writes_nothing_and_prints_what_apply_would() {
+    let dir = common::host(false);
+    let before = common::snapshot(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_sfu-tune"))
+        .args(["apply", "--dry-run", "--root"])
+        .arg(dir.path())
+        .args(common::TARGET_FLAGS)
+        .output()
+        .expect("run sfu-tune");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        common::snapshot(dir.path()),
+        before,
+        "--dry-run changed the tree"
+    );
+    let actions: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(actions.len() >= 11, "{text}");
+    assert!(actions.iter().all(|l| l.starts_with("would ")), "{text}");
+    assert!(
+        text.contains("would set net.core.rmem_max 212992 -> 33554432\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("would write /etc/sysctl.d/90-sfu.conf\n"),
+        "{text}"
+    );
+    assert!(text.contains("Left to an operator"), "{text}");
+
+    // The same plan carried out by the binary, then checked by it.
+    let out = Command::new(env!("CARGO_BIN_EXE_sfu-tune"))
+        .args(["apply", "--root"])
+        .arg(dir.path())
+        .args(common::TARGET_FLAGS)
+        .output()
+        .expect("run sfu-tune");
+    let applied = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{applied}");
+    for line in actions {
+        let line = line.strip_prefix("would ").expect("prefixed");
+        assert!(
+            applied.lines().any(|l| l == line),
+            "{line:?} not in:\n{applied}"
+        );
+    }
+    assert_ne!(common::snapshot(dir.path()), before);
+}
+
+#[test]
+fn a_failed_write_is_reported_and_the_rest_goes_on() {
+    let dir = common::host(false);
+    let root = dir.path();
+    let host = Host::new(root);
+    let plan = plan(&host, &common::target());
+    // The attribute disappears between plan and apply (a write that fails,
+    // whoever runs the test: root ignores permission bits).
+    std::fs::remove_file(root.join("proc/sys/net/core/rmem_max")).expect("rm");
+    let outcomes = plan.apply(&host);
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{outcomes:#?}");
+    assert!(failed[0].action.contains("net.core.rmem_max"));
+    assert!(failed[0].to_string().contains("FAILED"));
+    assert!(
+        !root.join("proc/sys/net/core/rmem_max").exists(),
+        "apply created a /proc/sys file"
+    );
+    assert_eq!(
+        common::read(root, "/proc/sys/net/core/wmem_max"),
+        "33554432"
+    );
+
+    // The binary exits 1 then (a directory where the sysctl.d file goes).
+    let dir = common::host(false);
+    std::fs::create_dir_all(dir.path().join("etc/sysctl.d/90-sfu.conf")).expect("mkdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_sfu-tune"))
+        .args(["apply", "--root"])
+        .arg(dir.path())
+        .args(common::TARGET_FLAGS)
+        .output()
+        .expect("run sfu-tune");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("write /etc/sysctl.d/90-sfu.conf: FAILED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set net.core.rmem_max 212992 -> 33554432\n"),
+        "{text}"
+    );
+    assert_eq!(
+        common::read(dir.path(), "/proc/sys/net/core/rmem_max"),
+        "33554432"
+    );
+}
