@@ -134,16 +134,20 @@ impl Plan {
 }
 
 /// The plan for `host` and `target`: the sysctl.d file, each sysctl below
-/// its want (raised, never lowered), the NIC's IRQs onto spare CPUs, the
-/// worker CPUs' governor, the worker CPUs out of the RPS masks; then the
-/// fixes of the other checks that are not ok, for an operator.
+/// its want (raised, never lowered; `net.core.busy_poll` and `busy_read`
+/// only when [`Target::busy_poll`] asks for them), the NIC's IRQs onto
+/// spare CPUs, the worker CPUs' governor, the worker CPUs out of the RPS
+/// masks; then the fixes of the other checks that are not ok, for an
+/// operator.
 pub fn plan(host: &Host, target: &Target) -> Plan {
     let cx = Ctx::new(host, target);
     let mut actions = vec![sysctl_file(&cx)];
     let mut operator = Vec::new();
 
     for s in SYSCTLS {
-        let want = s.want(target);
+        let Some(want) = s.want(target) else {
+            continue;
+        };
         if let Ok(current) = checks::read_sysctl(host, s)
             && current < want
         {
@@ -235,7 +239,8 @@ pub fn plan(host: &Host, target: &Target) -> Plan {
 }
 
 /// `/etc/sysctl.d/90-sfu.conf`: every sysctl the node wants, at the larger
-/// of the want and the current value (so a reboot never lowers one).
+/// of the want and the current value (so a reboot never lowers one). The
+/// busy-poll sysctls are in it only with [`Target::busy_poll`].
 fn sysctl_file(cx: &Ctx<'_>) -> Action {
     let mut text = String::from(
         "# Written by sfu-tune apply (deploy/systemd/sfu-tune.service) for the SFU media\n\
@@ -244,7 +249,9 @@ fn sysctl_file(cx: &Ctx<'_>) -> Action {
          # rather than editing this file.\n",
     );
     for s in SYSCTLS {
-        let want = s.want(cx.target);
+        let Some(want) = s.want(cx.target) else {
+            continue;
+        };
         let value = checks::read_sysctl(cx.host, s).map_or(want, |v| v.max(want));
         text.push_str(&format!("\n{}{} = {value}\n", comment(s.reason), s.name));
     }

@@ -145,7 +145,9 @@ pub(crate) struct Sysctl {
     /// Below the want: fail (else warn).
     fail: bool,
     pub(crate) reason: &'static str,
-    want: fn(&Target) -> u64,
+    /// The least value the node wants; `None`: any value will do, and
+    /// `apply` neither sets it nor writes it to the sysctl.d file.
+    want: fn(&Target) -> Option<u64>,
 }
 
 impl Sysctl {
@@ -153,7 +155,7 @@ impl Sysctl {
         format!("/proc/sys/{}", self.name.replace('.', "/"))
     }
 
-    pub(crate) fn want(&self, target: &Target) -> u64 {
+    pub(crate) fn want(&self, target: &Target) -> Option<u64> {
         (self.want)(target)
     }
 }
@@ -170,7 +172,7 @@ pub(crate) const RMEM_MAX: Sysctl = Sysctl {
              (SO_RCVBUFFORCE) the kernel clamps it to rmem_max, and a clamped buffer overflows \
              when a burst (key frames, the feedback of a 500-participant fan-out) arrives while \
              the worker is busy sending: drops counted in UdpRcvbufErrors of /proc/net/snmp.",
-    want: buffer_bytes,
+    want: |t| Some(buffer_bytes(t)),
 };
 
 pub(crate) const WMEM_MAX: Sysctl = Sysctl {
@@ -179,7 +181,7 @@ pub(crate) const WMEM_MAX: Sysctl = Sysctl {
     fail: true,
     reason: "SO_SNDBUF is clamped to wmem_max the same way; a sendmmsg/GSO batch of a fan-out \
              larger than the send buffer fails with EAGAIN and the worker drops the copies.",
-    want: buffer_bytes,
+    want: |t| Some(buffer_bytes(t)),
 };
 
 pub(crate) const NETDEV_MAX_BACKLOG: Sysctl = Sysctl {
@@ -189,7 +191,7 @@ pub(crate) const NETDEV_MAX_BACKLOG: Sysctl = Sysctl {
     reason: "Packets queued per CPU between the NIC's interrupt and the protocol stack (RPS \
              included); at 10 GbE a burst overflows the default 1000 (drops in the 2nd column \
              of /proc/net/softnet_stat).",
-    want: |_| 16384,
+    want: |_| Some(16384),
 };
 
 pub(crate) const BUSY_POLL: Sysctl = Sysctl {
@@ -197,9 +199,12 @@ pub(crate) const BUSY_POLL: Sysctl = Sysctl {
     name: "net.core.busy_poll",
     fail: false,
     reason: "Microseconds poll/ppoll spin on the NIC queue before sleeping: a worker woken by \
-             a packet skips the interrupt and wake-up latency, at the cost of CPU spent \
-             spinning (for hosts with spare cycles on the worker cores; 0 switches it off).",
-    want: |_| 50,
+             a packet skips the interrupt and wake-up latency, and pays for it in CPU spent \
+             spinning. Measured on the 2 vCPU VM of hardware.md (\"Tuned against untuned\"): \
+             busy_poll and busy_read at 50 raised the worker's CPU in the seed meeting from \
+             48-49 % to 58-65 %, with no latency gain. Off (0) is fine; `sfu-tune apply \
+             --busy-poll USEC` sets it, for hosts with spare CPU on the worker cores.",
+    want: |t| t.busy_poll,
 };
 
 pub(crate) const BUSY_READ: Sysctl = Sysctl {
@@ -207,9 +212,16 @@ pub(crate) const BUSY_READ: Sysctl = Sysctl {
     name: "net.core.busy_read",
     fail: false,
     reason: "Microseconds a blocking socket read (recvmmsg) spins on the NIC queue: the same \
-             latency-for-CPU trade as busy_poll (0 switches it off).",
-    want: |_| 50,
+             latency-for-CPU trade as busy_poll. Measured on the 2 vCPU VM of hardware.md \
+             (\"Tuned against untuned\"): busy_poll and busy_read at 50 raised the worker's CPU \
+             in the seed meeting from 48-49 % to 58-65 %, with no latency gain. Off (0) is \
+             fine; `sfu-tune apply --busy-poll USEC` sets it, for hosts with spare CPU on the \
+             worker cores.",
+    want: |t| t.busy_poll,
 };
+
+/// What [`BUSY_POLL`] and [`BUSY_READ`] want without `--busy-poll`.
+const BUSY_WANT: &str = "0 (off), or 25-100 µs on hosts with spare worker CPU";
 
 pub(crate) const OPTMEM_MAX: Sysctl = Sysctl {
     id: "optmem_max",
@@ -218,7 +230,7 @@ pub(crate) const OPTMEM_MAX: Sysctl = Sysctl {
     reason: "Per-socket ancillary buffer: the GSO segment size and GRO cmsgs of every batch \
              and MSG_ZEROCOPY completions use it; too small, sendmsg with control data fails \
              with ENOBUFS.",
-    want: |_| 65536,
+    want: |_| Some(65536),
 };
 
 /// The single-number sysctls, in check order.
@@ -257,7 +269,9 @@ pub(crate) fn read_udp_mem(host: &Host) -> Result<[u64; 3], String> {
 }
 
 fn sysctl_check(cx: &Ctx<'_>, s: &Sysctl) -> Check {
-    let want = s.want(cx.target);
+    let Some(want) = s.want(cx.target) else {
+        return busy_check(cx, s);
+    };
     let fix = format!(
         "sfu-tune apply, or sysctl -w {}={want} and the same line in /etc/sysctl.d/90-sfu.conf",
         s.name
@@ -281,6 +295,45 @@ fn sysctl_check(cx: &Ctx<'_>, s: &Sysctl) -> Check {
     }
 }
 
+/// `busy_poll`, `busy_read`: ok at any value, unless `--busy-poll USEC`
+/// asks for at least USEC (below it: warn).
+fn busy_check(cx: &Ctx<'_>, s: &Sysctl) -> Check {
+    let usec = cx.target.busy_poll;
+    let (want, fix) = match usec {
+        None => (
+            BUSY_WANT.to_owned(),
+            format!(
+                "none needed. To spin: sfu-tune apply --busy-poll 50 (sets net.core.busy_poll \
+                 and net.core.busy_read and writes them to /etc/sysctl.d/90-sfu.conf); to \
+                 switch it off: sysctl -w {}=0 and no {} line in /etc/sysctl.d",
+                s.name, s.name
+            ),
+        ),
+        Some(usec) => (
+            format!(">= {usec} (--busy-poll)"),
+            format!(
+                "sfu-tune apply --busy-poll {usec}, or sysctl -w {}={usec} and the same line \
+                 in /etc/sysctl.d/90-sfu.conf",
+                s.name
+            ),
+        ),
+    };
+    match read_sysctl(cx.host, s) {
+        Err(e) => unknown(s.id, want, s.reason, &e, fix),
+        Ok(value) => Check {
+            id: s.id,
+            status: match usec {
+                Some(usec) if value < usec => Status::Warn,
+                _ => Status::Ok,
+            },
+            value: value.to_string(),
+            want,
+            reason: s.reason.to_owned(),
+            fix,
+        },
+    }
+}
+
 fn rmem_max(cx: &Ctx<'_>) -> Check {
     sysctl_check(cx, &RMEM_MAX)
 }
@@ -294,11 +347,11 @@ fn netdev_max_backlog(cx: &Ctx<'_>) -> Check {
 }
 
 fn busy_poll(cx: &Ctx<'_>) -> Check {
-    sysctl_check(cx, &BUSY_POLL)
+    busy_check(cx, &BUSY_POLL)
 }
 
 fn busy_read(cx: &Ctx<'_>) -> Check {
-    sysctl_check(cx, &BUSY_READ)
+    busy_check(cx, &BUSY_READ)
 }
 
 fn optmem_max(cx: &Ctx<'_>) -> Check {
@@ -1000,6 +1053,7 @@ mod tests {
             cpus: vec![0, 1],
             socket_buffer_bytes: 1 << 20,
             iface: None,
+            busy_poll: Some(50),
         };
         let checks = check(&host, &target);
         let ids: Vec<&str> = checks.iter().map(|c| c.id).collect();
@@ -1022,6 +1076,7 @@ mod tests {
             cpus: vec![],
             socket_buffer_bytes: usize::MAX,
             iface: None,
+            busy_poll: None,
         };
         assert_eq!(udp_mem_want(&t), u64::MAX.div_ceil(4096));
         let t = Target {
@@ -1029,6 +1084,7 @@ mod tests {
             cpus: vec![],
             socket_buffer_bytes: 32 << 20,
             iface: None,
+            busy_poll: None,
         };
         assert_eq!(udp_mem_want(&t), 98304);
     }

@@ -30,6 +30,10 @@
 //!   them out:
 //!   - writes `/etc/sysctl.d/90-sfu.conf` with every sysctl it wants, each
 //!     with its reason (so the values survive a reboot);
+//!   - busy polling (`net.core.busy_poll`, `busy_read`) only when asked
+//!     ([`Target::busy_poll`], `--busy-poll USEC`): measured here it cost
+//!     worker CPU for no latency gain, so `check` is ok whatever its value
+//!     and `apply` leaves it (and the file) alone by default;
 //!   - writes those sysctls to `/proc/sys`;
 //!   - writes the non-worker CPUs into `smp_affinity_list` of the NIC's IRQs;
 //!   - sets the cpufreq governor of the worker CPUs to `performance`;
@@ -77,11 +81,18 @@ pub struct Target {
     pub socket_buffer_bytes: usize,
     /// The media NIC; `None`: the interface of the default route.
     pub iface: Option<String>,
+    /// Microseconds of busy polling (`net.core.busy_poll` and `busy_read`)
+    /// the operator opted into (`--busy-poll USEC`): `apply` raises both to
+    /// it and writes them to the sysctl.d file, `check` warns below it.
+    /// `None` (the default): any value is ok and `apply` leaves both alone,
+    /// since spinning costs worker CPU (48-49 % to 58-65 % in the seed
+    /// meeting on a 2 vCPU VM, no latency gain; hardware.md).
+    pub busy_poll: Option<u64>,
 }
 
 impl Target {
     /// The node's defaults on `host`: a worker on each online CPU, 32 MiB
-    /// socket buffers, the default route's interface.
+    /// socket buffers, the default route's interface, no busy polling.
     pub fn for_host(host: &Host) -> Self {
         let cpus = checks::online_cpus(host).unwrap_or_else(|_| {
             let n = std::thread::available_parallelism().map_or(1, usize::from);
@@ -92,6 +103,7 @@ impl Target {
             cpus,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             iface: host.route_iface(None),
+            busy_poll: None,
         }
     }
 

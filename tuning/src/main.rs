@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! sfu-tune check [--json] [--root DIR] [--config FILE] [--workers N] [--cpus LIST]
-//!                [--socket-buffer-bytes N] [--iface NAME]
+//!                [--socket-buffer-bytes N] [--iface NAME] [--busy-poll USEC]
 //! sfu-tune apply [--dry-run] [same flags]
 //! ```
 //! Exit status: `check` 1 when a setting fails, `apply` 1 when a write
@@ -41,8 +41,9 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Set what can be set: sysctls (and /etc/sysctl.d/90-sfu.conf), IRQ
-    /// affinity, governors, RPS masks; print what needs an operator.
+    /// Set what can be set: sysctls (and /etc/sysctl.d/90-sfu.conf; busy
+    /// polling only with --busy-poll), IRQ affinity, governors, RPS masks;
+    /// print what needs an operator.
     Apply {
         /// Print what would be done and write nothing.
         #[arg(long)]
@@ -79,6 +80,15 @@ struct TargetArgs {
     /// --root is /].
     #[arg(long)]
     ethtool: Option<PathBuf>,
+    /// Busy polling in microseconds: apply raises net.core.busy_poll and
+    /// busy_read to USEC (and writes them to the sysctl.d file), check warns
+    /// below it [default: off; apply leaves both alone]. Costs worker CPU.
+    #[arg(
+        long,
+        value_name = "USEC",
+        value_parser = clap::value_parser!(u64).range(1..=2_147_483_647)
+    )]
+    busy_poll: Option<u64>,
 }
 
 /// The keys of sfu.toml that matter here; the others are ignored.
@@ -167,6 +177,7 @@ fn resolve(args: &TargetArgs) -> anyhow::Result<(Host, Target)> {
         cpus,
         socket_buffer_bytes,
         iface,
+        busy_poll: args.busy_poll,
     };
     Ok((host, target))
 }
@@ -205,12 +216,15 @@ fn check_json(host: &Host, target: &Target) -> ExitCode {
 fn check_text(host: &Host, target: &Target) -> ExitCode {
     let checks = tuning::check(host, target);
     println!(
-        "sfu-tune check: root {}, iface {}, {} workers on CPUs {}, socket buffers {} bytes\n",
+        "sfu-tune check: root {}, iface {}, {} workers on CPUs {}, socket buffers {} bytes{}\n",
         host.root().display(),
         target.iface.as_deref().unwrap_or("(none)"),
         target.workers,
         format_cpu_list(&target.worker_cpus()),
-        target.socket_buffer_bytes
+        target.socket_buffer_bytes,
+        target
+            .busy_poll
+            .map_or_else(String::new, |usec| format!(", busy poll {usec} µs"))
     );
     let value = |c: &Check| {
         if c.value.is_empty() {

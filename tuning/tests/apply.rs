@@ -1,6 +1,7 @@
 //! `apply` on fixture hosts: it brings the sysctls, IRQs, governors and RPS
 //! masks to what `check` wants, writes the sysctl.d file, never lowers a
-//! value, and `--dry-run` writes nothing.
+//! value, leaves busy polling alone unless `--busy-poll` asks for it, and
+//! `--dry-run` writes nothing.
 
 mod common;
 
@@ -24,8 +25,6 @@ fn apply_then_check_shows_the_applied_items_ok() {
         "set net.core.rmem_max 212992 -> 33554432",
         "set net.core.wmem_max 212992 -> 33554432",
         "set net.core.netdev_max_backlog 1000 -> 16384",
-        "set net.core.busy_poll 0 -> 50",
-        "set net.core.busy_read 0 -> 50",
         "set net.core.optmem_max 20480 -> 65536",
         "set net.ipv4.udp_mem 18951 25269 37902 -> 18951 25269 98304",
         "set /proc/irq/38/smp_affinity_list 0-7 -> 0-1",
@@ -34,6 +33,11 @@ fn apply_then_check_shows_the_applied_items_ok() {
     ] {
         assert!(lines.iter().any(|l| l == line), "no {line:?} in {lines:#?}");
     }
+    // Busy polling is not asked for: not set.
+    assert!(
+        lines.iter().all(|l| !l.contains("busy")),
+        "sets busy polling: {lines:#?}"
+    );
 
     let after = common::statuses(&check(&host, &target));
     for id in [
@@ -100,6 +104,12 @@ fn apply_then_check_shows_the_applied_items_ok() {
         common::read(root, "/proc/sys/net/ipv4/udp_mem"),
         "18951 25269 98304"
     );
+    for name in ["busy_poll", "busy_read"] {
+        assert_eq!(
+            common::read(root, &format!("/proc/sys/net/core/{name}")),
+            "0\n"
+        );
+    }
 
     let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
     let settings: Vec<&str> = conf
@@ -112,12 +122,12 @@ fn apply_then_check_shows_the_applied_items_ok() {
             "net.core.rmem_max = 33554432",
             "net.core.wmem_max = 33554432",
             "net.core.netdev_max_backlog = 16384",
-            "net.core.busy_poll = 50",
-            "net.core.busy_read = 50",
             "net.core.optmem_max = 65536",
             "net.ipv4.udp_mem = 18951 25269 98304",
         ]
     );
+    assert!(!conf.contains("busy_poll"), "{conf}");
+    assert!(!conf.contains("busy_read"), "{conf}");
     // Each setting follows its reason.
     let lines: Vec<&str> = conf.lines().collect();
     for (i, l) in lines.iter().enumerate() {
@@ -172,9 +182,41 @@ fn apply_never_lowers_a_value_already_higher() {
     for line in [
         "net.core.rmem_max = 1073741824\n",
         "net.core.netdev_max_backlog = 250000\n",
-        "net.core.busy_poll = 100\n",
         "net.ipv4.udp_mem = 1 2 9999999\n",
         "net.core.wmem_max = 33554432\n",
+    ] {
+        assert!(conf.contains(line), "no {line:?} in:\n{conf}");
+    }
+    // Without --busy-poll the busy sysctls are neither set nor written.
+    assert!(!conf.contains("busy_"), "{conf}");
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "0\n");
+
+    // With --busy-poll 50: busy_read is raised, busy_poll (100) is not
+    // lowered, and the file keeps the higher value.
+    let busy = tuning::Target {
+        busy_poll: Some(50),
+        ..common::target()
+    };
+    let plan = tuning::plan(&host, &busy);
+    let lines: Vec<String> = plan.actions().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "write /etc/sysctl.d/90-sfu.conf",
+            "set net.core.busy_read 0 -> 50"
+        ],
+        "{lines:#?}"
+    );
+    for o in plan.apply(&host) {
+        assert_eq!(o.error, None, "{o}");
+    }
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_poll"), "100\n");
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "50");
+    let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
+    for line in [
+        "net.core.busy_poll = 100\n",
+        "net.core.busy_read = 50\n",
+        "net.core.rmem_max = 1073741824\n",
     ] {
         assert!(conf.contains(line), "no {line:?} in:\n{conf}");
     }
@@ -213,6 +255,7 @@ fn dry_run_writes_nothing_and_prints_what_apply_would() {
         "{text}"
     );
     assert!(text.contains("Left to an operator"), "{text}");
+    assert!(!text.contains("busy"), "{text}");
 
     // The same plan carried out by the binary, then checked by it.
     let out = Command::new(env!("CARGO_BIN_EXE_sfu-tune"))
@@ -279,4 +322,118 @@ fn a_failed_write_is_reported_and_the_rest_goes_on() {
         common::read(dir.path(), "/proc/sys/net/core/rmem_max"),
         "33554432"
     );
+}
+
+fn sfu_tune(args: &[&str], root: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sfu-tune"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .args(common::TARGET_FLAGS)
+        .output()
+        .expect("run sfu-tune")
+}
+
+fn busy_statuses(out: &std::process::Output) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|c| c["id"] == "busy_poll" || c["id"] == "busy_read")
+        .map(|c| {
+            (
+                c["id"].as_str().expect("an id").to_owned(),
+                c["status"].as_str().expect("a status").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn busy_poll_50_makes_apply_set_both_and_check_judge_against_it() {
+    let dir = common::host(false);
+    let root = dir.path();
+    let out = sfu_tune(&["apply", "--busy-poll", "50"], root);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "set net.core.busy_poll 0 -> 50",
+        "set net.core.busy_read 0 -> 50",
+        "set net.core.rmem_max 212992 -> 33554432",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_poll"), "50");
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "50");
+    let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
+    let settings: Vec<&str> = conf
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            "net.core.rmem_max = 33554432",
+            "net.core.wmem_max = 33554432",
+            "net.core.netdev_max_backlog = 16384",
+            "net.core.busy_poll = 50",
+            "net.core.busy_read = 50",
+            "net.core.optmem_max = 65536",
+            "net.ipv4.udp_mem = 18951 25269 98304",
+        ]
+    );
+    assert!(conf.contains("58-65 %"), "the reason is not above:\n{conf}");
+
+    // check --busy-poll 50: both ok now.
+    let ok = [
+        ("busy_poll".to_owned(), "ok".to_owned()),
+        ("busy_read".to_owned(), "ok".to_owned()),
+    ];
+    let out = sfu_tune(&["check", "--json", "--busy-poll", "50"], root);
+    assert_eq!(busy_statuses(&out), ok);
+
+    // A value below the flag warns (with the flag only).
+    common::write(root, "/proc/sys/net/core/busy_read", "20\n");
+    let out = sfu_tune(&["check", "--json", "--busy-poll", "50"], root);
+    assert_eq!(
+        busy_statuses(&out),
+        [
+            ("busy_poll".to_owned(), "ok".to_owned()),
+            ("busy_read".to_owned(), "warn".to_owned()),
+        ]
+    );
+    let out = sfu_tune(&["check", "--json", "--busy-poll", "10"], root);
+    assert_eq!(busy_statuses(&out), ok);
+    let out = sfu_tune(&["check", "--json"], root);
+    assert_eq!(busy_statuses(&out), ok);
+    let out = sfu_tune(&["check", "--busy-poll", "50"], root);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(", busy poll 50 µs"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warn    busy_read") && l.ends_with(">= 50 (--busy-poll)")),
+        "{text}"
+    );
+
+    // A second apply with the flag raises busy_read again and nothing else
+    // of the sysctls; without it, busy polling is left as it is and dropped
+    // from the file.
+    let out = sfu_tune(&["apply", "--dry-run", "--busy-poll", "50"], root);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l == "would set net.core.busy_read 20 -> 50"),
+        "{text}"
+    );
+    assert!(!text.contains("busy_poll"), "{text}");
+    let out = sfu_tune(&["apply"], root);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("busy"), "{text}");
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_poll"), "50");
+    assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "20\n");
+    assert!(!common::read(root, "/etc/sysctl.d/90-sfu.conf").contains("busy_"));
 }

@@ -1,5 +1,6 @@
 //! `check` against fixture hosts: an untuned host gets the expected fails
-//! and warnings, a tuned one is all ok.
+//! and warnings, a tuned one is all ok; busy polling is ok at any value
+//! unless `--busy-poll` asks for some.
 
 mod common;
 
@@ -30,8 +31,6 @@ fn an_untuned_host_fails_and_warns_where_expected() {
         &[
             "netdev_max_backlog",
             "udp_mem",
-            "busy_poll",
-            "busy_read",
             "optmem_max",
             "rss_queues",
             "irq_affinity",
@@ -42,6 +41,8 @@ fn an_untuned_host_fails_and_warns_where_expected() {
         ],
         Status::Warn,
     );
+    // Busy polling off is fine: ok, not a warning.
+    expect(&["busy_poll", "busy_read"], Status::Ok);
     // ethtool asks the running kernel, not the tree: not run under --root.
     for id in [
         "nic_rings",
@@ -205,4 +206,87 @@ fn the_media_ip_picks_its_interface() {
             .as_deref(),
         Some("eth0")
     );
+}
+
+#[test]
+fn busy_polling_is_ok_off_or_on_without_the_flag() {
+    let dir = common::host(false);
+    let host = Host::new(dir.path());
+    let target = common::target();
+    assert_eq!(target.busy_poll, None);
+    for value in ["0", "25", "50", "1000"] {
+        for name in ["busy_poll", "busy_read"] {
+            common::write(
+                dir.path(),
+                &format!("/proc/sys/net/core/{name}"),
+                format!("{value}\n"),
+            );
+        }
+        let checks = check(&host, &target);
+        for id in ["busy_poll", "busy_read"] {
+            let c = checks.iter().find(|c| c.id == id).expect("present");
+            assert_eq!(c.status, Status::Ok, "{c:?}");
+            assert_eq!(c.value, value, "{c:?}");
+            assert_eq!(
+                c.want, "0 (off), or 25-100 µs on hosts with spare worker CPU",
+                "{c:?}"
+            );
+            // The trade and what it measured here.
+            assert!(c.reason.contains("48-49 % to 58-65 %"), "{c:?}");
+            assert!(c.reason.contains("seed meeting"), "{c:?}");
+            assert!(c.reason.contains("no latency gain"), "{c:?}");
+            assert!(c.reason.contains("2 vCPU"), "{c:?}");
+            assert!(c.fix.contains("--busy-poll 50"), "{c:?}");
+        }
+    }
+}
+
+#[test]
+fn the_busy_poll_flag_warns_below_it() {
+    let dir = common::host(false);
+    let host = Host::new(dir.path());
+    let target = tuning::Target {
+        busy_poll: Some(50),
+        ..common::target()
+    };
+    for (poll, read, poll_status, read_status) in [
+        ("0", "0", Status::Warn, Status::Warn),
+        ("49", "50", Status::Warn, Status::Ok),
+        ("50", "10", Status::Ok, Status::Warn),
+        ("50", "50", Status::Ok, Status::Ok),
+        ("100", "200", Status::Ok, Status::Ok),
+    ] {
+        common::write(
+            dir.path(),
+            "/proc/sys/net/core/busy_poll",
+            format!("{poll}\n"),
+        );
+        common::write(
+            dir.path(),
+            "/proc/sys/net/core/busy_read",
+            format!("{read}\n"),
+        );
+        let checks = check(&host, &target);
+        let by_id = |id: &str| checks.iter().find(|c| c.id == id).expect("present");
+        for (id, value, status) in [
+            ("busy_poll", poll, poll_status),
+            ("busy_read", read, read_status),
+        ] {
+            let c = by_id(id);
+            assert_eq!(c.status, status, "{c:?}");
+            assert_eq!(c.value, value);
+            assert_eq!(c.want, ">= 50 (--busy-poll)");
+            assert!(
+                c.fix
+                    .starts_with("sfu-tune apply --busy-poll 50, or sysctl -w net.core."),
+                "{c:?}"
+            );
+        }
+        // Never a failure: the node works without it.
+        assert!(
+            checks
+                .iter()
+                .all(|c| !(c.id.starts_with("busy_") && c.status == Status::Fail))
+        );
+    }
 }

@@ -185,6 +185,12 @@ fn usage_errors_exit_2() {
         &["check", "--bogus"],
         &["frobnicate"],
         &["check", "--config", "/nonexistent/sfu.toml"],
+        &["check", "--busy-poll", "0"],
+        &["check", "--busy-poll", "-5"],
+        &["check", "--busy-poll", "fast"],
+        &["check", "--busy-poll", "2147483648"],
+        &["apply", "--dry-run", "--busy-poll", "0"],
+        &["apply", "--dry-run", "--busy-poll"],
     ] {
         let out = sfu_tune(args, dir.path());
         assert_eq!(

@@ -40,6 +40,16 @@ fn garbage_in_every_file_is_unknown_not_a_panic() {
         let checks = check(&host, &common::target());
         let _ = plan(&host, &common::target());
         assert_eq!(checks.len(), 20);
+        let busy = tuning::Target {
+            busy_poll: Some(50),
+            ..common::target()
+        };
+        let with_flag = check(&host, &busy);
+        let _ = plan(&host, &busy);
+        for id in ["busy_poll", "busy_read"] {
+            let c = with_flag.iter().find(|c| c.id == id).expect("present");
+            assert_eq!(c.status, Status::Unknown, "{c:?}");
+        }
         let shown = String::from_utf8_lossy(garbage);
         for c in &checks {
             if NUMERIC.contains(&c.id) {
@@ -115,18 +125,21 @@ fn absurd_targets_do_not_panic() {
             cpus: vec![0],
             socket_buffer_bytes: usize::MAX,
             iface: None,
+            busy_poll: Some(u64::MAX),
         },
         tuning::Target {
             workers: 0,
             cpus: vec![],
             socket_buffer_bytes: 0,
             iface: Some("../../etc".to_owned()),
+            busy_poll: Some(0),
         },
         tuning::Target {
             workers: 1,
             cpus: vec![8191],
             socket_buffer_bytes: 1,
             iface: Some(String::new()),
+            busy_poll: None,
         },
     ] {
         let checks = check(&host, &target);
