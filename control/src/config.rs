@@ -107,6 +107,42 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The workers' packet I/O backend (`io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// `recvmmsg`/`sendmmsg` with GRO/GSO.
+    #[default]
+    Socket,
+    /// io_uring (one submit per batch); falls back to `socket`, with the
+    /// reason logged, where the host cannot run it.
+    Uring,
+}
+
+impl FromStr for IoMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "socket" => Ok(Self::Socket),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            other => Err(format!(
+                "unknown io backend {other:?} (expected socket or uring)"
+            )),
+        }
+    }
+}
+
+impl IoMode {
+    /// The packet path's backend.
+    pub fn backend(self) -> packet_path::IoBackend {
+        match self {
+            Self::Socket => packet_path::IoBackend::Socket,
+            Self::Uring => packet_path::IoBackend::Uring,
+        }
+    }
+}
+
 /// Declares a table of settings once and generates its three structs (the
 /// resolved values, an optional-valued layer, the clap flags) and the code
 /// that fills and folds them; see the module docs.
@@ -331,6 +367,15 @@ settings! {
             flag [
                 /// Node name reported by /v1/load [default: the host name].
                 #[arg(long, value_name = "ID")]
+            ];
+        /// The workers' packet I/O: `socket` (`recvmmsg`/`sendmmsg`) or
+        /// `uring` (io_uring, falling back to `socket` with the reason
+        /// logged where the host cannot run it).
+        io: IoMode = IoMode::Socket,
+            env "SFU_IO",
+            flag [
+                /// Packet I/O backend of the workers: socket or uring [default: socket].
+                #[arg(long, value_enum, value_name = "BACKEND")]
             ];
         /// Log output format.
         log_format: LogFormat = LogFormat::Text,

@@ -273,6 +273,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         base_port: config.media_port,
         pool_buffers: config.pool_buffers,
         socket_buffer_bytes: config.socket_buffer_bytes,
+        io: config.io.backend(),
         router: config.limits.router_config(),
         dtls_cert: Some(dtls_cert.clone()),
         ..NodeConfig::default()
@@ -329,9 +330,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     for (i, w) in node.workers().iter().enumerate() {
         let stats = w.stats();
+        let (io, fallback) = w.io_backend();
+        if let Some(why) = fallback {
+            tracing::warn!(worker = i, asked = ?config.io, "io backend fell back to socket: {why}");
+        }
         tracing::info!(
             worker = i,
             cpu = ?w.cpu(),
+            io,
             media = %w.local_addr(),
             gso = stats.gauge(packet_path::PathGauge::GsoEnabled) != 0,
             gro = stats.gauge(packet_path::PathGauge::GroEnabled) != 0,

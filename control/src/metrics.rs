@@ -61,6 +61,7 @@ pub fn load(state: &AppState) -> Value {
                 "gso_fallback_destinations": s.gauge(PathGauge::GsoFallbackDestinations),
                 "up": w.health().is_running(),
                 "gro": s.gauge(PathGauge::GroEnabled) != 0,
+                "io": w.io_backend().0,
                 "drops": drops,
             })
         })

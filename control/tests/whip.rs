@@ -56,7 +56,28 @@ fn endpoints(node: &TestNode) -> Value {
 
 #[test]
 fn whip_to_whep_media_flows_over_ice_and_dtls() {
-    let node = TestNode::start(1);
+    whip_to_whep(TestNode::start(1));
+}
+
+/// The same over the io_uring backend (`io = "uring"`): ICE, DTLS and SRTP
+/// through linked RecvMsg/SendMsg operations, and `/v1/load` says so.
+#[test]
+fn whip_to_whep_media_flows_over_io_uring() {
+    let mut config = common::test_config(1, common::TEST_SECRET);
+    config.io = control::config::IoMode::Uring;
+    let node = TestNode::start_with_config(config);
+    let load = node.get("/v1/load");
+    assert_eq!(
+        load.json["workers"][0]["io"],
+        "io_uring",
+        "the io_uring backend did not run (kernel.io_uring_disabled = {:?})",
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+    );
+    assert_eq!(node.worker_metric("sfu_io_uring", 0), 1);
+    whip_to_whep(node);
+}
+
+fn whip_to_whep(node: TestNode) {
     node.create_room("live");
     let pub_token = node.token("live", &[Grant::Publish]);
     let sub_token = node.token("live", &[Grant::Subscribe]);

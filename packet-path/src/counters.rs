@@ -40,6 +40,8 @@ sfu_core::counter_table! {
         GsoEnabled => "gso_enabled", "1 if the worker's socket can send with UDP GSO.";
         /// Whether the socket receives GRO trains.
         GroEnabled => "gro_enabled", "1 if the worker receives with UDP GRO.";
+        /// Whether the worker's packet I/O runs on io_uring.
+        IoUring => "io_uring", "1 if the worker's packet I/O runs on io_uring, 0 if on recvmmsg/sendmmsg (the socket backend, also after an io_uring fallback).";
         /// Rooms on the worker.
         Rooms => "rooms", "Rooms on the worker.";
         /// Endpoints on the worker.

@@ -370,28 +370,13 @@ impl BatchSocket {
     /// transmit completed is returned as `Err`; a train that was partly sent
     /// is resent in full on retry. Does not allocate.
     pub fn send(&mut self, transmits: &[Transmit<'_>]) -> io::Result<usize> {
-        let end = (transmits.len(), 0);
-        let r = self.send_messages((0, 0), end, |(t, off), gso, batch| {
-            let tr = &transmits[t];
-            let remaining = tr.contents.len() - off;
-            let (chunk, seg) = plan_message(remaining, tr.segment_size, gso.allows(&tr.dst));
-            if !batch.push(&tr.dst, seg, [&tr.contents[off..off + chunk]].into_iter()) {
-                return (t, off);
-            }
-            let next = off + chunk;
-            if next >= tr.contents.len() {
-                (t + 1, 0)
-            } else {
-                (t, next)
-            }
-        });
-        match r {
-            Ok(()) => Ok(transmits.len()),
-            Err(SendFailure {
-                at: (0, _), error, ..
-            }) => Err(error),
-            Err(SendFailure { at: (t, _), .. }) => Ok(t),
-        }
+        send_transmits(self, transmits)
+    }
+
+    /// The descriptor and the `recvmmsg` arrays, for the io_uring backend's
+    /// receives (which use the same headers one `RecvMsg` each).
+    pub(crate) fn recv_parts(&mut self) -> (BorrowedFd<'_>, &mut RecvScratch) {
+        (self.socket.as_fd(), &mut self.recv)
     }
 
     /// The engine under [`send`](Self::send) and the worker's flush: sends
@@ -406,7 +391,22 @@ impl BatchSocket {
         &mut self,
         start: Pos,
         end: Pos,
+        build: impl FnMut(Pos, &GsoPolicy<'_>, &mut SendBatch<'_, 'a>) -> Pos,
+    ) -> Result<(), SendFailure> {
+        self.send_messages_via(start, end, build, |batch, fd, from| batch.send(fd, from))
+    }
+
+    /// [`send_messages`](Self::send_messages) with the system call left to
+    /// `transport(batch, fd, from)`, which sends messages `from..` of the
+    /// batch and returns how many leading ones the kernel took (at least
+    /// one), or the error of message `from`: `sendmmsg` for this socket,
+    /// linked `SendMsg` operations for the io_uring backend.
+    pub(crate) fn send_messages_via<'a>(
+        &mut self,
+        start: Pos,
+        end: Pos,
         mut build: impl FnMut(Pos, &GsoPolicy<'_>, &mut SendBatch<'_, 'a>) -> Pos,
+        mut transport: impl FnMut(&mut SendBatch<'_, 'a>, BorrowedFd<'_>, usize) -> io::Result<usize>,
     ) -> Result<(), SendFailure> {
         let fd = self.socket.as_fd();
         let mut batch = self.send.batch();
@@ -444,7 +444,7 @@ impl BatchSocket {
             }
             let mut done = 0;
             while done < batch.len() {
-                match batch.send(fd, done) {
+                match transport(&mut batch, fd, done) {
                     Ok(n) => {
                         let sent = done..(done + n).min(batch.len());
                         for k in sent.filter(|&k| batch.is_segmented(k)) {
@@ -473,6 +473,60 @@ impl BatchSocket {
             }
         }
         Ok(())
+    }
+}
+
+/// The crate's senders of preassembled messages: [`BatchSocket`], the
+/// io_uring backend and [`Backend`](crate::backend::Backend), each with
+/// [`BatchSocket::send_messages`]'s contract. The pool's flush and
+/// [`send_transmits`] are written once over it.
+pub(crate) trait SendMessages {
+    /// See [`BatchSocket::send_messages`].
+    fn send_messages<'a>(
+        &mut self,
+        start: Pos,
+        end: Pos,
+        build: impl FnMut(Pos, &GsoPolicy<'_>, &mut SendBatch<'_, 'a>) -> Pos,
+    ) -> Result<(), SendFailure>;
+}
+
+impl SendMessages for BatchSocket {
+    fn send_messages<'a>(
+        &mut self,
+        start: Pos,
+        end: Pos,
+        build: impl FnMut(Pos, &GsoPolicy<'_>, &mut SendBatch<'_, 'a>) -> Pos,
+    ) -> Result<(), SendFailure> {
+        BatchSocket::send_messages(self, start, end, build)
+    }
+}
+
+/// [`BatchSocket::send`] over any sender.
+pub(crate) fn send_transmits(
+    sender: &mut impl SendMessages,
+    transmits: &[Transmit<'_>],
+) -> io::Result<usize> {
+    let end = (transmits.len(), 0);
+    let r = sender.send_messages((0, 0), end, |(t, off), gso, batch| {
+        let tr = &transmits[t];
+        let remaining = tr.contents.len() - off;
+        let (chunk, seg) = plan_message(remaining, tr.segment_size, gso.allows(&tr.dst));
+        if !batch.push(&tr.dst, seg, [&tr.contents[off..off + chunk]].into_iter()) {
+            return (t, off);
+        }
+        let next = off + chunk;
+        if next >= tr.contents.len() {
+            (t + 1, 0)
+        } else {
+            (t, next)
+        }
+    });
+    match r {
+        Ok(()) => Ok(transmits.len()),
+        Err(SendFailure {
+            at: (0, _), error, ..
+        }) => Err(error),
+        Err(SendFailure { at: (t, _), .. }) => Ok(t),
     }
 }
 

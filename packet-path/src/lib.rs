@@ -8,6 +8,26 @@
 //!   kernel refuses (e.g. a small path MTU), retried after a back-off, so
 //!   one such subscriber does not cost the others their trains. The
 //!   worker and the load generator (`sfu-loadgen`) both use it.
+//! * [`backend`] — [`Backend`], the one packet I/O interface of a worker:
+//!   an enum (a `match` per call, no allocation, no `dyn`) over
+//!   [`io::BatchSocket`] (`recvmmsg`/`sendmmsg`, the default) and
+//!   [`backend::UringSocket`] (io_uring, [`NodeConfig::io`] =
+//!   [`IoBackend::Uring`]). Both receive a batch into the worker's buffers
+//!   with [`io::RecvMeta`] (length, GRO stride, source), send
+//!   [`io::Transmit`]s and the pool's GSO trains with the same
+//!   per-destination GSO fallback (the io_uring socket *is* a
+//!   `BatchSocket` — bind, GSO/GRO set-up, preallocated `msghdr`s, cmsgs and
+//!   counters — driven by another system call), give the descriptor an idle
+//!   worker waits on, and report their capabilities ([`Backend::name`],
+//!   [`PathGauge::IoUring`], `gso_enabled`, `gro_enabled`).
+//!   The io_uring backend submits one linked chain of `RecvMsg` (or
+//!   `SendMsg`, one per message) operations with `MSG_DONTWAIT` per batch
+//!   and reaps every completion before it returns: the first `EAGAIN` (or
+//!   send error) cancels the rest of the chain, which gives
+//!   `recvmmsg`/`sendmmsg` semantics with one `io_uring_enter`, and no
+//!   operation is ever in flight while the worker reads a buffer or the
+//!   pool frees one. Phase 1: no multishot receive, no provided-buffer
+//!   ring, no registered buffers or files, no SQPOLL.
 //! * [`pool`] — [`pool::SendPool`], the send buffers of one worker (one
 //!   allocation of `pool_buffers` × 2048 bytes, a free list, a send queue),
 //!   the router's [`Transmit`](sfu_core::router::Transmit). Its flush groups
@@ -22,7 +42,8 @@
 //! Each worker thread owns one socket, one [`Router`](sfu_core::router::Router)
 //! and one pool, and loops:
 //!
-//! 1. `recvmmsg` up to `batch` buffers, non-blocking (64 KiB each with GRO;
+//! 1. receives up to `batch` buffers (one `recvmmsg`, or one io_uring
+//!    submit of linked `RecvMsg`s), non-blocking (64 KiB each with GRO;
 //!    a GRO buffer is split into `stride`-sized datagrams);
 //! 2. takes `Instant::now()` once, publishes it as the worker's heartbeat
 //!    (an atomic), and passes every datagram to
@@ -32,7 +53,8 @@
 //!    `Router::poll_timeout` is due (only the endpoints whose deadline came);
 //! 3. flushes the pool: sorts the queue by (destination, queueing order),
 //!    sends each destination's equal-size datagrams as GSO trains with
-//!    `sendmmsg` (one datagram per message for a destination backing off
+//!    `sendmmsg` or linked io_uring `SendMsg`s whose completions are all
+//!    reaped before the flush returns (one datagram per message for a destination backing off
 //!    after a GSO refusal), and frees the buffers;
 //! 4. runs up to 64 queued control commands (`crossbeam-channel`
 //!    `try_recv`; each request carries its reply channel);
@@ -94,18 +116,40 @@
 //! the service manager restarts the node. [`Node::shutdown`] waits at most
 //! [`JOIN_TIMEOUT`] for the threads, leaving a stalled one detached.
 //!
+//! # Backend fallback
+//! A worker configured with [`IoBackend::Uring`] runs the socket backend
+//! instead when the host cannot run io_uring: `/proc/sys/kernel/io_uring_disabled`
+//! is 2, or the ring set-up fails (`ENOSYS`, `EPERM` under a seccomp
+//! profile or `io_uring_disabled` = 1, no `RECVMSG`/`SENDMSG`). This crate
+//! has no logging: the reason is kept for the control plane,
+//! [`WorkerHandle::io_backend`] answers `("socket", Some(reason))`, and the
+//! gauge [`PathGauge::IoUring`] (`sfu_io_uring{worker}` in `/metrics`) is 0.
+//! The choice is made in [`Node::start`], before the threads start.
+//!
 //! With the `test-hooks` feature (tests only), `test_hooks` datagrams make
 //! a worker panic or stall on purpose.
 //!
 //! # Unsafe
-//! All `unsafe` code lives in the private `sys` module: the `recvmmsg`,
-//! `sendmmsg`, `setsockopt`, `clock_gettime`, `eventfd` and `ppoll` calls, control-message
-//! encoding and decoding, and `sockaddr` conversion, each block with a
-//! `// SAFETY:` comment. The rest of the crate, including [`io`], is safe
-//! code over `sys`'s safe functions. The layering is one-way: `io` uses
+//! `unsafe` code lives in two private modules (the workspace denies
+//! `unsafe_code`; each of them allows it with a module-level
+//! `#![allow(unsafe_code)]`), each block with a `// SAFETY:` comment:
+//! * `sys` — the `recvmmsg`, `sendmmsg`, `setsockopt`, `clock_gettime`,
+//!   `eventfd` and `ppoll` calls, control-message encoding and decoding,
+//!   and `sockaddr` conversion; it hands out the raw `msghdr` pointers of
+//!   its preallocated arrays (`RecvScratch::msghdr`, `SendBatch::msghdr`),
+//!   which is safe, since only dereferencing them is not;
+//! * `uring` — the two submission-queue pushes (`RecvMsg`, `SendMsg`),
+//!   sound because every call reaps all the completions of what it pushed
+//!   before it returns (it retries `io_uring_enter` rather than return
+//!   early), while it still borrows the buffers the operations point at.
+//!
+//! The rest of the crate, including [`io`] and [`backend`], is safe code
+//! over those modules' safe functions. The layering is one-way: `io` uses
 //! `sys`, both use the private `datagram` module (the GSO/GRO limits and
-//! [`io::RecvMeta`], re-exported from `io`), and `sys` knows nothing of `io`.
+//! [`io::RecvMeta`], re-exported from `io`), and `sys` knows nothing of `io`;
+//! `uring` uses `io` and `sys`, `backend` uses `io` and `uring`.
 
+pub mod backend;
 mod counters;
 mod datagram;
 pub mod io;
@@ -114,8 +158,10 @@ pub mod pool;
 mod sys;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
+mod uring;
 mod worker;
 
+pub use backend::{Backend, IoBackend};
 pub use counters::{PathCounter, PathGauge};
 pub use node::{
     EVENT_CHANNEL, JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER,

@@ -12,8 +12,9 @@ use sfu_core::router::{
     Command, Counter, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
 };
 
+use crate::backend::{Backend, IoBackend};
 use crate::counters::{PathCounter, PathGauge};
-use crate::io::{BatchSocket, SocketOptions};
+use crate::io::SocketOptions;
 use crate::pool::SendPool;
 use crate::worker::{PANICKED, RETURNED, Request, Shared, Worker, WorkerEvent};
 
@@ -83,6 +84,11 @@ pub struct NodeConfig {
     pub gso: bool,
     /// Try UDP GRO. Default true.
     pub gro: bool,
+    /// The packet I/O backend of every worker: `recvmmsg`/`sendmmsg`
+    /// ([`IoBackend::Socket`], the default) or io_uring, which falls back
+    /// to the socket backend, with the reason recorded
+    /// ([`WorkerHandle::io_backend`]), where the host cannot run it.
+    pub io: IoBackend,
     /// Limits of each worker's router.
     pub router: RouterConfig,
     /// The node's DTLS certificate, shared by every worker's router; WebRTC
@@ -106,6 +112,7 @@ impl Default for NodeConfig {
             socket_buffer_bytes: 32 << 20,
             gso: true,
             gro: true,
+            io: IoBackend::Socket,
             router: RouterConfig::default(),
             dtls_cert: None,
             stall_after: STALL_AFTER,
@@ -204,6 +211,14 @@ impl WorkerHandle {
     /// The core the worker is pinned to; `None` if unpinned or pinning failed.
     pub fn cpu(&self) -> Option<usize> {
         usize::try_from(self.shared.cpu.load(Ordering::Relaxed)).ok()
+    }
+
+    /// The packet I/O backend the worker runs (`"socket"` or
+    /// `"io_uring"`, also exported as the gauge [`PathGauge::IoUring`]) and,
+    /// if it is not the one [`NodeConfig::io`] asked for, why (e.g.
+    /// `"io_uring set-up failed: Operation not permitted (os error 1)"`).
+    pub fn io_backend(&self) -> (&'static str, Option<String>) {
+        (self.shared.io_backend, self.shared.io_fallback.clone())
     }
 
     /// Sends a command to the worker and waits (up to [`REQUEST_TIMEOUT`])
@@ -333,10 +348,11 @@ impl Node {
                         io::Error::new(io::ErrorKind::InvalidInput, "worker port beyond 65535")
                     })?
             };
-            sockets.push(BatchSocket::bind(
+            sockets.push(Backend::bind(
                 SocketAddr::new(config.bind, port),
                 config.batch,
                 &opts,
+                config.io,
             )?);
         }
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_CHANNEL);
@@ -345,12 +361,13 @@ impl Node {
             threads: Vec::with_capacity(config.workers),
             events,
         };
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, (socket, io_fallback)) in sockets.into_iter().enumerate() {
             let cpu = (!config.cpus.is_empty()).then(|| config.cpus[index % config.cpus.len()]);
             let local_addr = socket.local_addr()?;
             let shared = Arc::new(Shared::new(
                 cpu,
                 &socket,
+                io_fallback,
                 config.pool_buffers.max(1),
                 config.stall_after,
             )?);

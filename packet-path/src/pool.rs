@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 
 use sfu_core::router::Transmit;
 
-use crate::io::{BatchSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
+use crate::backend::Backend;
+use crate::io::{BatchSocket, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, SendMessages};
 
 /// Size of one send buffer: a full MTU-sized datagram plus SRTP tags.
 pub const BUFFER_BYTES: usize = 2048;
@@ -114,6 +115,17 @@ impl SendPool {
     /// datagrams unsegmented) is dropped and counted in [`Flushed::failed`].
     /// Does not allocate.
     pub fn flush(&mut self, socket: &mut BatchSocket) -> Flushed {
+        self.flush_via(socket)
+    }
+
+    /// [`flush`](Self::flush) through either backend (the worker's): with
+    /// io_uring, every send has completed when this returns, so freeing the
+    /// buffers is safe. Does not allocate.
+    pub fn flush_backend(&mut self, backend: &mut Backend) -> Flushed {
+        self.flush_via(backend)
+    }
+
+    fn flush_via(&mut self, socket: &mut impl SendMessages) -> Flushed {
         let n = self.queue.len();
         let mut out = Flushed::default();
         if n == 0 {

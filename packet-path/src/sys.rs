@@ -2,7 +2,8 @@
 //! GSO, socket options the `socket2` crate does not cover, and the thread
 //! CPU clock, and the `eventfd` + `ppoll` an idle worker sleeps in.
 //!
-//! This is the only module of the workspace that contains `unsafe` code.
+//! This module and `uring` (the io_uring backend's submissions) are the
+//! only modules of the workspace with `unsafe` code.
 //! Every array the kernel reads or writes (`mmsghdr`, `iovec`,
 //! `sockaddr_storage`, control-message buffers) is allocated once, when a
 //! [`RecvScratch`] or [`SendScratch`] is created for a socket; no function
@@ -253,30 +254,16 @@ impl RecvScratch {
         bufs: &mut [&mut [u8]],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        let n = bufs.len().min(meta.len()).min(self.hdrs.len());
+        let n = self.prepare(bufs, meta);
         if n == 0 {
             return Ok(0);
         }
-        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
-            self.iovs[i] = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = ptr::from_mut(&mut self.addrs[i]).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = ptr::from_mut(&mut self.iovs[i]);
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = CMSG_BYTES as _;
-            h.msg_hdr.msg_flags = 0;
-        }
         let rc = loop {
-            // SAFETY: the first `n` headers point at `n` iovecs covering
-            // buffers exclusively borrowed for this call, at `n` address
-            // slots and `n` cmsg buffers, all with their true lengths; the
-            // arrays outlive the call. A null timeout means "use SO_RCVTIMEO".
+            // SAFETY: `prepare` pointed the first `n` headers at `n` iovecs
+            // covering buffers exclusively borrowed for this call, at `n`
+            // address slots and `n` cmsg buffers, all with their true
+            // lengths; the arrays outlive the call. A null timeout means
+            // "use SO_RCVTIMEO".
             let rc = unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
@@ -294,15 +281,53 @@ impl RecvScratch {
                 return Err(e);
             }
         };
-        for i in 0..rc {
-            let h = &self.hdrs[i];
-            let len = (h.msg_len as usize).min(bufs[i].len());
-            let stride = gro_stride(&h.msg_hdr).unwrap_or(len);
-            let addr = decode_addr(&self.addrs[i], h.msg_hdr.msg_namelen)
-                .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
-            meta[i] = RecvMeta { len, stride, addr };
+        for (i, m) in meta.iter_mut().enumerate().take(rc) {
+            *m = self.finish(i, self.hdrs[i].msg_len as usize, bufs);
         }
         Ok(rc)
+    }
+
+    /// Points the first `min(bufs.len(), meta.len(), batch)` headers at
+    /// `bufs` and at this scratch's address and cmsg slots, with their full
+    /// lengths, and returns that count. The pointers stay valid while `bufs`
+    /// is borrowed: the caller must finish every receive using them before
+    /// it gives `bufs` back (as `recv` and the io_uring backend do).
+    pub(crate) fn prepare(&mut self, bufs: &mut [&mut [u8]], meta: &[RecvMeta]) -> usize {
+        let n = bufs.len().min(meta.len()).min(self.hdrs.len());
+        for (i, buf) in bufs.iter_mut().take(n).enumerate() {
+            self.iovs[i] = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = ptr::from_mut(&mut self.addrs[i]).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = ptr::from_mut(&mut self.iovs[i]);
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CMSG_BYTES as _;
+            h.msg_hdr.msg_flags = 0;
+        }
+        n
+    }
+
+    /// The `msghdr` of message `i` (prepared by [`prepare`](Self::prepare)),
+    /// for a single `recvmsg` (the io_uring backend's `RecvMsg`).
+    pub(crate) fn msghdr(&mut self, i: usize) -> *mut libc::msghdr {
+        ptr::from_mut(&mut self.hdrs[i].msg_hdr)
+    }
+
+    /// What the kernel reported for message `i`, which received `len`
+    /// bytes into `bufs[i]`: length, GRO stride, source address. Reads the
+    /// `msg_namelen` and `msg_controllen` the kernel wrote back.
+    pub(crate) fn finish(&self, i: usize, len: usize, bufs: &[&mut [u8]]) -> RecvMeta {
+        let h = &self.hdrs[i];
+        let len = len.min(bufs.get(i).map_or(0, |b| b.len()));
+        let stride = gro_stride(&h.msg_hdr).unwrap_or(len);
+        let addr = decode_addr(&self.addrs[i], h.msg_hdr.msg_namelen)
+            .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+        RecvMeta { len, stride, addr }
     }
 }
 
@@ -470,6 +495,12 @@ impl<'a> SendBatch<'_, 'a> {
         self.msgs += 1;
         self.iovs += n_iov;
         true
+    }
+
+    /// The `msghdr` of message `i` (pushed), for a single `sendmsg` (the
+    /// io_uring backend's `SendMsg`). It points at data borrowed for `'a`.
+    pub(crate) fn msghdr(&self, i: usize) -> *const libc::msghdr {
+        ptr::from_ref(&self.s.hdrs[i].msg_hdr)
     }
 
     /// One `sendmmsg` of messages `start..len()`; returns how many the

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! loop {
-//!     recvmmsg a batch, non-blocking (GRO buffers split into datagrams)
+//!     receive a batch, non-blocking (GRO buffers split into datagrams):
+//!         recvmmsg, or one io_uring submit of linked RecvMsgs (Backend)
 //!     now = Instant::now()                       // once per batch
 //!     heartbeat = now                            // an atomic the handles read
 //!     router.handle_input(now, src, datagram, &mut pool) for each datagram
 //!         (flushing early when the queue holds half the pool)
 //!     router.handle_timeout(now) if router.poll_timeout() <= now
-//!     pool.flush(): GSO trains per destination via sendmmsg, buffers freed
+//!     pool.flush_backend(): GSO trains per destination via sendmmsg or
+//!         linked io_uring SendMsgs (all reaped), buffers freed
 //!     drain up to 64 control requests (try_recv) -> router.handle_command
 //!     router.poll_event() -> the node's event channel (try_send)
 //!     publish counters to the shared atomics
@@ -42,8 +44,9 @@ use sfu_core::router::{
     Command, Counter, DropReason, Event, Outcome, RemovalReason, Router, RouterError,
 };
 
+use crate::backend::Backend;
 use crate::counters::{PathCounter, PathGauge};
-use crate::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta};
+use crate::io::{GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
 use crate::sys::{self, EventFd};
 
@@ -105,12 +108,17 @@ pub(crate) struct Shared {
     pub(crate) cpu_nanos: AtomicU64,
     /// Wakes the worker from its idle wait.
     pub(crate) wake: EventFd,
+    /// The backend the worker runs ([`Backend::name`]); fixed at start.
+    pub(crate) io_backend: &'static str,
+    /// Why the configured backend could not run, if it could not.
+    pub(crate) io_fallback: Option<String>,
 }
 
 impl Shared {
     pub(crate) fn new(
         cpu: Option<usize>,
-        socket: &BatchSocket,
+        socket: &Backend,
+        io_fallback: Option<String>,
         pool_capacity: usize,
         stall_after: Duration,
     ) -> io::Result<Self> {
@@ -131,11 +139,14 @@ impl Shared {
                     PathGauge::PoolCapacity => pool_capacity as u64,
                     PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
+                    PathGauge::IoUring => u64::from(socket.is_uring()),
                     _ => 0,
                 })
             }),
             cpu_nanos: AtomicU64::new(0),
             wake: EventFd::new()?,
+            io_backend: socket.name(),
+            io_fallback,
         })
     }
 }
@@ -143,7 +154,7 @@ impl Shared {
 /// Everything a worker thread owns.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    pub(crate) socket: BatchSocket,
+    pub(crate) socket: Backend,
     pub(crate) router: Router,
     pub(crate) pool: SendPool,
     pub(crate) commands: Receiver<Request>,
@@ -214,7 +225,7 @@ impl Worker {
                             self.router
                                 .handle_input(now, m.addr, datagram, &mut self.pool);
                             if self.pool.queued() >= flush_at {
-                                send_errors += self.pool.flush(&mut self.socket).failed;
+                                send_errors += self.pool.flush_backend(&mut self.socket).failed;
                             }
                         }
                     }
@@ -232,7 +243,7 @@ impl Worker {
                 // only the endpoints that are due.
                 self.router.handle_timeout(now, &mut self.pool);
             }
-            send_errors += self.pool.flush(&mut self.socket).failed;
+            send_errors += self.pool.flush_backend(&mut self.socket).failed;
             let disconnected = self.handle_commands(now);
             events_lost += self.forward_events();
             if now >= next_cpu_read {
@@ -316,7 +327,7 @@ impl Worker {
         for (a, &v) in s.drops.iter().zip(&r.drops) {
             set(a, v);
         }
-        let socket = &self.socket;
+        let socket = self.socket.socket();
         for (a, &c) in s.path.iter().zip(PathCounter::ALL) {
             set(
                 a,
@@ -340,6 +351,7 @@ impl Worker {
                     PathGauge::GsoFallbackDestinations => socket.gso_fallback_destinations() as u64,
                     PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
+                    PathGauge::IoUring => u64::from(self.socket.is_uring()),
                     PathGauge::Rooms => self.router.rooms() as u64,
                     PathGauge::Endpoints => self.router.endpoints() as u64,
                 },

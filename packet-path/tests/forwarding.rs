@@ -1,14 +1,15 @@
 //! End to end through a real worker, with GSO/GRO on and off: every packet a
 //! publisher sends reaches every subscriber once, in order, decryptable with
 //! the subscriber's key, with its payload intact — including packets of
-//! mixed sizes, which break the worker's GSO trains.
+//! mixed sizes, which break the worker's GSO trains. Each case runs over
+//! both I/O backends (`recvmmsg`/`sendmmsg` and io_uring).
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
-use packet_path::{Node, NodeConfig, PathCounter, PathGauge, WorkerHandle};
+use packet_path::{IoBackend, Node, NodeConfig, PathCounter, PathGauge, WorkerHandle};
 use sfu_core::router::{
     Command, Counter, EndpointConfig, EndpointId, MediaKind, Role, RoomId, Subscription,
     TrackConfig,
@@ -73,16 +74,41 @@ fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote:
     .unwrap();
 }
 
+/// The worker runs the backend asked for: io_uring really runs (no
+/// silent fallback; a host that disables io_uring fails the test and says
+/// so), and the gauge says so.
+fn assert_backend(w: &WorkerHandle, io: IoBackend) {
+    let (name, reason) = w.io_backend();
+    match io {
+        IoBackend::Uring => assert_eq!(
+            (name, reason.as_deref()),
+            ("io_uring", None),
+            "the io_uring backend did not run; kernel.io_uring_disabled = {:?}",
+            std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        ),
+        _ => assert_eq!((name, reason.as_deref()), ("socket", None)),
+    }
+    assert_eq!(w.stats().gauge(PathGauge::IoUring) != 0, name == "io_uring");
+}
+
 fn forward(profile: Profile, gso: bool, gro: bool) {
+    for io in [IoBackend::Socket, IoBackend::Uring] {
+        forward_over(io, profile, gso, gro);
+    }
+}
+
+fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool) {
     let node = Node::start(NodeConfig {
         workers: 1,
         base_port: 0,
         gso,
         gro,
+        io,
         ..NodeConfig::default()
     })
     .unwrap();
     let w = node.workers()[0].clone();
+    assert_backend(&w, io);
     let opts = SocketOptions {
         gso,
         gro,
@@ -181,7 +207,7 @@ fn forward(profile: Profile, gso: bool, gro: bool) {
                 }
             }
         }
-        assert_eq!(next, PACKETS, "subscriber {i} got every packet");
+        assert_eq!(next, PACKETS, "{io:?}: subscriber {i} got every packet");
     }
     let st = w.stats();
     assert_eq!(
