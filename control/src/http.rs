@@ -239,7 +239,10 @@ pub(crate) async fn serve(
             }
             Admission::Full => {
                 bump(&stats.refused);
-                refuse(&stream);
+                // Plain text in a TLS socket helps nobody: just close.
+                if tls.is_none() {
+                    refuse(&stream);
+                }
                 continue;
             }
         };
@@ -515,9 +518,12 @@ impl Connection {
             return self.drive(served).await;
         };
         // The handshake is the first part of the request head: it has the
-        // header timeout.
-        let stream =
-            match tokio::time::timeout(self.limits.header, tls.acceptor().accept(watched)).await {
+        // header timeout, and eviction or shutdown closes a connection
+        // still in it at once (an idle connection, for the cap).
+        let mut shutdown = self.shutdown.clone();
+        let handshake = tokio::time::timeout(self.limits.header, tls.acceptor().accept(watched));
+        let stream = tokio::select! {
+            done = handshake => match done {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(remote = %self.remote, error = %e, "TLS handshake failed");
@@ -527,7 +533,10 @@ impl Connection {
                     bump(&self.stats.header_timeouts);
                     return bump(&tls.stats.handshake_failures);
                 }
-            };
+            },
+            () = self.conn.evict.notified() => return bump(&tls.stats.handshake_failures),
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
         bump(&tls.stats.handshakes);
         match crate::tls::negotiated(stream.get_ref().1) {
             Negotiated::Http1 => {
@@ -543,8 +552,14 @@ impl Connection {
                 // request timeouts bound an HTTP/2 connection.
                 stream.get_mut().0.heads = false;
                 let mut builder = http2::Builder::new(TokioExecutor::new());
+                // Flow-control windows and send buffers sized to the API's
+                // bodies, so one connection's 32 streams hold about what
+                // 32 HTTP/1.1 requests would, not hyper's megabytes.
                 builder
                     .timer(TokioTimer::new())
+                    .initial_stream_window_size(H2_WINDOW)
+                    .initial_connection_window_size(2 * H2_WINDOW)
+                    .max_send_buf_size(H2_WINDOW as usize)
                     .max_concurrent_streams(H2_MAX_STREAMS)
                     .max_header_list_size(
                         u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
@@ -649,6 +664,10 @@ impl Connection {
 
 /// Concurrent requests on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 32;
+
+/// HTTP/2 flow-control window of a stream (twice that per connection)
+/// and send buffer per stream: a request body's limit.
+const H2_WINDOW: u32 = MAX_BODY_BYTES as u32;
 
 /// A hyper server connection that can be shut down gracefully.
 trait Graceful: Future<Output = Result<(), hyper::Error>> {

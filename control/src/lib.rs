@@ -401,6 +401,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         control_url,
         config.api_secret.as_bytes(),
         peer_tls,
+        server_tls.is_some(),
     ) {
         Ok(c) => Arc::new(c),
         Err(e) => {

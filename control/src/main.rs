@@ -48,10 +48,15 @@ fn main() -> anyhow::Result<ExitCode> {
         .context("starting the tokio runtime")?;
     let drain_timeout = std::time::Duration::from_secs(config.drain_timeout_secs);
     runtime.block_on(async {
+        // Before the node reports READY: a SIGHUP from then on (a reload)
+        // must find the handler, not the default action that ends the
+        // process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
         let running = control::start(config).await.context("starting the node")?;
         let (requests, received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(forward_signals(requests));
-        tokio::spawn(reload_on_hangup(running.tls().cloned()));
+        tokio::spawn(reload_on_hangup(hangup, running.tls().cloned()));
         let drained = control::drain::until_drained(
             std::sync::Arc::clone(running.state()),
             drain_timeout,
@@ -135,12 +140,10 @@ fn raise_nofile_limit() {
 
 /// Reloads the control API's certificate at every SIGHUP (without TLS,
 /// logs that there is nothing to reload: SIGHUP never stops the node).
-async fn reload_on_hangup(tls: Option<std::sync::Arc<control::tls::ServerTls>>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; certificates are not reloaded");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Option<std::sync::Arc<control::tls::ServerTls>>,
+) {
     while hup.recv().await.is_some() {
         match &tls {
             None => tracing::info!("SIGHUP: no tls_cert, nothing to reload"),

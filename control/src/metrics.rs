@@ -90,12 +90,12 @@ pub fn render_top_rooms(out: &mut String, state: &AppState) {
     let families: [(&str, &str, Read); 5] = [
         (
             "sfu_room_egress_bits_per_second",
-            "Media bits per second the node sent a room's subscribers (the top rooms by it).",
+            "Media bits per second the node sent a room's subscribers, the trunks feeding its shards on other workers included (the top rooms by it).",
             |r| r.tx_bps,
         ),
         (
             "sfu_room_egress_packets_per_second",
-            "Media packets per second the node sent a room's subscribers (the top rooms by egress).",
+            "Media packets per second the node sent a room's subscribers, shard trunks included (the top rooms by egress).",
             |r| r.tx_pps,
         ),
         (

@@ -220,6 +220,12 @@ fn whip_and_whep_over_https_with_http2_and_certificate_reload() {
         .env("RUST_LOG", "info")
         .args(["--control-addr", &format!("127.0.0.1:{port}")])
         .args(["--media-port", "0", "--workers", "1", "--cpus", "none"])
+        .args([
+            "--http-max-connections",
+            "8",
+            "--http-header-timeout-secs",
+            "30",
+        ])
         .args(["--tls-cert", cert.to_str().expect("path")])
         .args(["--tls-key", key.to_str().expect("path")])
         .stdout(Stdio::null())
@@ -353,6 +359,27 @@ fn whip_and_whep_over_https_with_http2_and_certificate_reload() {
     assert_eq!(metric(&metrics.body, "sfu_tls_enabled"), 1);
     assert!(metric(&metrics.body, "sfu_tls_handshakes_total{result=\"ok\"}") >= 6);
     assert!(metric(&metrics.body, "sfu_tls_handshakes_total{result=\"failed\"}") >= 2);
+
+    // Connections that never start their handshake are idle: past the cap
+    // of 8 each new one evicts the idlest, which closes at once instead of
+    // holding its descriptor until the 30 s header timeout.
+    let stalled: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let m = request(
+        &base,
+        &ca,
+        "--http1.1",
+        "GET",
+        "/metrics",
+        std::slice::from_ref(&admin),
+        None,
+    );
+    let open = metric(&m.body, "sfu_http_connections_open");
+    assert!(open <= 9, "{open} connections open with a cap of 8");
+    assert!(metric(&m.body, "sfu_http_connections_evicted_total") >= 32);
+    drop(stalled);
 
     // SIGHUP with a renewed pair: new handshakes get it.
     let (next_cert, next_key) = certs.leaf("next", "sfu-api-2");

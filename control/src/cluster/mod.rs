@@ -188,14 +188,16 @@ pub fn unix_ms() -> u64 {
 
 impl Cluster {
     /// This node's part in the cluster `config` (a cluster of one without
-    /// a Redis URL); `control_url` is where peers reach its API, and
-    /// `peer_tls` verifies peers reached over `https://`.
+    /// a Redis URL); `control_url` is where peers reach its API,
+    /// `peer_tls` verifies peers reached over `https://`, and with
+    /// `https_only` (a node serving TLS) `http://` peers are refused.
     pub fn new(
         state: Arc<AppState>,
         config: ClusterConfig,
         control_url: String,
         secret: &[u8],
         peer_tls: rustls::ClientConfig,
+        https_only: bool,
     ) -> Result<Self, store::StoreError> {
         let store = match &config.redis {
             Some(url) => Some(Store::new(url, &config.name)?),
@@ -207,7 +209,7 @@ impl Cluster {
             state,
             config,
             store,
-            proxy: proxy::Proxy::new(peer_tls),
+            proxy: proxy::Proxy::new(peer_tls, https_only),
             signer: proxy::Signer::new(secret),
             view: RwLock::new((Registry::default(), None)),
             recent: Mutex::new(HashMap::new()),

@@ -121,17 +121,21 @@ pub enum ForwardError {
 
 impl Proxy {
     /// A client that verifies `https://` peers with `tls`
-    /// ([`crate::tls::peer_client_config`]).
-    pub fn new(tls: rustls::ClientConfig) -> Self {
+    /// ([`crate::tls::peer_client_config`]); with `https_only` it refuses
+    /// `http://` peers (a node that serves TLS never sends its clients'
+    /// tokens in clear).
+    pub fn new(tls: rustls::ClientConfig, https_only: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if https_only {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let connector = builder.enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
