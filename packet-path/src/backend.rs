@@ -24,6 +24,7 @@ use crate::datagram::RecvMeta;
 use crate::io::{BatchSocket, GsoPolicy, Pos, SendFailure, SendMessages, SocketOptions, Transmit};
 use crate::sys::SendBatch;
 pub use crate::uring::UringSocket;
+pub use crate::xdp::{XdpProgram, XdpSocket, XdpStats};
 
 /// Where `/proc` tells whether io_uring may be used (Linux 6.6+).
 const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
@@ -38,6 +39,9 @@ pub enum IoBackend {
     /// io_uring ([`UringSocket`]), falling back to [`IoBackend::Socket`]
     /// where the host cannot run it.
     Uring,
+    /// AF_XDP ([`XdpSocket`]) beside the socket backend, falling back to
+    /// [`IoBackend::Socket`] where the host cannot run it.
+    Xdp,
 }
 
 /// One worker's packet I/O: a socket driven by system calls or by io_uring.
@@ -48,6 +52,8 @@ pub enum Backend {
     Socket(BatchSocket),
     /// io_uring `RecvMsg`/`SendMsg`.
     Uring(UringSocket),
+    /// An AF_XDP socket and the kernel socket beside it.
+    Xdp(XdpSocket),
 }
 
 impl Backend {
@@ -68,6 +74,10 @@ impl Backend {
     pub fn new(socket: BatchSocket, io: IoBackend) -> (Self, Option<String>) {
         match io {
             IoBackend::Socket => (Self::Socket(socket), None),
+            IoBackend::Xdp => (
+                Self::Socket(socket),
+                Some("AF_XDP needs the node's XDP program (Backend::xdp_or_socket)".to_owned()),
+            ),
             IoBackend::Uring => {
                 let sysctl = std::fs::read_to_string(IO_URING_DISABLED).ok();
                 Self::uring_or_socket(socket, sysctl.as_deref(), None)
@@ -99,11 +109,49 @@ impl Backend {
         }
     }
 
-    /// `"socket"` or `"io_uring"`.
+    /// The AF_XDP backend on receive queue `queue` of `program`'s
+    /// interface, or the socket backend with the reason when `program`
+    /// could not be attached (its error) or the socket cannot be set up.
+    pub fn xdp_or_socket(
+        socket: BatchSocket,
+        program: Result<&std::sync::Arc<XdpProgram>, &str>,
+        queue: u32,
+    ) -> (Self, Option<String>) {
+        let program = match program {
+            Ok(p) => p,
+            Err(reason) => return (Self::Socket(socket), Some(reason.to_owned())),
+        };
+        match XdpSocket::new(socket, program, queue) {
+            Ok(x) => (Self::Xdp(x), None),
+            Err((socket, e)) => (
+                Self::Socket(socket),
+                Some(format!("AF_XDP socket set-up failed: {e}")),
+            ),
+        }
+    }
+
+    /// `"socket"`, `"io_uring"` or `"af_xdp"`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Socket(_) => "socket",
             Self::Uring(_) => "io_uring",
+            Self::Xdp(_) => "af_xdp",
+        }
+    }
+
+    /// The AF_XDP socket, if this is the AF_XDP backend.
+    pub fn xdp(&self) -> Option<&XdpSocket> {
+        match self {
+            Self::Xdp(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// Reads the kernel's counters of the AF_XDP socket, if any (a system
+    /// call: now and then).
+    pub(crate) fn refresh_kernel_stats(&mut self) {
+        if let Self::Xdp(x) = self {
+            x.refresh_kernel_stats();
         }
     }
 
@@ -119,6 +167,7 @@ impl Backend {
         match self {
             Self::Socket(s) => s,
             Self::Uring(u) => u.socket(),
+            Self::Xdp(x) => x.socket(),
         }
     }
 
@@ -127,6 +176,7 @@ impl Backend {
         match self {
             Self::Socket(s) => s,
             Self::Uring(u) => u.socket_mut(),
+            Self::Xdp(x) => x.socket_mut(),
         }
     }
 
@@ -150,9 +200,13 @@ impl Backend {
         self.socket().batch()
     }
 
-    /// The descriptor to wait on for readability (an idle worker's `ppoll`).
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.socket().fd()
+    /// The descriptors to wait on for readability (an idle worker's
+    /// `ppoll`): the socket, and for AF_XDP its kernel socket too.
+    pub(crate) fn wait_fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        match self {
+            Self::Xdp(x) => (x.xsk_fd(), Some(x.socket().fd())),
+            _ => (self.socket().fd(), None),
+        }
     }
 
     /// Receives a batch into `bufs`: [`BatchSocket::recv`] or
@@ -161,6 +215,7 @@ impl Backend {
         match self {
             Self::Socket(s) => s.recv(bufs, meta),
             Self::Uring(u) => u.recv(bufs, meta),
+            Self::Xdp(x) => x.recv(bufs, meta),
         }
     }
 
@@ -181,6 +236,7 @@ impl SendMessages for Backend {
         match self {
             Self::Socket(s) => s.send_messages(start, end, build),
             Self::Uring(u) => u.send_messages(start, end, build),
+            Self::Xdp(x) => x.send_messages(start, end, build),
         }
     }
 }

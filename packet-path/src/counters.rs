@@ -23,6 +23,20 @@ sfu_core::counter_table! {
         RecvErrors => "recv_errors", "Failed receive calls of the worker.";
         /// Router events the node's event channel had no room for.
         EventsLost => "worker_events_lost", "Router events (connected, removed, ...) the node's event channel had no room for.";
+        /// Datagrams received through the AF_XDP ring.
+        XdpRxFrames => "af_xdp_rx_frames", "Datagrams the worker received through its AF_XDP socket.";
+        /// Datagrams sent through the AF_XDP ring.
+        XdpTxFrames => "af_xdp_tx_frames", "Datagrams the worker sent through its AF_XDP socket.";
+        /// Datagrams the AF_XDP backend's kernel socket received.
+        XdpKernelReceives => "af_xdp_kernel_receives", "Datagrams the AF_XDP worker received on its kernel UDP socket (passed by the XDP program: another queue, IPv6, another interface).";
+        /// Messages the AF_XDP backend sent through its kernel socket.
+        XdpKernelSends => "af_xdp_kernel_sends", "Messages the AF_XDP worker sent through its kernel UDP socket (next hop not learnt yet, IPv6, larger than a frame).";
+        /// Frames dropped as malformed by the AF_XDP backend.
+        XdpRxMalformed => "af_xdp_rx_malformed", "Frames from the AF_XDP socket dropped as malformed (lengths, IPv4 header checksum) or too large.";
+        /// Datagrams not sent for want of a free AF_XDP transmit frame.
+        XdpTxNoFrame => "af_xdp_tx_no_frame", "Datagrams the AF_XDP worker could not send for want of a free transmit frame.";
+        /// The kernel's drops on the AF_XDP socket.
+        XdpKernelDropped => "af_xdp_kernel_dropped", "Frames the kernel dropped on the worker's AF_XDP socket (receive ring full, fill ring empty, invalid descriptors).";
     }
 }
 
@@ -42,6 +56,12 @@ sfu_core::counter_table! {
         GroEnabled => "gro_enabled", "1 if the worker receives with UDP GRO.";
         /// Whether the worker's packet I/O runs on io_uring.
         IoUring => "io_uring", "1 if the worker's packet I/O runs on io_uring, 0 if on recvmmsg/sendmmsg (the socket backend, also after an io_uring fallback).";
+        /// Whether the worker's packet I/O runs on AF_XDP.
+        IoAfXdp => "io_af_xdp", "1 if the worker's packet I/O runs on AF_XDP (beside its kernel UDP socket), 0 otherwise (also after an AF_XDP fallback).";
+        /// Whether the AF_XDP socket runs in zero-copy mode.
+        XdpZeroCopy => "af_xdp_zerocopy", "1 if the worker's AF_XDP socket runs in zero-copy mode (the driver writes into UMEM), 0 in copy mode or without AF_XDP.";
+        /// Whether the XDP program runs in the driver.
+        XdpNative => "af_xdp_native", "1 if the node's XDP program runs in the driver (native XDP), 0 in generic mode or without AF_XDP.";
         /// Rooms on the worker.
         Rooms => "rooms", "Rooms on the worker.";
         /// Endpoints on the worker.

@@ -152,6 +152,7 @@
 pub mod backend;
 mod counters;
 mod datagram;
+mod ether;
 pub mod io;
 mod node;
 pub mod pool;
@@ -160,6 +161,7 @@ mod sys;
 pub mod test_hooks;
 mod uring;
 mod worker;
+mod xdp;
 
 pub use backend::{Backend, IoBackend};
 pub use counters::{PathCounter, PathGauge};

@@ -12,9 +12,9 @@ use sfu_core::router::{
     Command, Counter, DropReason, Outcome, RemovalReason, Router, RouterConfig, RouterError,
 };
 
-use crate::backend::{Backend, IoBackend};
+use crate::backend::{Backend, IoBackend, XdpProgram};
 use crate::counters::{PathCounter, PathGauge};
-use crate::io::SocketOptions;
+use crate::io::{BatchSocket, SocketOptions};
 use crate::pool::SendPool;
 use crate::worker::{PANICKED, RETURNED, Request, Shared, Worker, WorkerEvent};
 
@@ -337,6 +337,15 @@ impl Node {
             reuse_port: false,
         };
         let mut sockets = Vec::with_capacity(config.workers);
+        // AF_XDP: one program for the node, attached before any socket.
+        let xdp = (config.io == IoBackend::Xdp).then(|| {
+            XdpProgram::attach(
+                SocketAddr::new(config.bind, config.base_port),
+                config.workers,
+            )
+            .map(Arc::new)
+            .map_err(|e| format!("AF_XDP unavailable: {e}"))
+        });
         for i in 0..config.workers {
             let port = if config.base_port == 0 {
                 0
@@ -348,12 +357,18 @@ impl Node {
                         io::Error::new(io::ErrorKind::InvalidInput, "worker port beyond 65535")
                     })?
             };
-            sockets.push(Backend::bind(
-                SocketAddr::new(config.bind, port),
-                config.batch,
-                &opts,
-                config.io,
-            )?);
+            let addr = SocketAddr::new(config.bind, port);
+            sockets.push(match &xdp {
+                Some(program) => {
+                    let socket = BatchSocket::bind(addr, config.batch, &opts)?;
+                    Backend::xdp_or_socket(
+                        socket,
+                        program.as_ref().map_err(String::as_str),
+                        i as u32,
+                    )
+                }
+                None => Backend::bind(addr, config.batch, &opts, config.io)?,
+            });
         }
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_CHANNEL);
         let mut node = Node {

@@ -362,6 +362,8 @@ pub(crate) struct SendScratch {
     addrs: Box<[libc::sockaddr_storage]>,
     cmsgs: Box<[CmsgBuf]>,
     segmented: Box<[bool]>,
+    /// The `UDP_SEGMENT` size of each segmented message.
+    seg_sizes: Box<[u16]>,
     v6_socket: bool,
 }
 
@@ -389,6 +391,7 @@ impl SendScratch {
             addrs: (0..batch).map(|_| zeroed()).collect(),
             cmsgs: vec![CmsgBuf([0; CMSG_BYTES]); batch].into_boxed_slice(),
             segmented: vec![false; batch].into_boxed_slice(),
+            seg_sizes: vec![0; batch].into_boxed_slice(),
             v6_socket,
         }
     }
@@ -485,6 +488,7 @@ impl<'a> SendBatch<'_, 'a> {
                     ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), seg);
                 }
                 self.s.segmented[i] = true;
+                self.s.seg_sizes[i] = seg;
             }
             None => {
                 h.msg_hdr.msg_control = ptr::null_mut();
@@ -495,6 +499,42 @@ impl<'a> SendBatch<'_, 'a> {
         self.msgs += 1;
         self.iovs += n_iov;
         true
+    }
+
+    /// The segment size of message `i` if it is segmented (a GSO train).
+    pub(crate) fn segment_size(&self, i: usize) -> Option<u16> {
+        self.is_segmented(i).then(|| self.s.seg_sizes[i])
+    }
+
+    /// The payload parts of message `i` (pushed), in order: the slices
+    /// given to [`push`](Self::push), borrowed for `'a`.
+    pub(crate) fn parts(&self, i: usize) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let h = &self.s.hdrs[i.min(self.msgs.saturating_sub(1))].msg_hdr;
+        let n = if i < self.msgs { h.msg_iovlen } else { 0 };
+        (0..n).map(move |k| {
+            // SAFETY: message i was filled by `push`: `msg_iov` points at
+            // `msg_iovlen` iovecs of the scratch array, each made from a
+            // slice borrowed for 'a (which outlives this batch), so reading
+            // the iovec and rebuilding that slice is sound.
+            unsafe {
+                let iov = *h.msg_iov.add(k);
+                std::slice::from_raw_parts(iov.iov_base.cast::<u8>().cast_const(), iov.iov_len)
+            }
+        })
+    }
+
+    /// One `sendmsg` of message `i` alone (pushed).
+    pub(crate) fn send_one(&self, fd: BorrowedFd<'_>, i: usize) -> io::Result<()> {
+        if i >= self.msgs {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: header i was filled by `push` (see `send`).
+        let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), self.msghdr(i), 0) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// The `msghdr` of message `i` (pushed), for a single `sendmsg` (the
@@ -616,21 +656,29 @@ impl EventFd {
     }
 }
 
-/// Waits until `socket` is readable, `wake` was notified, or `timeout`
-/// passed (`ppoll`, nanosecond timeout). An interrupted wait returns early.
+/// Waits until `socket` (or `extra`, the AF_XDP backend's kernel socket)
+/// is readable, `wake` was notified, or `timeout` passed (`ppoll`,
+/// nanosecond timeout). An interrupted wait returns early.
 pub(crate) fn wait_readable(
     socket: BorrowedFd<'_>,
+    extra: Option<BorrowedFd<'_>>,
     wake: &EventFd,
     timeout: Duration,
 ) -> io::Result<()> {
     let mut fds = [
+        libc::pollfd {
+            fd: wake.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
         libc::pollfd {
             fd: socket.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         },
         libc::pollfd {
-            fd: wake.0.as_raw_fd(),
+            // A negative descriptor is ignored by poll.
+            fd: extra.map_or(-1, |fd| fd.as_raw_fd()),
             events: libc::POLLIN,
             revents: 0,
         },
@@ -639,8 +687,8 @@ pub(crate) fn wait_readable(
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
-    // SAFETY: two initialised pollfds, a live timespec, no signal mask.
-    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, ptr::null()) };
+    // SAFETY: three initialised pollfds, a live timespec, no signal mask.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 3, &ts, ptr::null()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         return match e.kind() {
@@ -648,7 +696,7 @@ pub(crate) fn wait_readable(
             _ => Err(e),
         };
     }
-    if fds[1].revents != 0 {
+    if fds[0].revents != 0 {
         wake.drain();
     }
     Ok(())

@@ -44,7 +44,7 @@ use sfu_core::router::{
     Command, Counter, DropReason, Event, Outcome, RemovalReason, Router, RouterError,
 };
 
-use crate::backend::Backend;
+use crate::backend::{Backend, XdpSocket};
 use crate::counters::{PathCounter, PathGauge};
 use crate::io::{GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
@@ -140,6 +140,11 @@ impl Shared {
                     PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
                     PathGauge::IoUring => u64::from(socket.is_uring()),
+                    PathGauge::IoAfXdp => u64::from(socket.xdp().is_some()),
+                    PathGauge::XdpZeroCopy => {
+                        u64::from(socket.xdp().is_some_and(XdpSocket::zerocopy))
+                    }
+                    PathGauge::XdpNative => u64::from(socket.xdp().is_some_and(XdpSocket::native)),
                     _ => 0,
                 })
             }),
@@ -247,6 +252,7 @@ impl Worker {
             let disconnected = self.handle_commands(now);
             events_lost += self.forward_events();
             if now >= next_cpu_read {
+                self.socket.refresh_kernel_stats();
                 let cpu = sys::thread_cpu_time().as_nanos();
                 self.shared
                     .cpu_nanos
@@ -263,7 +269,8 @@ impl Worker {
                     .poll_timeout()
                     .map_or(IDLE_WAIT, |t| t.saturating_duration_since(now))
                     .min(IDLE_WAIT);
-                if sys::wait_readable(self.socket.fd(), &self.shared.wake, wait).is_err() {
+                let (fd, extra) = self.socket.wait_fds();
+                if sys::wait_readable(fd, extra, &self.shared.wake, wait).is_err() {
                     recv_errors += 1;
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -328,6 +335,7 @@ impl Worker {
             set(a, v);
         }
         let socket = self.socket.socket();
+        let xdp = self.socket.xdp().map(XdpSocket::stats).unwrap_or_default();
         for (a, &c) in s.path.iter().zip(PathCounter::ALL) {
             set(
                 a,
@@ -339,6 +347,13 @@ impl Worker {
                     PathCounter::SendErrors => send_errors,
                     PathCounter::RecvErrors => recv_errors,
                     PathCounter::EventsLost => events_lost,
+                    PathCounter::XdpRxFrames => xdp.rx_frames,
+                    PathCounter::XdpTxFrames => xdp.tx_frames,
+                    PathCounter::XdpKernelReceives => xdp.kernel_receives,
+                    PathCounter::XdpKernelSends => xdp.kernel_sends,
+                    PathCounter::XdpRxMalformed => xdp.rx_malformed,
+                    PathCounter::XdpTxNoFrame => xdp.tx_no_frame,
+                    PathCounter::XdpKernelDropped => xdp.kernel_dropped,
                 },
             );
         }
@@ -352,6 +367,13 @@ impl Worker {
                     PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
                     PathGauge::IoUring => u64::from(self.socket.is_uring()),
+                    PathGauge::IoAfXdp => u64::from(self.socket.xdp().is_some()),
+                    PathGauge::XdpZeroCopy => {
+                        u64::from(self.socket.xdp().is_some_and(XdpSocket::zerocopy))
+                    }
+                    PathGauge::XdpNative => {
+                        u64::from(self.socket.xdp().is_some_and(XdpSocket::native))
+                    }
                     PathGauge::Rooms => self.router.rooms() as u64,
                     PathGauge::Endpoints => self.router.endpoints() as u64,
                 },

@@ -2,10 +2,13 @@
 //! publisher sends reaches every subscriber once, in order, decryptable with
 //! the subscriber's key, with its payload intact — including packets of
 //! mixed sizes, which break the worker's GSO trains. Each case runs over
-//! both I/O backends (`recvmmsg`/`sendmmsg` and io_uring).
+//! the three I/O backends: `recvmmsg`/`sendmmsg` and io_uring on loopback,
+//! AF_XDP over a veth pair into a network namespace (the clients' side).
+
+mod common;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
@@ -86,21 +89,35 @@ fn assert_backend(w: &WorkerHandle, io: IoBackend) {
             "the io_uring backend did not run; kernel.io_uring_disabled = {:?}",
             std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         ),
+        IoBackend::Xdp => assert_eq!(
+            (name, reason.as_deref()),
+            ("af_xdp", None),
+            "the AF_XDP backend did not run"
+        ),
         _ => assert_eq!((name, reason.as_deref()), ("socket", None)),
     }
     assert_eq!(w.stats().gauge(PathGauge::IoUring) != 0, name == "io_uring");
+    assert_eq!(w.stats().gauge(PathGauge::IoAfXdp) != 0, name == "af_xdp");
 }
 
 fn forward(profile: Profile, gso: bool, gro: bool) {
-    for io in [IoBackend::Socket, IoBackend::Uring] {
+    for io in [IoBackend::Socket, IoBackend::Uring, IoBackend::Xdp] {
         forward_over(io, profile, gso, gro);
     }
 }
 
 fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool) {
+    // AF_XDP needs an interface other than loopback's single queue and a
+    // fixed port: the node binds the host end of a veth pair.
+    let veth = (io == IoBackend::Xdp).then(|| common::netns::VethPair::new(1));
+    let (bind, base_port) = match &veth {
+        Some(v) => (IpAddr::V4(v.host_ip), 7882),
+        None => (IpAddr::from([127, 0, 0, 1]), 0),
+    };
     let node = Node::start(NodeConfig {
         workers: 1,
-        base_port: 0,
+        bind,
+        base_port,
         gso,
         gro,
         io,
@@ -116,11 +133,21 @@ fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool) {
         read_timeout: Some(Duration::from_millis(100)),
         ..SocketOptions::default()
     };
-    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut publisher = BatchSocket::bind(lo, 32, &opts).unwrap();
-    let mut subs: Vec<BatchSocket> = (0..SUBSCRIBERS)
-        .map(|_| BatchSocket::bind(lo, 32, &opts).unwrap())
-        .collect();
+    let make = || {
+        let local = match &veth {
+            Some(v) => SocketAddr::from((v.peer_ip, 0)),
+            None => "127.0.0.1:0".parse().unwrap(),
+        };
+        let publisher = BatchSocket::bind(local, 32, &opts).unwrap();
+        let subs: Vec<BatchSocket> = (0..SUBSCRIBERS)
+            .map(|_| BatchSocket::bind(local, 32, &opts).unwrap())
+            .collect();
+        (publisher, subs)
+    };
+    let (mut publisher, mut subs) = match &veth {
+        Some(v) => v.in_peer(make),
+        None => make(),
+    };
     w.request(Command::CreateRoom(RoomId(1))).unwrap();
     add_endpoint(
         &w,
@@ -219,6 +246,22 @@ fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool) {
     );
     assert_eq!(st.get(Counter::RxPackets), PACKETS);
     assert_eq!(st.path(PathCounter::SendErrors), 0);
+    if io == IoBackend::Xdp {
+        // Through the rings, not the kernel socket beside them.
+        let copies = PACKETS * SUBSCRIBERS as u64;
+        assert_eq!(st.path(PathCounter::XdpRxFrames), PACKETS, "{st:?}");
+        assert!(st.path(PathCounter::XdpTxFrames) >= copies, "{st:?}");
+        assert_eq!(st.path(PathCounter::XdpRxMalformed), 0);
+        eprintln!(
+            "af_xdp: native {} zero-copy {}, {} frames in, {} out, {} kernel sends, {} kernel receives",
+            st.gauge(PathGauge::XdpNative),
+            st.gauge(PathGauge::XdpZeroCopy),
+            st.path(PathCounter::XdpRxFrames),
+            st.path(PathCounter::XdpTxFrames),
+            st.path(PathCounter::XdpKernelSends),
+            st.path(PathCounter::XdpKernelReceives)
+        );
+    }
     node.shutdown();
 }
 

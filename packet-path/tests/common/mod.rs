@@ -6,6 +6,8 @@
 #![allow(dead_code)] // Not every test binary uses every helper.
 #![allow(unsafe_code)] // The counting allocator is the one unsafe item here.
 
+pub(crate) mod netns;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
 use std::net::SocketAddr;
