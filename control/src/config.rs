@@ -117,6 +117,10 @@ pub enum IoMode {
     /// io_uring (one submit per batch); falls back to `socket`, with the
     /// reason logged, where the host cannot run it.
     Uring,
+    /// AF_XDP on the interface holding `media.bind` (worker `i` on receive
+    /// queue `i`), beside each worker's kernel socket; falls back to
+    /// `socket`, with the reason logged, where the host cannot run it.
+    Xdp,
 }
 
 impl FromStr for IoMode {
@@ -126,8 +130,9 @@ impl FromStr for IoMode {
         match s.trim().to_ascii_lowercase().as_str() {
             "socket" => Ok(Self::Socket),
             "uring" | "io_uring" => Ok(Self::Uring),
+            "xdp" | "af_xdp" => Ok(Self::Xdp),
             other => Err(format!(
-                "unknown io backend {other:?} (expected socket or uring)"
+                "unknown io backend {other:?} (expected socket, uring or xdp)"
             )),
         }
     }
@@ -139,6 +144,7 @@ impl IoMode {
         match self {
             Self::Socket => packet_path::IoBackend::Socket,
             Self::Uring => packet_path::IoBackend::Uring,
+            Self::Xdp => packet_path::IoBackend::Xdp,
         }
     }
 }
@@ -368,13 +374,14 @@ settings! {
                 /// Node name reported by /v1/load [default: the host name].
                 #[arg(long, value_name = "ID")]
             ];
-        /// The workers' packet I/O: `socket` (`recvmmsg`/`sendmmsg`) or
-        /// `uring` (io_uring, falling back to `socket` with the reason
-        /// logged where the host cannot run it).
+        /// The workers' packet I/O: `socket` (`recvmmsg`/`sendmmsg`),
+        /// `uring` (io_uring) or `xdp` (AF_XDP on the media interface),
+        /// the last two falling back to `socket` with the reason logged
+        /// where the host cannot run them.
         io: IoMode = IoMode::Socket,
             env "SFU_IO",
             flag [
-                /// Packet I/O backend of the workers: socket or uring [default: socket].
+                /// Packet I/O backend of the workers: socket, uring or xdp [default: socket].
                 #[arg(long, value_enum, value_name = "BACKEND")]
             ];
         /// Log output format.

@@ -77,7 +77,60 @@ fn whip_to_whep_media_flows_over_io_uring() {
     whip_to_whep(node);
 }
 
+/// Set in the re-run of the AF_XDP test inside its network namespace.
+const XDP_IN_NETNS: &str = "SFU_WHIP_XDP_TEST_IN_NETNS";
+
+/// The same over the AF_XDP backend (`io = "xdp"`) on the embedded
+/// defaults' loopback media address, in a network namespace of its own
+/// (its loopback gets the XDP program, in generic mode: loopback has no
+/// driver XDP): ICE, DTLS and SRTP received through the AF_XDP ring, sent
+/// through the kernel socket (loopback destinations always are).
+#[test]
+fn whip_to_whep_media_flows_over_af_xdp() {
+    if std::env::var_os(XDP_IN_NETNS).is_none() {
+        common::rerun_in_network_namespace(
+            XDP_IN_NETNS,
+            "whip_to_whep_media_flows_over_af_xdp",
+            "ip link set lo up",
+            "root for `unshare --net`, `ip link` and XDP",
+        );
+        return;
+    }
+    let mut config = common::test_config(1, common::TEST_SECRET);
+    config.io = control::config::IoMode::Xdp;
+    // AF_XDP steers fixed ports (worker i on base + i).
+    config.media_port = 7882;
+    let node = TestNode::start_with_config(config);
+    let load = node.get("/v1/load");
+    assert_eq!(load.json["workers"][0]["io"], "af_xdp", "{}", load.text);
+    assert_eq!(node.worker_metric("sfu_io_af_xdp", 0), 1);
+    assert_eq!(node.worker_metric("sfu_af_xdp_native", 0), 0);
+    whip_to_whep_on(&node);
+    let rx = node.worker_metric("sfu_af_xdp_rx_frames_total", 0);
+    // Loopback destinations: through the kernel socket (see packet-path's
+    // xdp module); the veth tests of packet-path send through the ring.
+    let tx = node.worker_metric("sfu_af_xdp_kernel_sends_total", 0);
+    let all = node.worker_metric("sfu_rx_packets_total", 0);
+    let kernel = node.worker_metric("sfu_af_xdp_kernel_receives_total", 0);
+    eprintln!(
+        "af_xdp: {rx} of {all} datagrams in through the ring, {kernel} through the kernel, {tx} sends through the kernel"
+    );
+    assert!(rx > 0 && tx > 0);
+    assert_eq!(
+        (rx, kernel),
+        (all, 0),
+        "every datagram came in through the ring"
+    );
+    node.shutdown();
+}
+
 fn whip_to_whep(node: TestNode) {
+    whip_to_whep_on(&node);
+    node.shutdown();
+}
+
+/// The WHIP publisher to WHEP viewer exchange on `node`.
+fn whip_to_whep_on(node: &TestNode) {
     node.create_room("live");
     let pub_token = node.token("live", &[Grant::Publish]);
     let sub_token = node.token("live", &[Grant::Subscribe]);
@@ -85,7 +138,7 @@ fn whip_to_whep(node: TestNode) {
     // WHIP: publish audio and video.
     let pub_cert = DtlsCert::generate().expect("a certificate");
     let offer = with_fingerprint(WHIP_OFFER, &pub_cert);
-    let r = post_offer(&node, "/whip/live", &pub_token, &offer);
+    let r = post_offer(node, "/whip/live", &pub_token, &offer);
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.header("content-type"), "application/sdp");
     let location = r.header("location").to_owned();
@@ -100,14 +153,14 @@ fn whip_to_whep(node: TestNode) {
     assert_eq!(whip.fingerprint.algorithm, "sha-256");
     assert_eq!(whip.candidate, node.media(0));
     assert!(whip.ufrag.len() >= 8 && whip.pwd.len() >= 24);
-    assert_eq!(sessions_metric(&node, "whip", "created"), 1);
+    assert_eq!(sessions_metric(node, "whip", "created"), 1);
 
     // WHEP: a Chrome offer whose VP8 is payload type 100 and Opus 110,
     // unlike the publisher's 96 and 111.
     let sub_cert = DtlsCert::generate().expect("a certificate");
     let offer = swap_pt(&swap_pt(WHEP_OFFER, 96, 100), 111, 110);
     let offer = with_fingerprint(&offer, &sub_cert);
-    let r = post_offer(&node, "/whep/live", &sub_token, &offer);
+    let r = post_offer(node, "/whep/live", &sub_token, &offer);
     assert_eq!(r.status, 201, "{}", r.text);
     let whep_location = r.header("location").to_owned();
     assert!(whep_location.starts_with("/whep/live/"), "{whep_location}");
@@ -173,21 +226,20 @@ fn whip_to_whep(node: TestNode) {
     node.wait_worker_metric("sfu_rtp_in_total", 0, 2);
 
     // Sessions are endpoints of the room, deleted through their resource.
-    assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 2);
+    assert_eq!(endpoints(node)["rooms"][0]["endpoints"], 2);
     let wrong_kind = location.replace("/whip/", "/whep/");
-    let r = send(&node, "DELETE", &wrong_kind, Some(&sub_token), None, "");
+    let r = send(node, "DELETE", &wrong_kind, Some(&sub_token), None, "");
     assert_eq!((r.status, r.code().as_str()), (404, "unknown_endpoint"));
-    let r = send(&node, "DELETE", &whep_location, Some(&sub_token), None, "");
+    let r = send(node, "DELETE", &whep_location, Some(&sub_token), None, "");
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = send(&node, "DELETE", &location, Some(&pub_token), None, "");
+    let r = send(node, "DELETE", &location, Some(&pub_token), None, "");
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = send(&node, "DELETE", &location, Some(&pub_token), None, "");
+    let r = send(node, "DELETE", &location, Some(&pub_token), None, "");
     assert_eq!((r.status, r.code().as_str()), (404, "unknown_endpoint"));
-    assert_eq!(endpoints(&node)["rooms"][0]["endpoints"], 0);
-    assert_eq!(sessions_metric(&node, "whip", "ended"), 1);
-    assert_eq!(sessions_metric(&node, "whep", "created"), 1);
-    assert_eq!(sessions_metric(&node, "whep", "ended"), 1);
-    node.shutdown();
+    assert_eq!(endpoints(node)["rooms"][0]["endpoints"], 0);
+    assert_eq!(sessions_metric(node, "whip", "ended"), 1);
+    assert_eq!(sessions_metric(node, "whep", "created"), 1);
+    assert_eq!(sessions_metric(node, "whep", "ended"), 1);
 }
 
 #[test]

@@ -9,13 +9,18 @@
 //!   crashed node leaves no program behind.
 //! * [`XdpSocket`] (one per worker): an AF_XDP socket bound to receive
 //!   queue `worker` of that interface (zero-copy where the driver can,
-//!   else copy mode), its UMEM (4096 frames of 2 KiB: half for receiving,
-//!   half for sending, 8 MiB locked memory per worker) and its four rings,
+//!   else copy mode), its UMEM (20,480 frames of 2 KiB: 16,384 for
+//!   receiving, 4096 for sending; 40 MiB of locked memory per worker) and
+//!   its four rings,
 //!   plus the worker's ordinary [`BatchSocket`] bound to the same address,
 //!   which receives what the program passes to the kernel (datagrams that
 //!   arrived on another queue, IPv6, frames on another interface) and
 //!   sends what the AF_XDP socket cannot (a peer whose next-hop MAC is not
-//!   learnt yet, IPv6, datagrams larger than a frame).
+//!   learnt yet, IPv6, datagrams larger than a frame, and loopback
+//!   destinations: the kernel drops a frame injected on `lo` towards 127/8
+//!   as a martian, since it carries no route as its own loopback traffic
+//!   does; so on the embedded defaults' loopback address the node receives
+//!   through AF_XDP, in generic mode, and sends through the kernel).
 //!
 //! Receiving copies each payload from its UMEM frame into the worker's
 //! buffer and returns the frame to the fill ring at once; sending copies
@@ -44,18 +49,23 @@ use crate::sys::SendBatch;
 
 /// Bytes per UMEM frame.
 pub(crate) const FRAME_SIZE: usize = 2048;
-/// Entries of each ring; also the frames for receiving and for sending.
-const RING_SIZE: u32 = 2048;
-const RX_FRAMES: usize = RING_SIZE as usize;
-const TX_FRAMES: usize = RING_SIZE as usize;
+/// Entries of the receive and fill rings, and frames for receiving: the
+/// ring is the only buffer in front of the worker (the socket backend has
+/// 32 MiB of socket buffer), so it holds 32 MiB too: 16,384 datagrams
+/// (with 8192, the million-packet test's bursts overflowed it once).
+const RX_RING: u32 = 16384;
+/// Entries of the transmit and completion rings, and frames for sending.
+const TX_RING: u32 = 4096;
+const RX_FRAMES: usize = RX_RING as usize;
+const TX_FRAMES: usize = TX_RING as usize;
 /// The kernel socket is read when the AF_XDP ring is empty, and on every
 /// this many receives otherwise (it only gets what the program passes).
 const KERNEL_POLL_EVERY: u32 = 16;
 /// Next-hop MAC addresses remembered per worker.
 const NEIGHBOURS: usize = 4096;
 /// `sendto` kicks per transmit call at most (copy mode sends 32
-/// descriptors per kick: 64 cover the whole ring).
-const MAX_KICKS: usize = 64;
+/// descriptors per kick: 128 cover the whole ring).
+const MAX_KICKS: usize = TX_FRAMES / 32;
 
 // The `bpf` system call.
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -779,13 +789,13 @@ impl Xsk {
         reg.chunk_size = FRAME_SIZE as u32;
         setsockopt(fd.as_fd(), libc::XDP_UMEM_REG, &reg)
             .map_err(context("registering UMEM (locked-memory limit?)"))?;
-        for opt in [
-            libc::XDP_UMEM_FILL_RING,
-            libc::XDP_UMEM_COMPLETION_RING,
-            libc::XDP_RX_RING,
-            libc::XDP_TX_RING,
+        for (opt, size) in [
+            (libc::XDP_UMEM_FILL_RING, RX_RING),
+            (libc::XDP_UMEM_COMPLETION_RING, TX_RING),
+            (libc::XDP_RX_RING, RX_RING),
+            (libc::XDP_TX_RING, TX_RING),
         ] {
-            setsockopt(fd.as_fd(), opt, &RING_SIZE).map_err(context("ring sizes"))?;
+            setsockopt(fd.as_fd(), opt, &size).map_err(context("ring sizes"))?;
         }
         let off: libc::xdp_mmap_offsets =
             getsockopt(fd.as_fd(), libc::XDP_MMAP_OFFSETS).map_err(context("ring offsets"))?;
@@ -793,7 +803,7 @@ impl Xsk {
         let mut fill = Ring::map(
             b,
             &off.fr,
-            RING_SIZE,
+            RX_RING,
             libc::XDP_UMEM_PGOFF_FILL_RING as i64,
             true,
         )
@@ -801,14 +811,14 @@ impl Xsk {
         let comp = Ring::map(
             b,
             &off.cr,
-            RING_SIZE,
+            TX_RING,
             libc::XDP_UMEM_PGOFF_COMPLETION_RING as i64,
             false,
         )
         .map_err(context("completion ring"))?;
-        let rx = Ring::map(b, &off.rx, RING_SIZE, libc::XDP_PGOFF_RX_RING, false)
+        let rx = Ring::map(b, &off.rx, RX_RING, libc::XDP_PGOFF_RX_RING, false)
             .map_err(context("receive ring"))?;
-        let tx = Ring::map(b, &off.tx, RING_SIZE, libc::XDP_PGOFF_TX_RING, true)
+        let tx = Ring::map(b, &off.tx, TX_RING, libc::XDP_PGOFF_TX_RING, true)
             .map_err(context("transmit ring"))?;
         // Receive frames first, transmit frames after them.
         for i in 0..RX_FRAMES {
@@ -1029,7 +1039,10 @@ impl Xsk {
                 .map_or(total, usize::from)
                 .clamp(1, usize::MAX);
             let route = match batch.dst(k) {
-                Some(SocketAddr::V4(dst)) if seg <= self.max_payload => {
+                // The kernel drops frames injected on the loopback towards
+                // 127/8 as martians (they carry no route, unlike its own
+                // loopback traffic): those go through the kernel socket.
+                Some(SocketAddr::V4(dst)) if seg <= self.max_payload && !dst.ip().is_loopback() => {
                     self.neighbours.get(*dst.ip()).map(|dst_mac| Route {
                         src_mac: self.mac,
                         dst_mac,

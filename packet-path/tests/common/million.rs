@@ -2,13 +2,13 @@
 //! one backend per test binary, so that each measured phase runs alone in
 //! its process (the allocation counter is global).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{
     ALLOCATIONS, PAYLOAD, PROFILE, PT, Publisher, SSRC, SUBSCRIBERS, TAG, add, context,
-    payload_byte, socket_opts, spawn_receiver, subscriber_sockets, wait_for,
+    payload_byte, socket_opts, spawn_receiver, subscriber_sockets_at, wait_for,
 };
 use packet_path::io::BatchSocket;
 use packet_path::{IoBackend, Node, NodeConfig, PathCounter, PathGauge};
@@ -67,21 +67,37 @@ fn endpoint(id: u64, role: Role, remote: SocketAddr, seed: u8) -> Command {
 /// it (`expect_backend`, e.g. `"io_uring"`: no silent fallback).
 pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
     let started = Instant::now();
+    // AF_XDP: the node on the host end of a veth pair, the clients in the
+    // namespace at its other end.
+    let veth = (io == IoBackend::Xdp).then(|| crate::common::netns::VethPair::new(1));
+    let (bind, base_port, client_ip) = match &veth {
+        Some(v) => (IpAddr::V4(v.host_ip), 7882, IpAddr::V4(v.peer_ip)),
+        None => {
+            let lo = IpAddr::from([127, 0, 0, 1]);
+            (lo, 0, lo)
+        }
+    };
     let node = Node::start(NodeConfig {
         workers: 1,
-        base_port: 0,
+        bind,
+        base_port,
         io,
         ..NodeConfig::default()
     })
-    .expect("node starts on 127.0.0.1 with an ephemeral port");
+    .expect("node starts");
     let worker = node.workers()[0].clone();
     assert_eq!(worker.io_backend(), (expect_backend, None));
     let media = worker.local_addr();
     assert_ne!(media.port(), 0);
 
-    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut tx = BatchSocket::bind(lo, 8, &socket_opts()).unwrap();
-    let subscribers = subscriber_sockets();
+    let make = || {
+        let tx = BatchSocket::bind(SocketAddr::new(client_ip, 0), 8, &socket_opts()).unwrap();
+        (tx, subscriber_sockets_at(client_ip))
+    };
+    let (mut tx, subscribers) = match &veth {
+        Some(v) => v.in_peer(make),
+        None => make(),
+    };
     let sub_addrs: Vec<SocketAddr> = subscribers
         .iter()
         .map(|s| s.local_addr().unwrap())
@@ -120,7 +136,9 @@ pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
     while worker.stats().get(Counter::TxPackets) < WARMUP * subs {
         assert!(
             Instant::now() < published,
-            "the worker never published its warm-up"
+            "the worker never published its warm-up: {:?}, {} received",
+            worker.stats(),
+            received.datagrams.load(Ordering::Relaxed)
         );
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -175,6 +193,25 @@ pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
         stats.gauge(PathGauge::IoUring) != 0,
         expect_backend == "io_uring"
     );
+    assert_eq!(
+        stats.gauge(PathGauge::IoAfXdp) != 0,
+        expect_backend == "af_xdp"
+    );
+    if expect_backend == "af_xdp" {
+        eprintln!(
+            "af_xdp: {} frames in, {} out, {} kernel sends, {} kernel receives, {} no frame, {} kernel drops",
+            stats.path(PathCounter::XdpRxFrames),
+            stats.path(PathCounter::XdpTxFrames),
+            stats.path(PathCounter::XdpKernelSends),
+            stats.path(PathCounter::XdpKernelReceives),
+            stats.path(PathCounter::XdpTxNoFrame),
+            stats.path(PathCounter::XdpKernelDropped),
+        );
+        assert!(
+            stats.path(PathCounter::XdpTxFrames) >= expected,
+            "the copies went through the AF_XDP ring"
+        );
+    }
     assert_eq!(allocations, 0, "allocations during the measured phase");
     assert!(
         forwarded * 100 >= expected * 99,

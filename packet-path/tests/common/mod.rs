@@ -100,7 +100,12 @@ pub(crate) fn socket_opts() -> SocketOptions {
 
 /// The subscribers' sockets on loopback: non-blocking, 16 receive buffers.
 pub(crate) fn subscriber_sockets() -> Vec<BatchSocket> {
-    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    subscriber_sockets_at(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// [`subscriber_sockets`] on `ip`.
+pub(crate) fn subscriber_sockets_at(ip: std::net::IpAddr) -> Vec<BatchSocket> {
+    let lo = SocketAddr::new(ip, 0);
     (0..SUBSCRIBERS)
         .map(|_| {
             let opts = SocketOptions {

@@ -89,18 +89,48 @@ impl VethPair {
     /// Runs `f` on a thread inside the namespace: sockets it makes live
     /// there (and stay there wherever they are used afterwards).
     pub(crate) fn in_peer<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("the namespace exists");
-                // SAFETY: setns on this thread only, with a namespace fd.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("the namespace thread")
+        in_namespace(&self.ns, f)
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`: sockets it makes, and
+/// threads it starts (a node's workers), live there.
+pub(crate) fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(&path).expect("the namespace exists");
+            // SAFETY: setns on this thread only, with a namespace fd.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
         })
+        .join()
+        .expect("the namespace thread")
+    })
+}
+
+/// A namespace with only its loopback, up: the embedded defaults' media
+/// address (127.0.0.1) on an interface no other test attaches XDP to.
+pub(crate) struct LoopbackNs {
+    pub(crate) ns: String,
+}
+
+impl LoopbackNs {
+    pub(crate) fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("sfulo{}", (std::process::id() % 10_000) * 16 + n);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        let me = Self { ns };
+        ip(&["-n", &me.ns, "link", "set", "lo", "up"]);
+        me
+    }
+}
+
+impl Drop for LoopbackNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
 
