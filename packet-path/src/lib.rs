@@ -19,7 +19,10 @@
 //!   `BatchSocket` — bind, GSO/GRO set-up, preallocated `msghdr`s, cmsgs and
 //!   counters — driven by another system call), give the descriptor an idle
 //!   worker waits on, and report their capabilities ([`Backend::name`],
-//!   [`PathGauge::IoUring`], `gso_enabled`, `gro_enabled`).
+//!   [`PathGauge::IoUring`], [`PathGauge::IoAfXdp`], `gso_enabled`,
+//!   `gro_enabled`). A third implementation, [`backend::XdpSocket`]
+//!   ([`IoBackend::Xdp`]), puts an AF_XDP socket beside the kernel socket:
+//!   see "AF_XDP" below.
 //!   The io_uring backend submits one linked chain of `RecvMsg` (or
 //!   `SendMsg`, one per message) operations with `MSG_DONTWAIT` per batch
 //!   and reaps every completion before it returns: the first `EAGAIN` (or
@@ -28,6 +31,10 @@
 //!   operation is ever in flight while the worker reads a buffer or the
 //!   pool frees one. Phase 1: no multishot receive, no provided-buffer
 //!   ring, no registered buffers or files, no SQPOLL.
+//! * `ether` — what AF_XDP does without the kernel's stack, in safe code:
+//!   Ethernet/IPv4/UDP headers read (lengths and IPv4 checksum checked) and
+//!   written (IPv4 and UDP checksums), next-hop MACs learnt from ingress
+//!   frames in a fixed table, and the XDP program as eBPF instructions.
 //! * [`pool`] — [`pool::SendPool`], the send buffers of one worker (one
 //!   allocation of `pool_buffers` × 2048 bytes, a free list, a send queue),
 //!   the router's [`Transmit`](sfu_core::router::Transmit). Its flush groups
@@ -116,6 +123,29 @@
 //! the service manager restarts the node. [`Node::shutdown`] waits at most
 //! [`JOIN_TIMEOUT`] for the threads, leaving a stalled one detached.
 //!
+//! # AF_XDP
+//! With [`IoBackend::Xdp`], [`Node::start`] loads one XDP program for the
+//! node ([`backend::XdpProgram`]: an `XSKMAP` and 30 eBPF instructions,
+//! through the `bpf` system call, no loader library and no compiled
+//! object) and attaches it with a BPF link to the interface holding
+//! [`NodeConfig::bind`] (native mode, else generic). The program steers an
+//! IPv4/UDP frame without options or fragments, for the bound address and
+//! port `base_port + q`, to the AF_XDP socket of receive queue `q`; every
+//! other frame (ARP, the control API, SSH, IPv6, media on another queue)
+//! goes on to the kernel. Worker `i` binds queue `i` (zero-copy where the
+//! driver can, else copy mode) with a UMEM of 20,480 2 KiB frames and keeps
+//! its kernel UDP socket on the same address: it receives what the program
+//! passes (read when the ring is empty and every 16th batch) and sends what
+//! the ring cannot (no learnt next hop yet, IPv6, larger than a frame,
+//! loopback destinations). A worker copies each payload out of its frame
+//! into its own buffer and returns the frame at once, and copies each
+//! egress datagram (a GSO train is cut in software) behind headers it
+//! writes; `sfu-core` sees the same slices as on the other backends. On a
+//! real NIC, worker `i`'s port must be steered to queue `i` (`ethtool -N
+//! ... dst-port P action i`) for its media to take the ring; what is not
+//! steered still arrives, through the kernel socket. The link, the
+//! program and the sockets close with the node (or the process).
+//!
 //! # Backend fallback
 //! A worker configured with [`IoBackend::Uring`] runs the socket backend
 //! instead when the host cannot run io_uring: `/proc/sys/kernel/io_uring_disabled`
@@ -125,12 +155,18 @@
 //! [`WorkerHandle::io_backend`] answers `("socket", Some(reason))`, and the
 //! gauge [`PathGauge::IoUring`] (`sfu_io_uring{worker}` in `/metrics`) is 0.
 //! The choice is made in [`Node::start`], before the threads start.
+//! Likewise a worker asked for [`IoBackend::Xdp`] runs the socket backend,
+//! with the reason, when the program cannot be loaded or attached (no
+//! `CAP_BPF`/`CAP_NET_ADMIN`, another program on the interface, an
+//! unspecified or IPv6 bind address, ephemeral ports) or its socket cannot
+//! be set up (no receive queue `i` on the interface, locked-memory limit);
+//! [`PathGauge::IoAfXdp`] is then 0.
 //!
 //! With the `test-hooks` feature (tests only), `test_hooks` datagrams make
 //! a worker panic or stall on purpose.
 //!
 //! # Unsafe
-//! `unsafe` code lives in two private modules (the workspace denies
+//! `unsafe` code lives in three private modules (the workspace denies
 //! `unsafe_code`; each of them allows it with a module-level
 //! `#![allow(unsafe_code)]`), each block with a `// SAFETY:` comment:
 //! * `sys` — the `recvmmsg`, `sendmmsg`, `setsockopt`, `clock_gettime`,
@@ -138,6 +174,11 @@
 //!   and `sockaddr` conversion; it hands out the raw `msghdr` pointers of
 //!   its preallocated arrays (`RecvScratch::msghdr`, `SendBatch::msghdr`),
 //!   which is safe, since only dereferencing them is not;
+//! * `xdp` — the `bpf` system call (map, program, link), the AF_XDP socket
+//!   options, the UMEM and ring mappings, and the ring protocol (acquire
+//!   loads of the kernel's index, release stores of ours; a frame is read
+//!   only between its receive descriptor and its return to the fill ring,
+//!   written only while on the free list);
 //! * `uring` — the two submission-queue pushes (`RecvMsg`, `SendMsg`),
 //!   sound because every call reaps all the completions of what it pushed
 //!   before it returns (it retries `io_uring_enter` rather than return
@@ -147,7 +188,8 @@
 //! over those modules' safe functions. The layering is one-way: `io` uses
 //! `sys`, both use the private `datagram` module (the GSO/GRO limits and
 //! [`io::RecvMeta`], re-exported from `io`), and `sys` knows nothing of `io`;
-//! `uring` uses `io` and `sys`, `backend` uses `io` and `uring`.
+//! `uring` uses `io` and `sys`, `xdp` uses `io`, `sys` and `ether`, and
+//! `backend` uses `io`, `uring` and `xdp`.
 
 pub mod backend;
 mod counters;

@@ -722,7 +722,7 @@ impl XdpSocket {
     }
 
     /// Receives into `bufs`: the AF_XDP ring first, then the kernel socket
-    /// when the ring gave nothing or every [`KERNEL_POLL_EVERY`] calls.
+    /// when the ring gave nothing or every 16 calls.
     /// `WouldBlock` when both are empty. Does not allocate.
     pub fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
         let mut n = self.xsk.recv(bufs, meta);
