@@ -206,6 +206,26 @@ mod worker;
 mod xdp;
 
 pub use backend::{Backend, IoBackend};
+
+/// Runs `f` on a new thread inside the network namespace `name` (made by
+/// `ip netns add NAME`): the sockets `f` makes, and the threads it starts
+/// (a [`Node`]'s workers), live in that namespace. For the benchmarks and
+/// tests that join a node and its peers by a veth pair (the NIC stand-in
+/// of the AF_XDP backend); needs `CAP_SYS_ADMIN`.
+pub fn in_network_namespace<T: Send>(
+    name: &str,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    let path = std::path::Path::new("/var/run/netns").join(name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            sys::enter_network_namespace(&path)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
 pub use counters::{PathCounter, PathGauge};
 pub use node::{
     EVENT_CHANNEL, JOIN_TIMEOUT, Node, NodeConfig, REQUEST_TIMEOUT, RequestError, STALL_AFTER,

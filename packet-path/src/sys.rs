@@ -701,3 +701,18 @@ pub(crate) fn wait_readable(
     }
     Ok(())
 }
+
+/// Moves the calling thread into the network namespace at `path` (a
+/// `/var/run/netns/NAME` file): sockets it makes, and threads it starts,
+/// live there. Other threads are not affected.
+pub(crate) fn enter_network_namespace(path: &std::path::Path) -> io::Result<()> {
+    let ns = std::fs::File::open(path)?;
+    // SAFETY: setns(2) with a namespace descriptor we hold open; it
+    // changes the calling thread's namespace only.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -4,10 +4,7 @@
 //! root (CI runs as root) and `ip` (iproute2); a test fails with a message
 //! saying so rather than skip.
 
-#![allow(unsafe_code)] // setns(2) for the thread making the clients' sockets.
-
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -96,18 +93,7 @@ impl VethPair {
 /// Runs `f` on a thread inside namespace `ns`: sockets it makes, and
 /// threads it starts (a node's workers), live there.
 pub(crate) fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(&path).expect("the namespace exists");
-            // SAFETY: setns on this thread only, with a namespace fd.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the namespace thread")
-    })
+    packet_path::in_network_namespace(ns, f).expect("entering the namespace (needs root)")
 }
 
 /// A namespace with only its loopback, up: the embedded defaults' media
