@@ -3,7 +3,9 @@
 //! no GRO: a message per datagram, as to 64 subscribers) or as 8 GSO
 //! trains of 8 to one destination (received as GRO buffers). The socket
 //! backend does it with one `sendmmsg` and `recvmmsg` calls; the io_uring
-//! backend with linked `SendMsg`/`RecvMsg` operations, one submit each.
+//! backend with linked `SendMsg` operations (one submit) and its multishot
+//! `RecvMsg` into provided buffers (`io_uring`) or linked `RecvMsg`
+//! operations, one submit (`io_uring_linked_recv`).
 //! Throughput is in datagrams, so criterion's time per element is the
 //! kernel path's cost per datagram (send and receive, both on this core).
 //!
@@ -47,6 +49,15 @@ fn backend(io: IoBackend, offload: bool) -> Backend {
     b
 }
 
+/// The io_uring backend with linked `RecvMsg` receives instead of its
+/// multishot receive.
+fn linked(b: Backend) -> Backend {
+    match b {
+        Backend::Uring(u) => Backend::Uring(u.without_multishot()),
+        other => other,
+    }
+}
+
 fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("io_batch");
     group.throughput(Throughput::Elements(DATAGRAMS as u64));
@@ -54,10 +65,16 @@ fn batch(c: &mut Criterion) {
     for (io, name) in [
         (IoBackend::Socket, "socket"),
         (IoBackend::Uring, "io_uring"),
+        (IoBackend::Uring, "io_uring_linked_recv"),
     ] {
         for offload in [false, true] {
             let mut tx = backend(io, offload);
             let mut rx = backend(io, offload);
+            if name == "io_uring_linked_recv" {
+                rx = linked(rx);
+            } else if io == IoBackend::Uring {
+                assert!(rx.uring().is_some_and(|u| u.multishot()));
+            }
             let dst = rx.local_addr().expect("bound");
             let transmits: Vec<Transmit<'_>> = if offload {
                 payload

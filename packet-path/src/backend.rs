@@ -139,6 +139,14 @@ impl Backend {
         }
     }
 
+    /// The io_uring socket, if this is the io_uring backend.
+    pub fn uring(&self) -> Option<&UringSocket> {
+        match self {
+            Self::Uring(u) => Some(u),
+            _ => None,
+        }
+    }
+
     /// The AF_XDP socket, if this is the AF_XDP backend.
     pub fn xdp(&self) -> Option<&XdpSocket> {
         match self {
@@ -205,7 +213,8 @@ impl Backend {
     pub(crate) fn wait_fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
         match self {
             Self::Xdp(x) => (x.xsk_fd(), Some(x.socket().fd())),
-            _ => (self.socket().fd(), None),
+            Self::Uring(u) => u.wait_fds(),
+            Self::Socket(s) => (s.fd(), None),
         }
     }
 

@@ -35,6 +35,8 @@ sfu_core::counter_table! {
         XdpRxMalformed => "af_xdp_rx_malformed", "Frames from the AF_XDP socket dropped as malformed (lengths, IPv4 header checksum) or too large.";
         /// Datagrams not sent for want of a free AF_XDP transmit frame.
         XdpTxNoFrame => "af_xdp_tx_no_frame", "Datagrams the AF_XDP worker could not send for want of a free transmit frame.";
+        /// Times the io_uring multishot receive ran out of provided buffers.
+        UringBuffersExhausted => "io_uring_buffers_exhausted", "Times the worker's io_uring multishot receive ran out of provided buffers (the socket keeps the data; the receive is armed again).";
         /// The kernel's drops on the AF_XDP socket.
         XdpKernelDropped => "af_xdp_kernel_dropped", "Frames the kernel dropped on the worker's AF_XDP socket (receive ring full, fill ring empty, invalid descriptors).";
     }
@@ -56,6 +58,8 @@ sfu_core::counter_table! {
         GroEnabled => "gro_enabled", "1 if the worker receives with UDP GRO.";
         /// Whether the worker's packet I/O runs on io_uring.
         IoUring => "io_uring", "1 if the worker's packet I/O runs on io_uring, 0 if on recvmmsg/sendmmsg (the socket backend, also after an io_uring fallback).";
+        /// Whether the io_uring backend receives with a multishot `RecvMsg`.
+        IoUringMultishot => "io_uring_multishot", "1 if the worker's io_uring backend receives with a multishot RecvMsg into provided buffers, 0 with linked RecvMsg operations or without io_uring.";
         /// Whether the worker's packet I/O runs on AF_XDP.
         IoAfXdp => "io_af_xdp", "1 if the worker's packet I/O runs on AF_XDP (beside its kernel UDP socket), 0 otherwise (also after an AF_XDP fallback).";
         /// Whether the AF_XDP socket runs in zero-copy mode.

@@ -50,6 +50,7 @@ trait ZeroValid {}
 impl ZeroValid for libc::mmsghdr {}
 impl ZeroValid for libc::iovec {}
 impl ZeroValid for libc::sockaddr_storage {}
+impl ZeroValid for libc::msghdr {}
 
 fn setsockopt_int(
     fd: BorrowedFd<'_>,
@@ -715,4 +716,34 @@ pub(crate) fn enter_network_namespace(path: &std::path::Path) -> io::Result<()> 
     } else {
         Ok(())
     }
+}
+
+/// The source address in `name` (a `sockaddr` as the kernel wrote it into
+/// an io_uring provided buffer), if it is IPv4 or IPv6.
+pub(crate) fn addr_from_bytes(name: &[u8]) -> Option<SocketAddr> {
+    let mut ss: libc::sockaddr_storage = zeroed();
+    let n = name.len().min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: copies n ≤ size_of::<sockaddr_storage>() bytes into it.
+    unsafe { ptr::copy_nonoverlapping(name.as_ptr(), ptr::from_mut(&mut ss).cast::<u8>(), n) };
+    let v = decode_addr(&ss, n as libc::socklen_t)?;
+    Some(match v {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            None => SocketAddr::V6(a),
+        },
+        v4 => v4,
+    })
+}
+
+/// The `UDP_GRO` segment size in `control` (control messages as the
+/// kernel wrote them into an io_uring provided buffer).
+pub(crate) fn gro_stride_from_bytes(control: &[u8]) -> Option<usize> {
+    // An aligned copy for the CMSG_* walk.
+    let mut buf = CmsgBuf([0; CMSG_BYTES]);
+    let n = control.len().min(CMSG_BYTES);
+    buf.0[..n].copy_from_slice(&control[..n]);
+    let mut hdr: libc::msghdr = zeroed();
+    hdr.msg_control = buf.0.as_mut_ptr().cast();
+    hdr.msg_controllen = n as _;
+    gro_stride(&hdr)
 }

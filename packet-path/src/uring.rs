@@ -53,6 +53,9 @@ pub struct UringSocket {
     results: Box<[i32]>,
     /// `io_uring_enter` calls that failed (other than `EINTR`/`EAGAIN`/`EBUSY`).
     enter_errors: u64,
+    /// The multishot receive into provided buffers, where the kernel has
+    /// it (6.0+); else receives are linked `RecvMsg` operations.
+    multishot: Option<Box<Multishot>>,
 }
 
 impl std::fmt::Debug for UringSocket {
@@ -107,12 +110,48 @@ impl UringSocket {
             return Err((socket, e));
         }
         let results = vec![0; socket.batch()].into_boxed_slice();
+        let payload = if socket.gro_enabled() {
+            crate::io::GRO_BUFFER_BYTES
+        } else {
+            crate::pool::BUFFER_BYTES
+        };
+        let multishot = Multishot::new(socket.fd(), payload).ok().map(Box::new);
         Ok(Self {
             socket,
             ring,
             results,
             enter_errors: 0,
+            multishot,
         })
+    }
+
+    /// The same socket with linked `RecvMsg` receives instead of the
+    /// multishot receive (to compare them; see the `io` bench).
+    pub fn without_multishot(mut self) -> Self {
+        self.multishot = None;
+        self
+    }
+
+    /// Times the multishot receive ran out of provided buffers.
+    pub fn buffers_exhausted(&self) -> u64 {
+        self.multishot.as_ref().map_or(0, |m| m.exhausted)
+    }
+
+    /// Whether receives come from a multishot `RecvMsg` into provided
+    /// buffers (else linked `RecvMsg` operations, one per message).
+    pub fn multishot(&self) -> bool {
+        self.multishot.is_some()
+    }
+
+    /// The descriptors an idle worker waits on: with the multishot
+    /// receive, its ring (readable when completions wait: the socket may
+    /// already be empty) and the socket (data left when it ran out of
+    /// buffers); else the socket.
+    pub(crate) fn wait_fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        match &self.multishot {
+            Some(m) => (m.fd(), Some(self.socket.fd())),
+            None => (self.socket.fd(), None),
+        }
     }
 
     /// [`BatchSocket::local_addr`].
@@ -142,6 +181,9 @@ impl UringSocket {
     ///
     /// [`GRO_BUFFER_BYTES`]: crate::io::GRO_BUFFER_BYTES
     pub fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        if let Some(m) = &mut self.multishot {
+            return m.recv(self.socket.fd(), bufs, meta);
+        }
         let (fd, scratch) = self.socket.recv_parts();
         let fd = types::Fd(fd.as_raw_fd());
         let n = scratch.prepare(bufs, meta).min(self.results.len());
@@ -310,6 +352,255 @@ pub(crate) fn disabled_reason(sysctl: Option<&str>) -> Option<String> {
     match sysctl.map(str::trim) {
         Some("2") => Some("io_uring disabled by kernel.io_uring_disabled = 2".to_owned()),
         _ => None,
+    }
+}
+
+/// `user_data` of the armed multishot receive.
+const MULTISHOT: u64 = u64::MAX;
+/// Provided buffers of the multishot receive (a power of two).
+const PROVIDED_BUFFERS: u16 = 256;
+/// The provided-buffer group id.
+const BUFFER_GROUP: u16 = 0;
+/// Room in front of each provided buffer's payload: the kernel's
+/// `io_uring_recvmsg_out` (16 bytes), the source address and the control
+/// messages, as the template `msghdr` sizes them.
+const NAME_BYTES: usize = size_of::<libc::sockaddr_storage>();
+const CONTROL_BYTES: usize = 64;
+const OUT_HEADER: usize = 16;
+
+/// One entry of a provided-buffer ring (`struct io_uring_buf`); the
+/// `resv` field of entry 0 is the ring's tail.
+#[repr(C)]
+struct BufEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+/// A multishot `RecvMsg` on its own ring, receiving into a ring of
+/// provided buffers: armed once, it completes once per datagram (or GRO
+/// buffer) with no submission, until the buffers run out (`ENOBUFS`) or an
+/// error ends it; then it is armed again. Each completion's payload is
+/// copied into the worker's buffer and its provided buffer goes back to
+/// the ring at once.
+pub(crate) struct Multishot {
+    ring: IoUring,
+    /// The buffer ring: `PROVIDED_BUFFERS` entries, page-aligned (an
+    /// anonymous mapping), shared with the kernel.
+    entries: *mut BufEntry,
+    entries_len: usize,
+    /// The buffers themselves, one allocation.
+    buffers: Box<[u8]>,
+    buf_len: usize,
+    tail: u16,
+    /// The template the kernel lays each buffer out by (name and control
+    /// lengths); boxed so that its address stays fixed while armed.
+    template: Box<libc::msghdr>,
+    armed: bool,
+    /// Multishot completions that ended with an error (not `ENOBUFS`).
+    pub(crate) errors: u64,
+    /// Times the buffers ran out (the socket kept the data; re-armed).
+    pub(crate) exhausted: u64,
+}
+
+// SAFETY: the raw pointer is into a mapping this struct owns; the kernel
+// is the only other party. Used on its worker's thread alone.
+unsafe impl Send for Multishot {}
+
+impl Drop for Multishot {
+    fn drop(&mut self) {
+        // Unregister before unmapping (the ring's own drop closes it).
+        let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        // SAFETY: our mapping, unmapped once; the kernel no longer has it.
+        unsafe { libc::munmap(self.entries.cast(), self.entries_len) };
+    }
+}
+
+impl Multishot {
+    /// Sets up the ring and its provided buffers (`payload` bytes each:
+    /// a GRO buffer or one datagram) and arms the receive on `fd`. `Err`
+    /// where the kernel lacks multishot receive or buffer rings (< 6.0).
+    pub(crate) fn new(fd: BorrowedFd<'_>, payload: usize) -> io::Result<Self> {
+        let n = usize::from(PROVIDED_BUFFERS);
+        let ring = IoUring::builder()
+            .setup_cqsize(2 * u32::from(PROVIDED_BUFFERS))
+            .build(8)?;
+        let entries_len = n * size_of::<BufEntry>();
+        // SAFETY: a fresh anonymous mapping (page-aligned, as the kernel
+        // requires of a buffer ring).
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                entries_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let buf_len = OUT_HEADER + NAME_BYTES + CONTROL_BYTES + payload;
+        let mut template: Box<libc::msghdr> = Box::new(
+            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+            unsafe { std::mem::zeroed() },
+        );
+        template.msg_namelen = NAME_BYTES as libc::socklen_t;
+        template.msg_controllen = CONTROL_BYTES as _;
+        let mut me = Self {
+            ring,
+            entries: map.cast(),
+            entries_len,
+            buffers: vec![0u8; n * buf_len].into_boxed_slice(),
+            buf_len,
+            tail: 0,
+            template,
+            armed: false,
+            errors: 0,
+            exhausted: 0,
+        };
+        // SAFETY: the ring memory is ours, page-aligned, `n` entries, and
+        // outlives the registration (unregistered in drop before unmap).
+        unsafe {
+            me.ring.submitter().register_buf_ring_with_flags(
+                me.entries as u64,
+                PROVIDED_BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..PROVIDED_BUFFERS {
+            me.provide(bid);
+        }
+        me.publish_tail();
+        me.arm(fd)?;
+        Ok(me)
+    }
+
+    /// The ring's descriptor: readable when completions wait.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the ring's descriptor, alive as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+    }
+
+    /// Puts buffer `bid` at the tail (published by `publish_tail`).
+    fn provide(&mut self, bid: u16) {
+        let mask = PROVIDED_BUFFERS - 1;
+        let i = usize::from(self.tail & mask);
+        let addr = self.buffers[usize::from(bid) * self.buf_len..].as_mut_ptr() as u64;
+        // SAFETY: `i` < PROVIDED_BUFFERS entries of our mapping; the
+        // kernel reads only entries before the published tail, and this
+        // one is past it. `resv` of entry 0 is the tail itself: leave it.
+        unsafe {
+            let e = self.entries.add(i);
+            std::ptr::addr_of_mut!((*e).addr).write(addr);
+            std::ptr::addr_of_mut!((*e).len).write(self.buf_len as u32);
+            std::ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish_tail(&self) {
+        // SAFETY: the tail is the u16 at byte 14 of entry 0 (the `resv`
+        // field), which the kernel reads with an acquire load.
+        let tail = unsafe {
+            &*std::ptr::addr_of!((*self.entries).resv).cast::<std::sync::atomic::AtomicU16>()
+        };
+        tail.store(self.tail, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Submits the multishot receive.
+    fn arm(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let entry = opcode::RecvMsgMulti::new(
+            types::Fd(fd.as_raw_fd()),
+            std::ptr::from_ref(&*self.template),
+            BUFFER_GROUP,
+        )
+        .build()
+        .user_data(MULTISHOT);
+        // SAFETY: the template is boxed and lives as long as the ring (the
+        // kernel copies it at submission in any case); buffers come from
+        // the registered ring.
+        unsafe { self.ring.submission().push(&entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.ring.submit()?;
+        self.armed = true;
+        Ok(())
+    }
+
+    /// Copies the completed datagrams into `bufs`/`meta` (at most their
+    /// length); re-arms the receive if it ended. `WouldBlock` when nothing
+    /// completed. One `io_uring_enter` when the completion queue is empty
+    /// (to run the kernel's pending completion work), none otherwise.
+    pub(crate) fn recv(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bufs: &mut [&mut [u8]],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        let room = bufs.len().min(meta.len());
+        if self.ring.completion().is_empty() {
+            let _ = self.ring.submit();
+        }
+        let mut n = 0;
+        let mut returned = false;
+        while n < room {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
+            };
+            let flags = cqe.flags();
+            if !io_uring::cqueue::more(flags) {
+                self.armed = false;
+            }
+            let res = cqe.result();
+            if res < 0 {
+                if -res == libc::ENOBUFS {
+                    self.exhausted += 1;
+                } else {
+                    self.errors += 1;
+                }
+                continue;
+            }
+            let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
+                continue;
+            };
+            if bid >= PROVIDED_BUFFERS {
+                continue;
+            }
+            let start = usize::from(bid) * self.buf_len;
+            let len = (res as usize).min(self.buf_len);
+            let data = &self.buffers[start..start + len];
+            if let Ok(out) = types::RecvMsgOut::parse(data, &self.template) {
+                let payload = out.payload_data();
+                let k = payload.len().min(bufs[n].len());
+                bufs[n][..k].copy_from_slice(&payload[..k]);
+                let stride = crate::sys::gro_stride_from_bytes(out.control_data()).unwrap_or(k);
+                let addr = crate::sys::addr_from_bytes(out.name_data())
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                meta[n] = RecvMeta {
+                    len: k,
+                    stride,
+                    addr,
+                };
+                n += 1;
+            } else {
+                self.errors += 1;
+            }
+            self.provide(bid);
+            returned = true;
+        }
+        if returned {
+            self.publish_tail();
+        }
+        if !self.armed && self.arm(fd).is_err() {
+            self.errors += 1;
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     }
 }
 

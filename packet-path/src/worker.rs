@@ -44,7 +44,7 @@ use sfu_core::router::{
     Command, Counter, DropReason, Event, Outcome, RemovalReason, Router, RouterError,
 };
 
-use crate::backend::{Backend, XdpSocket};
+use crate::backend::{Backend, UringSocket, XdpSocket};
 use crate::counters::{PathCounter, PathGauge};
 use crate::io::{GRO_BUFFER_BYTES, RecvMeta};
 use crate::pool::{BUFFER_BYTES, SendPool};
@@ -141,6 +141,9 @@ impl Shared {
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
                     PathGauge::IoUring => u64::from(socket.is_uring()),
                     PathGauge::IoAfXdp => u64::from(socket.xdp().is_some()),
+                    PathGauge::IoUringMultishot => {
+                        u64::from(socket.uring().is_some_and(UringSocket::multishot))
+                    }
                     PathGauge::XdpZeroCopy => {
                         u64::from(socket.xdp().is_some_and(XdpSocket::zerocopy))
                     }
@@ -347,6 +350,10 @@ impl Worker {
                     PathCounter::SendErrors => send_errors,
                     PathCounter::RecvErrors => recv_errors,
                     PathCounter::EventsLost => events_lost,
+                    PathCounter::UringBuffersExhausted => self
+                        .socket
+                        .uring()
+                        .map_or(0, UringSocket::buffers_exhausted),
                     PathCounter::XdpRxFrames => xdp.rx_frames,
                     PathCounter::XdpTxFrames => xdp.tx_frames,
                     PathCounter::XdpKernelReceives => xdp.kernel_receives,
@@ -368,6 +375,9 @@ impl Worker {
                     PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
                     PathGauge::IoUring => u64::from(self.socket.is_uring()),
                     PathGauge::IoAfXdp => u64::from(self.socket.xdp().is_some()),
+                    PathGauge::IoUringMultishot => {
+                        u64::from(self.socket.uring().is_some_and(UringSocket::multishot))
+                    }
                     PathGauge::XdpZeroCopy => {
                         u64::from(self.socket.xdp().is_some_and(XdpSocket::zerocopy))
                     }

@@ -97,6 +97,11 @@ fn assert_backend(w: &WorkerHandle, io: IoBackend) {
         _ => assert_eq!((name, reason.as_deref()), ("socket", None)),
     }
     assert_eq!(w.stats().gauge(PathGauge::IoUring) != 0, name == "io_uring");
+    // The kernel here (6.x) has the multishot receive: it must run.
+    assert_eq!(
+        w.stats().gauge(PathGauge::IoUringMultishot) != 0,
+        name == "io_uring"
+    );
     assert_eq!(w.stats().gauge(PathGauge::IoAfXdp) != 0, name == "af_xdp");
 }
 
