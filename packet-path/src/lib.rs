@@ -29,8 +29,10 @@
 //!   send error) cancels the rest of the chain, which gives
 //!   `recvmmsg`/`sendmmsg` semantics with one `io_uring_enter`, and no
 //!   operation is ever in flight while the worker reads a buffer or the
-//!   pool frees one. Phase 1: no multishot receive, no provided-buffer
-//!   ring, no registered buffers or files, no SQPOLL.
+//!   pool frees one. Where the kernel has it (6.0+), receives come from
+//!   a multishot `RecvMsg` into a ring of provided buffers instead, on a
+//!   second ring, with no submission per batch (see the `uring` module).
+//!   Not built: registered buffers or files, zero-copy send, SQPOLL.
 //! * `ether` — what AF_XDP does without the kernel's stack, in safe code:
 //!   Ethernet/IPv4/UDP headers read (lengths and IPv4 checksum checked) and
 //!   written (IPv4 and UDP checksums), next-hop MACs learnt from ingress
@@ -179,7 +181,11 @@
 //!   loads of the kernel's index, release stores of ours; a frame is read
 //!   only between its receive descriptor and its return to the fill ring,
 //!   written only while on the free list);
-//! * `uring` — the two submission-queue pushes (`RecvMsg`, `SendMsg`),
+//! * `uring` — the submission-queue pushes (`RecvMsg`, `SendMsg`, the
+//!   multishot `RecvMsg`, whose template `msghdr` is boxed and outlives
+//!   the ring) and the provided-buffer ring (registered before use and
+//!   unregistered before it is unmapped; an entry is written only past
+//!   the published tail),
 //!   sound because every call reaps all the completions of what it pushed
 //!   before it returns (it retries `io_uring_enter` rather than return
 //!   early), while it still borrows the buffers the operations point at.

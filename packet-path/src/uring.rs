@@ -26,8 +26,29 @@
 //! the io_uring backend never blocks in a receive or a send (an idle worker
 //! waits for readiness in `ppoll`, as with the socket backend).
 //!
+//! # Multishot receive (kernel 6.0+)
+//! Where the kernel has it, receives do not use the linked `RecvMsg`
+//! chain: a second ring holds one multishot `RecvMsg` (`RecvMsgMulti`)
+//! armed on the socket, with a ring of 256 provided buffers registered as
+//! buffer group 0 (each sized for a GRO buffer, or a datagram without GRO,
+//! plus the kernel's header, the source address and the control
+//! messages). The kernel completes it once per datagram (or GRO buffer)
+//! without any submission; a receive copies each completed payload into
+//! the caller's buffer, decodes its address and `UDP_GRO` segment size,
+//! and gives the provided buffer back at once (tail store with release).
+//! It enters the kernel only when the completion queue is empty (to run
+//! the kernel's pending completion work), and arms the receive again when
+//! it ended (`ENOBUFS` when the buffers ran out: the socket keeps the
+//! data; or an error). Multishot completions live on their own ring, so
+//! the send path's "reap everything I submitted" never meets them, and an
+//! idle worker polls that ring's descriptor as well as the socket. The
+//! copy out of the provided buffer is the price of keeping the worker's
+//! buffers and interface the same for every backend.
+//! [`UringSocket::multishot`] and the gauge `sfu_io_uring_multishot` say
+//! which receive runs.
+//!
 //! No call allocates: the completion results go into an array allocated
-//! with the ring.
+//! with the ring, the provided buffers are allocated at set-up.
 #![allow(unsafe_code)]
 
 use std::io;
