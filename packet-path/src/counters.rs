@@ -33,8 +33,8 @@ sfu_core::counter_table! {
         XdpKernelSends => "af_xdp_kernel_sends", "Messages the AF_XDP worker sent through its kernel UDP socket (next hop not learnt yet, IPv6, larger than a frame).";
         /// Frames dropped as malformed by the AF_XDP backend.
         XdpRxMalformed => "af_xdp_rx_malformed", "Frames from the AF_XDP socket dropped as malformed (lengths, IPv4 header checksum) or too large.";
-        /// Datagrams not sent for want of a free AF_XDP transmit frame.
-        XdpTxNoFrame => "af_xdp_tx_no_frame", "Datagrams the AF_XDP worker could not send for want of a free transmit frame.";
+        /// Datagrams that found no free AF_XDP transmit frame.
+        XdpTxNoFrame => "af_xdp_tx_no_frame", "Datagrams that found no free AF_XDP transmit frame (sent through the worker's kernel UDP socket instead).";
         /// Times the io_uring multishot receive ran out of provided buffers.
         UringBuffersExhausted => "io_uring_buffers_exhausted", "Times the worker's io_uring multishot receive ran out of provided buffers (the socket keeps the data; the receive is armed again).";
         /// The kernel's drops on the AF_XDP socket.

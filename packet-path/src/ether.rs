@@ -188,6 +188,8 @@ pub(crate) fn fold(mut acc: u64) -> u16 {
 pub(crate) struct Neighbours {
     slots: Box<[Slot]>,
     mask: usize,
+    /// 32 - log2(slots): the hash's top bits pick the home slot.
+    shift: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -203,21 +205,26 @@ const PROBES: usize = 8;
 impl Neighbours {
     /// A table of `capacity` (rounded up to a power of two) entries.
     pub(crate) fn new(capacity: usize) -> Self {
-        let n = capacity.max(PROBES).next_power_of_two();
+        let n = capacity.clamp(PROBES, 1 << 24).next_power_of_two();
         Self {
             slots: vec![Slot::default(); n].into_boxed_slice(),
             mask: n - 1,
+            shift: 32 - n.trailing_zeros(),
         }
     }
 
     fn home(&self, ip: u32) -> usize {
-        // Fibonacci hashing: peers often differ only in the last octet.
-        (ip.wrapping_mul(0x9e37_79b9) >> 7) as usize & self.mask
+        // Fibonacci hashing, top bits: every address bit reaches the slot.
+        (ip.wrapping_mul(0x9e37_79b9) >> self.shift) as usize & self.mask
     }
 
     /// The MAC that reaches `ip`, if learnt.
     pub(crate) fn get(&self, ip: Ipv4Addr) -> Option<Mac> {
         let ip = u32::from(ip);
+        if ip == 0 {
+            // 0 marks an empty slot: never a peer.
+            return None;
+        }
         let home = self.home(ip);
         (0..PROBES)
             .map(|k| &self.slots[(home + k) & self.mask])
@@ -250,6 +257,11 @@ impl Neighbours {
 }
 
 // ------------------------------------------------------------ XDP program
+
+/// The longest frame an AF_XDP frame of 2048 bytes holds after the
+/// kernel's 256 bytes of headroom: longer ones go to the kernel's stack
+/// (the ring would drop them).
+pub(crate) const MAX_FRAME: usize = 2048 - 256;
 
 /// `XDP_PASS`: hand the frame to the kernel's stack.
 pub(crate) const XDP_PASS: i32 = 2;
@@ -308,6 +320,9 @@ pub(crate) fn program(map_fd: i32, addr: Option<Ipv4Addr>, base_port: u16) -> Ve
     op(&mut p, MOV64X, 4, 2, 0); // r4 = data
     op(&mut p, ADD64K, 4, 0, HEADERS as i32); // r4 += 42
     jump(&mut p, JGTX, 4, 3, 0); // data + 42 > data_end: pass
+    op(&mut p, MOV64X, 4, 2, 0); // r4 = data
+    op(&mut p, ADD64K, 4, 0, MAX_FRAME as i32);
+    jump(&mut p, JGTX, 3, 4, 0); // longer than a UMEM frame holds: pass
     op(&mut p, LDXH, 5, 2, 12); // ethertype (network order)
     jump(&mut p, JNEK, 5, 0, i32::from(ETHERTYPE_IPV4.swap_bytes()));
     op(&mut p, LDXB, 5, 2, 14); // version, IHL
@@ -493,5 +508,6 @@ mod tests {
             }
         }
         assert_eq!(program(5, None, 7882).len(), p.len() - 2);
+        const { assert!(cfg!(target_endian = "little"), "the constants assume it") };
     }
 }

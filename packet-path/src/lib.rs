@@ -127,13 +127,14 @@
 //!
 //! # AF_XDP
 //! With [`IoBackend::Xdp`], [`Node::start`] loads one XDP program for the
-//! node ([`backend::XdpProgram`]: an `XSKMAP` and 30 eBPF instructions,
+//! node ([`backend::XdpProgram`]: an `XSKMAP` and 33 eBPF instructions,
 //! through the `bpf` system call, no loader library and no compiled
 //! object) and attaches it with a BPF link to the interface holding
 //! [`NodeConfig::bind`] (native mode, else generic). The program steers an
 //! IPv4/UDP frame without options or fragments, for the bound address and
 //! port `base_port + q`, to the AF_XDP socket of receive queue `q`; every
-//! other frame (ARP, the control API, SSH, IPv6, media on another queue)
+//! other frame (ARP, the control API, SSH, IPv6, media on another queue,
+//! frames longer than a UMEM frame holds after the kernel's headroom)
 //! goes on to the kernel. Worker `i` binds queue `i` (zero-copy where the
 //! driver can, else copy mode) with a UMEM of 20,480 2 KiB frames and keeps
 //! its kernel UDP socket on the same address: it receives what the program

@@ -341,7 +341,12 @@ fn gro_stride(hdr: &libc::msghdr) -> Option<usize> {
     while !cm.is_null() {
         // SAFETY: `cm` is non-null and points at a cmsghdr inside the buffer.
         let c = unsafe { &*cm };
-        if c.cmsg_level == libc::SOL_UDP && c.cmsg_type == libc::UDP_GRO {
+        // SAFETY: CMSG_LEN is a pure size computation.
+        let need = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as u32) } as usize;
+        if c.cmsg_level == libc::SOL_UDP
+            && c.cmsg_type == libc::UDP_GRO
+            && c.cmsg_len as usize >= need
+        {
             // SAFETY: a UDP_GRO cmsg carries one c_int after the header;
             // read_unaligned tolerates any alignment of the data pointer.
             let v = unsafe { ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<libc::c_int>()) };
@@ -430,7 +435,7 @@ impl<'a> SendBatch<'_, 'a> {
 
     /// Whether message `i` carries a `UDP_SEGMENT` control message.
     pub(crate) fn is_segmented(&self, i: usize) -> bool {
-        self.s.segmented.get(i).copied().unwrap_or(false)
+        i < self.msgs && self.s.segmented.get(i).copied().unwrap_or(false)
     }
 
     /// The destination of message `i` (`None` past the pushed messages).
@@ -725,14 +730,7 @@ pub(crate) fn addr_from_bytes(name: &[u8]) -> Option<SocketAddr> {
     let n = name.len().min(size_of::<libc::sockaddr_storage>());
     // SAFETY: copies n ≤ size_of::<sockaddr_storage>() bytes into it.
     unsafe { ptr::copy_nonoverlapping(name.as_ptr(), ptr::from_mut(&mut ss).cast::<u8>(), n) };
-    let v = decode_addr(&ss, n as libc::socklen_t)?;
-    Some(match v {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
-            None => SocketAddr::V6(a),
-        },
-        v4 => v4,
-    })
+    decode_addr(&ss, n as libc::socklen_t)
 }
 
 /// The `UDP_GRO` segment size in `control` (control messages as the

@@ -411,8 +411,10 @@ pub(crate) struct Multishot {
     /// anonymous mapping), shared with the kernel.
     entries: *mut BufEntry,
     entries_len: usize,
-    /// The buffers themselves, one allocation.
-    buffers: Box<[u8]>,
+    /// The buffers themselves, one allocation (`PROVIDED_BUFFERS` ×
+    /// `buf_len` bytes) that the kernel writes into at any time: held as a
+    /// raw pointer, and a slice is only ever made of one completed buffer.
+    buffers: *mut u8,
     buf_len: usize,
     tail: u16,
     /// The template the kernel lays each buffer out by (name and control
@@ -435,6 +437,9 @@ impl Drop for Multishot {
         let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
         // SAFETY: our mapping, unmapped once; the kernel no longer has it.
         unsafe { libc::munmap(self.entries.cast(), self.entries_len) };
+        let len = usize::from(PROVIDED_BUFFERS) * self.buf_len;
+        // SAFETY: the allocation `new` leaked with this length, freed once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buffers, len)) });
     }
 }
 
@@ -474,7 +479,7 @@ impl Multishot {
             ring,
             entries: map.cast(),
             entries_len,
-            buffers: vec![0u8; n * buf_len].into_boxed_slice(),
+            buffers: Box::into_raw(vec![0u8; n * buf_len].into_boxed_slice()).cast::<u8>(),
             buf_len,
             tail: 0,
             template,
@@ -510,7 +515,8 @@ impl Multishot {
     fn provide(&mut self, bid: u16) {
         let mask = PROVIDED_BUFFERS - 1;
         let i = usize::from(self.tail & mask);
-        let addr = self.buffers[usize::from(bid) * self.buf_len..].as_mut_ptr() as u64;
+        // In bounds: bid < PROVIDED_BUFFERS.
+        let addr = self.buffers.wrapping_add(usize::from(bid) * self.buf_len) as u64;
         // SAFETY: `i` < PROVIDED_BUFFERS entries of our mapping; the
         // kernel reads only entries before the published tail, and this
         // one is past it. `resv` of entry 0 is the tail itself: leave it.
@@ -546,8 +552,10 @@ impl Multishot {
         // the registered ring.
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.ring.submit()?;
+        // Pushed: it will be submitted (now, or by the next enter) and
+        // must not be pushed twice.
         self.armed = true;
+        self.ring.submit()?;
         Ok(())
     }
 
@@ -590,10 +598,17 @@ impl Multishot {
             if bid >= PROVIDED_BUFFERS {
                 continue;
             }
-            let start = usize::from(bid) * self.buf_len;
             let len = (res as usize).min(self.buf_len);
-            let data = &self.buffers[start..start + len];
-            if let Ok(out) = types::RecvMsgOut::parse(data, &self.template) {
+            // SAFETY: buffer `bid` lies within the allocation, and the
+            // kernel completed it: it writes it no more until we provide
+            // it again below.
+            let data = unsafe {
+                std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_len), len)
+            };
+            let parsed = types::RecvMsgOut::parse(data, &self.template)
+                .ok()
+                .filter(|out| !out.is_payload_truncated() && !out.is_name_data_truncated());
+            if let Some(out) = parsed {
                 let payload = out.payload_data();
                 let k = payload.len().min(bufs[n].len());
                 bufs[n][..k].copy_from_slice(&payload[..k]);

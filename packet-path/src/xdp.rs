@@ -528,7 +528,8 @@ pub struct XdpStats {
     pub kernel_sends: u64,
     /// Frames dropped as malformed (lengths, IPv4 checksum) or too large.
     pub rx_malformed: u64,
-    /// Datagrams not sent for want of a free transmit frame.
+    /// Datagrams that found no free transmit frame (sent through the
+    /// kernel socket instead).
     pub tx_no_frame: u64,
     /// The kernel's count of frames dropped for this socket: receive ring
     /// full, fill ring empty, invalid descriptors (`XDP_STATISTICS`).
@@ -707,11 +708,13 @@ impl XdpSocket {
     pub fn refresh_kernel_stats(&mut self) {
         if let Ok(s) = getsockopt::<libc::xdp_statistics>(self.xsk.fd.as_fd(), libc::XDP_STATISTICS)
         {
-            self.xsk.stats.kernel_dropped = s.rx_dropped
+            // A full receive ring or an empty fill ring is also counted in
+            // rx_dropped (the kernel counts such a frame twice).
+            self.xsk.stats.kernel_dropped = s
+                .rx_dropped
+                .max(s.rx_ring_full + s.rx_fill_ring_empty_descs)
                 + s.rx_invalid_descs
-                + s.tx_invalid_descs
-                + s.rx_ring_full
-                + s.rx_fill_ring_empty_descs;
+                + s.tx_invalid_descs;
         }
     }
 
@@ -725,11 +728,16 @@ impl XdpSocket {
     /// when the ring gave nothing or every 16 calls.
     /// `WouldBlock` when both are empty. Does not allocate.
     pub fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        let mut n = self.xsk.recv(bufs, meta);
         self.xsk.calls = self.xsk.calls.wrapping_add(1);
-        if n < bufs.len().min(meta.len())
-            && (n == 0 || self.xsk.calls.is_multiple_of(KERNEL_POLL_EVERY))
-        {
+        let room = bufs.len().min(meta.len());
+        let kernel_turn = self.xsk.calls.is_multiple_of(KERNEL_POLL_EVERY);
+        // On the kernel socket's turn an eighth of the batch is kept for
+        // it, so that a flood through the ring cannot starve it.
+        let ring_room = if kernel_turn { room - room / 8 } else { room };
+        let mut n = self
+            .xsk
+            .recv(&mut bufs[..ring_room], &mut meta[..ring_room]);
+        if n < room && (n == 0 || kernel_turn) {
             match self.socket.recv(&mut bufs[n..], &mut meta[n..]) {
                 Ok(k) => {
                     self.xsk.stats.kernel_receives += meta[n..n + k]
@@ -917,7 +925,7 @@ impl Xsk {
                     bufs[n][..udp.len].copy_from_slice(&f[udp.offset..udp.offset + udp.len]);
                     meta[n] = RecvMeta {
                         len: udp.len,
-                        stride: 0,
+                        stride: udp.len,
                         addr: SocketAddr::V4(udp.src),
                     };
                     self.neighbours.learn(*udp.src.ip(), udp.src_mac);
@@ -971,10 +979,14 @@ impl Xsk {
     /// when the driver asks for it.
     fn kick(&mut self) {
         self.tx.publish();
+        let mut last = u32::MAX;
         for _ in 0..MAX_KICKS {
-            if self.tx.pending() == 0 || (self.zerocopy && !self.tx.needs_wakeup()) {
+            let pending = self.tx.pending();
+            // Done, or the kernel took nothing since the last kick.
+            if pending == 0 || pending == last || (self.zerocopy && !self.tx.needs_wakeup()) {
                 break;
             }
+            last = pending;
             // SAFETY: a zero-length send that only starts transmission.
             let rc = unsafe {
                 libc::sendto(
@@ -1063,9 +1075,15 @@ impl Xsk {
             };
             let count = total.div_ceil(seg).max(1);
             if !self.reserve(count) {
+                // No free frame: the kernel socket sends it instead.
                 self.stats.tx_no_frame += count as u64;
-                result = Err(io::ErrorKind::WouldBlock.into());
-                break;
+                if let Err(e) = batch.send_one(fd, k) {
+                    result = Err(e);
+                    break;
+                }
+                self.stats.kernel_sends += 1;
+                k += 1;
+                continue;
             }
             let mut parts = batch.parts(k);
             let mut cur: &[u8] = &[];
