@@ -39,18 +39,75 @@ const CMSG_BYTES: usize = 64;
 struct CmsgBuf([u8; CMSG_BYTES]);
 
 /// An all-zero C struct: null pointers, zero lengths.
-fn zeroed<T: ZeroValid>() -> T {
+pub(crate) fn zeroed<T: ZeroValid>() -> T {
     // SAFETY: `ZeroValid` is implemented only for the plain C structs below,
     // for which all-zero bytes are a valid value (integers and null pointers).
     unsafe { mem::zeroed() }
 }
 
 /// Marker for C structs whose all-zero bit pattern is a valid value.
-trait ZeroValid {}
+pub(crate) trait ZeroValid {}
 impl ZeroValid for libc::mmsghdr {}
 impl ZeroValid for libc::iovec {}
 impl ZeroValid for libc::sockaddr_storage {}
 impl ZeroValid for libc::msghdr {}
+impl ZeroValid for libc::xdp_mmap_offsets {}
+impl ZeroValid for libc::xdp_statistics {}
+impl ZeroValid for libc::xdp_umem_reg {}
+impl ZeroValid for libc::sockaddr_xdp {}
+
+/// A read-write mapping made with `MAP_POPULATE` (anonymous, or of a
+/// descriptor's memory at `offset`), unmapped on drop: AF_XDP's UMEM and
+/// rings, io_uring's provided-buffer ring. Page-aligned.
+pub(crate) struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// `mmap`: private and anonymous when `fd` is `None`, else shared.
+    pub(crate) fn new(len: usize, fd: Option<BorrowedFd<'_>>, offset: i64) -> io::Result<Self> {
+        let (flags, raw) = match fd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+        };
+        // SAFETY: a fresh mapping at an address of the kernel's choice.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_POPULATE,
+                raw,
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The first byte.
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once; nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
 
 fn setsockopt_int(
     fd: BorrowedFd<'_>,

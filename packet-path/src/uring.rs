@@ -60,7 +60,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use crate::datagram::RecvMeta;
 use crate::io::{BatchSocket, GsoPolicy, Pos, SendFailure, SendMessages, Transmit};
-use crate::sys::SendBatch;
+use crate::sys::{Mapping, SendBatch, zeroed};
 
 /// A UDP socket driven through an io_uring: [`BatchSocket`]'s batches,
 /// GSO/GRO and counters, with `RecvMsg`/`SendMsg` operations (one submit
@@ -408,9 +408,9 @@ struct BufEntry {
 pub(crate) struct Multishot {
     ring: IoUring,
     /// The buffer ring: `PROVIDED_BUFFERS` entries, page-aligned (an
-    /// anonymous mapping), shared with the kernel.
-    entries: *mut BufEntry,
-    entries_len: usize,
+    /// anonymous mapping), shared with the kernel. Dropped after `ring`
+    /// (field order), once `drop` has unregistered it.
+    entries: Mapping,
     /// The buffers themselves, one allocation (`PROVIDED_BUFFERS` ×
     /// `buf_len` bytes) that the kernel writes into at any time: held as a
     /// raw pointer, and a slice is only ever made of one completed buffer.
@@ -433,10 +433,9 @@ unsafe impl Send for Multishot {}
 
 impl Drop for Multishot {
     fn drop(&mut self) {
-        // Unregister before unmapping (the ring's own drop closes it).
+        // Unregister before the mapping is unmapped (a field, dropped
+        // after this body; the ring's own drop closes it).
         let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
-        // SAFETY: our mapping, unmapped once; the kernel no longer has it.
-        unsafe { libc::munmap(self.entries.cast(), self.entries_len) };
         let len = usize::from(PROVIDED_BUFFERS) * self.buf_len;
         // SAFETY: the allocation `new` leaked with this length, freed once.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buffers, len)) });
@@ -452,33 +451,16 @@ impl Multishot {
         let ring = IoUring::builder()
             .setup_cqsize(2 * u32::from(PROVIDED_BUFFERS))
             .build(8)?;
-        let entries_len = n * size_of::<BufEntry>();
-        // SAFETY: a fresh anonymous mapping (page-aligned, as the kernel
-        // requires of a buffer ring).
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                entries_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        // Anonymous, hence page-aligned, as the kernel requires of a
+        // buffer ring.
+        let entries_map = Mapping::new(n * size_of::<BufEntry>(), None, 0)?;
         let buf_len = OUT_HEADER + NAME_BYTES + CONTROL_BYTES + payload;
-        let mut template: Box<libc::msghdr> = Box::new(
-            // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
-            unsafe { std::mem::zeroed() },
-        );
+        let mut template: Box<libc::msghdr> = Box::new(zeroed());
         template.msg_namelen = NAME_BYTES as libc::socklen_t;
         template.msg_controllen = CONTROL_BYTES as _;
         let mut me = Self {
             ring,
-            entries: map.cast(),
-            entries_len,
+            entries: entries_map,
             buffers: Box::into_raw(vec![0u8; n * buf_len].into_boxed_slice()).cast::<u8>(),
             buf_len,
             tail: 0,
@@ -491,7 +473,7 @@ impl Multishot {
         // outlives the registration (unregistered in drop before unmap).
         unsafe {
             me.ring.submitter().register_buf_ring_with_flags(
-                me.entries as u64,
+                me.entries.ptr() as u64,
                 PROVIDED_BUFFERS,
                 BUFFER_GROUP,
                 0,
@@ -521,7 +503,7 @@ impl Multishot {
         // kernel reads only entries before the published tail, and this
         // one is past it. `resv` of entry 0 is the tail itself: leave it.
         unsafe {
-            let e = self.entries.add(i);
+            let e = self.entries.ptr().cast::<BufEntry>().add(i);
             std::ptr::addr_of_mut!((*e).addr).write(addr);
             std::ptr::addr_of_mut!((*e).len).write(self.buf_len as u32);
             std::ptr::addr_of_mut!((*e).bid).write(bid);
@@ -533,7 +515,8 @@ impl Multishot {
         // SAFETY: the tail is the u16 at byte 14 of entry 0 (the `resv`
         // field), which the kernel reads with an acquire load.
         let tail = unsafe {
-            &*std::ptr::addr_of!((*self.entries).resv).cast::<std::sync::atomic::AtomicU16>()
+            &*std::ptr::addr_of!((*self.entries.ptr().cast::<BufEntry>()).resv)
+                .cast::<std::sync::atomic::AtomicU16>()
         };
         tail.store(self.tail, std::sync::atomic::Ordering::Release);
     }

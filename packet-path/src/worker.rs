@@ -137,18 +137,7 @@ impl Shared {
             gauges: std::array::from_fn(|i| {
                 AtomicU64::new(match PathGauge::ALL[i] {
                     PathGauge::PoolCapacity => pool_capacity as u64,
-                    PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
-                    PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
-                    PathGauge::IoUring => u64::from(socket.is_uring()),
-                    PathGauge::IoAfXdp => u64::from(socket.xdp().is_some()),
-                    PathGauge::IoUringMultishot => {
-                        u64::from(socket.uring().is_some_and(UringSocket::multishot))
-                    }
-                    PathGauge::XdpZeroCopy => {
-                        u64::from(socket.xdp().is_some_and(XdpSocket::zerocopy))
-                    }
-                    PathGauge::XdpNative => u64::from(socket.xdp().is_some_and(XdpSocket::native)),
-                    _ => 0,
+                    g => backend_gauge(socket, g).unwrap_or(0),
                 })
             }),
             cpu_nanos: AtomicU64::new(0),
@@ -371,25 +360,29 @@ impl Worker {
                     PathGauge::PoolInUse => self.pool.in_use() as u64,
                     PathGauge::PoolCapacity => self.pool.capacity() as u64,
                     PathGauge::GsoFallbackDestinations => socket.gso_fallback_destinations() as u64,
-                    PathGauge::GsoEnabled => u64::from(socket.gso_enabled()),
-                    PathGauge::GroEnabled => u64::from(socket.gro_enabled()),
-                    PathGauge::IoUring => u64::from(self.socket.is_uring()),
-                    PathGauge::IoAfXdp => u64::from(self.socket.xdp().is_some()),
-                    PathGauge::IoUringMultishot => {
-                        u64::from(self.socket.uring().is_some_and(UringSocket::multishot))
-                    }
-                    PathGauge::XdpZeroCopy => {
-                        u64::from(self.socket.xdp().is_some_and(XdpSocket::zerocopy))
-                    }
-                    PathGauge::XdpNative => {
-                        u64::from(self.socket.xdp().is_some_and(XdpSocket::native))
-                    }
                     PathGauge::Rooms => self.router.rooms() as u64,
                     PathGauge::Endpoints => self.router.endpoints() as u64,
+                    g => backend_gauge(&self.socket, g).unwrap_or(0),
                 },
             );
         }
     }
+}
+
+/// The gauges that describe the backend itself (what it is and can do),
+/// the same at start and in every publication; `None` for the others.
+fn backend_gauge(socket: &Backend, gauge: PathGauge) -> Option<u64> {
+    let on = match gauge {
+        PathGauge::GsoEnabled => socket.gso_enabled(),
+        PathGauge::GroEnabled => socket.gro_enabled(),
+        PathGauge::IoUring => socket.is_uring(),
+        PathGauge::IoUringMultishot => socket.uring().is_some_and(UringSocket::multishot),
+        PathGauge::IoAfXdp => socket.xdp().is_some(),
+        PathGauge::XdpZeroCopy => socket.xdp().is_some_and(XdpSocket::zerocopy),
+        PathGauge::XdpNative => socket.xdp().is_some_and(XdpSocket::native),
+        _ => return None,
+    };
+    Some(u64::from(on))
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::datagram::RecvMeta;
 use crate::ether::{self, HEADERS, Mac, Neighbours, Route};
 use crate::io::{BatchSocket, GsoPolicy, Pos, SendFailure, SendMessages};
-use crate::sys::SendBatch;
+use crate::sys::{Mapping, SendBatch, ZeroValid, zeroed};
 
 /// Bytes per UMEM frame.
 pub(crate) const FRAME_SIZE: usize = 2048;
@@ -352,47 +352,6 @@ fn link(prog: &OwnedFd, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     Ok(owned(unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?))
 }
 
-/// An anonymous or ring mapping, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    /// `mmap` with `MAP_POPULATE`: anonymous when `fd` is `None`.
-    fn new(len: usize, fd: Option<BorrowedFd<'_>>, offset: i64) -> io::Result<Self> {
-        let (flags, raw) = match fd {
-            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
-        };
-        // SAFETY: a fresh mapping at an address of the kernel's choice.
-        let ptr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags | libc::MAP_POPULATE,
-                raw,
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once; nothing borrows it any more.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// One of the four rings shared with the kernel. We are the producer of
 /// the fill and transmit rings and the consumer of the receive and
 /// completion rings; `head` is our index (producer or consumer).
@@ -422,19 +381,19 @@ impl<T: Copy> Ring<T> {
         // words it updates atomically.
         let (producer, consumer, flags, desc) = unsafe {
             (
-                map.ptr
+                map.ptr()
                     .add(off.producer as usize)
                     .cast::<AtomicU32>()
                     .cast_const(),
-                map.ptr
+                map.ptr()
                     .add(off.consumer as usize)
                     .cast::<AtomicU32>()
                     .cast_const(),
-                map.ptr
+                map.ptr()
                     .add(off.flags as usize)
                     .cast::<AtomicU32>()
                     .cast_const(),
-                map.ptr.add(off.desc as usize).cast::<T>(),
+                map.ptr().add(off.desc as usize).cast::<T>(),
             )
         };
         let mut ring = Self {
@@ -597,8 +556,8 @@ fn setsockopt<T>(fd: BorrowedFd<'_>, opt: i32, value: &T) -> io::Result<()> {
     }
 }
 
-fn getsockopt<T: Plain>(fd: BorrowedFd<'_>, opt: i32) -> io::Result<T> {
-    let mut value = T::zeroed();
+fn getsockopt<T: ZeroValid>(fd: BorrowedFd<'_>, opt: i32) -> io::Result<T> {
+    let mut value: T = zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `value`.
     let rc = unsafe {
@@ -616,28 +575,6 @@ fn getsockopt<T: Plain>(fd: BorrowedFd<'_>, opt: i32) -> io::Result<T> {
         Ok(value)
     }
 }
-
-/// C structs of the AF_XDP interface, for which all-zero bytes are a
-/// valid value.
-///
-/// # Safety
-/// Implement only for plain C structs of integers.
-unsafe trait Plain: Sized {
-    fn zeroed() -> Self {
-        // SAFETY: the trait's contract.
-        unsafe { std::mem::zeroed() }
-    }
-}
-// SAFETY: integers only.
-unsafe impl Plain for libc::xdp_mmap_offsets {}
-// SAFETY: integers only.
-unsafe impl Plain for libc::xdp_statistics {}
-// SAFETY: integers only.
-unsafe impl Plain for libc::xdp_umem_reg {}
-// SAFETY: integers only.
-unsafe impl Plain for libc::sockaddr_xdp {}
-// SAFETY: integers only.
-unsafe impl Plain for libc::xdp_desc {}
 
 impl XdpSocket {
     /// An AF_XDP socket on `program`'s interface, receive queue `queue`,
@@ -791,9 +728,9 @@ impl Xsk {
         let fd = owned(libc::c_long::from(raw));
         let frames = RX_FRAMES + TX_FRAMES;
         let umem = Mapping::new(frames * FRAME_SIZE, None, 0).map_err(context("UMEM"))?;
-        let mut reg = libc::xdp_umem_reg::zeroed();
-        reg.addr = umem.ptr as u64;
-        reg.len = umem.len as u64;
+        let mut reg: libc::xdp_umem_reg = zeroed();
+        reg.addr = umem.ptr() as u64;
+        reg.len = umem.len() as u64;
         reg.chunk_size = FRAME_SIZE as u32;
         setsockopt(fd.as_fd(), libc::XDP_UMEM_REG, &reg)
             .map_err(context("registering UMEM (locked-memory limit?)"))?;
@@ -838,7 +775,7 @@ impl Xsk {
             .collect();
         let mut zerocopy = true;
         let bind = |flags: u16| {
-            let mut sa = libc::sockaddr_xdp::zeroed();
+            let mut sa: libc::sockaddr_xdp = zeroed();
             sa.sxdp_family = libc::AF_XDP as u16;
             sa.sxdp_flags = flags | libc::XDP_USE_NEED_WAKEUP;
             sa.sxdp_ifindex = program.ifindex;
@@ -896,19 +833,19 @@ impl Xsk {
     fn frame(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(addr).ok()?;
         let end = start.checked_add(len)?;
-        if end > self.umem.len {
+        if end > self.umem.len() {
             return None;
         }
         // SAFETY: in bounds of the live UMEM mapping; the kernel does not
         // write a frame it handed us until we return it to the fill ring.
-        Some(unsafe { std::slice::from_raw_parts(self.umem.ptr.add(start), len) })
+        Some(unsafe { std::slice::from_raw_parts(self.umem.ptr().add(start), len) })
     }
 
     /// A whole transmit frame (from the free list: the kernel has it not).
     fn frame_mut(&mut self, addr: u64) -> &mut [u8] {
-        let start = (addr as usize).min(self.umem.len - FRAME_SIZE);
+        let start = (addr as usize).min(self.umem.len() - FRAME_SIZE);
         // SAFETY: in bounds; a free transmit frame is ours alone.
-        unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.add(start), FRAME_SIZE) }
+        unsafe { std::slice::from_raw_parts_mut(self.umem.ptr().add(start), FRAME_SIZE) }
     }
 
     fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> usize {
