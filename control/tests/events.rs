@@ -156,11 +156,17 @@ fn the_event_stream_is_ordered_filtered_and_admin_only() {
 fn a_subscriber_that_falls_behind_is_told_how_many_it_missed() {
     let node = TestNode::start(1);
     let mut stream = subscribe(&node, Some(&node.admin), "", true).expect("admin may listen");
-    // The client does not read: the broadcast buffer (4096) overflows.
-    const PUBLISHED: u64 = 20_000;
-    for ssrc in 0..PUBLISHED {
+    // The client does not read. The node's task writes frames into the TCP
+    // connection until the kernel's send and receive buffers are full, and
+    // only then does the broadcast buffer fill and overflow. So publish more
+    // than the buffers could ever hold: each frame carries a room name of
+    // the longest kind, over 200 bytes in all.
+    let room = "l".repeat(control::state::MAX_ROOM_NAME);
+    let buffered = tcp_buffer_max("tcp_rmem") + tcp_buffer_max("tcp_wmem");
+    let published = control::events::BROADCAST_CAPACITY as u64 + 64 + buffered / 200 * 11 / 10;
+    for ssrc in 0..published {
         node.state().publish(NodeEvent::KeyframeRequested {
-            room: "lag".into(),
+            room: room.clone(),
             endpoint: "00000000000000e1".into(),
             ssrc: ssrc as u32,
         });
@@ -171,7 +177,7 @@ fn a_subscriber_that_falls_behind_is_told_how_many_it_missed() {
     // Missed since the last event: notices may follow each other while the
     // publisher overtakes the subscriber again.
     let mut missed_since = 0;
-    while last < PUBLISHED {
+    while last < published {
         match stream.next(Duration::from_secs(5)) {
             Some(Frame::Event { id, data }) => {
                 assert_eq!(data["type"], "keyframe_requested");
@@ -195,8 +201,23 @@ fn a_subscriber_that_falls_behind_is_told_how_many_it_missed() {
             None => panic!("the stream stopped at seq {last}"),
         }
     }
-    assert!(missed_total > 0, "the subscriber never lagged");
-    assert!(missed_total < PUBLISHED);
+    assert!(
+        missed_total > 0,
+        "the subscriber never lagged ({published} published, {buffered} bytes of TCP buffers)"
+    );
+    assert!(missed_total < published);
+}
+
+/// The largest buffer the kernel's TCP autotuning may give a socket:
+/// the third field of `/proc/sys/net/ipv4/{name}`.
+fn tcp_buffer_max(name: &str) -> u64 {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("this test needs {path} to size its burst: {e}"));
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{path} is not three numbers: {text:?}"))
 }
 
 #[test]
