@@ -228,6 +228,17 @@ impl Backend {
         }
     }
 
+    /// Tells the backend that message `index` of the last [`recv`](Self::recv)
+    /// was accepted (authenticated) by the router. AF_XDP learns its
+    /// sender's next-hop MAC only then, so a spoofed frame cannot redirect
+    /// a peer's media; the other backends have nothing to learn.
+    #[inline]
+    pub fn accepted(&mut self, index: usize) {
+        if let Self::Xdp(x) = self {
+            x.accepted(index);
+        }
+    }
+
     /// Sends `transmits`: [`BatchSocket::send`] or [`UringSocket::send`].
     /// Does not allocate.
     pub fn send(&mut self, transmits: &[Transmit<'_>]) -> io::Result<usize> {

@@ -179,11 +179,14 @@ pub(crate) fn fold(mut acc: u64) -> u16 {
 }
 
 /// Next-hop MAC addresses by peer IPv4 address, learnt from the source of
-/// ingress frames (an ICE-lite node only ever answers: every peer it
-/// sends to has sent to it first, through the next hop that reaches it).
-/// A fixed open-addressing table allocated once: a flood of spoofed
-/// sources overwrites entries (their peers then go through the kernel
-/// socket until they send again), it never grows.
+/// ingress frames whose datagram the router accepted (an ICE-lite node
+/// only ever answers: every peer it sends to has sent to it first,
+/// through the next hop that reaches it). Only accepted datagrams teach
+/// it, so a forged frame claiming a peer's address from another MAC
+/// cannot divert that peer's media. A fixed open-addressing table
+/// allocated once: many peers in one neighbourhood overwrite entries
+/// (their peers then go through the kernel socket until they send
+/// again), it never grows.
 #[derive(Debug)]
 pub(crate) struct Neighbours {
     slots: Box<[Slot]>,

@@ -3,11 +3,12 @@
 //! ```text
 //! loop {
 //!     receive a batch, non-blocking (GRO buffers split into datagrams):
-//!         recvmmsg, or one io_uring submit of linked RecvMsgs (Backend)
+//!         recvmmsg, io_uring completions, or the AF_XDP ring (Backend)
 //!     now = Instant::now()                       // once per batch
 //!     heartbeat = now                            // an atomic the handles read
 //!     router.handle_input(now, src, datagram, &mut pool) for each datagram
-//!         (flushing early when the queue holds half the pool)
+//!         (flushing early when the queue holds half the pool); accepted?
+//!         -> backend.accepted(i) (AF_XDP learns the sender's next hop)
 //!     router.handle_timeout(now) if router.poll_timeout() <= now
 //!     pool.flush_backend(): GSO trains per destination via sendmmsg or
 //!         linked io_uring SendMsgs (all reaped), buffers freed
@@ -209,7 +210,7 @@ impl Worker {
                 .store(u64::try_from(beat).unwrap_or(u64::MAX), Ordering::Relaxed);
             match received {
                 Ok(n) => {
-                    for (buf, m) in bufs.iter_mut().zip(&meta).take(n) {
+                    for (i, (buf, m)) in bufs.iter_mut().zip(&meta).take(n).enumerate() {
                         let len = m.len.min(buf.len());
                         let stride = if m.stride == 0 { len } else { m.stride };
                         // An empty datagram is still one datagram (counted, dropped).
@@ -219,8 +220,12 @@ impl Worker {
                         for datagram in datagrams.chain(empty) {
                             #[cfg(feature = "test-hooks")]
                             crate::test_hooks::on_datagram(datagram);
-                            self.router
-                                .handle_input(now, m.addr, datagram, &mut self.pool);
+                            if self
+                                .router
+                                .handle_input(now, m.addr, datagram, &mut self.pool)
+                            {
+                                self.socket.accepted(i);
+                            }
                             if self.pool.queued() >= flush_at {
                                 send_errors += self.pool.flush_backend(&mut self.socket).failed;
                             }

@@ -22,6 +22,12 @@
 //!   does; so on the embedded defaults' loopback address the node receives
 //!   through AF_XDP, in generic mode, and sends through the kernel).
 //!
+//! A next-hop MAC is learnt from a received frame only once the router
+//! has accepted its datagram ([`Backend::accepted`](crate::Backend::accepted)):
+//! an ICE check with its MESSAGE-INTEGRITY, SRTP that verified. A forged
+//! frame that claims a peer's address from another MAC is dropped like
+//! any unauthenticated datagram and teaches nothing.
+//!
 //! Receiving copies each payload from its UMEM frame into the worker's
 //! buffer and returns the frame to the fill ring at once; sending copies
 //! each datagram of a message (a GSO train is cut here, in software) into
@@ -517,6 +523,11 @@ struct Xsk {
     mac: Mac,
     max_payload: usize,
     neighbours: Neighbours,
+    /// The source address and MAC of each message of the last receive
+    /// that came through the ring (the first `rx_ring_count`), learnt
+    /// once the router accepts the message.
+    rx_sources: Box<[(Ipv4Addr, Mac)]>,
+    rx_ring_count: usize,
     ip_id: u16,
     calls: u32,
     stats: XdpStats,
@@ -605,7 +616,7 @@ impl XdpSocket {
             );
             return Err((socket, e));
         }
-        match Xsk::new(program, queue, local) {
+        match Xsk::new(program, queue, local, socket.batch()) {
             Ok(xsk) => Ok(Self {
                 socket,
                 xsk: Box::new(xsk),
@@ -655,6 +666,17 @@ impl XdpSocket {
         }
     }
 
+    /// Learns the next-hop MAC of message `index` of the last
+    /// [`recv`](Self::recv), which the router accepted; nothing for a
+    /// message the kernel socket received.
+    pub fn accepted(&mut self, index: usize) {
+        let xsk = &mut *self.xsk;
+        if index < xsk.rx_ring_count {
+            let (ip, mac) = xsk.rx_sources[index];
+            xsk.neighbours.learn(ip, mac);
+        }
+    }
+
     /// The AF_XDP socket's descriptor (readable when its receive ring is
     /// not empty).
     pub(crate) fn xsk_fd(&self) -> BorrowedFd<'_> {
@@ -674,6 +696,7 @@ impl XdpSocket {
         let mut n = self
             .xsk
             .recv(&mut bufs[..ring_room], &mut meta[..ring_room]);
+        // Messages from the kernel socket carry no MAC to learn.
         if n < room && (n == 0 || kernel_turn) {
             match self.socket.recv(&mut bufs[n..], &mut meta[n..]) {
                 Ok(k) => {
@@ -716,7 +739,12 @@ fn desc(addr: u64, len: usize) -> libc::xdp_desc {
 }
 
 impl Xsk {
-    fn new(program: &Arc<XdpProgram>, queue: u32, local: SocketAddrV4) -> io::Result<Self> {
+    fn new(
+        program: &Arc<XdpProgram>,
+        queue: u32,
+        local: SocketAddrV4,
+        batch: usize,
+    ) -> io::Result<Self> {
         let context = |what: &'static str| {
             move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
         };
@@ -822,6 +850,8 @@ impl Xsk {
             mac: program.mac,
             max_payload: program.max_payload,
             neighbours: Neighbours::new(NEIGHBOURS),
+            rx_sources: vec![(Ipv4Addr::UNSPECIFIED, [0; 6]); batch].into_boxed_slice(),
+            rx_ring_count: 0,
             ip_id: 0,
             calls: 0,
             stats: XdpStats::default(),
@@ -849,7 +879,7 @@ impl Xsk {
     }
 
     fn recv(&mut self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> usize {
-        let room = bufs.len().min(meta.len());
+        let room = bufs.len().min(meta.len()).min(self.rx_sources.len());
         let ready = (self.rx.ready() as usize).min(room);
         let mut n = 0;
         for _ in 0..ready {
@@ -865,7 +895,7 @@ impl Xsk {
                         stride: udp.len,
                         addr: SocketAddr::V4(udp.src),
                     };
-                    self.neighbours.learn(*udp.src.ip(), udp.src_mac);
+                    self.rx_sources[n] = (*udp.src.ip(), udp.src_mac);
                     n += 1;
                 }
                 _ => self.stats.rx_malformed += 1,
@@ -892,6 +922,7 @@ impl Xsk {
             };
         }
         self.stats.rx_frames += n as u64;
+        self.rx_ring_count = n;
         n
     }
 

@@ -4,6 +4,8 @@
 //! mixed sizes, which break the worker's GSO trains. Each case runs over
 //! the three I/O backends: `recvmmsg`/`sendmmsg` and io_uring on loopback,
 //! AF_XDP over a veth pair into a network namespace (the clients' side).
+//! One more case forges frames on that link: AF_XDP learns a next-hop MAC
+//! only from datagrams the router accepted.
 
 mod common;
 
@@ -307,4 +309,207 @@ fn forwards_in_order_without_gso_or_gro() {
 #[test]
 fn forwards_aes_cm_hmac_sha1_80() {
     forward(Profile::Aes128CmHmacSha1_80, true, true);
+}
+
+/// AF_XDP learns a peer's next-hop MAC only from datagrams the router
+/// accepted. The subscribers sit on an address of their own that never
+/// sends, so the node reaches them through its kernel socket (the kernel
+/// resolves their MAC). Between the publisher's bursts a forged frame
+/// claims the subscribers' address from a MAC nobody has: had the node
+/// learnt it, their media would leave the ring towards that MAC and be
+/// lost. The forged frames come through the ring and are dropped.
+#[test]
+fn af_xdp_learns_next_hops_only_from_accepted_datagrams() {
+    let profile = Profile::AeadAes128Gcm;
+    let veth = common::netns::VethPair::new(1);
+    let subs_ip = veth.add_peer_address();
+    let node = Node::start(NodeConfig {
+        workers: 1,
+        bind: IpAddr::V4(veth.host_ip),
+        base_port: 7882,
+        io: IoBackend::Xdp,
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let w = node.workers()[0].clone();
+    assert_backend(&w, IoBackend::Xdp);
+    let opts = SocketOptions {
+        read_timeout: Some(Duration::from_millis(100)),
+        buffer_bytes: 16 << 20,
+        ..SocketOptions::default()
+    };
+    let (mut publisher, mut subs, forger) = veth.in_peer(|| {
+        let publisher = BatchSocket::bind(SocketAddr::from((veth.peer_ip, 0)), 32, &opts).unwrap();
+        let subs: Vec<BatchSocket> = (0..2)
+            .map(|_| BatchSocket::bind(SocketAddr::from((subs_ip, 0)), 32, &opts).unwrap())
+            .collect();
+        (publisher, subs, RawLink::open(&veth.peer_if))
+    });
+    w.request(Command::CreateRoom(RoomId(1))).unwrap();
+    let publisher_addr = publisher.local_addr().unwrap();
+    add_endpoint(&w, profile, 1, Role::Publish, publisher_addr);
+    for (i, s) in subs.iter().enumerate() {
+        add_endpoint(
+            &w,
+            profile,
+            10 + i as u64,
+            Role::Subscribe,
+            s.local_addr().unwrap(),
+        );
+    }
+    let node_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.host_if))
+        .unwrap()
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect::<Vec<u8>>();
+    const FORGED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x66, 0x66];
+    let media = w.local_addr();
+    let mut tx = context(profile, &master(profile, 1));
+    let mut forged = 0u64;
+    const SENT: u64 = 600;
+    for burst in 0..SENT / 20 {
+        for n in burst * 20..(burst + 1) * 20 {
+            let mut buf = vec![0u8; 1500];
+            let h = RtpHeader {
+                marker: false,
+                payload_type: 100,
+                sequence_number: n as u16,
+                timestamp: n as u32 * 3000,
+                ssrc: SSRC,
+            };
+            let hl = write_header(&mut buf, &h, &[]).unwrap();
+            let p = payload(n);
+            buf[hl..hl + p.len()].copy_from_slice(&p);
+            let len = tx.protect_rtp(&mut buf, hl + p.len()).unwrap();
+            let t = Transmit {
+                dst: media,
+                contents: &buf[..len],
+                segment_size: None,
+            };
+            assert_eq!(publisher.send(&[t]).unwrap(), 1);
+        }
+        for s in &subs {
+            let SocketAddr::V4(from) = s.local_addr().unwrap() else {
+                unreachable!("IPv4")
+            };
+            let SocketAddr::V4(to) = media else {
+                unreachable!("IPv4")
+            };
+            forger.send(&udp_frame(&node_mac, &FORGED_MAC, from, to, &[0x80; 200]));
+            forged += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut storage = vec![0u8; 8 * GRO_BUFFER_BYTES];
+    let mut meta = [RecvMeta::default(); 8];
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got < SENT && Instant::now() < deadline {
+            let mut bufs: Vec<&mut [u8]> = storage.chunks_mut(GRO_BUFFER_BYTES).collect();
+            match s.recv(&mut bufs, &mut meta) {
+                Ok(n) => got += meta[..n].iter().map(|m| m.segments() as u64).sum::<u64>(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, SENT, "subscriber {i} lost media to a forged MAC");
+    }
+    let st = w.stats();
+    // The forged frames reached the node through the ring, and were dropped.
+    assert_eq!(st.path(PathCounter::XdpRxFrames), SENT + forged, "{st:?}");
+    assert_eq!(st.get(Counter::RxPackets), SENT + forged);
+    let dropped: u64 = st.drops.iter().map(|(_, n)| n).sum();
+    assert_eq!(dropped, forged, "{:?}", st.drops);
+    // The subscribers' address was never learnt: the kernel socket sent
+    // their copies.
+    assert!(st.path(PathCounter::XdpKernelSends) > 0, "{st:?}");
+    node.shutdown();
+}
+
+/// An `AF_PACKET` socket on one interface, for writing whole frames.
+struct RawLink {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl RawLink {
+    #[allow(unsafe_code)] // socket(2), if_nametoindex(3) and sendto(2).
+    fn open(ifname: &str) -> Self {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(ifindex, 0, "no interface {ifname}");
+        // SAFETY: plain socket(2).
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(raw >= 0, "AF_PACKET: {}", io::Error::last_os_error());
+        Self {
+            // SAFETY: a descriptor just opened, owned here alone.
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) },
+            ifindex: ifindex as i32,
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = self.ifindex;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and address outlive the call; the lengths are theirs.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::from_ref(&to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(n, frame.len() as isize, "{}", io::Error::last_os_error());
+    }
+}
+
+/// An Ethernet/IPv4/UDP frame (IPv4 checksum set, UDP checksum 0).
+fn udp_frame(
+    dst_mac: &[u8],
+    src_mac: &[u8],
+    from: std::net::SocketAddrV4,
+    to: std::net::SocketAddrV4,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(dst_mac);
+    f.extend_from_slice(src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.ip().octets());
+    ip[16..20].copy_from_slice(&to.ip().octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&from.port().to_be_bytes());
+    f.extend_from_slice(&to.port().to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
 }

@@ -29,6 +29,7 @@ pub(crate) fn ip(args: &[&str]) {
 pub(crate) struct VethPair {
     pub(crate) ns: String,
     pub(crate) host_if: String,
+    pub(crate) peer_if: String,
     pub(crate) host_ip: Ipv4Addr,
     pub(crate) peer_ip: Ipv4Addr,
 }
@@ -52,6 +53,7 @@ impl VethPair {
         let pair = Self {
             ns: ns.clone(),
             host_if: host_if.clone(),
+            peer_if: peer_if.clone(),
             host_ip,
             peer_ip,
         };
@@ -81,6 +83,18 @@ impl VethPair {
         ip(&["-n", &ns, "link", "set", &peer_if, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         pair
+    }
+
+    /// A further address for the namespace, `10.201.x.y/32` on its end
+    /// (routed to it from here): peers on another address than
+    /// [`peer_ip`](Self::peer_ip) behind the same link.
+    pub(crate) fn add_peer_address(&self) -> Ipv4Addr {
+        let block = u32::from(self.peer_ip) - 0x0ac8_0000;
+        let extra = Ipv4Addr::from(0x0ac9_0000u32 + block);
+        let a = format!("{extra}/32");
+        ip(&["-n", &self.ns, "addr", "add", &a, "dev", &self.peer_if]);
+        ip(&["route", "add", &a, "dev", &self.host_if]);
+        extra
     }
 
     /// Runs `f` on a thread inside the namespace: sockets it makes live

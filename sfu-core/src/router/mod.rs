@@ -967,13 +967,20 @@ impl Router {
     /// and writes every egress copy through `tx`. Never panics and never
     /// allocates (except once per simulcast layer, when its SSRC is bound);
     /// every drop is counted in [`Router::stats`].
+    ///
+    /// Returns whether the datagram was accepted: authenticated (an ICE
+    /// check with its MESSAGE-INTEGRITY, SRTP/SRTCP that verified and was not
+    /// a replay, DTLS from an endpoint's checked address) and handled. A
+    /// datagram that was dropped returns `false`. The I/O layer may trust
+    /// what it saw below the datagram (an AF_XDP frame's source MAC) only
+    /// when this is `true`.
     pub fn handle_input<T: Transmit>(
         &mut self,
         now: Instant,
         src: SocketAddr,
         datagram: &mut [u8],
         tx: &mut T,
-    ) {
+    ) -> bool {
         self.stats.inc(Counter::RxPackets);
         self.stats.add(Counter::RxBytes, datagram.len() as u64);
         let result = match wire::classify(datagram) {
@@ -983,8 +990,12 @@ impl Router {
             DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
-        if let Err(reason) = result {
-            self.stats.drop(reason);
+        match result {
+            Ok(()) => true,
+            Err(reason) => {
+                self.stats.drop(reason);
+                false
+            }
         }
     }
 
