@@ -45,7 +45,9 @@
 //! copy out of the provided buffer is the price of keeping the worker's
 //! buffers and interface the same for every backend.
 //! [`UringSocket::multishot`] and the gauge `sfu_io_uring_multishot` say
-//! which receive runs.
+//! which receive runs. Dropping the socket cancels the receive and waits
+//! (up to 1 s) for its last completion, so the port is free at once and
+//! the kernel never writes into the buffers freed after it.
 //!
 //! No call allocates: the completion results go into an array allocated
 //! with the ring, the provided buffers are allocated at set-up.
@@ -378,6 +380,10 @@ pub(crate) fn disabled_reason(sysctl: Option<&str>) -> Option<String> {
 
 /// `user_data` of the armed multishot receive.
 const MULTISHOT: u64 = u64::MAX;
+/// `user_data` of the cancellation of the multishot receive.
+const CANCEL: u64 = u64::MAX - 1;
+/// Longest a dropped multishot socket waits for its receive to end.
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// Provided buffers of the multishot receive (a power of two).
 const PROVIDED_BUFFERS: u16 = 256;
 /// The provided-buffer group id.
@@ -433,6 +439,10 @@ unsafe impl Send for Multishot {}
 
 impl Drop for Multishot {
     fn drop(&mut self) {
+        // End the receive first: left armed, it would hold the socket
+        // (and its port) until the ring's asynchronous teardown, and the
+        // kernel could still pick one of the buffers freed below.
+        self.cancel();
         // Unregister before the mapping is unmapped (a field, dropped
         // after this body; the ring's own drop closes it).
         let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
@@ -519,6 +529,33 @@ impl Multishot {
                 .cast::<std::sync::atomic::AtomicU16>()
         };
         tail.store(self.tail, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Cancels the armed receive and reaps completions until its last one
+    /// (no `MORE` flag), for at most [`CANCEL_WAIT`].
+    fn cancel(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let entry = opcode::AsyncCancel::new(MULTISHOT)
+            .build()
+            .user_data(CANCEL);
+        // SAFETY: a cancellation carries no buffer.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            return;
+        }
+        let wait = types::Timespec::new().nsec(10_000_000);
+        let args = types::SubmitArgs::new().timespec(&wait);
+        let deadline = std::time::Instant::now() + CANCEL_WAIT;
+        while self.armed && std::time::Instant::now() < deadline {
+            // ETIME after 10 ms without a completion: look again.
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            for cqe in self.ring.completion() {
+                if cqe.user_data() == MULTISHOT && !io_uring::cqueue::more(cqe.flags()) {
+                    self.armed = false;
+                }
+            }
+        }
     }
 
     /// Submits the multishot receive.

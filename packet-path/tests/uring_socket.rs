@@ -111,3 +111,21 @@ fn uring_sends_gso_trains_and_receives_gro_strides() {
     let want: Vec<Vec<u8>> = payload.chunks(1200).map(<[u8]>::to_vec).collect();
     assert_eq!(datagrams, want);
 }
+
+/// Dropping an io_uring socket ends its multishot receive at once: the
+/// port is free for the next bind (a receive left armed would hold the
+/// socket until the ring's asynchronous teardown: `EADDRINUSE`).
+#[test]
+fn a_dropped_uring_socket_frees_its_port_at_once() {
+    for _ in 0..200 {
+        let s = uring(true);
+        assert!(
+            s.multishot(),
+            "the kernel here (6.x) has the multishot receive"
+        );
+        let addr = s.local_addr().unwrap();
+        drop(s);
+        BatchSocket::bind(addr, 32, &SocketOptions::default())
+            .unwrap_or_else(|e| panic!("rebinding {addr} right after the drop: {e}"));
+    }
+}
