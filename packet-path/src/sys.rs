@@ -55,6 +55,7 @@ impl ZeroValid for libc::xdp_mmap_offsets {}
 impl ZeroValid for libc::xdp_statistics {}
 impl ZeroValid for libc::xdp_umem_reg {}
 impl ZeroValid for libc::sockaddr_xdp {}
+impl ZeroValid for libc::ifreq {}
 
 /// A read-write mapping made with `MAP_POPULATE` (anonymous, or of a
 /// descriptor's memory at `offset`), unmapped on drop: AF_XDP's UMEM and

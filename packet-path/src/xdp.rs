@@ -197,17 +197,104 @@ fn interface_of(addr: Ipv4Addr) -> io::Result<(String, u32)> {
     }
 }
 
-fn sysfs(name: &str, what: &str) -> io::Result<String> {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/{what}")).map(|s| s.trim().to_owned())
+/// `ETHTOOL_GCHANNELS`: an interface's queue counts.
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// `struct ethtool_channels`.
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
 }
 
-fn parse_mac(s: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+/// What the node needs of its media interface.
+struct InterfaceFacts {
+    mac: Mac,
+    mtu: usize,
+    /// Receive queues: ethtool's receive-only plus combined channels; for
+    /// a device without channels (loopback, many virtual ones), the
+    /// `rx-*` queues in sysfs if sysfs shows this very interface, else 1.
+    queues: u32,
+}
+
+/// Asks the kernel, through ioctls on a socket made in the calling
+/// thread's network namespace, for interface `name`'s MAC, MTU and queues.
+/// (`/sys/class/net` shows the namespace sysfs was mounted in, which is
+/// not the thread's after `setns`.)
+fn interface_facts(name: &str, ifindex: u32) -> io::Result<InterfaceFacts> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let fd = socket.as_raw_fd();
+    let mut req: libc::ifreq = zeroed();
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
-    parts.next().is_none().then_some(mac)
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let ioctl = |request: libc::Ioctl, req: &mut libc::ifreq| {
+        // SAFETY: each request below reads a named ifreq and writes into
+        // it (or, for SIOCETHTOOL, into the struct its data points to).
+        if unsafe { libc::ioctl(fd, request, ptr::from_mut(req)) } < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    ioctl(libc::SIOCGIFHWADDR, &mut req)?;
+    let mut mac = [0u8; 6];
+    // SAFETY: SIOCGIFHWADDR filled the union's hardware address.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    for (m, b) in mac.iter_mut().zip(hw) {
+        *m = b as u8;
+    }
+    ioctl(libc::SIOCGIFMTU, &mut req)?;
+    // SAFETY: SIOCGIFMTU filled the union's MTU.
+    let mtu = usize::try_from(unsafe { req.ifr_ifru.ifru_mtu }).unwrap_or(0);
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    req.ifr_ifru.ifru_data = ptr::from_mut(&mut channels).cast();
+    let queues = match ioctl(libc::SIOCETHTOOL, &mut req) {
+        Ok(()) => channels.rx_count + channels.combined_count,
+        Err(_) => sysfs_rx_queues(name, ifindex).unwrap_or(1),
+    };
+    Ok(InterfaceFacts {
+        mac,
+        mtu,
+        queues: queues.max(1),
+    })
+}
+
+/// The `rx-*` queues sysfs lists for `name`, if sysfs shows the interface
+/// of index `ifindex` under that name.
+fn sysfs_rx_queues(name: &str, ifindex: u32) -> Option<u32> {
+    let dir = format!("/sys/class/net/{name}");
+    let index: u32 = std::fs::read_to_string(format!("{dir}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if index != ifindex {
+        return None;
+    }
+    let n = std::fs::read_dir(format!("{dir}/queues"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    u32::try_from(n).ok()
 }
 
 /// The XDP program of a node, attached to its media interface.
@@ -247,21 +334,8 @@ impl XdpProgram {
             ));
         }
         let (ifname, ifindex) = interface_of(*v4.ip())?;
-        let mac = sysfs(&ifname, "address")
-            .ok()
-            .and_then(|s| parse_mac(&s))
-            .unwrap_or([0; 6]);
-        let mtu: usize = sysfs(&ifname, "mtu")?
-            .parse()
-            .map_err(|_| invalid("unreadable MTU"))?;
-        let queues = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                    .count()
-            })
-            .unwrap_or(1)
-            .max(1) as u32;
+        let InterfaceFacts { mac, mtu, queues } = interface_facts(&ifname, ifindex)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading {ifname}: {e}")))?;
         let mut mattr = MapCreateAttr {
             map_type: BPF_MAP_TYPE_XSKMAP,
             key_size: 4,
@@ -310,6 +384,17 @@ impl XdpProgram {
     /// Receive queues of the interface.
     pub fn queues(&self) -> u32 {
         self.queues
+    }
+
+    /// The interface's MAC address (the source of every frame sent).
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The largest UDP payload one frame carries: the interface's MTU
+    /// less the IPv4 and UDP headers, at most what a UMEM frame holds.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
     }
 }
 

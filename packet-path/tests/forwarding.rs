@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use packet_path::backend::XdpProgram;
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
 use packet_path::{IoBackend, Node, NodeConfig, PathCounter, PathGauge, WorkerHandle};
 use sfu_core::router::{
@@ -512,4 +513,27 @@ fn udp_frame(
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(payload);
     f
+}
+
+/// AF_XDP's set-up asks the kernel about its interface in the namespace
+/// the node runs in, not through sysfs (which shows the namespace it was
+/// mounted in): here the clients' end of a veth pair, which this test's
+/// own namespace does not have, with 2 queues, MTU 1400 and a set MAC.
+#[test]
+fn af_xdp_reads_its_interface_in_the_namespace_it_runs_in() {
+    let veth = common::netns::VethPair::new(2);
+    let (ns, dev) = (veth.ns.as_str(), veth.peer_if.as_str());
+    common::netns::ip(&["-n", ns, "link", "set", dev, "mtu", "1400"]);
+    common::netns::ip(&["-n", ns, "link", "set", dev, "address", "02:11:22:33:44:55"]);
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{dev}")).exists(),
+        "this namespace's sysfs must not show {dev}"
+    );
+    let program = veth
+        .in_peer(|| XdpProgram::attach(SocketAddr::from((veth.peer_ip, 7890)), 2))
+        .expect("the XDP program attaches in the namespace");
+    assert_eq!(program.interface(), dev);
+    assert_eq!(program.queues(), 2);
+    assert_eq!(program.max_payload(), 1400 - 28);
+    assert_eq!(program.mac(), [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
 }
