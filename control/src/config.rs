@@ -75,6 +75,9 @@ pub const DEFAULT_CONTROL_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr
 pub const DEFAULT_MEDIA_PORT: u16 = 7882;
 /// Default number of send buffers per worker.
 pub const DEFAULT_POOL_BUFFERS: usize = 4096;
+/// Largest `socket_buffer_bytes`: 1 GiB (the kernel caps a socket buffer
+/// at `INT_MAX` after doubling the value asked for).
+pub const MAX_SOCKET_BUFFER_BYTES: usize = 1 << 30;
 /// Default `SO_RCVBUF`/`SO_SNDBUF` size.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 32 << 20;
 /// Seconds an empty room lives before it is closed (0: never).
@@ -876,6 +879,14 @@ impl Config {
                 "pool_buffers must be at least 1".into(),
             ));
         }
+        // The kernel takes an int and doubles it (capped at INT_MAX / 2):
+        // a larger value would wrap negative in an unprivileged
+        // setsockopt and leave the socket with the smallest buffer.
+        if self.socket_buffer_bytes > MAX_SOCKET_BUFFER_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "socket_buffer_bytes must be at most {MAX_SOCKET_BUFFER_BYTES} (1 GiB)"
+            )));
+        }
         if self
             .node_id
             .as_deref()
@@ -1641,6 +1652,10 @@ pool_buffers = 100
 
     #[test]
     fn bad_values_are_errors() {
+        let err = Config::load(&cli(&[]), [("SFU_SOCKET_BUFFER_BYTES", "4294967296")])
+            .expect_err("more than the kernel takes");
+        assert!(err.to_string().contains("socket_buffer_bytes"), "{err}");
+        assert!(Config::load(&cli(&[]), [("SFU_SOCKET_BUFFER_BYTES", "1073741824")]).is_ok());
         let err = Config::load(&cli(&[]), [("SFU_CPUS", "3-1")]).expect_err("bad list");
         assert!(err.to_string().contains("SFU_CPUS"), "{err}");
         assert!(Config::load(&cli(&[]), [("SFU_WORKERS", "0")]).is_err());

@@ -942,12 +942,21 @@ fn nofile(cx: &Ctx<'_>) -> Check {
 }
 
 const MEMLOCK_REASON: &str = "With io = xdp each worker locks 40 MiB of AF_XDP UMEM (frames \
-     and rings); io_uring's provided-buffer rings are pinned memory too. Past the limit the \
-     AF_XDP socket set-up fails and the worker falls back to the socket backend.";
+     and rings), charged to the node's locked-memory limit unless it holds CAP_IPC_LOCK. Past \
+     the limit the AF_XDP socket set-up fails and the worker falls back to the socket backend.";
+
+/// Bytes of AF_XDP UMEM one worker locks: 20,480 frames of 2 KiB
+/// (packet-path's `xdp` module).
+const UMEM_BYTES_PER_WORKER: u64 = 40 << 20;
 
 fn memlock(cx: &Ctx<'_>) -> Check {
     let id = "memlock";
-    let want = "unlimited or >= 67108864 (64 MiB)".to_owned();
+    let workers = u64::try_from(cx.target.workers).unwrap_or(u64::MAX);
+    let need = workers.saturating_mul(UMEM_BYTES_PER_WORKER);
+    let want = format!(
+        "unlimited or >= {need} ({} workers x 40 MiB, for io = xdp)",
+        cx.target.workers
+    );
     let fix = "LimitMEMLOCK=infinity in sfu.service (deploy/systemd/sfu.service has it)".to_owned();
     let limits = cx.host.read(LIMITS).and_then(|t| {
         parse::parse_limit(&t, "Max locked memory").map_err(|e| format!("{LIMITS}: {e}"))
@@ -957,7 +966,7 @@ fn memlock(cx: &Ctx<'_>) -> Check {
         Ok((soft, hard)) => Check {
             id,
             status: match soft {
-                Some(n) if n < 64 << 20 => Status::Warn,
+                Some(n) if n < need => Status::Warn,
                 _ => Status::Ok,
             },
             value: format!("{} (hard {})", show_limit(soft), show_limit(hard)),

@@ -56,6 +56,13 @@ fn an_untuned_host_fails_and_warns_where_expected() {
         assert!(c.reason.starts_with("not read under --root"), "{c:?}");
     }
     assert_eq!(got.len(), 20);
+    let memlock = checks.iter().find(|c| c.id == "memlock").expect("present");
+    assert!(
+        memlock
+            .want
+            .starts_with("unlimited or >= 251658240 (6 workers x 40 MiB"),
+        "{memlock:?}"
+    );
 
     let by_id = |id: &str| checks.iter().find(|c| c.id == id).expect("present");
     assert_eq!(by_id("rmem_max").value, "212992");
