@@ -125,13 +125,37 @@ impl Host {
             .map_err(|e| format!("{abs}: {}", io_reason(&e)))
     }
 
-    /// Creates or replaces the file `abs` (and its directories).
+    /// Creates or replaces the file `abs` (and its directories), whole or
+    /// not at all: the text goes to a new file beside it (never through a
+    /// symlink), synced, then renamed over `abs`, which replaces a symlink
+    /// there rather than writing where it points.
     pub(crate) fn write_file(&self, abs: &str, text: &str) -> Result<(), String> {
+        use std::io::Write as _;
+        let err = |e: std::io::Error| format!("{abs}: {}", io_reason(&e));
         let path = self.path(abs);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{abs}: {}", io_reason(&e)))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| format!("{abs}: no directory"))?;
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.unwrap_or_default(),
+            std::process::id()
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::write(&path, text).map_err(|e| format!("{abs}: {}", io_reason(&e)))
+        written.map_err(err)
     }
 
     /// The output of `ethtool ARGS`, or why it was not run or failed.

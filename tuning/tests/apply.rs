@@ -437,3 +437,35 @@ fn busy_poll_50_makes_apply_set_both_and_check_judge_against_it() {
     assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "20\n");
     assert!(!common::read(root, "/etc/sysctl.d/90-sfu.conf").contains("busy_"));
 }
+
+/// The sysctl.d file is replaced whole through a new file and a rename:
+/// a symlink in its place is replaced, not written through, and no
+/// temporary file is left behind.
+#[test]
+fn apply_replaces_the_sysctl_file_and_never_writes_through_a_symlink() {
+    let dir = common::host(false);
+    let root = dir.path();
+    common::write(root, "/etc/elsewhere", "untouched\n");
+    std::fs::create_dir_all(root.join("etc/sysctl.d")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        root.join("etc/elsewhere"),
+        root.join("etc/sysctl.d/90-sfu.conf"),
+    )
+    .expect("symlink");
+    let host = Host::new(root);
+    for o in plan(&host, &common::target()).apply(&host) {
+        assert_eq!(o.error, None, "{o}");
+    }
+    assert_eq!(common::read(root, "/etc/elsewhere"), "untouched\n");
+    let conf = root.join("etc/sysctl.d/90-sfu.conf");
+    assert!(
+        std::fs::symlink_metadata(&conf).expect("written").is_file(),
+        "the symlink was replaced by a file"
+    );
+    assert!(common::read(root, "/etc/sysctl.d/90-sfu.conf").contains("net.core.rmem_max"));
+    let names: Vec<String> = std::fs::read_dir(root.join("etc/sysctl.d"))
+        .expect("listed")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["90-sfu.conf"]);
+}
