@@ -284,15 +284,7 @@ fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool, loopback_
             assert!(st.path(PathCounter::XdpTxFrames) >= copies, "{st:?}");
         }
         assert_eq!(st.path(PathCounter::XdpRxMalformed), 0);
-        eprintln!(
-            "af_xdp: native {} zero-copy {}, {} frames in, {} out, {} kernel sends, {} kernel receives",
-            st.gauge(PathGauge::XdpNative),
-            st.gauge(PathGauge::XdpZeroCopy),
-            st.path(PathCounter::XdpRxFrames),
-            st.path(PathCounter::XdpTxFrames),
-            st.path(PathCounter::XdpKernelSends),
-            st.path(PathCounter::XdpKernelReceives)
-        );
+        eprintln!("{}", common::xdp_summary(&st));
     }
     node.shutdown();
 }

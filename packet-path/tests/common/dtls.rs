@@ -444,13 +444,7 @@ pub(crate) fn forward_dtls_keyed(io: IoBackend, expect_backend: &str) {
     assert_eq!(allocations, 0, "allocations during the measured phase");
     if expect_backend == "af_xdp" {
         let copies = PACKETS * SUBSCRIBERS as u64;
-        eprintln!(
-            "af_xdp: {} frames in, {} out, {} kernel sends, {} kernel drops",
-            stats.path(PathCounter::XdpRxFrames),
-            stats.path(PathCounter::XdpTxFrames),
-            stats.path(PathCounter::XdpKernelSends),
-            stats.path(PathCounter::XdpKernelDropped),
-        );
+        eprintln!("{}", crate::common::xdp_summary(&stats));
         assert!(
             stats.path(PathCounter::XdpTxFrames) >= copies,
             "the copies went through the AF_XDP ring"

@@ -198,15 +198,7 @@ pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
         expect_backend == "af_xdp"
     );
     if expect_backend == "af_xdp" {
-        eprintln!(
-            "af_xdp: {} frames in, {} out, {} kernel sends, {} kernel receives, {} no frame, {} kernel drops",
-            stats.path(PathCounter::XdpRxFrames),
-            stats.path(PathCounter::XdpTxFrames),
-            stats.path(PathCounter::XdpKernelSends),
-            stats.path(PathCounter::XdpKernelReceives),
-            stats.path(PathCounter::XdpTxNoFrame),
-            stats.path(PathCounter::XdpKernelDropped),
-        );
+        eprintln!("{}", crate::common::xdp_summary(&stats));
         assert!(
             stats.path(PathCounter::XdpTxFrames) >= expected,
             "the copies went through the AF_XDP ring"

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use packet_path::WorkerHandle;
 use packet_path::io::{BatchSocket, GRO_BUFFER_BYTES, RecvMeta, SocketOptions, Transmit};
+use packet_path::{PathCounter, PathGauge, WorkerHandle, WorkerStats};
 use sfu_core::router::{Command, Outcome};
 use sfu_core::srtp::{Profile, SrtpConfig, SrtpContext};
 use sfu_core::wire::rtp::{RtpHeader, write_header};
@@ -313,4 +313,21 @@ impl Publisher {
             }
         }
     }
+}
+
+/// One line of a worker's AF_XDP gauges and counters, for a test's log.
+pub(crate) fn xdp_summary(st: &WorkerStats) -> String {
+    format!(
+        "af_xdp: native {} zero-copy {}, {} frames in, {} out, {} kernel sends, \
+         {} kernel receives, {} no frame, {} malformed, {} kernel drops",
+        st.gauge(PathGauge::XdpNative),
+        st.gauge(PathGauge::XdpZeroCopy),
+        st.path(PathCounter::XdpRxFrames),
+        st.path(PathCounter::XdpTxFrames),
+        st.path(PathCounter::XdpKernelSends),
+        st.path(PathCounter::XdpKernelReceives),
+        st.path(PathCounter::XdpTxNoFrame),
+        st.path(PathCounter::XdpRxMalformed),
+        st.path(PathCounter::XdpKernelDropped),
+    )
 }
