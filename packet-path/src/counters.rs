@@ -16,7 +16,7 @@ sfu_core::counter_table! {
         /// Segmented sends the kernel refused for their destination.
         GsoRefusals => "gso_refusals", "GSO trains the kernel refused for their destination (resent unsegmented; the destination backs off from GSO).";
         /// GSO trains the kernel accepted.
-        GsoSends => "gso_sends", "GSO trains (segmented messages) the kernel accepted from the worker.";
+        GsoSends => "gso_sends", "GSO trains (segmented messages) sent: accepted by the kernel, or cut into frames by AF_XDP.";
         /// Datagrams whose send failed.
         SendErrors => "send_errors", "Failed send calls of the worker.";
         /// Failed receive or wait calls (timeouts excluded).
