@@ -47,13 +47,15 @@
 //! [`UringSocket::multishot`] and the gauge `sfu_io_uring_multishot` say
 //! which receive runs. Dropping the socket cancels the receive and waits
 //! (up to 1 s) for its last completion, so the port is free at once and
-//! the kernel never writes into the buffers freed after it.
+//! the kernel never writes into the buffers freed after it (a receive that
+//! did not end in time keeps its buffers: they are leaked, not freed).
 //!
 //! No call allocates: the completion results go into an array allocated
 //! with the ring, the provided buffers are allocated at set-up.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -414,9 +416,9 @@ struct BufEntry {
 pub(crate) struct Multishot {
     ring: IoUring,
     /// The buffer ring: `PROVIDED_BUFFERS` entries, page-aligned (an
-    /// anonymous mapping), shared with the kernel. Dropped after `ring`
-    /// (field order), once `drop` has unregistered it.
-    entries: Mapping,
+    /// anonymous mapping), shared with the kernel. Unmapped by `drop` once
+    /// unregistered, and only if the receive has ended.
+    entries: ManuallyDrop<Mapping>,
     /// The buffers themselves, one allocation (`PROVIDED_BUFFERS` ×
     /// `buf_len` bytes) that the kernel writes into at any time: held as a
     /// raw pointer, and a slice is only ever made of one completed buffer.
@@ -443,9 +445,18 @@ impl Drop for Multishot {
         // (and its port) until the ring's asynchronous teardown, and the
         // kernel could still pick one of the buffers freed below.
         self.cancel();
-        // Unregister before the mapping is unmapped (a field, dropped
-        // after this body; the ring's own drop closes it).
+        if self.armed {
+            // The cancellation could not be queued or did not end the
+            // receive within CANCEL_WAIT: the kernel may still write into
+            // the buffers and read the buffer ring, so both are leaked
+            // (the ring's own teardown ends the receive later).
+            return;
+        }
+        // Unregister before the mapping is unmapped; the ring's own drop
+        // (a field, after this body) closes it.
         let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        // SAFETY: dropped once, here; never used after.
+        unsafe { ManuallyDrop::drop(&mut self.entries) };
         let len = usize::from(PROVIDED_BUFFERS) * self.buf_len;
         // SAFETY: the allocation `new` leaked with this length, freed once.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buffers, len)) });
@@ -470,7 +481,7 @@ impl Multishot {
         template.msg_controllen = CONTROL_BYTES as _;
         let mut me = Self {
             ring,
-            entries: entries_map,
+            entries: ManuallyDrop::new(entries_map),
             buffers: Box::into_raw(vec![0u8; n * buf_len].into_boxed_slice()).cast::<u8>(),
             buf_len,
             tail: 0,

@@ -252,6 +252,16 @@ fn interface_facts(name: &str, ifindex: u32) -> io::Result<InterfaceFacts> {
         }
     };
     ioctl(libc::SIOCGIFHWADDR, &mut req)?;
+    // SAFETY: SIOCGIFHWADDR filled the union's hardware address.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    if family != libc::ARPHRD_ETHER && family != libc::ARPHRD_LOOPBACK {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "not an Ethernet interface (hardware type {family}): the node writes Ethernet headers"
+            ),
+        ));
+    }
     let mut mac = [0u8; 6];
     // SAFETY: SIOCGIFHWADDR filled the union's hardware address.
     let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };

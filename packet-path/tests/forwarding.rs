@@ -409,12 +409,21 @@ fn af_xdp_learns_next_hops_only_from_accepted_datagrams() {
         }
         assert_eq!(got, SENT, "subscriber {i} lost media to a forged MAC");
     }
-    let st = w.stats();
-    // The forged frames reached the node through the ring, and were dropped.
+    // The forged frames reached the node through the ring (the last ones
+    // may still be in the worker's batch: wait for its counters), and were
+    // dropped as what they are: RTP from a subscriber, for whom the node
+    // knows no stream.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut st = w.stats();
+    while st.get(Counter::RxPackets) < SENT + forged && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        st = w.stats();
+    }
     assert_eq!(st.path(PathCounter::XdpRxFrames), SENT + forged, "{st:?}");
     assert_eq!(st.get(Counter::RxPackets), SENT + forged);
-    let dropped: u64 = st.drops.iter().map(|(_, n)| n).sum();
-    assert_eq!(dropped, forged, "{:?}", st.drops);
+    let dropped: Vec<(&str, u64)> = st.drops.iter().copied().filter(|(_, n)| *n > 0).collect();
+    eprintln!("forged frames dropped: {dropped:?}");
+    assert_eq!(dropped, [("unknown_source", forged)]);
     // The subscribers' address was never learnt: the kernel socket sent
     // their copies.
     assert!(st.path(PathCounter::XdpKernelSends) > 0, "{st:?}");

@@ -131,6 +131,7 @@ impl Host {
     /// there rather than writing where it points.
     pub(crate) fn write_file(&self, abs: &str, text: &str) -> Result<(), String> {
         use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let err = |e: std::io::Error| format!("{abs}: {}", io_reason(&e));
         let path = self.path(abs);
         let dir = path
@@ -143,9 +144,12 @@ impl Host {
             name.unwrap_or_default(),
             std::process::id()
         ));
+        // A crashed earlier run of the same pid may have left it.
+        let _ = std::fs::remove_file(&tmp);
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o644)
             .open(&tmp)
             .and_then(|mut f| {
                 f.write_all(text.as_bytes())?;
@@ -155,7 +159,11 @@ impl Host {
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        written.map_err(err)
+        written.map_err(err)?;
+        // The rename itself survives a crash once the directory is synced.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)
     }
 
     /// The output of `ethtool ARGS`, or why it was not run or failed.

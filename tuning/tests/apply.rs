@@ -458,10 +458,10 @@ fn apply_replaces_the_sysctl_file_and_never_writes_through_a_symlink() {
     }
     assert_eq!(common::read(root, "/etc/elsewhere"), "untouched\n");
     let conf = root.join("etc/sysctl.d/90-sfu.conf");
-    assert!(
-        std::fs::symlink_metadata(&conf).expect("written").is_file(),
-        "the symlink was replaced by a file"
-    );
+    let meta = std::fs::symlink_metadata(&conf).expect("written");
+    assert!(meta.is_file(), "the symlink was replaced by a file");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
     assert!(common::read(root, "/etc/sysctl.d/90-sfu.conf").contains("net.core.rmem_max"));
     let names: Vec<String> = std::fs::read_dir(root.join("etc/sysctl.d"))
         .expect("listed")

@@ -968,12 +968,15 @@ impl Router {
     /// allocates (except once per simulcast layer, when its SSRC is bound);
     /// every drop is counted in [`Router::stats`].
     ///
-    /// Returns whether the datagram was accepted: authenticated (an ICE
-    /// check with its MESSAGE-INTEGRITY, SRTP/SRTCP that verified and was not
-    /// a replay, DTLS from an endpoint's checked address) and handled. A
-    /// datagram that was dropped returns `false`. The I/O layer may trust
-    /// what it saw below the datagram (an AF_XDP frame's source MAC) only
-    /// when this is `true`.
+    /// Returns whether the datagram was accepted as coming from `src`:
+    /// SRTP/SRTCP that verified with the keys of the endpoint at `src` and
+    /// was not a replay, or an ICE check with its MESSAGE-INTEGRITY after
+    /// which `src` is its endpoint's address. A dropped datagram returns
+    /// `false`, and so does DTLS (OpenSSL discards a forged record
+    /// silently, so a record from an endpoint's address proves nothing) and
+    /// a valid check from another address than its endpoint's. The I/O
+    /// layer may trust what it saw below the datagram (an AF_XDP frame's
+    /// source MAC) only when this is `true`.
     pub fn handle_input<T: Transmit>(
         &mut self,
         now: Instant,
@@ -984,14 +987,14 @@ impl Router {
         self.stats.inc(Counter::RxPackets);
         self.stats.add(Counter::RxBytes, datagram.len() as u64);
         let result = match wire::classify(datagram) {
-            DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx),
-            DatagramKind::Rtcp => self.handle_rtcp(now, src, datagram, tx),
+            DatagramKind::Rtp => self.handle_rtp(now, src, datagram, tx).map(|()| true),
+            DatagramKind::Rtcp => self.handle_rtcp(now, src, datagram, tx).map(|()| true),
             DatagramKind::Stun => self.handle_stun(now, src, datagram, tx),
-            DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx),
+            DatagramKind::Dtls => self.handle_dtls(now, src, datagram, tx).map(|()| false),
             DatagramKind::Unknown => Err(DropReason::UnknownProtocol),
         };
         match result {
-            Ok(()) => true,
+            Ok(accepted) => accepted,
             Err(reason) => {
                 self.stats.drop(reason);
                 false

@@ -133,6 +133,13 @@ impl Fixture {
         sink.sent
     }
 
+    /// Whether the router accepted `datagram` as coming from `src`.
+    fn accepted(&mut self, src: SocketAddr, datagram: &[u8]) -> bool {
+        let mut sink = Sink::default();
+        let mut d = datagram.to_vec();
+        self.router.handle_input(self.now, src, &mut d, &mut sink)
+    }
+
     /// Runs ICE and DTLS for endpoint `id` from `src` with the browser.
     fn connect(&mut self, id: u64, src: SocketAddr, browser: &mut Browser) {
         let out = self.feed(src, &binding_request(id, LOCAL_PWD, true, id as u8));
@@ -582,6 +589,36 @@ fn rid_tracks_are_checked() {
         assert!(matches!(e, RouterError::Invalid(_)), "{rids:?}: {e:?}");
     }
     assert_eq!(f.router.endpoints(), 0);
+}
+
+/// `handle_input` says a datagram was accepted (what AF_XDP learns a
+/// next-hop MAC from) only when it proves its source: a valid check that
+/// leaves `src` the endpoint's address, SRTP with the endpoint's keys.
+/// Never DTLS (OpenSSL drops a forged record silently), never a valid
+/// check from an address that is not the endpoint's, nothing dropped.
+#[test]
+fn only_datagrams_that_prove_their_source_are_accepted() {
+    let mut f = fixture();
+    let peer = DtlsCert::generate().unwrap();
+    f.router
+        .handle_command(f.now, webrtc_endpoint(1, Role::Publish, vec![], &peer))
+        .unwrap();
+    assert!(!f.accepted(addr(5000), &binding_request(1, "wrong-password", true, 1)));
+    assert!(f.accepted(addr(5000), &binding_request(1, LOCAL_PWD, true, 2)));
+    // Answered (ICE needs it) but not its endpoint's address.
+    assert!(!f.accepted(addr(5001), &binding_request(1, LOCAL_PWD, false, 3)));
+    assert_eq!(f.router.by_addr.get(&addr(5000)), Some(&0));
+    // A ClientHello-shaped record from the verified address: handled, not
+    // accepted (and so is garbage).
+    let mut browser = browser(&peer, &f);
+    let mut hello = [0u8; 2048];
+    let n = browser
+        .dtls
+        .poll_datagram(&mut hello)
+        .expect("a ClientHello");
+    assert!(!f.accepted(addr(5000), &hello[..n]));
+    assert!(!f.accepted(addr(5000), &[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert!(!f.accepted(addr(5000), &[0xff; 40]));
 }
 
 #[test]

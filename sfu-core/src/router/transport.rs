@@ -119,13 +119,16 @@ impl SrtpPair {
 impl Router {
     /// ICE-lite: answers a valid binding request and lets it set, move or
     /// refresh the endpoint's address (see [`webrtc`]).
+    /// Answers a valid ICE check; `Ok(true)` when `src` is the endpoint's
+    /// address after it (a check from another address that does not
+    /// nominate it is answered, but proves nothing of `src`).
     pub(super) fn handle_stun<T: Transmit>(
         &mut self,
         now: Instant,
         src: SocketAddr,
         buf: &[u8],
         tx: &mut T,
-    ) -> Result<(), DropReason> {
+    ) -> Result<bool, DropReason> {
         let msg = StunMessage::new_checked(buf).map_err(|_| DropReason::Malformed)?;
         if msg.class() != StunClass::Request || msg.method() != stun::BINDING_REQUEST {
             return Err(DropReason::StunUnhandled);
@@ -173,7 +176,8 @@ impl Router {
             ep.transport.remote = Some(src);
             self.by_addr.insert(src, slot);
         }
-        if ep.transport.remote == Some(src) {
+        let confirmed = ep.transport.remote == Some(src);
+        if confirmed {
             w.last_check = Some(now);
         }
         let transaction = *msg.transaction_id();
@@ -195,7 +199,7 @@ impl Router {
             Ok(n) => {
                 tx.send(n, src);
                 self.stats.sent(n);
-                Ok(())
+                Ok(confirmed)
             }
             Err(_) => Err(DropReason::ProtectFailed),
         }
