@@ -23,10 +23,14 @@
 //!   through AF_XDP, in generic mode, and sends through the kernel).
 //!
 //! A next-hop MAC is learnt from a received frame only once the router
-//! has accepted its datagram ([`Backend::accepted`](crate::Backend::accepted)):
-//! an ICE check with its MESSAGE-INTEGRITY, SRTP that verified. A forged
-//! frame that claims a peer's address from another MAC is dropped like
-//! any unauthenticated datagram and teaches nothing.
+//! has accepted its datagram as proving its source
+//! ([`Backend::accepted`](crate::Backend::accepted)): SRTP that verified
+//! with the keys of the endpoint at that address, an ICE check after which
+//! the address is its endpoint's; never DTLS. A forged frame that claims a
+//! peer's address from another MAC is dropped like any unauthenticated
+//! datagram and teaches nothing. (A replayed ICE check sent from the
+//! link with another MAC is not detected: STUN has no replay protection;
+//! such an attacker could spoof ARP for the kernel's traffic as well.)
 //!
 //! Receiving copies each payload from its UMEM frame into the worker's
 //! buffer and returns the frame to the fill ring at once; sending copies
