@@ -408,7 +408,7 @@ pub(crate) fn forward_dtls_keyed(io: IoBackend, expect_backend: &str) {
 
     received.stop.store(true, Ordering::Relaxed);
     let first = rx_thread.join().expect("receiver thread ends");
-    let stats = worker.stats();
+    let stats = crate::common::stats_after(&worker, &before_stats, PACKETS);
     node.shutdown();
 
     // Egress datagrams are forwarded media plus the publisher's feedback.

@@ -160,7 +160,7 @@ pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
 
     received.stop.store(true, Ordering::Relaxed);
     let first = rx_thread.join().expect("receiver thread ends");
-    let stats = worker.stats();
+    let stats = crate::common::stats_after(&worker, &before_stats, PACKETS);
     node.shutdown();
 
     let forwarded = stats.get(Counter::TxPackets) - before_stats.get(Counter::TxPackets);

@@ -331,3 +331,25 @@ pub(crate) fn xdp_summary(st: &WorkerStats) -> String {
         st.path(PathCounter::XdpKernelDropped),
     )
 }
+
+/// The worker's counters once its router has counted `packets` received
+/// since `before` (it publishes them after each batch's sends, so a
+/// subscriber may hold the last copies before they are counted); gives up
+/// after 5 s and returns what it has (the caller's assertions then say
+/// what is missing).
+pub(crate) fn stats_after(
+    worker: &WorkerHandle,
+    before: &WorkerStats,
+    packets: u64,
+) -> WorkerStats {
+    let base = before.get(sfu_core::router::Counter::RxPackets);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = worker.stats();
+        let counted = stats.get(sfu_core::router::Counter::RxPackets) - base;
+        if counted >= packets || Instant::now() >= deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
