@@ -46,6 +46,41 @@ fn payload(n: u64) -> Vec<u8> {
     p
 }
 
+/// Packet `n` of the publisher's stream (sequence number `n + seq_offset`,
+/// wrapping), protected with `tx`.
+fn srtp_packet(tx: &mut SrtpContext, n: u64, seq_offset: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let h = RtpHeader {
+        marker: false,
+        payload_type: 100,
+        sequence_number: (n + seq_offset) as u16,
+        timestamp: n as u32 * 3000,
+        ssrc: SSRC,
+    };
+    let hl = write_header(&mut buf, &h, &[]).unwrap();
+    let p = payload(n);
+    buf[hl..hl + p.len()].copy_from_slice(&p);
+    let len = tx.protect_rtp(&mut buf, hl + p.len()).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+/// Room 1 with publisher 1 at `publisher` and subscribers 10, 11, ... at
+/// the `subs`' addresses.
+fn join_room(w: &WorkerHandle, profile: Profile, publisher: SocketAddr, subs: &[BatchSocket]) {
+    w.request(Command::CreateRoom(RoomId(1))).unwrap();
+    add_endpoint(w, profile, 1, Role::Publish, publisher);
+    for (i, s) in subs.iter().enumerate() {
+        add_endpoint(
+            w,
+            profile,
+            10 + i as u64,
+            Role::Subscribe,
+            s.local_addr().unwrap(),
+        );
+    }
+}
+
 fn add_endpoint(w: &WorkerHandle, profile: Profile, id: u64, role: Role, remote: SocketAddr) {
     let tracks = match role {
         Role::Publish => vec![TrackConfig {
@@ -173,43 +208,13 @@ fn forward_over(io: IoBackend, profile: Profile, gso: bool, gro: bool, loopback_
         (None, Some(ns)) => common::netns::in_namespace(&ns.ns, make),
         (None, None) => make(),
     };
-    w.request(Command::CreateRoom(RoomId(1))).unwrap();
-    add_endpoint(
-        &w,
-        profile,
-        1,
-        Role::Publish,
-        publisher.local_addr().unwrap(),
-    );
-    for (i, s) in subs.iter().enumerate() {
-        add_endpoint(
-            &w,
-            profile,
-            10 + i as u64,
-            Role::Subscribe,
-            s.local_addr().unwrap(),
-        );
-    }
+    join_room(&w, profile, publisher.local_addr().unwrap(), &subs);
 
-    // Publish in bursts of 30 single-datagram transmits.
+    // Publish in bursts of 30 single-datagram transmits; the sequence
+    // number wraps mid-run.
     let mut tx = context(profile, &master(profile, 1));
     let packets: Vec<Vec<u8>> = (0..PACKETS)
-        .map(|n| {
-            let mut buf = vec![0u8; 1500];
-            let h = RtpHeader {
-                marker: false,
-                payload_type: 100,
-                sequence_number: (n + 60_000) as u16, // wraps mid-run
-                timestamp: n as u32 * 3000,
-                ssrc: SSRC,
-            };
-            let hl = write_header(&mut buf, &h, &[]).unwrap();
-            let p = payload(n);
-            buf[hl..hl + p.len()].copy_from_slice(&p);
-            let len = tx.protect_rtp(&mut buf, hl + p.len()).unwrap();
-            buf.truncate(len);
-            buf
-        })
+        .map(|n| srtp_packet(&mut tx, n, 60_000))
         .collect();
     let media = w.local_addr();
     for burst in packets.chunks(30) {
@@ -338,18 +343,7 @@ fn af_xdp_learns_next_hops_only_from_accepted_datagrams() {
             .collect();
         (publisher, subs, RawLink::open(&veth.peer_if))
     });
-    w.request(Command::CreateRoom(RoomId(1))).unwrap();
-    let publisher_addr = publisher.local_addr().unwrap();
-    add_endpoint(&w, profile, 1, Role::Publish, publisher_addr);
-    for (i, s) in subs.iter().enumerate() {
-        add_endpoint(
-            &w,
-            profile,
-            10 + i as u64,
-            Role::Subscribe,
-            s.local_addr().unwrap(),
-        );
-    }
+    join_room(&w, profile, publisher.local_addr().unwrap(), &subs);
     let node_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.host_if))
         .unwrap()
         .trim()
@@ -363,21 +357,10 @@ fn af_xdp_learns_next_hops_only_from_accepted_datagrams() {
     const SENT: u64 = 600;
     for burst in 0..SENT / 20 {
         for n in burst * 20..(burst + 1) * 20 {
-            let mut buf = vec![0u8; 1500];
-            let h = RtpHeader {
-                marker: false,
-                payload_type: 100,
-                sequence_number: n as u16,
-                timestamp: n as u32 * 3000,
-                ssrc: SSRC,
-            };
-            let hl = write_header(&mut buf, &h, &[]).unwrap();
-            let p = payload(n);
-            buf[hl..hl + p.len()].copy_from_slice(&p);
-            let len = tx.protect_rtp(&mut buf, hl + p.len()).unwrap();
+            let packet = srtp_packet(&mut tx, n, 0);
             let t = Transmit {
                 dst: media,
-                contents: &buf[..len],
+                contents: &packet,
                 segment_size: None,
             };
             assert_eq!(publisher.send(&[t]).unwrap(), 1);
