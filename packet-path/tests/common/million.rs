@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    ALLOCATIONS, PAYLOAD, PROFILE, PT, Publisher, SSRC, SUBSCRIBERS, TAG, add, context,
-    payload_byte, socket_opts, spawn_receiver, subscriber_sockets_at, wait_for,
+    PAYLOAD, PROFILE, PT, Publisher, SSRC, SUBSCRIBERS, TAG, add, context, payload_byte,
+    socket_opts, spawn_receiver, subscriber_sockets_at, wait_for,
 };
 use packet_path::io::BatchSocket;
 use packet_path::{IoBackend, Node, NodeConfig, PathCounter, PathGauge};
@@ -142,31 +142,27 @@ pub(crate) fn forward_a_million(io: IoBackend, expect_backend: &str) {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let before_stats = worker.stats();
-    let received_before = received.datagrams.load(Ordering::Relaxed);
-    let buffers_before = received.buffers.load(Ordering::Relaxed);
-
-    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
-    assert!(allocations_before > 0, "the counter is live");
-    let phase = Instant::now();
-    publisher.send(&mut tx, (WARMUP, WARMUP + PACKETS), &received, deadline);
-    wait_for(
+    let crate::common::Measured {
+        before: before_stats,
+        stats,
+        arrived,
+        buffers,
+        allocations,
+        elapsed,
+        first,
+    } = crate::common::measure(
+        &worker,
         &received,
-        received_before + PACKETS * subs,
-        Duration::from_secs(10),
+        rx_thread,
+        (PACKETS, PACKETS * subs),
+        || {
+            publisher.send(&mut tx, (WARMUP, WARMUP + PACKETS), &received, deadline);
+        },
     );
-    let elapsed = phase.elapsed();
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
-
-    received.stop.store(true, Ordering::Relaxed);
-    let first = rx_thread.join().expect("receiver thread ends");
-    let stats = crate::common::stats_after(&worker, &before_stats, PACKETS);
     node.shutdown();
 
     let forwarded = stats.get(Counter::TxPackets) - before_stats.get(Counter::TxPackets);
-    let arrived = received.datagrams.load(Ordering::Relaxed) - received_before;
     let expected = PACKETS * subs;
-    let buffers = received.buffers.load(Ordering::Relaxed) - buffers_before;
     let train = arrived as f64 / buffers.max(1) as f64;
     eprintln!(
         "{expect_backend}: {PACKETS} packets in, {forwarded} forwarded ({:.2} %), {arrived} received, \

@@ -332,6 +332,57 @@ pub(crate) fn xdp_summary(st: &WorkerStats) -> String {
     )
 }
 
+/// What a measured phase saw ([`measure`]).
+pub(crate) struct Measured {
+    /// The worker's counters before the phase.
+    pub(crate) before: WorkerStats,
+    /// Its counters after it (once every packet was counted).
+    pub(crate) stats: WorkerStats,
+    /// Datagrams the subscribers received during it.
+    pub(crate) arrived: u64,
+    /// Receive buffers they filled during it.
+    pub(crate) buffers: u64,
+    /// Heap allocations in the whole process during it.
+    pub(crate) allocations: u64,
+    pub(crate) elapsed: Duration,
+    /// What the receiver thread returned (it is stopped and joined).
+    pub(crate) first: Vec<Vec<u8>>,
+}
+
+/// Runs `send` (`packets` to the worker) as the measured phase: counts the
+/// process's allocations from before it until the subscribers received
+/// `copies` datagrams (10 s at most), then stops the receiver thread and
+/// reads the worker's counters once it has counted the `packets`.
+pub(crate) fn measure(
+    worker: &WorkerHandle,
+    received: &Received,
+    rx_thread: JoinHandle<Vec<Vec<u8>>>,
+    (packets, copies): (u64, u64),
+    send: impl FnOnce(),
+) -> Measured {
+    let before = worker.stats();
+    let received_before = received.datagrams.load(Ordering::Relaxed);
+    let buffers_before = received.buffers.load(Ordering::Relaxed);
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    assert!(allocations_before > 0, "the counter is live");
+    let phase = Instant::now();
+    send();
+    wait_for(received, received_before + copies, Duration::from_secs(10));
+    let elapsed = phase.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
+    received.stop.store(true, Ordering::Relaxed);
+    let first = rx_thread.join().expect("receiver thread ends");
+    Measured {
+        stats: stats_after(worker, &before, packets),
+        before,
+        arrived: received.datagrams.load(Ordering::Relaxed) - received_before,
+        buffers: received.buffers.load(Ordering::Relaxed) - buffers_before,
+        allocations,
+        elapsed,
+        first,
+    }
+}
+
 /// The worker's counters once its router has counted `packets` received
 /// since `before` (it publishes them after each batch's sends, so a
 /// subscriber may hold the last copies before they are counted); gives up
