@@ -240,8 +240,12 @@ pub fn plan(host: &Host, target: &Target) -> Plan {
 
 /// `/etc/sysctl.d/90-sfu.conf`: every sysctl the node wants, at the larger
 /// of the want and the current value (so a reboot never lowers one). The
-/// busy-poll sysctls are in it only with [`Target::busy_poll`].
+/// busy-poll sysctls are written with [`Target::busy_poll`]; without it,
+/// the lines an earlier `apply --busy-poll` wrote are kept (the boot-time
+/// apply of `sfu-tune.service` has no `--busy-poll` and must not undo
+/// the operator's choice).
 fn sysctl_file(cx: &Ctx<'_>) -> Action {
+    let existing = cx.host.read(SYSCTL_FILE).unwrap_or_default();
     let mut text = String::from(
         "# Written by sfu-tune apply (deploy/systemd/sfu-tune.service) for the SFU media\n\
          # node: each value is what the node needs or the host's value when that was\n\
@@ -250,6 +254,13 @@ fn sysctl_file(cx: &Ctx<'_>) -> Action {
     );
     for s in SYSCTLS {
         let Some(want) = s.want(cx.target) else {
+            if let Some(value) = file_value(&existing, s.name) {
+                text.push_str(&format!(
+                    "\n{}# (kept: written by an earlier apply --busy-poll)\n{} = {value}\n",
+                    comment(s.reason),
+                    s.name
+                ));
+            }
             continue;
         };
         let value = checks::read_sysctl(cx.host, s).map_or(want, |v| v.max(want));
@@ -271,6 +282,16 @@ fn sysctl_file(cx: &Ctx<'_>) -> Action {
         path: SYSCTL_FILE.to_owned(),
         text,
     }
+}
+
+/// The value of `name = value` in a sysctl.d file's `text`, if it is a
+/// number (the last such line wins, as for sysctl).
+fn file_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.trim() == name)
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .next_back()
 }
 
 /// `text` as `#` comment lines of at most about 78 characters.

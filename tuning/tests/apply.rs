@@ -1,6 +1,7 @@
 //! `apply` on fixture hosts: it brings the sysctls, IRQs, governors and RPS
 //! masks to what `check` wants, writes the sysctl.d file, never lowers a
-//! value, leaves busy polling alone unless `--busy-poll` asks for it, and
+//! value, leaves busy polling alone unless `--busy-poll` asks for it (and
+//! keeps the lines an earlier `--busy-poll` wrote), and
 //! `--dry-run` writes nothing.
 
 mod common;
@@ -419,8 +420,8 @@ fn busy_poll_50_makes_apply_set_both_and_check_judge_against_it() {
     );
 
     // A second apply with the flag raises busy_read again and nothing else
-    // of the sysctls; without it, busy polling is left as it is and dropped
-    // from the file.
+    // of the sysctls; without it (the boot-time apply of sfu-tune.service),
+    // busy polling is left as it is and the file keeps the operator's lines.
     let out = sfu_tune(&["apply", "--dry-run", "--busy-poll", "50"], root);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -435,7 +436,14 @@ fn busy_poll_50_makes_apply_set_both_and_check_judge_against_it() {
     assert!(!text.contains("busy"), "{text}");
     assert_eq!(common::read(root, "/proc/sys/net/core/busy_poll"), "50");
     assert_eq!(common::read(root, "/proc/sys/net/core/busy_read"), "20\n");
-    assert!(!common::read(root, "/etc/sysctl.d/90-sfu.conf").contains("busy_"));
+    let conf = common::read(root, "/etc/sysctl.d/90-sfu.conf");
+    for line in ["net.core.busy_poll = 50", "net.core.busy_read = 50"] {
+        assert!(conf.lines().any(|l| l == line), "no {line:?} in:\n{conf}");
+    }
+    assert!(
+        conf.contains("# (kept: written by an earlier apply --busy-poll)"),
+        "{conf}"
+    );
 }
 
 /// The sysctl.d file is replaced whole through a new file and a rename:
