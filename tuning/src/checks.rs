@@ -954,8 +954,9 @@ fn memlock(cx: &Ctx<'_>) -> Check {
     let workers = u64::try_from(cx.target.workers).unwrap_or(u64::MAX);
     let need = workers.saturating_mul(UMEM_BYTES_PER_WORKER);
     let want = format!(
-        "unlimited or >= {need} ({} workers x 40 MiB, for io = xdp)",
-        cx.target.workers
+        "unlimited or >= {need} ({} workers x {} MiB, for io = xdp)",
+        cx.target.workers,
+        UMEM_BYTES_PER_WORKER >> 20
     );
     let fix = "LimitMEMLOCK=infinity in sfu.service (deploy/systemd/sfu.service has it)".to_owned();
     let limits = cx.host.read(LIMITS).and_then(|t| {

@@ -127,17 +127,21 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn feed(&mut self, src: SocketAddr, datagram: &[u8]) -> Vec<(Vec<u8>, SocketAddr)> {
-        let mut sink = Sink::default();
-        let mut d = datagram.to_vec();
-        self.router.handle_input(self.now, src, &mut d, &mut sink);
-        sink.sent
+        self.input(src, datagram).1
     }
 
     /// Whether the router accepted `datagram` as coming from `src`.
     fn accepted(&mut self, src: SocketAddr, datagram: &[u8]) -> bool {
+        self.input(src, datagram).0
+    }
+
+    /// `handle_input` of a copy of `datagram`: whether it was accepted,
+    /// and what the router sent.
+    fn input(&mut self, src: SocketAddr, datagram: &[u8]) -> (bool, Vec<(Vec<u8>, SocketAddr)>) {
         let mut sink = Sink::default();
         let mut d = datagram.to_vec();
-        self.router.handle_input(self.now, src, &mut d, &mut sink)
+        let accepted = self.router.handle_input(self.now, src, &mut d, &mut sink);
+        (accepted, sink.sent)
     }
 
     /// Runs ICE and DTLS for endpoint `id` from `src` with the browser.

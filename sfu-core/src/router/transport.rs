@@ -118,10 +118,10 @@ impl SrtpPair {
 
 impl Router {
     /// ICE-lite: answers a valid binding request and lets it set, move or
-    /// refresh the endpoint's address (see [`webrtc`]).
-    /// Answers a valid ICE check; `Ok(true)` when `src` is the endpoint's
-    /// address after it (a check from another address that does not
-    /// nominate it is answered, but proves nothing of `src`).
+    /// refresh the endpoint's address (see [`webrtc`]). `Ok(true)` when
+    /// `src` is the endpoint's address after it (a check from another
+    /// address that does not nominate it is answered, but proves nothing of
+    /// `src`).
     pub(super) fn handle_stun<T: Transmit>(
         &mut self,
         now: Instant,
